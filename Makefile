@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RUN    ?= runs/demo
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Train dense-mnist on the 5,000 embedded MNIST digits, evaluate, draw the pictures.
+demo: install
+	$(VENV)/bin/vaekit train --preset dense-mnist --data mnist5k --epochs 20 --out $(RUN)
+	$(VENV)/bin/vaekit evaluate $(RUN) --k 1000
+	$(VENV)/bin/vaekit sample $(RUN) -n 64 -o $(RUN)/samples.png
+	$(VENV)/bin/vaekit reconstruct $(RUN) -o $(RUN)/recon.png
+	$(VENV)/bin/vaekit interpolate $(RUN) --steps 10 -o $(RUN)/interp.png
+	$(VENV)/bin/vaekit latent-map $(RUN) -o $(RUN)/map.png
+	@echo "demo done: pictures and eval.json in $(RUN)/"
+
+test: install
+	$(PY) -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,325 @@
+"""Typed configuration: dataclasses, named presets, overrides.
+
+A :class:`Config` has three sections, ``data``, ``model`` and ``train``. Presets are
+named, inherit from one another (``parent``) and only state what differs. Overrides
+come as ``key=value`` strings (``--set`` on the command line), where ``key`` is either
+``section.field`` or a bare field name that is unique across sections (``k=50``,
+``objective=iwae``); values are parsed as YAML and type-checked against the field.
+A YAML file may be given instead of a preset: ``{preset: NAME, data: {...}, ...}``
+or flat ``field: value`` pairs.
+
+The resolved config is saved in every checkpoint (``Config.to_dict``), so a run can
+be resumed or evaluated from the checkpoint alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist5k"  # dataset name (see `vaekit.data.DATASETS`) or a path (.npz/.npy/PNG folder)
+    data_dir: str | None = None  # folder with IDX/CIFAR files; default $VAEKIT_DATA
+    download: bool = False  # fetch missing standard files (sha256-checked) into data_dir
+    binarize: str = "dynamic"  # dynamic (fresh Bernoulli draw per batch) | static (fixed seed) | none (grey levels)
+    binarize_seed: int = 1234  # seed of the fixed stochastic binarisation of test (and static train) data
+    valid_size: int = 0  # examples held out of train for validation (0: none)
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "vae"  # model registry: vae | flow | mixture | autoencoder
+    encoder: str = "mlp"  # encoder body (nets registry)
+    decoder: str = "mlp"  # decoder body (nets registry)
+    hidden: list[int] = field(default_factory=lambda: [400])  # MLP widths, encoder side; decoder mirrors them
+    activation: str = "relu"  # relu | tanh | elu | gelu | softplus | silu | leaky_relu
+    latent_dim: int = 20  # dimension of z
+    likelihood: str = "bernoulli"  # p(x|z): bernoulli | gaussian (and image likelihoods, issue 3)
+    variance: str = "global"  # gaussian p(x|z) variance: fixed | global (one learned) | pixel (decoder output)
+    fixed_std: float = 1.0  # std of the gaussian likelihood when variance=fixed (data units)
+    prior: str = "normal"  # p(z): normal (standard)
+    # --- conv / resnet / pixelcnn fields (issue 3) ---
+    # --- flow fields (issue 4) ---
+    # --- mixture / autoencoder fields (issue 5) ---
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "elbo"  # elbo (L samples, analytic KL when available) | iwae (k-sample bound)
+    k: int = 1  # samples per example: L for elbo, k for iwae
+    beta: float = 1.0  # weight of the KL term (beta-VAE); 1 is the true ELBO
+    warmup_steps: int = 0  # linear KL warm-up from 0 to beta over this many steps (0: off)
+    free_bits: float = 0.0  # minimum KL in nats per latent dimension (Kingma et al. 2016; 0: off)
+    epochs: int = 10  # passes over the training set
+    batch_size: int = 128  # examples per step
+    lr: float = 1e-3  # peak Adam learning rate
+    schedule: str = "constant"  # lr schedule after warm-up: constant | cosine | linear
+    lr_warmup_steps: int = 0  # linear lr warm-up steps
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    grad_clip: float = 0.0  # clip global gradient norm at this value (0: off)
+    ema: float = 0.0  # EMA decay of weights used for evaluation (0: off; e.g. 0.999)
+    seed: int = 0  # seed of weights, data order, binarisation and sampling
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 50  # steps between metric lines / TensorBoard scalars
+    ckpt_every: int = 500  # steps between checkpoints (and one at every epoch end)
+    max_bad_steps: int = 50  # consecutive NaN/inf steps before the run stops
+    eval_k: int = 1000  # importance samples for the end-of-epoch test NLL (0: skip)
+    eval_n: int = 500  # test examples in the end-of-epoch evaluation
+    tensorboard: bool = True  # write TensorBoard event files in the run folder
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "base"  # the preset this config was resolved from (informational)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        for name in ("data", "model", "train"):
+            for key, value in (d.get(name) or {}).items():
+                _set_field(cfg, name, key, value)
+        if "preset" in d:
+            cfg.preset = str(d["preset"])
+        return cfg
+
+
+SECTIONS = ("data", "model", "train")
+
+# A preset: (parent, {"section.field" or "field": value}). Presets only state what differs.
+PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
+    "base": (None, {}, "defaults: dense 784-400-20 Bernoulli VAE, Adam 1e-3"),
+    "dense-mnist": (
+        "base",
+        {"hidden": [400], "latent_dim": 20, "activation": "relu", "likelihood": "bernoulli",
+         "batch_size": 128, "lr": 1e-3, "epochs": 10},
+        "pytorch/examples VAE: 784-400-20 ReLU MLP, Bernoulli decoder, batch 128, Adam 1e-3",
+    ),
+    "dense-mnist-2d": (
+        "dense-mnist",
+        {"hidden": [512, 256], "latent_dim": 2},
+        "dense VAE with a 2-D latent space, for latent maps (Kingma & Welling 2014, Fig. 4)",
+    ),
+    "iwae-1l": (
+        "base",
+        {"hidden": [200, 200], "activation": "tanh", "latent_dim": 50, "likelihood": "bernoulli",
+         "batch_size": 20, "lr": 1e-3, "epochs": 100},
+        "Burda et al. 2015, one stochastic layer: 784-200-200-50 tanh, Bernoulli; try --set objective=iwae --set k=50",
+    ),
+    "dense-frey": (
+        "base",
+        {"name": "frey", "binarize": "none", "hidden": [200], "activation": "tanh", "latent_dim": 10,
+         "likelihood": "gaussian", "variance": "pixel", "batch_size": 100, "lr": 1e-3},
+        "Kingma & Welling 2014 Frey Faces: Gaussian decoder with per-pixel variance, 10 latents",
+    ),
+    "dense-digits": (
+        "base",
+        {"name": "digits", "hidden": [128], "latent_dim": 8, "batch_size": 64, "epochs": 30},
+        "small dense VAE for scikit-learn's 8x8 digits (seconds on a CPU)",
+    ),
+    # --- conv / resnet / pixelcnn presets (issue 3) ---
+    # --- flow presets (issue 4) ---
+    # --- mixture / autoencoder presets (issue 5) ---
+}
+
+
+def _fields(section: str) -> dict[str, dataclasses.Field]:
+    cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[section]
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s in SECTIONS for k in _fields(s)]
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """Map ``section.field`` or a unique bare ``field`` to ``(section, field)``."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in SECTIONS and name in _fields(section):
+            return section, name
+    else:
+        owners = [s for s in SECTIONS if key in _fields(s)]
+        if len(owners) == 1:
+            return owners[0], key
+        if len(owners) > 1:
+            raise ConfigError(f"config key '{key}' is ambiguous; write one of "
+                              + ", ".join(f"{s}.{key}" for s in owners))
+    names = _all_keys() + [k.split(".", 1)[1] for k in _all_keys()]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotated type ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' wants a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value] if args else list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' wants true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' wants a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' wants an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' wants a string, got {value!r}")
+    return value
+
+
+def _set_field(cfg: Config, section: str, name: str, value: Any) -> None:
+    if name not in _fields(section):
+        resolve_key(f"{section}.{name}")  # raises with a suggestion
+    hints = typing.get_type_hints(type(getattr(cfg, section)))
+    setattr(getattr(cfg, section), name, _coerce(value, hints[name], f"{section}.{name}"))
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Set each ``key: value`` (keys as in :func:`resolve_key`) on ``cfg``, in place."""
+    for key, value in overrides.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for k, v in value.items():
+                _set_field(cfg, key, k, v)
+            continue
+        section, name = resolve_key(key)
+        _set_field(cfg, section, name, value)
+    return cfg
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Parse ``["key=value", ...]`` (YAML values) into an ordered dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set wants key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse value '{raw}'") from None
+    return out
+
+
+def preset_chain(name: str) -> list[str]:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown preset '{name}'{hint}; `vaekit presets` lists them")
+    chain = []
+    while name is not None:
+        chain.append(name)
+        name = PRESETS[name][0]
+    return chain[::-1]
+
+
+def get_preset(name: str) -> Config:
+    """The resolved config of preset ``name`` (parents applied first)."""
+    cfg = Config()
+    for p in preset_chain(name):
+        apply_overrides(cfg, PRESETS[p][1])
+    cfg.preset = name
+    return cfg
+
+
+def load_yaml(path: str | Path) -> Config:
+    """A config from a YAML file: an optional ``preset`` then sections or flat keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+    doc = dict(doc)
+    preset = doc.pop("preset", "base")
+    cfg = get_preset(str(preset))
+    apply_overrides(cfg, doc)
+    return cfg
+
+
+def build_config(preset: str | None = None, config_file: str | None = None,
+                 overrides: list[str] | dict | None = None) -> Config:
+    """Resolve preset (or YAML file), then overrides; the single entry point for the CLI."""
+    if preset and config_file:
+        raise ConfigError("give either --preset or --config, not both")
+    cfg = load_yaml(config_file) if config_file else get_preset(preset or "base")
+    if overrides:
+        apply_overrides(cfg, parse_set(overrides) if isinstance(overrides, list) else overrides)
+    validate(cfg)
+    return cfg
+
+
+CHOICES = {
+    "data.binarize": ("dynamic", "static", "none"),
+    "model.variance": ("fixed", "global", "pixel"),
+    "train.objective": ("elbo", "iwae"),
+    "train.schedule": ("constant", "cosine", "linear"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express; one line per problem."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
+    positive = ["model.latent_dim", "train.k", "train.epochs", "train.batch_size"]
+    for key in positive:
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise ConfigError(f"{key} must be positive; got {getattr(getattr(cfg, section), name)}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr must be positive; got {cfg.train.lr}")
+    if any(h <= 0 for h in cfg.model.hidden):
+        raise ConfigError(f"model.hidden widths must be positive; got {cfg.model.hidden}")
+    if not 0.0 <= cfg.train.ema < 1.0:
+        raise ConfigError(f"train.ema must be in [0, 1); got {cfg.train.ema}")
+
+
+def describe_presets() -> list[tuple[str, str, str]]:
+    """``(name, parent, one-line description)`` for every preset."""
+    return [(n, p or "", d) for n, (p, _, d) in PRESETS.items()]

@@ -1,0 +1,25 @@
+"""Models by name. Each constructor takes ``(model_config, data_shape, train_config)``.
+
+Every model honours one contract, which is all the training loop and the evaluator use:
+``loss(x, step) -> dict`` of per-example terms in nats (``loss``; ``elbo``, ``rec``, ``kl``
+where they exist), ``log_prob(x, ...) -> [B]`` (``log_prob_kind`` says exact or
+importance-sampled) and ``sample(n)``.
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .vae import VAE, build_vae
+
+MODELS = {
+    "vae": build_vae,
+}
+
+
+def build_model(cfg, data_shape):
+    """Build the model named by ``cfg.model.kind`` for data of ``data_shape``."""
+    if cfg.model.kind not in MODELS:
+        raise ConfigError(f"unknown model kind '{cfg.model.kind}'; known: {', '.join(MODELS)}")
+    return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
+
+
+__all__ = ["MODELS", "VAE", "build_model", "build_vae"]

@@ -1,0 +1,64 @@
+"""Dense (fully connected) bodies for encoders and decoders.
+
+The architectures of Kingma & Welling (2014) and Burda et al. (2015): an MLP of
+the given hidden widths; an empty list gives a single linear map (with an empty
+list and a Gaussian likelihood the VAE is probabilistic PCA, Tipping & Bishop 1999).
+"""
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class MLP(nn.Module):
+    """x [B, *in_shape] -> y [B, *out_shape] through Linear-activation layers.
+
+    Args:
+        in_shape: shape of one input example (flattened internally).
+        hidden: widths of the hidden layers; ``[]`` gives one linear map.
+        out_shape: shape of one output example.
+        act: activation name (see ``ACTIVATIONS``).
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], hidden: list[int], out_shape: tuple[int, ...],
+                 act: str = "relu"):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        widths = [math.prod(in_shape)] + list(hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), activation(act)]
+        layers.append(nn.Linear(widths[-1], math.prod(out_shape)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).view(x.shape[0], *self.out_shape)
+
+
+def mlp_encoder(data_shape: tuple[int, ...], out_features: int, cfg) -> nn.Module:
+    """x [B, *data_shape] -> [B, out_features] (e.g. 2*latent_dim for mean and log-variance)."""
+    return MLP(data_shape, cfg.hidden, (out_features,), cfg.activation)
+
+
+def mlp_decoder(latent_dim: int, param_shape: tuple[int, ...], cfg) -> nn.Module:
+    """z [B, latent_dim] -> likelihood parameters [B, *param_shape]; widths mirror the encoder."""
+    return MLP((latent_dim,), list(reversed(cfg.hidden)), param_shape, cfg.activation)

@@ -1,0 +1,136 @@
+"""Variational objectives, written once for every VAE architecture.
+
+All functions take a model exposing ``encoder(x) -> q(z|x)``, ``decoder(z) -> p(x|z)``
+and ``prior -> p(z)`` (torch distributions) and return per-example tensors in nats.
+
+- ELBO (Kingma & Welling 2014): log p(x) >= E_q[log p(x|z)] - KL(q(z|x) || p(z)),
+  estimated with L reparameterised samples z = mu + sigma * eps; the KL term is
+  analytic when ``torch.distributions.kl_divergence`` knows the pair (diagonal
+  Gaussians), a Monte-Carlo average of log q(z|x) - log p(z) otherwise (flows).
+- Importance-weighted bound (Burda, Grosse & Salakhutdinov 2015, "IWAE"):
+  L_k = E[log (1/k) sum_j p(x, z_j) / q(z_j|x)], z_j ~ q(z|x); L_1 is the ELBO and L_k
+  increases with k towards log p(x).
+- beta (Higgins et al. 2017), linear KL warm-up (Bowman et al. 2016; Sonderby et al.
+  2016) and free bits (Kingma et al. 2016, "Improving VI with IAF", Sec. C.8) change the
+  *training loss* only; the reported ``elbo`` is always the true bound.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.distributions import Independent, Normal, kl_divergence
+
+from .distributions import rsample_and_log_prob
+
+
+def analytic_kl(q, p) -> Tensor | None:
+    """KL(q || p) per example [B] in closed form, or ``None`` when torch has no formula."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
+
+
+def kl_per_dimension(q, p) -> Tensor | None:
+    """KL per latent dimension [B, D] for factorised Gaussians (for free bits), else None."""
+    if isinstance(q, Independent) and isinstance(p, Independent) and \
+            isinstance(q.base_dist, Normal) and isinstance(p.base_dist, Normal):
+        return kl_divergence(q.base_dist, p.base_dist)
+    return None
+
+
+def importance_terms(model, x: Tensor, k: int, q=None) -> tuple[Tensor, Tensor, Tensor]:
+    """For z_j ~ q(z|x), j = 1..k: (log p(x|z_j), log p(z_j), log q(z_j|x)), each [k, B].
+
+    The decoder sees the k samples of all B examples as one batch of k*B codes.
+    """
+    q = model.encoder(x) if q is None else q
+    z, log_q = rsample_and_log_prob(q, (k,))  # [k, B, D], [k, B]
+    log_pz = model.prior.log_prob(z)  # [k, B]
+    B = x.shape[0]
+    px = model.decoder(z.reshape(k * B, *z.shape[2:]))
+    x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * B, *x.shape[1:])
+    log_px = px.log_prob(x_rep).view(k, B)
+    return log_px, log_pz, log_q
+
+
+def log_importance_weights(model, x: Tensor, k: int, q=None) -> Tensor:
+    """log w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x), z_j ~ q(z|x); shape [k, B]."""
+    log_px, log_pz, log_q = importance_terms(model, x, k, q)
+    return log_px + log_pz - log_q
+
+
+def iwae_bound(log_w: Tensor) -> Tensor:
+    """log (1/k) sum_j w_j from log-weights [k, B] -> [B] (logsumexp, no overflow)."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+def elbo_terms(model, x: Tensor, L: int = 1) -> dict[str, Tensor]:
+    """ELBO with L reparameterised samples; returns per-example ``rec``, ``kl``, ``elbo`` [B].
+
+    Also returns ``kl_dims`` [B, D] when the KL is analytic and factorised (for free bits).
+    """
+    q = model.encoder(x)
+    p = model.prior
+    B = x.shape[0]
+    kl = analytic_kl(q, p)
+    if kl is None:
+        z, log_q = rsample_and_log_prob(q, (L,))  # [L, B, D]
+        kl = (log_q - p.log_prob(z)).mean(0)
+    else:
+        z = q.rsample((L,))
+    px = model.decoder(z.reshape(L * B, *z.shape[2:]))
+    x_rep = x.unsqueeze(0).expand(L, *x.shape).reshape(L * B, *x.shape[1:])
+    rec = px.log_prob(x_rep).view(L, B).mean(0)
+    out = {"rec": rec, "kl": kl, "elbo": rec - kl}
+    kl_dims = kl_per_dimension(q, p)
+    if kl_dims is not None:
+        out["kl_dims"] = kl_dims
+    return out
+
+
+def kl_weight(step: int, beta: float = 1.0, warmup_steps: int = 0) -> float:
+    """beta, ramped linearly from 0 over the first ``warmup_steps`` steps (a pure function)."""
+    if warmup_steps <= 0:
+        return beta
+    return beta * min(1.0, step / warmup_steps)
+
+
+def free_bits_kl(kl: Tensor, kl_dims: Tensor | None, free_bits: float) -> Tensor:
+    """KL with each dimension's batch-mean KL floored at ``free_bits`` nats (per example [B]).
+
+    Per-dimension when available (Kingma et al. 2016); otherwise (Monte-Carlo KL) the
+    total KL's batch mean is floored at ``free_bits``. The floor acts on the batch mean, as in the paper, so gradients vanish only for
+    dimensions whose average KL is below the floor.
+    """
+    if free_bits <= 0:
+        return kl
+    if kl_dims is not None:
+        mean_dims = kl_dims.mean(0, keepdim=True)  # [1, D]
+        below = (mean_dims < free_bits).to(kl_dims.dtype)
+        floored = kl_dims * (1 - below) + below * free_bits
+        # floored dims contribute a constant (no gradient); others their per-example KL
+        return floored.sum(-1)
+    return torch.where(kl.mean() < free_bits, torch.full_like(kl, free_bits), kl)
+
+
+def vae_loss(model, x: Tensor, objective: str = "elbo", k: int = 1, beta: float = 1.0,
+             warmup_steps: int = 0, free_bits: float = 0.0, step: int = 0) -> dict[str, Tensor]:
+    """The training loss and the honest per-example terms (nats).
+
+    Returns ``loss`` (what is minimised), ``elbo`` (true bound with the samples drawn),
+    ``rec`` and ``kl`` ([B] each); with ``objective='iwae'`` also ``iwae`` (the k-sample bound).
+    """
+    if objective == "iwae":
+        log_px, log_pz, log_q = importance_terms(model, x, k)
+        bound = iwae_bound(log_px + log_pz - log_q)
+        # rec, kl and elbo from the same k draws (Monte-Carlo KL): mean of the log-weights
+        rec, kl = log_px.mean(0), (log_q - log_pz).mean(0)
+        return {"loss": -bound, "iwae": bound, "elbo": rec - kl, "rec": rec, "kl": kl}
+    terms = elbo_terms(model, x, k)
+    w = kl_weight(step, beta, warmup_steps)
+    kl_train = free_bits_kl(terms["kl"], terms.get("kl_dims"), free_bits)
+    loss = -(terms["rec"] - w * kl_train)
+    return {"loss": loss, "elbo": terms["elbo"], "rec": terms["rec"], "kl": terms["kl"]}
