@@ -50,6 +50,18 @@ class ModelConfig:
     # --- conv / resnet / pixelcnn fields (issue 3) ---
     # --- flow fields (issue 4) ---
     # --- mixture / autoencoder fields (issue 5) ---
+    components: int = 10  # mixture components K (model.kind=mixture, prior=mixture) or VampPrior pseudo-inputs
+    covariance: str = "full"  # mixture covariance: full | diag | spherical
+    reg_covar: float = 1e-6  # added to every mixture covariance diagonal (as scikit-learn)
+    em_tol: float = 1e-3  # EM stops when the mean log-likelihood changes less than this (nats)
+    em_max_iter: int = 100  # EM iterations per restart
+    em_restarts: int = 1  # EM restarts (k-means++ seeds differ); the best log-likelihood is kept
+    em_init: str = "kmeans"  # kmeans (k-means++ then Lloyd) | kmeans++ (seeds only) | random
+    em_init_samples: int = 0  # rows k-means sees (random subset; 0: all)
+    em_chunk: int = 0  # rows per E-step chunk (0: from a memory budget); bounds memory on big data
+    mixture_dtype: str = "float32"  # float32 | float64 arithmetic of the mixture (float64 to match scikit-learn)
+    ae_noise: float = 0.0  # denoising autoencoder corruption level (0: plain deterministic autoencoder)
+    ae_noise_type: str = "gaussian"  # gaussian (x + noise*eps) | mask (each pixel zeroed with prob. noise)
 
 
 @dataclass
@@ -134,6 +146,32 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     # --- conv / resnet / pixelcnn presets (issue 3) ---
     # --- flow presets (issue 4) ---
     # --- mixture / autoencoder presets (issue 5) ---
+    "gmm-mnist": (
+        "base",
+        {"kind": "mixture", "binarize": "none", "components": 10, "covariance": "diag", "em_max_iter": 100},
+        "Gaussian mixture by EM on grey-level MNIST: 10 diagonal components, k-means++ init",
+    ),
+    "gmm-digits": (
+        "base",
+        {"kind": "mixture", "name": "digits", "binarize": "none", "components": 10, "covariance": "full",
+         "reg_covar": 1e-3, "em_restarts": 3},
+        "Gaussian mixture on scikit-learn's 8x8 digits: 10 full covariances, 3 restarts (seconds)",
+    ),
+    "ae-mnist": (
+        "dense-mnist",
+        {"kind": "autoencoder"},
+        "deterministic autoencoder with the dense-mnist nets (784-400-20, Bernoulli reconstruction)",
+    ),
+    "dae-mnist": (
+        "ae-mnist",
+        {"ae_noise": 0.3, "ae_noise_type": "mask"},
+        "denoising autoencoder (Vincent et al. 2008): 30% masking noise, same nets as ae-mnist",
+    ),
+    "mog-prior-mnist": (
+        "dense-mnist",
+        {"prior": "mixture", "components": 10},
+        "dense-mnist VAE with a learnable 10-component diagonal Gaussian mixture prior",
+    ),
 }
 
 

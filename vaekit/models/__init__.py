@@ -8,10 +8,12 @@ importance-sampled) and ``sample(n)``.
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .mixture import GaussianMixtureModel, build_mixture
 from .vae import VAE, build_vae
 
 MODELS = {
     "vae": build_vae,
+    "mixture": build_mixture,
 }
 
 
@@ -22,4 +24,4 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "build_model", "build_vae"]
+__all__ = ["MODELS", "VAE", "GaussianMixtureModel", "build_model", "build_vae"]
