@@ -96,6 +96,67 @@ class StandardNormalPrior(nn.Module):
         return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
 
 
+class MixturePrior(nn.Module):
+    """p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2)) with learnable weights, means and variances.
+
+    The density is ``vaekit.models.mixture.MixtureOfGaussians``, the same code as the EM
+    mixture model; the KL term of the ELBO is then Monte-Carlo (no closed form).
+    """
+
+    def __init__(self, latent_dim: int, n_components: int):
+        super().__init__()
+        if n_components < 1:
+            raise ConfigError(f"mixture prior needs at least one component; got {n_components}")
+        self.logits = nn.Parameter(torch.zeros(n_components))
+        self.means = nn.Parameter(torch.randn(n_components, latent_dim))
+        self.log_std = nn.Parameter(torch.zeros(n_components, latent_dim))
+
+    def forward(self) -> Distribution:
+        from .models.mixture import MixtureOfGaussians
+        log_std = self.log_std.clamp(min=LOG_STD_MIN)
+        return MixtureOfGaussians(self.logits, self.means, (-log_std).exp(), "diag")
+
+
+class VampPrior(nn.Module):
+    """p(z) = (1/K) sum_k q(z | u_k): the encoder's posterior at K learned pseudo-inputs u_k
+    (Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018).
+
+    Needs the VAE's encoder and the data shape: ``bind(encoder, data_shape)`` creates the
+    pseudo-inputs (call it once, when the VAE is built, before loading a state dict). The
+    encoder is referenced, not registered, so its weights are stored once. The density is
+    ``vaekit.models.mixture.MixtureOfGaussians`` over the encoder's diagonal Gaussians.
+    """
+
+    def __init__(self, latent_dim: int, n_pseudo_inputs: int, encoder: nn.Module | None = None,
+                 data_shape: tuple[int, ...] | None = None):
+        super().__init__()
+        if n_pseudo_inputs < 1:
+            raise ConfigError(f"VampPrior needs at least one pseudo-input; got {n_pseudo_inputs}")
+        self.latent_dim, self.n_pseudo_inputs = latent_dim, n_pseudo_inputs
+        self._encoder: list[nn.Module] = []  # a plain list: not a submodule
+        self.pseudo_inputs = None
+        if encoder is not None and data_shape is not None:
+            self.bind(encoder, data_shape)
+
+    def bind(self, encoder: nn.Module, data_shape: tuple[int, ...]) -> "VampPrior":
+        self._encoder[:] = [encoder]
+        if self.pseudo_inputs is None or tuple(self.pseudo_inputs.shape[1:]) != tuple(data_shape):
+            self.pseudo_inputs = nn.Parameter(0.5 + 0.05 * torch.randn(self.n_pseudo_inputs, *data_shape))
+        return self
+
+    def forward(self) -> Distribution:
+        from .models.mixture import MixtureOfGaussians
+        if not self._encoder:
+            raise ConfigError("the VampPrior is not bound to an encoder (VampPrior.bind(encoder, data_shape))")
+        q = self._encoder[0](self.pseudo_inputs)
+        base = getattr(q, "base", q)  # flow posteriors: their Gaussian q0
+        mean, std = base.mean, base.stddev
+        if mean.shape[-1] != self.latent_dim:
+            raise ConfigError(f"VampPrior: encoder gives {mean.shape[-1]} latents, prior has {self.latent_dim}")
+        logits = torch.zeros(mean.shape[0], dtype=mean.dtype, device=mean.device)
+        return MixtureOfGaussians(logits, mean, 1.0 / std, "diag")
+
+
 def diagonal_gaussian(mean: Tensor, log_var: Tensor) -> Distribution:
     """q(z|x) = N(mean, diag(exp(log_var))), batch [B], event [D]; reparameterisable."""
     return Independent(Normal(mean, (0.5 * log_var).exp(), validate_args=False), 1, validate_args=False)
@@ -139,6 +200,8 @@ LIKELIHOODS = {
 # name -> constructor(latent_dim, model_config) -> prior module
 PRIORS = {
     "normal": lambda latent_dim, cfg: StandardNormalPrior(latent_dim),
+    "mixture": lambda latent_dim, cfg: MixturePrior(latent_dim, cfg.components),
+    "vamp": lambda latent_dim, cfg: VampPrior(latent_dim, cfg.components),  # bound to the encoder by build_vae
 }
 
 
