@@ -8,12 +8,14 @@ importance-sampled) and ``sample(n)``.
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .autoencoder import Autoencoder, build_autoencoder
 from .mixture import GaussianMixtureModel, build_mixture
 from .vae import VAE, build_vae
 
 MODELS = {
     "vae": build_vae,
     "mixture": build_mixture,
+    "autoencoder": build_autoencoder,
 }
 
 
@@ -24,4 +26,4 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "GaussianMixtureModel", "build_model", "build_vae"]
+__all__ = ["MODELS", "VAE", "Autoencoder", "GaussianMixtureModel", "build_model", "build_vae"]
