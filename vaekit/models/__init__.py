@@ -7,12 +7,23 @@ importance-sampled) and ``sample(n)``.
 """
 from __future__ import annotations
 
+import itertools
+
+import torch
+
 from ..errors import ConfigError
 from .vae import VAE, build_vae
 
 MODELS = {
     "vae": build_vae,
 }
+
+
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def build_model(cfg, data_shape):
@@ -22,4 +33,4 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "build_model", "build_vae"]
+__all__ = ["MODELS", "VAE", "build_model", "build_vae", "model_device"]
