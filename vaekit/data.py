@@ -68,6 +68,7 @@ import difflib
 import functools
 import gzip
 import hashlib
+import http.client
 import importlib.util
 import math
 import os
@@ -638,7 +639,7 @@ def _download_one(name: str, target: Path, table: dict, mirrors: list[str]) -> P
             return target
         except DataError as e:
             errors.append(str(e))
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             errors.append(f"{url}: {_one_line(e)}")
     if len(errors) == 1:
         raise DataError(f"{name}: download failed: {errors[0]}")
@@ -823,7 +824,7 @@ def _read_image(path: Path):
         with Image.open(path) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: not a readable image ({_one_line(e)})") from None
 
 
