@@ -7,6 +7,10 @@ importance-sampled) and ``sample(n)``.
 """
 from __future__ import annotations
 
+import itertools
+
+import torch
+
 from ..errors import ConfigError
 from .autoencoder import Autoencoder, build_autoencoder
 from .mixture import GaussianMixtureModel, build_mixture
@@ -19,6 +23,13 @@ MODELS = {
 }
 
 
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def build_model(cfg, data_shape):
     """Build the model named by ``cfg.model.kind`` for data of ``data_shape``."""
     if cfg.model.kind not in MODELS:
@@ -26,4 +37,4 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "Autoencoder", "GaussianMixtureModel", "build_model", "build_vae"]
+__all__ = ["MODELS", "VAE", "Autoencoder", "GaussianMixtureModel", "build_model", "build_vae", "model_device"]
