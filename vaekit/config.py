@@ -159,8 +159,8 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     ),
     "ae-mnist": (
         "dense-mnist",
-        {"kind": "autoencoder"},
-        "deterministic autoencoder with the dense-mnist nets (784-400-20, Bernoulli reconstruction)",
+        {"kind": "autoencoder", "eval_k": 0},
+        "deterministic autoencoder with the dense-mnist nets (784-400-20, Bernoulli reconstruction); no p(x), so no NLL",
     ),
     "dae-mnist": (
         "ae-mnist",

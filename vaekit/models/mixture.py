@@ -409,12 +409,13 @@ class GaussianMixtureModel(nn.Module):
         _, stats = self._estep_pass(x, shift, None, cache, hard_centers=centers)
         return self._m_step(*stats, n)
 
-    def fit(self, x, progress: Callable | None = None, init_params: dict | None = None) -> list[float]:
+    def fit(self, x, progress: Callable | bool | None = None, init_params: dict | None = None) -> list[float]:
         """Fit by EM (``n_init`` restarts, keep the best); returns the best restart's history.
 
         Args:
             x: data [N, *data_shape] or [N, D] (tensor or array; any device: chunks are moved).
-            progress: optional ``progress(iteration, mean_log_lik)`` called after each E-step.
+            progress: ``progress(iteration, mean_log_lik)`` called after each E-step, or ``True``
+                for a progress bar (on stderr), or None / False.
             init_params: optional ``{"weights", "means", "covariances"}`` to start from (then one
                 run, no restarts), e.g. for comparisons with scikit-learn.
 
@@ -433,6 +434,33 @@ class GaussianMixtureModel(nn.Module):
             shift += x[i:i + (1 << 16)].double().sum(0)
         shift = (shift / n).to(device=self.device, dtype=self.dtype)
         cache = [] if self._use_cache(x) else None
+        bar = None
+        if progress is True:
+            import sys
+
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.max_iter * (1 if init_params is not None else self.n_init), desc="EM",
+                       unit="it", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+            def progress(it, ll):
+                bar.update(1)
+                bar.set_postfix(mean_log_lik=f"{ll:.3f}", refresh=False)
+        elif not callable(progress):
+            progress = None
+        try:
+            best = self._fit_restarts(x, shift, cache, progress, init_params)
+        finally:
+            if bar is not None:
+                bar.close()
+        params, history, converged = best
+        self.set_parameters(params["weights"], params["means"] + shift, params["covariances"])
+        self.converged.fill_(converged)
+        self.n_iter.fill_(len(history))
+        self.lower_bound.fill_(history[-1])
+        return history
+
+    def _fit_restarts(self, x, shift, cache, progress, init_params):
+        n = x.shape[0]
         best = None
         for restart in range(1 if init_params is not None else self.n_init):
             gen = torch.Generator(device=self.device).manual_seed(self.seed + restart)
@@ -458,12 +486,7 @@ class GaussianMixtureModel(nn.Module):
                 prev = ll
             if best is None or history[-1] > best[1][-1]:
                 best = (params, history, converged)
-        params, history, converged = best
-        self.set_parameters(params["weights"], params["means"] + shift, params["covariances"])
-        self.converged.fill_(converged)
-        self.n_iter.fill_(len(history))
-        self.lower_bound.fill_(history[-1])
-        return history
+        return best
 
     # --- the model contract --------------------------------------------------------------------
     def _check_fitted(self):
@@ -503,10 +526,13 @@ class GaussianMixtureModel(nn.Module):
         return {"loss": -lp, "log_px": lp}
 
     @torch.no_grad()
-    def sample(self, n: int, return_labels: bool = False):
-        """x ~ p(x): [n, *data_shape] (and the components [n] with ``return_labels``)."""
+    def sample(self, n: int, mean: bool = False, return_labels: bool = False):
+        """x ~ p(x): [n, *data_shape] (and the components [n] with ``return_labels``);
+        ``mean=True`` gives the means of the drawn components instead."""
         self._check_fitted()
         x, k = self.distribution().sample_with_components((n,))
+        if mean:
+            x = self.means[k]
         x = x.view(n, *self.data_shape)
         return (x, k) if return_labels else x
 
