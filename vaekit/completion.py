@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .distributions import diagonal_gaussian
+from .distributions import diagonal_gaussian, distribution_mean
 from .errors import DataError, VaekitError
 from .inference import DEFAULT_ELEMENT_BUDGET, MaskedLikelihood, _Posterior, mean_and_stderr, svi
 from .objectives import importance_terms
@@ -131,7 +131,6 @@ def _complete_batch(model, x: Tensor, m: Tensor, q, n_completions: int, k: int, 
     idx = torch.distributions.Categorical(logits=log_w.T.float()).sample((n_completions,))  # [S, B]
     z = rec.z.view(k, B, -1)[idx, torch.arange(B, device=x.device)]  # [S, B, D]
     px = model.decoder(z.reshape(n_completions * B, -1))
-    from .distributions import distribution_mean
     xs = (distribution_mean(px) if mean else px.sample()).view(n_completions, B, *x.shape[1:])
     observed = m.bool().unsqueeze(0).expand_as(xs)
     comp = torch.where(observed, x.unsqueeze(0).expand_as(xs), xs)  # observed pixels: copied through
@@ -213,11 +212,12 @@ def format_completion_summary(summary: dict) -> str:
     """Lines for stdout: the held-out pixels' log-likelihood with standard errors."""
     s = summary
     f = lambda d: f"{d['mean']:.3f} ± {d['stderr']:.3f}"  # noqa: E731
-    return "\n".join([
-        f"method                          {s['method']} (K={s['k']}, {s['n_completions']} completions each, {s['n']} images)",
-        f"log p(held-out | observed)      {f(s['heldout_log_lik'])} nats per image",
-        f"  per held-out pixel            {f(s['heldout_log_lik_per_pixel'])} nats",
-        f"log p(held-out | z) per completion {f(s['heldout_log_lik_per_completion'])} nats",
-        f"log p(observed)                 {f(s['log_px_observed'])} nats per image",
-        f"effective sample size           {f(s['ess'])} of {s['k']}",
-    ])
+    rows = [
+        ("method", f"{s['method']} (K={s['k']}, {s['n_completions']} completions each, {s['n']} images)"),
+        ("log p(held-out | observed)", f"{f(s['heldout_log_lik'])} nats per image"),
+        ("  per held-out pixel", f"{f(s['heldout_log_lik_per_pixel'])} nats"),
+        ("log p(held-out | z_s), each s", f"{f(s['heldout_log_lik_per_completion'])} nats per completion"),
+        ("log p(observed)", f"{f(s['log_px_observed'])} nats per image"),
+        ("effective sample size", f"{f(s['ess'])} of {s['k']}"),
+    ]
+    return "\n".join(f"{k:<30}  {v}" for k, v in rows)
