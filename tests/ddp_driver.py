@@ -1,0 +1,69 @@
+"""Worker of tests/test_distributed.py, started by torchrun with two gloo processes:
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_driver.py WORK
+
+``WORK/data.pt`` holds the training and test tensors (written by the test, so the workers
+need not import scikit-learn), ``WORK/single`` a single-process run stopped at step 3.
+Scenarios, all in one process group:
+
+- ``ddp``:   a new 2-process run, 6 steps (an epoch ends at step 4: evaluation split over ranks);
+- ``cut``:   a new 2-process run stopped at step 3 (the test resumes it on one process);
+- ``cut2``:  ``cut``'s twin, resumed here on 2 processes to step 6;
+- ``single``: the single-process run resumed on 2 processes (re-sharded) to step 6.
+
+Every rank saves its final weights as ``WORK/<scenario>.rank<r>.pt``.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+from vaekit import distributed  # noqa: E402
+from vaekit.config import build_config  # noqa: E402
+import vaekit.train as vt  # noqa: E402
+from vaekit.train import train  # noqa: E402
+
+SETTINGS = {"epochs": 2, "batch_size": 50, "log_every": 1, "ckpt_every": 2, "eval_k": 8, "eval_n": 40,
+            "tensorboard": False}
+
+
+def binarize(x, g):
+    return torch.bernoulli(x, generator=g)
+
+
+built = []  # every model train() builds on this rank, so its final weights can be saved
+
+
+def _capture(build):
+    def wrapped(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+    return wrapped
+
+
+vt.build_model = _capture(vt.build_model)
+
+
+def main(work: Path) -> None:
+    data = torch.load(work / "data.pt", weights_only=True)
+    tr, te = data["train"], data["test"]
+    cfg = build_config("dense-digits", overrides=SETTINGS)
+    kw = dict(transform=binarize, progress=False)
+    with distributed.session("cpu"):
+        assert distributed.world_size() == 2
+        r = distributed.rank()
+
+        def keep(name, summary):
+            torch.save({"summary": summary, "weights": built[-1].state_dict()}, work / f"{name}.rank{r}.pt")
+
+        keep("ddp", train(cfg, work / "ddp", tr, te, max_steps=6, **kw))
+        train(cfg, work / "cut", tr, te, max_steps=3, **kw)
+        train(cfg, work / "cut2", tr, te, max_steps=3, **kw)
+        keep("cut2", train(cfg, work / "cut2", tr, te, max_steps=6, resume=True, **kw))
+        keep("single", train(cfg, work / "single", tr, te, max_steps=6, resume=True, **kw))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
