@@ -51,7 +51,7 @@ def main(work: Path) -> None:
     tr, te = data["train"], data["test"]
     cfg = build_config("dense-digits", overrides=SETTINGS)
     kw = dict(transform=binarize, progress=False)
-    with distributed.session("cpu"):
+    with distributed.session():
         assert distributed.world_size() == 2
         r = distributed.rank()
 

@@ -298,3 +298,31 @@ def model_from_state(state: dict, device="cpu", ema: bool = True):
         raise CheckpointError(f"checkpoint weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0][:120]})") from None
     return model.to(device).eval(), cfg
+
+
+def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = True):
+    """:func:`load_model` for every process of a torchrun job: rank 0 finds and reads the file
+    (the run folder need exist on its machine only) and sends the bytes to the others.
+
+    Returns ``(model, config, state)``; ``device=None`` skips building the model.
+    """
+    from . import distributed
+
+    def locate() -> tuple[Path, dict]:
+        if Path(path).is_dir():
+            found = latest_checkpoint(path, warn=warn)
+            if found is None:
+                raise CheckpointError(f"run folder {path} has no checkpoint yet (train it first)")
+            return found
+        return resolve(path)
+
+    if not distributed.active():
+        _, state = locate()
+    else:
+        name = distributed.agree(lambda: str(locate()[0]))
+        data = distributed.broadcast_bytes(Path(name).read_bytes() if distributed.is_main() else None)
+        state = load_checkpoint_bytes(data, name)
+    if device is None:
+        return None, config_of(state), state
+    model, cfg = model_from_state(state, device, ema)
+    return model, cfg, state

@@ -98,17 +98,20 @@ def _train_args(p):
 
 
 def _train(args):
-    from .checkpoint import config_of, latest_checkpoint
+    from . import distributed
+    with distributed.session():  # torchrun: one process group for training and the final evaluation
+        return _train_in_session(args, distributed.is_main())
+
+
+def _train_in_session(args, main: bool):
+    from .checkpoint import load_shared
     from .config import build_config, validate
     from .data import binarize_dynamic, load_splits
     from .evaluate import evaluate, format_table
-    from .train import train
+    from .train import resolve_device, train
 
     if args.resume:
-        found = latest_checkpoint(args.resume)
-        if found is None:
-            raise VaekitError(f"nothing to resume: {args.resume} has no checkpoint")
-        cfg = config_of(found[1])
+        cfg = load_shared(args.resume, device=None, warn=False)[1]  # rank 0 reads, all get the config
         if args.overrides or args.data or args.data_dir:
             raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
         out = Path(args.resume)
@@ -126,18 +129,21 @@ def _train(args):
     validate(cfg)
     train_ds, test_ds = load_splits(cfg.data)
     transform = binarize_dynamic if cfg.data.binarize == "dynamic" else None
-    print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
-          f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
-          f"{tuple(train_ds.x.shape[1:])} -> {out}", file=sys.stderr)
+    if main:
+        print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
+              f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
+              f"{tuple(train_ds.x.shape[1:])} -> {out}", file=sys.stderr)
     summary = train(cfg, out, train_ds.x, test_ds.x, transform=transform, resume=bool(args.resume),
                     progress=not args.no_progress, max_steps=args.max_steps)
-    print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
+    if main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
     if not args.no_eval:
-        from .checkpoint import load_model
-        model, _, _ = load_model(out, device=next(iter(_devices(cfg))))
-        res = evaluate(model, test_ds.x, k=cfg.train.eval_k or 1, progress=not args.no_progress)
+        model, _, _ = load_shared(out, device=resolve_device(cfg.train.device))
+        res = evaluate(model, test_ds.x, k=cfg.train.eval_k or 1, progress=not args.no_progress,
+                       seed=cfg.train.seed)
         res.update(dataset=cfg.data.name, split="test")
-        print(format_table(res))
+        if main:
+            print(format_table(res))
     return 0
 
 
@@ -161,14 +167,20 @@ def _evaluate_args(p):
 
 
 def _evaluate(args):
+    from . import distributed
+    from .checkpoint import load_shared
     from .evaluate import evaluate, format_table
+    from .train import resolve_device
     if args.k <= 0:
         raise VaekitError(f"--k must be positive; got {args.k}")
-    model, cfg, _ = _load_run(args)
-    ds = _split(cfg, args, args.split)
-    x = ds.x[: args.n] if args.n else ds.x
-    _seed(args)
-    res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress)
+    with distributed.session():  # under torchrun the examples are split over the processes
+        model, cfg, _ = load_shared(args.run, device=resolve_device(args.device or "cpu"))
+        ds = _split(cfg, args, args.split)
+        x = ds.x[: args.n] if args.n else ds.x
+        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress,
+                       seed=args.seed)
+        if not distributed.is_main():
+            return 0
     res.update(dataset=_data_config(cfg, args).name, split=args.split)
     print(format_table(res))
     run = Path(args.run)
@@ -351,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(e: VaekitError) -> None:
+    """One line on stderr; under torchrun, an error every rank shares is printed by rank 0 only."""
+    from .distributed import rank
+    r = rank()
+    if r == 0:
+        print(f"vaekit: error: {e}", file=sys.stderr)
+    elif not getattr(e, "shared", False):
+        print(f"vaekit: error: [rank {r}] {e}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -360,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][1](args) or 0
     except VaekitError as e:
-        print(f"vaekit: error: {e}", file=sys.stderr)
+        _report(e)
         return 2
     except KeyboardInterrupt:
         print("vaekit: interrupted" + (f"; continue with `vaekit train --resume {args.out or args.resume}`"

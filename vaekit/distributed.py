@@ -7,9 +7,10 @@ Launch with torchrun, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MAS
 
 Without those variables everything here degrades to the single process: ``rank() == 0``,
 ``world_size() == 1`` and the collectives return their input. :func:`session` opens the
-process group from the environment (``init_method="env://"``; backend ``nccl`` when the
-device is CUDA, ``gloo`` on CPU) and closes it again; sessions nest, so ``vaekit.train.train``
-called inside the CLI's session does not open a second group.
+process group from the environment (``init_method="env://"``; NCCL for CUDA tensors and gloo
+for CPU tensors where CUDA is available, gloo alone on CPU machines) and closes it again;
+sessions nest, so ``vaekit.train.train`` called inside the CLI's session does not open a
+second group.
 
 The collectives move only tensors (no pickling, so nothing a peer sends is ever executed):
 sums (:func:`all_reduce_sum`), rows of different lengths gathered onto every rank
@@ -76,8 +77,10 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def backend_for(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
+def backend() -> str:
+    """``cpu:gloo,cuda:nccl`` where CUDA is available (NCCL moves the gradients of CUDA models,
+    gloo the small control messages, which stay on the CPU), else ``gloo``."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
 def process_device(name: str) -> torch.device:
@@ -103,40 +106,39 @@ def process_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def session(device_name: str = "auto", timeout_s: float | None = None):
+def session(timeout_s: float | None = None):
     """Open the process group from torchrun's environment for the duration of the block.
 
     Does nothing when not launched by torchrun, or when a group is already open (sessions
-    nest). Yields this process's device.
+    nest). The backend is :func:`backend`; each process's GPU (if any) is ``cuda:LOCAL_RANK``.
     """
-    device = process_device(device_name)
     dist = _dist()
     if not launched() or (dist.is_available() and dist.is_initialized()):
-        yield device
+        yield
         return
     if not dist.is_available():
         raise VaekitError("this PyTorch build has no torch.distributed; run without torchrun")
     missing = [v for v in ENV_VARS if v not in os.environ]
     if missing:
         raise VaekitError(f"WORLD_SIZE is set but {', '.join(missing)} are not; launch with torchrun")
-    backend = backend_for(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if torch.cuda.is_available():
+        if local_rank() >= torch.cuda.device_count():
+            e = VaekitError(f"local rank {local_rank()} has no GPU: this machine has "
+                            f"{torch.cuda.device_count()}; use --nproc-per-node {torch.cuda.device_count()}")
+            e.rank_specific = True
+            raise e
+        torch.cuda.set_device(local_rank())
     kw = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
-    if backend == "nccl":
-        kw["device_id"] = device
-    dist.init_process_group(backend=backend, init_method="env://", **kw)
+    dist.init_process_group(backend=backend(), init_method="env://", **kw)
     try:
-        yield device
+        yield
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _comm_device() -> torch.device:
-    """Where collective tensors live: the current GPU for nccl, the CPU for gloo."""
-    if _dist().get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
+    """Where the helpers' tensors travel: the CPU (gloo); DDP itself moves CUDA gradients by NCCL."""
     return torch.device("cpu")
 
 

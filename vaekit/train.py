@@ -210,7 +210,8 @@ def train(cfg: Config, run_dir: str | Path, train_x: Tensor, test_x: Tensor | No
         shards: data shards of a new run (default: the number of processes); see the module
             docstring. A resumed run keeps its own.
     """
-    with distributed.session(cfg.train.device) as device:
+    with distributed.session():
+        device = resolve_device(cfg.train.device)
         return _train(cfg, Path(run_dir), train_x, test_x, transform, resume, progress, max_steps,
                       data_shape, shards, device)
 
