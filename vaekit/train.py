@@ -272,6 +272,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
     steps_per_epoch = math.ceil(N / tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
     step, bad_total = 0, 0
+    saved_window: dict = {}
     S = int(shards or W)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -281,6 +282,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
             ema.n_averaged.fill_(int(state.get("ema_n", 1)))
         step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
         S = int(state.get("shards", 1))
+        saved_window = state.get("log_window") or {}
         if W > S:
             if main:
                 print(f"vaekit: note: the run has {S} data shard(s) and {W} processes resume it: re-sharding "
@@ -311,18 +313,35 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
               inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": sync})
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None, **kw)
 
-    def snapshot() -> dict:
+    # metric sums of the steps since the last log line; under DDP each process holds its share,
+    # and a resumed window's (global) sums go to rank 0 alone
+    window: dict[str, float] = {k: float(v) if main else 0.0
+                                for k, v in (saved_window.get("sums") or {}).items()}
+    window_n = int(saved_window.get("n", 0))
+    window_examples = 0  # for examples_per_s, counted from this process's start
+
+    def global_window() -> dict[str, float]:
+        keys = sorted(window)
+        if W == 1 or not keys:
+            return dict(window)
+        tot = distributed.all_reduce_sum(torch.tensor([window[k] for k in keys], dtype=torch.float64))
+        return dict(zip(keys, tot.tolist()))
+
+    def snapshot(log_window: dict) -> dict:
         return {
             "step": step, "epoch": step // steps_per_epoch, "bad_steps": bad_total,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else None,
             "ema_n": int(ema.n_averaged) if ema is not None else 0,
             "config": cfg.to_dict(), "data_shape": list(data_shape), "shards": S, "world_size": W,
+            # the metrics of the steps since the last log line, so a resumed run logs the same means
+            "log_window": {"sums": log_window, "n": window_n},
             "vaekit_version": __import__("vaekit").__version__,
         }
 
     def save() -> None:
-        distributed.agree(lambda: ckpt.save_checkpoint(run_dir, snapshot()) and None)
+        state = snapshot(global_window())  # (the all-reduce runs on every process)
+        distributed.agree(lambda: ckpt.save_checkpoint(run_dir, state) and None)
 
     config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
 
@@ -331,7 +350,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
             def populate(folder: Path) -> None:
                 ckpt.atomic_write(folder / "config.yaml", lambda f: f.write(config_text))
                 (folder / "metrics.jsonl").write_text("")
-                ckpt.save_checkpoint(folder, snapshot())
+                ckpt.save_checkpoint(folder, snapshot({}))
             ckpt.create_run_dir(run_dir, populate)
         else:
             ckpt.atomic_write(run_dir / "config.yaml", lambda f: f.write(config_text))
@@ -343,8 +362,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
     last = min(total_steps, max_steps) if max_steps is not None else total_steps
     consecutive_bad = 0
     term_keys: list[str] | None = None
-    window: dict[str, float] = {}
-    window_n, window_examples, t0, summary = 0, 0, time.perf_counter(), {}
+    t0, summary = time.perf_counter(), {}
     gen = torch.Generator(device=device)
     bar, perms, synced = None, {}, W == 1
     try:
@@ -439,9 +457,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
 
             if step % tc.log_every == 0 or step == last:
                 keys = sorted(window)
-                if W > 1:  # global-batch means: every process holds its share of each sum
-                    tot = distributed.all_reduce_sum(torch.tensor([window[k] for k in keys], dtype=torch.float64))
-                    window = dict(zip(keys, tot.tolist()))
+                window = global_window()  # global-batch means: every process holds its share of each sum
                 if main:
                     dt = time.perf_counter() - t0
                     rec = {"step": step, "epoch": epoch + 1, "lr": lr, "grad_norm": grad_norm,
