@@ -9,7 +9,9 @@ Scenarios, all in one process group:
 - ``ddp``:   a new 2-process run, 6 steps (an epoch ends at step 4: evaluation split over ranks);
 - ``cut``:   a new 2-process run stopped at step 3 (the test resumes it on one process);
 - ``cut2``:  ``cut``'s twin, resumed here on 2 processes to step 6;
-- ``single``: the single-process run resumed on 2 processes (re-sharded) to step 6.
+- ``single``: the single-process run resumed on 2 processes (re-sharded) to step 6;
+- ``nan``:   a new 2-process run, 6 steps, on data with one NaN example, which only rank 1's
+  shard holds: both ranks must skip the same steps.
 
 Every rank saves its final weights as ``WORK/<scenario>.rank<r>.pt``.
 """
@@ -63,6 +65,14 @@ def main(work: Path) -> None:
         train(cfg, work / "cut2", tr, te, max_steps=3, **kw)
         keep("cut2", train(cfg, work / "cut2", tr, te, max_steps=6, resume=True, **kw))
         keep("single", train(cfg, work / "single", tr, te, max_steps=6, resume=True, **kw))
+        keep("nan", train(cfg, work / "nan", nan_data(tr), te, max_steps=6, progress=False))
+
+
+def nan_data(tr):
+    """``tr`` with example 1 (in shard 1 of 2, so on rank 1 only) all NaN."""
+    bad = tr.clone()
+    bad[1] = float("nan")
+    return bad
 
 
 if __name__ == "__main__":

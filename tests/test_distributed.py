@@ -100,6 +100,15 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path, o
     assert state["step"] == 6 and state["shards"] == 2
     assert [r["step"] for r in metrics(tmp_path / "single")] == [1, 2, 3, 4, 4, 5, 6]
 
+    # a NaN example that only rank 1 sees: both ranks skip that step, like the single process
+    n0, n1 = ranks("nan")
+    assert_weights_close(n0["weights"], n1["weights"], exact=True)
+    nan_ref = train(cfg, tmp_path / "nan_ref", ddp_driver.nan_data(tr), te, max_steps=6, shards=2, progress=False)
+    assert n0["summary"]["bad_steps"] == nan_ref["bad_steps"] >= 1
+    assert_weights_close(n0["weights"], ckpt.latest_checkpoint(tmp_path / "nan_ref")[1]["model"])
+    assert [r["bad_steps"] for r in metrics(tmp_path / "nan") if "loss" in r] == \
+        [r["bad_steps"] for r in metrics(tmp_path / "nan_ref") if "loss" in r]
+
 
 def test_shards_deal_every_example_once_per_epoch():
     N, S, spe = 103, 3, 7

@@ -11,6 +11,7 @@ uninterrupted run.
 """
 import errno
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -227,3 +228,61 @@ def test_loading_a_checkpoint_never_runs_code_from_it(tmp_path):
     with pytest.raises(CheckpointError, match="no readable checkpoint"):
         ckpt.load_model(tmp_path / "run")
     assert not marker.exists()
+
+
+# --- numerical guards -------------------------------------------------------------------------
+
+class Poisoned(torch.nn.Module):
+    """A toy model whose ``term`` is NaN/inf at the steps in ``bad``: rec, kl and logdet terms."""
+
+    log_prob_kind = "exact"
+
+    def __init__(self, term: str, bad):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.term, self.bad = term, set(bad)
+
+    def loss(self, x, step=0):
+        h = x.flatten(1).mean(1, keepdim=True) * self.w  # [B, 3]
+        out = {"rec": -(h[:, 0] - 1) ** 2, "kl": h[:, 1] ** 2, "logdet": h[:, 2]}
+        if step in self.bad:
+            out[self.term] = out[self.term] * float("nan" if self.term == "rec" else "inf")
+        out["loss"] = -out["rec"] + out["kl"] - out["logdet"]
+        return out
+
+
+def poisoned_config(**over):
+    return build_config("dense-digits", overrides={"kind": "toy", "epochs": 2, "batch_size": 10, "log_every": 1,
+                                                   "eval_k": 0, "tensorboard": False, **over})
+
+
+@pytest.mark.parametrize("term,name", [("rec", "reconstruction"), ("kl", "KL"), ("logdet", "logdet")])
+def test_a_run_that_keeps_blowing_up_stops_naming_the_term(tmp_path, monkeypatch, term, name):
+    from vaekit import models
+    from vaekit.train import TrainingDiverged
+    monkeypatch.setitem(models.MODELS, "toy", lambda mc, shape, tc: Poisoned(term, range(3, 100)))
+    with pytest.raises(TrainingDiverged) as e:
+        train(poisoned_config(max_bad_steps=4), tmp_path / term, torch.rand(40, 1, 4, 4), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and f"{name}" in msg and "4 consecutive non-finite steps at step 6" in msg
+    others = {"rec": "reconstruction", "kl": "KL", "logdet": "logdet"}
+    assert not [n for t, n in others.items() if t != term and n in msg]  # only the culprit is named
+    state = ckpt.latest_checkpoint(tmp_path / term)[1]
+    assert state["step"] == 4 and state["bad_steps"] == 1  # epoch-end checkpoint; a resume goes on from it
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    from vaekit import models
+    seen = []
+
+    def build(mc, shape, tc):
+        seen.append(Poisoned("kl", {2, 5}))
+        return seen[-1]
+
+    monkeypatch.setitem(models.MODELS, "toy", build)
+    summary = train(poisoned_config(), tmp_path / "r", torch.rand(40, 1, 4, 4), progress=False)
+    assert summary["step"] == 8 and summary["bad_steps"] == 2
+    recs = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["bad_steps"] for r in recs] == [0, 0, 1, 1, 1, 2, 2, 2]
+    assert [math.isnan(r["grad_norm"]) for r in recs] == [False, False, True, False, False, True, False, False]
+    assert torch.isfinite(seen[-1].w).all()
