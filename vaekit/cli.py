@@ -47,8 +47,8 @@ def _data_config(cfg, args):
 
 def _split(cfg, args, split: str):
     """The named split (``train``/``test``) of the run's data, prepared as the model expects."""
-    from .data import load_splits
-    train, test = load_splits(_data_config(cfg, args))
+    from .data import prepare_data
+    train, test = prepare_data(_data_config(cfg, args))
     return train if split == "train" else test
 
 
@@ -106,7 +106,7 @@ def _train(args):
 def _train_in_session(args, main: bool):
     from .checkpoint import load_shared
     from .config import build_config, validate
-    from .data import binarize_dynamic, load_splits
+    from .data import binarize_dynamic, prepare_data
     from .evaluate import evaluate, format_table
     from .train import resolve_device, train
 
@@ -127,7 +127,7 @@ def _train_in_session(args, main: bool):
     if args.device:
         cfg.train.device = args.device
     validate(cfg)
-    train_ds, test_ds = load_splits(cfg.data)
+    train_ds, test_ds = prepare_data(cfg.data)
     transform = binarize_dynamic if cfg.data.binarize == "dynamic" else None
     if main:
         print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
@@ -366,11 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(e: VaekitError) -> None:
     """One line on stderr; under torchrun, an error every rank shares is printed by rank 0 only."""
     from .distributed import rank
-    r = rank()
+    r, msg = rank(), str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever it quotes
     if r == 0:
-        print(f"vaekit: error: {e}", file=sys.stderr)
+        print(f"vaekit: error: {msg}", file=sys.stderr)
     elif not getattr(e, "shared", False):
-        print(f"vaekit: error: [rank {r}] {e}", file=sys.stderr)
+        print(f"vaekit: error: [rank {r}] {msg}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,11 @@ def _all_keys() -> list[str]:
     return [f"{s}.{k}" for s in SECTIONS for k in _fields(s)]
 
 
+def _shown(text: str) -> str:
+    """``text`` for a one-line message: newlines and other unprintables escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def resolve_key(key: str) -> tuple[str, str]:
     """Map ``section.field`` or a unique bare ``field`` to ``(section, field)``."""
     if "." in key:
@@ -162,7 +168,7 @@ def resolve_key(key: str) -> tuple[str, str]:
     names = _all_keys() + [k.split(".", 1)[1] for k in _all_keys()]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"unknown config key '{key}'{hint}")
+    raise ConfigError(f"unknown config key '{_shown(key)}'{hint}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -235,12 +241,12 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set wants key=value, got '{item}'")
+            raise ConfigError(f"--set wants key=value, got '{_shown(item)}'")
         key, raw = item.split("=", 1)
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse value '{raw}'") from None
+            raise ConfigError(f"--set {_shown(key)}: cannot parse value '{_shown(raw)}'") from None
     return out
 
 
@@ -248,7 +254,7 @@ def preset_chain(name: str) -> list[str]:
     if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown preset '{name}'{hint}; `vaekit presets` lists them")
+        raise ConfigError(f"unknown preset '{_shown(name)}'{hint}; `vaekit presets` lists them")
     chain = []
     while name is not None:
         chain.append(name)
@@ -271,7 +277,11 @@ def load_yaml(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if doc is None:
@@ -307,6 +317,11 @@ CHOICES = {
 
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express; one line per problem."""
+    for section in SECTIONS:  # NaN / inf are floats to YAML (.nan, .inf) but never a sane setting
+        for name in _fields(section):
+            value = getattr(getattr(cfg, section), name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{name} must be a finite number; got {value}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
