@@ -112,21 +112,29 @@ def create_run_dir(run_dir: str | Path, populate) -> None:
     into it directly: the folder is the user's, not ours to replace.
     """
     run_dir = Path(run_dir)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        populate(run_dir)
-        return
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.parent.glob(f".{glob.escape(run_dir.name)}.*.tmp"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"cannot create the run folder {run_dir}: a file of that name exists")
+    try:
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            populate(run_dir)
+            return
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.parent.glob(f".{glob.escape(run_dir.name)}.*.tmp"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    except OSError as e:
+        raise CheckpointError(f"cannot create the run folder {run_dir} ({e.strerror or e})") from None
     try:
         populate(tmp)
         os.chmod(tmp, 0o777 & ~_UMASK)
         if run_dir.is_dir():
             run_dir.rmdir()  # empty; rename cannot replace a directory on every platform
         os.rename(tmp, run_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise CheckpointError(f"cannot create the run folder {run_dir} ({what})") from None
         raise
 
 

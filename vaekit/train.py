@@ -39,6 +39,7 @@ the single-process loop: one permutation of the whole set, one seed per step.
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import json
 import math
@@ -143,8 +144,12 @@ class MetricsLog:
         self.f = open(path, "a")
 
     def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record) + "\n")
-        self.f.flush()
+        try:
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
+        except OSError as e:
+            what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise VaekitError(f"cannot write {self.path} ({what}); the run resumes from its last checkpoint") from None
 
     def close(self) -> None:
         self.f.close()
@@ -275,11 +280,16 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
     saved_window: dict = {}
     S = int(shards or W)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.module.load_state_dict(state["ema"])
-            ema.n_averaged.fill_(int(state.get("ema_n", 1)))
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if ema is not None and state.get("ema") is not None:
+                ema.module.load_state_dict(state["ema"])
+                ema.n_averaged.fill_(int(state.get("ema_n", 1)))
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"the checkpoint of {run_dir} does not fit the model its config describes "
+                                  f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})"
+                                  ) from None
         step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
         S = int(state.get("shards", 1))
         saved_window = state.get("log_window") or {}
