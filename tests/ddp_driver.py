@@ -11,10 +11,16 @@ Scenarios, all in one process group:
 - ``cut2``:  ``cut``'s twin, resumed here on 2 processes to step 6;
 - ``single``: the single-process run resumed on 2 processes (re-sharded) to step 6;
 - ``nan``:   a new 2-process run, 6 steps, on data with one NaN example, which only rank 1's
-  shard holds: both ranks must skip the same steps.
+  shard holds: both ranks must skip the same steps;
+- ``cli``:   ``vaekit train`` (the command, as ``torchrun -m vaekit`` runs it) on
+  ``WORK/digits.npy``, 4 steps and the final evaluation; ``cli_err``: a command that fails.
+  Each rank records its exit status, stdout and stderr in ``WORK/<scenario>.rank<r>.json``.
 
 Every rank saves its final weights as ``WORK/<scenario>.rank<r>.pt``.
 """
+import contextlib
+import io
+import json
 import sys
 from pathlib import Path
 
@@ -66,6 +72,21 @@ def main(work: Path) -> None:
         keep("cut2", train(cfg, work / "cut2", tr, te, max_steps=6, resume=True, **kw))
         keep("single", train(cfg, work / "single", tr, te, max_steps=6, resume=True, **kw))
         keep("nan", train(cfg, work / "nan", nan_data(tr), te, max_steps=6, progress=False))
+
+        def command(name, argv):
+            from vaekit.cli import main as vaekit_main
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = vaekit_main([str(a) for a in argv])
+            (work / f"{name}.rank{r}.json").write_text(json.dumps({"rc": rc, "out": out.getvalue(),
+                                                                   "err": err.getvalue()}))
+
+        command("cli", CLI_TRAIN + ["--data", work / "digits.npy", "--out", work / "cli"])
+        command("cli_err", ["train", "--resume", work / "no-such-run"])
+
+
+CLI_TRAIN = ["train", "--preset", "dense-digits", "--max-steps", "4", "--no-progress", "--set", "tensorboard=false",
+             "--set", "eval_k=4", "--set", "batch_size=20"]
 
 
 def nan_data(tr):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -54,6 +55,7 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path, o
     x = torch.tensor(load_digits().data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     tr, te = x[:200].clone(), x[1500:1560].clone()
     torch.save({"train": tr, "test": te}, tmp_path / "data.pt")
+    np.save(tmp_path / "digits.npy", tr.numpy())
     cfg = build_config("dense-digits", overrides=ddp_driver.SETTINGS)
     kw = dict(transform=ddp_driver.binarize, progress=False)
     train(cfg, tmp_path / "single", tr, te, max_steps=3, **kw)  # resumed on 2 ranks by the workers
@@ -108,6 +110,23 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path, o
     assert_weights_close(n0["weights"], ckpt.latest_checkpoint(tmp_path / "nan_ref")[1]["model"])
     assert [r["bad_steps"] for r in metrics(tmp_path / "nan") if "loss" in r] == \
         [r["bad_steps"] for r in metrics(tmp_path / "nan_ref") if "loss" in r]
+
+    # the command under torchrun: rank 0 alone reports; its final IS estimate is the one a
+    # single process computes from the same checkpoint
+    c0, c1 = [json.loads((tmp_path / f"cli.rank{r}.json").read_text()) for r in (0, 1)]
+    assert c0["rc"] == c1["rc"] == 0, c0["err"] + c1["err"]
+    assert c1["out"] == "" and "vaekit: error" not in c1["err"]
+    summary = json.loads(c0["out"].splitlines()[0])
+    assert summary["step"] == 4 and ckpt.latest_checkpoint(tmp_path / "cli")[1]["shards"] == 2
+    nll_ddp = float(next(l for l in c0["out"].splitlines() if l.startswith("nll")).split()[1])
+    from vaekit.cli import main as vaekit_main
+    assert vaekit_main(["evaluate", str(tmp_path / "cli"), "--k", "4", "--seed", "0", "--no-progress",
+                        "-o", str(tmp_path / "eval.json")]) == 0
+    nll_one = json.loads((tmp_path / "eval.json").read_text())["nll"]
+    assert nll_ddp == pytest.approx(nll_one, abs=1e-3)  # the table prints 3 decimals
+    e0, e1 = [json.loads((tmp_path / f"cli_err.rank{r}.json").read_text()) for r in (0, 1)]
+    assert e0["rc"] == e1["rc"] == 2
+    assert [l for l in e0["err"].splitlines() if l.startswith("vaekit: error: ")] and e1["err"] == ""
 
 
 def test_shards_deal_every_example_once_per_epoch():

@@ -175,6 +175,31 @@ def test_disk_full_while_writing_leaves_the_previous_checkpoint(tmp_path, monkey
     assert train(cfg, tmp_path / "r", tr, te, progress=False, resume=True)["step"] == 5  # space again
 
 
+def test_disk_full_through_the_command_is_one_line(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from vaekit.cli import main
+    tr, _ = digits(60, 1)
+    np.save(tmp_path / "d.npy", tr.numpy())
+    quick = ["--max-steps", "2", "--no-eval", "--no-progress"]
+    assert main(["train", "--preset", "dense-digits", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "r"),
+                 "--set", "tensorboard=false", "--set", "batch_size=20", "--set", "ckpt_every=2", *quick]) == 0
+
+    def save_until_full(obj, f, *a, **kw):
+        f.write(b"PK\x03\x04 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", save_until_full)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "r"), "--max-steps", "4", "--no-eval", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    errors = [l for l in err.splitlines() if l.startswith("vaekit: error:")]
+    assert errors == [f"vaekit: error: disk full while writing checkpoint {tmp_path / 'r' / 'checkpoints'}"
+                      f"/step-00000003.pt; the previous checkpoint step-00000002.pt is intact"]  # 3: epoch end
+    assert "Traceback" not in err
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(tmp_path / "r")[1]["step"] == 2
+
+
 def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch):
     tr, te = digits(40, 10)
     cfg = build_config("dense-digits", overrides={"epochs": 1, "batch_size": 20, "tensorboard": False})
