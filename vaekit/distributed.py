@@ -90,18 +90,18 @@ def process_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise VaekitError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise VaekitError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VaekitError(f"device '{name}' requested but MPS is not available on this machine")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            e = VaekitError(f"device '{name}' requested but CUDA is not available on this machine")
-            e.rank_specific = True  # another node may have GPUs: every rank reports its own
-            raise e
+            raise VaekitError(f"device '{name}' requested but CUDA is not available on this machine")
         if dev.index is None:
             dev = torch.device("cuda", local_rank() if launched() else torch.cuda.current_device())
         if dev.index >= torch.cuda.device_count():
-            e = VaekitError(f"device {dev} requested but this machine has {torch.cuda.device_count()} GPU(s)")
-            e.rank_specific = True
-            raise e
+            raise VaekitError(f"device {dev} requested but this machine has {torch.cuda.device_count()} GPU(s)")
     return dev
 
 
@@ -122,12 +122,8 @@ def session(timeout_s: float | None = None):
     if missing:
         raise VaekitError(f"WORLD_SIZE is set but {', '.join(missing)} are not; launch with torchrun")
     if torch.cuda.is_available():
-        if local_rank() >= torch.cuda.device_count():
-            e = VaekitError(f"local rank {local_rank()} has no GPU: this machine has "
-                            f"{torch.cuda.device_count()}; use --nproc-per-node {torch.cuda.device_count()}")
-            e.rank_specific = True
-            raise e
-        torch.cuda.set_device(local_rank())
+        if local_rank() < torch.cuda.device_count():  # else: more processes than GPUs, CPU training
+            torch.cuda.set_device(local_rank())
     kw = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
     dist.init_process_group(backend=backend(), init_method="env://", **kw)
     try:

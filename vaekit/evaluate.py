@@ -40,9 +40,7 @@ SPLIT_MIN_CHUNKS = 64  # seeded/distributed evaluation cuts the examples into at
 def active_units(model, x: Tensor, batch_size: int = 1000, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """Number of latent dimensions whose posterior mean varies across x: Var_x(E_q[z_u]) > threshold."""
     means = torch.cat([model.encode(x[i:i + batch_size])[0] for i in range(0, x.shape[0], batch_size)])
-    if means.shape[0] < 2:
-        return 0
-    return int((means.double().var(0) > threshold).sum())
+    return _active(means, threshold)
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
@@ -50,7 +48,8 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 
 
 @torch.no_grad()
-def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: int, progress: bool) -> dict:
+def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: int, progress: bool,
+                       desc: str = "evaluate") -> dict:
     """Per-example results in example order: this process's chunks, then an all-gather."""
     N, D = x.shape[0], math.prod(x.shape[1:])
     sampled = model.log_prob_kind == "importance-sampled"
@@ -62,7 +61,7 @@ def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: i
     bar = None
     if progress and distributed.is_main():
         from tqdm.auto import tqdm
-        bar = tqdm(total=sum(min(B, N - c * B) for c in mine), desc="evaluate", unit="ex", leave=False,
+        bar = tqdm(total=sum(min(B, N - c * B) for c in mine), desc=desc, unit="ex", leave=False,
                    dynamic_ncols=True)
     rows = []
     devices = [x.device] if x.device.type == "cuda" else []
@@ -117,7 +116,7 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int | None = None,
     D = math.prod(x.shape[1:])
     if seed is not None or distributed.active():
         t0 = time.perf_counter()
-        per = _per_example_split(model, x, k, batch_size, 0 if seed is None else seed, progress)
+        per = _per_example_split(model, x, k, batch_size, 0 if seed is None else seed, progress, desc)
         res: dict = {"log_prob_kind": model.log_prob_kind, "n": N}
         if model.log_prob_kind == "importance-sampled":
             res["k"] = k
