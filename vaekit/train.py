@@ -394,7 +394,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
                 g["lr"] = lr
             model.train()
             opt.zero_grad(set_to_none=True)
-            local_bad, bad_keys, sums, final_loss, shown = False, set(), {}, None, 0.0
+            local_bad, bad_keys, sums, final_loss, shown, n_local = False, set(), {}, None, 0.0, 0
             for j, s in enumerate(mine):
                 lo, hi = bounds[s]
                 xb = shard_x[s][perms[s][lo:hi]]
@@ -416,7 +416,8 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
                         loss.backward()  # accumulates locally (no_sync); the final backward syncs
                 if final:
                     final_loss = loss
-                shown += float(out["loss"].detach().sum()) / global_batch
+                shown += float(out["loss"].detach().sum())  # the bar shows this process's mean loss
+                n_local += xb.shape[0]
                 for k, v in out.items():
                     if isinstance(v, Tensor) and v.dim() == 1:
                         sums[k] = sums.get(k, 0.0) + float(v.detach().sum()) / global_batch
@@ -463,7 +464,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
             window_n += 1
             window_examples += global_batch
             if ok:
-                bar.set_postfix(loss=f"{shown:.2f}", refresh=False)
+                bar.set_postfix(loss=f"{shown / max(n_local, 1):.2f}", refresh=False)
 
             if step % tc.log_every == 0 or step == last:
                 keys = sorted(window)
