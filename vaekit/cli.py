@@ -47,8 +47,8 @@ def _data_config(cfg, args):
 
 def _split(cfg, args, split: str):
     """The named split (``train``/``test``) of the run's data, prepared as the model expects."""
-    from .data import load_splits
-    train, test = load_splits(_data_config(cfg, args))
+    from .data import prepare_data
+    train, test = prepare_data(_data_config(cfg, args))
     return train if split == "train" else test
 
 
@@ -94,14 +94,12 @@ def _train_args(p):
     p.add_argument("--out", help="run folder to create (default runs/<preset>)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in total (time-boxed runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
 
 
 def _train(args):
     from .checkpoint import config_of, latest_checkpoint
     from .config import build_config, validate
-    from .data import binarize_dynamic, load_splits
-    from .evaluate import evaluate, format_table
+    from .data import binarize_dynamic, prepare_data
     from .train import train
 
     if args.resume:
@@ -124,26 +122,17 @@ def _train(args):
     if args.device:
         cfg.train.device = args.device
     validate(cfg)
-    train_ds, test_ds = load_splits(cfg.data)
-    transform = binarize_dynamic if cfg.data.binarize == "dynamic" else None
+    train_ds, test_ds = prepare_data(cfg.data)
+    transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
     print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
           f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
           f"{tuple(train_ds.x.shape[1:])} -> {out}", file=sys.stderr)
     summary = train(cfg, out, train_ds.x, test_ds.x, transform=transform, resume=bool(args.resume),
                     progress=not args.no_progress, max_steps=args.max_steps)
     print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
-    if not args.no_eval:
-        from .checkpoint import load_model
-        model, _, _ = load_model(out, device=next(iter(_devices(cfg))))
-        res = evaluate(model, test_ds.x, k=cfg.train.eval_k or 1, progress=not args.no_progress)
-        res.update(dataset=cfg.data.name, split="test")
-        print(format_table(res))
+    print(f"vaekit: done; evaluate with `vaekit evaluate {out} --k 5000`", file=sys.stderr)
     return 0
 
-
-def _devices(cfg):
-    from .train import resolve_device
-    yield resolve_device(cfg.train.device)
 
 
 def _evaluate_args(p):
@@ -288,7 +277,7 @@ def _latent_map(args):
         title = f"top-2 principal plane of {D}-D posterior means (standardised)"
     imgs = model.decode_to_x(z).clamp(0, 1)
     labels = ds.y[: args.points].numpy() if ds.y is not None else None
-    save_latent_map(imgs.cpu(), args.grid, _out_path(args.output), points=pts.cpu(), labels=labels,
+    save_latent_map(imgs.cpu(), args.grid, None, _out_path(args.output), points=pts.cpu(), labels=labels,
                     title=title)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

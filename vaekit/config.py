@@ -72,7 +72,7 @@ class TrainConfig:
     log_every: int = 50  # steps between metric lines / TensorBoard scalars
     ckpt_every: int = 500  # steps between checkpoints (and one at every epoch end)
     max_bad_steps: int = 50  # consecutive NaN/inf steps before the run stops
-    eval_k: int = 1000  # importance samples for the end-of-epoch test NLL (0: skip)
+    eval_k: int = 100  # importance samples of the quick end-of-epoch test NLL (0: skip); `vaekit evaluate` is the full one
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
     tensorboard: bool = True  # write TensorBoard event files in the run folder
 
