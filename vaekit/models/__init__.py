@@ -8,10 +8,12 @@ importance-sampled) and ``sample(n)``.
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .flow import FlowModel, build_flow_model
 from .vae import VAE, build_vae
 
 MODELS = {
     "vae": build_vae,
+    "flow": build_flow_model,
 }
 
 
@@ -22,4 +24,4 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "build_model", "build_vae"]
+__all__ = ["MODELS", "VAE", "FlowModel", "build_model", "build_vae", "build_flow_model"]
