@@ -7,6 +7,10 @@ importance-sampled) and ``sample(n)``.
 """
 from __future__ import annotations
 
+import itertools
+
+import torch
+
 from ..errors import ConfigError
 from .flow import FlowModel, build_flow_model
 from .vae import VAE, build_vae
@@ -17,6 +21,13 @@ MODELS = {
 }
 
 
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def build_model(cfg, data_shape):
     """Build the model named by ``cfg.model.kind`` for data of ``data_shape``."""
     if cfg.model.kind not in MODELS:
@@ -24,4 +35,4 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "FlowModel", "build_model", "build_vae", "build_flow_model"]
+__all__ = ["MODELS", "VAE", "FlowModel", "build_model", "build_vae", "build_flow_model", "model_device"]

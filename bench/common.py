@@ -1,0 +1,51 @@
+"""Shared helpers of the benchmarks: data location, timing, a header that says what ran where."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def data_dir(name: str) -> str:
+    """Folder of a standard dataset: $VAEKIT_DATA/<name> or ../shared/datasets/<name>."""
+    env = os.environ.get("VAEKIT_DATA")
+    for base in ([Path(env)] if env else []) + [SHARED]:
+        if (base / name).is_dir():
+            return str(base / name)
+    raise SystemExit(f"bench: dataset folder '{name}' not found under $VAEKIT_DATA or {SHARED}")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def header(title: str, args) -> None:
+    torch.set_num_threads(args.threads)
+    dev = args.device
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        dev = f"{dev} ({torch.cuda.get_device_name(0)})"
+    print(f"# {title}")
+    print(f"# torch {torch.__version__}, device {dev}, {args.threads} CPU threads, "
+          f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+class Timer:
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.t0

@@ -1,0 +1,64 @@
+"""Typed configs: presets inherit, overrides are type-checked, mistakes get one-line errors."""
+import pytest
+
+from vaekit.config import Config, PRESETS, build_config, get_preset, parse_set
+from vaekit.errors import ConfigError
+
+
+def test_presets_inherit_and_round_trip():
+    cfg = get_preset("dense-mnist-2d")
+    assert cfg.model.latent_dim == 2 and cfg.model.likelihood == "bernoulli"
+    assert cfg.train.batch_size == 128  # from dense-mnist
+    again = Config.from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves_and_validates(name):
+    build_config(name)
+
+
+def test_overrides_by_bare_or_dotted_key():
+    cfg = build_config("iwae-1l", overrides=["objective=iwae", "k=50", "train.lr=3e-4", "hidden=[100]"])
+    assert (cfg.train.objective, cfg.train.k, cfg.train.lr, cfg.model.hidden) == ("iwae", 50, 3e-4, [100])
+
+
+def test_yaml_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: dense-mnist\nmodel: {latent_dim: 3}\nk: 5\n")
+    cfg = build_config(config_file=str(f))
+    assert cfg.model.latent_dim == 3 and cfg.train.k == 5 and cfg.preset == "dense-mnist"
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"preset": "dense-mnst"}, "unknown preset 'dense-mnst' (did you mean 'dense-mnist'?)"),
+    ({"overrides": ["latnt_dim=3"]}, "unknown config key 'latnt_dim'"),
+    ({"overrides": ["latent_dim=abc"]}, "wants an integer"),
+    ({"overrides": ["latent_dim=0"]}, "must be positive"),
+    ({"overrides": ["objective=wake-sleep"]}, "train.objective must be one of"),
+    ({"overrides": ["hidden=5"]}, "wants a list"),
+    ({"overrides": ["noequals"]}, "--set wants key=value"),
+    ({"overrides": ["tensorboard=maybe"]}, "wants true or false"),
+])
+def test_bad_config_gives_one_line_error(kwargs, fragment):
+    with pytest.raises(ConfigError) as e:
+        build_config(**kwargs)
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        build_config(config_file=str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(config_file=str(bad))
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        build_config(config_file=str(notmap))
+
+
+def test_parse_set_reads_yaml_values():
+    assert parse_set(["a=1", "b=[1, 2]", "c=true", "d=cosine"]) == {"a": 1, "b": [1, 2], "c": True, "d": "cosine"}

@@ -1,0 +1,226 @@
+"""vaekit.viz: grid layout pixel by pixel, PNG files, completion colours, latent maps, and the
+latent-space maths (lerp / slerp / interpolate / latent_grid)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaekit import viz
+from vaekit.errors import VaekitError
+
+H, W = 4, 3
+
+
+def constant_images(levels, c=1):
+    """Images [N, c, H, W], image k filled with the 8-bit level levels[k] (exact after rounding)."""
+    lv = torch.tensor(levels, dtype=torch.float32).view(-1, 1, 1, 1) / 255
+    return lv.expand(len(levels), c, H, W).clone()
+
+
+def cell(grid, i, j, pad=2):
+    """The [H, W, C] tile at row i, column j of a grid with tiles of H x W."""
+    top, left = pad + i * (H + pad), pad + j * (W + pad)
+    return grid[top:top + H, left:left + W]
+
+
+def read_png(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.mode, im.size, np.asarray(im)
+
+
+def assert_one_line(excinfo, *needles):
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+
+
+# ----------------------------------------------------------------------------------------
+# grids
+# ----------------------------------------------------------------------------------------
+def test_image_grid_layout_pixel_by_pixel():
+    levels = [10, 40, 70, 100, 130]
+    grid = viz.image_grid(constant_images(levels), nrow=3, pad=2, pad_value=1.0)
+    assert grid.dtype == np.uint8 and grid.shape == (2 * (H + 2) + 2, 3 * (W + 2) + 2, 1)
+    for k, level in enumerate(levels):
+        assert np.all(cell(grid, k // 3, k % 3) == level)  # image k at row k // nrow, column k % nrow
+    assert np.all(cell(grid, 1, 2) == 255)  # the empty sixth cell is padding
+    assert np.all(grid[:2] == 255) and np.all(grid[:, :2] == 255)  # the border
+    assert np.all(grid[2 + H:2 + H + 2] == 255)  # the gap between the rows
+    assert (grid == 255).sum() == grid.size - 5 * H * W
+
+
+def test_image_grid_default_nrow_rgb_and_clamping():
+    x = torch.rand(10, 3, H, W)
+    x[0, 0, 0, 0], x[0, 1, 0, 0] = 1.7, -0.3  # decoder samples may leave [0, 1]: clamped
+    grid = viz.image_grid(x, pad=0)
+    assert grid.shape == (3 * H, 4 * W, 3)  # ceil(sqrt(10)) = 4 per row
+    assert tuple(grid[0, 0, :2]) == (255, 0)
+    k = 6
+    expect = (x[k].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(grid[H:2 * H, 2 * W:3 * W], expect)
+
+
+def test_save_grid_writes_png_of_expected_size(tmp_path):
+    images = constant_images([0, 255, 128, 64])
+    path = viz.save_grid(images, tmp_path / "sub" / "grid.png", nrow=2)  # creates the folder
+    mode, size, arr = read_png(path)
+    assert mode == "L" and size == (2 * (W + 2) + 2, 2 * (H + 2) + 2)
+    assert np.array_equal(arr, viz.image_grid(images, nrow=2)[..., 0])
+    mode, size, _ = read_png(viz.save_grid(torch.rand(2, 3, H, W), tmp_path / "rgb.png", pad=0))
+    assert mode == "RGB" and size == (2 * W, H)
+
+
+def test_reconstructions_sit_below_their_originals(tmp_path):
+    orig = constant_images([10, 20, 30, 40, 50])
+    recon = constant_images([110, 120, 130, 140, 150])
+    _, size, arr = read_png(viz.save_reconstructions(orig, recon, tmp_path / "r.png", nrow=3))
+    assert size == (3 * (W + 2) + 2, 4 * (H + 2) + 2)
+    for k in range(5):
+        i, j = divmod(k, 3)
+        assert np.all(cell(arr, 2 * i, j) == 10 * (k + 1))
+        assert np.all(cell(arr, 2 * i + 1, j) == 10 * (k + 1) + 100)
+
+
+def test_interpolation_rows(tmp_path):
+    rows = torch.stack([constant_images([0, 50, 100, 150]), constant_images([200, 210, 220, 230])])
+    _, size, arr = read_png(viz.save_interpolation(rows, tmp_path / "i.png"))
+    assert size == (4 * (W + 2) + 2, 2 * (H + 2) + 2)
+    assert np.all(cell(arr, 0, 3) == 150) and np.all(cell(arr, 1, 0) == 200)
+
+
+def test_completion_paints_missing_pixels(tmp_path):
+    orig = constant_images([100, 200])
+    mask = torch.ones(2, 1, H, W)
+    mask[:, :, : H // 2] = 0  # top half missing
+    comps = torch.stack([constant_images([10, 20, 30]), constant_images([40, 50, 60])])
+    mode, size, arr = read_png(viz.save_completion(orig, mask, comps, tmp_path / "c.png"))
+    assert mode == "RGB" and size == (5 * (W + 2) + 2, 2 * (H + 2) + 2)
+    shown = cell(arr, 1, 0)
+    assert np.all(shown[: H // 2] == (255, 0, 0))  # missing: red
+    assert np.all(shown[H // 2:] == 200)  # observed: the original grey level
+    assert np.all(cell(arr, 1, 2) == 50) and np.all(cell(arr, 1, 4) == 200)  # completion 2, original
+    grey = viz.masked_input(orig, mask)
+    assert grey.shape == (2, 3, H, W)
+    # a grey image never has R != G, so the missing pixels are unmistakable
+    assert torch.all((grey[:, 0] != grey[:, 1]) == (mask[:, 0] == 0))
+
+
+def test_latent_map_png_size_and_variants(tmp_path):
+    n = 5
+    decoded = torch.rand(n * n, 1, 6, 6)
+    pts, labels = torch.randn(200, 2), torch.arange(200) % 10
+    mode, size, _ = read_png(viz.save_latent_map(decoded, n, None, tmp_path / "m.png", pts, labels))
+    assert size == (1100, 500)
+    _, size, _ = read_png(viz.save_latent_map(decoded, n, (-3, 3), tmp_path / "alone.png"))
+    assert size == (550, 500)
+    many = torch.arange(200) % 25  # more than 10 classes: a colour bar instead of a legend
+    _, size, _ = read_png(viz.save_latent_map(torch.rand(n * n, 3, 4, 4), n, viz.latent_axis(n),
+                                              tmp_path / "cb.png", pts, many))
+    assert size == (1100, 500)
+
+
+# ----------------------------------------------------------------------------------------
+# one-line errors
+# ----------------------------------------------------------------------------------------
+def test_wrong_shapes_raise_one_line(tmp_path):
+    cases = [
+        (lambda: viz.image_grid(torch.rand(4, H, W)), "[N, C, H, W]"),
+        (lambda: viz.image_grid(torch.rand(4, 2, H, W)), "1 or 3 channels"),
+        (lambda: viz.image_grid(torch.full((2, 1, H, W), float("nan"))), "NaN"),
+        (lambda: viz.image_grid(torch.rand(0, 1, H, W)), "empty"),
+        (lambda: viz.image_grid(torch.rand(2, 1, H, W), nrow=0), "nrow"),
+        (lambda: viz.save_reconstructions(torch.rand(2, 1, H, W), torch.rand(3, 1, H, W), tmp_path / "r.png"),
+         "differ in shape"),
+        (lambda: viz.save_interpolation(torch.rand(4, 1, H, W), tmp_path / "i.png"), "[R, S, C, H, W]"),
+        (lambda: viz.save_completion(torch.rand(2, 1, H, W), torch.ones(2, 1, H, W + 1),
+                                     torch.rand(2, 3, 1, H, W), tmp_path / "c.png"), "mask must be"),
+        (lambda: viz.save_completion(torch.rand(2, 1, H, W), torch.ones(2, 1, H, W),
+                                     torch.rand(3, 3, 1, H, W), tmp_path / "c.png"), "completions must be"),
+        (lambda: viz.save_latent_map(torch.rand(8, 1, H, W), 3, None, tmp_path / "m.png"), "n*n = 9"),
+        (lambda: viz.save_latent_map(torch.rand(9, 1, H, W), 3, None, tmp_path / "m.png",
+                                     torch.rand(5, 3)), "points must be [M, 2]"),
+        (lambda: viz.save_latent_map(torch.rand(9, 1, H, W), 3, None, tmp_path / "m.png",
+                                     torch.rand(5, 2), torch.arange(4)), "labels must be [M]"),
+        (lambda: viz.interpolate(torch.rand(2, 3), torch.rand(2, 4), 5), "same shape [B, D]"),
+        (lambda: viz.interpolate(torch.rand(2, 3), torch.rand(2, 3), 1), "steps must be >= 2"),
+    ]
+    for fn, needle in cases:
+        with pytest.raises(VaekitError) as e:
+            fn()
+        assert_one_line(e, needle)
+
+
+def test_unwritable_output_path(tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    images = torch.rand(2, 1, H, W)
+    with pytest.raises(VaekitError) as e:
+        viz.save_grid(images, tmp_path / "file" / "x.png")
+    assert_one_line(e, "cannot write", "x.png")
+    with pytest.raises(VaekitError) as e:
+        viz.save_grid(images, tmp_path)
+    assert_one_line(e, "cannot write", "is a folder")
+    with pytest.raises(VaekitError) as e:
+        viz.save_latent_map(torch.rand(4, 1, H, W), 2, None, tmp_path / "file" / "m.png")
+    assert_one_line(e, "cannot write")
+
+
+# ----------------------------------------------------------------------------------------
+# latent-space maths
+# ----------------------------------------------------------------------------------------
+def test_slerp_endpoints_unit_norm_and_constant_speed():
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    z1 = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    assert torch.equal(viz.slerp(z0, z1, 0.0), z0) and torch.equal(viz.slerp(z0, z1, 1.0), z1)
+    t = torch.linspace(0, 1, 11).view(1, 11, 1)
+    path = viz.slerp(z0[:, None], z1[:, None], t)  # [6, 11, 8]
+    assert torch.allclose(path.norm(dim=-1), torch.ones(6, 11), atol=1e-5)
+    omega = torch.arccos((z0 * z1).sum(-1))
+    angle = torch.arccos((path * z0[:, None]).sum(-1).clamp(-1, 1))  # angle from z0 grows linearly
+    assert torch.allclose(angle, omega[:, None] * t[0, :, 0], atol=1e-3)
+    # equal norms r stay at norm r; the straight line cuts inside the sphere
+    r = 3.0
+    mid_s, mid_l = viz.slerp(r * z0, r * z1, 0.5), viz.lerp(r * z0, r * z1, 0.5)
+    assert torch.allclose(mid_s.norm(dim=-1), torch.full((6,), r), atol=1e-4)
+    assert torch.all(mid_l.norm(dim=-1) < r)
+
+
+def test_slerp_parallel_falls_back_to_lerp_and_lerp_is_linear():
+    z0 = torch.tensor([[1.0, 2.0]])
+    z1 = 3 * z0
+    assert torch.allclose(viz.slerp(z0, z1, 0.5), viz.lerp(z0, z1, 0.5))
+    assert torch.allclose(viz.lerp(z0, z1, 0.25), torch.tensor([[1.5, 3.0]]))
+    assert torch.isfinite(viz.slerp(z0, -z0, 0.3)).all()  # antipodal: no NaN
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_interpolate_shape_and_endpoints(spherical):
+    z0, z1 = torch.randn(3, 5), torch.randn(3, 5)
+    path = viz.interpolate(z0, z1, 7, slerp=spherical)
+    assert path.shape == (3, 7, 5)
+    assert torch.allclose(path[:, 0], z0, atol=1e-6) and torch.allclose(path[:, -1], z1, atol=1e-6)
+    if not spherical:  # equal steps along the straight line
+        assert torch.allclose(path.diff(dim=1), ((z1 - z0) / 6)[:, None].expand(3, 6, 5), atol=1e-5)
+
+
+def test_latent_grid_quantiles_order_and_symmetry():
+    n = 7
+    a = viz.latent_axis(n)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    assert torch.allclose(normal.cdf(a), torch.linspace(0.05, 0.95, n), atol=1e-6)  # Gaussian quantiles
+    assert torch.allclose(a, -a.flip(0), atol=1e-6) and abs(a[n // 2]) < 1e-6
+    grid = viz.latent_grid(n)
+    assert grid.shape == (n * n, 2)
+    assert torch.equal(grid[0], torch.stack([a[0], a[-1]]))  # top-left: smallest z1, largest z2
+    assert torch.equal(grid[n - 1], torch.stack([a[-1], a[-1]]))  # top-right
+    assert torch.equal(grid[-1], torch.stack([a[-1], a[0]]))  # bottom-right
+    assert torch.allclose(grid.mean(0), torch.zeros(2), atol=1e-6)
+    # point symmetry: z -> -z maps the grid onto itself (entry k onto entry n*n - 1 - k)
+    assert torch.allclose(grid, -grid.flip(0), atol=1e-6)
+    lin = viz.latent_grid(3, z_range=(-3, 3))
+    assert torch.equal(lin[:, 0].unique(), torch.tensor([-3.0, 0.0, 3.0]))
+    assert math.isclose(viz.latent_axis(2, (-2, 4))[1].item(), 4.0)

@@ -1,0 +1,381 @@
+"""The ``vaekit`` command.
+
+    vaekit presets
+    vaekit train --preset dense-mnist --data mnist5k --epochs 20 --out runs/a
+    vaekit train --resume runs/a
+    vaekit evaluate runs/a --k 5000
+    vaekit sample runs/a -n 64 -o samples.png
+    vaekit reconstruct runs/a -o recon.png
+    vaekit interpolate runs/a --steps 10 [--slerp] -o interp.png
+    vaekit latent-map runs/a -o map.png
+    vaekit encode runs/a --data mnist -o feats.npy
+
+Every user error ends in one line ``vaekit: error: <what is wrong>`` and exit status 2.
+Subcommands are a registry: name -> (add_arguments, run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import VaekitError
+
+
+# --- shared helpers ------------------------------------------------------------------------
+
+def _load_run(args):
+    """(model, cfg, state) of the run folder or checkpoint ``args.run`` on ``args.device``."""
+    from .checkpoint import load_model
+    from .train import resolve_device
+    device = resolve_device(getattr(args, "device", None) or "cpu")
+    return load_model(args.run, device=device)
+
+
+def _data_config(cfg, args):
+    """The run's data config with ``--data`` / ``--data-dir`` applied."""
+    import copy
+    dc = copy.deepcopy(cfg.data)
+    if getattr(args, "data", None):
+        dc.name = args.data
+    if getattr(args, "data_dir", None):
+        dc.data_dir = args.data_dir
+    return dc
+
+
+def _split(cfg, args, split: str):
+    """The named split (``train``/``test``) of the run's data, prepared as the model expects."""
+    from .data import load_splits
+    train, test = load_splits(_data_config(cfg, args))
+    return train if split == "train" else test
+
+
+def _seed(args):
+    import torch
+    if getattr(args, "seed", None) is not None:
+        torch.manual_seed(args.seed)
+
+
+def _out_path(path: str) -> Path:
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def _presets_args(p):
+    pass
+
+
+def _presets(args):
+    from .config import describe_presets
+    rows = describe_presets()
+    w = max(len(n) for n, _, _ in rows)
+    for name, parent, desc in rows:
+        print(f"{name:<{w}}  {desc}" + (f"  [from {parent}]" if parent and parent != "base" else ""))
+    return 0
+
+
+def _train_args(p):
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", help="named preset (see `vaekit presets`)")
+    g.add_argument("--config", help="YAML config file instead of a preset")
+    g.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its newest good checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set k=50 --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--data", help="dataset name or path (sets data.name)")
+    p.add_argument("--data-dir", help="folder holding standard dataset files (sets data.data_dir)")
+    p.add_argument("--epochs", type=int, help="sets train.epochs (with --resume: extend the run)")
+    p.add_argument("--device", help="sets train.device (auto, cpu, cuda)")
+    p.add_argument("--out", help="run folder to create (default runs/<preset>)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps in total (time-boxed runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+
+
+def _train(args):
+    from .checkpoint import config_of, latest_checkpoint
+    from .config import build_config, validate
+    from .data import binarize_dynamic, load_splits
+    from .evaluate import evaluate, format_table
+    from .train import train
+
+    if args.resume:
+        found = latest_checkpoint(args.resume)
+        if found is None:
+            raise VaekitError(f"nothing to resume: {args.resume} has no checkpoint")
+        cfg = config_of(found[1])
+        if args.overrides or args.data or args.data_dir:
+            raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
+        out = Path(args.resume)
+    else:
+        cfg = build_config(args.preset, args.config, args.overrides)
+        if args.data:
+            cfg.data.name = args.data
+        if args.data_dir:
+            cfg.data.data_dir = args.data_dir
+        out = Path(args.out or f"runs/{cfg.preset}")
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    if args.device:
+        cfg.train.device = args.device
+    validate(cfg)
+    train_ds, test_ds = load_splits(cfg.data)
+    transform = binarize_dynamic if cfg.data.binarize == "dynamic" else None
+    print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
+          f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
+          f"{tuple(train_ds.x.shape[1:])} -> {out}", file=sys.stderr)
+    summary = train(cfg, out, train_ds.x, test_ds.x, transform=transform, resume=bool(args.resume),
+                    progress=not args.no_progress, max_steps=args.max_steps)
+    print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
+    if not args.no_eval:
+        from .checkpoint import load_model
+        model, _, _ = load_model(out, device=next(iter(_devices(cfg))))
+        res = evaluate(model, test_ds.x, k=cfg.train.eval_k or 1, progress=not args.no_progress)
+        res.update(dataset=cfg.data.name, split="test")
+        print(format_table(res))
+    return 0
+
+
+def _devices(cfg):
+    from .train import resolve_device
+    yield resolve_device(cfg.train.device)
+
+
+def _evaluate_args(p):
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--k", type=int, default=5000, help="importance samples per example (default 5000)")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--n", type=int, help="evaluate only the first N examples")
+    p.add_argument("--data", help="another dataset name or path than the run's")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval.json)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _evaluate(args):
+    from .evaluate import evaluate, format_table
+    if args.k <= 0:
+        raise VaekitError(f"--k must be positive; got {args.k}")
+    model, cfg, _ = _load_run(args)
+    ds = _split(cfg, args, args.split)
+    x = ds.x[: args.n] if args.n else ds.x
+    _seed(args)
+    res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress)
+    res.update(dataset=_data_config(cfg, args).name, split=args.split)
+    print(format_table(res))
+    run = Path(args.run)
+    out = Path(args.output) if args.output else (run if run.is_dir() else run.parent.parent) / "eval.json"
+    from .checkpoint import atomic_write
+    atomic_write(_out_path(str(out)), lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _sample_args(p):
+    p.add_argument("run")
+    p.add_argument("-n", type=int, default=64, help="number of samples")
+    p.add_argument("-o", "--output", default="samples.png")
+    p.add_argument("--mean", action="store_true", help="show E[x|z] instead of a sample of p(x|z)")
+    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (flows)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def _sample(args):
+    from .viz import save_grid
+    if args.n <= 0:
+        raise VaekitError(f"-n must be positive; got {args.n}")
+    model, cfg, _ = _load_run(args)
+    _seed(args)
+    kw = {"mean": True} if args.mean else {}
+    if args.temperature != 1.0:
+        kw["temperature"] = args.temperature
+    x = model.sample(args.n, **kw)
+    save_grid(x.clamp(0, 1).cpu(), _out_path(args.output))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _reconstruct_args(p):
+    p.add_argument("run")
+    p.add_argument("-n", type=int, default=16, help="number of test images")
+    p.add_argument("-o", "--output", default="recon.png")
+    p.add_argument("--data")
+    p.add_argument("--data-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def _reconstruct(args):
+    from .viz import save_reconstructions
+    model, cfg, _ = _load_run(args)
+    x = _split(cfg, args, "test").x[: args.n].to(next(model.parameters()).device)
+    _seed(args)
+    r = model.reconstruct(x)
+    save_reconstructions(x.cpu(), r.clamp(0, 1).cpu(), _out_path(args.output))
+    print(f"wrote {args.output} (originals above, reconstructions below)", file=sys.stderr)
+    return 0
+
+
+def _interpolate_args(p):
+    p.add_argument("run")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--pairs", type=int, default=8, help="rows: pairs of test images to join")
+    p.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
+    p.add_argument("-o", "--output", default="interp.png")
+    p.add_argument("--data")
+    p.add_argument("--data-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def _interpolate(args):
+    from .viz import interpolate, save_interpolation
+    if args.steps < 2:
+        raise VaekitError(f"--steps must be at least 2; got {args.steps}")
+    model, cfg, _ = _load_run(args)
+    x = _split(cfg, args, "test").x[: 2 * args.pairs].to(next(model.parameters()).device)
+    if x.shape[0] < 2:
+        raise VaekitError("interpolation needs at least two test images")
+    half = x.shape[0] // 2
+    z0, _ = model.encode(x[:half])
+    z1, _ = model.encode(x[half:2 * half])
+    zs = interpolate(z0, z1, args.steps, slerp=args.slerp)  # [R, steps, D]
+    R, S, D = zs.shape
+    imgs = model.decode_to_x(zs.reshape(R * S, D)).clamp(0, 1).view(R, S, *model.data_shape)
+    save_interpolation(imgs.cpu(), _out_path(args.output))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _latent_map_args(p):
+    p.add_argument("run")
+    p.add_argument("-o", "--output", default="map.png")
+    p.add_argument("--grid", type=int, default=20, help="decoded images per side")
+    p.add_argument("--points", type=int, default=2000, help="test points in the scatter")
+    p.add_argument("--data")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+
+
+def _latent_map(args):
+    import torch
+    from .viz import latent_grid, save_latent_map
+    model, cfg, _ = _load_run(args)
+    ds = _split(cfg, args, "test")
+    dev = next(model.parameters()).device
+    x = ds.x[: args.points].to(dev)
+    mu = torch.cat([model.encode(x[i:i + 1000])[0] for i in range(0, x.shape[0], 1000)])
+    D = mu.shape[1]
+    grid2 = latent_grid(args.grid).to(dev)  # [n*n, 2], Gaussian quantiles
+    if D == 2:
+        z, pts, title = grid2, mu, "latent space"
+    else:  # the plane of the two leading principal directions of the posterior means
+        centre = mu.mean(0)
+        _, s, v = torch.linalg.svd(mu - centre, full_matrices=False)
+        basis = v[:2]  # [2, D]
+        scale = (s[:2] / max(1, mu.shape[0] - 1) ** 0.5)  # std along each direction
+        z = centre + (grid2 * scale) @ basis
+        pts = (mu - centre) @ basis.T / scale
+        title = f"top-2 principal plane of {D}-D posterior means (standardised)"
+    imgs = model.decode_to_x(z).clamp(0, 1)
+    labels = ds.y[: args.points].numpy() if ds.y is not None else None
+    save_latent_map(imgs.cpu(), args.grid, _out_path(args.output), points=pts.cpu(), labels=labels,
+                    title=title)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _encode_args(p):
+    p.add_argument("run")
+    p.add_argument("-o", "--output", default="feats.npy")
+    p.add_argument("--data", help="dataset name or path (default: the run's)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--logvar", action="store_true", help="append log-variances: [N, 2D] instead of [N, D]")
+    p.add_argument("--device", default="auto")
+
+
+def _encode(args):
+    import numpy as np
+    import torch
+    model, cfg, _ = _load_run(args)
+    ds = _split(cfg, args, args.split)
+    dev = next(model.parameters()).device
+    feats = []
+    with torch.no_grad():
+        for i in range(0, ds.x.shape[0], 1000):
+            mu, lv = model.encode(ds.x[i:i + 1000].to(dev))
+            feats.append(torch.cat([mu, lv], 1) if args.logvar else mu)
+    arr = torch.cat(feats).cpu().numpy()
+    out = _out_path(args.output)
+    np.save(out, arr)
+    if ds.y is not None:
+        np.save(out.with_suffix(".labels.npy"), ds.y.numpy())
+    print(f"wrote {out}: {arr.shape[0]} x {arr.shape[1]} "
+          f"({'means, log-variances' if args.logvar else 'posterior means'})", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "presets": (_presets_args, _presets, "list the named presets"),
+    "train": (_train_args, _train, "train a model (or --resume one)"),
+    "evaluate": (_evaluate_args, _evaluate, "test NLL (importance-sampled), ELBO, KL, bpd, active units"),
+    "sample": (_sample_args, _sample, "a grid of samples from the prior"),
+    "reconstruct": (_reconstruct_args, _reconstruct, "test images above, reconstructions below"),
+    "interpolate": (_interpolate_args, _interpolate, "decode straight (or spherical) paths between test codes"),
+    "latent-map": (_latent_map_args, _latent_map, "decoded latent manifold + test points coloured by label"),
+    "encode": (_encode_args, _encode, "posterior means (and log-variances) as features, .npy"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other vaekit error
+        self.exit(2, f"vaekit: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vaekit", description="Latent-variable generative models: VAEs, flows, mixtures.")
+    parser.add_argument("--version", action="version", version=f"vaekit {__import__('vaekit').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (add_args, _, help_) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except VaekitError as e:
+        print(f"vaekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vaekit: interrupted" + (f"; continue with `vaekit train --resume {args.out or args.resume}`"
+                                       if args.command == "train" and (getattr(args, "out", None) or args.resume)
+                                       else ""), file=sys.stderr)
+        return 130
+    except FileNotFoundError as e:
+        print(f"vaekit: error: file not found: {e.filename}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno == 28:
+            print(f"vaekit: error: disk full while writing {e.filename or ''}".rstrip(), file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

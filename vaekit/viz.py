@@ -1,0 +1,465 @@
+"""Pictures of generative models, and the latent-space arithmetic behind them.
+
+Image panels (pure functions of tensors; PNG files written with Pillow, or with
+matplotlib's Agg canvas where axes are needed; no GUI, no pyplot global state):
+
+- ``image_grid`` / ``save_grid``: images [N, C, H, W] in [0, 1] tiled row by row,
+  ``nrow`` images per row (the torchvision ``make_grid`` convention).
+- ``save_reconstructions``: each row of originals with its reconstructions right below.
+- ``save_interpolation``: one row per interpolation path.
+- ``save_completion``: rows of (masked input, several completions, original), the
+  missing pixels painted in a colour no grey image has.
+- ``save_latent_map``: the decoded manifold of a 2-D latent space beside a scatter of
+  posterior means coloured by label (Kingma & Welling 2014, Fig. 4; Fig. 5 of the arXiv
+  version for the scatter).
+
+Latent-space helpers (pure tensor maths):
+
+- ``lerp`` and ``slerp``: linear and spherical interpolation. Slerp follows the
+  great circle between z0 and z1 (Shoemake 1985); White (2016) argues for it in
+  Gaussian latent spaces, where the straight line passes through the low-norm region
+  the prior rarely visits.
+- ``interpolate``: [B, steps, D] paths between two batches of codes.
+- ``latent_grid``: an n x n grid in a 2-D latent space. By default it lies on the
+  Gaussian quantiles, z = Phi^{-1}(p) for p evenly spaced in (0.05, 0.95), as in Kingma &
+  Welling (2014, Fig. 4), so each cell covers equal prior probability mass;
+  ``z_range=(lo, hi)`` gives an evenly spaced grid instead.
+
+Every user-caused problem (wrong tensor shape, unwritable output) raises
+:class:`vaekit.errors.VaekitError` with a one-line message.
+
+References:
+    Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014 (Fig. 4: learned
+        manifolds on a grid of Gaussian quantiles).
+    Shoemake, "Animating rotation with quaternion curves", SIGGRAPH 1985 (slerp).
+    White, "Sampling generative networks", arXiv:1609.04468, 2016.
+    torchvision.utils.make_grid (the ``nrow`` / ``padding`` convention).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import VaekitError
+
+PAD_VALUE = 0.5  # grey between tiles: visible against black digits and white faces alike
+MASK_COLOR = (1.0, 0.0, 0.0)  # missing pixels in completion panels (pure red: no grey level)
+QUANTILES = (0.05, 0.95)  # probability range of the default latent grid (Kingma & Welling, Fig. 4)
+
+
+# ----------------------------------------------------------------------------------------
+# Checks and conversions
+# ----------------------------------------------------------------------------------------
+def _as_tensor(x, what: str) -> Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise VaekitError(f"{what} must be a tensor; got {type(x).__name__}")
+    return x.detach().to("cpu", torch.float32)
+
+
+def _check_images(images, what: str = "images", ndim: int = 4) -> Tensor:
+    """``images`` as a CPU float tensor with ``ndim`` dims, channels in {1, 3}, finite, clamped to [0, 1]."""
+    x = _as_tensor(images, what)
+    layout = {4: "[N, C, H, W]", 5: "[R, S, C, H, W]"}[ndim]
+    if x.dim() != ndim:
+        raise VaekitError(f"{what} must be {layout}; got shape {tuple(x.shape)}")
+    if x.shape[-3] not in (1, 3):
+        raise VaekitError(f"{what} must have 1 or 3 channels (shape {layout}); got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise VaekitError(f"{what} is empty (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        raise VaekitError(f"{what} contains NaN or infinite values")
+    return x.clamp(0.0, 1.0)
+
+
+def _hwc_uint8(x: Tensor) -> np.ndarray:
+    """[..., C, H, W] floats in [0, 1] -> [..., H, W, C] uint8 levels round(255 x)."""
+    k = (x * 255.0).round().to(torch.uint8)
+    return k.movedim(-3, -1).numpy()
+
+
+def _level(value: float) -> int:
+    return int(round(255.0 * min(max(float(value), 0.0), 1.0)))
+
+
+def _tile(cells: list[list[np.ndarray | None]], hwc: tuple[int, int, int], pad: int,
+          pad_value: float) -> np.ndarray:
+    """Tile uint8 [H, W, C] cells row by row; None leaves a blank (pad-coloured) cell.
+
+    Cell (i, j) has its top-left pixel at (pad + i (H + pad), pad + j (W + pad)).
+    """
+    if pad < 0:
+        raise VaekitError(f"pad must be >= 0; got {pad}")
+    h, w, c = hwc
+    rows, cols = len(cells), max(len(r) for r in cells)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), _level(pad_value), np.uint8)
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            if cell is not None:
+                top, left = pad + i * (h + pad), pad + j * (w + pad)
+                out[top:top + h, left:left + w] = cell
+    return out
+
+
+def _chunks(items: np.ndarray, size: int) -> list[list[np.ndarray]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _check_nrow(nrow: int | None, default: int) -> int:
+    nrow = default if nrow is None else nrow
+    if nrow < 1:
+        raise VaekitError(f"nrow must be >= 1; got {nrow}")
+    return nrow
+
+
+# ----------------------------------------------------------------------------------------
+# Writing files
+# ----------------------------------------------------------------------------------------
+def _prepare_path(path: str | os.PathLike) -> Path:
+    """Create the parent folder of ``path``; a one-line VaekitError where that is impossible."""
+    path = Path(path)
+    if path.is_dir():
+        raise VaekitError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VaekitError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
+    return path
+
+
+def write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 image [H, W, 1] (greyscale) or [H, W, 3] (RGB) as a PNG file."""
+    from PIL import Image
+
+    path = _prepare_path(path)
+    mode = {1: "L", 3: "RGB"}[array.shape[-1]]
+    img = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array), mode)
+    try:
+        img.save(path, format="PNG")
+    except OSError as e:
+        raise VaekitError(f"cannot write {path}: {e.strerror or str(e).splitlines()[0]}") from None
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# Image panels
+# ----------------------------------------------------------------------------------------
+def image_grid(images, nrow: int | None = None, pad: int = 2, pad_value: float = PAD_VALUE) -> np.ndarray:
+    """Tile images into one picture.
+
+    Args:
+        images: [N, C, H, W], C in {1, 3}, values in [0, 1] (clamped).
+        nrow: images per row; default ceil(sqrt(N)).
+        pad: pixels of ``pad_value`` around and between tiles.
+        pad_value: grey level of the padding, in [0, 1].
+
+    Returns:
+        uint8 array [rows (H + pad) + pad, nrow (W + pad) + pad, C], rows = ceil(N / nrow);
+        image k sits in row k // nrow, column k % nrow.
+    """
+    x = _check_images(images)
+    n, c, h, w = x.shape
+    nrow = _check_nrow(nrow, math.ceil(math.sqrt(n)))
+    return _tile(_chunks(_hwc_uint8(x), nrow), (h, w, c), pad, pad_value)
+
+
+def save_grid(images, path: str | os.PathLike, nrow: int | None = None, pad: int = 2,
+              pad_value: float = PAD_VALUE) -> Path:
+    """Write ``image_grid(images, nrow, pad, pad_value)`` as a PNG; returns the path."""
+    return write_png(image_grid(images, nrow, pad, pad_value), path)
+
+
+def save_reconstructions(originals, reconstructions, path: str | os.PathLike, nrow: int | None = None,
+                         pad: int = 2) -> Path:
+    """Originals with their reconstructions right below them.
+
+    Args:
+        originals, reconstructions: [N, C, H, W] in [0, 1], same shape.
+        nrow: images per row; default min(N, 8). Rows come in pairs: row 2j holds
+            originals j*nrow .. (j+1)*nrow - 1, row 2j + 1 their reconstructions.
+    """
+    x = _check_images(originals, "originals")
+    r = _check_images(reconstructions, "reconstructions")
+    if x.shape != r.shape:
+        raise VaekitError(f"originals {tuple(x.shape)} and reconstructions {tuple(r.shape)} differ in shape")
+    n, c, h, w = x.shape
+    nrow = _check_nrow(nrow, min(n, 8))
+    cells = []
+    for top, bottom in zip(_chunks(_hwc_uint8(x), nrow), _chunks(_hwc_uint8(r), nrow)):
+        cells += [top, bottom]
+    return write_png(_tile(cells, (h, w, c), pad, PAD_VALUE), path)
+
+
+def save_interpolation(rows, path: str | os.PathLike, pad: int = 2) -> Path:
+    """Interpolation paths, one per row.
+
+    Args:
+        rows: [R, steps, C, H, W] in [0, 1] (e.g. decoded ``interpolate(z0, z1, steps)``).
+    """
+    x = _check_images(rows, "interpolation rows", ndim=5)
+    _, _, c, h, w = x.shape
+    cells = [list(row) for row in _hwc_uint8(x)]
+    return write_png(_tile(cells, (h, w, c), pad, PAD_VALUE), path)
+
+
+def masked_input(originals: Tensor, mask: Tensor, color: Sequence[float] = MASK_COLOR) -> Tensor:
+    """RGB images [N, 3, H, W]: the originals where ``mask`` is 1, ``color`` where it is 0.
+
+    Args:
+        originals: [N, C, H, W] in [0, 1], C in {1, 3}.
+        mask: [N, 1 or C, H, W], 1 / True = observed pixel; a pixel is shown as missing
+            when any of its channels is missing.
+        color: RGB of missing pixels, each in [0, 1].
+    """
+    x = _check_images(originals, "originals")
+    m = _as_tensor(mask, "mask")
+    n, c, h, w = x.shape
+    if m.dim() != 4 or m.shape[0] != n or m.shape[1] not in (1, c) or m.shape[2:] != (h, w):
+        raise VaekitError(f"mask must be [N, 1 or C, H, W] = [{n}, 1 or {c}, {h}, {w}]; got {tuple(m.shape)}")
+    observed = (m != 0).all(dim=1, keepdim=True)
+    rgb = x.expand(n, 3, h, w) if c == 1 else x
+    fill = torch.tensor(color, dtype=torch.float32).view(1, 3, 1, 1).expand_as(rgb)
+    return torch.where(observed, rgb, fill)
+
+
+def save_completion(originals, mask, completions, path: str | os.PathLike, color: Sequence[float] = MASK_COLOR,
+                    pad: int = 2) -> Path:
+    """Image completion: each row is (masked input, S completions, original), in RGB.
+
+    Args:
+        originals: [N, C, H, W] in [0, 1].
+        mask: [N, 1 or C, H, W], 1 = observed, 0 = missing (shown in ``color``).
+        completions: [N, S, C, H, W] in [0, 1], S completions of each masked input.
+        color: RGB in [0, 1] of the missing pixels.
+    """
+    x = _check_images(originals, "originals")
+    comp = _check_images(completions, "completions", ndim=5)
+    n, c, h, w = x.shape
+    if comp.shape[0] != n or comp.shape[2:] != x.shape[1:]:
+        raise VaekitError(f"completions must be [N, S, C, H, W] with N, C, H, W of originals "
+                          f"{tuple(x.shape)}; got {tuple(comp.shape)}")
+    shown = masked_input(x, mask, color)
+    to_rgb = (lambda t: t.expand(*t.shape[:-3], 3, h, w)) if c == 1 else (lambda t: t)
+    row_images = torch.cat([shown[:, None], to_rgb(comp), to_rgb(x)[:, None]], dim=1)  # [N, S + 2, 3, H, W]
+    cells = [list(row) for row in _hwc_uint8(row_images)]
+    return write_png(_tile(cells, (h, w, 3), pad, PAD_VALUE), path)
+
+
+def _axis_values(n: int, z_range) -> Tensor:
+    """The n grid coordinates per latent axis: None -> Gaussian quantiles, (lo, hi) -> linear,
+    a length-n sequence -> itself."""
+    if z_range is None or (not isinstance(z_range, Tensor) and len(z_range) == 2 and n != 2):
+        return latent_axis(n, z_range)
+    values = torch.as_tensor(z_range, dtype=torch.float32).flatten()
+    if len(values) != n:
+        raise VaekitError(f"z_range must be None, (lo, hi) or the {n} axis values; got {len(values)} values")
+    return values
+
+
+def save_latent_map(decoded, n: int, z_range, path: str | os.PathLike, points=None, labels=None,
+                    dpi: int = 100) -> Path:
+    """A 2-D latent manifold, beside a scatter of posterior means coloured by label.
+
+    Args:
+        decoded: [n*n, C, H, W] in [0, 1], the decoder's means on ``latent_grid(n, z_range)``
+            in its order (row-major, top row = largest z2, left column = smallest z1).
+        n: cells per side.
+        z_range: what was given to ``latent_grid``: None (Gaussian quantiles), (lo, hi), or
+            the n axis values themselves; used for the axis ticks.
+        path: output PNG; its size is 1100 x 500 pixels with points, 550 x 500 without (dpi 100).
+        points: [M, 2] posterior means of test data, or None for the manifold panel alone.
+        labels: [M] integer labels (legend when there are at most 10 classes, else a colour
+            bar), or None.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    x = _check_images(decoded, "decoded grid")
+    if x.shape[0] != n * n:
+        raise VaekitError(f"decoded grid must hold n*n = {n * n} images; got {x.shape[0]}")
+    axis = _axis_values(n, z_range)
+    pts, labs = _check_points(points, labels)
+    fig = Figure(figsize=(11.0 if pts is not None else 5.5, 5.0), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax_map = fig.add_subplot(1, 2 if pts is not None else 1, 1)
+    _draw_manifold(ax_map, image_grid(x, nrow=n, pad=0), axis, x.shape[-2:])
+    if pts is not None:
+        ax = fig.add_subplot(1, 2, 2)
+        _draw_scatter(fig, ax, pts, labs)
+        lo, hi = float(axis.min()), float(axis.max())
+        ax.add_patch(Rectangle((lo, lo), hi - lo, hi - lo, fill=False, ls="--", lw=1, ec="0.3",
+                               label="manifold panel"))
+    fig.tight_layout()
+    path = _prepare_path(path)
+    try:
+        fig.savefig(path, format="png", dpi=dpi)
+    except OSError as e:
+        raise VaekitError(f"cannot write {path}: {e.strerror or str(e).splitlines()[0]}") from None
+    return path
+
+
+def _check_points(points, labels) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if points is None:
+        if labels is not None:
+            raise VaekitError("labels given without points")
+        return None, None
+    pts = _as_tensor(points, "points")
+    if pts.dim() != 2 or pts.shape[1] != 2:
+        raise VaekitError(f"points must be [M, 2] (2-D posterior means); got shape {tuple(pts.shape)}")
+    if labels is None:
+        return pts.numpy(), None
+    labs = torch.as_tensor(labels).detach().cpu()
+    if labs.shape != (pts.shape[0],):
+        raise VaekitError(f"labels must be [M] = [{pts.shape[0]}]; got shape {tuple(labs.shape)}")
+    return pts.numpy(), labs.numpy()
+
+
+def _draw_manifold(ax, grid: np.ndarray, axis: Tensor, hw) -> None:
+    """Show the tiled decodings with ticks at cell centres labelled by their latent coordinates."""
+    h, w = int(hw[0]), int(hw[1])
+    n = len(axis)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ticks = sorted(set(np.linspace(0, n - 1, min(n, 5)).round().astype(int).tolist()))
+    ax.set_xticks([(j + 0.5) * w - 0.5 for j in ticks], [f"{axis[j]:.2g}" for j in ticks])
+    ax.set_yticks([(i + 0.5) * h - 0.5 for i in ticks], [f"{axis[n - 1 - i]:.2g}" for i in ticks])
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.set_title("decoded latent grid")
+
+
+def _draw_scatter(fig, ax, pts: np.ndarray, labs: np.ndarray | None) -> None:
+    """Posterior means, one colour per class with a legend (<= 10 classes) or a colour bar."""
+    if labs is None:
+        ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.6)
+    elif len(np.unique(labs)) <= 10:
+        cmap = _tab10()
+        for i, c in enumerate(np.unique(labs)):
+            sel = labs == c
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.7, color=cmap(i), label=str(c))
+        ax.legend(title="label", markerscale=3, fontsize="small", loc="center left",
+                  bbox_to_anchor=(1.0, 0.5))
+    else:
+        sc = ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.7, c=labs, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title("posterior means of test data")
+
+
+def _tab10():
+    from matplotlib import colormaps
+
+    return colormaps["tab10"]
+
+
+# ----------------------------------------------------------------------------------------
+# Latent-space arithmetic
+# ----------------------------------------------------------------------------------------
+def lerp(z0: Tensor, z1: Tensor, t) -> Tensor:
+    """Linear interpolation (1 - t) z0 + t z1; exact at t = 0 and t = 1.
+
+    Args:
+        z0, z1: codes [..., D].
+        t: a float, or a tensor that broadcasts against [..., 1].
+    """
+    t = torch.as_tensor(t, dtype=z0.dtype, device=z0.device)
+    return (1 - t) * z0 + t * z1
+
+
+def slerp(z0: Tensor, z1: Tensor, t, eps: float = 1e-6) -> Tensor:
+    """Spherical interpolation along the great circle from z0 to z1 (Shoemake 1985).
+
+    slerp = sin((1 - t) w) / sin w * z0 + sin(t w) / sin w * z1, with w the angle between
+    z0 and z1. For unit vectors every point has unit norm (for equal norms r, norm r) and
+    the angle to z0 grows linearly in t. Where sin w < eps (parallel or antipodal codes,
+    where the great circle is not unique) it falls back to ``lerp``.
+
+    Args:
+        z0, z1: codes [..., D].
+        t: a float, or a tensor that broadcasts against [..., 1].
+    """
+    t = torch.as_tensor(t, dtype=z0.dtype, device=z0.device)
+    norms = z0.norm(dim=-1, keepdim=True) * z1.norm(dim=-1, keepdim=True)
+    cos = ((z0 * z1).sum(-1, keepdim=True) / norms.clamp_min(torch.finfo(z0.dtype).tiny)).clamp(-1.0, 1.0)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    curved = sin > eps
+    sin = torch.where(curved, sin, torch.ones_like(sin))
+    a = torch.where(curved, torch.sin((1 - t) * omega) / sin, 1 - t)
+    b = torch.where(curved, torch.sin(t * omega) / sin, t)
+    return a * z0 + b * z1
+
+
+INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
+
+
+def interpolate(z0: Tensor, z1: Tensor, steps: int, slerp: bool = False) -> Tensor:
+    """Paths from each z0[b] to z1[b] at t = 0, 1/(steps-1), ..., 1.
+
+    Args:
+        z0, z1: codes [B, D].
+        steps: points per path, >= 2 (the endpoints included).
+        slerp: spherical (True) or linear (False) interpolation.
+
+    Returns:
+        [B, steps, D]; [:, 0] == z0 and [:, -1] == z1.
+    """
+    if not isinstance(z0, Tensor) or not isinstance(z1, Tensor) or z0.dim() != 2 or z0.shape != z1.shape:
+        raise VaekitError(f"interpolate wants z0 and z1 of the same shape [B, D]; got "
+                          f"{tuple(getattr(z0, 'shape', ()))} and {tuple(getattr(z1, 'shape', ()))}")
+    if steps < 2:
+        raise VaekitError(f"interpolation steps must be >= 2; got {steps}")
+    t = torch.linspace(0.0, 1.0, steps, dtype=z0.dtype, device=z0.device).view(1, steps, 1)
+    return INTERPOLATIONS["slerp" if slerp else "lerp"](z0[:, None], z1[:, None], t)
+
+
+def latent_axis(n: int, z_range: tuple[float, float] | None = None,
+                quantiles: tuple[float, float] = QUANTILES) -> Tensor:
+    """n coordinates along one latent axis, increasing.
+
+    Args:
+        n: number of points, >= 1.
+        z_range: (lo, hi) for evenly spaced z; None for Gaussian quantiles.
+        quantiles: (p_lo, p_hi) in (0, 1): with z_range None, z = Phi^{-1}(p) for p evenly
+            spaced in [p_lo, p_hi] (Kingma & Welling 2014, Fig. 4).
+
+    Returns:
+        [n] float32.
+    """
+    if n < 1:
+        raise VaekitError(f"latent grid size must be >= 1; got {n}")
+    if z_range is not None:
+        lo, hi = (float(v) for v in z_range)
+        return torch.linspace(lo, hi, n)
+    p_lo, p_hi = quantiles
+    if not 0.0 < p_lo <= p_hi < 1.0:
+        raise VaekitError(f"quantiles must satisfy 0 < lo <= hi < 1; got {quantiles}")
+    p = torch.linspace(p_lo, p_hi, n, dtype=torch.float64)
+    return torch.distributions.Normal(0.0, 1.0).icdf(p).to(torch.float32)
+
+
+def latent_grid(n: int, z_range: tuple[float, float] | None = None,
+                quantiles: tuple[float, float] = QUANTILES) -> Tensor:
+    """An n x n grid of 2-D codes in image order, for ``save_latent_map``.
+
+    Row i (top to bottom), column j (left to right) is entry k = i n + j with
+    z = (a[j], a[n - 1 - i]), a = ``latent_axis(n, z_range, quantiles)``: z1 grows to the
+    right and z2 grows upwards, as on a plot. Default: Gaussian quantiles.
+
+    Returns:
+        [n*n, 2] float32.
+    """
+    a = latent_axis(n, z_range, quantiles)
+    z1 = a.repeat(n)
+    z2 = a.flip(0).repeat_interleave(n)
+    return torch.stack([z1, z2], dim=1)
