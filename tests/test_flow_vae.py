@@ -102,6 +102,8 @@ def test_iwae_objective_with_an_iaf_posterior():
 @pytest.mark.parametrize("fields, message", [
     ({"posterior_flow": "sylvester"}, "unknown posterior_flow 'sylvester'"),
     ({"posterior_flow": "iaf", "posterior_flow_layers": 0}, "model.posterior_flow_layers must be positive"),
+    ({"posterior_flow": "iaf", "flow_blocks": 0}, "model.flow_blocks must be positive for a latent flow"),
+    ({"prior": "flow", "flow_hidden": -3}, "model.flow_hidden must be positive for a latent flow"),
     ({"posterior_flow": "iaf", "posterior_flow_context": -1}, "model.posterior_flow_context must be >= 0"),
     ({"prior": "flow", "prior_flow": "iaf"}, "unknown prior_flow 'iaf'"),
 ])

@@ -50,9 +50,10 @@ class FlowEncoder(nn.Module):
         return FlowDistribution(q0, self.flow, out[:, 2 * d:] if self.context_dim else None)
 
 
-def _check_layers(key: str, n: int) -> None:
-    if n <= 0:
-        raise ConfigError(f"model.{key} must be positive; got {n}")
+def _check_sizes(cfg, layers_key: str) -> None:
+    for key in (layers_key, "flow_hidden", "flow_blocks"):  # flow_blocks: hidden layers of MLP / MADE nets
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"model.{key} must be positive for a latent flow; got {getattr(cfg, key)}")
 
 
 def build_flow_encoder(data_shape: tuple[int, ...], cfg) -> FlowEncoder:
@@ -60,7 +61,7 @@ def build_flow_encoder(data_shape: tuple[int, ...], cfg) -> FlowEncoder:
     name = cfg.posterior_flow
     if name not in POSTERIOR_FLOWS:
         raise ConfigError(f"unknown posterior_flow '{name}'; known: {', '.join(POSTERIOR_FLOWS)} (or null)")
-    _check_layers("posterior_flow_layers", cfg.posterior_flow_layers)
+    _check_sizes(cfg, "posterior_flow_layers")
     ctx = cfg.posterior_flow_context
     if ctx < 0:
         raise ConfigError(f"model.posterior_flow_context must be >= 0; got {ctx}")
@@ -74,6 +75,6 @@ def build_flow_prior(latent_dim: int, cfg) -> FlowPrior:
     """p(z) = flow(N(0, I)) of ``cfg.prior_flow`` (the ``flow`` entry of ``PRIORS``)."""
     if cfg.prior_flow not in PRIOR_FLOWS:
         raise ConfigError(f"unknown prior_flow '{cfg.prior_flow}'; known: {', '.join(PRIOR_FLOWS)}")
-    _check_layers("prior_flow_layers", cfg.prior_flow_layers)
+    _check_sizes(cfg, "prior_flow_layers")
     flow = PRIOR_FLOWS[cfg.prior_flow](latent_dim, cfg.prior_flow_layers, cfg.flow_hidden, cfg.flow_blocks)
     return FlowPrior(latent_dim, flow)
