@@ -113,21 +113,21 @@ class IAF(Inverse):
         super().__init__(MaskedAffineAutoregressive(dim, hidden, context_dim, scale))
 
 
-def maf(dim: int, layers: int = 4, hidden: list[int] | None = None, context_dim: int = 0,
-        scale: str = "tanh") -> Compose:
-    """MADE-flow layers with the order reversed between them (cheap density evaluation)."""
-    hidden = hidden or [64, 64]
+def _alternating(layers: int, make) -> Compose:
+    """``layers`` layers from ``make()`` with the variable order reversed between consecutive ones."""
     steps: list[Transform] = []
     for i in range(layers):
-        steps += ([Reverse()] if i else []) + [MaskedAffineAutoregressive(dim, hidden, context_dim, scale)]
+        steps += ([Reverse()] if i else []) + [make()]
     return Compose(*steps)
+
+
+def maf(dim: int, layers: int = 4, hidden: list[int] | None = None, context_dim: int = 0,
+        scale: str = "tanh") -> Compose:
+    """MADE-flow layers, order reversed between them: cheap density evaluation (MAF)."""
+    return _alternating(layers, lambda: MaskedAffineAutoregressive(dim, hidden or [64, 64], context_dim, scale))
 
 
 def iaf(dim: int, layers: int = 4, hidden: list[int] | None = None, context_dim: int = 0,
         scale: str = "sigmoid") -> Compose:
-    """IAF layers with the order reversed between them (cheap sampling and log q of samples)."""
-    hidden = hidden or [64, 64]
-    steps: list[Transform] = []
-    for i in range(layers):
-        steps += ([Reverse()] if i else []) + [IAF(dim, hidden, context_dim, scale)]
-    return Compose(*steps)
+    """IAF layers, order reversed between them: cheap sampling and log q of the samples."""
+    return _alternating(layers, lambda: IAF(dim, hidden or [64, 64], context_dim, scale))
