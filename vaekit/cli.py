@@ -16,6 +16,7 @@ Subcommands are a registry: name -> (add_arguments, run).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -184,9 +185,14 @@ def _sample(args):
         raise VaekitError(f"-n must be positive; got {args.n}")
     model, cfg, _ = _load_run(args)
     _seed(args)
-    kw = {"mean": True} if args.mean else {}
-    if args.temperature != 1.0:
-        kw["temperature"] = args.temperature
+    accepts = inspect.signature(model.sample).parameters
+    kw = {}
+    for flag, name, value, default in (("--mean", "mean", args.mean, False),
+                                       ("--temperature", "temperature", args.temperature, 1.0)):
+        if value != default:
+            if name not in accepts:
+                raise VaekitError(f"{flag} is not defined for a {cfg.model.kind} model")
+            kw[name] = value
     x = model.sample(args.n, **kw)
     save_grid(x.clamp(0, 1).cpu(), _out_path(args.output))
     print(f"wrote {args.output}", file=sys.stderr)
