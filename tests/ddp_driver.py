@@ -13,7 +13,8 @@ Scenarios, all in one process group:
 - ``nan``:   a new 2-process run, 6 steps, on data with one NaN example, which only rank 1's
   shard holds: both ranks must skip the same steps;
 - ``cli``:   ``vaekit train`` (the command, as ``torchrun -m vaekit`` runs it) on
-  ``WORK/digits.npy``, 4 steps and the final evaluation; ``cli_err``: a command that fails.
+  ``WORK/digits.npy``, 4 steps; ``cli_eval``: ``vaekit evaluate`` of that run, the test set
+  split over the ranks; ``cli_err``: a command that fails.
   Each rank records its exit status, stdout and stderr in ``WORK/<scenario>.rank<r>.json``.
 
 Every rank saves its final weights as ``WORK/<scenario>.rank<r>.pt``.
@@ -82,6 +83,8 @@ def main(work: Path) -> None:
                                                                    "err": err.getvalue()}))
 
         command("cli", CLI_TRAIN + ["--data", work / "digits.npy", "--out", work / "cli"])
+        command("cli_eval", ["evaluate", work / "cli", "--k", "4", "--seed", "0", "--no-progress",
+                             "-o", work / "eval_ddp.json"])
         command("cli_err", ["train", "--resume", work / "no-such-run"])
 
 

@@ -180,7 +180,7 @@ def test_disk_full_through_the_command_is_one_line(tmp_path, monkeypatch, capsys
     from vaekit.cli import main
     tr, _ = digits(60, 1)
     np.save(tmp_path / "d.npy", tr.numpy())
-    quick = ["--max-steps", "2", "--no-eval", "--no-progress"]
+    quick = ["--max-steps", "2", "--no-progress"]
     assert main(["train", "--preset", "dense-digits", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "r"),
                  "--set", "tensorboard=false", "--set", "batch_size=20", "--set", "ckpt_every=2", *quick]) == 0
 
@@ -190,7 +190,7 @@ def test_disk_full_through_the_command_is_one_line(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(ckpt.torch, "save", save_until_full)
     capsys.readouterr()
-    assert main(["train", "--resume", str(tmp_path / "r"), "--max-steps", "4", "--no-eval", "--no-progress"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "r"), "--max-steps", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err
     errors = [l for l in err.splitlines() if l.startswith("vaekit: error:")]
     assert errors == [f"vaekit: error: disk full while writing checkpoint {tmp_path / 'r' / 'checkpoints'}"

@@ -38,7 +38,7 @@ EXAMPLES = int(os.environ.get("VAEKIT_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
-TRAIN_ONE_STEP = ["--max-steps", "1", "--no-eval", "--no-progress", "--set", "tensorboard=false",
+TRAIN_ONE_STEP = ["--max-steps", "1", "--no-progress", "--set", "tensorboard=false",
                   "--set", "epochs=1", "--set", "batch_size=4"]
 
 

@@ -306,21 +306,26 @@ def model_from_state(state: dict, device="cpu", ema: bool = True):
     return model.to(device).eval(), cfg
 
 
-def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = True):
+def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = True,
+                missing: str | None = None):
     """:func:`load_model` for every process of a torchrun job: rank 0 finds and reads the file
     (the run folder need exist on its machine only) and sends the bytes to the others.
 
-    Returns ``(model, config, state)``; ``device=None`` skips building the model.
+    Returns ``(model, config, state)``; ``device=None`` skips building the model. ``missing``
+    replaces the error message for a path that holds no checkpoint at all.
     """
     from . import distributed
 
     def locate() -> tuple[Path, dict]:
-        if Path(path).is_dir():
-            found = latest_checkpoint(path, warn=warn)
+        p = Path(path)
+        if missing is not None and not p.is_file() and not list_checkpoints(p):
+            raise CheckpointError(missing)
+        if p.is_dir():
+            found = latest_checkpoint(p, warn=warn)
             if found is None:
-                raise CheckpointError(f"run folder {path} has no checkpoint yet (train it first)")
+                raise CheckpointError(f"run folder {p} has no checkpoint yet (train it first)")
             return found
-        return resolve(path)
+        return resolve(p)
 
     if not distributed.active():
         _, state = locate()

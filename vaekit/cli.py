@@ -16,6 +16,7 @@ Subcommands are a registry: name -> (add_arguments, run).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -94,12 +95,11 @@ def _train_args(p):
     p.add_argument("--out", help="run folder to create (default runs/<preset>)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in total (time-boxed runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
 
 
 def _train(args):
     from . import distributed
-    with distributed.session():  # torchrun: one process group for training and the final evaluation
+    with distributed.session():  # under torchrun: one process group for the whole command
         return _train_in_session(args, distributed.is_main())
 
 
@@ -107,11 +107,11 @@ def _train_in_session(args, main: bool):
     from .checkpoint import load_shared
     from .config import build_config, validate
     from .data import binarize_dynamic, prepare_data
-    from .evaluate import evaluate, format_table
-    from .train import resolve_device, train
+    from .train import train
 
     if args.resume:
-        cfg = load_shared(args.resume, device=None, warn=False)[1]  # rank 0 reads, all get the config
+        cfg = load_shared(args.resume, device=None, warn=False,  # rank 0 reads, all get the config
+                          missing=f"nothing to resume: {args.resume} has no checkpoint")[1]
         if args.overrides or args.data or args.data_dir:
             raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
         out = Path(args.resume)
@@ -128,7 +128,7 @@ def _train_in_session(args, main: bool):
         cfg.train.device = args.device
     validate(cfg)
     train_ds, test_ds = prepare_data(cfg.data)
-    transform = binarize_dynamic if cfg.data.binarize == "dynamic" else None
+    transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
     if main:
         print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
               f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
@@ -137,19 +137,9 @@ def _train_in_session(args, main: bool):
                     progress=not args.no_progress, max_steps=args.max_steps)
     if main:
         print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
-    if not args.no_eval:
-        model, _, _ = load_shared(out, device=resolve_device(cfg.train.device))
-        res = evaluate(model, test_ds.x, k=cfg.train.eval_k or 1, progress=not args.no_progress,
-                       seed=cfg.train.seed)
-        res.update(dataset=cfg.data.name, split="test")
-        if main:
-            print(format_table(res))
+        print(f"vaekit: done; evaluate with `vaekit evaluate {out} --k 5000`", file=sys.stderr)
     return 0
 
-
-def _devices(cfg):
-    from .train import resolve_device
-    yield resolve_device(cfg.train.device)
 
 
 def _evaluate_args(p):
@@ -207,9 +197,14 @@ def _sample(args):
         raise VaekitError(f"-n must be positive; got {args.n}")
     model, cfg, _ = _load_run(args)
     _seed(args)
-    kw = {"mean": True} if args.mean else {}
-    if args.temperature != 1.0:
-        kw["temperature"] = args.temperature
+    accepts = inspect.signature(model.sample).parameters
+    kw = {}
+    for flag, name, value, default in (("--mean", "mean", args.mean, False),
+                                       ("--temperature", "temperature", args.temperature, 1.0)):
+        if value != default:
+            if name not in accepts:
+                raise VaekitError(f"{flag} is not defined for a {cfg.model.kind} model")
+            kw[name] = value
     x = model.sample(args.n, **kw)
     save_grid(x.clamp(0, 1).cpu(), _out_path(args.output))
     print(f"wrote {args.output}", file=sys.stderr)
@@ -300,7 +295,7 @@ def _latent_map(args):
         title = f"top-2 principal plane of {D}-D posterior means (standardised)"
     imgs = model.decode_to_x(z).clamp(0, 1)
     labels = ds.y[: args.points].numpy() if ds.y is not None else None
-    save_latent_map(imgs.cpu(), args.grid, _out_path(args.output), points=pts.cpu(), labels=labels,
+    save_latent_map(imgs.cpu(), args.grid, None, _out_path(args.output), points=pts.cpu(), labels=labels,
                     title=title)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

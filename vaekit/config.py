@@ -50,6 +50,21 @@ class ModelConfig:
     prior: str = "normal"  # p(z): normal (standard)
     # --- conv / resnet / pixelcnn fields (issue 3) ---
     # --- flow fields (issue 4) ---
+    flow_arch: str = "realnvp"  # kind=flow architecture: nice | realnvp | glow | maf (1-D data: dense versions)
+    flow_levels: int = 2  # realnvp / glow scales; each squeezes 2x2 and factors out half the channels
+    flow_steps: int = 4  # nice: couplings; realnvp: couplings per half-level; glow: steps K per level; maf: layers
+    flow_hidden: int = 64  # width of every flow's conditioner nets: conv channels or MLP / MADE units
+    flow_blocks: int = 2  # realnvp: residual blocks per coupling net; MLP / MADE conditioners: hidden layers
+    flow_scale: str = "tanh"  # affine log-scale: tanh (soft clamp at +-2) | sigmoid (Glow's sigmoid(s + 2))
+    flow_preprocess: str = "logit"  # logit (RealNVP, with flow_alpha) | unit (x - 1/2, Glow) | none
+    flow_alpha: float = 0.05  # logit(alpha + (1 - 2 alpha) x), in (0, 0.5)
+    flow_dequantize: str = "uniform"  # uniform (8-bit data: (255 x + u) / 256, bpd with -log 256) | none (continuous)
+    flow_base: str = "normal"  # base density of kind=flow: normal | logistic (NICE)
+    posterior_flow: str | None = None  # VAE q(z|x) = flow(q0(z|x)): planar | iaf | realnvp; null: diagonal Gaussian
+    posterior_flow_layers: int = 4  # layers of the posterior flow
+    posterior_flow_context: int = 32  # encoder features h(x) conditioning the posterior flow (0: one flow for all x)
+    prior_flow: str = "realnvp"  # with prior=flow, p(z) = flow(N(0, I)): realnvp | maf | planar
+    prior_flow_layers: int = 4  # layers of the prior flow
     # --- mixture / autoencoder fields (issue 5) ---
 
 
@@ -73,7 +88,7 @@ class TrainConfig:
     log_every: int = 50  # steps between metric lines / TensorBoard scalars
     ckpt_every: int = 500  # steps between checkpoints (and one at every epoch end)
     max_bad_steps: int = 50  # consecutive NaN/inf steps before the run stops
-    eval_k: int = 1000  # importance samples for the end-of-epoch test NLL (0: skip)
+    eval_k: int = 100  # importance samples of the quick end-of-epoch test NLL (0: skip); `vaekit evaluate` is the full one
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
     tensorboard: bool = True  # write TensorBoard event files in the run folder
 
@@ -134,6 +149,38 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     ),
     # --- conv / resnet / pixelcnn presets (issue 3) ---
     # --- flow presets (issue 4) ---
+    "nice-mnist": (
+        "base",
+        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "nice",
+         "flow_steps": 4, "flow_hidden": 1000, "flow_blocks": 5, "flow_preprocess": "unit",
+         "flow_base": "logistic", "batch_size": 128, "lr": 1e-3, "epochs": 100},
+        "Dinh et al. 2014: 4 additive couplings (5x1000 ReLU MLPs), diagonal scaling, logistic base; dequantised MNIST",
+    ),
+    "realnvp-mnist": (
+        "base",
+        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "realnvp",
+         "flow_levels": 2, "flow_steps": 3, "flow_hidden": 64, "flow_blocks": 4, "flow_preprocess": "logit",
+         "flow_alpha": 0.05, "batch_size": 64, "lr": 1e-3, "grad_clip": 100.0, "epochs": 100},
+        "Dinh et al. 2016: checkerboard/channel affine couplings, 2 scales, logit(0.05) input; dequantised MNIST",
+    ),
+    "glow-mnist": (
+        "base",
+        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "glow",
+         "flow_levels": 2, "flow_steps": 8, "flow_hidden": 128, "flow_scale": "sigmoid",
+         "flow_preprocess": "unit", "batch_size": 64, "lr": 1e-3, "lr_warmup_steps": 500,
+         "grad_clip": 100.0, "epochs": 100},
+        "Kingma & Dhariwal 2018: ActNorm, 1x1 conv, affine couplings, L=2 K=8, x - 1/2 input; dequantised MNIST",
+    ),
+    "realnvp-cifar": (
+        "realnvp-mnist",
+        {"data.name": "cifar10", "flow_levels": 3, "flow_blocks": 8},
+        "Dinh et al. 2016 on CIFAR-10: 3 scales, 8 residual blocks of 64 channels per coupling",
+    ),
+    "glow-cifar": (
+        "glow-mnist",
+        {"data.name": "cifar10", "flow_levels": 3, "flow_steps": 32, "flow_hidden": 512},
+        "Kingma & Dhariwal 2018 on CIFAR-10: L=3, K=32, 512-channel coupling nets",
+    ),
     # --- mixture / autoencoder presets (issue 5) ---
 }
 

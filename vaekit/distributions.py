@@ -151,7 +151,14 @@ LIKELIHOODS = {
 # name -> constructor(latent_dim, model_config) -> prior module
 PRIORS = {
     "normal": lambda latent_dim, cfg: StandardNormalPrior(latent_dim),
+    "flow": lambda latent_dim, cfg: _flow_prior(latent_dim, cfg),
 }
+
+
+def _flow_prior(latent_dim, cfg):
+    """p(z) = flow(N(0, I)) of ``cfg.prior_flow`` (vaekit.models.flow_vae; imported late, it imports us)."""
+    from .models.flow_vae import build_flow_prior
+    return build_flow_prior(latent_dim, cfg)
 
 
 def build_likelihood(data_shape: tuple[int, ...], cfg) -> Likelihood:

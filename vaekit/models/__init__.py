@@ -12,10 +12,12 @@ import itertools
 import torch
 
 from ..errors import ConfigError
+from .flow import FlowModel, build_flow_model
 from .vae import VAE, build_vae
 
 MODELS = {
     "vae": build_vae,
+    "flow": build_flow_model,
 }
 
 
@@ -33,4 +35,4 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "build_model", "build_vae", "model_device"]
+__all__ = ["MODELS", "VAE", "FlowModel", "build_model", "build_vae", "build_flow_model", "model_device"]

@@ -19,6 +19,7 @@ from torch.distributions import Distribution
 from .. import objectives
 from ..distributions import build_likelihood, build_prior, diagonal_gaussian, distribution_mean
 from ..nets import build_decoder, build_encoder
+from .flow_vae import build_flow_encoder
 
 
 class GaussianEncoder(nn.Module):
@@ -123,7 +124,10 @@ class VAE(nn.Module):
 def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
     """Build a VAE from a ``ModelConfig`` (and the objective from a ``TrainConfig``)."""
     likelihood = build_likelihood(data_shape, cfg)
-    encoder = GaussianEncoder(build_encoder(data_shape, 2 * cfg.latent_dim, cfg))
+    if getattr(cfg, "posterior_flow", None) not in (None, "none"):  # q(z|x) = flow(q0(z|x)), see flow_vae.py
+        encoder = build_flow_encoder(data_shape, cfg)
+    else:
+        encoder = GaussianEncoder(build_encoder(data_shape, 2 * cfg.latent_dim, cfg))
     decoder = Decoder(build_decoder(cfg.latent_dim, likelihood.param_shape, cfg), likelihood)
     prior = build_prior(cfg.latent_dim, cfg)
     obj = {}
