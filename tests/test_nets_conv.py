@@ -116,3 +116,17 @@ def test_speed_switches_keep_the_numbers():
     assert x.is_contiguous(memory_format=torch.channels_last)
     with autocast("cpu"):  # a no-op off CUDA
         assert dec(z).dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch when dynamo loads
+def test_maybe_compile_targets_the_net_bodies():
+    """The model is driven through loss/log_prob/sample, so the tensor-to-tensor bodies are
+    what gets compiled (lazily: nothing is compiled until a body is first called)."""
+    cfg = ModelConfig(encoder="conv", decoder="conv", channels=[4], likelihood="pixelcnn",
+                      pixelcnn_layers=1, pixelcnn_channels=2, pixelcnn_cond=2)
+    model = build_vae(cfg, (1, 8, 8))
+    keys = list(model.state_dict())
+    maybe_compile(model, True)
+    compiled = [n for n, m in model.named_modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert compiled == ["encoder.body", "decoder.body", "decoder.likelihood.net"]
+    assert list(model.state_dict()) == keys

@@ -58,8 +58,8 @@ class ModelConfig:
     pixelcnn_channels: int = 32  # feature maps per PixelCNN stack; a multiple of the data channels
     pixelcnn_kernel: int = 3  # odd k: vertical kernel (k//2+1) x k, horizontal 1 x (k//2+1)
     pixelcnn_cond: int = 16  # channels of the conditioning map c(z) [cond, H, W] the decoder body outputs (PixelVAE)
-    channels_last: bool = False  # NHWC memory format (nets.conv.to_channels_last); off: no gain measured on CPU
-    compile: bool = False  # torch.compile the model (nets.conv.maybe_compile); off: see bench/arch_speed.py
+    channels_last: bool = False  # NHWC memory format (nets.conv.to_channels_last); off: no gain on CPU (bench/arch_speed.py), try on CUDA with amp
+    compile: bool = False  # torch.compile the net bodies (nets.conv.maybe_compile); off: ~1 min compile for <20% on CPU
     # --- flow fields (issue 4) ---
     # --- mixture / autoencoder fields (issue 5) ---
 

@@ -196,15 +196,28 @@ def conv_decoder(latent_dim: int, param_shape: tuple[int, ...], cfg) -> nn.Modul
 
 
 # --- speed switches (wired in by the training loop) -----------------------------------------
-def maybe_compile(module: nn.Module, enabled: bool, **kwargs) -> nn.Module:
-    """``torch.compile(module)`` when ``enabled``, else ``module`` unchanged.
+def compile_targets() -> tuple[type, ...]:
+    """The net bodies :func:`maybe_compile` compiles: modules that map tensors to tensors."""
+    from .mlp import MLP
+    from .pixelcnn import GatedPixelCNN
+    from .resnet import ResNetDecoder, ResNetEncoder
+    return (MLP, ConvEncoder, ConvDecoder, ResNetEncoder, ResNetDecoder, GatedPixelCNN)
 
-    Compiles in place (``module.compile``), so parameters, ``state_dict`` keys and the model
-    contract (``loss``, ``log_prob``, ``sample``) stay those of the original module. See
-    ``bench/arch_speed.py`` for the measurements behind the default (off on CPU).
+
+def maybe_compile(module: nn.Module, enabled: bool, **kwargs) -> nn.Module:
+    """``torch.compile`` the net bodies inside ``module`` when ``enabled``; returns ``module``.
+
+    A model is driven through ``loss`` / ``log_prob`` / ``sample``, not ``forward``, and its
+    encoder and decoder return distributions, so compiling the model itself would do
+    nothing; instead each tensor-to-tensor body (see :func:`compile_targets`) is compiled in
+    place (``Module.compile``), which keeps parameters, ``state_dict`` keys and the model
+    contract. Modules without such bodies are compiled whole. ``kwargs`` go to
+    ``torch.compile`` (e.g. ``mode="max-autotune"``). Default off: see ``bench/arch_speed.py``.
     """
     if enabled:
-        module.compile(**kwargs)
+        targets = [m for m in module.modules() if isinstance(m, compile_targets())]
+        for m in targets or [module]:
+            m.compile(**kwargs)
     return module
 
 
