@@ -139,7 +139,7 @@ def test_sampler_draws_what_the_naive_loop_draws(output, shape):
 
 def test_distribution_contract():
     lik = PixelCNNLikelihood((1, 8, 8), "bernoulli", channels=4, layers=2, kernel=3, cond_channels=3)
-    assert lik.param_shape == (3, 8, 8) and lik.discrete
+    assert lik.param_shape == (3, 8, 8) and lik.discrete and lik.activation_factor > 1
     d = lik(torch.randn(5, 3, 8, 8))
     assert d.batch_shape == (5,) and d.event_shape == (1, 8, 8)
     x = (torch.rand(5, 1, 8, 8) > 0.5).float()

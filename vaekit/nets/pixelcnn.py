@@ -433,6 +433,11 @@ class PixelCNNLikelihood(Likelihood):
         self.output = output
         n_out, self._to_dist = OUTPUT_HEADS[output](n_mix)
         self.net = GatedPixelCNN(C, n_out, channels, layers, kernel, cond_channels)
+        # rough peak of floats alive per data element in one no-grad log_prob (conditioning
+        # terms of all layers, a layer's stacks, the head): for memory budgets that count
+        # decoder outputs, e.g. the chunking of importance sampling
+        self.activation_factor = math.ceil((cond_channels + 4 * channels * layers + 8 * channels
+                                            + n_out * C) / C)
 
     def output_distribution(self, out: Tensor) -> Distribution:
         """Head parameters [B, n_out, C, H, W] -> per-sub-pixel distribution (float32), event [C, H, W]."""
