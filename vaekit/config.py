@@ -49,6 +49,18 @@ class ModelConfig:
     fixed_std: float = 1.0  # std of the gaussian likelihood when variance=fixed (data units)
     prior: str = "normal"  # p(z): normal (standard)
     # --- conv / resnet / pixelcnn fields (issue 3) ---
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv/resnet stage widths, full resolution first; each stage halves H, W (rounding up); decoders mirror them
+    resnet_blocks: int = 2  # pre-activation residual blocks per resnet stage
+    norm: str = "none"  # conv/resnet normalisation: none | batch | weight (weight normalisation)
+    upsample: str = "transpose"  # conv/resnet decoder up-sampling: transpose (stride-2 transposed conv) | nearest (resize + 3x3 conv)
+    n_mix: int = 10  # discretised logistic mixture components (likelihood or pixelcnn_output logistic_mixture)
+    pixelcnn_output: str = "bernoulli"  # head of likelihood=pixelcnn: bernoulli (binary data) | logistic_mixture | categorical (8-bit)
+    pixelcnn_layers: int = 6  # gated PixelCNN layers (vertical + horizontal stacks)
+    pixelcnn_channels: int = 32  # feature maps per PixelCNN stack; a multiple of the data channels
+    pixelcnn_kernel: int = 3  # odd k: vertical kernel (k//2+1) x k, horizontal 1 x (k//2+1)
+    pixelcnn_cond: int = 16  # channels of the conditioning map c(z) [cond, H, W] the decoder body outputs (PixelVAE)
+    channels_last: bool = False  # NHWC memory format (nets.conv.to_channels_last); off: no gain on CPU (bench/arch_speed.py), try on CUDA with amp
+    compile: bool = False  # torch.compile the net bodies (nets.conv.maybe_compile); off: ~1 min compile for <20% on CPU
     # --- flow fields (issue 4) ---
     flow_arch: str = "realnvp"  # kind=flow architecture: nice | realnvp | glow | maf (1-D data: dense versions)
     flow_levels: int = 2  # realnvp / glow scales; each squeezes 2x2 and factors out half the channels
@@ -148,6 +160,37 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
         "small dense VAE for scikit-learn's 8x8 digits (seconds on a CPU)",
     ),
     # --- conv / resnet / pixelcnn presets (issue 3) ---
+    "conv-mnist": (
+        "dense-mnist",
+        {"encoder": "conv", "decoder": "conv", "channels": [32, 64], "latent_dim": 32},
+        "conv VAE, binarised MNIST: stride-2 3x3 convs 32-64, transposed-conv decoder, Bernoulli, 32 latents",
+    ),
+    "resnet-mnist": (
+        "conv-mnist",
+        {"encoder": "resnet", "decoder": "resnet", "channels": [32, 64], "resnet_blocks": 2,
+         "norm": "weight", "activation": "elu"},
+        "ResNet VAE, binarised MNIST: 2 pre-activation blocks per stage (32, 64), weight norm, ELU",
+    ),
+    "pixelvae-mnist": (
+        "conv-mnist",
+        {"likelihood": "pixelcnn", "pixelcnn_output": "bernoulli", "pixelcnn_layers": 6,
+         "pixelcnn_channels": 32, "pixelcnn_kernel": 3, "pixelcnn_cond": 16},
+        "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated PixelCNN layers, Bernoulli",
+    ),
+    "resnet-cifar": (
+        "base",
+        {"name": "cifar10", "binarize": "none", "encoder": "resnet", "decoder": "resnet",
+         "channels": [64, 128, 256], "resnet_blocks": 2, "norm": "weight", "activation": "elu",
+         "latent_dim": 128, "likelihood": "logistic_mixture", "n_mix": 10,
+         "batch_size": 64, "lr": 1e-3, "grad_clip": 200.0, "epochs": 100, "eval_k": 1000},
+        "ResNet VAE, CIFAR-10 8-bit: stages 64-128-256, weight norm, 128 latents, coupled 10-way discretised logistic mixture",
+    ),
+    "pixelvae-cifar": (
+        "resnet-cifar",
+        {"likelihood": "pixelcnn", "pixelcnn_output": "logistic_mixture", "n_mix": 5,
+         "pixelcnn_layers": 8, "pixelcnn_channels": 96, "pixelcnn_kernel": 3, "pixelcnn_cond": 32},
+        "PixelVAE, CIFAR-10 8-bit: ResNet nets, z -> 32x32x32 map, 8 gated layers of 96, per-sub-pixel 5-way logistic mixture",
+    ),
     # --- flow presets (issue 4) ---
     "nice-mnist": (
         "base",
