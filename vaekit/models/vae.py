@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import objectives
-from ..distributions import build_likelihood, build_prior, diagonal_gaussian, distribution_mean
+from ..distributions import (build_likelihood, build_prior, diagonal_gaussian, distribution_mean,
+                             image_bits_per_dim)
 from ..nets import build_decoder, build_encoder
 from .flow_vae import build_flow_encoder
 
@@ -94,6 +95,11 @@ class VAE(nn.Module):
         """x ~ p(x|z), z ~ p(z): [n, *data_shape]; ``mean=True`` returns E[x|z] instead."""
         z = self.prior.sample((n,))
         return self.decode_to_x(z, mean)
+
+    def bits_per_dim(self, nll: float) -> float:
+        """nats per example -> bits per dimension, with the 8-bit term for continuous likelihoods."""
+        import math
+        return image_bits_per_dim(nll, math.prod(self.data_shape), getattr(self.decoder.likelihood, "discrete", True))
 
     # --- pytorch/examples vocabulary ------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
