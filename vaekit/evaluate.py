@@ -53,7 +53,9 @@ def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: i
     """Per-example results in example order: this process's chunks, then an all-gather."""
     N, D = x.shape[0], math.prod(x.shape[1:])
     sampled = model.log_prob_kind == "importance-sampled"
-    B = batch_size or (_chunk_sizes(N, k, D, DEFAULT_ELEMENT_BUDGET)[0] if sampled else 1000)
+    # the memory budget of importance_sampled_log_prob, with its decoder activation factor
+    factor = getattr(getattr(getattr(model, "decoder", None), "likelihood", None), "activation_factor", 1)
+    B = batch_size or (_chunk_sizes(N, k, D * factor, DEFAULT_ELEMENT_BUDGET)[0] if sampled else 1000)
     B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
     n_chunks = math.ceil(N / B)
     W, r = distributed.world_size(), distributed.rank()
