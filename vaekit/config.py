@@ -103,6 +103,7 @@ class TrainConfig:
     eval_k: int = 100  # importance samples of the quick end-of-epoch test NLL (0: skip); `vaekit evaluate` is the full one
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
     tensorboard: bool = True  # write TensorBoard event files in the run folder
+    amp: bool = False  # bf16 autocast of the nets on CUDA (likelihoods stay float32); no effect on CPU
 
 
 @dataclass

@@ -57,6 +57,7 @@ from . import distributed
 from .config import Config
 from .errors import CheckpointError, VaekitError
 from .models import build_model
+from .nets.conv import autocast, channels_last_input, maybe_compile, to_channels_last
 
 
 class TrainingDiverged(VaekitError):
@@ -263,6 +264,8 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
 
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data_shape).to(device)  # before the run folder exists: bad configs leave none
+    to_channels_last(model, cfg.model.channels_last)
+    maybe_compile(model, cfg.model.compile)
 
     if hasattr(model, "fit"):  # closed-form fitting (EM), no SGD
         return _fit_closed_form(model, cfg, run_dir, train_x.to(device),
@@ -403,11 +406,13 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
                 gen.manual_seed(seed)
                 if transform is not None:
                     xb = transform(xb, gen)
+                xb = channels_last_input(xb, cfg.model.channels_last)
                 final = j == len(mine) - 1
                 # every process runs all its forwards, even after a bad one, so that the
                 # collectives inside DDP's forward stay matched across processes
                 with (net.no_sync() if W > 1 and not final else contextlib.nullcontext()):
-                    out = net(xb, step)
+                    with autocast(device, tc.amp):
+                        out = net(xb, step)
                     loss = out["loss"].sum() * scale
                     if not bool(torch.isfinite(loss)):
                         local_bad = True
