@@ -79,15 +79,12 @@ def test_bad_noise_config():
         small(ae_noise=1.5, ae_noise_type="mask")
 
 
-def test_cli_autoencoder_sample_and_interpolate(monkeypatch, tmp_path):
-    import vaekit.data as data
-    if not hasattr(data, "load_splits"):  # cli.py and data.py disagreed on this name when written
-        monkeypatch.setattr(data, "load_splits", data.prepare_data, raising=False)
+def test_cli_autoencoder_sample_and_interpolate(tmp_path):
     from vaekit.cli import main
     run = tmp_path / "ae"
     assert main(["train", "--preset", "dae-mnist", "--data", "digits", "--epochs", "1", "--set", "hidden=[16]",
                  "--set", "latent_dim=2", "--set", "tensorboard=false", "--out", str(run),
-                 "--no-progress", "--no-eval"]) == 0
+                 "--no-progress"]) == 0
     for cmd in (["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")],
                 ["interpolate", str(run), "--steps", "3", "--pairs", "2", "-o", str(tmp_path / "i.png")],
                 ["reconstruct", str(run), "-n", "4", "-o", str(tmp_path / "r.png")]):

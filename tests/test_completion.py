@@ -110,17 +110,14 @@ def test_completion_bad_input(trained):
         complete(vae, x[:2], torch.ones(3, 3))
 
 
-def test_cli_complete_writes_png(monkeypatch, tmp_path, capsys):
+def test_cli_complete_writes_png(tmp_path, capsys):
     import json
 
-    import vaekit.data as data
-    if not hasattr(data, "load_splits"):  # cli.py and data.py disagreed on this name when written
-        monkeypatch.setattr(data, "load_splits", data.prepare_data, raising=False)
     from vaekit.cli import main
     run = tmp_path / "vae"
     assert main(["train", "--preset", "dense-digits", "--epochs", "1", "--set", "hidden=[16]",
                  "--set", "latent_dim=2", "--set", "eval_k=0", "--set", "tensorboard=false",
-                 "--out", str(run), "--no-progress", "--no-eval"]) == 0
+                 "--out", str(run), "--no-progress"]) == 0
     out = tmp_path / "completion.png"
     assert main(["complete", str(run), "--mask", "top", "-o", str(out), "-n", "3", "--completions", "4",
                  "--k", "50", "--json", str(tmp_path / "c.json")]) == 0

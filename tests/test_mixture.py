@@ -192,10 +192,7 @@ def test_registry_builds_from_preset():
 
 
 @pytest.fixture
-def cli(monkeypatch):
-    import vaekit.data as data
-    if not hasattr(data, "load_splits"):  # cli.py and data.py disagreed on this name when written
-        monkeypatch.setattr(data, "load_splits", data.prepare_data, raising=False)
+def cli():
     from vaekit.cli import main
     return main
 
@@ -204,7 +201,7 @@ def test_cli_train_mixture_then_cluster(cli, tmp_path, capsys):
     run = tmp_path / "gmm"
     assert cli(["train", "--model", "mixture", "--data", "digits", "--set", "binarize=none",
                 "--set", "components=3", "--set", "covariance=diag", "--set", "em_max_iter=5",
-                "--set", "tensorboard=false", "--out", str(run), "--no-progress", "--no-eval"]) == 0
+                "--set", "tensorboard=false", "--out", str(run), "--no-progress"]) == 0
     assert cli(["cluster", str(run), "-o", str(tmp_path / "labels.npy")]) == 0
     hard = np.load(tmp_path / "labels.npy")
     soft = np.load(tmp_path / "labels.soft.npy")

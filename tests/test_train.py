@@ -138,3 +138,15 @@ def test_schedule_and_permutation_are_pure_functions():
     p1, p2 = epoch_permutation(50, 0, 3, "cpu"), epoch_permutation(50, 0, 3, "cpu")
     assert torch.equal(p1, p2) and not torch.equal(p1, epoch_permutation(50, 0, 4, "cpu"))
     assert sorted(p1.tolist()) == list(range(50))
+
+
+def test_channels_last_training_matches_the_default_layout(tmp_path):
+    """NHWC is a memory layout, not a model change: the same steps give the same weights."""
+    tr, te = digits()
+    over = dict(encoder="conv", decoder="conv", channels=[8, 16], hidden=[32], eval_k=0)
+    train(cfg_for(**over), tmp_path / "a", tr, te, transform=binarize, progress=False, max_steps=5)
+    train(cfg_for(**over, channels_last=True, amp=True), tmp_path / "b", tr, te, transform=binarize,
+          progress=False, max_steps=5)
+    a, b = state_of(tmp_path / "a")["model"], state_of(tmp_path / "b")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k].contiguous(), rtol=1e-4, atol=1e-5)

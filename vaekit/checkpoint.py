@@ -8,15 +8,34 @@ resolved config, so a run can be resumed or evaluated from a checkpoint alone.
 
 Writes are atomic: the bytes go to a temporary file in the same folder, are flushed and
 fsync'ed, then ``os.replace``'d onto the final name, so a run killed at any moment (or a
-full disk) leaves either the old or the new checkpoint, never a torn one. Loads use
-``torch.load(weights_only=True)``: a checkpoint never executes code.
+full disk) leaves either the old or the new checkpoint, never a torn one; a failed write
+(disk full, quota, I/O error) is a one-line :class:`CheckpointError` naming the file and the
+previous checkpoint, which is left intact. Temp files left by a killed writer are removed
+when the run resumes (:func:`remove_stale_temp_files`). A new run folder appears in one
+``rename`` once its first checkpoint is written (:func:`create_run_dir`), so a run that fails
+before that leaves no half-made folder.
+
+Loads verify every member's CRC-32 (``zipfile``: ``torch.load`` itself does not, so a flipped
+bit in a tensor would load silently) and then use ``torch.load(weights_only=True)``: a
+checkpoint never executes code. A corrupt or truncated file is a one-line error naming it;
+:func:`latest_checkpoint` then falls back to the newest good one.
+
+Test hook: with the environment variable ``VAEKIT_TEST_SLOW_CKPT=SECONDS`` every checkpoint
+write stops half-way for that long after printing ``vaekit-test: writing <path>`` to stderr,
+so that the fault tests can SIGKILL a process in the middle of a write.
 """
 from __future__ import annotations
 
+import errno
+import glob
+import io
 import os
 import re
+import shutil
 import sys
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -29,12 +48,22 @@ CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
 KEEP = 3  # checkpoints kept per run (older ones are deleted after a successful write)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import, before any threads exist
+
+
 def atomic_write(path: str | Path, write_fn) -> None:
     """Call ``write_fn(fileobj)`` on a temp file beside ``path``, fsync, then rename onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
@@ -56,6 +85,59 @@ def atomic_write(path: str | Path, write_fn) -> None:
         pass
 
 
+TEMP_RE = re.compile(r"^\..+\.tmp$")  # the names atomic_write gives its temp files
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete temp files of writes that a killed process never finished; returns them."""
+    removed = []
+    for d in (Path(run_dir), Path(run_dir) / CKPT_DIR):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if TEMP_RE.match(p.name) and p.is_file():
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def create_run_dir(run_dir: str | Path, populate) -> None:
+    """Make ``run_dir`` appear complete or not at all: ``populate(folder)`` fills a temp folder
+    beside it, which is then renamed onto ``run_dir`` (which must be absent or empty).
+
+    When ``run_dir`` already exists and holds other files (but no run), ``populate`` writes
+    into it directly: the folder is the user's, not ours to replace.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"cannot create the run folder {run_dir}: a file of that name exists")
+    try:
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            populate(run_dir)
+            return
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.parent.glob(f".{glob.escape(run_dir.name)}.*.tmp"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    except OSError as e:
+        raise CheckpointError(f"cannot create the run folder {run_dir} ({e.strerror or e})") from None
+    try:
+        populate(tmp)
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if run_dir.is_dir():
+            run_dir.rmdir()  # empty; rename cannot replace a directory on every platform
+        os.rename(tmp, run_dir)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise CheckpointError(f"cannot create the run folder {run_dir} ({what})") from None
+        raise
+
+
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CKPT_DIR / f"step-{step:08d}.pt"
 
@@ -69,10 +151,39 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def _write_state(state: dict, path: Path):
+    slow = os.environ.get("VAEKIT_TEST_SLOW_CKPT")
+    if not slow:
+        return lambda f: torch.save(state, f)
+
+    def write_slowly(f):  # test hook: stop half-way through the bytes
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        print(f"vaekit-test: writing {path}", file=sys.stderr, flush=True)
+        time.sleep(float(slow))
+        f.write(data[len(data) // 2:])
+    return write_slowly
+
+
 def save_checkpoint(run_dir: str | Path, state: dict, keep: int = KEEP) -> Path:
-    """Atomically write ``state`` (must hold ``step``) and prune all but the newest ``keep``."""
+    """Atomically write ``state`` (must hold ``step``) and prune all but the newest ``keep``.
+
+    A failed write raises a one-line ``CheckpointError`` and leaves the previous checkpoint
+    (and no temp file) behind.
+    """
     path = checkpoint_path(run_dir, int(state["step"]))
-    atomic_write(path, lambda f: torch.save(state, f))
+    try:
+        atomic_write(path, _write_state(state, path))
+    except OSError as e:
+        prev = [p for p in list_checkpoints(run_dir) if p != path]
+        kept = f"; the previous checkpoint {prev[0].name} is intact" if prev else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "disk full" if e.errno == errno.ENOSPC else "disk quota exceeded"
+            raise CheckpointError(f"{what} while writing checkpoint {path}{kept}") from None
+        raise CheckpointError(f"cannot write checkpoint {path} ({e.strerror or e}){kept}") from None
     for old in list_checkpoints(run_dir)[keep:]:
         try:
             old.unlink()
@@ -81,26 +192,50 @@ def save_checkpoint(run_dir: str | Path, state: dict, keep: int = KEEP) -> Path:
     return path
 
 
+def _crc_problem(f) -> str | None:
+    """Why the zip archive in ``f`` is damaged (bad CRC, truncated, not a zip), or None."""
+    try:
+        with zipfile.ZipFile(f) as z:
+            bad = z.testzip()
+    except Exception as e:  # BadZipFile, EOFError, "encrypted" RuntimeError, unknown compression...
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"CRC mismatch in {bad}" if bad is not None else None
+
+
+def load_checkpoint_bytes(data: bytes | str | Path, name: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint from its bytes (or its file): CRC check, then ``torch.load(weights_only=True)``."""
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    problem = _crc_problem(src)
+    if problem is None:
+        if isinstance(src, io.BytesIO):
+            src.seek(0)
+        try:
+            state = torch.load(src, map_location=map_location, weights_only=True)
+        except Exception as e:  # torch raises many types for corrupt files and refused pickles
+            problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if problem is not None:
+        raise CheckpointError(f"corrupt or truncated checkpoint {name} ({problem[:120]})")
+    if not isinstance(state, dict) or "model" not in state or "config" not in state or "step" not in state:
+        raise CheckpointError(f"{name} is not a vaekit checkpoint (missing model/config/step)")
+    return state
+
+
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load one checkpoint file safely (no code execution); one-line error if unreadable."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for truncated/corrupt zip files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"corrupt or truncated checkpoint {path} ({reason[:120]})") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state or "step" not in state:
-        raise CheckpointError(f"{path} is not a vaekit checkpoint (missing model/config/step)")
-    return state
+    return load_checkpoint_bytes(path, path, map_location)
 
 
-def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True) -> tuple[Path, dict] | None:
+def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True,
+                      quarantine=False) -> tuple[Path, dict] | None:
     """The newest checkpoint of a run that loads; corrupt ones are reported and skipped.
 
     Returns ``None`` when the run has no checkpoint at all; raises ``CheckpointError``
-    when it has some but none is readable.
+    when it has some but none is readable. ``quarantine=True`` (used when resuming) renames
+    each corrupt file skipped on the way to ``<name>.corrupt``, so later readers do not trip
+    over it again and the resumed run can write that step afresh.
     """
     paths = list_checkpoints(run_dir)
     if not paths:
@@ -108,11 +243,19 @@ def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True) -> tup
     bad = []
     for p in paths:
         try:
-            return p, read_checkpoint(p, map_location)
+            found = p, read_checkpoint(p, map_location)
         except CheckpointError as e:
             bad.append(p)
             if warn:
                 print(f"vaekit: warning: {e}; falling back to an older checkpoint", file=sys.stderr)
+            continue
+        if quarantine:
+            for b in bad:
+                try:
+                    os.replace(b, b.with_name(b.name + ".corrupt"))
+                except OSError:
+                    pass
+        return found
     raise CheckpointError(f"no readable checkpoint in {Path(run_dir) / CKPT_DIR} "
                           f"({len(bad)} corrupt: {', '.join(p.name for p in bad)})")
 
@@ -143,9 +286,15 @@ def load_model(path: str | Path, device="cpu", ema: bool = True):
     Returns ``(model, config, state)``; the model is in eval mode on ``device`` and uses the
     EMA weights when the run kept them (``ema=False`` for the raw weights).
     """
+    _, state = resolve(path, map_location="cpu")
+    model, cfg = model_from_state(state, device, ema)
+    return model, cfg, state
+
+
+def model_from_state(state: dict, device="cpu", ema: bool = True):
+    """``(model, config)`` rebuilt from a loaded checkpoint dict, in eval mode on ``device``."""
     from .models import build_model
 
-    _, state = resolve(path, map_location="cpu")
     cfg = config_of(state)
     model = build_model(cfg, tuple(state["data_shape"]))
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
@@ -154,4 +303,37 @@ def load_model(path: str | Path, device="cpu", ema: bool = True):
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0][:120]})") from None
-    return model.to(device).eval(), cfg, state
+    return model.to(device).eval(), cfg
+
+
+def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = True,
+                missing: str | None = None):
+    """:func:`load_model` for every process of a torchrun job: rank 0 finds and reads the file
+    (the run folder need exist on its machine only) and sends the bytes to the others.
+
+    Returns ``(model, config, state)``; ``device=None`` skips building the model. ``missing``
+    replaces the error message for a path that holds no checkpoint at all.
+    """
+    from . import distributed
+
+    def locate() -> tuple[Path, dict]:
+        p = Path(path)
+        if missing is not None and not p.is_file() and not list_checkpoints(p):
+            raise CheckpointError(missing)
+        if p.is_dir():
+            found = latest_checkpoint(p, warn=warn)
+            if found is None:
+                raise CheckpointError(f"run folder {p} has no checkpoint yet (train it first)")
+            return found
+        return resolve(p)
+
+    if not distributed.active():
+        _, state = locate()
+    else:
+        name = distributed.agree(lambda: str(locate()[0]))
+        data = distributed.broadcast_bytes(Path(name).read_bytes() if distributed.is_main() else None)
+        state = load_checkpoint_bytes(data, name)
+    if device is None:
+        return None, config_of(state), state
+    model, cfg = model_from_state(state, device, ema)
+    return model, cfg, state

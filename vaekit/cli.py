@@ -16,6 +16,7 @@ Subcommands are a registry: name -> (add_arguments, run).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -47,8 +48,8 @@ def _data_config(cfg, args):
 
 def _split(cfg, args, split: str):
     """The named split (``train``/``test``) of the run's data, prepared as the model expects."""
-    from .data import load_splits
-    train, test = load_splits(_data_config(cfg, args))
+    from .data import prepare_data
+    train, test = prepare_data(_data_config(cfg, args))
     return train if split == "train" else test
 
 
@@ -94,21 +95,23 @@ def _train_args(p):
     p.add_argument("--out", help="run folder to create (default runs/<preset>)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in total (time-boxed runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
 
 
 def _train(args):
-    from .checkpoint import config_of, latest_checkpoint
+    from . import distributed
+    with distributed.session():  # under torchrun: one process group for the whole command
+        return _train_in_session(args, distributed.is_main())
+
+
+def _train_in_session(args, main: bool):
+    from .checkpoint import load_shared
     from .config import build_config, validate
-    from .data import binarize_dynamic, load_splits
-    from .evaluate import evaluate, format_table
+    from .data import binarize_dynamic, prepare_data
     from .train import train
 
     if args.resume:
-        found = latest_checkpoint(args.resume)
-        if found is None:
-            raise VaekitError(f"nothing to resume: {args.resume} has no checkpoint")
-        cfg = config_of(found[1])
+        cfg = load_shared(args.resume, device=None, warn=False,  # rank 0 reads, all get the config
+                          missing=f"nothing to resume: {args.resume} has no checkpoint")[1]
         if args.overrides or args.data or args.data_dir:
             raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
         out = Path(args.resume)
@@ -124,26 +127,19 @@ def _train(args):
     if args.device:
         cfg.train.device = args.device
     validate(cfg)
-    train_ds, test_ds = load_splits(cfg.data)
-    transform = binarize_dynamic if cfg.data.binarize == "dynamic" else None
-    print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
-          f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
-          f"{tuple(train_ds.x.shape[1:])} -> {out}", file=sys.stderr)
+    train_ds, test_ds = prepare_data(cfg.data)
+    transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
+    if main:
+        print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
+              f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
+              f"{tuple(train_ds.x.shape[1:])} -> {out}", file=sys.stderr)
     summary = train(cfg, out, train_ds.x, test_ds.x, transform=transform, resume=bool(args.resume),
                     progress=not args.no_progress, max_steps=args.max_steps)
-    print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
-    if not args.no_eval:
-        from .checkpoint import load_model
-        model, _, _ = load_model(out, device=next(iter(_devices(cfg))))
-        res = evaluate(model, test_ds.x, k=cfg.train.eval_k or 1, progress=not args.no_progress)
-        res.update(dataset=cfg.data.name, split="test")
-        print(format_table(res))
+    if main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
+        print(f"vaekit: done; evaluate with `vaekit evaluate {out} --k 5000`", file=sys.stderr)
     return 0
 
-
-def _devices(cfg):
-    from .train import resolve_device
-    yield resolve_device(cfg.train.device)
 
 
 def _evaluate_args(p):
@@ -161,14 +157,20 @@ def _evaluate_args(p):
 
 
 def _evaluate(args):
+    from . import distributed
+    from .checkpoint import load_shared
     from .evaluate import evaluate, format_table
+    from .train import resolve_device
     if args.k <= 0:
         raise VaekitError(f"--k must be positive; got {args.k}")
-    model, cfg, _ = _load_run(args)
-    ds = _split(cfg, args, args.split)
-    x = ds.x[: args.n] if args.n else ds.x
-    _seed(args)
-    res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress)
+    with distributed.session():  # under torchrun the examples are split over the processes
+        model, cfg, _ = load_shared(args.run, device=resolve_device(args.device or "cpu"))
+        ds = _split(cfg, args, args.split)
+        x = ds.x[: args.n] if args.n else ds.x
+        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress,
+                       seed=args.seed)
+        if not distributed.is_main():
+            return 0
     res.update(dataset=_data_config(cfg, args).name, split=args.split)
     print(format_table(res))
     run = Path(args.run)
@@ -195,9 +197,14 @@ def _sample(args):
         raise VaekitError(f"-n must be positive; got {args.n}")
     model, cfg, _ = _load_run(args)
     _seed(args)
-    kw = {"mean": True} if args.mean else {}
-    if args.temperature != 1.0:
-        kw["temperature"] = args.temperature
+    accepts = inspect.signature(model.sample).parameters
+    kw = {}
+    for flag, name, value, default in (("--mean", "mean", args.mean, False),
+                                       ("--temperature", "temperature", args.temperature, 1.0)):
+        if value != default:
+            if name not in accepts:
+                raise VaekitError(f"{flag} is not defined for a {cfg.model.kind} model")
+            kw[name] = value
     x = model.sample(args.n, **kw)
     save_grid(x.clamp(0, 1).cpu(), _out_path(args.output))
     print(f"wrote {args.output}", file=sys.stderr)
@@ -288,7 +295,7 @@ def _latent_map(args):
         title = f"top-2 principal plane of {D}-D posterior means (standardised)"
     imgs = model.decode_to_x(z).clamp(0, 1)
     labels = ds.y[: args.points].numpy() if ds.y is not None else None
-    save_latent_map(imgs.cpu(), args.grid, _out_path(args.output), points=pts.cpu(), labels=labels,
+    save_latent_map(imgs.cpu(), args.grid, None, _out_path(args.output), points=pts.cpu(), labels=labels,
                     title=title)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -525,6 +532,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(e: VaekitError) -> None:
+    """One line on stderr; under torchrun, an error every rank shares is printed by rank 0 only."""
+    from .distributed import rank
+    r, msg = rank(), str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever it quotes
+    if r == 0:
+        print(f"vaekit: error: {msg}", file=sys.stderr)
+    elif not getattr(e, "shared", False):
+        print(f"vaekit: error: [rank {r}] {msg}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -534,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][1](args) or 0
     except VaekitError as e:
-        print(f"vaekit: error: {e}", file=sys.stderr)
+        _report(e)
         return 2
     except KeyboardInterrupt:
         print("vaekit: interrupted" + (f"; continue with `vaekit train --resume {args.out or args.resume}`"

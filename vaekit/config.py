@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,34 @@ class ModelConfig:
     fixed_std: float = 1.0  # std of the gaussian likelihood when variance=fixed (data units)
     prior: str = "normal"  # p(z): normal (standard)
     # --- conv / resnet / pixelcnn fields (issue 3) ---
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv/resnet stage widths, full resolution first; each stage halves H, W (rounding up); decoders mirror them
+    resnet_blocks: int = 2  # pre-activation residual blocks per resnet stage
+    norm: str = "none"  # conv/resnet normalisation: none | batch | weight (weight normalisation)
+    upsample: str = "transpose"  # conv/resnet decoder up-sampling: transpose (stride-2 transposed conv) | nearest (resize + 3x3 conv)
+    n_mix: int = 10  # discretised logistic mixture components (likelihood or pixelcnn_output logistic_mixture)
+    pixelcnn_output: str = "bernoulli"  # head of likelihood=pixelcnn: bernoulli (binary data) | logistic_mixture | categorical (8-bit)
+    pixelcnn_layers: int = 6  # gated PixelCNN layers (vertical + horizontal stacks)
+    pixelcnn_channels: int = 32  # feature maps per PixelCNN stack; a multiple of the data channels
+    pixelcnn_kernel: int = 3  # odd k: vertical kernel (k//2+1) x k, horizontal 1 x (k//2+1)
+    pixelcnn_cond: int = 16  # channels of the conditioning map c(z) [cond, H, W] the decoder body outputs (PixelVAE)
+    channels_last: bool = False  # NHWC memory format (nets.conv.to_channels_last); off: no gain on CPU (bench/arch_speed.py), try on CUDA with amp
+    compile: bool = False  # torch.compile the net bodies (nets.conv.maybe_compile); off: ~1 min compile for <20% on CPU
     # --- flow fields (issue 4) ---
+    flow_arch: str = "realnvp"  # kind=flow architecture: nice | realnvp | glow | maf (1-D data: dense versions)
+    flow_levels: int = 2  # realnvp / glow scales; each squeezes 2x2 and factors out half the channels
+    flow_steps: int = 4  # nice: couplings; realnvp: couplings per half-level; glow: steps K per level; maf: layers
+    flow_hidden: int = 64  # width of every flow's conditioner nets: conv channels or MLP / MADE units
+    flow_blocks: int = 2  # realnvp: residual blocks per coupling net; MLP / MADE conditioners: hidden layers
+    flow_scale: str = "tanh"  # affine log-scale: tanh (soft clamp at +-2) | sigmoid (Glow's sigmoid(s + 2))
+    flow_preprocess: str = "logit"  # logit (RealNVP, with flow_alpha) | unit (x - 1/2, Glow) | none
+    flow_alpha: float = 0.05  # logit(alpha + (1 - 2 alpha) x), in (0, 0.5)
+    flow_dequantize: str = "uniform"  # uniform (8-bit data: (255 x + u) / 256, bpd with -log 256) | none (continuous)
+    flow_base: str = "normal"  # base density of kind=flow: normal | logistic (NICE)
+    posterior_flow: str | None = None  # VAE q(z|x) = flow(q0(z|x)): planar | iaf | realnvp; null: diagonal Gaussian
+    posterior_flow_layers: int = 4  # layers of the posterior flow
+    posterior_flow_context: int = 32  # encoder features h(x) conditioning the posterior flow (0: one flow for all x)
+    prior_flow: str = "realnvp"  # with prior=flow, p(z) = flow(N(0, I)): realnvp | maf | planar
+    prior_flow_layers: int = 4  # layers of the prior flow
     # --- mixture / autoencoder fields (issue 5) ---
     components: int = 10  # mixture components K (model.kind=mixture, prior=mixture) or VampPrior pseudo-inputs
     covariance: str = "full"  # mixture covariance: full | diag | spherical
@@ -84,9 +112,10 @@ class TrainConfig:
     log_every: int = 50  # steps between metric lines / TensorBoard scalars
     ckpt_every: int = 500  # steps between checkpoints (and one at every epoch end)
     max_bad_steps: int = 50  # consecutive NaN/inf steps before the run stops
-    eval_k: int = 1000  # importance samples for the end-of-epoch test NLL (0: skip)
+    eval_k: int = 100  # importance samples of the quick end-of-epoch test NLL (0: skip); `vaekit evaluate` is the full one
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
     tensorboard: bool = True  # write TensorBoard event files in the run folder
+    amp: bool = False  # bf16 autocast of the nets on CUDA (likelihoods stay float32); no effect on CPU
 
 
 @dataclass
@@ -144,7 +173,70 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
         "small dense VAE for scikit-learn's 8x8 digits (seconds on a CPU)",
     ),
     # --- conv / resnet / pixelcnn presets (issue 3) ---
+    "conv-mnist": (
+        "dense-mnist",
+        {"encoder": "conv", "decoder": "conv", "channels": [32, 64], "latent_dim": 32},
+        "conv VAE, binarised MNIST: stride-2 3x3 convs 32-64, transposed-conv decoder, Bernoulli, 32 latents",
+    ),
+    "resnet-mnist": (
+        "conv-mnist",
+        {"encoder": "resnet", "decoder": "resnet", "channels": [32, 64], "resnet_blocks": 2,
+         "norm": "weight", "activation": "elu"},
+        "ResNet VAE, binarised MNIST: 2 pre-activation blocks per stage (32, 64), weight norm, ELU",
+    ),
+    "pixelvae-mnist": (
+        "conv-mnist",
+        {"likelihood": "pixelcnn", "pixelcnn_output": "bernoulli", "pixelcnn_layers": 6,
+         "pixelcnn_channels": 32, "pixelcnn_kernel": 3, "pixelcnn_cond": 16},
+        "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated PixelCNN layers, Bernoulli",
+    ),
+    "resnet-cifar": (
+        "base",
+        {"name": "cifar10", "binarize": "none", "encoder": "resnet", "decoder": "resnet",
+         "channels": [64, 128, 256], "resnet_blocks": 2, "norm": "weight", "activation": "elu",
+         "latent_dim": 128, "likelihood": "logistic_mixture", "n_mix": 10,
+         "batch_size": 64, "lr": 1e-3, "grad_clip": 200.0, "epochs": 100, "eval_k": 1000},
+        "ResNet VAE, CIFAR-10 8-bit: stages 64-128-256, weight norm, 128 latents, coupled 10-way discretised logistic mixture",
+    ),
+    "pixelvae-cifar": (
+        "resnet-cifar",
+        {"likelihood": "pixelcnn", "pixelcnn_output": "logistic_mixture", "n_mix": 5,
+         "pixelcnn_layers": 8, "pixelcnn_channels": 96, "pixelcnn_kernel": 3, "pixelcnn_cond": 32},
+        "PixelVAE, CIFAR-10 8-bit: ResNet nets, z -> 32x32x32 map, 8 gated layers of 96, per-sub-pixel 5-way logistic mixture",
+    ),
     # --- flow presets (issue 4) ---
+    "nice-mnist": (
+        "base",
+        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "nice",
+         "flow_steps": 4, "flow_hidden": 1000, "flow_blocks": 5, "flow_preprocess": "unit",
+         "flow_base": "logistic", "batch_size": 128, "lr": 1e-3, "epochs": 100},
+        "Dinh et al. 2014: 4 additive couplings (5x1000 ReLU MLPs), diagonal scaling, logistic base; dequantised MNIST",
+    ),
+    "realnvp-mnist": (
+        "base",
+        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "realnvp",
+         "flow_levels": 2, "flow_steps": 3, "flow_hidden": 64, "flow_blocks": 4, "flow_preprocess": "logit",
+         "flow_alpha": 0.05, "batch_size": 64, "lr": 1e-3, "grad_clip": 100.0, "epochs": 100},
+        "Dinh et al. 2016: checkerboard/channel affine couplings, 2 scales, logit(0.05) input; dequantised MNIST",
+    ),
+    "glow-mnist": (
+        "base",
+        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "glow",
+         "flow_levels": 2, "flow_steps": 8, "flow_hidden": 128, "flow_scale": "sigmoid",
+         "flow_preprocess": "unit", "batch_size": 64, "lr": 1e-3, "lr_warmup_steps": 500,
+         "grad_clip": 100.0, "epochs": 100},
+        "Kingma & Dhariwal 2018: ActNorm, 1x1 conv, affine couplings, L=2 K=8, x - 1/2 input; dequantised MNIST",
+    ),
+    "realnvp-cifar": (
+        "realnvp-mnist",
+        {"data.name": "cifar10", "flow_levels": 3, "flow_blocks": 8},
+        "Dinh et al. 2016 on CIFAR-10: 3 scales, 8 residual blocks of 64 channels per coupling",
+    ),
+    "glow-cifar": (
+        "glow-mnist",
+        {"data.name": "cifar10", "flow_levels": 3, "flow_steps": 32, "flow_hidden": 512},
+        "Kingma & Dhariwal 2018 on CIFAR-10: L=3, K=32, 512-channel coupling nets",
+    ),
     # --- mixture / autoencoder presets (issue 5) ---
     "gmm-mnist": (
         "base",
@@ -184,6 +276,11 @@ def _all_keys() -> list[str]:
     return [f"{s}.{k}" for s in SECTIONS for k in _fields(s)]
 
 
+def _shown(text: str) -> str:
+    """``text`` for a one-line message: newlines and other unprintables escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def resolve_key(key: str) -> tuple[str, str]:
     """Map ``section.field`` or a unique bare ``field`` to ``(section, field)``."""
     if "." in key:
@@ -200,7 +297,7 @@ def resolve_key(key: str) -> tuple[str, str]:
     names = _all_keys() + [k.split(".", 1)[1] for k in _all_keys()]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"unknown config key '{key}'{hint}")
+    raise ConfigError(f"unknown config key '{_shown(key)}'{hint}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -273,12 +370,12 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set wants key=value, got '{item}'")
+            raise ConfigError(f"--set wants key=value, got '{_shown(item)}'")
         key, raw = item.split("=", 1)
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse value '{raw}'") from None
+            raise ConfigError(f"--set {_shown(key)}: cannot parse value '{_shown(raw)}'") from None
     return out
 
 
@@ -286,7 +383,7 @@ def preset_chain(name: str) -> list[str]:
     if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown preset '{name}'{hint}; `vaekit presets` lists them")
+        raise ConfigError(f"unknown preset '{_shown(name)}'{hint}; `vaekit presets` lists them")
     chain = []
     while name is not None:
         chain.append(name)
@@ -309,7 +406,11 @@ def load_yaml(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if doc is None:
@@ -345,6 +446,11 @@ CHOICES = {
 
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express; one line per problem."""
+    for section in SECTIONS:  # NaN / inf are floats to YAML (.nan, .inf) but never a sane setting
+        for name in _fields(section):
+            value = getattr(getattr(cfg, section), name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{name} must be a finite number; got {value}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -772,6 +772,18 @@ def load_frey(split: str, data_dir: str | None = None, download: bool = False) -
     return _pick_split(x, None, split, index, "frey")
 
 
+def load_cifar(split: str, data_dir: str | None = None, download: bool = False) -> Dataset:
+    """CIFAR-10 (Krizhevsky 2009): 50,000 train / 10,000 test colour 32x32 images, read from
+    the standard python batches (``cifar-10-batches-py/`` or its ``.tar.gz``; see ``vaekit.cifar``)."""
+    from .cifar import load_cifar10
+
+    _check_split(split, SPLITS, "cifar10")
+    dirs = search_dirs("cifar10", data_dir)
+    here = [d for d in dirs if (d / "cifar-10-batches-py").is_dir() or (d / "cifar-10-python.tar.gz").is_file()]
+    x, y = load_cifar10(here[0] if here else dirs[0], split, download=download)
+    return Dataset(x, y, "cifar10")
+
+
 def _split_single(x: Tensor, y: Tensor | None, split: str, name: str) -> Dataset:
     """A seeded 90 / 10 split of a file or folder that holds one set."""
     if len(x) < 2:
@@ -891,6 +903,7 @@ DATASETS: dict[str, Loader] = {
     "fashion-mnist": load_fashion_mnist,
     "binarized-mnist": load_binarized_mnist,
     "frey": load_frey,
+    "cifar10": load_cifar,
 }
 
 ALIASES = {

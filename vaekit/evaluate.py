@@ -10,6 +10,13 @@
   for Bernoulli decoders; a model may define ``bits_per_dim`` for its own discretisation).
 - ``active_units``: latent dimensions u with Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2015,
   Sec. 5.2).
+
+With a ``seed`` (and always under torchrun) the examples are cut into chunks whose size does
+not depend on the number of processes, chunk ``c`` draws its importance samples after
+``torch.manual_seed(f(seed, c))``, the chunks are dealt round-robin over the processes and the
+per-example results (log mean importance weight, ESS, ELBO terms, posterior means) are
+all-gathered in example order: the estimate is a pure function of (model, x, k, seed), the
+same on one process or many.
 """
 from __future__ import annotations
 
@@ -19,36 +26,112 @@ import time
 import torch
 from torch import Tensor
 
+from . import distributed
 from .distributions import bits_per_dim
 from .models import model_device
-from .inference import importance_sampled_log_prob, mean_and_stderr
+from .inference import DEFAULT_ELEMENT_BUDGET, _chunk_sizes, importance_sampled_log_prob, mean_and_stderr
 from .objectives import elbo_terms
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+SPLIT_MIN_CHUNKS = 64  # seeded/distributed evaluation cuts the examples into at least this many chunks
 
 
 @torch.no_grad()
 def active_units(model, x: Tensor, batch_size: int = 1000, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """Number of latent dimensions whose posterior mean varies across x: Var_x(E_q[z_u]) > threshold."""
     means = torch.cat([model.encode(x[i:i + batch_size])[0] for i in range(0, x.shape[0], batch_size)])
-    if means.shape[0] < 2:
-        return 0
-    return int((means.double().var(0) > threshold).sum())
+    return _active(means, threshold)
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    return (seed * 1_000_003 + chunk * 2_654_435_761 + 97) % (2**63 - 1)
+
+
+@torch.no_grad()
+def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: int, progress: bool,
+                       desc: str = "evaluate") -> dict:
+    """Per-example results in example order: this process's chunks, then an all-gather."""
+    N, D = x.shape[0], math.prod(x.shape[1:])
+    sampled = model.log_prob_kind == "importance-sampled"
+    # the memory budget of importance_sampled_log_prob, with its decoder activation factor
+    factor = getattr(getattr(getattr(model, "decoder", None), "likelihood", None), "activation_factor", 1)
+    B = batch_size or (_chunk_sizes(N, k, D * factor, DEFAULT_ELEMENT_BUDGET)[0] if sampled else 1000)
+    B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
+    n_chunks = math.ceil(N / B)
+    W, r = distributed.world_size(), distributed.rank()
+    mine = list(range(r, n_chunks, W))
+    bar = None
+    if progress and distributed.is_main():
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(min(B, N - c * B) for c in mine), desc=desc, unit="ex", leave=False,
+                   dynamic_ncols=True)
+    rows = []
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # leave the caller's random state alone
+        for c in mine:
+            xc = x[c * B:(c + 1) * B]
+            torch.manual_seed(_chunk_seed(seed, c))
+            if sampled:
+                out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0])
+                t = elbo_terms(model, xc, 1)
+                cols = [out["log_px"], out["ess"], t["elbo"], t["rec"], t["kl"]]
+                feats = torch.cat([torch.stack(cols, 1), model.encode(xc)[0]], 1)
+            else:
+                feats = model.log_prob(xc).unsqueeze(1)
+            rows.append(feats.double())
+            if bar:
+                bar.update(xc.shape[0])
+    if bar:
+        bar.close()
+    F = (5 + int(model.latent_dim)) if sampled else 1
+    local = torch.cat(rows) if rows else torch.zeros((0, F), dtype=torch.float64, device=x.device)
+    parts = distributed.all_gather_rows(local)
+    # rank q holds chunks q, q+W, ...: put every chunk back at its place
+    table = torch.empty((N, F), dtype=torch.float64, device=x.device)
+    for q, part in enumerate(parts):
+        at = 0
+        for c in range(q, n_chunks, W):
+            n = min(B, N - c * B)
+            table[c * B:c * B + n] = part[at:at + n]
+            at += n
+    if not sampled:
+        return {"log_px": table[:, 0]}
+    return {"log_px": table[:, 0], "ess": table[:, 1], "elbo": table[:, 2], "rec": table[:, 3],
+            "kl": table[:, 4], "means": table[:, 5:]}
 
 
 @torch.no_grad()
 def evaluate(model, x: Tensor, k: int = 5000, batch_size: int | None = None,
-             progress: bool = True, desc: str = "evaluate") -> dict:
+             progress: bool = True, desc: str = "evaluate", seed: int | None = None) -> dict:
     """Metrics of ``model`` on data ``x`` [N, *data_shape]; keys as in ``eval.json``.
 
     Args:
         k: importance samples per example (VAEs); ignored by exact models.
         batch_size: examples per pass (default: chosen to bound memory).
+        seed: seed the noise per chunk of examples (module docstring), which makes the numbers
+            reproducible and independent of the number of processes; under torchrun the
+            examples are split over the processes (seed 0 when none is given).
     """
     model.eval()
     x = x.to(model_device(model))
     N = x.shape[0]
     D = math.prod(x.shape[1:])
+    if seed is not None or distributed.active():
+        t0 = time.perf_counter()
+        per = _per_example_split(model, x, k, batch_size, 0 if seed is None else seed, progress, desc)
+        res: dict = {"log_prob_kind": model.log_prob_kind, "n": N}
+        if model.log_prob_kind == "importance-sampled":
+            res["k"] = k
+            res["ess_mean"] = float(per["ess"].mean())
+            for key in ("elbo", "rec", "kl"):
+                res[key], res[f"{key}_stderr"] = mean_and_stderr(per[key])
+            res["active_units"] = _active(per["means"], ACTIVE_UNIT_THRESHOLD)
+            res["latent_dim"] = int(model.latent_dim)
+        else:
+            res["k"] = None
+            for key in ("elbo", "rec", "kl", "active_units"):
+                res[key] = None
+        return _finish(model, res, per["log_px"], D, t0)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -82,6 +165,16 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int | None = None,
             res[key] = None
     if bar:
         bar.close()
+    return _finish(model, res, log_px, D, t0)
+
+
+def _active(means: Tensor, threshold: float) -> int:
+    if means.shape[0] < 2:
+        return 0
+    return int((means.double().var(0) > threshold).sum())
+
+
+def _finish(model, res: dict, log_px: Tensor, D: int, t0: float) -> dict:
     mean_lp, se = mean_and_stderr(log_px)
     res["nll"], res["nll_stderr"] = -mean_lp, se
     to_bpd = getattr(model, "bits_per_dim", None) or (lambda nll: bits_per_dim(nll, D))

@@ -51,7 +51,10 @@ def importance_sampled_log_prob(model, x: Tensor, k: int = 1000, batch_size: int
         (sum w)^2 / sum w^2, a diagnostic of the proposal).
     """
     N = x.shape[0]
-    data_numel = math.prod(x.shape[1:])
+    # numbers the decoder keeps alive per code: its output, times the activation factor of
+    # decoders that are deep nets over x itself (PixelCNN)
+    data_numel = math.prod(x.shape[1:]) * getattr(getattr(model.decoder, "likelihood", None),
+                                                   "activation_factor", 1)
     auto_b, auto_s = _chunk_sizes(N, k, data_numel, element_budget)
     B = batch_size or auto_b
     S = min(k, sample_chunk or auto_s)

@@ -264,7 +264,7 @@ def _axis_values(n: int, z_range) -> Tensor:
 
 
 def save_latent_map(decoded, n: int, z_range, path: str | os.PathLike, points=None, labels=None,
-                    dpi: int = 100) -> Path:
+                    dpi: int = 100, title: str | None = None) -> Path:
     """A 2-D latent manifold, beside a scatter of posterior means coloured by label.
 
     Args:
@@ -277,6 +277,7 @@ def save_latent_map(decoded, n: int, z_range, path: str | os.PathLike, points=No
         points: [M, 2] posterior means of test data, or None for the manifold panel alone.
         labels: [M] integer labels (legend when there are at most 10 classes, else a colour
             bar), or None.
+        title: optional figure title (e.g. which plane of a >2-D latent space is shown).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -297,6 +298,8 @@ def save_latent_map(decoded, n: int, z_range, path: str | os.PathLike, points=No
         lo, hi = float(axis.min()), float(axis.max())
         ax.add_patch(Rectangle((lo, lo), hi - lo, hi - lo, fill=False, ls="--", lw=1, ec="0.3",
                                label="manifold panel"))
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path = _prepare_path(path)
     try:

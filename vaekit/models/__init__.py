@@ -13,11 +13,13 @@ import torch
 
 from ..errors import ConfigError
 from .autoencoder import Autoencoder, build_autoencoder
+from .flow import FlowModel, build_flow_model
 from .mixture import GaussianMixtureModel, build_mixture
 from .vae import VAE, build_vae
 
 MODELS = {
     "vae": build_vae,
+    "flow": build_flow_model,
     "mixture": build_mixture,
     "autoencoder": build_autoencoder,
 }
@@ -37,4 +39,5 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "Autoencoder", "GaussianMixtureModel", "build_model", "build_vae", "model_device"]
+__all__ = ["MODELS", "VAE", "Autoencoder", "FlowModel", "GaussianMixtureModel", "build_model", "build_vae",
+           "build_flow_model", "model_device"]

@@ -17,8 +17,10 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import objectives
-from ..distributions import build_likelihood, build_prior, diagonal_gaussian, distribution_mean
+from ..distributions import (build_likelihood, build_prior, diagonal_gaussian, distribution_mean,
+                             image_bits_per_dim)
 from ..nets import build_decoder, build_encoder
+from .flow_vae import build_flow_encoder
 
 
 class GaussianEncoder(nn.Module):
@@ -94,6 +96,11 @@ class VAE(nn.Module):
         z = self.prior.sample((n,))
         return self.decode_to_x(z, mean)
 
+    def bits_per_dim(self, nll: float) -> float:
+        """nats per example -> bits per dimension, with the 8-bit term for continuous likelihoods."""
+        import math
+        return image_bits_per_dim(nll, math.prod(self.data_shape), getattr(self.decoder.likelihood, "discrete", True))
+
     # --- pytorch/examples vocabulary ------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance [B, D] each (the features of ``vaekit encode``)."""
@@ -123,7 +130,10 @@ class VAE(nn.Module):
 def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
     """Build a VAE from a ``ModelConfig`` (and the objective from a ``TrainConfig``)."""
     likelihood = build_likelihood(data_shape, cfg)
-    encoder = GaussianEncoder(build_encoder(data_shape, 2 * cfg.latent_dim, cfg))
+    if getattr(cfg, "posterior_flow", None) not in (None, "none"):  # q(z|x) = flow(q0(z|x)), see flow_vae.py
+        encoder = build_flow_encoder(data_shape, cfg)
+    else:
+        encoder = GaussianEncoder(build_encoder(data_shape, 2 * cfg.latent_dim, cfg))
     decoder = Decoder(build_decoder(cfg.latent_dim, likelihood.param_shape, cfg), likelihood)
     prior = build_prior(cfg.latent_dim, cfg)
     obj = {}

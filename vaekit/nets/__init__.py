@@ -9,16 +9,22 @@ likelihood instead, see ``vaekit.distributions``.
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .conv import conv_decoder, conv_encoder
 from .mlp import mlp_decoder, mlp_encoder
+from .resnet import resnet_decoder, resnet_encoder
 
 # name -> constructor(data_shape, out_features, model_config) -> nn.Module
 ENCODERS = {
     "mlp": mlp_encoder,
+    "conv": conv_encoder,  # strided convs (issue 3)
+    "resnet": resnet_encoder,  # pre-activation residual stages (issue 3)
 }
 
 # name -> constructor(latent_dim, param_shape, model_config) -> nn.Module
 DECODERS = {
     "mlp": mlp_decoder,
+    "conv": conv_decoder,  # transposed conv / resize-conv (issue 3)
+    "resnet": resnet_decoder,  # residual stages (issue 3)
 }
 
 

@@ -1,0 +1,97 @@
+"""ResNet encoder/decoder bodies: residual blocks, shapes from the data, norms, training."""
+import pytest
+import torch
+
+from vaekit.config import ModelConfig
+from vaekit.errors import ConfigError
+from vaekit.models.vae import build_vae
+from vaekit.nets import build_decoder, build_encoder
+from vaekit.nets.resnet import PreActBlock, ResNetDecoder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny nets: one BLAS thread is faster than two on a shared CPU (restored afterwards)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def digits(binary: bool = True, n: int = 128) -> torch.Tensor:
+    """scikit-learn's 8x8 digits [n, 1, 8, 8]: binarised at 1/2, or as 8-bit values k/255."""
+    from sklearn.datasets import load_digits
+    x = torch.from_numpy(load_digits().images[:n] / 16).float().unsqueeze(1)
+    return (x > 0.5).float() if binary else torch.round(x * 255) / 255
+
+
+def trains_on_digits(cfg: ModelConfig, x: torch.Tensor, steps: int = 12, lr: float = 1e-2) -> tuple[float, float]:
+    """(loss before, loss after) of a few Adam steps; the same posterior noise for both evaluations."""
+    torch.manual_seed(0)
+    model = build_vae(cfg, tuple(x.shape[1:]))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def loss_on_all():
+        torch.manual_seed(1)
+        model.eval()
+        with torch.no_grad():
+            out = model.loss(x)["loss"].mean().item()
+        model.train()
+        return out
+
+    before = loss_on_all()
+    for step in range(steps):
+        half = x.shape[0] // 2
+        loss = model.loss(x[(step % 2) * half:(step % 2 + 1) * half])["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return before, loss_on_all()
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_shapes_follow_the_data(shape):
+    cfg = ModelConfig(encoder="resnet", decoder="resnet", channels=[4, 8], resnet_blocks=1, norm="weight")
+    enc = build_encoder(shape, 6, cfg)
+    dec = build_decoder(5, (7,) + shape[1:], cfg)
+    assert enc(torch.rand(2, *shape)).shape == (2, 6)
+    assert dec(torch.randn(2, 5)).shape == (2, 7) + shape[1:]
+
+
+def test_block_is_identity_plus_branch():
+    block = PreActBlock(4, "relu", "none")
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.allclose(block(x), x + block.branch(x))
+    for p in block.branch[-1].parameters():
+        p.data.zero_()
+    assert torch.equal(block(x), x)  # zero last conv: the identity skip alone
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "weight"])
+def test_depth_and_width_come_from_the_config(norm):
+    cfg = ModelConfig(channels=[4, 6, 8], resnet_blocks=3, norm=norm, upsample="nearest")
+    dec = build_decoder(2, (1, 8, 8), ModelConfig(**{**cfg.__dict__, "decoder": "resnet"}))
+    blocks = [m for m in dec.modules() if isinstance(m, PreActBlock)]
+    assert len(blocks) == 9 and sorted({b.branch[2].in_channels if norm != "weight" else
+                                        b.branch[2].parametrizations.weight.original1.shape[1]
+                                        for b in blocks}) == [4, 6, 8]
+    assert ResNetDecoder(2, (1, 8, 8), [4], blocks=0)(torch.randn(1, 2)).shape == (1, 1, 8, 8)
+    with pytest.raises(ConfigError):
+        ResNetDecoder(2, (1, 8, 8), [4], blocks=-1)
+
+
+def test_resnet_vae_trains_on_digits():
+    cfg = ModelConfig(encoder="resnet", decoder="resnet", channels=[8, 16], resnet_blocks=1,
+                      norm="weight", activation="elu", latent_dim=4)
+    before, after = trains_on_digits(cfg, digits(n=64))
+    assert after < 0.95 * before, (before, after)
+
+
+def test_resnet_with_batch_norm_evaluates_in_eval_mode():
+    cfg = ModelConfig(encoder="resnet", decoder="resnet", channels=[4], resnet_blocks=1, norm="batch",
+                      latent_dim=2)
+    model = build_vae(cfg, (1, 8, 8))
+    x = digits(n=8)
+    model.loss(x)["loss"].mean().backward()
+    model.eval()
+    assert model.log_prob(x, k=4).shape == (8,)

@@ -1,0 +1,251 @@
+"""Convolutional encoder and decoder bodies, and the speed switches shared by image nets.
+
+The encoder is a stack of stride-2 3x3 convolutions (one per entry of ``channels``, each
+halving H and W, rounding up), then one linear map of the flattened features. The decoder
+mirrors it: a linear map to the smallest feature map, then one up-sampling step per stage
+back to the exact sizes the encoder saw, then a 3x3 convolution to the likelihood's
+parameter channels. All sizes are derived from the data shape, so the same config serves
+1x8x8 digits, 1x28x28 MNIST (28 -> 14 -> 7 -> 4) and 3x32x32 CIFAR-10.
+
+Up-sampling (``upsample``): ``transpose`` (a stride-2 transposed convolution whose output
+padding hits the target size exactly) or ``nearest`` (nearest-neighbour resize to the
+target size, then a 3x3 convolution; avoids checkerboard artefacts, Odena et al. 2016).
+Normalisation (``norm``): ``none``, ``batch`` (Ioffe & Szegedy 2015) or ``weight``
+(weight normalisation, Salimans & Kingma 2016).
+
+References: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep
+Convolutional GANs", ICLR 2016 (strided/transposed conv bodies); Odena, Dumoulin & Olah,
+"Deconvolution and Checkerboard Artifacts", Distill 2016; Salimans & Kingma, "Weight
+Normalization", NeurIPS 2016; Ioffe & Szegedy, "Batch Normalization", ICML 2015.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .mlp import activation
+
+
+# --- shapes ------------------------------------------------------------------------------
+def stage_sizes(size: int, n_stages: int) -> list[int]:
+    """[size, ceil(size/2), ...] with ``n_stages + 1`` entries: the side length before each stage."""
+    sizes = [size]
+    for _ in range(n_stages):
+        sizes.append((sizes[-1] + 1) // 2)  # 3x3 conv, stride 2, padding 1
+    return sizes
+
+
+def image_shape(data_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    """Check that ``data_shape`` is [C, H, W]; one-line ConfigError otherwise."""
+    if len(data_shape) != 3:
+        raise ConfigError(f"the {name} nets need image data [C, H, W]; got shape {tuple(data_shape)}")
+    return tuple(int(s) for s in data_shape)  # type: ignore[return-value]
+
+
+def check_channels(channels: list[int]) -> list[int]:
+    if not channels or any(c <= 0 for c in channels):
+        raise ConfigError(f"model.channels must be a non-empty list of positive widths; got {channels}")
+    return list(channels)
+
+
+# --- normalisation -------------------------------------------------------------------------
+def _plain(conv: nn.Module) -> nn.Module:
+    return conv
+
+
+def _weight_norm(conv: nn.Module) -> nn.Module:
+    return nn.utils.parametrizations.weight_norm(conv)
+
+
+# name -> (wrap a conv, normalisation layer for `channels`)
+NORMS = {
+    "none": (_plain, lambda channels: nn.Identity()),
+    "batch": (_plain, lambda channels: nn.BatchNorm2d(channels)),
+    "weight": (_weight_norm, lambda channels: nn.Identity()),
+}
+
+
+def norm_pair(name: str):
+    """(conv wrapper, norm-layer constructor) for normalisation ``name``."""
+    if name not in NORMS:
+        raise ConfigError(f"unknown model.norm '{name}'; known: {', '.join(NORMS)}")
+    return NORMS[name]
+
+
+def conv3x3(c_in: int, c_out: int, norm: str, stride: int = 1) -> nn.Module:
+    """3x3 convolution, padding 1, wrapped for weight norm when ``norm == 'weight'``."""
+    return norm_pair(norm)[0](nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1))
+
+
+# --- up-sampling ---------------------------------------------------------------------------
+class TransposeUp(nn.Module):
+    """[B, c_in, h, w] -> [B, c_out, H, W] for H in {2h-1, 2h}: stride-2 3x3 transposed conv."""
+
+    def __init__(self, c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int],
+                 norm: str):
+        super().__init__()
+        pad = tuple(o - (2 * i - 1) for i, o in zip(size_in, size_out))
+        if any(p not in (0, 1) for p in pad):
+            raise ValueError(f"cannot up-sample {size_in} to {size_out} by a factor of two")
+        self.conv = norm_pair(norm)[0](
+            nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class NearestUp(nn.Module):
+    """[B, c_in, h, w] -> [B, c_out, H, W]: nearest-neighbour resize to (H, W), then 3x3 conv."""
+
+    def __init__(self, c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int],
+                 norm: str):
+        super().__init__()
+        self.up = nn.Upsample(size=tuple(size_out), mode="nearest")
+        self.conv = conv3x3(c_in, c_out, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.up(x))
+
+
+# name -> constructor(c_in, c_out, size_in, size_out, norm)
+UPSAMPLERS = {
+    "transpose": TransposeUp,
+    "nearest": NearestUp,
+}
+
+
+def upsampler(name: str, c_in: int, c_out: int, size_in, size_out, norm: str) -> nn.Module:
+    if name not in UPSAMPLERS:
+        raise ConfigError(f"unknown model.upsample '{name}'; known: {', '.join(UPSAMPLERS)}")
+    return UPSAMPLERS[name](c_in, c_out, tuple(size_in), tuple(size_out), norm)
+
+
+# --- the bodies ----------------------------------------------------------------------------
+class ConvEncoder(nn.Module):
+    """x [B, C, H, W] -> [B, out_features]: stride-2 convs (one per width), then a linear map.
+
+    Args:
+        data_shape: (C, H, W) of one example.
+        out_features: output width (2 * latent_dim for a Gaussian q(z|x)).
+        channels: widths of the conv stages; stage i maps side s_i to ceil(s_i / 2).
+        act: activation name; norm: none | batch | weight.
+    """
+
+    def __init__(self, data_shape: tuple[int, ...], out_features: int, channels: list[int],
+                 act: str = "relu", norm: str = "none"):
+        super().__init__()
+        C, H, W = image_shape(data_shape, "conv")
+        channels = check_channels(channels)
+        layers: list[nn.Module] = []
+        c_in = C
+        for c in channels:
+            layers += [conv3x3(c_in, c, norm, stride=2), norm_pair(norm)[1](c), activation(act)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        h, w = stage_sizes(H, len(channels))[-1], stage_sizes(W, len(channels))[-1]
+        self.head = nn.Linear(channels[-1] * h * w, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """z [B, latent_dim] -> [B, P, H, W]: linear to the smallest map, up-sample per stage, 3x3 conv.
+
+    Args:
+        latent_dim: dimension of z.
+        param_shape: (P, H, W), the likelihood's parameters per example.
+        channels: the encoder's widths (the decoder runs them in reverse).
+        act, norm: as for :class:`ConvEncoder`; upsample: transpose | nearest.
+    """
+
+    def __init__(self, latent_dim: int, param_shape: tuple[int, ...], channels: list[int],
+                 act: str = "relu", norm: str = "none", upsample: str = "transpose"):
+        super().__init__()
+        P, H, W = image_shape(param_shape, "conv")
+        channels = check_channels(channels)
+        n = len(channels)
+        hs, ws = stage_sizes(H, n), stage_sizes(W, n)
+        self.start = (channels[-1], hs[-1], ws[-1])
+        self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), activation(act))
+        layers: list[nn.Module] = []
+        for i in reversed(range(n)):  # side s_{i+1} -> s_i, width channels[i] -> channels[i-1]
+            c_out = channels[max(i - 1, 0)]
+            layers += [upsampler(upsample, channels[i], c_out, (hs[i + 1], ws[i + 1]), (hs[i], ws[i]), norm),
+                       norm_pair(norm)[1](c_out), activation(act)]
+        self.features = nn.Sequential(*layers)
+        self.out = nn.Conv2d(channels[0], P, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.fc(z).view(z.shape[0], *self.start)
+        return self.out(self.features(h))
+
+
+def conv_encoder(data_shape: tuple[int, ...], out_features: int, cfg) -> nn.Module:
+    """Registry constructor: x [B, C, H, W] -> [B, out_features]."""
+    return ConvEncoder(data_shape, out_features, cfg.channels, cfg.activation, cfg.norm)
+
+
+def conv_decoder(latent_dim: int, param_shape: tuple[int, ...], cfg) -> nn.Module:
+    """Registry constructor: z [B, latent_dim] -> [B, *param_shape]."""
+    return ConvDecoder(latent_dim, param_shape, cfg.channels, cfg.activation, cfg.norm, cfg.upsample)
+
+
+# --- speed switches (wired in by the training loop) -----------------------------------------
+def compile_targets() -> tuple[type, ...]:
+    """The net bodies :func:`maybe_compile` compiles: modules that map tensors to tensors."""
+    from .mlp import MLP
+    from .pixelcnn import GatedPixelCNN
+    from .resnet import ResNetDecoder, ResNetEncoder
+    return (MLP, ConvEncoder, ConvDecoder, ResNetEncoder, ResNetDecoder, GatedPixelCNN)
+
+
+def maybe_compile(module: nn.Module, enabled: bool, **kwargs) -> nn.Module:
+    """``torch.compile`` the net bodies inside ``module`` when ``enabled``; returns ``module``.
+
+    A model is driven through ``loss`` / ``log_prob`` / ``sample``, not ``forward``, and its
+    encoder and decoder return distributions, so compiling the model itself would do
+    nothing; instead each tensor-to-tensor body (see :func:`compile_targets`) is compiled in
+    place (``Module.compile``), which keeps parameters, ``state_dict`` keys and the model
+    contract. Modules without such bodies are compiled whole. ``kwargs`` go to
+    ``torch.compile`` (e.g. ``mode="max-autotune"``). Default off: see ``bench/arch_speed.py``.
+    """
+    if enabled:
+        targets = [m for m in module.modules() if isinstance(m, compile_targets())]
+        for m in targets or [module]:
+            m.compile(**kwargs)
+    return module
+
+
+def to_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Store the 4-D conv weights of ``module`` channels-last (NHWC) when ``enabled``.
+
+    Inputs should then be converted with :func:`channels_last_input`; outputs are numerically
+    the same. Helps cuDNN convolutions under mixed precision; on CPU measure first
+    (``bench/arch_speed.py --channels-last``).
+    """
+    if enabled:
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def channels_last_input(x: Tensor, enabled: bool = True) -> Tensor:
+    """x [B, C, H, W] in channels-last memory format when ``enabled`` (other shapes untouched)."""
+    if enabled and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype = torch.bfloat16):
+    """Mixed-precision context: ``torch.autocast('cuda', dtype)`` on CUDA when ``enabled``, else a no-op.
+
+    Likelihoods compute their log-probabilities in float32 whatever the decoder's dtype.
+    """
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
