@@ -66,6 +66,18 @@ def _out_path(path: str) -> Path:
     return p
 
 
+def _add_run_args(p, run_help="run folder or checkpoint file"):
+    """The arguments every command on a trained run shares: the run and the device."""
+    p.add_argument("run", help=run_help)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
+
+
+def _add_data_args(p):
+    """Which data a command on a trained run reads (default: the run's own)."""
+    p.add_argument("--data", help="dataset name or path (default: the run's)")
+    p.add_argument("--data-dir", help="folder holding standard dataset files")
+
+
 # --- commands -------------------------------------------------------------------------------
 
 def _presets_args(p):
@@ -88,6 +100,8 @@ def _train_args(p):
     g.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its newest good checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set k=50 --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--model", help="model kind, sets model.kind: vae, flow, mixture, autoencoder "
+                                   "(mixtures want grey levels: --set binarize=none, or --preset gmm-mnist)")
     p.add_argument("--data", help="dataset name or path (sets data.name)")
     p.add_argument("--data-dir", help="folder holding standard dataset files (sets data.data_dir)")
     p.add_argument("--epochs", type=int, help="sets train.epochs (with --resume: extend the run)")
@@ -112,11 +126,12 @@ def _train_in_session(args, main: bool):
     if args.resume:
         cfg = load_shared(args.resume, device=None, warn=False,  # rank 0 reads, all get the config
                           missing=f"nothing to resume: {args.resume} has no checkpoint")[1]
-        if args.overrides or args.data or args.data_dir:
+        if args.overrides or args.data or args.data_dir or args.model:
             raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
         out = Path(args.resume)
     else:
-        cfg = build_config(args.preset, args.config, args.overrides)
+        model_kind = [f"model.kind={args.model}"] if args.model else []
+        cfg = build_config(args.preset, args.config, model_kind + list(args.overrides))
         if args.data:
             cfg.data.name = args.data
         if args.data_dir:
@@ -143,14 +158,12 @@ def _train_in_session(args, main: bool):
 
 
 def _evaluate_args(p):
-    p.add_argument("run", help="run folder or checkpoint file")
+    _add_run_args(p, "run folder or checkpoint file")
+    _add_data_args(p)
     p.add_argument("--k", type=int, default=5000, help="importance samples per example (default 5000)")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--n", type=int, help="evaluate only the first N examples")
-    p.add_argument("--data", help="another dataset name or path than the run's")
-    p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval.json)")
     p.add_argument("--no-progress", action="store_true")
@@ -182,13 +195,12 @@ def _evaluate(args):
 
 
 def _sample_args(p):
-    p.add_argument("run")
+    _add_run_args(p)
     p.add_argument("-n", type=int, default=64, help="number of samples")
     p.add_argument("-o", "--output", default="samples.png")
     p.add_argument("--mean", action="store_true", help="show E[x|z] instead of a sample of p(x|z)")
     p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (flows)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
 
 
 def _sample(args):
@@ -212,13 +224,11 @@ def _sample(args):
 
 
 def _reconstruct_args(p):
-    p.add_argument("run")
+    _add_run_args(p)
+    _add_data_args(p)
     p.add_argument("-n", type=int, default=16, help="number of test images")
     p.add_argument("-o", "--output", default="recon.png")
-    p.add_argument("--data")
-    p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
 
 
 def _reconstruct(args):
@@ -233,15 +243,13 @@ def _reconstruct(args):
 
 
 def _interpolate_args(p):
-    p.add_argument("run")
+    _add_run_args(p)
+    _add_data_args(p)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--pairs", type=int, default=8, help="rows: pairs of test images to join")
     p.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
     p.add_argument("-o", "--output", default="interp.png")
-    p.add_argument("--data")
-    p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
 
 
 def _interpolate(args):
@@ -264,13 +272,11 @@ def _interpolate(args):
 
 
 def _latent_map_args(p):
-    p.add_argument("run")
+    _add_run_args(p)
+    _add_data_args(p)
     p.add_argument("-o", "--output", default="map.png")
     p.add_argument("--grid", type=int, default=20, help="decoded images per side")
     p.add_argument("--points", type=int, default=2000, help="test points in the scatter")
-    p.add_argument("--data")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto")
 
 
 def _latent_map(args):
@@ -302,13 +308,11 @@ def _latent_map(args):
 
 
 def _encode_args(p):
-    p.add_argument("run")
+    _add_run_args(p)
+    _add_data_args(p)
     p.add_argument("-o", "--output", default="feats.npy")
-    p.add_argument("--data", help="dataset name or path (default: the run's)")
-    p.add_argument("--data-dir")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--logvar", action="store_true", help="append log-variances: [N, 2D] instead of [N, D]")
-    p.add_argument("--device", default="auto")
 
 
 def _encode(args):
@@ -363,28 +367,12 @@ def _eval_ready(ds, cfg):
     return x
 
 
-def _train_model_args(p):
-    _train_args(p)
-    p.add_argument("--model", help="model kind, sets model.kind: vae, mixture, autoencoder, ... "
-                                   "(mixtures want grey levels: --set binarize=none, or --preset gmm-mnist)")
-
-
-def _train_model(args):
-    if getattr(args, "model", None):
-        if args.resume:
-            raise VaekitError("--resume continues the saved config; --model cannot change it")
-        args.overrides = [f"model.kind={args.model}"] + list(args.overrides)
-    return _train(args)
-
-
 def _cluster_args(p):
-    p.add_argument("run", help="run folder or checkpoint of a Gaussian mixture")
+    _add_run_args(p, "run folder or checkpoint of a Gaussian mixture")
+    _add_data_args(p)
     p.add_argument("-o", "--output", default="labels.npy",
                    help="hard labels [N] (.npy); soft assignments [N, K] go beside it as *.soft.npy")
     p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--data", help="dataset name or path (default: the run's)")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto")
 
 
 def _cluster(args):
@@ -413,7 +401,8 @@ def _cluster(args):
 
 
 def _gap_args(p):
-    p.add_argument("run", help="run folder or checkpoint of a VAE")
+    _add_run_args(p, "run folder or checkpoint of a VAE")
+    _add_data_args(p)
     p.add_argument("--k", type=int, default=5000, help="importance samples for log p(x) and each ELBO")
     p.add_argument("--splits", default="test,train", help="comma-separated splits (default test,train)")
     p.add_argument("--n", type=int, help="only the first N examples of each split")
@@ -423,9 +412,6 @@ def _gap_args(p):
     p.add_argument("--init", choices=("encoder", "prior"), default="encoder",
                    help="start q* at the encoder's q(z|x) (semi-amortised, default) or at the prior")
     p.add_argument("--batch-size", type=int, help="examples optimised together (memory bound)")
-    p.add_argument("--data")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", help="JSON file (default RUN/gap.json)")
 
@@ -464,7 +450,8 @@ def _gap(args):
 
 
 def _complete_args(p):
-    p.add_argument("run", help="run folder or checkpoint of a VAE")
+    _add_run_args(p, "run folder or checkpoint of a VAE")
+    _add_data_args(p)
     p.add_argument("--mask", default="bottom",
                    help="missing pixels: top|bottom|left|right|random:P|FILE (.npy/.png, nonzero = missing)")
     p.add_argument("-o", "--output", default="completion.png")
@@ -476,10 +463,7 @@ def _complete_args(p):
     p.add_argument("--svi-steps", type=int, default=200)
     p.add_argument("--mean", action="store_true", help="paste E[x|z] instead of a sample")
     p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--data")
-    p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the per-image numbers here")
 
 
@@ -509,7 +493,6 @@ def _complete(args):
     return 0
 
 
-COMMANDS["train"] = (_train_model_args, _train_model, COMMANDS["train"][2])  # adds --model
 COMMANDS.update({
     "cluster": (_cluster_args, _cluster, "Gaussian mixture assignments: hard labels .npy and soft p(z=k|x)"),
     "gap": (_gap_args, _gap, "approximation and amortisation gaps (SVI vs encoder), gap.json"),

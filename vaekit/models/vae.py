@@ -136,6 +136,8 @@ def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
         encoder = GaussianEncoder(build_encoder(data_shape, 2 * cfg.latent_dim, cfg))
     decoder = Decoder(build_decoder(cfg.latent_dim, likelihood.param_shape, cfg), likelihood)
     prior = build_prior(cfg.latent_dim, cfg)
+    if hasattr(prior, "bind"):  # priors defined through the encoder (VampPrior)
+        prior.bind(encoder, data_shape)
     obj = {}
     if train_cfg is not None:
         obj = dict(objective=train_cfg.objective, k=train_cfg.k, beta=train_cfg.beta,
