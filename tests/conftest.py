@@ -1,11 +1,14 @@
-"""Shared test settings: one BLAS thread per pytest-xdist worker, deterministic seeds."""
+"""Shared test settings: one BLAS thread per test process, deterministic seeds.
+
+The tests use tiny nets, for which one thread is faster than two, and pytest-xdist runs
+two test processes on the two cores anyway.
+"""
 import os
 
 import pytest
 import torch
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+torch.set_num_threads(1)
 
 SHARED_DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
 

@@ -8,13 +8,6 @@ from vaekit.models import build_model
 from vaekit.models.autoencoder import Autoencoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def small(preset="ae-mnist", **over):
     cfg = build_config(preset, overrides={"hidden": [16], "latent_dim": 3, **over})

@@ -11,13 +11,6 @@ from vaekit.errors import DataError, VaekitError
 from vaekit.models.vae import build_vae
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def trained():

@@ -15,14 +15,6 @@ from vaekit.errors import ConfigError
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: one BLAS thread is faster than two on a shared CPU (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 def _random_mixture(B, M, C, H, W, coupled, dtype=torch.float64):
     logits = torch.randn(B, M, H, W, dtype=dtype) if coupled else torch.randn(B, M, C, H, W, dtype=dtype)

@@ -16,14 +16,6 @@ sk_mixture = pytest.importorskip("sklearn.mixture")
 COVS = ["full", "diag", "spherical"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one BLAS thread is faster, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def blobs(n=150, d=4, k=3, seed=0):
     rng = np.random.default_rng(seed)

@@ -13,14 +13,6 @@ from vaekit.models.vae import build_vae
 from vaekit.nets.pixelcnn import GatedPixelCNN, MaskedConv2d, PixelCNNLikelihood
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: one BLAS thread is faster than two on a shared CPU (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 def _input_grad(f, x: torch.Tensor, c: int, i: int, j: int) -> torch.Tensor:
     """d (sum of f(x)[:, :, c, i, j]) / dx, [C, H, W], for one example; f returns [1, n, C, H, W]."""

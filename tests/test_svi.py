@@ -11,14 +11,6 @@ from vaekit.models.vae import build_vae
 from vaekit.objectives import elbo_terms
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one BLAS thread is faster, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def binary_patterns(n=48, seed=0):
     """Noisy binary 1x4x4 images from four prototypes (cheap, learnable structure)."""
