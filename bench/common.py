@@ -5,9 +5,14 @@ import argparse
 import os
 import platform
 import time
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vaekit.data import binarize_dynamic  # noqa: E402
+from vaekit.train import train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -49,3 +54,14 @@ class Timer:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.t0
+
+
+def train_for(cfg, run: Path, x_train, minutes: float) -> tuple[int, float]:
+    """Train epoch by epoch (resuming) until the budget is spent; returns (epochs, seconds)."""
+    steps_per_epoch = -(-x_train.shape[0] // cfg.train.batch_size)
+    t0, epochs = time.perf_counter(), 0
+    while time.perf_counter() - t0 < minutes * 60 and epochs < cfg.train.epochs:
+        train(cfg, run, x_train, None, transform=binarize_dynamic, resume=epochs > 0,
+              progress=False, max_steps=(epochs + 1) * steps_per_epoch)
+        epochs += 1
+    return epochs, time.perf_counter() - t0

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import Timer, data_dir, header, parser  # noqa: E402
+from bench.common import Timer, data_dir, header, parser, train_for  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
-from vaekit.data import binarize_dynamic, binarize_static, load_dataset  # noqa: E402
+from vaekit.data import binarize_static, load_dataset  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
-from vaekit.train import train  # noqa: E402
 import vaekit  # noqa: E402
 
 # row name -> (preset, overrides, eval K, anchor in nats, anchor source)
@@ -35,17 +33,6 @@ ROWS = {
     "iwae": ("iwae-1l", {"objective": "iwae", "k": 50}, 5000, 84.78, "Burda et al. 2015 IWAE, k=50"),
     "dense": ("dense-mnist", {}, 5000, None, "pytorch/examples architecture"),
 }
-
-
-def train_for(cfg, run, x_train, minutes: float) -> tuple[int, float]:
-    """Train epoch by epoch (resuming) until the budget is spent; returns (epochs, seconds)."""
-    steps_per_epoch = -(-x_train.shape[0] // cfg.train.batch_size)
-    t0, epochs = time.perf_counter(), 0
-    while time.perf_counter() - t0 < minutes * 60 and epochs < cfg.train.epochs:
-        train(cfg, run, x_train, None, transform=binarize_dynamic, resume=epochs > 0,
-              progress=False, max_steps=(epochs + 1) * steps_per_epoch)
-        epochs += 1
-    return epochs, time.perf_counter() - t0
 
 
 def main():
