@@ -83,3 +83,13 @@ def test_cli_autoencoder_sample_and_interpolate(tmp_path):
                 ["reconstruct", str(run), "-n", "4", "-o", str(tmp_path / "r.png")]):
         assert main(cmd) == 0
         assert (tmp_path / cmd[-1].split("/")[-1]).is_file()
+
+
+def test_evaluate_reports_the_reconstruction_term_and_no_density():
+    from vaekit.evaluate import evaluate, format_table
+    model, _ = small()
+    x = torch.bernoulli(torch.full((20, 1, 4, 4), 0.3))
+    res = evaluate(model, x, progress=False)
+    assert res["log_prob_kind"] == "none" and res["nll"] is None and res["bpd"] is None
+    torch.testing.assert_close(torch.tensor(res["rec"]), model.loss(x)["rec"].mean().double().float())
+    assert "rec" in format_table(res) and "nll" not in format_table(res)

@@ -100,6 +100,17 @@ def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: i
             "kl": table[:, 4], "means": table[:, 5:]}
 
 
+def _reconstruction_only(model, x: Tensor, batch_size: int) -> dict:
+    """Models without a density (autoencoders): the reconstruction term log p(x|z=f(x)) alone."""
+    t0 = time.perf_counter()
+    rec = torch.cat([model.loss(x[i:i + batch_size])["rec"] for i in range(0, x.shape[0], batch_size)])
+    res = {"log_prob_kind": "none", "n": x.shape[0], "k": None}
+    res.update({key: None for key in ("nll", "nll_stderr", "elbo", "kl", "bpd", "active_units")})
+    res["rec"], res["rec_stderr"] = mean_and_stderr(rec)
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
 @torch.no_grad()
 def evaluate(model, x: Tensor, k: int = 5000, batch_size: int | None = None,
              progress: bool = True, desc: str = "evaluate", seed: int | None = None) -> dict:
@@ -116,6 +127,8 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int | None = None,
     x = x.to(model_device(model))
     N = x.shape[0]
     D = math.prod(x.shape[1:])
+    if model.log_prob_kind == "none":
+        return _reconstruction_only(model, x, batch_size or 1000)
     if seed is not None or distributed.active():
         t0 = time.perf_counter()
         per = _per_example_split(model, x, k, batch_size, 0 if seed is None else seed, progress, desc)
