@@ -73,6 +73,9 @@ def main():
           f"({tv.seconds / x.shape[0] * 1000:.1f} ms/image); NLL {nll:.2f} ± {se:.2f}")
     print(f"per-datapoint loop:         {ref_full:8.1f} s extrapolated from {m} images "
           f"({tr.seconds / m * 1000:.1f} ms/image)")
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(f"peak resident memory of this process: {peak:.0f} MiB (target: under 2 GiB)")
     print(f"ratio loop/vaekit: {ref_full / tv.seconds:.2f}x; complete K={args.k} evaluation "
           f"{'under' if tv.seconds < 600 else 'OVER'} 10 minutes ({tv.seconds / 60:.1f} min); "
           f"mean NLL difference on the shared {m} images: {agree:+.3f} nats (Monte-Carlo noise)")
