@@ -4,11 +4,13 @@ Both sides train the same model (784-400-20-400-784 ReLU MLP, Bernoulli decoder,
 batch 128) for the same number of epochs on full MNIST (60,000 images, dynamically binarised
 every batch), side by side in one run, on the same threads:
 
-- vaekit: `vaekit.train.train` (the whole training set one tensor, batches are index slices);
+- vaekit: `vaekit.train.train` (the whole training set one tensor, batches are index slices,
+  fused AdamW with weight decay 0, i.e. Adam);
 - reference: the pytorch/examples `vae/main.py` recipe re-implemented here: its VAE class and
   loss (BCE summed + analytic KLD), fed by a per-item `Dataset` that, like torchvision's MNIST,
   turns each uint8 image into a PIL image and back into a float tensor, batched by a
-  `DataLoader(shuffle=True)` (num_workers=0, as the recipe uses on CPU).
+  `DataLoader(shuffle=True)` (num_workers=0, as the recipe uses on CPU), and torch's default
+  (per-tensor) Adam, as the recipe constructs it.
 
 Reported: training images/s (ratio vaekit/reference) and test -ELBO (nats, one-sample ELBO
 with analytic KL, averaged over the 10,000 test images statically binarised with one seed).
