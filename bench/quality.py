@@ -32,6 +32,9 @@ ROWS = {
     "vae": ("iwae-1l", {}, 5000, 86.76, "Burda et al. 2015 VAE, k=1"),
     "iwae": ("iwae-1l", {"objective": "iwae", "k": 50}, 5000, 84.78, "Burda et al. 2015 IWAE, k=50"),
     "dense": ("dense-mnist", {}, 5000, None, "pytorch/examples architecture"),
+    "conv": ("conv-mnist", {}, 5000, None, "conv VAE (no published anchor for this exact net)"),
+    "resnet": ("resnet-mnist", {}, 5000, None, "ResNet VAE; NVAE 78.01 is the record"),
+    "pixelvae": ("pixelvae-mnist", {}, 1000, 79.02, "PixelVAE, Gulrajani et al. 2016"),
 }
 
 
