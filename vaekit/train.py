@@ -90,6 +90,18 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
 
 
+def seed_device(seed: int, device: torch.device) -> None:
+    """Seed the global generator of ``device`` only (the step's reparameterisation noise).
+
+    ``torch.manual_seed`` also queues lazy seeding of every accelerator backend, recording a
+    stack trace for each: about 0.5 ms per call, 3-4% of a dense-mnist CPU step.
+    """
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
 def epoch_permutation(n: int, seed: int, epoch: int, device) -> Tensor:
     """The batch order of ``epoch``: a permutation of range(n), a pure function of (seed, epoch)."""
     g = torch.Generator().manual_seed(step_seed(seed, -1 - epoch))
@@ -405,7 +417,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
                 lo, hi = bounds[s]
                 xb = shard_x[s][perms[s][lo:hi]]
                 seed = shard_seed(tc.seed, step, s)
-                torch.manual_seed(seed)
+                seed_device(seed, device)
                 gen.manual_seed(seed)
                 if transform is not None:
                     xb = transform(xb, gen)
