@@ -39,7 +39,7 @@ from torch import Tensor
 from .distributions import diagonal_gaussian, distribution_mean
 from .errors import DataError, VaekitError
 from .inference import DEFAULT_ELEMENT_BUDGET, MaskedLikelihood, _Posterior, mean_and_stderr, svi
-from .objectives import importance_terms
+from .objectives import importance_terms, repeat_examples
 
 METHODS = ("importance", "svi")
 HALVES = ("top", "bottom", "left", "right")
@@ -123,8 +123,7 @@ def _complete_batch(model, x: Tensor, m: Tensor, q, n_completions: int, k: int, 
     rec = _Recording(model, lambda _x: q, m)
     log_px_obs, log_pz, log_q = importance_terms(rec, x, k, q=q)  # [k, B] each
     log_w = (log_px_obs + log_pz - log_q).double()
-    x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * B, *x.shape[1:])
-    log_px_mis = MaskedLikelihood(rec.px, 1 - m).log_prob(x_rep).view(k, B).double()  # log p(x_u|z_j)
+    log_px_mis = MaskedLikelihood(rec.px, 1 - m).log_prob(repeat_examples(x, k)).view(k, B).double()  # log p(x_u|z_j)
     heldout = torch.logsumexp(log_w + log_px_mis, 0) - torch.logsumexp(log_w, 0)
     ess = (2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)).exp()
     # sampling-importance-resampling: S codes per example from the weighted k

@@ -51,9 +51,18 @@ def importance_terms(model, x: Tensor, k: int, q=None) -> tuple[Tensor, Tensor, 
     log_pz = model.prior.log_prob(z)  # [k, B]
     B = x.shape[0]
     px = model.decoder(z.reshape(k * B, *z.shape[2:]))
-    x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * B, *x.shape[1:])
-    log_px = px.log_prob(x_rep).view(k, B)
+    log_px = px.log_prob(repeat_examples(x, k)).view(k, B)
     return log_px, log_pz, log_q
+
+
+def repeat_examples(x: Tensor, k: int) -> Tensor:
+    """x [B, ...] -> [k*B, ...], sample-major (row j*B + b is x[b]), matching z.reshape(k*B, D).
+
+    For one example (B = 1, the case of K=5000 importance sampling) this is a stride-0 view,
+    not a copy of k images."""
+    if x.shape[0] == 1:
+        return x.expand(k, *x.shape[1:])
+    return x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
 
 
 def log_importance_weights(model, x: Tensor, k: int, q=None) -> Tensor:
@@ -82,8 +91,7 @@ def elbo_terms(model, x: Tensor, L: int = 1) -> dict[str, Tensor]:
     else:
         z = q.rsample((L,))
     px = model.decoder(z.reshape(L * B, *z.shape[2:]))
-    x_rep = x.unsqueeze(0).expand(L, *x.shape).reshape(L * B, *x.shape[1:])
-    rec = px.log_prob(x_rep).view(L, B).mean(0)
+    rec = px.log_prob(repeat_examples(x, L)).view(L, B).mean(0)
     out = {"rec": rec, "kl": kl, "elbo": rec - kl}
     kl_dims = kl_per_dimension(q, p)
     if kl_dims is not None:
