@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/vaekit train --preset dense-mnist --data mnist5k --epochs 20 --out $(RUN)
 	$(VENV)/bin/vaekit evaluate $(RUN) --k 1000
-	$(VENV)/bin/vaekit sample $(RUN) -n 64 -o $(RUN)/samples.png
+	$(VENV)/bin/vaekit sample $(RUN) -n 64 --mean -o $(RUN)/samples.png
 	$(VENV)/bin/vaekit reconstruct $(RUN) -o $(RUN)/recon.png
 	$(VENV)/bin/vaekit interpolate $(RUN) --steps 10 -o $(RUN)/interp.png
 	$(VENV)/bin/vaekit latent-map $(RUN) -o $(RUN)/map.png
