@@ -22,14 +22,16 @@ DEFAULT_ELEMENT_BUDGET = 1 << 22  # decoder outputs per chunk (~16 MiB of float3
 
 
 def release_large_blocks() -> None:
-    """Make glibc return every block of 1 MiB or more to the OS when it is freed.
+    """Make glibc return every block of 128 KiB or more to the OS when it is freed.
 
     glibc serves large allocations with mmap but raises that threshold each time such a
     block is freed (up to 32 MiB), after which the chunk-sized tensors of importance
-    sampling come from the heap, which fragments across BLAS threads: measured at K=5000 on
-    MNIST with 2 threads, resident memory grew ~12 MB per test image (4.9 GB after 400
-    images; the full test set was killed for lack of memory), against a flat ~250 MB with
-    the threshold fixed. Called once per process; a no-op where libc has no ``mallopt``.
+    sampling come from the heap, which fragments: measured at K=5000 on MNIST, resident
+    memory grew ~12 MB per test image with 2 threads (4.9 GB after 400 images; the full test
+    set was killed for lack of memory) and ~1.3 MB per image with 1 thread (iwae-1l), against
+    a flat ~240 MB with the threshold fixed at its default starting value of 128 KiB (the
+    1 MiB tried first still let 1 MB latent-sample tensors fragment the heap). Called once
+    per process; a no-op where libc has no ``mallopt``.
     """
     global _RELEASED
     if _RELEASED:
@@ -38,7 +40,7 @@ def release_large_blocks() -> None:
     try:
         import ctypes
         libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB (fixing it also stops the dynamic raise)
+        libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD = 128 KiB, fixed: no dynamic raise
     except (OSError, AttributeError):
         pass
 
