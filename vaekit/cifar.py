@@ -18,14 +18,12 @@ report, University of Toronto, 2009.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
+import http.client
 import tarfile
-import tempfile
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -149,22 +147,9 @@ def download_cifar10(data_dir: str | os.PathLike | None = None, base_url: str | 
     base = base_url or os.environ.get("VAEKIT_CIFAR_URL") or BASE_URL
     url = base.rstrip("/") + "/" + FILENAME
     target = root / FILENAME
-    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{FILENAME}.", suffix=".part")
-    tmp = Path(tmp_name)
+    from .data import _one_line, fetch_checked  # data imports this module lazily: no cycle
     try:
-        md5 = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            while chunk := resp.read(1 << 20):
-                md5.update(chunk)
-                out.write(chunk)
-        if md5.hexdigest() != MD5:
-            raise DataError(f"{url}: md5 {md5.hexdigest()} does not match {MD5}; download corrupt")
-        os.replace(tmp, target)
-    except DataError:
-        raise
-    except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: a malformed URL
-        reason = getattr(e, "reason", e)
-        raise DataError(f"cannot download {url}: {reason}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        fetch_checked(url, target, "md5", MD5, timeout=timeout)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        raise DataError(f"cannot download {url}: {_one_line(e)}") from None  # ValueError: malformed URL
     return target

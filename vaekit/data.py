@@ -572,12 +572,17 @@ def mirrors_for(name: str) -> list[str]:
     return list(MIRRORS.get(name, []))
 
 
-def _fetch(url: str, target: Path, algorithm: str, expected: str) -> None:
-    """Stream ``url`` into a temporary file next to ``target``, check it, then os.replace it."""
+def fetch_checked(url: str, target: Path, algorithm: str, expected: str,
+                  timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Stream ``url`` into a temporary file next to ``target``, fsync it, check its ``algorithm``
+    digest against ``expected``, then os.replace it onto ``target`` (no partial file is ever left).
+
+    Network errors propagate (callers turn them into one-line DataErrors); a digest mismatch
+    raises DataError."""
     fd, tmp = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".part", dir=target.parent)
     h = hashlib.new(algorithm)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)
@@ -635,7 +640,7 @@ def _download_one(name: str, target: Path, table: dict, mirrors: list[str]) -> P
     for base in mirrors:
         url = base.rstrip("/") + "/" + target.name
         try:
-            _fetch(url, target, algorithm, expected)
+            fetch_checked(url, target, algorithm, expected)
             return target
         except DataError as e:
             errors.append(str(e))
