@@ -35,6 +35,12 @@ def _load_run(args):
     return load_model(args.run, device=device)
 
 
+def _model_device(model):
+    """The device the loaded model lives on (see ``vaekit.models.model_device``)."""
+    from .models import model_device
+    return model_device(model)
+
+
 def _data_config(cfg, args):
     """The run's data config with ``--data`` / ``--data-dir`` applied."""
     import copy
@@ -234,7 +240,7 @@ def _reconstruct_args(p):
 def _reconstruct(args):
     from .viz import save_reconstructions
     model, cfg, _ = _load_run(args)
-    x = _split(cfg, args, "test").x[: args.n].to(next(model.parameters()).device)
+    x = _split(cfg, args, "test").x[: args.n].to(_model_device(model))
     _seed(args)
     r = model.reconstruct(x)
     save_reconstructions(x.cpu(), r.clamp(0, 1).cpu(), _out_path(args.output))
@@ -257,7 +263,7 @@ def _interpolate(args):
     if args.steps < 2:
         raise VaekitError(f"--steps must be at least 2; got {args.steps}")
     model, cfg, _ = _load_run(args)
-    x = _split(cfg, args, "test").x[: 2 * args.pairs].to(next(model.parameters()).device)
+    x = _split(cfg, args, "test").x[: 2 * args.pairs].to(_model_device(model))
     if x.shape[0] < 2:
         raise VaekitError("interpolation needs at least two test images")
     half = x.shape[0] // 2
@@ -284,7 +290,7 @@ def _latent_map(args):
     from .viz import latent_grid, save_latent_map
     model, cfg, _ = _load_run(args)
     ds = _split(cfg, args, "test")
-    dev = next(model.parameters()).device
+    dev = _model_device(model)
     x = ds.x[: args.points].to(dev)
     mu = torch.cat([model.encode(x[i:i + 1000])[0] for i in range(0, x.shape[0], 1000)])
     D = mu.shape[1]
@@ -320,7 +326,7 @@ def _encode(args):
     import torch
     model, cfg, _ = _load_run(args)
     ds = _split(cfg, args, args.split)
-    dev = next(model.parameters()).device
+    dev = _model_device(model)
     feats = []
     with torch.no_grad():
         for i in range(0, ds.x.shape[0], 1000):
@@ -351,11 +357,6 @@ COMMANDS = {
 # --- issue 5: mixtures (cluster), SVI gap decomposition (gap), image completion (complete) ---
 # Command logic lives in vaekit.models.mixture.cluster, vaekit.inference.gap_decomposition and
 # vaekit.completion.complete; these functions only load, call and write.
-
-def _model_device(model):
-    from .models import model_device
-    return model_device(model)
-
 
 def _eval_ready(ds, cfg):
     """The split's images as the model saw them: a dynamically binarised split is binarised
