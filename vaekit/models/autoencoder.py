@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
 
-from ..distributions import build_likelihood, distribution_mean
+from ..distributions import build_likelihood
 from ..errors import ConfigError, VaekitError
 from ..nets import build_decoder, build_encoder
-from .vae import Decoder
+from .vae import Decoder, DecodeViews
 
 NOISE_TYPES = ("gaussian", "mask")
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(DecodeViews, nn.Module):
     """x -> z = encoder(x) -> p(x|z); denoising when ``noise > 0``.
 
     Args:
@@ -94,18 +93,6 @@ class Autoencoder(nn.Module):
         """(z, log_var) with log_var = -inf: a deterministic code (a point mass)."""
         z = self.encoder(x)
         return z, torch.full_like(z, float("-inf"))
-
-    def decode(self, z: Tensor) -> Distribution:
-        return self.decoder(z)
-
-    @torch.no_grad()
-    def decode_to_x(self, z: Tensor, mean: bool = True) -> Tensor:
-        px = self.decoder(z)
-        return distribution_mean(px) if mean else px.sample()
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, mean: bool = True) -> Tensor:
-        return self.decode_to_x(self.encoder(x), mean)
 
 
 def build_autoencoder(cfg, data_shape: tuple[int, ...], train_cfg=None) -> Autoencoder:

@@ -47,7 +47,27 @@ class Decoder(nn.Module):
         return self.likelihood(self.body(z))
 
 
-class VAE(nn.Module):
+class DecodeViews:
+    """What users do with a code, shared by every model with ``encode`` and ``decoder``:
+    ``decode(z) -> p(x|z)``, ``decode_to_x`` (its mean or a sample) and ``reconstruct``
+    (decode the code ``encode(x)[0]``: a posterior mean, or an autoencoder's point code)."""
+
+    def decode(self, z: Tensor) -> Distribution:
+        return self.decoder(z)
+
+    @torch.no_grad()
+    def decode_to_x(self, z: Tensor, mean: bool = True) -> Tensor:
+        px = self.decoder(z)
+        return distribution_mean(px) if mean else px.sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, mean: bool = True) -> Tensor:
+        """E[x|z] (or a sample) at z = encode(x)[0]."""
+        code, _ = self.encode(x)
+        return self.decode_to_x(code, mean)
+
+
+class VAE(DecodeViews, nn.Module):
     """A VAE with the uniform model contract: ``loss``, ``log_prob``, ``sample``.
 
     Args:
@@ -112,19 +132,6 @@ class VAE(nn.Module):
     def reparameterize(mu: Tensor, log_var: Tensor) -> Tensor:
         return mu + (0.5 * log_var).exp() * torch.randn_like(mu)
 
-    def decode(self, z: Tensor) -> Distribution:
-        return self.decoder(z)
-
-    @torch.no_grad()
-    def decode_to_x(self, z: Tensor, mean: bool = True) -> Tensor:
-        px = self.decoder(z)
-        return distribution_mean(px) if mean else px.sample()
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, mean: bool = True) -> Tensor:
-        """E[x|z] (or a sample) at z = posterior mean of q(z|x)."""
-        mu, _ = self.encode(x)
-        return self.decode_to_x(mu, mean)
 
 
 def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
