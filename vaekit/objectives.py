@@ -84,7 +84,8 @@ def elbo_terms(model, x: Tensor, L: int = 1) -> dict[str, Tensor]:
     q = model.encoder(x)
     p = model.prior
     B = x.shape[0]
-    kl = analytic_kl(q, p)
+    kl_dims = kl_per_dimension(q, p)  # factorised Gaussians: the KL per dimension, summed below
+    kl = kl_dims.sum(-1) if kl_dims is not None else analytic_kl(q, p)
     if kl is None:
         z, log_q = rsample_and_log_prob(q, (L,))  # [L, B, D]
         kl = (log_q - p.log_prob(z)).mean(0)
@@ -93,7 +94,6 @@ def elbo_terms(model, x: Tensor, L: int = 1) -> dict[str, Tensor]:
     px = model.decoder(z.reshape(L * B, *z.shape[2:]))
     rec = px.log_prob(repeat_examples(x, L)).view(L, B).mean(0)
     out = {"rec": rec, "kl": kl, "elbo": rec - kl}
-    kl_dims = kl_per_dimension(q, p)
     if kl_dims is not None:
         out["kl_dims"] = kl_dims
     return out
