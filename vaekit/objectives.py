@@ -44,15 +44,17 @@ def kl_per_dimension(q, p) -> Tensor | None:
 def importance_terms(model, x: Tensor, k: int, q=None) -> tuple[Tensor, Tensor, Tensor]:
     """For z_j ~ q(z|x), j = 1..k: (log p(x|z_j), log p(z_j), log q(z_j|x)), each [k, B].
 
-    The decoder sees the k samples of all B examples as one batch of k*B codes.
+    The decoder sees the k samples of all B examples as one batch of k*B codes (through
+    ``decoder.log_likelihood`` where it has one, which streams it without materialising p(x|z)).
     """
     q = model.encoder(x) if q is None else q
     z, log_q = rsample_and_log_prob(q, (k,))  # [k, B, D], [k, B]
     log_pz = model.prior.log_prob(z)  # [k, B]
     B = x.shape[0]
-    px = model.decoder(z.reshape(k * B, *z.shape[2:]))
-    log_px = px.log_prob(repeat_examples(x, k)).view(k, B)
-    return log_px, log_pz, log_q
+    zf, xr = z.reshape(k * B, *z.shape[2:]), repeat_examples(x, k)
+    streamed = getattr(model.decoder, "log_likelihood", None)  # Decoder modules; see vaekit.streamed
+    log_px = streamed(zf, xr) if streamed is not None else model.decoder(zf).log_prob(xr)
+    return log_px.view(k, B), log_pz, log_q
 
 
 def repeat_examples(x: Tensor, k: int) -> Tensor:

@@ -20,6 +20,7 @@ from .. import objectives
 from ..distributions import (build_likelihood, build_prior, diagonal_gaussian, distribution_mean,
                              image_bits_per_dim)
 from ..nets import build_decoder, build_encoder
+from ..streamed import streamed_log_likelihood
 from .flow_vae import build_flow_encoder
 
 
@@ -45,6 +46,13 @@ class Decoder(nn.Module):
 
     def forward(self, z: Tensor) -> Distribution:
         return self.likelihood(self.body(z))
+
+    def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        """log p(x|z) [N] for codes z [N, D] and data x [N, *data_shape]: ``self(z).log_prob(x)``,
+        streamed block by block without materialising p(x|z) where ``vaekit.streamed`` has a
+        kernel for this body and likelihood (no grad, CPU)."""
+        out = streamed_log_likelihood(self, z, x)
+        return self(z).log_prob(x) if out is None else out
 
 
 class DecodeViews:
