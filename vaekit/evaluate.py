@@ -11,7 +11,7 @@
 - ``active_units``: latent dimensions u with Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2015,
   Sec. 5.2).
 
-With a ``seed`` (and always under torchrun) the examples are cut into chunks whose size does
+The examples are cut into chunks whose size does
 not depend on the number of processes, chunk ``c`` draws its importance samples after
 ``torch.manual_seed(f(seed, c))``, the chunks are dealt round-robin over the processes and the
 per-example results (log mean importance weight, ESS, ELBO terms, posterior means) are
@@ -34,13 +34,6 @@ from .objectives import elbo_terms
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 SPLIT_MIN_CHUNKS = 64  # seeded/distributed evaluation cuts the examples into at least this many chunks
-
-
-@torch.no_grad()
-def active_units(model, x: Tensor, batch_size: int = 1000, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
-    """Number of latent dimensions whose posterior mean varies across x: Var_x(E_q[z_u]) > threshold."""
-    means = torch.cat([model.encode(x[i:i + batch_size])[0] for i in range(0, x.shape[0], batch_size)])
-    return _active(means, threshold)
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
@@ -113,15 +106,15 @@ def _reconstruction_only(model, x: Tensor, batch_size: int) -> dict:
 
 @torch.no_grad()
 def evaluate(model, x: Tensor, k: int = 5000, batch_size: int | None = None,
-             progress: bool = True, desc: str = "evaluate", seed: int | None = None) -> dict:
+             progress: bool = True, desc: str = "evaluate", seed: int = 0) -> dict:
     """Metrics of ``model`` on data ``x`` [N, *data_shape]; keys as in ``eval.json``.
 
     Args:
         k: importance samples per example (VAEs); ignored by exact models.
         batch_size: examples per pass (default: chosen to bound memory).
-        seed: seed the noise per chunk of examples (module docstring), which makes the numbers
-            reproducible and independent of the number of processes; under torchrun the
-            examples are split over the processes (seed 0 when none is given).
+        seed: seeds the noise per chunk of examples (module docstring): the numbers are a pure
+            function of (model, x, k, seed), the same on one process or many (under torchrun the
+            examples are split over the processes), and the caller's random state is left alone.
     """
     model.eval()
     x = x.to(model_device(model))
@@ -129,59 +122,25 @@ def evaluate(model, x: Tensor, k: int = 5000, batch_size: int | None = None,
     D = math.prod(x.shape[1:])
     if model.log_prob_kind == "none":
         return _reconstruction_only(model, x, batch_size or 1000)
-    if seed is not None or distributed.active():
-        t0 = time.perf_counter()
-        per = _per_example_split(model, x, k, batch_size, 0 if seed is None else seed, progress, desc)
-        res: dict = {"log_prob_kind": model.log_prob_kind, "n": N}
-        if model.log_prob_kind == "importance-sampled":
-            res["k"] = k
-            res["ess_mean"] = float(per["ess"].mean())
-            for key in ("elbo", "rec", "kl"):
-                res[key], res[f"{key}_stderr"] = mean_and_stderr(per[key])
-            res["active_units"] = _active(per["means"], ACTIVE_UNIT_THRESHOLD)
-            res["latent_dim"] = int(model.latent_dim)
-        else:
-            res["k"] = None
-            for key in ("elbo", "rec", "kl", "active_units"):
-                res[key] = None
-        return _finish(model, res, per["log_px"], D, t0)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=N, desc=desc, unit="ex", leave=False, dynamic_ncols=True)
     t0 = time.perf_counter()
+    per = _per_example_split(model, x, k, batch_size, seed, progress, desc)
     res: dict = {"log_prob_kind": model.log_prob_kind, "n": N}
     if model.log_prob_kind == "importance-sampled":
-        out = importance_sampled_log_prob(model, x, k=k, batch_size=batch_size,
-                                          progress=bar.update if bar else None)
-        log_px = out["log_px"]
         res["k"] = k
-        res["ess_mean"] = float(out["ess"].mean())
-        # one-sample terms with the analytic KL
-        bs = batch_size or 500
-        terms = [elbo_terms(model, x[i:i + bs], 1) for i in range(0, N, bs)]
+        res["ess_mean"] = float(per["ess"].mean())
         for key in ("elbo", "rec", "kl"):
-            v = torch.cat([t[key] for t in terms])
-            res[key], res[f"{key}_stderr"] = mean_and_stderr(v)
-        res["active_units"] = active_units(model, x)
+            res[key], res[f"{key}_stderr"] = mean_and_stderr(per[key])
+        res["active_units"] = _active(per["means"], ACTIVE_UNIT_THRESHOLD)
         res["latent_dim"] = int(model.latent_dim)
     else:
-        bs = batch_size or 1000
-        parts = []
-        for i in range(0, N, bs):
-            parts.append(model.log_prob(x[i:i + bs]))
-            if bar:
-                bar.update(min(bs, N - i))
-        log_px = torch.cat(parts)
         res["k"] = None
         for key in ("elbo", "rec", "kl", "active_units"):
             res[key] = None
-    if bar:
-        bar.close()
-    return _finish(model, res, log_px, D, t0)
+    return _finish(model, res, per["log_px"], D, t0)
 
 
 def _active(means: Tensor, threshold: float) -> int:
+    """Active units from posterior means [N, D]: dimensions with Var_x(E_q[z_u|x]) > threshold."""
     if means.shape[0] < 2:
         return 0
     return int((means.double().var(0) > threshold).sum())
