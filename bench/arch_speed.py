@@ -9,6 +9,11 @@ exclude --warmup steps (and so exclude torch.compile's compilation, reported apa
     python bench/arch_speed.py --presets conv-mnist resnet-cifar --channels-last
     python bench/arch_speed.py --presets pixelvae-mnist --sample 64   # 64-sample grid time
     python bench/arch_speed.py --device cuda --amp                # bf16 autocast on a GPU
+    python bench/arch_speed.py --compare compile channels_last    # each option off vs on, one run
+
+With --compare, every preset is timed with the option off and on side by side in one process and
+the ratio (on/off images/s) is printed: the evidence behind the config defaults of
+``compile`` and ``channels_last``.
 
 Never run by the test suite.
 """
@@ -96,6 +101,14 @@ def bench_sampling(name: str, device, n: int) -> dict:
     return {"preset": name, "samples": n, "shape": list(x.shape[1:]), "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def write_json(path: str | None, rows: list[dict], device) -> None:
+    """Append the result rows as JSON lines to ``path`` (nothing when None)."""
+    if path:
+        with open(path, "a") as f:
+            for r in rows:
+                f.write(json.dumps({**r, "device": str(device), "threads": torch.get_num_threads()}) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=PRESETS)
@@ -110,6 +123,8 @@ def main(argv=None):
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     ap.add_argument("--sample", type=int, default=0, help="also time sampling N images (PixelCNN: the loop)")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
+    ap.add_argument("--compare", nargs="+", choices=["compile", "channels_last", "amp"], default=None,
+                    help="time each preset with each of these options off and on; print the ratios")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,6 +134,21 @@ def main(argv=None):
     device = torch.device(dev)
     print(f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     rows = []
+    if args.compare:
+        for name in args.presets:
+            base = dict(compile_=args.compile, channels_last=args.channels_last, amp=args.amp)
+            off = bench_training(name, device, args.steps, args.warmup, args.batch_size, repeat=args.repeat, **base)
+            print(f"{name:16s} baseline        {off['images_per_s']:9.1f} img/s", flush=True)
+            for opt in args.compare:
+                key = "compile_" if opt == "compile" else opt
+                on = bench_training(name, device, args.steps, args.warmup, args.batch_size, repeat=args.repeat,
+                                    **{**base, key: not base[key]})
+                print(f"{name:16s} {opt + (' off' if base[key] else ' on'):15s} {on['images_per_s']:9.1f} img/s"
+                      f"  ratio {on['images_per_s'] / off['images_per_s']:.2f}x  (warm-up {on['warmup_s']} s"
+                      f" against {off['warmup_s']} s)", flush=True)
+                rows += [off, on]
+        write_json(args.json, rows, device)
+        return
     for name in args.presets:
         r = bench_training(name, device, args.steps, args.warmup, args.batch_size, args.compile,
                            args.channels_last, args.amp, args.repeat)
@@ -129,10 +159,7 @@ def main(argv=None):
             s = bench_sampling(name, device, args.sample)
             print(f"{name:16s} {args.sample} samples {s['shape']}: {s['seconds']} s", flush=True)
             rows.append(s)
-    if args.json:
-        with open(args.json, "a") as f:
-            for r in rows:
-                f.write(json.dumps({**r, "device": str(device), "threads": torch.get_num_threads()}) + "\n")
+    write_json(args.json, rows, device)
 
 
 if __name__ == "__main__":
