@@ -59,8 +59,8 @@ class ModelConfig:
     pixelcnn_channels: int = 32  # feature maps per PixelCNN stack; a multiple of the data channels
     pixelcnn_kernel: int = 3  # odd k: vertical kernel (k//2+1) x k, horizontal 1 x (k//2+1)
     pixelcnn_cond: int = 16  # channels of the conditioning map c(z) [cond, H, W] the decoder body outputs (PixelVAE)
-    channels_last: bool = False  # NHWC memory format (nets.conv.to_channels_last); off: no gain on CPU (bench/arch_speed.py), try on CUDA with amp
-    compile: bool = False  # torch.compile the net bodies (nets.conv.maybe_compile); off: ~1 min compile for <20% on CPU
+    channels_last: bool = False  # NHWC memory format (nets.conv.to_channels_last); bench/arch_speed.py --compare, CPU 2 threads: conv-mnist 1.23-1.31x, resnet-mnist 1.17x (on in those presets), pixelvae-mnist 0.89x, resnet-cifar 0.79x (off)
+    compile: bool = False  # torch.compile the net bodies (nets.conv.maybe_compile); off: CPU 2 threads, conv-mnist 1.14x, resnet-mnist 1.08x for a 32 s compile (bench/arch_speed.py --compare)
     # --- flow fields (issue 4) ---
     flow_arch: str = "realnvp"  # kind=flow architecture: nice | realnvp | glow | maf (1-D data: dense versions)
     flow_levels: int = 2  # realnvp / glow scales; each squeezes 2x2 and factors out half the channels
@@ -175,7 +175,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     # --- conv / resnet / pixelcnn presets (issue 3) ---
     "conv-mnist": (
         "dense-mnist",
-        {"encoder": "conv", "decoder": "conv", "channels": [32, 64], "latent_dim": 32},
+        {"encoder": "conv", "decoder": "conv", "channels": [32, 64], "latent_dim": 32, "channels_last": True},
         "conv VAE, binarised MNIST: stride-2 3x3 convs 32-64, transposed-conv decoder, Bernoulli, 32 latents",
     ),
     "resnet-mnist": (
@@ -187,7 +187,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     "pixelvae-mnist": (
         "conv-mnist",
         {"likelihood": "pixelcnn", "pixelcnn_output": "bernoulli", "pixelcnn_layers": 6,
-         "pixelcnn_channels": 32, "pixelcnn_kernel": 3, "pixelcnn_cond": 16},
+         "pixelcnn_channels": 32, "pixelcnn_kernel": 3, "pixelcnn_cond": 16, "channels_last": False},
         "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated PixelCNN layers, Bernoulli",
     ),
     "resnet-cifar": (
