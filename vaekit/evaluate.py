@@ -11,12 +11,11 @@
 - ``active_units``: latent dimensions u with Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2015,
   Sec. 5.2).
 
-The examples are cut into chunks whose size does
-not depend on the number of processes, chunk ``c`` draws its importance samples after
-``torch.manual_seed(f(seed, c))``, the chunks are dealt round-robin over the processes and the
-per-example results (log mean importance weight, ESS, ELBO terms, posterior means) are
-all-gathered in example order: the estimate is a pure function of (model, x, k, seed), the
-same on one process or many.
+The examples are cut into chunks whose size does not depend on the number of processes;
+chunk ``c`` draws its importance samples after ``torch.manual_seed(f(seed, c))``, the chunks
+are dealt round-robin over the processes and the per-example results (log mean importance
+weight, ESS, ELBO terms, posterior means) are all-gathered in example order: the estimate is a
+pure function of (model, x, k, seed), the same on one process or many.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ from .inference import DEFAULT_ELEMENT_BUDGET, _chunk_sizes, importance_sampled_
 from .objectives import elbo_terms
 
 ACTIVE_UNIT_THRESHOLD = 0.01
-SPLIT_MIN_CHUNKS = 64  # seeded/distributed evaluation cuts the examples into at least this many chunks
+SPLIT_MIN_CHUNKS = 64  # evaluation cuts the examples into at least this many chunks
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
