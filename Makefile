@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ demo: install
 	$(VENV)/bin/vaekit latent-map $(RUN) -o $(RUN)/map.png
 	@echo "demo done: pictures and eval.json in $(RUN)/"
 
-test: install
+test: install lint
 	$(PY) -m pytest -n 2 tests
+
+# Style and layering: ruff (lint + format) and import-linter's layer contract (pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -17,6 +17,7 @@ the ratio (on/off images/s) is printed: the evidence behind the config defaults 
 
 Never run by the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_training(name: str, device, steps: int, warmup: int, batch: int | None, compile_: bool,
-                   channels_last: bool, amp: bool, repeat: int = 1) -> dict:
+def bench_training(
+    name: str,
+    device,
+    steps: int,
+    warmup: int,
+    batch: int | None,
+    compile_: bool,
+    channels_last: bool,
+    amp: bool,
+    repeat: int = 1,
+) -> dict:
     torch.manual_seed(0)
     cfg = get_preset(name)
     B = batch or cfg.train.batch_size
@@ -84,10 +94,18 @@ def bench_training(name: str, device, steps: int, warmup: int, batch: int | None
             loss = step()
         sync(device)
         best = min(best, time.perf_counter() - t1)
-    return {"preset": name, "batch": B, "images_per_s": round(steps * B / best, 1),
-            "s_per_step": round(best / steps, 4), "warmup_s": round(warm, 2),
-            "loss": round(loss.item(), 2), "params": sum(p.numel() for p in model.parameters()),
-            "compile": compile_, "channels_last": channels_last, "amp": amp}
+    return {
+        "preset": name,
+        "batch": B,
+        "images_per_s": round(steps * B / best, 1),
+        "s_per_step": round(best / steps, 4),
+        "warmup_s": round(warm, 2),
+        "loss": round(loss.item(), 2),
+        "params": sum(p.numel() for p in model.parameters()),
+        "compile": compile_,
+        "channels_last": channels_last,
+        "amp": amp,
+    }
 
 
 @torch.no_grad()
@@ -123,8 +141,13 @@ def main(argv=None):
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     ap.add_argument("--sample", type=int, default=0, help="also time sampling N images (PixelCNN: the loop)")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
-    ap.add_argument("--compare", nargs="+", choices=["compile", "channels_last", "amp"], default=None,
-                    help="time each preset with each of these options off and on; print the ratios")
+    ap.add_argument(
+        "--compare",
+        nargs="+",
+        choices=["compile", "channels_last", "amp"],
+        default=None,
+        help="time each preset with each of these options off and on; print the ratios",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,7 +155,9 @@ def main(argv=None):
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(dev)
-    print(f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     rows = []
     if args.compare:
         for name in args.presets:
@@ -141,19 +166,41 @@ def main(argv=None):
             print(f"{name:16s} baseline        {off['images_per_s']:9.1f} img/s", flush=True)
             for opt in args.compare:
                 key = "compile_" if opt == "compile" else opt
-                on = bench_training(name, device, args.steps, args.warmup, args.batch_size, repeat=args.repeat,
-                                    **{**base, key: not base[key]})
-                print(f"{name:16s} {opt + (' off' if base[key] else ' on'):15s} {on['images_per_s']:9.1f} img/s"
-                      f"  ratio {on['images_per_s'] / off['images_per_s']:.2f}x  (warm-up {on['warmup_s']} s"
-                      f" against {off['warmup_s']} s)", flush=True)
+                on = bench_training(
+                    name,
+                    device,
+                    args.steps,
+                    args.warmup,
+                    args.batch_size,
+                    repeat=args.repeat,
+                    **{**base, key: not base[key]},
+                )
+                print(
+                    f"{name:16s} {opt + (' off' if base[key] else ' on'):15s} {on['images_per_s']:9.1f} img/s"
+                    f"  ratio {on['images_per_s'] / off['images_per_s']:.2f}x  (warm-up {on['warmup_s']} s"
+                    f" against {off['warmup_s']} s)",
+                    flush=True,
+                )
                 rows += [off, on]
         write_json(args.json, rows, device)
         return
     for name in args.presets:
-        r = bench_training(name, device, args.steps, args.warmup, args.batch_size, args.compile,
-                           args.channels_last, args.amp, args.repeat)
-        print(f"{name:16s} batch {r['batch']:4d}  {r['images_per_s']:9.1f} img/s  {r['s_per_step']:.3f} s/step"
-              f"  (warm-up {r['warmup_s']} s, {r['params'] / 1e6:.2f} M params)", flush=True)
+        r = bench_training(
+            name,
+            device,
+            args.steps,
+            args.warmup,
+            args.batch_size,
+            args.compile,
+            args.channels_last,
+            args.amp,
+            args.repeat,
+        )
+        print(
+            f"{name:16s} batch {r['batch']:4d}  {r['images_per_s']:9.1f} img/s  {r['s_per_step']:.3f} s/step"
+            f"  (warm-up {r['warmup_s']} s, {r['params'] / 1e6:.2f} M params)",
+            flush=True,
+        )
         rows.append(r)
         if args.sample:
             s = bench_sampling(name, device, args.sample)

@@ -1,11 +1,12 @@
 """Shared helpers of the benchmarks: data location, timing, a header that says what ran where."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import platform
-import time
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,8 +40,10 @@ def header(title: str, args) -> None:
     if dev.startswith("cuda") and torch.cuda.is_available():
         dev = f"{dev} ({torch.cuda.get_device_name(0)})"
     print(f"# {title}")
-    print(f"# torch {torch.__version__}, device {dev}, {args.threads} CPU threads, "
-          f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(
+        f"# torch {torch.__version__}, device {dev}, {args.threads} CPU threads, "
+        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}"
+    )
 
 
 class Timer:
@@ -61,7 +64,15 @@ def train_for(cfg, run: Path, x_train, minutes: float) -> tuple[int, float]:
     steps_per_epoch = -(-x_train.shape[0] // cfg.train.batch_size)
     t0, epochs = time.perf_counter(), 0
     while time.perf_counter() - t0 < minutes * 60 and epochs < cfg.train.epochs:
-        train(cfg, run, x_train, None, transform=binarize_dynamic, resume=epochs > 0,
-              progress=False, max_steps=(epochs + 1) * steps_per_epoch)
+        train(
+            cfg,
+            run,
+            x_train,
+            None,
+            transform=binarize_dynamic,
+            resume=epochs > 0,
+            progress=False,
+            max_steps=(epochs + 1) * steps_per_epoch,
+        )
         epochs += 1
     return epochs, time.perf_counter() - t0

@@ -19,6 +19,7 @@ Configurations:
 
 Scaling efficiency = throughput(2 ranks) / (2 x throughput(1 rank x 1 thread)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,26 @@ def worker(args) -> None:
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.images, 1, 28, 28, generator=g)
-    cfg = build_config(args.preset, overrides={"batch_size": args.batch, "epochs": 1000, "log_every": args.log_every,
-                                               "ckpt_every": 10**9, "eval_k": 0, "tensorboard": False,
-                                               "device": "cpu"})
-    train(cfg, args.out, x, transform=lambda b, gen: torch.bernoulli(b, generator=gen), progress=False,
-          max_steps=args.steps)
+    cfg = build_config(
+        args.preset,
+        overrides={
+            "batch_size": args.batch,
+            "epochs": 1000,
+            "log_every": args.log_every,
+            "ckpt_every": 10**9,
+            "eval_k": 0,
+            "tensorboard": False,
+            "device": "cpu",
+        },
+    )
+    train(
+        cfg,
+        args.out,
+        x,
+        transform=lambda b, gen: torch.bernoulli(b, generator=gen),
+        progress=False,
+        max_steps=args.steps,
+    )
 
 
 def launch(ranks: int, threads: int, batch: int, args) -> float:
@@ -54,10 +70,30 @@ def launch(ranks: int, threads: int, batch: int, args) -> float:
     with tempfile.TemporaryDirectory(prefix="vaekit-ddp-bench-") as d:
         out = Path(d) / "run"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
-               __file__, "--worker", "--out", str(out), "--threads", str(threads), "--batch", str(batch),
-               "--steps", str(args.steps), "--log-every", str(args.log_every), "--preset", args.preset,
-               "--images", str(args.images)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(ranks),
+            __file__,
+            "--worker",
+            "--out",
+            str(out),
+            "--threads",
+            str(threads),
+            "--batch",
+            str(batch),
+            "--steps",
+            str(args.steps),
+            "--log-every",
+            str(args.log_every),
+            "--preset",
+            args.preset,
+            "--images",
+            str(args.images),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"launch failed ({ranks} ranks):\n{proc.stderr[-3000:]}")
@@ -82,10 +118,16 @@ def main() -> None:
         return worker(args)
 
     B = args.batch
-    configs = [("1 rank x 1 thread", 1, 1, B), ("2 ranks x 1 thread, global batch 2B", 2, 1, 2 * B),
-               ("2 ranks x 1 thread, global batch B", 2, 1, B), ("1 rank x 2 threads", 1, 2, B)]
-    print(f"# {args.preset}, B={B}, {args.steps} steps, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f} at start ({time.strftime('%Y-%m-%d %H:%M')})")
+    configs = [
+        ("1 rank x 1 thread", 1, 1, B),
+        ("2 ranks x 1 thread, global batch 2B", 2, 1, 2 * B),
+        ("2 ranks x 1 thread, global batch B", 2, 1, B),
+        ("1 rank x 2 threads", 1, 2, B),
+    ]
+    print(
+        f"# {args.preset}, B={B}, {args.steps} steps, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at start ({time.strftime('%Y-%m-%d %H:%M')})"
+    )
     results = {}
     for name, ranks, threads, batch in configs:
         best = max(launch(ranks, threads, batch, args) for _ in range(args.repeat))

@@ -11,6 +11,7 @@ extrapolated to the full test set (stated as such); vaekit runs the complete eva
     python bench/eval_speed.py --run runs/demo          # a trained dense-mnist run
     python bench/eval_speed.py                           # an untrained dense-mnist (same cost)
 """
+
 from __future__ import annotations
 
 import math
@@ -20,19 +21,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import vaekit  # noqa: E402
 from bench.common import Timer, data_dir, header, parser  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
 from vaekit.data import binarize_static, load_dataset  # noqa: E402
 from vaekit.inference import importance_sampled_log_prob, mean_and_stderr, release_large_blocks  # noqa: E402
 from vaekit.models import build_model  # noqa: E402
-import vaekit  # noqa: E402
 
 
 @torch.no_grad()
 def per_datapoint_loop(model, x, k):
     out = []
     for i in range(x.shape[0]):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         q = model.encoder(xi)
         z = q.sample((k,))  # [k, 1, D]
         px = model.decoder(z[:, 0])
@@ -78,22 +79,31 @@ def main():
     agree = (res["log_px"][:m] - ref).mean().item()  # both estimate the same log p(x)
     full = tv.seconds / x.shape[0] * 10000  # the whole 10,000-image test set
     print(f"model: {name}; {x.shape[0]} images, K={args.k}")
-    print(f"vaekit chunked, vectorised: {tv.seconds:8.1f} s for {x.shape[0]} images "
-          f"({tv.seconds / x.shape[0] * 1000:.1f} ms/image); NLL {nll:.2f} ± {se:.2f}")
-    print(f"per-datapoint loop:         {ref_full:8.1f} s extrapolated from {m} images "
-          f"({tr.seconds / m * 1000:.1f} ms/image), allocator as vaekit sets it")
-    print(f"per-datapoint loop, fresh:  {tr_fresh.seconds / m * x.shape[0]:8.1f} s extrapolated from {m} images "
-          f"({tr_fresh.seconds / m * 1000:.1f} ms/image), glibc's default dynamic mmap threshold "
-          f"(memory unbounded over a long run)")
+    print(
+        f"vaekit chunked, vectorised: {tv.seconds:8.1f} s for {x.shape[0]} images "
+        f"({tv.seconds / x.shape[0] * 1000:.1f} ms/image); NLL {nll:.2f} ± {se:.2f}"
+    )
+    print(
+        f"per-datapoint loop:         {ref_full:8.1f} s extrapolated from {m} images "
+        f"({tr.seconds / m * 1000:.1f} ms/image), allocator as vaekit sets it"
+    )
+    print(
+        f"per-datapoint loop, fresh:  {tr_fresh.seconds / m * x.shape[0]:8.1f} s extrapolated from {m} images "
+        f"({tr_fresh.seconds / m * 1000:.1f} ms/image), glibc's default dynamic mmap threshold "
+        f"(memory unbounded over a long run)"
+    )
     import resource
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     print(f"peak resident memory of this process: {peak:.0f} MiB (target: under 2 GiB)")
     how = "measured" if x.shape[0] == 10000 else f"extrapolated from {x.shape[0]} images"
-    print(f"ratio loop/vaekit: {ref_full / tv.seconds:.2f}x (fresh loop: "
-          f"{tr_fresh.seconds / m * x.shape[0] / tv.seconds:.2f}x); K={args.k} over all 10,000 test images: "
-          f"{full / 60:.1f} min ({how}), {'under' if full < 600 else 'OVER'} the 10-minute target; "
-          f"mean log p(x) difference vaekit - loop on the shared {m} images: {agree:+.3f} nats "
-          f"(Monte-Carlo noise)")
+    print(
+        f"ratio loop/vaekit: {ref_full / tv.seconds:.2f}x (fresh loop: "
+        f"{tr_fresh.seconds / m * x.shape[0] / tv.seconds:.2f}x); K={args.k} over all 10,000 test images: "
+        f"{full / 60:.1f} min ({how}), {'under' if full < 600 else 'OVER'} the 10-minute target; "
+        f"mean log p(x) difference vaekit - loop on the shared {m} images: {agree:+.3f} nats "
+        f"(Monte-Carlo noise)"
+    )
 
 
 if __name__ == "__main__":

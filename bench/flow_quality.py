@@ -22,6 +22,7 @@ Training runs in chunks of steps (each a resumed ``train`` call, sized from the 
 step rate, each taking half the remaining budget, so the overrun is at most 20 steps); the end-of-epoch
 evaluation is switched off (eval_k=0) so the budget is spent on training.
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,12 +33,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import vaekit  # noqa: E402
 from bench.common import Timer, data_dir, header, parser  # noqa: E402
 from vaekit.config import build_config, parse_set  # noqa: E402
 from vaekit.data import binarize_dynamic, binarize_static, load_dataset  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
 from vaekit.train import train  # noqa: E402
-import vaekit  # noqa: E402
 
 FIRST_CHUNK = 20  # steps timed before the chunk size is chosen from the measured rate; the smallest chunk
 
@@ -46,8 +47,9 @@ def train_for(cfg, run: Path, x_train, seconds: float, transform=None) -> tuple[
     """Train in resumed chunks of steps until ``seconds`` of wall clock are spent; (steps, seconds)."""
     t0, target, step = time.perf_counter(), FIRST_CHUNK, 0
     while True:
-        step = train(cfg, run, x_train, None, transform=transform, resume=step > 0, progress=False,
-                     max_steps=target)["step"]
+        step = train(cfg, run, x_train, None, transform=transform, resume=step > 0, progress=False, max_steps=target)[
+            "step"
+        ]
         spent = time.perf_counter() - t0
         if spent >= seconds or step < target:  # budget spent, or the configured epochs ran out
             return step, spent
@@ -56,13 +58,24 @@ def train_for(cfg, run: Path, x_train, seconds: float, transform=None) -> tuple[
 
 
 def run_rows(args, rows, x_train, x_test, transform):
-    print(f"{'model':<28} {'params':>9} {'steps':>7} {'epochs':>7} {'train s':>8} {'K':>5} "
-          f"{'test nll (nats)':>18} {'bpd':>7} {'eval s':>7}")
+    print(
+        f"{'model':<28} {'params':>9} {'steps':>7} {'epochs':>7} {'train s':>8} {'K':>5} "
+        f"{'test nll (nats)':>18} {'bpd':>7} {'eval s':>7}"
+    )
     results = []
     for name, preset, overrides in rows:
-        cfg = build_config(preset, overrides={**overrides, **parse_set(args.set), "epochs": 10_000,
-                                              "eval_k": 0, "tensorboard": False, "device": args.device,
-                                              "seed": args.seed})
+        cfg = build_config(
+            preset,
+            overrides={
+                **overrides,
+                **parse_set(args.set),
+                "epochs": 10_000,
+                "eval_k": 0,
+                "tensorboard": False,
+                "device": args.device,
+                "seed": args.seed,
+            },
+        )
         with tempfile.TemporaryDirectory() as tmp:
             steps, secs = train_for(cfg, Path(tmp) / "run", x_train, args.minutes * 60, transform)
             model = vaekit.load(Path(tmp) / "run", device=args.device)
@@ -72,8 +85,11 @@ def run_rows(args, rows, x_train, x_test, transform):
         params = sum(p.numel() for p in model.parameters())
         epochs = steps * cfg.train.batch_size / x_train.shape[0]
         k = res["k"] if res["k"] is not None else "exact"
-        print(f"{name:<28} {params:>9} {steps:>7} {epochs:>7.2f} {secs:>8.1f} {k:>5} "
-              f"{res['nll']:>9.2f} +- {res['nll_stderr']:<5.2f} {res['bpd']:>7.4f} {te.seconds:>7.1f}", flush=True)
+        print(
+            f"{name:<28} {params:>9} {steps:>7} {epochs:>7.2f} {secs:>8.1f} {k:>5} "
+            f"{res['nll']:>9.2f} +- {res['nll_stderr']:<5.2f} {res['bpd']:>7.4f} {te.seconds:>7.1f}",
+            flush=True,
+        )
         results.append({"model": name, "steps": steps, "train_seconds": secs, **res})
     return results
 
@@ -83,13 +99,18 @@ def main(argv=None):
     p.add_argument("bench", choices=["bpd", "vae"])
     p.add_argument("--minutes", type=float, default=20.0, help="training budget per model")
     p.add_argument("--presets", nargs="+", default=["realnvp-mnist", "glow-mnist"], help="bpd: flow presets")
-    p.add_argument("--posteriors", nargs="+", default=["none", "planar", "iaf"],
-                   help="vae: posterior flows of iwae-1l ('none': the diagonal Gaussian)")
+    p.add_argument(
+        "--posteriors",
+        nargs="+",
+        default=["none", "planar", "iaf"],
+        help="vae: posterior flows of iwae-1l ('none': the diagonal Gaussian)",
+    )
     p.add_argument("--k", type=int, default=5000, help="vae: importance samples per test image")
     p.add_argument("--n-train", type=int, default=0, help="training images (0: all 60,000)")
     p.add_argument("--n-test", type=int, default=10000, help="test images")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every row, repeatable")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row, repeatable"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     header(f"flow_quality {args.bench}: MNIST, {args.minutes:g} min of training per model", args)
@@ -99,8 +120,9 @@ def main(argv=None):
     if args.bench == "bpd":
         rows = [(preset, preset, {}) for preset in args.presets]
         return run_rows(args, rows, x_train, x_test, transform=None)
-    rows = [(f"iwae-1l posterior={pf}", "iwae-1l", {} if pf == "none" else {"posterior_flow": pf})
-            for pf in args.posteriors]
+    rows = [
+        (f"iwae-1l posterior={pf}", "iwae-1l", {} if pf == "none" else {"posterior_flow": pf}) for pf in args.posteriors
+    ]
     seed = build_config("iwae-1l").data.binarize_seed
     return run_rows(args, rows, x_train, binarize_static(x_test, seed), transform=binarize_dynamic)
 

@@ -18,6 +18,7 @@ architecture and training differ; a reference point, not a replication target).
     python bench/gap.py --minutes 20 --k 5000 --n 1000 --svi-steps 500      # the full run
     python bench/gap.py --minutes 0.2 --k 50 --n 20 --svi-steps 20            # a smoke test
 """
+
 from __future__ import annotations
 
 import json
@@ -27,20 +28,23 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import vaekit  # noqa: E402
 from bench.common import Timer, data_dir, header, parser, train_for  # noqa: E402
 from vaekit.checkpoint import latest_checkpoint  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
 from vaekit.data import binarize_dynamic, binarize_static, load_dataset  # noqa: E402
 from vaekit.inference import format_gap_table, gap_decomposition  # noqa: E402
 from vaekit.train import train  # noqa: E402
-import vaekit  # noqa: E402
 
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["dense-mnist", "iwae-1l"])
-    p.add_argument("--runs", default="runs/gap-bench",
-                   help="run folders live here, one per preset; an existing one is reused, not retrained")
+    p.add_argument(
+        "--runs",
+        default="runs/gap-bench",
+        help="run folders live here, one per preset; an existing one is reused, not retrained",
+    )
     p.add_argument("--minutes", type=float, default=20.0, help="training budget per preset (new runs only)")
     p.add_argument("--max-steps", type=int, help="cap on training steps (smoke tests)")
     p.add_argument("--k", type=int, default=5000, help="importance samples")
@@ -63,11 +67,13 @@ def main(argv=None):
     for preset in args.presets:
         run = runs / preset
         if latest_checkpoint(run) is None:
-            cfg = build_config(preset, overrides={"epochs": 10_000, "eval_k": 0, "tensorboard": False,
-                                                  "device": args.device})
+            cfg = build_config(
+                preset, overrides={"epochs": 10_000, "eval_k": 0, "tensorboard": False, "device": args.device}
+            )
             if args.max_steps:
-                train(cfg, run, x_train_grey, None, transform=binarize_dynamic, progress=False,
-                      max_steps=args.max_steps)
+                train(
+                    cfg, run, x_train_grey, None, transform=binarize_dynamic, progress=False, max_steps=args.max_steps
+                )
                 how = f"{args.max_steps} steps"
             else:
                 epochs, secs = train_for(cfg, run, x_train_grey, args.minutes)
@@ -79,8 +85,14 @@ def main(argv=None):
         for split in args.splits:
             torch.manual_seed(0)
             with Timer() as t:
-                res = gap_decomposition(model, data[split].to(args.device), k=args.k, svi_steps=args.svi_steps,
-                                        svi_lr=args.svi_lr, svi_samples=args.svi_samples)
+                res = gap_decomposition(
+                    model,
+                    data[split].to(args.device),
+                    k=args.k,
+                    svi_steps=args.svi_steps,
+                    svi_lr=args.svi_lr,
+                    svi_samples=args.svi_samples,
+                )
             res.pop("per_example")
             res["seconds"] = t.seconds
             results[split] = res

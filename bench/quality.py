@@ -14,6 +14,7 @@ numbers here are what such a budget reaches, not a replication.
 
     python bench/quality.py --rows vae iwae --minutes 20
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,11 +24,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import vaekit  # noqa: E402
 from bench.common import Timer, data_dir, header, parser, train_for  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
 from vaekit.data import binarize_static, load_dataset  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
-import vaekit  # noqa: E402
 
 # row name -> (preset, overrides, eval K, anchor in nats, anchor source)
 ROWS = {
@@ -51,13 +52,16 @@ def main():
     ddir = data_dir("mnist")
     x_train = load_dataset("mnist", "train", data_dir=ddir).x
     x_test = binarize_static(load_dataset("mnist", "test", data_dir=ddir).x, seed=1234)[: args.n_test]
-    print(f"{'row':<8} {'preset':<14} {'objective':<10} {'epochs':>6} {'train min':>9} {'K':>5} {'n test':>6} "
-          f"{'test NLL':>16} {'eval min':>8} {'anchor':>7}  source")
+    print(
+        f"{'row':<8} {'preset':<14} {'objective':<10} {'epochs':>6} {'train min':>9} {'K':>5} {'n test':>6} "
+        f"{'test NLL':>16} {'eval min':>8} {'anchor':>7}  source"
+    )
     for row in args.rows:
         preset, over, k, anchor, source = ROWS[row]
         k = args.k or k
-        cfg = build_config(preset, overrides={**over, "epochs": 10_000, "eval_k": 0, "tensorboard": False,
-                                              "device": args.device})
+        cfg = build_config(
+            preset, overrides={**over, "epochs": 10_000, "eval_k": 0, "tensorboard": False, "device": args.device}
+        )
         with tempfile.TemporaryDirectory() as tmp:
             epochs, secs = train_for(cfg, Path(tmp) / "run", x_train, args.minutes)
             model = vaekit.load(Path(tmp) / "run", device=args.device)
@@ -65,9 +69,12 @@ def main():
         with Timer() as te:
             res = evaluate(model, x_test, k=k, progress=False)
         obj = cfg.train.objective + (f" k={cfg.train.k}" if cfg.train.objective == "iwae" else "")
-        print(f"{row:<8} {preset:<14} {obj:<10} {epochs:>6} {secs / 60:9.1f} {k:>5} {x_test.shape[0]:>6} "
-              f"{res['nll']:9.2f} ± {res['nll_stderr']:.2f} {te.seconds / 60:8.1f} "
-              f"{anchor if anchor else '-':>7}  {source}", flush=True)
+        print(
+            f"{row:<8} {preset:<14} {obj:<10} {epochs:>6} {secs / 60:9.1f} {k:>5} {x_test.shape[0]:>6} "
+            f"{res['nll']:9.2f} ± {res['nll_stderr']:.2f} {te.seconds / 60:8.1f} "
+            f"{anchor if anchor else '-':>7}  {source}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

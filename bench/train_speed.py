@@ -17,9 +17,9 @@ with analytic KL, averaged over the 10,000 test images statically binarised with
 
     python bench/train_speed.py --epochs 3
 """
+
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -32,12 +32,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import vaekit  # noqa: E402
 from bench.common import Timer, data_dir, header, parser  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
 from vaekit.data import binarize_dynamic, binarize_static, load_dataset  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
 from vaekit.train import train  # noqa: E402
-import vaekit  # noqa: E402
 
 
 class ReferenceVAE(nn.Module):
@@ -108,7 +108,7 @@ def reference_test_nelbo(model, x_test):
     torch.manual_seed(0)
     out = []
     for i in range(0, x_test.shape[0], 1000):
-        xb = x_test[i:i + 1000]
+        xb = x_test[i : i + 1000]
         recon, mu, logvar = model(xb)
         out.append(reference_loss(recon.clamp(1e-7, 1 - 1e-7), xb, mu, logvar, reduction="none"))
     return torch.cat(out).mean().item()
@@ -119,16 +119,21 @@ def main():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    header(f"train_speed: dense-mnist, {args.epochs} epochs, batch 128, full MNIST "
-           "(60,000 train dynamically binarised / 10,000 test statically binarised)", args)
+    header(
+        f"train_speed: dense-mnist, {args.epochs} epochs, batch 128, full MNIST "
+        "(60,000 train dynamically binarised / 10,000 test statically binarised)",
+        args,
+    )
     ddir = data_dir("mnist")
     tr = load_dataset("mnist", "train", data_dir=ddir)
     te = load_dataset("mnist", "test", data_dir=ddir)
     x_test = binarize_static(te.x, seed=1234)
     n = tr.x.shape[0]
 
-    cfg = build_config("dense-mnist", overrides={"epochs": args.epochs, "eval_k": 0, "seed": args.seed,
-                                                 "tensorboard": False, "device": args.device})
+    cfg = build_config(
+        "dense-mnist",
+        overrides={"epochs": args.epochs, "eval_k": 0, "seed": args.seed, "tensorboard": False, "device": args.device},
+    )
     with tempfile.TemporaryDirectory() as tmp, Timer() as tv:
         train(cfg, Path(tmp) / "run", tr.x, None, transform=binarize_dynamic, progress=False)
         model = vaekit.load(Path(tmp) / "run")
@@ -144,8 +149,10 @@ def main():
     print(f"{'side':<44} {'train s':>8} {'images/s':>9} {'test -ELBO':>11}")
     print(f"{'vaekit (in-memory tensor, index slices)':<44} {tv.seconds:8.1f} {v_ips:9.0f} {-ours:11.2f}")
     print(f"{'pytorch/examples recipe (Dataset+DataLoader)':<44} {tr_.seconds:8.1f} {r_ips:9.0f} {theirs:11.2f}")
-    print(f"ratio vaekit/reference images/s: {v_ips / r_ips:.2f}x (target >= 1.5); "
-          f"test -ELBO difference vaekit - reference: {-ours - theirs:+.2f} nats (<= 0 is better)")
+    print(
+        f"ratio vaekit/reference images/s: {v_ips / r_ips:.2f}x (target >= 1.5); "
+        f"test -ELBO difference vaekit - reference: {-ours - theirs:+.2f} nats (<= 0 is better)"
+    )
 
 
 if __name__ == "__main__":

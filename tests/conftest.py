@@ -3,6 +3,7 @@
 The tests use tiny nets, for which one thread is faster than two, and pytest-xdist runs
 two test processes on the two cores anyway.
 """
+
 import os
 
 import pytest

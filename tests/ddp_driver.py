@@ -19,6 +19,7 @@ Scenarios, all in one process group:
 
 Every rank saves its final weights as ``WORK/<scenario>.rank<r>.pt``.
 """
+
 import contextlib
 import io
 import json
@@ -29,13 +30,20 @@ import torch
 
 torch.set_num_threads(1)
 
+import vaekit.train as vt  # noqa: E402
 from vaekit import distributed  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
-import vaekit.train as vt  # noqa: E402
 from vaekit.train import train  # noqa: E402
 
-SETTINGS = {"epochs": 2, "batch_size": 50, "log_every": 1, "ckpt_every": 2, "eval_k": 8, "eval_n": 40,
-            "tensorboard": False}
+SETTINGS = {
+    "epochs": 2,
+    "batch_size": 50,
+    "log_every": 1,
+    "ckpt_every": 2,
+    "eval_k": 8,
+    "eval_n": 40,
+    "tensorboard": False,
+}
 
 
 def binarize(x, g):
@@ -49,6 +57,7 @@ def _capture(build):
     def wrapped(*args, **kwargs):
         built.append(build(*args, **kwargs))
         return built[-1]
+
     return wrapped
 
 
@@ -76,20 +85,36 @@ def main(work: Path) -> None:
 
         def command(name, argv):
             from vaekit.cli import main as vaekit_main
+
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 rc = vaekit_main([str(a) for a in argv])
-            (work / f"{name}.rank{r}.json").write_text(json.dumps({"rc": rc, "out": out.getvalue(),
-                                                                   "err": err.getvalue()}))
+            (work / f"{name}.rank{r}.json").write_text(
+                json.dumps({"rc": rc, "out": out.getvalue(), "err": err.getvalue()})
+            )
 
         command("cli", CLI_TRAIN + ["--data", work / "digits.npy", "--out", work / "cli"])
-        command("cli_eval", ["evaluate", work / "cli", "--k", "4", "--seed", "0", "--no-progress",
-                             "-o", work / "eval_ddp.json"])
+        command(
+            "cli_eval",
+            ["evaluate", work / "cli", "--k", "4", "--seed", "0", "--no-progress", "-o", work / "eval_ddp.json"],
+        )
         command("cli_err", ["train", "--resume", work / "no-such-run"])
 
 
-CLI_TRAIN = ["train", "--preset", "dense-digits", "--max-steps", "4", "--no-progress", "--set", "tensorboard=false",
-             "--set", "eval_k=4", "--set", "batch_size=20"]
+CLI_TRAIN = [
+    "train",
+    "--preset",
+    "dense-digits",
+    "--max-steps",
+    "4",
+    "--no-progress",
+    "--set",
+    "tensorboard=false",
+    "--set",
+    "eval_k=4",
+    "--set",
+    "batch_size=20",
+]
 
 
 def nan_data(tr):

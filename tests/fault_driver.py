@@ -7,6 +7,7 @@ a random moment lands in a step; ``VAEKIT_TEST_SLOW_CKPT`` (see ``vaekit.checkpo
 checkpoint writes stop half-way, so that one can land in a write. Prints
 ``vaekit-test: ready`` on stderr once imports are done.
 """
+
 import sys
 import time
 from pathlib import Path
@@ -19,8 +20,15 @@ from vaekit import checkpoint as ckpt  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
 from vaekit.train import train  # noqa: E402
 
-SETTINGS = {"epochs": 3, "batch_size": 20, "log_every": 2, "ckpt_every": 3, "eval_k": 4, "eval_n": 20,
-            "tensorboard": False}
+SETTINGS = {
+    "epochs": 3,
+    "batch_size": 20,
+    "log_every": 2,
+    "ckpt_every": 3,
+    "eval_k": 4,
+    "eval_n": 20,
+    "tensorboard": False,
+}
 STEP_SLEEP = 0.05
 
 
@@ -38,8 +46,15 @@ def main(work: Path) -> None:
     cfg = build_config("dense-digits", overrides=SETTINGS)
     run = work / "run"
     print("vaekit-test: ready", file=sys.stderr, flush=True)
-    train(cfg, run, data["train"], data["test"], transform=slow_binarize, progress=False,
-          resume=bool(ckpt.list_checkpoints(run)))
+    train(
+        cfg,
+        run,
+        data["train"],
+        data["test"],
+        transform=slow_binarize,
+        progress=False,
+        resume=bool(ckpt.list_checkpoints(run)),
+    )
 
 
 if __name__ == "__main__":

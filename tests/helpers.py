@@ -1,4 +1,5 @@
 """Helpers shared by several test files (plain functions; fixtures live in conftest.py)."""
+
 import torch
 
 from vaekit.config import ModelConfig
@@ -8,6 +9,7 @@ from vaekit.models.vae import build_vae
 def digits(binary: bool = True, n: int = 128) -> torch.Tensor:
     """scikit-learn's 8x8 digits [n, 1, 8, 8]: binarised at 1/2, or as 8-bit values k/255."""
     from sklearn.datasets import load_digits
+
     x = torch.from_numpy(load_digits().images[:n] / 16).float().unsqueeze(1)
     return (x > 0.5).float() if binary else torch.round(x * 255) / 255
 
@@ -29,7 +31,7 @@ def trains_on_digits(cfg: ModelConfig, x: torch.Tensor, steps: int = 12, lr: flo
     before = loss_on_all()
     for step in range(steps):
         half = x.shape[0] // 2
-        loss = model.loss(x[(step % 2) * half:(step % 2 + 1) * half])["loss"].mean()
+        loss = model.loss(x[(step % 2) * half : (step % 2 + 1) * half])["loss"].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,4 +1,5 @@
 """Deterministic and denoising autoencoders: same nets as the VAE, the model contract."""
+
 import pytest
 import torch
 
@@ -6,7 +7,6 @@ from vaekit.config import build_config
 from vaekit.errors import ConfigError, VaekitError
 from vaekit.models import build_model
 from vaekit.models.autoencoder import Autoencoder
-
 
 
 def small(preset="ae-mnist", **over):
@@ -74,19 +74,43 @@ def test_bad_noise_config():
 
 def test_cli_autoencoder_sample_and_interpolate(tmp_path):
     from vaekit.cli import main
+
     run = tmp_path / "ae"
-    assert main(["train", "--preset", "dae-mnist", "--data", "digits", "--epochs", "1", "--set", "hidden=[16]",
-                 "--set", "latent_dim=2", "--set", "tensorboard=false", "--out", str(run),
-                 "--no-progress"]) == 0
-    for cmd in (["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")],
-                ["interpolate", str(run), "--steps", "3", "--pairs", "2", "-o", str(tmp_path / "i.png")],
-                ["reconstruct", str(run), "-n", "4", "-o", str(tmp_path / "r.png")]):
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "dae-mnist",
+                "--data",
+                "digits",
+                "--epochs",
+                "1",
+                "--set",
+                "hidden=[16]",
+                "--set",
+                "latent_dim=2",
+                "--set",
+                "tensorboard=false",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    for cmd in (
+        ["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")],
+        ["interpolate", str(run), "--steps", "3", "--pairs", "2", "-o", str(tmp_path / "i.png")],
+        ["reconstruct", str(run), "-n", "4", "-o", str(tmp_path / "r.png")],
+    ):
         assert main(cmd) == 0
         assert (tmp_path / cmd[-1].split("/")[-1]).is_file()
 
 
 def test_evaluate_reports_the_reconstruction_term_and_no_density():
     from vaekit.evaluate import evaluate, format_table
+
     model, _ = small()
     x = torch.bernoulli(torch.full((20, 1, 4, 4), 0.3))
     res = evaluate(model, x, progress=False)

@@ -1,4 +1,5 @@
 """CIFAR-10 python batches: reading (folder or archive), and the download against a local server."""
+
 import functools
 import hashlib
 import http.server
@@ -19,9 +20,15 @@ N_PER_BATCH = 3
 
 def _batch(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
-    return pickle.dumps({b"batch_label": b"synthetic", b"labels": rng.integers(0, 10, N_PER_BATCH).tolist(),
-                         b"data": rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8),
-                         b"filenames": [b"x.png"] * N_PER_BATCH}, protocol=2)
+    return pickle.dumps(
+        {
+            b"batch_label": b"synthetic",
+            b"labels": rng.integers(0, 10, N_PER_BATCH).tolist(),
+            b"data": rng.integers(0, 256, (N_PER_BATCH, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * N_PER_BATCH,
+        },
+        protocol=2,
+    )
 
 
 def _archive() -> bytes:
@@ -42,6 +49,7 @@ def server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
     (root / cifar.FILENAME).write_bytes(_archive())
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -129,6 +137,7 @@ def test_extracted_folder_and_foreign_pickles(tmp_path):
     class Evil:
         def __reduce__(self):
             return (print, ("owned",))
+
     (folder / "test_batch").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(DataError, match="not a CIFAR-10"):
         cifar.load_cifar10(tmp_path, "test")

@@ -1,4 +1,5 @@
 """The `vaekit` command end to end on the 8x8 digits, and its one-line errors."""
+
 import json
 
 import numpy as np
@@ -11,8 +12,22 @@ from vaekit.cli import main
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    rc = main(["train", "--preset", "dense-digits", "--epochs", "2", "--out", str(out), "--no-progress",
-               "--set", "latent_dim=2", "--set", "tensorboard=false"])
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "dense-digits",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "latent_dim=2",
+            "--set",
+            "tensorboard=false",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -24,6 +39,7 @@ def test_train_writes_a_complete_run_folder(run):
 
 def test_resume_extends_the_run(run, tmp_path):
     import shutil
+
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     assert main(["train", "--resume", str(copy), "--epochs", "3", "--no-progress"]) == 0
@@ -43,12 +59,15 @@ def test_evaluate_writes_eval_json_with_the_documented_keys(run, capsys):
     assert "nll" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("cmd, size", [
-    (["sample", "-n", "16"], None),
-    (["reconstruct", "-n", "8"], None),
-    (["interpolate", "--steps", "5", "--slerp"], None),
-    (["latent-map", "--grid", "6"], (1100, 500)),
-])
+@pytest.mark.parametrize(
+    "cmd, size",
+    [
+        (["sample", "-n", "16"], None),
+        (["reconstruct", "-n", "8"], None),
+        (["interpolate", "--steps", "5", "--slerp"], None),
+        (["latent-map", "--grid", "6"], (1100, 500)),
+    ],
+)
 def test_picture_commands_write_pngs(run, tmp_path, cmd, size):
     out = tmp_path / "p.png"
     assert main([cmd[0], str(run), *cmd[1:], "-o", str(out)]) == 0
@@ -68,20 +87,24 @@ def test_encode_writes_means_and_logvars(run, tmp_path):
 
 def test_presets_lists_every_preset(capsys):
     from vaekit.config import PRESETS
+
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in PRESETS)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["train", "--preset", "nosuch"], "unknown preset 'nosuch'"),
-    (["train", "--preset", "dense-digits", "--set", "bogus=1"], "unknown config key 'bogus'"),
-    (["train", "--preset", "dense-digits", "--data", "nosuchdata"], "nosuchdata"),
-    (["evaluate", "/nonexistent/run"], "no run folder or checkpoint at /nonexistent/run"),
-    (["train", "--resume", "/nonexistent/run"], "nothing to resume"),
-    (["sample"], "the following arguments are required: run"),
-    (["evaluate", "RUN", "--k", "0"], "--k must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--preset", "nosuch"], "unknown preset 'nosuch'"),
+        (["train", "--preset", "dense-digits", "--set", "bogus=1"], "unknown config key 'bogus'"),
+        (["train", "--preset", "dense-digits", "--data", "nosuchdata"], "nosuchdata"),
+        (["evaluate", "/nonexistent/run"], "no run folder or checkpoint at /nonexistent/run"),
+        (["train", "--resume", "/nonexistent/run"], "nothing to resume"),
+        (["sample"], "the following arguments are required: run"),
+        (["evaluate", "RUN", "--k", "0"], "--k must be positive"),
+    ],
+)
 def test_user_errors_are_one_line_with_status_2(argv, fragment, capsys, tmp_path, run):
     argv = [str(run) if a == "RUN" else a for a in argv]
     with pytest.raises(SystemExit) if argv[0] == "sample" else _nullcontext():

@@ -1,4 +1,5 @@
 """Image completion: mask parsing, observed pixels untouched, held-out log-likelihood."""
+
 import math
 
 import numpy as np
@@ -11,15 +12,15 @@ from vaekit.errors import DataError, VaekitError
 from vaekit.models.vae import build_vae
 
 
-
 @pytest.fixture(scope="module")
 def trained():
     """A tiny Bernoulli VAE on 1x4x4 images made of four prototypes (top half decides bottom)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     protos = (torch.rand(4, 1, 4, 4, generator=g) > 0.5).float()
-    protos[:, :, :2] = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 1, 1]],
-                                    dtype=torch.float32).view(4, 1, 1, 4)  # distinct top halves
+    protos[:, :, :2] = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.float32).view(
+        4, 1, 1, 4
+    )  # distinct top halves
     x = protos[torch.randint(4, (64,), generator=g)]
     cfg = build_config(overrides={"hidden": [32], "latent_dim": 2})
     vae = build_vae(cfg.model, (1, 4, 4), cfg.train)
@@ -45,6 +46,7 @@ def test_parse_mask_halves_and_random(tmp_path):
     f = parse_mask(str(tmp_path / "m.npy"), shape)
     assert f.shape == shape and f.sum() == 24 - 4
     from PIL import Image
+
     Image.fromarray((np.eye(4, 6) * 255).astype(np.uint8)).save(tmp_path / "m.png")
     assert torch.equal(parse_mask(str(tmp_path / "m.png"), shape), f)
     for bad in ("middle", "random:2", "random:x"):
@@ -107,14 +109,55 @@ def test_cli_complete_writes_png(tmp_path, capsys):
     import json
 
     from vaekit.cli import main
+
     run = tmp_path / "vae"
-    assert main(["train", "--preset", "dense-digits", "--epochs", "1", "--set", "hidden=[16]",
-                 "--set", "latent_dim=2", "--set", "eval_k=0", "--set", "tensorboard=false",
-                 "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "dense-digits",
+                "--epochs",
+                "1",
+                "--set",
+                "hidden=[16]",
+                "--set",
+                "latent_dim=2",
+                "--set",
+                "eval_k=0",
+                "--set",
+                "tensorboard=false",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "completion.png"
-    assert main(["complete", str(run), "--mask", "top", "-o", str(out), "-n", "3", "--completions", "4",
-                 "--k", "50", "--json", str(tmp_path / "c.json")]) == 0
+    assert (
+        main(
+            [
+                "complete",
+                str(run),
+                "--mask",
+                "top",
+                "-o",
+                str(out),
+                "-n",
+                "3",
+                "--completions",
+                "4",
+                "--k",
+                "50",
+                "--json",
+                str(tmp_path / "c.json"),
+            ]
+        )
+        == 0
+    )
     from PIL import Image
+
     with Image.open(out) as im:
         assert im.size[0] > im.size[1]  # rows of (masked input, 4 completions, original)
     doc = json.loads((tmp_path / "c.json").read_text())

@@ -1,7 +1,8 @@
 """Typed configs: presets inherit, overrides are type-checked, mistakes get one-line errors."""
+
 import pytest
 
-from vaekit.config import Config, PRESETS, build_config, get_preset, parse_set
+from vaekit.config import PRESETS, Config, build_config, get_preset, parse_set
 from vaekit.errors import ConfigError
 
 
@@ -30,16 +31,19 @@ def test_yaml_file(tmp_path):
     assert cfg.model.latent_dim == 3 and cfg.train.k == 5 and cfg.preset == "dense-mnist"
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"preset": "dense-mnst"}, "unknown preset 'dense-mnst' (did you mean 'dense-mnist'?)"),
-    ({"overrides": ["latnt_dim=3"]}, "unknown config key 'latnt_dim'"),
-    ({"overrides": ["latent_dim=abc"]}, "wants an integer"),
-    ({"overrides": ["latent_dim=0"]}, "must be positive"),
-    ({"overrides": ["objective=wake-sleep"]}, "train.objective must be one of"),
-    ({"overrides": ["hidden=5"]}, "wants a list"),
-    ({"overrides": ["noequals"]}, "--set wants key=value"),
-    ({"overrides": ["tensorboard=maybe"]}, "wants true or false"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"preset": "dense-mnst"}, "unknown preset 'dense-mnst' (did you mean 'dense-mnist'?)"),
+        ({"overrides": ["latnt_dim=3"]}, "unknown config key 'latnt_dim'"),
+        ({"overrides": ["latent_dim=abc"]}, "wants an integer"),
+        ({"overrides": ["latent_dim=0"]}, "must be positive"),
+        ({"overrides": ["objective=wake-sleep"]}, "train.objective must be one of"),
+        ({"overrides": ["hidden=5"]}, "wants a list"),
+        ({"overrides": ["noequals"]}, "--set wants key=value"),
+        ({"overrides": ["tensorboard=maybe"]}, "wants true or false"),
+    ],
+)
 def test_bad_config_gives_one_line_error(kwargs, fragment):
     with pytest.raises(ConfigError) as e:
         build_config(**kwargs)

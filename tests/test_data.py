@@ -1,4 +1,5 @@
 """vaekit.data: datasets, formats, downloads, binarisation, splits, one-line errors."""
+
 import functools
 import gzip
 import hashlib
@@ -91,8 +92,7 @@ def test_mnist5k_deterministic_disjoint_and_complete():
     pixels, labels = data._read_mnist5k()
     # the two splits are exactly the 5,000 CSV rows (as a multiset of (image, label))
     full = sorted((bytes(p.astype(np.uint8)), int(l)) for p, l in zip(pixels, labels))
-    both = sorted((bytes(r), int(l)) for ds in (train, a)
-                  for r, l in zip(data.to_uint8(ds.x).flatten(1).numpy(), ds.y))
+    both = sorted((bytes(r), int(l)) for ds in (train, a) for r, l in zip(data.to_uint8(ds.x).flatten(1).numpy(), ds.y))
     assert both == full
 
 
@@ -104,6 +104,7 @@ def test_digits_shapes_range_and_split():
         assert 0.0 <= ds.x.min() and ds.x.max() == 1.0
         assert torch.equal(ds.x * 16, (ds.x * 16).round())  # levels k/16
     from sklearn.datasets import load_digits
+
     counts = np.bincount(load_digits().target)
     assert torch.bincount(test.y).tolist() == [round(c / 6) for c in counts]
 
@@ -142,8 +143,7 @@ def test_real_fashion_md5_and_binarized_and_frey(shared_datasets):
     fashion = data.load_dataset("fashion-mnist", "test", data_dir=shared_datasets)
     assert len(fashion) == 10000 and torch.bincount(fashion.y).tolist() == [1000] * 10
 
-    sizes = {s: len(data.load_dataset("binarized-mnist", s, data_dir=shared_datasets))
-             for s in ("valid", "test")}
+    sizes = {s: len(data.load_dataset("binarized-mnist", s, data_dir=shared_datasets)) for s in ("valid", "test")}
     assert sizes == {"valid": 10000, "test": 10000}
     test = data.load_dataset("binarized-mnist", "test", data_dir=shared_datasets)
     assert test.shape == (1, 28, 28) and test.y is None
@@ -325,16 +325,20 @@ def test_npz_with_x_and_y_split_90_10(tmp_path):
     train, test = (data.load_dataset(str(tmp_path / "d.npz"), s) for s in ("train", "test"))
     assert (len(train), len(test)) == (27, 3) and train.shape == (1, 5, 6)
     # together they are the file's rows, labels travelling with their images
-    got = sorted((bytes(r), int(l)) for ds in (train, test)
-                 for r, l in zip(data.to_uint8(ds.x[:, 0]).numpy(), ds.y))
+    got = sorted((bytes(r), int(l)) for ds in (train, test) for r, l in zip(data.to_uint8(ds.x[:, 0]).numpy(), ds.y))
     assert got == sorted((bytes(r), int(l)) for r, l in zip(x, y))
     again = data.load_dataset(str(tmp_path / "d.npz"), "test")
     assert torch.equal(again.x, test.x)
 
 
 def test_npz_per_split_arrays_and_first_array(tmp_path):
-    np.savez(tmp_path / "k.npz", x_train=np.ones((4, 2, 2), np.float32), y_train=np.arange(4),
-             x_test=np.zeros((2, 2, 2), np.float32), y_test=np.array([7, 8]))
+    np.savez(
+        tmp_path / "k.npz",
+        x_train=np.ones((4, 2, 2), np.float32),
+        y_train=np.arange(4),
+        x_test=np.zeros((2, 2, 2), np.float32),
+        y_test=np.array([7, 8]),
+    )
     test = data.load_dataset(str(tmp_path / "k.npz"), "test")
     assert len(test) == 2 and test.y.tolist() == [7, 8] and test.x.sum() == 0
     np.savez(tmp_path / "f.npz", images=np.full((10, 3, 3), 0.25, np.float32))
@@ -342,13 +346,16 @@ def test_npz_per_split_arrays_and_first_array(tmp_path):
     assert len(ds) == 9 and ds.y is None and torch.all(ds.x == 0.25)
 
 
-@pytest.mark.parametrize("shape,expect", [
-    ((10, 784), (1, 28, 28)),  # [N, D], D square
-    ((10, 12), (1, 1, 12)),  # [N, D], D not square
-    ((10, 5, 7), (1, 5, 7)),  # [N, H, W]
-    ((10, 3, 5, 7), (3, 5, 7)),  # [N, C, H, W]
-    ((10, 5, 7, 3), (3, 5, 7)),  # [N, H, W, C]
-])
+@pytest.mark.parametrize(
+    "shape,expect",
+    [
+        ((10, 784), (1, 28, 28)),  # [N, D], D square
+        ((10, 12), (1, 1, 12)),  # [N, D], D not square
+        ((10, 5, 7), (1, 5, 7)),  # [N, H, W]
+        ((10, 3, 5, 7), (3, 5, 7)),  # [N, C, H, W]
+        ((10, 5, 7, 3), (3, 5, 7)),  # [N, H, W, C]
+    ],
+)
 def test_npy_shapes(tmp_path, shape, expect):
     arr = np.random.default_rng(0).random(shape, dtype=np.float32)
     np.save(tmp_path / "a.npy", arr)
@@ -359,8 +366,9 @@ def test_npy_shapes(tmp_path, shape, expect):
 def test_npy_channels_last_keeps_pixels(tmp_path):
     arr = np.random.default_rng(1).integers(0, 256, size=(10, 5, 7, 3), dtype=np.uint8)
     np.save(tmp_path / "c.npy", arr)
-    got = sorted(r.tobytes() for s in ("train", "test")
-                 for r in data.to_uint8(data.load_path(tmp_path / "c.npy", s).x).numpy())
+    got = sorted(
+        r.tobytes() for s in ("train", "test") for r in data.to_uint8(data.load_path(tmp_path / "c.npy", s).x).numpy()
+    )
     assert got == sorted(np.ascontiguousarray(a.transpose(2, 0, 1)).tobytes() for a in arr)
 
 

@@ -8,6 +8,7 @@ must be identical on both ranks and equal to the single process's within float t
 examples are split over the ranks and gathered. Resuming on another number of processes is
 checked both ways (2 -> 1 exactly, 1 -> 2 by re-sharding).
 """
+
 import json
 import os
 import subprocess
@@ -61,9 +62,22 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path, o
     train(cfg, tmp_path / "single", tr, te, max_steps=3, **kw)  # resumed on 2 ranks by the workers
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(ROOT / "tests" / "ddp_driver.py"), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(ROOT / "tests" / "ddp_driver.py"),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[:3000]
 
     ref = train(cfg, tmp_path / "ref", tr, te, max_steps=6, shards=2, **kw)  # 1 process, 2 shards
@@ -108,8 +122,9 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path, o
     nan_ref = train(cfg, tmp_path / "nan_ref", ddp_driver.nan_data(tr), te, max_steps=6, shards=2, progress=False)
     assert n0["summary"]["bad_steps"] == nan_ref["bad_steps"] >= 1
     assert_weights_close(n0["weights"], ckpt.latest_checkpoint(tmp_path / "nan_ref")[1]["model"])
-    assert [r["bad_steps"] for r in metrics(tmp_path / "nan") if "loss" in r] == \
-        [r["bad_steps"] for r in metrics(tmp_path / "nan_ref") if "loss" in r]
+    assert [r["bad_steps"] for r in metrics(tmp_path / "nan") if "loss" in r] == [
+        r["bad_steps"] for r in metrics(tmp_path / "nan_ref") if "loss" in r
+    ]
 
     # the command under torchrun: rank 0 alone reports; `vaekit evaluate` split over the ranks
     # gives the IS estimate one process computes from the same checkpoint
@@ -121,8 +136,23 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path, o
     v0, v1 = [json.loads((tmp_path / f"cli_eval.rank{r}.json").read_text()) for r in (0, 1)]
     assert v0["rc"] == v1["rc"] == 0 and "nll" in v0["out"] and v1["out"] == "", v0["err"] + v1["err"]
     from vaekit.cli import main as vaekit_main
-    assert vaekit_main(["evaluate", str(tmp_path / "cli"), "--k", "4", "--seed", "0", "--no-progress",
-                        "-o", str(tmp_path / "eval_one.json")]) == 0
+
+    assert (
+        vaekit_main(
+            [
+                "evaluate",
+                str(tmp_path / "cli"),
+                "--k",
+                "4",
+                "--seed",
+                "0",
+                "--no-progress",
+                "-o",
+                str(tmp_path / "eval_one.json"),
+            ]
+        )
+        == 0
+    )
     ddp_eval, one = (json.loads((tmp_path / f).read_text()) for f in ("eval_ddp.json", "eval_one.json"))
     for key in ("nll", "nll_stderr", "elbo", "kl", "ess_mean", "active_units", "n"):
         assert ddp_eval[key] == pytest.approx(one[key], rel=1e-6), key
@@ -173,7 +203,7 @@ def test_seeded_evaluation_does_not_depend_on_chunking_of_the_caller():
 
 def test_helpers_are_the_identity_without_a_process_group():
     assert not distributed.active() and distributed.world_size() == 1 and distributed.rank() == 0
-    t = torch.arange(6.).view(3, 2)
+    t = torch.arange(6.0).view(3, 2)
     assert distributed.all_reduce_sum(t) is t
     assert distributed.all_gather_rows(t)[0] is t
     assert distributed.broadcast_bytes(b"abc") == b"abc"

@@ -1,4 +1,5 @@
 """Likelihoods and priors: proper distributions with one log-probability per example."""
+
 import math
 
 import pytest
@@ -6,8 +7,13 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import (BernoulliLikelihood, GaussianLikelihood, StandardNormalPrior,
-                                  bits_per_dim, build_likelihood)
+from vaekit.distributions import (
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    StandardNormalPrior,
+    bits_per_dim,
+    build_likelihood,
+)
 
 
 def test_bernoulli_log_prob_matches_torch_and_sums_over_pixels():

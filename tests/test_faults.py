@@ -9,6 +9,7 @@ resumed to the end by ``python tests/fault_driver.py`` and must have the right s
 metrics log with every logged step exactly once, and the same weights and logged means as an
 uninterrupted run.
 """
+
 import errno
 import json
 import math
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def digits(n_train=200, n_test=40):
     x = torch.tensor(load_digits().data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    return x[:n_train].clone(), x[1500:1500 + n_test].clone()
+    return x[:n_train].clone(), x[1500 : 1500 + n_test].clone()
 
 
 @pytest.fixture
@@ -123,8 +124,13 @@ def test_sigkill_at_random_points_then_resume(tmp_path, one_thread):
     data[len(data) // 2] ^= 0x40
     newest.write_bytes(bytes(data))
 
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "fault_driver.py"), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fault_driver.py"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     warnings = [l for l in done.stderr.splitlines() if "corrupt or truncated checkpoint" in l]
     assert len(warnings) == 1 and str(newest) in warnings[0]
@@ -152,8 +158,9 @@ def test_sigkill_at_random_points_then_resume(tmp_path, one_thread):
 
 def test_disk_full_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     tr, te = digits(100, 10)
-    cfg = build_config("dense-digits", overrides={"epochs": 1, "batch_size": 20, "ckpt_every": 2, "eval_k": 0,
-                                                  "tensorboard": False})
+    cfg = build_config(
+        "dense-digits", overrides={"epochs": 1, "batch_size": 20, "ckpt_every": 2, "eval_k": 0, "tensorboard": False}
+    )
     train(cfg, tmp_path / "r", tr, te, progress=False, max_steps=2)
     before = (tmp_path / "r" / "checkpoints" / "step-00000002.pt").read_bytes()
 
@@ -170,19 +177,43 @@ def test_disk_full_while_writing_leaves_the_previous_checkpoint(tmp_path, monkey
     assert "\n" not in msg and "disk full" in msg and "step-00000004.pt" in msg
     assert "step-00000002.pt is intact" in msg
     assert (tmp_path / "r" / "checkpoints" / "step-00000002.pt").read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-00000000.pt", "step-00000002.pt"]
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == [
+        "step-00000000.pt",
+        "step-00000002.pt",
+    ]
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     assert train(cfg, tmp_path / "r", tr, te, progress=False, resume=True)["step"] == 5  # space again
 
 
 def test_disk_full_through_the_command_is_one_line(tmp_path, monkeypatch, capsys):
     import numpy as np
+
     from vaekit.cli import main
+
     tr, _ = digits(60, 1)
     np.save(tmp_path / "d.npy", tr.numpy())
     quick = ["--max-steps", "2", "--no-progress"]
-    assert main(["train", "--preset", "dense-digits", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "r"),
-                 "--set", "tensorboard=false", "--set", "batch_size=20", "--set", "ckpt_every=2", *quick]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "dense-digits",
+                "--data",
+                str(tmp_path / "d.npy"),
+                "--out",
+                str(tmp_path / "r"),
+                "--set",
+                "tensorboard=false",
+                "--set",
+                "batch_size=20",
+                "--set",
+                "ckpt_every=2",
+                *quick,
+            ]
+        )
+        == 0
+    )
 
     def save_until_full(obj, f, *a, **kw):
         f.write(b"PK\x03\x04 half")
@@ -193,8 +224,10 @@ def test_disk_full_through_the_command_is_one_line(tmp_path, monkeypatch, capsys
     assert main(["train", "--resume", str(tmp_path / "r"), "--max-steps", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err
     errors = [l for l in err.splitlines() if l.startswith("vaekit: error:")]
-    assert errors == [f"vaekit: error: disk full while writing checkpoint {tmp_path / 'r' / 'checkpoints'}"
-                      f"/step-00000003.pt; the previous checkpoint step-00000002.pt is intact"]  # 3: epoch end
+    assert errors == [
+        f"vaekit: error: disk full while writing checkpoint {tmp_path / 'r' / 'checkpoints'}"
+        f"/step-00000003.pt; the previous checkpoint step-00000002.pt is intact"
+    ]  # 3: epoch end
     assert "Traceback" not in err
     monkeypatch.undo()
     assert ckpt.latest_checkpoint(tmp_path / "r")[1]["step"] == 2
@@ -224,8 +257,12 @@ def test_checkpoint_damage_is_a_one_line_error_naming_the_file(tmp_path):
     train(cfg, tmp_path / "r", tr, te, progress=False)
     good = ckpt.list_checkpoints(tmp_path / "r")[0]
     raw = good.read_bytes()
-    cases = {"truncated": raw[: len(raw) // 3], "bit flip": raw[:-200] + bytes([raw[-200] ^ 1]) + raw[-199:],
-             "empty": b"", "not a zip": b"hello world" * 10}
+    cases = {
+        "truncated": raw[: len(raw) // 3],
+        "bit flip": raw[:-200] + bytes([raw[-200] ^ 1]) + raw[-199:],
+        "empty": b"",
+        "not a zip": b"hello world" * 10,
+    }
     mid = bytearray(raw)
     mid[len(raw) // 2] ^= 0x01  # inside tensor bytes: torch.load alone would not notice
     cases["flipped tensor byte"] = bytes(mid)
@@ -257,6 +294,7 @@ def test_loading_a_checkpoint_never_runs_code_from_it(tmp_path):
 
 # --- numerical guards -------------------------------------------------------------------------
 
+
 class Poisoned(torch.nn.Module):
     """A toy model whose ``term`` is NaN/inf at the steps in ``bad``: rec, kl and logdet terms."""
 
@@ -269,7 +307,7 @@ class Poisoned(torch.nn.Module):
 
     def loss(self, x, step=0):
         h = x.flatten(1).mean(1, keepdim=True) * self.w  # [B, 3]
-        out = {"rec": -(h[:, 0] - 1) ** 2, "kl": h[:, 1] ** 2, "logdet": h[:, 2]}
+        out = {"rec": -((h[:, 0] - 1) ** 2), "kl": h[:, 1] ** 2, "logdet": h[:, 2]}
         if step in self.bad:
             out[self.term] = out[self.term] * float("nan" if self.term == "rec" else "inf")
         out["loss"] = -out["rec"] + out["kl"] - out["logdet"]
@@ -277,14 +315,25 @@ class Poisoned(torch.nn.Module):
 
 
 def poisoned_config(**over):
-    return build_config("dense-digits", overrides={"kind": "toy", "epochs": 2, "batch_size": 10, "log_every": 1,
-                                                   "eval_k": 0, "tensorboard": False, **over})
+    return build_config(
+        "dense-digits",
+        overrides={
+            "kind": "toy",
+            "epochs": 2,
+            "batch_size": 10,
+            "log_every": 1,
+            "eval_k": 0,
+            "tensorboard": False,
+            **over,
+        },
+    )
 
 
 @pytest.mark.parametrize("term,name", [("rec", "reconstruction"), ("kl", "KL"), ("logdet", "logdet")])
 def test_a_run_that_keeps_blowing_up_stops_naming_the_term(tmp_path, monkeypatch, term, name):
     from vaekit import models
     from vaekit.train import TrainingDiverged
+
     monkeypatch.setitem(models.MODELS, "toy", lambda mc, shape, tc: Poisoned(term, range(3, 100)))
     with pytest.raises(TrainingDiverged) as e:
         train(poisoned_config(max_bad_steps=4), tmp_path / term, torch.rand(40, 1, 4, 4), progress=False)
@@ -298,6 +347,7 @@ def test_a_run_that_keeps_blowing_up_stops_naming_the_term(tmp_path, monkeypatch
 
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     from vaekit import models
+
     seen = []
 
     def build(mc, shape, tc):

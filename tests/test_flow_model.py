@@ -1,5 +1,6 @@
 """Flow density models: the model contract, bits/dim with the 8-bit correction, presets,
 config errors, state_dict round trips and invertibility after training."""
+
 import math
 
 import numpy as np
@@ -60,8 +61,12 @@ def test_loss_is_nll_and_bpd_includes_the_8bit_correction():
 
 def test_logit_preprocessing_logdet_is_part_of_the_density():
     """A logit-only model's density integrates to 1 over [0, 1]: with a logistic base it is uniform."""
-    model = build_model(build_config(overrides={"model.kind": "flow", "flow_preprocess": "logit",
-                                                "flow_base": "logistic", "flow_alpha": 0.05}), (1, 8, 8))
+    model = build_model(
+        build_config(
+            overrides={"model.kind": "flow", "flow_preprocess": "logit", "flow_base": "logistic", "flow_alpha": 0.05}
+        ),
+        (1, 8, 8),
+    )
     model.transform = model.transform.transforms[0]  # keep the logit alone
     x = digits(8)
     # logistic(logit(p)) dp = dp, and p = alpha + (1 - 2 alpha) y, so p(y) = 1 - 2 alpha exactly
@@ -112,15 +117,18 @@ def test_briefly_trained_flow_inverts_to_1e4_and_state_dict_round_trips(preset):
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"flow_arch": "maflow"}, "model.flow_arch must be one of"),
-    ({"flow_levels": 4}, "needs height and width divisible by 16; got 28x28"),
-    ({"flow_preprocess": "sigmoid"}, "model.flow_preprocess must be one of"),
-    ({"flow_preprocess": "logit", "flow_alpha": 0.5}, "model.flow_alpha must be in (0, 0.5)"),
-    ({"flow_base": "cauchy"}, "model.flow_base must be one of"),
-    ({"flow_scale": "exp"}, "model.flow_scale must be one of"),
-    ({"flow_steps": 0}, "model.flow_steps must be positive"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"flow_arch": "maflow"}, "model.flow_arch must be one of"),
+        ({"flow_levels": 4}, "needs height and width divisible by 16; got 28x28"),
+        ({"flow_preprocess": "sigmoid"}, "model.flow_preprocess must be one of"),
+        ({"flow_preprocess": "logit", "flow_alpha": 0.5}, "model.flow_alpha must be in (0, 0.5)"),
+        ({"flow_base": "cauchy"}, "model.flow_base must be one of"),
+        ({"flow_scale": "exp"}, "model.flow_scale must be one of"),
+        ({"flow_steps": 0}, "model.flow_steps must be positive"),
+    ],
+)
 def test_bad_flow_config_is_a_one_line_config_error(overrides, message):
     cfg = get_preset("glow-mnist")
     apply_overrides(cfg, overrides)

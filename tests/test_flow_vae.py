@@ -1,5 +1,6 @@
 """Flows inside VAEs: flow posteriors (planar, IAF, RealNVP) and flow priors, by config,
 served by the same objectives and importance sampler."""
+
 import pytest
 import torch
 from torch.distributions import kl_divergence
@@ -23,8 +24,15 @@ def binary_data(n=256):
 
 
 def vae(**fields):
-    small = dict(hidden=[32], latent_dim=D_Z, activation="tanh", flow_hidden=16, flow_blocks=1,
-                 posterior_flow_layers=2, posterior_flow_context=8)
+    small = dict(
+        hidden=[32],
+        latent_dim=D_Z,
+        activation="tanh",
+        flow_hidden=16,
+        flow_blocks=1,
+        posterior_flow_layers=2,
+        posterior_flow_context=8,
+    )
     return build_vae(ModelConfig(**{**small, **fields}), (D_X,))
 
 
@@ -72,9 +80,15 @@ def _train(model, x, steps=150):
     return out
 
 
-@pytest.mark.parametrize("fields", [{"posterior_flow": "planar"}, {"posterior_flow": "iaf"},
-                                    {"posterior_flow": "realnvp", "prior": "flow", "prior_flow": "maf"}],
-                         ids=["planar", "iaf", "realnvp+maf-prior"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"posterior_flow": "planar"},
+        {"posterior_flow": "iaf"},
+        {"posterior_flow": "realnvp", "prior": "flow", "prior_flow": "maf"},
+    ],
+    ids=["planar", "iaf", "realnvp+maf-prior"],
+)
 def test_importance_sampled_log_likelihood_is_at_least_the_elbo(fields):
     x = binary_data()
     model = vae(**fields)
@@ -91,6 +105,7 @@ def test_importance_sampled_log_likelihood_is_at_least_the_elbo(fields):
 
 def test_iwae_objective_with_an_iaf_posterior():
     from vaekit.models.vae import VAE
+
     model = vae(posterior_flow="iaf")
     model = VAE(model.encoder, model.decoder, model.prior_module, (D_X,), objective="iwae", k=5)
     out = model.loss(binary_data(16))
@@ -99,14 +114,17 @@ def test_iwae_objective_with_an_iaf_posterior():
     assert all(p.grad is not None for p in model.encoder.flow.parameters())
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"posterior_flow": "sylvester"}, "unknown posterior_flow 'sylvester'"),
-    ({"posterior_flow": "iaf", "posterior_flow_layers": 0}, "model.posterior_flow_layers must be positive"),
-    ({"posterior_flow": "iaf", "flow_blocks": 0}, "model.flow_blocks must be positive for a latent flow"),
-    ({"prior": "flow", "flow_hidden": -3}, "model.flow_hidden must be positive for a latent flow"),
-    ({"posterior_flow": "iaf", "posterior_flow_context": -1}, "model.posterior_flow_context must be >= 0"),
-    ({"prior": "flow", "prior_flow": "iaf"}, "unknown prior_flow 'iaf'"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"posterior_flow": "sylvester"}, "unknown posterior_flow 'sylvester'"),
+        ({"posterior_flow": "iaf", "posterior_flow_layers": 0}, "model.posterior_flow_layers must be positive"),
+        ({"posterior_flow": "iaf", "flow_blocks": 0}, "model.flow_blocks must be positive for a latent flow"),
+        ({"prior": "flow", "flow_hidden": -3}, "model.flow_hidden must be positive for a latent flow"),
+        ({"posterior_flow": "iaf", "posterior_flow_context": -1}, "model.posterior_flow_context must be >= 0"),
+        ({"prior": "flow", "prior_flow": "iaf"}, "unknown prior_flow 'iaf'"),
+    ],
+)
 def test_bad_flow_vae_config_is_a_one_line_config_error(fields, message):
     with pytest.raises(ConfigError) as err:
         vae(**fields)
@@ -115,5 +133,6 @@ def test_bad_flow_vae_config_is_a_one_line_config_error(fields, message):
 
 def test_no_posterior_flow_keeps_the_gaussian_encoder():
     from vaekit.models.vae import GaussianEncoder
+
     assert isinstance(vae().encoder, GaussianEncoder)
     assert isinstance(vae(posterior_flow="none").encoder, GaussianEncoder)

@@ -1,4 +1,5 @@
 """MADE, the MADE-flow and IAF: the autoregressive property, checked by gradients."""
+
 import pytest
 import torch
 
@@ -28,8 +29,11 @@ def test_made_output_i_has_zero_gradient_wrt_inputs_from_i_on(hidden):
                 assert grad[0, :i].abs().sum() > 0  # and it does see x_<i
 
 
-@pytest.mark.parametrize("layer", [lambda: MaskedAffineAutoregressive(D, [16, 16], CTX),
-                                   lambda: IAF(D, [16, 16], CTX)], ids=["made-flow", "iaf"])
+@pytest.mark.parametrize(
+    "layer",
+    [lambda: MaskedAffineAutoregressive(D, [16, 16], CTX), lambda: IAF(D, [16, 16], CTX)],
+    ids=["made-flow", "iaf"],
+)
 def test_flow_jacobian_is_lower_triangular_both_ways(layer):
     """y_i depends on x_<=i only, in forward and in inverse (for IAF, the sampling direction)."""
     t = _perturb(layer())

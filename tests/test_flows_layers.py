@@ -1,15 +1,37 @@
 """Every flow layer and composed flow: inverse(forward(x)) == x, the two log-determinants
 cancel, and the log-determinant equals log|det| of the autograd Jacobian (float64)."""
+
 import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from vaekit.flows import (IAF, ActNorm, AdditiveCoupling, AffineCoupling, Compose, DiagonalScaling,
-                          FactorOut, Inverse, InvConv1x1, Logit, MaskedAffineAutoregressive, Planar,
-                          Reshape, Reverse, Shift, Squeeze, dense_glow, dense_realnvp, glow, iaf, maf, nice,
-                          planar_flow, realnvp)
-from vaekit.flows.coupling import ConvConditioner, MLPConditioner, alternating_mask, channel_mask, \
-    checkerboard_mask
+from vaekit.flows import (
+    IAF,
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    Compose,
+    DiagonalScaling,
+    FactorOut,
+    InvConv1x1,
+    Inverse,
+    Logit,
+    MaskedAffineAutoregressive,
+    Planar,
+    Reshape,
+    Reverse,
+    Shift,
+    Squeeze,
+    dense_glow,
+    dense_realnvp,
+    glow,
+    iaf,
+    maf,
+    nice,
+    planar_flow,
+    realnvp,
+)
+from vaekit.flows.coupling import ConvConditioner, MLPConditioner, alternating_mask, channel_mask, checkerboard_mask
 from vaekit.flows.latent import POSTERIOR_FLOWS, PRIOR_FLOWS
 
 B, D, CTX = 3, 5, 4
@@ -31,16 +53,31 @@ def unit_img(shape=IMG):
 # name -> () -> (transform, x, context or None)
 CASES = {
     "additive-vec": lambda: (AdditiveCoupling(alternating_mask(D, 0), MLPConditioner(D, D, 8)), vec(), None),
-    "affine-vec-context": lambda: (AffineCoupling(alternating_mask(D, 1), MLPConditioner(D, 2 * D, 8, 2, CTX)),
-                                   vec(), torch.randn(B, CTX)),
-    "affine-vec-sigmoid": lambda: (AffineCoupling(alternating_mask(D, 0), MLPConditioner(D, 2 * D, 8), "sigmoid"),
-                                   vec(), None),
-    "affine-checkerboard": lambda: (AffineCoupling(checkerboard_mask(IMG, 1), ConvConditioner(2, 4, 8, 1)),
-                                    img(), None),
-    "affine-channel": lambda: (AffineCoupling(channel_mask(IMG, 0), ConvConditioner(2, 4, 8, 0), "sigmoid"),
-                               img(), None),
-    "additive-checkerboard": lambda: (AdditiveCoupling(checkerboard_mask(IMG, 0), ConvConditioner(2, 2, 8)),
-                                      img(), None),
+    "affine-vec-context": lambda: (
+        AffineCoupling(alternating_mask(D, 1), MLPConditioner(D, 2 * D, 8, 2, CTX)),
+        vec(),
+        torch.randn(B, CTX),
+    ),
+    "affine-vec-sigmoid": lambda: (
+        AffineCoupling(alternating_mask(D, 0), MLPConditioner(D, 2 * D, 8), "sigmoid"),
+        vec(),
+        None,
+    ),
+    "affine-checkerboard": lambda: (
+        AffineCoupling(checkerboard_mask(IMG, 1), ConvConditioner(2, 4, 8, 1)),
+        img(),
+        None,
+    ),
+    "affine-channel": lambda: (
+        AffineCoupling(channel_mask(IMG, 0), ConvConditioner(2, 4, 8, 0), "sigmoid"),
+        img(),
+        None,
+    ),
+    "additive-checkerboard": lambda: (
+        AdditiveCoupling(checkerboard_mask(IMG, 0), ConvConditioner(2, 2, 8)),
+        img(),
+        None,
+    ),
     "diagonal-scaling": lambda: (DiagonalScaling((D,)), vec(), None),
     "actnorm-vec": lambda: (ActNorm(D), vec() * 3 + 1, None),
     "actnorm-img": lambda: (ActNorm(2), img() * 3 + 1, None),
@@ -55,21 +92,29 @@ CASES = {
     "shift": lambda: (Shift(-0.5), img(), None),
     "logit": lambda: (Logit(0.05), unit_img(), None),
     "squeeze": lambda: (Squeeze(), img(), None),
-    "factor-out": lambda: (FactorOut(AffineCoupling(channel_mask((2, 2, 2), 0), ConvConditioner(2, 4, 8)), 2),
-                           img((4, 2, 2)), None),
+    "factor-out": lambda: (
+        FactorOut(AffineCoupling(channel_mask((2, 2, 2), 0), ConvConditioner(2, 4, 8)), 2),
+        img((4, 2, 2)),
+        None,
+    ),
     "inverse-planar": lambda: (Inverse(Planar(D)), vec(), None),
     # composed flows
     "nice": lambda: (nice((1, 4, 4), couplings=4, hidden=8, n_hidden=2), img((1, 4, 4)), None),
     "realnvp-multiscale": lambda: (realnvp((1, 4, 4), levels=2, steps=2, hidden=8, blocks=1), img((1, 4, 4)), None),
-    "glow-multiscale": lambda: (Compose(Logit(0.05), glow((1, 4, 4), levels=2, steps=2, hidden=8)),
-                                unit_img((1, 4, 4)), None),
+    "glow-multiscale": lambda: (
+        Compose(Logit(0.05), glow((1, 4, 4), levels=2, steps=2, hidden=8)),
+        unit_img((1, 4, 4)),
+        None,
+    ),
     "dense-realnvp": lambda: (dense_realnvp(D, 4, 8, context_dim=CTX), vec(), torch.randn(B, CTX)),
     "dense-glow": lambda: (dense_glow(D, 3, 8), vec(), None),
     "maf": lambda: (maf(D, 3, [12]), vec(), None),
     "iaf-stack": lambda: (iaf(D, 3, [12], CTX), vec(), torch.randn(B, CTX)),
     "planar-stack": lambda: (planar_flow(D, 4, CTX), vec(), torch.randn(B, CTX)),
-    **{f"posterior-{k}": (lambda k=k: (POSTERIOR_FLOWS[k](D, 3, 8, 2, CTX), vec(), torch.randn(B, CTX)))
-       for k in POSTERIOR_FLOWS},
+    **{
+        f"posterior-{k}": (lambda k=k: (POSTERIOR_FLOWS[k](D, 3, 8, 2, CTX), vec(), torch.randn(B, CTX)))
+        for k in POSTERIOR_FLOWS
+    },
     **{f"prior-{k}": (lambda k=k: (PRIOR_FLOWS[k](D, 3, 8, 2), vec(), None)) for k in PRIOR_FLOWS},
 }
 

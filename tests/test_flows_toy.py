@@ -1,4 +1,5 @@
 """A dense RealNVP trained briefly on two moons: NLL falls and samples land on the data."""
+
 import torch
 from sklearn.datasets import make_moons
 

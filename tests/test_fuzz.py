@@ -13,6 +13,7 @@ are in fact valid must train (one step) or evaluate.
 The examples are derandomised (same cases on every run) and few per test, to keep the suite
 fast on a shared machine; run with ``VAEKIT_FUZZ_EXAMPLES=500`` for a longer search.
 """
+
 import contextlib
 import gzip
 import io
@@ -35,11 +36,24 @@ from vaekit.config import SECTIONS, Config, _fields, build_config
 from vaekit.errors import CheckpointError, ConfigError
 
 EXAMPLES = int(os.environ.get("VAEKIT_FUZZ_EXAMPLES", "25"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
-TRAIN_ONE_STEP = ["--max-steps", "1", "--no-progress", "--set", "tensorboard=false",
-                  "--set", "epochs=1", "--set", "batch_size=4"]
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+TRAIN_ONE_STEP = [
+    "--max-steps",
+    "1",
+    "--no-progress",
+    "--set",
+    "tensorboard=false",
+    "--set",
+    "epochs=1",
+    "--set",
+    "batch_size=4",
+]
 
 
 @contextlib.contextmanager
@@ -80,8 +94,21 @@ def check_train(argv, capsys, out: Path, must_work: bool | None = None) -> int:
 # --- IDX --------------------------------------------------------------------------------------
 
 IDX_CODES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-MUTATIONS = ["none", "gzip", "truncate", "magic", "negative size", "zero size", "huge size", "extra bytes",
-             "ndim", "type code", "gzip truncated", "label count", "empty"]
+MUTATIONS = [
+    "none",
+    "gzip",
+    "truncate",
+    "magic",
+    "negative size",
+    "zero size",
+    "huge size",
+    "extra bytes",
+    "ndim",
+    "type code",
+    "gzip truncated",
+    "label count",
+    "empty",
+]
 
 
 def idx_bytes(arr: np.ndarray, code: int) -> bytes:
@@ -94,8 +121,13 @@ def idx_cases(draw):
     n, h, w = draw(st.integers(1, 6)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
     code = draw(st.sampled_from(sorted(IDX_CODES)))
     if code in (0x0D, 0x0E):
-        pixels = draw(hnp.arrays(np.float64, (n, h, w), elements=st.one_of(
-            st.floats(0, 1), st.sampled_from([math.nan, math.inf, -math.inf, -0.5, 2.0]))))
+        pixels = draw(
+            hnp.arrays(
+                np.float64,
+                (n, h, w),
+                elements=st.one_of(st.floats(0, 1), st.sampled_from([math.nan, math.inf, -math.inf, -0.5, 2.0])),
+            )
+        )
     else:
         lo, hi = {0x08: (0, 255), 0x09: (-128, 127), 0x0B: (-400, 400), 0x0C: (-400, 400)}[code]
         pixels = draw(hnp.arrays(np.int64, (n, h, w), elements=st.integers(lo, hi)))
@@ -108,13 +140,20 @@ def idx_cases(draw):
     elif mutation == "truncate":
         data = data[:where]
     elif mutation == "magic":
-        data = draw(st.binary(min_size=4, max_size=4).filter(lambda b: b[:2] != b"\0\0" or b[2] not in IDX_CODES
-                                                             or b[3] == 0)) + data[4:]
+        data = (
+            draw(
+                st.binary(min_size=4, max_size=4).filter(
+                    lambda b: b[:2] != b"\0\0" or b[2] not in IDX_CODES or b[3] == 0
+                )
+            )
+            + data[4:]
+        )
     elif mutation in ("negative size", "zero size", "huge size"):
         dim = draw(st.integers(0, 2))
-        value = {"negative size": (-draw(st.integers(1, 2**31))) % 2**32, "zero size": 0,
-                 "huge size": 2**32 - 1}[mutation]
-        data = data[:4 + 4 * dim] + value.to_bytes(4, "big") + data[8 + 4 * dim:]
+        value = {"negative size": (-draw(st.integers(1, 2**31))) % 2**32, "zero size": 0, "huge size": 2**32 - 1}[
+            mutation
+        ]
+        data = data[: 4 + 4 * dim] + value.to_bytes(4, "big") + data[8 + 4 * dim :]
     elif mutation == "extra bytes":
         data += draw(st.binary(min_size=1, max_size=9))
     elif mutation == "ndim":
@@ -123,13 +162,14 @@ def idx_cases(draw):
         data = data[:2] + bytes([draw(st.sampled_from([0x00, 0x07, 0x0A, 0x0F, 0xFF]))]) + data[3:]
     elif mutation == "gzip truncated":
         z = gzip.compress(data)
-        data = z[:draw(st.integers(2, len(z) - 1))]
+        data = z[: draw(st.integers(2, len(z) - 1))]
     elif mutation == "label count":
         labels = idx_bytes(np.arange(n + draw(st.integers(1, 3))) % 10, 0x08)
     elif mutation == "empty":
         data = b""
-    valid_pixels = bool(np.isfinite(pixels).all() and pixels.min() >= 0
-                        and pixels.max() <= (1 if code in (0x0D, 0x0E) else 255))
+    valid_pixels = bool(
+        np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= (1 if code in (0x0D, 0x0E) else 255)
+    )
     return data, labels, mutation, valid_pixels
 
 
@@ -144,14 +184,31 @@ def test_idx_files(case, capsys):
             (folder / f"{split}-images-idx3-ubyte").write_bytes(data)
             (folder / f"{split}-labels-idx1-ubyte").write_bytes(labels)
         good = mutation in ("none", "gzip") and valid_pixels
-        check_train(["--preset", "dense-digits", "--data", "mnist", "--data-dir", d / "data"], capsys,
-                    d / "out" / "run", must_work=True if good else False)
+        check_train(
+            ["--preset", "dense-digits", "--data", "mnist", "--data-dir", d / "data"],
+            capsys,
+            d / "out" / "run",
+            must_work=True if good else False,
+        )
 
 
 # --- .npy / .npz --------------------------------------------------------------------------------
 
-DTYPES = ["uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bool",
-          "complex64", "U2", "object"]
+DTYPES = [
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint16",
+    "float16",
+    "float32",
+    "float64",
+    "bool",
+    "complex64",
+    "U2",
+    "object",
+]
 
 
 @st.composite
@@ -166,8 +223,10 @@ def arrays_of_any_kind(draw):
     if dtype == "U2":
         return np.full(shape, "ab")
     if dtype.startswith(("float", "complex")):
-        elements = st.one_of(st.floats(0, 1, width=16 if dtype == "float16" else 32),
-                             st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 3.0]))
+        elements = st.one_of(
+            st.floats(0, 1, width=16 if dtype == "float16" else 32),
+            st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 3.0]),
+        )
     elif dtype == "bool":
         elements = st.booleans()
     else:
@@ -179,10 +238,10 @@ def arrays_of_any_kind(draw):
 def damaged(draw, raw: bytes) -> tuple[bytes, bool]:
     how = draw(st.sampled_from(["none", "none", "truncate", "flip", "garbage"]))
     if how == "truncate" and raw:
-        return raw[:draw(st.integers(0, len(raw) - 1))], True
+        return raw[: draw(st.integers(0, len(raw) - 1))], True
     if how == "flip" and raw:
         i = draw(st.integers(0, len(raw) - 1))
-        return raw[:i] + bytes([raw[i] ^ draw(st.integers(1, 255))]) + raw[i + 1:], True
+        return raw[:i] + bytes([raw[i] ^ draw(st.integers(1, 255))]) + raw[i + 1 :], True
     if how == "garbage":
         return draw(st.binary(max_size=64)), True
     return raw, False
@@ -206,8 +265,12 @@ def test_npy_and_npz_files(data, capsys):
     with workdir() as d:
         path = d / ("set.npz" if as_npz else "set.npy")
         path.write_bytes(raw)
-        rc = check_train(["--preset", "dense-digits", "--data", path], capsys, d / "out" / "run",
-                         must_work=False if arr.dtype.kind in "UcO" else None)
+        rc = check_train(
+            ["--preset", "dense-digits", "--data", path],
+            capsys,
+            d / "out" / "run",
+            must_work=False if arr.dtype.kind in "UcO" else None,
+        )
         if rc == 0 and not broken:  # what trained was a sound image set
             assert sound_images(arr), (arr.dtype, arr.shape)
 
@@ -228,9 +291,25 @@ def sound_images(arr: np.ndarray) -> bool:
 @given(data=st.data())
 def test_image_folders(data, capsys):
     from PIL import Image
-    kinds = data.draw(st.lists(st.sampled_from(["png", "png", "png other size", "text", "empty file",
-                                                "truncated png", "hidden", "subfolder", "rgb png"]),
-                               max_size=5))
+
+    kinds = data.draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "png",
+                    "png",
+                    "png other size",
+                    "text",
+                    "empty file",
+                    "truncated png",
+                    "hidden",
+                    "subfolder",
+                    "rgb png",
+                ]
+            ),
+            max_size=5,
+        )
+    )
     with workdir() as d:
         folder = d / "images"
         folder.mkdir()
@@ -239,13 +318,17 @@ def test_image_folders(data, capsys):
             if kind in ("png", "png other size", "rgb png", "truncated png", "hidden"):
                 size = (6, 5) if kind == "png other size" else (4, 4)
                 mode = "RGB" if kind == "rgb png" else "L"
-                im = Image.fromarray(np.full((size[1], size[0], 3) if mode == "RGB" else (size[1], size[0]),
-                                             37 * i % 256, dtype=np.uint8), mode)
+                im = Image.fromarray(
+                    np.full(
+                        (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0]), 37 * i % 256, dtype=np.uint8
+                    ),
+                    mode,
+                )
                 buf = io.BytesIO()
                 im.save(buf, format="PNG")
                 raw = buf.getvalue()
                 if kind == "truncated png":
-                    raw = raw[:len(raw) // 2]
+                    raw = raw[: len(raw) // 2]
                 (folder / f".{i}.png" if kind == "hidden" else path).write_bytes(raw)
             elif kind == "text":
                 path.with_suffix(".txt").write_text("not an image\n")
@@ -256,24 +339,33 @@ def test_image_folders(data, capsys):
         visible = [k for k in kinds if k not in ("hidden", "subfolder")]
         same = {("other" if k == "png other size" else "4x4") for k in visible}
         good = len(visible) >= 2 and set(visible) <= {"png", "rgb png", "png other size"} and len(same) == 1
-        check_train(["--preset", "dense-digits", "--data", folder], capsys, d / "out" / "run",
-                    must_work=True if good else None)
+        check_train(
+            ["--preset", "dense-digits", "--data", folder], capsys, d / "out" / "run", must_work=True if good else None
+        )
 
 
 # --- configuration --------------------------------------------------------------------------
 
 ALL_KEYS = [f"{s}.{k}" for s in SECTIONS for k in _fields(s)] + [k for s in SECTIONS for k in _fields(s)]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
 keys = st.one_of(st.sampled_from(ALL_KEYS), st.text(max_size=15), st.sampled_from(SECTIONS))
 
 
 def assert_sound(cfg: Config):
     """A config that was accepted has the declared types and finite numbers."""
     import typing
+
     for section in SECTIONS:
         obj = getattr(cfg, section)
         hints = typing.get_type_hints(type(obj))
@@ -298,9 +390,10 @@ def test_config_overrides(overrides):
 
 
 @FUZZ
-@given(doc=st.one_of(st.dictionaries(keys, values, max_size=4), values,
-                     st.text(max_size=40), st.binary(max_size=40)),
-       sets=st.lists(st.text(max_size=20), max_size=2))
+@given(
+    doc=st.one_of(st.dictionaries(keys, values, max_size=4), values, st.text(max_size=40), st.binary(max_size=40)),
+    sets=st.lists(st.text(max_size=20), max_size=2),
+)
 def test_config_files_and_set_on_the_command_line(doc, sets, capsys):
     with workdir() as d:
         path = d / "config.yaml"
@@ -318,26 +411,37 @@ def test_config_files_and_set_on_the_command_line(doc, sets, capsys):
         assert_user_error(rc, err, d / "out" / "run")
 
 
-@pytest.mark.parametrize("override,complaint", [
-    ("lr=.nan", "train.lr"), ("lr=-.inf", "train.lr"), ("beta=.inf", "train.beta"), ("ema=.nan", "train.ema"),
-    ("epochs=2.5", "train.epochs"), ("hidden=[a]", "model.hidden"), ("nosuchkey=1", "nosuchkey"),
-    ("batch_size=true", "train.batch_size"), ("grad_clip=.nan", "train.grad_clip"),
-])
+@pytest.mark.parametrize(
+    "override,complaint",
+    [
+        ("lr=.nan", "train.lr"),
+        ("lr=-.inf", "train.lr"),
+        ("beta=.inf", "train.beta"),
+        ("ema=.nan", "train.ema"),
+        ("epochs=2.5", "train.epochs"),
+        ("hidden=[a]", "model.hidden"),
+        ("nosuchkey=1", "nosuchkey"),
+        ("batch_size=true", "train.batch_size"),
+        ("grad_clip=.nan", "train.grad_clip"),
+    ],
+)
 def test_malformed_values_are_named(override, complaint, capsys, tmp_path):
-    rc, err = run_cli(["train", "--preset", "dense-digits", "--set", override, "--out", tmp_path / "r",
-                       *TRAIN_ONE_STEP[:-4]], capsys)
+    rc, err = run_cli(
+        ["train", "--preset", "dense-digits", "--set", override, "--out", tmp_path / "r", *TRAIN_ONE_STEP[:-4]], capsys
+    )
     assert_user_error(rc, err, tmp_path / "r")
     assert complaint in err
 
 
 # --- checkpoints --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fuzz") / "run"
-    cfg = build_config("dense-digits", overrides={"epochs": 1, "tensorboard": False, "hidden": [8],
-                                                  "latent_dim": 2})
+    cfg = build_config("dense-digits", overrides={"epochs": 1, "tensorboard": False, "hidden": [8], "latent_dim": 2})
     from vaekit.train import train
+
     train(cfg, out, torch.rand(20, 1, 8, 8), progress=False, max_steps=1)
     return out
 
@@ -348,13 +452,13 @@ def test_damaged_checkpoints(data, trained_run, capsys):
     raw = ckpt.list_checkpoints(trained_run)[0].read_bytes()
     how = data.draw(st.sampled_from(["truncate", "flip", "flip", "zero block", "garbage", "empty"]))
     if how == "truncate":
-        bad = raw[:data.draw(st.integers(0, len(raw) - 1))]
+        bad = raw[: data.draw(st.integers(0, len(raw) - 1))]
     elif how == "flip":
         i = data.draw(st.integers(0, len(raw) - 1))
-        bad = raw[:i] + bytes([raw[i] ^ data.draw(st.integers(1, 255))]) + raw[i + 1:]
+        bad = raw[:i] + bytes([raw[i] ^ data.draw(st.integers(1, 255))]) + raw[i + 1 :]
     elif how == "zero block":
         i = data.draw(st.integers(0, len(raw) - 1))
-        bad = raw[:i] + bytes(min(512, len(raw) - i)) + raw[i + 512:]
+        bad = raw[:i] + bytes(min(512, len(raw) - i)) + raw[i + 512 :]
     elif how == "garbage":
         bad = data.draw(st.binary(max_size=200))
     else:
@@ -367,8 +471,10 @@ def test_damaged_checkpoints(data, trained_run, capsys):
             ckpt.read_checkpoint(path)
         except CheckpointError as e:
             assert str(path) in str(e) and "\n" not in str(e)
-        rc, err = run_cli(["evaluate", path, "--k", "2", "--n", "4", "--data", "digits", "--no-progress",
-                           "-o", d / "eval.json"], capsys)
+        rc, err = run_cli(
+            ["evaluate", path, "--k", "2", "--n", "4", "--data", "digits", "--no-progress", "-o", d / "eval.json"],
+            capsys,
+        )
         if rc != 0:
             assert_user_error(rc, err)
             assert not (d / "eval.json").exists()

@@ -1,4 +1,5 @@
 """8-bit image likelihoods: normalisation, brute-force agreement, edge cases, bits/dim rule."""
+
 import math
 
 import numpy as np
@@ -7,13 +8,19 @@ import torch
 
 from vaekit.config import ModelConfig
 from vaekit.distributions import (
-    Categorical256, CategoricalLikelihood, DiscretizedLogisticMixture, LogisticMixtureLikelihood,
-    build_likelihood, discretized_logistic_log_prob, distribution_mean, image_bits_per_dim,
-    levels_of)
+    Categorical256,
+    CategoricalLikelihood,
+    DiscretizedLogisticMixture,
+    LogisticMixtureLikelihood,
+    build_likelihood,
+    discretized_logistic_log_prob,
+    distribution_mean,
+    image_bits_per_dim,
+    levels_of,
+)
 from vaekit.errors import ConfigError
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
-
 
 
 def _random_mixture(B, M, C, H, W, coupled, dtype=torch.float64):
@@ -27,8 +34,9 @@ def _random_mixture(B, M, C, H, W, coupled, dtype=torch.float64):
 def test_grey_mixture_sums_to_one_over_256_values():
     for trial in range(5):
         logits, means, log_s, _ = _random_mixture(1, 4, 1, 1, 1, coupled=True)
-        d = DiscretizedLogisticMixture(logits.expand(256, -1, -1, -1), means.expand(256, -1, -1, -1, -1),
-                                       log_s.expand(256, -1, -1, -1, -1))
+        d = DiscretizedLogisticMixture(
+            logits.expand(256, -1, -1, -1), means.expand(256, -1, -1, -1, -1), log_s.expand(256, -1, -1, -1, -1)
+        )
         p = d.log_prob(LEVELS.view(256, 1, 1, 1)).exp()
         assert p.sum().item() == pytest.approx(1.0, abs=1e-10)
         assert (p > 0).all()
@@ -45,8 +53,7 @@ def test_coupled_two_channel_mixture_sums_to_one_and_sampler_matches():
     x = torch.cartesian_prod(LEVELS, LEVELS)  # [65536, 2]
     n = x.shape[0]
     exp = lambda t: t.expand(n, *t.shape[1:])  # noqa: E731
-    p = DiscretizedLogisticMixture(exp(logits), exp(means), exp(log_s), exp(coeffs)).log_prob(
-        x.view(n, 2, 1, 1)).exp()
+    p = DiscretizedLogisticMixture(exp(logits), exp(means), exp(log_s), exp(coeffs)).log_prob(x.view(n, 2, 1, 1)).exp()
     assert p.sum().item() == pytest.approx(1.0, abs=1e-9)
     s = DiscretizedLogisticMixture(logits, means, log_s, coeffs).sample((3000,)).view(3000, 2)
     assert torch.equal(levels_of(s).double() / 255, s)  # on the k/255 grid
@@ -89,9 +96,11 @@ def test_coupled_logistic_agrees_with_brute_force():
                 p = 0.0
                 for m in range(M):
                     a = coeffs[b, m, :, i, j].tolist()  # pairs (1,0), (2,0), (2,1)
-                    mus = [means[b, m, 0, i, j].item(),
-                           means[b, m, 1, i, j].item() + a[0] * y[0],
-                           means[b, m, 2, i, j].item() + a[1] * y[0] + a[2] * y[1]]
+                    mus = [
+                        means[b, m, 0, i, j].item(),
+                        means[b, m, 1, i, j].item() + a[0] * y[0],
+                        means[b, m, 2, i, j].item() + a[1] * y[0] + a[2] * y[1],
+                    ]
                     pm = w[m].item()
                     for c in range(C):
                         pm *= _bin_prob(k[c], mus[c], math.exp(log_s[b, m, c, i, j].item()))
@@ -113,9 +122,13 @@ def test_independent_logistic_agrees_with_brute_force_and_mean_is_exact():
         for c in range(C):
             for i in range(H):
                 w = torch.softmax(logits[b, :, c, i, 0], 0)
-                pmf = [sum(w[m].item() * _bin_prob(k, means[b, m, c, i, 0].item(),
-                                                   math.exp(log_s[b, m, c, i, 0].item())) for m in range(M))
-                       for k in range(256)]
+                pmf = [
+                    sum(
+                        w[m].item() * _bin_prob(k, means[b, m, c, i, 0].item(), math.exp(log_s[b, m, c, i, 0].item()))
+                        for m in range(M)
+                    )
+                    for k in range(256)
+                ]
                 total += math.log(pmf[round(x[b, c, i, 0].item() * 255)])
                 assert sum(pmf) == pytest.approx(1.0, abs=1e-9)
                 assert mean[b, c, i, 0].item() == pytest.approx(sum(k / 255 * q for k, q in enumerate(pmf)), abs=1e-9)
@@ -215,7 +228,8 @@ def test_bits_per_dim_rule():
     discrete = -(pmf[keep] * pmf[keep].log()).sum() / pmf[keep].sum()
     density = -(pmf[keep] * dens[keep].log()).sum() / pmf[keep].sum()
     assert image_bits_per_dim(density.item(), 1, discrete=False) == pytest.approx(
-        image_bits_per_dim(discrete.item(), 1, discrete=True), abs=1e-3)
+        image_bits_per_dim(discrete.item(), 1, discrete=True), abs=1e-3
+    )
 
 
 def test_every_8bit_likelihood_trains_on_digits():
@@ -223,11 +237,11 @@ def test_every_8bit_likelihood_trains_on_digits():
     from sklearn.datasets import load_digits
 
     from vaekit.models.vae import build_vae
+
     x = torch.from_numpy(np.round(load_digits().images / 16 * 255) / 255).float().unsqueeze(1)[:128]
     for lik in ("logistic_mixture", "categorical"):
         torch.manual_seed(0)
-        cfg = ModelConfig(encoder="conv", decoder="conv", channels=[8, 16], latent_dim=4,
-                          likelihood=lik, n_mix=2)
+        cfg = ModelConfig(encoder="conv", decoder="conv", channels=[8, 16], latent_dim=4, likelihood=lik, n_mix=2)
         model = build_vae(cfg, (1, 8, 8))
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
@@ -238,7 +252,7 @@ def test_every_8bit_likelihood_trains_on_digits():
 
         before = loss_on_all()
         for step in range(15):
-            loss = model.loss(x[(step % 2) * 64:(step % 2 + 1) * 64])["loss"].mean()
+            loss = model.loss(x[(step % 2) * 64 : (step % 2 + 1) * 64])["loss"].mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

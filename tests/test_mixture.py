@@ -1,4 +1,5 @@
 """Gaussian mixture by EM: monotone EM, agreement with scikit-learn, chunking, the contract."""
+
 import math
 import warnings
 
@@ -14,7 +15,6 @@ from vaekit.models.mixture import GaussianMixtureModel, MixtureOfGaussians, clus
 
 sk_mixture = pytest.importorskip("sklearn.mixture")
 COVS = ["full", "diag", "spherical"]
-
 
 
 def blobs(n=150, d=4, k=3, seed=0):
@@ -48,11 +48,17 @@ def test_em_agrees_with_sklearn_from_same_initialisation(cov):
     g0 = sklearn_init(x, cov)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sk = sk_mixture.GaussianMixture(3, covariance_type=cov, max_iter=8, tol=0, weights_init=g0.weights_,
-                                        means_init=g0.means_, precisions_init=g0.precisions_).fit(x)
+        sk = sk_mixture.GaussianMixture(
+            3,
+            covariance_type=cov,
+            max_iter=8,
+            tol=0,
+            weights_init=g0.weights_,
+            means_init=g0.means_,
+            precisions_init=g0.precisions_,
+        ).fit(x)
     m = GaussianMixtureModel(3, (4,), covariance_type=cov, tol=0, max_iter=8, dtype="float64")
-    hist = m.fit(torch.tensor(x), init_params=dict(weights=g0.weights_, means=g0.means_,
-                                                   covariances=g0.covariances_))
+    hist = m.fit(torch.tensor(x), init_params=dict(weights=g0.weights_, means=g0.means_, covariances=g0.covariances_))
     np.testing.assert_allclose(hist, sk.lower_bounds_, rtol=0, atol=1e-9)
     np.testing.assert_allclose(m.weights.numpy(), sk.weights_, atol=1e-10)
     np.testing.assert_allclose(m.means.numpy(), sk.means_, atol=1e-9)
@@ -71,12 +77,16 @@ def test_log_prob_equals_sklearn_score_samples_for_same_parameters(cov, dtype):
     sk.means_ = m.means.double().numpy()
     sk.covariances_ = m.covariances.double().numpy()
     from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
     sk.precisions_cholesky_ = _compute_precision_cholesky(sk.covariances_, cov)
     ours = m.log_prob(torch.tensor(x)).double().numpy()
     tol = 1e-5 if dtype == "float64" else 1e-5 * np.abs(ours).max()
     np.testing.assert_allclose(ours, sk.score_samples(x), rtol=0, atol=tol)
-    np.testing.assert_allclose(m.responsibilities(torch.tensor(x)).double().numpy(), sk.predict_proba(x),
-                               atol=1e-5 if dtype == "float64" else 1e-3)
+    np.testing.assert_allclose(
+        m.responsibilities(torch.tensor(x)).double().numpy(),
+        sk.predict_proba(x),
+        atol=1e-5 if dtype == "float64" else 1e-3,
+    )
     if dtype == "float64":
         assert m.bic(torch.tensor(x)) == pytest.approx(sk.bic(x), rel=1e-10)
         assert m.aic(torch.tensor(x)) == pytest.approx(sk.aic(x), rel=1e-10)
@@ -104,6 +114,7 @@ def test_chunked_e_step_matches_one_pass(cov):
     h2 = m2.fit(x)
     np.testing.assert_allclose(h1, h2, atol=1e-10)
     import vaekit.models.mixture as mm
+
     old = mm.DEFAULT_CACHE_ELEMENTS
     mm.DEFAULT_CACHE_ELEMENTS = 0  # no feature cache: chunks recomputed every iteration
     try:
@@ -141,8 +152,11 @@ def test_state_dict_round_trip_and_images():
 def test_sampling_matches_parameters(cov):
     torch.manual_seed(1)
     m = GaussianMixtureModel(1, (3,), covariance_type=cov, dtype="float64")
-    c = {"full": torch.tensor([[[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 0.5]]]),
-         "diag": torch.tensor([[2.0, 1.0, 0.5]]), "spherical": torch.tensor([0.7])}[cov]
+    c = {
+        "full": torch.tensor([[[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 0.5]]]),
+        "diag": torch.tensor([[2.0, 1.0, 0.5]]),
+        "spherical": torch.tensor([0.7]),
+    }[cov]
     m.set_parameters(torch.ones(1), torch.tensor([[1.0, -1.0, 0.0]]), c)
     s = m.sample(20000).double()
     full = c[0] if cov == "full" else torch.diag(c[0]) if cov == "diag" else 0.7 * torch.eye(3)
@@ -186,14 +200,37 @@ def test_registry_builds_from_preset():
 @pytest.fixture
 def cli():
     from vaekit.cli import main
+
     return main
 
 
 def test_cli_train_mixture_then_cluster(cli, tmp_path, capsys):
     run = tmp_path / "gmm"
-    assert cli(["train", "--model", "mixture", "--data", "digits", "--set", "binarize=none",
-                "--set", "components=3", "--set", "covariance=diag", "--set", "em_max_iter=5",
-                "--set", "tensorboard=false", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--model",
+                "mixture",
+                "--data",
+                "digits",
+                "--set",
+                "binarize=none",
+                "--set",
+                "components=3",
+                "--set",
+                "covariance=diag",
+                "--set",
+                "em_max_iter=5",
+                "--set",
+                "tensorboard=false",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert cli(["cluster", str(run), "-o", str(tmp_path / "labels.npy")]) == 0
     hard = np.load(tmp_path / "labels.npy")
     soft = np.load(tmp_path / "labels.soft.npy")

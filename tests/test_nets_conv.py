@@ -1,5 +1,5 @@
 """Conv encoder/decoder bodies: shapes from the data, registry, config errors, training, speed switches."""
-import numpy as np
+
 import pytest
 import torch
 
@@ -8,13 +8,17 @@ from vaekit.config import ModelConfig, get_preset
 from vaekit.errors import ConfigError
 from vaekit.models.vae import build_vae
 from vaekit.nets import build_decoder, build_encoder
-from vaekit.nets.conv import (ConvDecoder, ConvEncoder, autocast, channels_last_input, maybe_compile,
-                              stage_sizes, to_channels_last)
+from vaekit.nets.conv import (
+    ConvDecoder,
+    ConvEncoder,
+    autocast,
+    channels_last_input,
+    maybe_compile,
+    stage_sizes,
+    to_channels_last,
+)
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (2, 7, 9)]
-
-
-
 
 
 def test_stage_sizes_round_up():
@@ -86,8 +90,15 @@ def test_speed_switches_keep_the_numbers():
 def test_maybe_compile_targets_the_net_bodies():
     """The model is driven through loss/log_prob/sample, so the tensor-to-tensor bodies are
     what gets compiled (lazily: nothing is compiled until a body is first called)."""
-    cfg = ModelConfig(encoder="conv", decoder="conv", channels=[4], likelihood="pixelcnn",
-                      pixelcnn_layers=1, pixelcnn_channels=2, pixelcnn_cond=2)
+    cfg = ModelConfig(
+        encoder="conv",
+        decoder="conv",
+        channels=[4],
+        likelihood="pixelcnn",
+        pixelcnn_layers=1,
+        pixelcnn_channels=2,
+        pixelcnn_cond=2,
+    )
     model = build_vae(cfg, (1, 8, 8))
     keys = list(model.state_dict())
     maybe_compile(model, True)

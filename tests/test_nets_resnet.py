@@ -1,4 +1,5 @@
 """ResNet encoder/decoder bodies: residual blocks, shapes from the data, norms, training."""
+
 import pytest
 import torch
 
@@ -8,9 +9,6 @@ from vaekit.errors import ConfigError
 from vaekit.models.vae import build_vae
 from vaekit.nets import build_decoder, build_encoder
 from vaekit.nets.resnet import PreActBlock, ResNetDecoder
-
-
-
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
@@ -36,24 +34,33 @@ def test_depth_and_width_come_from_the_config(norm):
     cfg = ModelConfig(channels=[4, 6, 8], resnet_blocks=3, norm=norm, upsample="nearest")
     dec = build_decoder(2, (1, 8, 8), ModelConfig(**{**cfg.__dict__, "decoder": "resnet"}))
     blocks = [m for m in dec.modules() if isinstance(m, PreActBlock)]
-    assert len(blocks) == 9 and sorted({b.branch[2].in_channels if norm != "weight" else
-                                        b.branch[2].parametrizations.weight.original1.shape[1]
-                                        for b in blocks}) == [4, 6, 8]
+    assert len(blocks) == 9 and sorted(
+        {
+            b.branch[2].in_channels if norm != "weight" else b.branch[2].parametrizations.weight.original1.shape[1]
+            for b in blocks
+        }
+    ) == [4, 6, 8]
     assert ResNetDecoder(2, (1, 8, 8), [4], blocks=0)(torch.randn(1, 2)).shape == (1, 1, 8, 8)
     with pytest.raises(ConfigError):
         ResNetDecoder(2, (1, 8, 8), [4], blocks=-1)
 
 
 def test_resnet_vae_trains_on_digits():
-    cfg = ModelConfig(encoder="resnet", decoder="resnet", channels=[8, 16], resnet_blocks=1,
-                      norm="weight", activation="elu", latent_dim=4)
+    cfg = ModelConfig(
+        encoder="resnet",
+        decoder="resnet",
+        channels=[8, 16],
+        resnet_blocks=1,
+        norm="weight",
+        activation="elu",
+        latent_dim=4,
+    )
     before, after = trains_on_digits(cfg, digits(n=64))
     assert after < 0.95 * before, (before, after)
 
 
 def test_resnet_with_batch_norm_evaluates_in_eval_mode():
-    cfg = ModelConfig(encoder="resnet", decoder="resnet", channels=[4], resnet_blocks=1, norm="batch",
-                      latent_dim=2)
+    cfg = ModelConfig(encoder="resnet", decoder="resnet", channels=[4], resnet_blocks=1, norm="batch", latent_dim=2)
     model = build_vae(cfg, (1, 8, 8))
     x = digits(n=8)
     model.loss(x)["loss"].mean().backward()

@@ -1,4 +1,5 @@
 """The variational objectives obey their mathematics (Kingma & Welling 2014; Burda et al. 2015)."""
+
 import math
 
 import pytest
@@ -117,8 +118,10 @@ def test_free_bits_floors_small_dimensions_only():
 def ppca_vae(Dx=5, Dz=2, sigma=0.5, seed=0):
     """A linear-Gaussian VAE (empty hidden list) set to a known pPCA model."""
     torch.manual_seed(seed)
-    cfg = build_config("base", overrides={"hidden": [], "latent_dim": Dz, "likelihood": "gaussian",
-                                          "variance": "fixed", "fixed_std": sigma})
+    cfg = build_config(
+        "base",
+        overrides={"hidden": [], "latent_dim": Dz, "likelihood": "gaussian", "variance": "fixed", "fixed_std": sigma},
+    )
     model = build_model(cfg, (Dx,))
     W = torch.randn(Dx, Dz)
     b = torch.randn(Dx)

@@ -1,5 +1,6 @@
 """PixelCNN: masks by gradients (mask A, mask B, the gated stacks), no blind spot, exact
 normalisation, the fast sampling loop against the parallel pass, PixelVAE training."""
+
 import itertools
 import math
 
@@ -11,7 +12,6 @@ from vaekit.distributions import distribution_mean
 from vaekit.errors import ConfigError
 from vaekit.models.vae import build_vae
 from vaekit.nets.pixelcnn import GatedPixelCNN, MaskedConv2d, PixelCNNLikelihood
-
 
 
 def _input_grad(f, x: torch.Tensor, c: int, i: int, j: int) -> torch.Tensor:
@@ -77,8 +77,9 @@ def test_conditioning_reaches_every_output():
     assert g[0, :, 3, 3].abs().sum() > 0
 
 
-@pytest.mark.parametrize("output,C,H,W", [("bernoulli", 1, 2, 2), ("categorical", 2, 1, 1),
-                                          ("logistic_mixture", 2, 1, 1)])
+@pytest.mark.parametrize(
+    "output,C,H,W", [("bernoulli", 1, 2, 2), ("categorical", 2, 1, 1), ("logistic_mixture", 2, 1, 1)]
+)
 def test_pixelcnn_likelihood_sums_to_one(output, C, H, W):
     """Summing p(x|z) over every possible image gives 1: the masks make a valid autoregressive model."""
     torch.manual_seed(0)
@@ -91,12 +92,13 @@ def test_pixelcnn_likelihood_sums_to_one(output, C, H, W):
     assert total == pytest.approx(1.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("output,C,kernel,layers", [("bernoulli", 1, 3, 3), ("logistic_mixture", 3, 5, 2),
-                                                   ("categorical", 1, 3, 1), ("bernoulli", 1, 3, 8)])
+@pytest.mark.parametrize(
+    "output,C,kernel,layers",
+    [("bernoulli", 1, 3, 3), ("logistic_mixture", 3, 5, 2), ("categorical", 1, 3, 1), ("bernoulli", 1, 3, 8)],
+)
 def test_cropped_sampling_pass_equals_the_parallel_pass(output, C, kernel, layers):
     torch.manual_seed(0)
-    lik = PixelCNNLikelihood((C, 9, 6), output, channels=3 * C, layers=layers, kernel=kernel,
-                             cond_channels=2, n_mix=2)
+    lik = PixelCNNLikelihood((C, 9, 6), output, channels=3 * C, layers=layers, kernel=kernel, cond_channels=2, n_mix=2)
     net = lik.net
     x, cond = torch.rand(2, C, 9, 6), torch.randn(2, 2, 9, 6)
     with torch.no_grad():
@@ -114,7 +116,7 @@ def _naive_sample(lik, cond):
     x = torch.zeros(cond.shape[0], C, H, W)
     with torch.no_grad():
         for i, j, c in itertools.product(range(H), range(W), range(C)):
-            x[:, c, i, j] = lik.sample_pixel(lik.net(x, cond)[..., i:i + 1, j:j + 1])[:, c, 0, 0]
+            x[:, c, i, j] = lik.sample_pixel(lik.net(x, cond)[..., i : i + 1, j : j + 1])[:, c, 0, 0]
     return x
 
 
@@ -144,11 +146,28 @@ def test_distribution_contract():
     assert torch.get_num_threads() == 1  # the sampler restored the (module's) thread count
 
 
-@pytest.mark.parametrize("shape,output", [((1, 8, 8), "bernoulli"), ((1, 28, 28), "bernoulli"),
-                                          ((3, 32, 32), "logistic_mixture"), ((3, 32, 32), "categorical")])
+@pytest.mark.parametrize(
+    "shape,output",
+    [
+        ((1, 8, 8), "bernoulli"),
+        ((1, 28, 28), "bernoulli"),
+        ((3, 32, 32), "logistic_mixture"),
+        ((3, 32, 32), "categorical"),
+    ],
+)
 def test_pixelvae_shapes(shape, output):
-    cfg = ModelConfig(encoder="conv", decoder="conv", channels=[4, 8], latent_dim=3, likelihood="pixelcnn",
-                      pixelcnn_output=output, pixelcnn_layers=2, pixelcnn_channels=6, pixelcnn_cond=4, n_mix=2)
+    cfg = ModelConfig(
+        encoder="conv",
+        decoder="conv",
+        channels=[4, 8],
+        latent_dim=3,
+        likelihood="pixelcnn",
+        pixelcnn_output=output,
+        pixelcnn_layers=2,
+        pixelcnn_channels=6,
+        pixelcnn_cond=4,
+        n_mix=2,
+    )
     model = build_vae(cfg, shape)
     x = torch.randint(0, 256, (2, *shape)).float() / 255
     if output == "bernoulli":
@@ -160,8 +179,13 @@ def test_pixelvae_shapes(shape, output):
 
 
 def test_config_errors():
-    bad = [dict(pixelcnn_channels=8), dict(pixelcnn_kernel=4), dict(pixelcnn_layers=0),
-           dict(pixelcnn_output="gaussian"), dict(pixelcnn_cond=0)]
+    bad = [
+        dict(pixelcnn_channels=8),
+        dict(pixelcnn_kernel=4),
+        dict(pixelcnn_layers=0),
+        dict(pixelcnn_output="gaussian"),
+        dict(pixelcnn_cond=0),
+    ]
     for b in bad:
         cfg = ModelConfig(encoder="conv", decoder="conv", likelihood="pixelcnn", **b)
         with pytest.raises(ConfigError):
@@ -172,10 +196,19 @@ def test_config_errors():
 
 def test_pixelvae_trains_on_digits():
     from sklearn.datasets import load_digits
+
     x = (torch.from_numpy(load_digits().images[:64] / 16).float().unsqueeze(1) > 0.5).float()
     torch.manual_seed(0)
-    cfg = ModelConfig(encoder="conv", decoder="conv", channels=[8, 16], latent_dim=4, likelihood="pixelcnn",
-                      pixelcnn_layers=2, pixelcnn_channels=8, pixelcnn_cond=4)
+    cfg = ModelConfig(
+        encoder="conv",
+        decoder="conv",
+        channels=[8, 16],
+        latent_dim=4,
+        likelihood="pixelcnn",
+        pixelcnn_layers=2,
+        pixelcnn_channels=8,
+        pixelcnn_cond=4,
+    )
     model = build_vae(cfg, (1, 8, 8))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
@@ -186,7 +219,7 @@ def test_pixelvae_trains_on_digits():
 
     before = loss_on_all()
     for step in range(12):
-        loss = model.loss(x[(step % 2) * 32:(step % 2 + 1) * 32])["loss"].mean()
+        loss = model.loss(x[(step % 2) * 32 : (step % 2 + 1) * 32])["loss"].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,5 +1,6 @@
 """The streamed decoder log-likelihood (vaekit.streamed) is the distribution's log_prob, computed
 block by block in reused buffers; it steps aside wherever it has no kernel."""
+
 import pytest
 import torch
 
@@ -46,8 +47,12 @@ def test_block_boundaries_and_a_linear_decoder(n, block):
     model = dense_vae(hidden=[])  # an empty hidden list: one linear map
     z, x = codes_and_data(n, one_image=False)
     with torch.no_grad():
-        torch.testing.assert_close(streamed.streamed_log_likelihood(model.decoder, z, x, block=block),
-                                   model.decoder(z).log_prob(x), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            streamed.streamed_log_likelihood(model.decoder, z, x, block=block),
+            model.decoder(z).log_prob(x),
+            rtol=1e-5,
+            atol=1e-4,
+        )
 
 
 def test_extreme_logits_stay_finite_and_exact():
@@ -100,6 +105,7 @@ def test_importance_sampling_is_unchanged_by_streaming(monkeypatch):
     fast = importance_sampled_log_prob(model, x, k=600)
     monkeypatch.setattr(streamed, "streamed_log_likelihood", lambda *a, **k: None)
     import vaekit.models.vae as vae_module
+
     monkeypatch.setattr(vae_module, "streamed_log_likelihood", lambda *a, **k: None)
     torch.manual_seed(7)
     plain = importance_sampled_log_prob(model, x, k=600)

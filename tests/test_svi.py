@@ -1,15 +1,14 @@
 """Per-datapoint SVI, semi-amortised SVI, the gap decomposition, and the VAE mixture priors."""
+
 import pytest
 import torch
 
 from vaekit.config import build_config
 from vaekit.distributions import MixturePrior, VampPrior
 from vaekit.errors import VaekitError
-from vaekit.inference import (format_gap_table, gap_decomposition, importance_sampled_log_prob,
-                              posterior_log_prob, svi)
+from vaekit.inference import format_gap_table, gap_decomposition, importance_sampled_log_prob, posterior_log_prob, svi
 from vaekit.models.vae import build_vae
 from vaekit.objectives import elbo_terms
-
 
 
 def binary_patterns(n=48, seed=0):
@@ -164,10 +163,31 @@ def test_cli_gap_writes_json(tmp_path, capsys):
     import json
 
     from vaekit.cli import main
+
     run = tmp_path / "vae"
-    assert main(["train", "--preset", "dense-digits", "--epochs", "1", "--set", "hidden=[16]",
-                 "--set", "latent_dim=2", "--set", "eval_k=0", "--set", "tensorboard=false",
-                 "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "dense-digits",
+                "--epochs",
+                "1",
+                "--set",
+                "hidden=[16]",
+                "--set",
+                "latent_dim=2",
+                "--set",
+                "eval_k=0",
+                "--set",
+                "tensorboard=false",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["gap", str(run), "--k", "20", "--n", "8", "--svi-steps", "5"]) == 0
     doc = json.loads((run / "gap.json").read_text())
     assert set(doc["splits"]) == {"test", "train"}

@@ -1,6 +1,6 @@
 """The training loop: learns, resumes exactly, survives bad steps and bad checkpoints."""
+
 import json
-import math
 
 import pytest
 import torch
@@ -23,8 +23,15 @@ def binarize(x, g):
 
 
 def cfg_for(**over):
-    sets = {"epochs": 3, "batch_size": 50, "log_every": 5, "ckpt_every": 10, "eval_k": 20, "eval_n": 50,
-            "tensorboard": False}
+    sets = {
+        "epochs": 3,
+        "batch_size": 50,
+        "log_every": 5,
+        "ckpt_every": 10,
+        "eval_k": 20,
+        "eval_n": 50,
+        "tensorboard": False,
+    }
     sets.update(over)
     return build_config("dense-digits", overrides=sets)
 
@@ -145,8 +152,15 @@ def test_channels_last_training_matches_the_default_layout(tmp_path):
     tr, te = digits()
     over = dict(encoder="conv", decoder="conv", channels=[8, 16], hidden=[32], eval_k=0)
     train(cfg_for(**over), tmp_path / "a", tr, te, transform=binarize, progress=False, max_steps=5)
-    train(cfg_for(**over, channels_last=True, amp=True), tmp_path / "b", tr, te, transform=binarize,
-          progress=False, max_steps=5)
+    train(
+        cfg_for(**over, channels_last=True, amp=True),
+        tmp_path / "b",
+        tr,
+        te,
+        transform=binarize,
+        progress=False,
+        max_steps=5,
+    )
     a, b = state_of(tmp_path / "a")["model"], state_of(tmp_path / "b")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k].contiguous(), rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 """vaekit.viz: grid layout pixel by pixel, PNG files, completion colours, latent maps, and the
 latent-space maths (lerp / slerp / interpolate / latent_grid)."""
+
 import math
 
 import numpy as np
@@ -22,7 +23,7 @@ def constant_images(levels, c=1):
 def cell(grid, i, j, pad=2):
     """The [H, W, C] tile at row i, column j of a grid with tiles of H x W."""
     top, left = pad + i * (H + pad), pad + j * (W + pad)
-    return grid[top:top + H, left:left + W]
+    return grid[top : top + H, left : left + W]
 
 
 def read_png(path):
@@ -49,7 +50,7 @@ def test_image_grid_layout_pixel_by_pixel():
         assert np.all(cell(grid, k // 3, k % 3) == level)  # image k at row k // nrow, column k % nrow
     assert np.all(cell(grid, 1, 2) == 255)  # the empty sixth cell is padding
     assert np.all(grid[:2] == 255) and np.all(grid[:, :2] == 255)  # the border
-    assert np.all(grid[2 + H:2 + H + 2] == 255)  # the gap between the rows
+    assert np.all(grid[2 + H : 2 + H + 2] == 255)  # the gap between the rows
     assert (grid == 255).sum() == grid.size - 5 * H * W
 
 
@@ -61,7 +62,7 @@ def test_image_grid_default_nrow_rgb_and_clamping():
     assert tuple(grid[0, 0, :2]) == (255, 0)
     k = 6
     expect = (x[k].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    assert np.array_equal(grid[H:2 * H, 2 * W:3 * W], expect)
+    assert np.array_equal(grid[H : 2 * H, 2 * W : 3 * W], expect)
 
 
 def test_save_grid_writes_png_of_expected_size(tmp_path):
@@ -101,7 +102,7 @@ def test_completion_paints_missing_pixels(tmp_path):
     assert mode == "RGB" and size == (5 * (W + 2) + 2, 2 * (H + 2) + 2)
     shown = cell(arr, 1, 0)
     assert np.all(shown[: H // 2] == (255, 0, 0))  # missing: red
-    assert np.all(shown[H // 2:] == 200)  # observed: the original grey level
+    assert np.all(shown[H // 2 :] == 200)  # observed: the original grey level
     assert np.all(cell(arr, 1, 2) == 50) and np.all(cell(arr, 1, 4) == 200)  # completion 2, original
     grey = viz.masked_input(orig, mask)
     assert grey.shape == (2, 3, H, W)
@@ -118,8 +119,9 @@ def test_latent_map_png_size_and_variants(tmp_path):
     _, size, _ = read_png(viz.save_latent_map(decoded, n, (-3, 3), tmp_path / "alone.png"))
     assert size == (550, 500)
     many = torch.arange(200) % 25  # more than 10 classes: a colour bar instead of a legend
-    _, size, _ = read_png(viz.save_latent_map(torch.rand(n * n, 3, 4, 4), n, viz.latent_axis(n),
-                                              tmp_path / "cb.png", pts, many))
+    _, size, _ = read_png(
+        viz.save_latent_map(torch.rand(n * n, 3, 4, 4), n, viz.latent_axis(n), tmp_path / "cb.png", pts, many)
+    )
     assert size == (1100, 500)
 
 
@@ -133,18 +135,34 @@ def test_wrong_shapes_raise_one_line(tmp_path):
         (lambda: viz.image_grid(torch.full((2, 1, H, W), float("nan"))), "NaN"),
         (lambda: viz.image_grid(torch.rand(0, 1, H, W)), "empty"),
         (lambda: viz.image_grid(torch.rand(2, 1, H, W), nrow=0), "nrow"),
-        (lambda: viz.save_reconstructions(torch.rand(2, 1, H, W), torch.rand(3, 1, H, W), tmp_path / "r.png"),
-         "differ in shape"),
+        (
+            lambda: viz.save_reconstructions(torch.rand(2, 1, H, W), torch.rand(3, 1, H, W), tmp_path / "r.png"),
+            "differ in shape",
+        ),
         (lambda: viz.save_interpolation(torch.rand(4, 1, H, W), tmp_path / "i.png"), "[R, S, C, H, W]"),
-        (lambda: viz.save_completion(torch.rand(2, 1, H, W), torch.ones(2, 1, H, W + 1),
-                                     torch.rand(2, 3, 1, H, W), tmp_path / "c.png"), "mask must be"),
-        (lambda: viz.save_completion(torch.rand(2, 1, H, W), torch.ones(2, 1, H, W),
-                                     torch.rand(3, 3, 1, H, W), tmp_path / "c.png"), "completions must be"),
+        (
+            lambda: viz.save_completion(
+                torch.rand(2, 1, H, W), torch.ones(2, 1, H, W + 1), torch.rand(2, 3, 1, H, W), tmp_path / "c.png"
+            ),
+            "mask must be",
+        ),
+        (
+            lambda: viz.save_completion(
+                torch.rand(2, 1, H, W), torch.ones(2, 1, H, W), torch.rand(3, 3, 1, H, W), tmp_path / "c.png"
+            ),
+            "completions must be",
+        ),
         (lambda: viz.save_latent_map(torch.rand(8, 1, H, W), 3, None, tmp_path / "m.png"), "n*n = 9"),
-        (lambda: viz.save_latent_map(torch.rand(9, 1, H, W), 3, None, tmp_path / "m.png",
-                                     torch.rand(5, 3)), "points must be [M, 2]"),
-        (lambda: viz.save_latent_map(torch.rand(9, 1, H, W), 3, None, tmp_path / "m.png",
-                                     torch.rand(5, 2), torch.arange(4)), "labels must be [M]"),
+        (
+            lambda: viz.save_latent_map(torch.rand(9, 1, H, W), 3, None, tmp_path / "m.png", torch.rand(5, 3)),
+            "points must be [M, 2]",
+        ),
+        (
+            lambda: viz.save_latent_map(
+                torch.rand(9, 1, H, W), 3, None, tmp_path / "m.png", torch.rand(5, 2), torch.arange(4)
+            ),
+            "labels must be [M]",
+        ),
         (lambda: viz.interpolate(torch.rand(2, 3), torch.rand(2, 4), 5), "same shape [B, D]"),
         (lambda: viz.interpolate(torch.rand(2, 3), torch.rand(2, 3), 1), "steps must be >= 2"),
     ]

@@ -1,4 +1,5 @@
 """``python -m vaekit`` (and ``torchrun -m vaekit``) runs the ``vaekit`` command."""
+
 import sys
 
 from .cli import main

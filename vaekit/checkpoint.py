@@ -24,6 +24,7 @@ Test hook: with the environment variable ``VAEKIT_TEST_SLOW_CKPT=SECONDS`` every
 write stops half-way for that long after printing ``vaekit-test: writing <path>`` to stderr,
 so that the fault tests can SIGKILL a process in the middle of a write.
 """
+
 from __future__ import annotations
 
 import errno
@@ -164,7 +165,8 @@ def _write_state(state: dict, path: Path):
         f.flush()
         print(f"vaekit-test: writing {path}", file=sys.stderr, flush=True)
         time.sleep(float(slow))
-        f.write(data[len(data) // 2:])
+        f.write(data[len(data) // 2 :])
+
     return write_slowly
 
 
@@ -228,8 +230,7 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return load_checkpoint_bytes(path, path, map_location)
 
 
-def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True,
-                      quarantine=False) -> tuple[Path, dict] | None:
+def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True, quarantine=False) -> tuple[Path, dict] | None:
     """The newest checkpoint of a run that loads; corrupt ones are reported and skipped.
 
     Returns ``None`` when the run has no checkpoint at all; raises ``CheckpointError``
@@ -256,8 +257,9 @@ def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True,
                 except OSError:
                     pass
         return found
-    raise CheckpointError(f"no readable checkpoint in {Path(run_dir) / CKPT_DIR} "
-                          f"({len(bad)} corrupt: {', '.join(p.name for p in bad)})")
+    raise CheckpointError(
+        f"no readable checkpoint in {Path(run_dir) / CKPT_DIR} ({len(bad)} corrupt: {', '.join(p.name for p in bad)})"
+    )
 
 
 def resolve(path: str | Path, map_location="cpu") -> tuple[Path, dict]:
@@ -301,13 +303,13 @@ def model_from_state(state: dict, device="cpu", ema: bool = True):
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit the model its config describes "
-                              f"({str(e).splitlines()[0][:120]})") from None
+        raise CheckpointError(
+            f"checkpoint weights do not fit the model its config describes ({str(e).splitlines()[0][:120]})"
+        ) from None
     return model.to(device).eval(), cfg
 
 
-def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = True,
-                missing: str | None = None):
+def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = True, missing: str | None = None):
     """:func:`load_model` for every process of a torchrun job: rank 0 finds and reads the file
     (the run folder need exist on its machine only) and sends the bytes to the others.
 

@@ -16,12 +16,13 @@ complete. The pickles are read by an unpickler that only builds numpy arrays.
 Reference: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", tech.
 report, University of Toronto, 2009.
 """
+
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import pickle
-import http.client
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -54,9 +55,12 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, bytes and numpy arrays only (the content of a CIFAR batch)."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
@@ -73,8 +77,13 @@ def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         data, labels = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
     except Exception as e:  # any unpickling problem means a corrupt or foreign file
         raise DataError(f"{name}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+        or labels.shape != (data.shape[0],)
+    ):
         raise DataError(f"{name}: expected uint8 data [n, 3072] and n labels")
     return data.reshape(-1, *IMAGE_SHAPE), labels
 
@@ -106,8 +115,9 @@ def _read_members(root: Path, names: list[str]) -> list[tuple[bytes, str]]:
         raise DataError(f"{archive}: corrupt archive ({e}); delete it and download again") from None
 
 
-def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "train", download: bool = False,
-                 base_url: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_cifar10(
+    data_dir: str | os.PathLike | None = None, split: str = "train", download: bool = False, base_url: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 images and labels.
 
     Args:
@@ -125,8 +135,9 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "train"
     root = resolve_data_dir(data_dir)
     if not (root / FOLDER).is_dir() and not (root / FILENAME).is_file():
         if not download:
-            raise DataError(f"CIFAR-10 not found in {root}: expected {FOLDER}/ or {FILENAME} "
-                            "(set data.download=true to fetch it)")
+            raise DataError(
+                f"CIFAR-10 not found in {root}: expected {FOLDER}/ or {FILENAME} (set data.download=true to fetch it)"
+            )
         download_cifar10(root, base_url)
     parts = [_parse_batch(raw, name) for raw, name in _read_members(root, SPLITS[split])]
     images = np.concatenate([p[0] for p in parts])
@@ -135,8 +146,9 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, split: str = "train"
     return x, torch.from_numpy(labels)
 
 
-def download_cifar10(data_dir: str | os.PathLike | None = None, base_url: str | None = None,
-                     timeout: float = 60.0) -> Path:
+def download_cifar10(
+    data_dir: str | os.PathLike | None = None, base_url: str | None = None, timeout: float = 60.0
+) -> Path:
     """Fetch ``cifar-10-python.tar.gz`` into ``data_dir``, md5-checked, renamed into place atomically.
 
     Returns the archive's path. DataError (one line) when the server cannot be reached or the
@@ -148,6 +160,7 @@ def download_cifar10(data_dir: str | os.PathLike | None = None, base_url: str | 
     url = base.rstrip("/") + "/" + FILENAME
     target = root / FILENAME
     from .data import _one_line, fetch_checked  # data imports this module lazily: no cycle
+
     try:
         fetch_checked(url, target, "md5", MD5, timeout=timeout)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:

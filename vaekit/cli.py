@@ -13,24 +13,25 @@
 Every user error ends in one line ``vaekit: error: <what is wrong>`` and exit status 2.
 Subcommands are a registry: name -> (add_arguments, run).
 """
+
 from __future__ import annotations
 
 import argparse
 import inspect
 import json
-import os
 import sys
 from pathlib import Path
 
 from .errors import VaekitError
 
-
 # --- shared helpers ------------------------------------------------------------------------
+
 
 def _load_run(args):
     """(model, cfg, state) of the run folder or checkpoint ``args.run`` on ``args.device``."""
     from .checkpoint import load_model
     from .train import resolve_device
+
     device = resolve_device(getattr(args, "device", None) or "cpu")
     return load_model(args.run, device=device)
 
@@ -38,12 +39,14 @@ def _load_run(args):
 def _model_device(model):
     """The device the loaded model lives on (see ``vaekit.models.model_device``)."""
     from .models import model_device
+
     return model_device(model)
 
 
 def _data_config(cfg, args):
     """The run's data config with ``--data`` / ``--data-dir`` applied."""
     import copy
+
     dc = copy.deepcopy(cfg.data)
     if getattr(args, "data", None):
         dc.name = args.data
@@ -55,12 +58,14 @@ def _data_config(cfg, args):
 def _split(cfg, args, split: str):
     """The named split (``train``/``test``) of the run's data, prepared as the model expects."""
     from .data import prepare_data
+
     train, test = prepare_data(_data_config(cfg, args))
     return train if split == "train" else test
 
 
 def _seed(args):
     import torch
+
     if getattr(args, "seed", None) is not None:
         torch.manual_seed(args.seed)
 
@@ -86,12 +91,14 @@ def _add_data_args(p):
 
 # --- commands -------------------------------------------------------------------------------
 
+
 def _presets_args(p):
     pass
 
 
 def _presets(args):
     from .config import describe_presets
+
     rows = describe_presets()
     w = max(len(n) for n, _, _ in rows)
     for name, parent, desc in rows:
@@ -104,10 +111,19 @@ def _train_args(p):
     g.add_argument("--preset", help="named preset (see `vaekit presets`)")
     g.add_argument("--config", help="YAML config file instead of a preset")
     g.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its newest good checkpoint")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set k=50 --set train.lr=3e-4 (repeatable)")
-    p.add_argument("--model", help="model kind, sets model.kind: vae, flow, mixture, autoencoder "
-                                   "(mixtures want grey levels: --set binarize=none, or --preset gmm-mnist)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set k=50 --set train.lr=3e-4 (repeatable)",
+    )
+    p.add_argument(
+        "--model",
+        help="model kind, sets model.kind: vae, flow, mixture, autoencoder "
+        "(mixtures want grey levels: --set binarize=none, or --preset gmm-mnist)",
+    )
     p.add_argument("--data", help="dataset name or path (sets data.name)")
     p.add_argument("--data-dir", help="folder holding standard dataset files (sets data.data_dir)")
     p.add_argument("--epochs", type=int, help="sets train.epochs (with --resume: extend the run)")
@@ -119,6 +135,7 @@ def _train_args(p):
 
 def _train(args):
     from . import distributed
+
     with distributed.session():  # under torchrun: one process group for the whole command
         return _train_in_session(args, distributed.is_main())
 
@@ -130,8 +147,12 @@ def _train_in_session(args, main: bool):
     from .train import train
 
     if args.resume:
-        cfg = load_shared(args.resume, device=None, warn=False,  # rank 0 reads, all get the config
-                          missing=f"nothing to resume: {args.resume} has no checkpoint")[1]
+        cfg = load_shared(
+            args.resume,
+            device=None,
+            warn=False,  # rank 0 reads, all get the config
+            missing=f"nothing to resume: {args.resume} has no checkpoint",
+        )[1]
         if args.overrides or args.data or args.data_dir or args.model:
             raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
         out = Path(args.resume)
@@ -151,16 +172,26 @@ def _train_in_session(args, main: bool):
     train_ds, test_ds = prepare_data(cfg.data)
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
     if main:
-        print(f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
-              f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
-              f"{tuple(train_ds.x.shape[1:])} -> {out}", file=sys.stderr)
-    summary = train(cfg, out, train_ds.x, test_ds.x, transform=transform, resume=bool(args.resume),
-                    progress=not args.no_progress, max_steps=args.max_steps)
+        print(
+            f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
+            f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
+            f"{tuple(train_ds.x.shape[1:])} -> {out}",
+            file=sys.stderr,
+        )
+    summary = train(
+        cfg,
+        out,
+        train_ds.x,
+        test_ds.x,
+        transform=transform,
+        resume=bool(args.resume),
+        progress=not args.no_progress,
+        max_steps=args.max_steps,
+    )
     if main:
         print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
         print(f"vaekit: done; evaluate with `vaekit evaluate {out} --k 5000`", file=sys.stderr)
     return 0
-
 
 
 def _evaluate_args(p):
@@ -180,14 +211,14 @@ def _evaluate(args):
     from .checkpoint import load_shared
     from .evaluate import evaluate, format_table
     from .train import resolve_device
+
     if args.k <= 0:
         raise VaekitError(f"--k must be positive; got {args.k}")
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, _ = load_shared(args.run, device=resolve_device(args.device or "cpu"))
         ds = _split(cfg, args, args.split)
         x = ds.x[: args.n] if args.n else ds.x
-        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress,
-                       seed=args.seed)
+        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
         if not distributed.is_main():
             return 0
     res.update(dataset=_data_config(cfg, args).name, split=args.split)
@@ -195,6 +226,7 @@ def _evaluate(args):
     run = Path(args.run)
     out = Path(args.output) if args.output else (run if run.is_dir() else run.parent.parent) / "eval.json"
     from .checkpoint import atomic_write
+
     atomic_write(_out_path(str(out)), lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -211,14 +243,17 @@ def _sample_args(p):
 
 def _sample(args):
     from .viz import save_grid
+
     if args.n <= 0:
         raise VaekitError(f"-n must be positive; got {args.n}")
     model, cfg, _ = _load_run(args)
     _seed(args)
     accepts = inspect.signature(model.sample).parameters
     kw = {}
-    for flag, name, value, default in (("--mean", "mean", args.mean, False),
-                                       ("--temperature", "temperature", args.temperature, 1.0)):
+    for flag, name, value, default in (
+        ("--mean", "mean", args.mean, False),
+        ("--temperature", "temperature", args.temperature, 1.0),
+    ):
         if value != default:
             if name not in accepts:
                 raise VaekitError(f"{flag} is not defined for a {cfg.model.kind} model")
@@ -239,6 +274,7 @@ def _reconstruct_args(p):
 
 def _reconstruct(args):
     from .viz import save_reconstructions
+
     model, cfg, _ = _load_run(args)
     x = _split(cfg, args, "test").x[: args.n].to(_model_device(model))
     _seed(args)
@@ -260,6 +296,7 @@ def _interpolate_args(p):
 
 def _interpolate(args):
     from .viz import interpolate, save_interpolation
+
     if args.steps < 2:
         raise VaekitError(f"--steps must be at least 2; got {args.steps}")
     model, cfg, _ = _load_run(args)
@@ -268,7 +305,7 @@ def _interpolate(args):
         raise VaekitError("interpolation needs at least two test images")
     half = x.shape[0] // 2
     z0, _ = model.encode(x[:half])
-    z1, _ = model.encode(x[half:2 * half])
+    z1, _ = model.encode(x[half : 2 * half])
     zs = interpolate(z0, z1, args.steps, slerp=args.slerp)  # [R, steps, D]
     R, S, D = zs.shape
     imgs = model.decode_to_x(zs.reshape(R * S, D)).clamp(0, 1).view(R, S, *model.data_shape)
@@ -287,12 +324,14 @@ def _latent_map_args(p):
 
 def _latent_map(args):
     import torch
+
     from .viz import latent_grid, save_latent_map
+
     model, cfg, _ = _load_run(args)
     ds = _split(cfg, args, "test")
     dev = _model_device(model)
     x = ds.x[: args.points].to(dev)
-    mu = torch.cat([model.encode(x[i:i + 1000])[0] for i in range(0, x.shape[0], 1000)])
+    mu = torch.cat([model.encode(x[i : i + 1000])[0] for i in range(0, x.shape[0], 1000)])
     D = mu.shape[1]
     grid2 = latent_grid(args.grid).to(dev)  # [n*n, 2], Gaussian quantiles
     if D == 2:
@@ -301,14 +340,13 @@ def _latent_map(args):
         centre = mu.mean(0)
         _, s, v = torch.linalg.svd(mu - centre, full_matrices=False)
         basis = v[:2]  # [2, D]
-        scale = (s[:2] / max(1, mu.shape[0] - 1) ** 0.5)  # std along each direction
+        scale = s[:2] / max(1, mu.shape[0] - 1) ** 0.5  # std along each direction
         z = centre + (grid2 * scale) @ basis
         pts = (mu - centre) @ basis.T / scale
         title = f"top-2 principal plane of {D}-D posterior means (standardised)"
     imgs = model.decode_to_x(z).clamp(0, 1)
     labels = ds.y[: args.points].numpy() if ds.y is not None else None
-    save_latent_map(imgs.cpu(), args.grid, None, _out_path(args.output), points=pts.cpu(), labels=labels,
-                    title=title)
+    save_latent_map(imgs.cpu(), args.grid, None, _out_path(args.output), points=pts.cpu(), labels=labels, title=title)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -324,21 +362,25 @@ def _encode_args(p):
 def _encode(args):
     import numpy as np
     import torch
+
     model, cfg, _ = _load_run(args)
     ds = _split(cfg, args, args.split)
     dev = _model_device(model)
     feats = []
     with torch.no_grad():
         for i in range(0, ds.x.shape[0], 1000):
-            mu, lv = model.encode(ds.x[i:i + 1000].to(dev))
+            mu, lv = model.encode(ds.x[i : i + 1000].to(dev))
             feats.append(torch.cat([mu, lv], 1) if args.logvar else mu)
     arr = torch.cat(feats).cpu().numpy()
     out = _out_path(args.output)
     np.save(out, arr)
     if ds.y is not None:
         np.save(out.with_suffix(".labels.npy"), ds.y.numpy())
-    print(f"wrote {out}: {arr.shape[0]} x {arr.shape[1]} "
-          f"({'means, log-variances' if args.logvar else 'posterior means'})", file=sys.stderr)
+    print(
+        f"wrote {out}: {arr.shape[0]} x {arr.shape[1]} "
+        f"({'means, log-variances' if args.logvar else 'posterior means'})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -354,9 +396,10 @@ COMMANDS = {
 }
 
 
-# --- issue 5: mixtures (cluster), SVI gap decomposition (gap), image completion (complete) ---
+# --- mixtures (cluster), SVI gap decomposition (gap), image completion (complete) ---
 # Command logic lives in vaekit.models.mixture.cluster, vaekit.inference.gap_decomposition and
 # vaekit.completion.complete; these functions only load, call and write.
+
 
 def _eval_ready(ds, cfg):
     """The split's images as the model saw them: a dynamically binarised split is binarised
@@ -364,6 +407,7 @@ def _eval_ready(ds, cfg):
     x = ds.x
     if getattr(ds, "binarize", None) == "dynamic":
         from .data import binarize_static
+
         x = binarize_static(x, cfg.data.binarize_seed + 1)
     return x
 
@@ -371,18 +415,25 @@ def _eval_ready(ds, cfg):
 def _cluster_args(p):
     _add_run_args(p, "run folder or checkpoint of a Gaussian mixture")
     _add_data_args(p)
-    p.add_argument("-o", "--output", default="labels.npy",
-                   help="hard labels [N] (.npy); soft assignments [N, K] go beside it as *.soft.npy")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="labels.npy",
+        help="hard labels [N] (.npy); soft assignments [N, K] go beside it as *.soft.npy",
+    )
     p.add_argument("--split", choices=("test", "train"), default="test")
 
 
 def _cluster(args):
     import numpy as np
+
     from .models.mixture import GaussianMixtureModel, cluster
+
     model, cfg, _ = _load_run(args)
     if not isinstance(model, GaussianMixtureModel):
-        raise VaekitError(f"vaekit cluster needs a Gaussian mixture run (model.kind=mixture); "
-                          f"{args.run} is a {cfg.model.kind}")
+        raise VaekitError(
+            f"vaekit cluster needs a Gaussian mixture run (model.kind=mixture); {args.run} is a {cfg.model.kind}"
+        )
     ds = _split(cfg, args, args.split)
     soft, hard = cluster(model, ds.x)
     out = _out_path(args.output)
@@ -390,13 +441,17 @@ def _cluster(args):
     soft_path = out.with_name(out.stem + ".soft.npy")
     np.save(soft_path, soft.float().cpu().numpy())
     counts = np.bincount(hard.cpu().numpy(), minlength=model.K)
-    print(f"clustered {hard.shape[0]} examples into {model.K} components; sizes: "
-          + " ".join(str(int(c)) for c in counts))
+    print(
+        f"clustered {hard.shape[0]} examples into {model.K} components; sizes: " + " ".join(str(int(c)) for c in counts)
+    )
     if ds.y is not None:
         from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
         y, h = ds.y.numpy(), hard.cpu().numpy()
-        print(f"against the dataset's labels: adjusted Rand {adjusted_rand_score(y, h):.3f}, "
-              f"NMI {normalized_mutual_info_score(y, h):.3f}")
+        print(
+            f"against the dataset's labels: adjusted Rand {adjusted_rand_score(y, h):.3f}, "
+            f"NMI {normalized_mutual_info_score(y, h):.3f}"
+        )
     print(f"wrote {out} (hard) and {soft_path} (soft)", file=sys.stderr)
     return 0
 
@@ -410,8 +465,12 @@ def _gap_args(p):
     p.add_argument("--svi-steps", type=int, default=500, help="Adam steps of the per-example q*")
     p.add_argument("--svi-lr", type=float, default=1e-2)
     p.add_argument("--svi-samples", type=int, default=1, help="reparameterised samples per SVI step")
-    p.add_argument("--init", choices=("encoder", "prior"), default="encoder",
-                   help="start q* at the encoder's q(z|x) (semi-amortised, default) or at the prior")
+    p.add_argument(
+        "--init",
+        choices=("encoder", "prior"),
+        default="encoder",
+        help="start q* at the encoder's q(z|x) (semi-amortised, default) or at the prior",
+    )
     p.add_argument("--batch-size", type=int, help="examples optimised together (memory bound)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", help="JSON file (default RUN/gap.json)")
@@ -419,6 +478,7 @@ def _gap_args(p):
 
 def _gap(args):
     from .inference import format_gap_table, gap_decomposition
+
     if args.k <= 0 or args.svi_steps < 0:
         raise VaekitError("--k must be positive and --svi-steps non-negative")
     model, cfg, _ = _load_run(args)
@@ -433,18 +493,30 @@ def _gap(args):
         x = _eval_ready(_split(cfg, args, split), cfg)
         x = (x[: args.n] if args.n else x).to(dev)
         _seed(args)
-        print(f"vaekit gap: {split}: {x.shape[0]} examples, K={args.k}, {args.svi_steps} SVI steps",
-              file=sys.stderr)
-        res = gap_decomposition(model, x, k=args.k, svi_steps=args.svi_steps, svi_lr=args.svi_lr,
-                                svi_samples=args.svi_samples, svi_init=args.init, batch_size=args.batch_size)
+        print(f"vaekit gap: {split}: {x.shape[0]} examples, K={args.k}, {args.svi_steps} SVI steps", file=sys.stderr)
+        res = gap_decomposition(
+            model,
+            x,
+            k=args.k,
+            svi_steps=args.svi_steps,
+            svi_lr=args.svi_lr,
+            svi_samples=args.svi_samples,
+            svi_init=args.init,
+            batch_size=args.batch_size,
+        )
         res.pop("per_example")
         results[split] = res
     print(format_gap_table(results))
     run = Path(args.run)
     out = Path(args.output) if args.output else (run if run.is_dir() else run.parent.parent) / "gap.json"
-    doc = {"run": str(args.run), "dataset": _data_config(cfg, args).name, "splits": results,
-           "units": "nats per example; stderr over examples"}
+    doc = {
+        "run": str(args.run),
+        "dataset": _data_config(cfg, args).name,
+        "splits": results,
+        "units": "nats per example; stderr over examples",
+    }
     from .checkpoint import atomic_write
+
     atomic_write(_out_path(str(out)), lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -453,13 +525,20 @@ def _gap(args):
 def _complete_args(p):
     _add_run_args(p, "run folder or checkpoint of a VAE")
     _add_data_args(p)
-    p.add_argument("--mask", default="bottom",
-                   help="missing pixels: top|bottom|left|right|random:P|FILE (.npy/.png, nonzero = missing)")
+    p.add_argument(
+        "--mask",
+        default="bottom",
+        help="missing pixels: top|bottom|left|right|random:P|FILE (.npy/.png, nonzero = missing)",
+    )
     p.add_argument("-o", "--output", default="completion.png")
     p.add_argument("-n", type=int, default=8, help="test images to complete (rows)")
     p.add_argument("--completions", type=int, default=8, help="completions per image (columns)")
-    p.add_argument("--method", choices=("importance", "svi"), default="importance",
-                   help="posterior over z from the observed pixels: importance-weighted encoder proposal, or SVI")
+    p.add_argument(
+        "--method",
+        choices=("importance", "svi"),
+        default="importance",
+        help="posterior over z from the observed pixels: importance-weighted encoder proposal, or SVI",
+    )
     p.add_argument("--k", type=int, default=1000, help="importance samples per image")
     p.add_argument("--svi-steps", type=int, default=200)
     p.add_argument("--mean", action="store_true", help="paste E[x|z] instead of a sample")
@@ -471,6 +550,7 @@ def _complete_args(p):
 def _complete(args):
     from .completion import complete, format_completion_summary, parse_mask
     from .viz import save_completion
+
     if args.n <= 0 or args.completions <= 0:
         raise VaekitError("-n and --completions must be positive")
     model, cfg, _ = _load_run(args)
@@ -479,27 +559,38 @@ def _complete(args):
     x = _eval_ready(_split(cfg, args, args.split), cfg)[: args.n].to(_model_device(model))
     mask = parse_mask(args.mask, tuple(x.shape[1:]), seed=args.seed)
     _seed(args)
-    res = complete(model, x, mask, n_completions=args.completions, method=args.method, k=args.k,
-                   svi_steps=args.svi_steps, mean=args.mean)
+    res = complete(
+        model,
+        x,
+        mask,
+        n_completions=args.completions,
+        method=args.method,
+        k=args.k,
+        svi_steps=args.svi_steps,
+        mean=args.mean,
+    )
     print(format_completion_summary(res["summary"]))
     save_completion(x.cpu(), res["mask"].cpu(), res["completions"].clamp(0, 1).cpu(), _out_path(args.output))
-    print(f"wrote {args.output} (each row: masked input, {args.completions} completions, original)",
-          file=sys.stderr)
+    print(f"wrote {args.output} (each row: masked input, {args.completions} completions, original)", file=sys.stderr)
     if args.json:
-        doc = {"summary": res["summary"], "mask": args.mask,
-               "heldout_log_lik": res["heldout_log_lik"].tolist(),
-               "heldout_log_lik_per_completion": res["heldout_log_lik_per_completion"].tolist()}
+        doc = {
+            "summary": res["summary"],
+            "mask": args.mask,
+            "heldout_log_lik": res["heldout_log_lik"].tolist(),
+            "heldout_log_lik_per_completion": res["heldout_log_lik_per_completion"].tolist(),
+        }
         with open(_out_path(args.json), "w") as f:
             json.dump(doc, f, indent=2)
     return 0
 
 
-COMMANDS.update({
-    "cluster": (_cluster_args, _cluster, "Gaussian mixture assignments: hard labels .npy and soft p(z=k|x)"),
-    "gap": (_gap_args, _gap, "approximation and amortisation gaps (SVI vs encoder), gap.json"),
-    "complete": (_complete_args, _complete, "complete masked images from the posterior over z, completion.png"),
-})
-# --- end of issue 5 commands ---
+COMMANDS.update(
+    {
+        "cluster": (_cluster_args, _cluster, "Gaussian mixture assignments: hard labels .npy and soft p(z=k|x)"),
+        "gap": (_gap_args, _gap, "approximation and amortisation gaps (SVI vs encoder), gap.json"),
+        "complete": (_complete_args, _complete, "complete masked images from the posterior over z, completion.png"),
+    }
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -519,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(e: VaekitError) -> None:
     """One line on stderr; under torchrun, an error every rank shares is printed by rank 0 only."""
     from .distributed import rank
+
     r, msg = rank(), str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever it quotes
     if r == 0:
         print(f"vaekit: error: {msg}", file=sys.stderr)
@@ -538,9 +630,15 @@ def main(argv: list[str] | None = None) -> int:
         _report(e)
         return 2
     except KeyboardInterrupt:
-        print("vaekit: interrupted" + (f"; continue with `vaekit train --resume {args.out or args.resume}`"
-                                       if args.command == "train" and (getattr(args, "out", None) or args.resume)
-                                       else ""), file=sys.stderr)
+        print(
+            "vaekit: interrupted"
+            + (
+                f"; continue with `vaekit train --resume {args.out or args.resume}`"
+                if args.command == "train" and (getattr(args, "out", None) or args.resume)
+                else ""
+            ),
+            file=sys.stderr,
+        )
         return 130
     except FileNotFoundError as e:
         print(f"vaekit: error: file not found: {e.filename}", file=sys.stderr)

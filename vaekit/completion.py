@@ -27,6 +27,7 @@ grows), reported with the log-likelihood of the held-out pixels under each compl
 References: Rezende, Mohamed & Wierstra 2014 (Sec. 6, imputation); Burda et al. 2015;
 Cremer et al. 2018 (SVI refinement); Mattei & Frellsen 2018 (importance-weighted imputation).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,11 +65,11 @@ def parse_mask(spec: str, shape: tuple[int, ...], seed: int = 0) -> Tensor:
         if spec == "top":
             m[:, : H // 2] = 0
         elif spec == "bottom":
-            m[:, H // 2:] = 0
+            m[:, H // 2 :] = 0
         elif spec == "left":
             m[:, :, : W // 2] = 0
         else:
-            m[:, :, W // 2:] = 0
+            m[:, :, W // 2 :] = 0
         return m
     if spec.startswith("random:") or spec == "random":
         try:
@@ -96,6 +97,7 @@ def _mask_from_file(path: Path, shape: tuple[int, ...]) -> Tensor:
                 arr = arr / arr.max()
         else:
             from PIL import Image
+
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
     except (OSError, ValueError) as e:
@@ -133,16 +135,33 @@ def _complete_batch(model, x: Tensor, m: Tensor, q, n_completions: int, k: int, 
     xs = (distribution_mean(px) if mean else px.sample()).view(n_completions, B, *x.shape[1:])
     observed = m.bool().unsqueeze(0).expand_as(xs)
     comp = torch.where(observed, x.unsqueeze(0).expand_as(xs), xs)  # observed pixels: copied through
-    per_comp = MaskedLikelihood(px, 1 - m).log_prob(
-        x.unsqueeze(0).expand_as(xs).reshape(n_completions * B, *x.shape[1:])).view(n_completions, B)
-    return {"completions": comp.transpose(0, 1), "heldout_log_lik": heldout.float(), "ess": ess.float(),
-            "heldout_log_lik_per_completion": per_comp.T, "log_px_observed": (
-                torch.logsumexp(log_w, 0) - math.log(k)).float()}
+    per_comp = (
+        MaskedLikelihood(px, 1 - m)
+        .log_prob(x.unsqueeze(0).expand_as(xs).reshape(n_completions * B, *x.shape[1:]))
+        .view(n_completions, B)
+    )
+    return {
+        "completions": comp.transpose(0, 1),
+        "heldout_log_lik": heldout.float(),
+        "ess": ess.float(),
+        "heldout_log_lik_per_completion": per_comp.T,
+        "log_px_observed": (torch.logsumexp(log_w, 0) - math.log(k)).float(),
+    }
 
 
-def complete(model, x: Tensor, mask: Tensor, n_completions: int = 8, method: str = "importance",
-             k: int = 1000, svi_steps: int = 200, svi_lr: float = 1e-2, svi_samples: int = 4,
-             mean: bool = False, batch_size: int | None = None) -> dict:
+def complete(
+    model,
+    x: Tensor,
+    mask: Tensor,
+    n_completions: int = 8,
+    method: str = "importance",
+    k: int = 1000,
+    svi_steps: int = 200,
+    svi_lr: float = 1e-2,
+    svi_samples: int = 4,
+    mean: bool = False,
+    batch_size: int | None = None,
+) -> dict:
     """Complete the missing pixels of ``x`` given the observed ones.
 
     Args:
@@ -189,8 +208,8 @@ def complete(model, x: Tensor, mask: Tensor, n_completions: int = 8, method: str
     B = batch_size or max(1, DEFAULT_ELEMENT_BUDGET // max(1, k * numel))
     parts: dict[str, list] = {}
     for i in range(0, N, B):
-        q = diagonal_gaussian(means[i:i + B], log_vars[i:i + B])
-        out = _complete_batch(model, x[i:i + B], mask[i:i + B], q, n_completions, k, mean)
+        q = diagonal_gaussian(means[i : i + B], log_vars[i : i + B])
+        out = _complete_batch(model, x[i : i + B], mask[i : i + B], q, n_completions, k, mean)
         for key, v in out.items():
             parts.setdefault(key, []).append(v)
     res = {key: torch.cat(v) for key, v in parts.items()}
@@ -201,8 +220,9 @@ def complete(model, x: Tensor, mask: Tensor, n_completions: int = 8, method: str
     for key in ("heldout_log_lik", "heldout_log_lik_per_pixel", "ess", "log_px_observed"):
         m_, se = mean_and_stderr(res[key])
         summary[key] = {"mean": m_, "stderr": se}
-    summary["heldout_log_lik_per_completion"] = dict(zip(("mean", "stderr"), mean_and_stderr(
-        res["heldout_log_lik_per_completion"].flatten())))
+    summary["heldout_log_lik_per_completion"] = dict(
+        zip(("mean", "stderr"), mean_and_stderr(res["heldout_log_lik_per_completion"].flatten()))
+    )
     res["summary"] = summary
     return res
 

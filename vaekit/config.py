@@ -11,6 +11,7 @@ or flat ``field: value`` pairs.
 The resolved config is saved in every checkpoint (``Config.to_dict``), so a run can
 be resumed or evaluated from the checkpoint alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,24 +45,28 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [400])  # MLP widths, encoder side; decoder mirrors them
     activation: str = "relu"  # relu | tanh | elu | gelu | softplus | silu | leaky_relu
     latent_dim: int = 20  # dimension of z
-    likelihood: str = "bernoulli"  # p(x|z): bernoulli | gaussian (and image likelihoods, issue 3)
+    likelihood: str = "bernoulli"  # p(x|z): bernoulli | gaussian | logistic_mixture | categorical (8-bit) | pixelcnn
     variance: str = "global"  # gaussian p(x|z) variance: fixed | global (one learned) | pixel (decoder output)
     fixed_std: float = 1.0  # std of the gaussian likelihood when variance=fixed (data units)
     prior: str = "normal"  # p(z): normal (standard)
-    # --- conv / resnet / pixelcnn fields (issue 3) ---
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv/resnet stage widths, full resolution first; each stage halves H, W (rounding up); decoders mirror them
+    # --- conv / resnet / pixelcnn fields ---
+    channels: list[int] = field(
+        default_factory=lambda: [32, 64]
+    )  # conv/resnet stage widths, full resolution first; each stage halves H, W (rounding up); decoders mirror them
     resnet_blocks: int = 2  # pre-activation residual blocks per resnet stage
     norm: str = "none"  # conv/resnet normalisation: none | batch | weight (weight normalisation)
-    upsample: str = "transpose"  # conv/resnet decoder up-sampling: transpose (stride-2 transposed conv) | nearest (resize + 3x3 conv)
+    upsample: str = "transpose"  # decoder up-sampling: transpose (stride-2 transposed conv) | nearest (resize + 3x3)
     n_mix: int = 10  # discretised logistic mixture components (likelihood or pixelcnn_output logistic_mixture)
-    pixelcnn_output: str = "bernoulli"  # head of likelihood=pixelcnn: bernoulli (binary data) | logistic_mixture | categorical (8-bit)
+    pixelcnn_output: str = (
+        "bernoulli"  # head of likelihood=pixelcnn: bernoulli (binary data) | logistic_mixture | categorical (8-bit)
+    )
     pixelcnn_layers: int = 6  # gated PixelCNN layers (vertical + horizontal stacks)
     pixelcnn_channels: int = 32  # feature maps per PixelCNN stack; a multiple of the data channels
     pixelcnn_kernel: int = 3  # odd k: vertical kernel (k//2+1) x k, horizontal 1 x (k//2+1)
     pixelcnn_cond: int = 16  # channels of the conditioning map c(z) [cond, H, W] the decoder body outputs (PixelVAE)
-    channels_last: bool = False  # NHWC memory format (nets.conv.to_channels_last); bench/arch_speed.py --compare, CPU 2 threads: conv-mnist 1.23-1.31x, resnet-mnist 1.17x (on in those presets), pixelvae-mnist 0.89x, resnet-cifar 0.79x (off)
-    compile: bool = False  # torch.compile the net bodies (nets.conv.maybe_compile); off: CPU 2 threads, conv-mnist 1.14x, resnet-mnist 1.08x for a 32 s compile (bench/arch_speed.py --compare)
-    # --- flow fields (issue 4) ---
+    channels_last: bool = False  # NHWC memory format; on where bench/arch_speed.py --compare measured a gain
+    compile: bool = False  # torch.compile the net bodies; off: a small gain for the compile time
+    # --- flow fields ---
     flow_arch: str = "realnvp"  # kind=flow architecture: nice | realnvp | glow | maf (1-D data: dense versions)
     flow_levels: int = 2  # realnvp / glow scales; each squeezes 2x2 and factors out half the channels
     flow_steps: int = 4  # nice: couplings; realnvp: couplings per half-level; glow: steps K per level; maf: layers
@@ -77,7 +82,7 @@ class ModelConfig:
     posterior_flow_context: int = 32  # encoder features h(x) conditioning the posterior flow (0: one flow for all x)
     prior_flow: str = "realnvp"  # with prior=flow, p(z) = flow(N(0, I)): realnvp | maf | planar
     prior_flow_layers: int = 4  # layers of the prior flow
-    # --- mixture / autoencoder fields (issue 5) ---
+    # --- mixture / autoencoder fields ---
     components: int = 10  # mixture components K (model.kind=mixture, prior=mixture) or VampPrior pseudo-inputs
     covariance: str = "full"  # mixture covariance: full | diag | spherical
     reg_covar: float = 1e-6  # added to every mixture covariance diagonal (as scikit-learn)
@@ -112,7 +117,9 @@ class TrainConfig:
     log_every: int = 50  # steps between metric lines / TensorBoard scalars
     ckpt_every: int = 500  # steps between checkpoints (and one at every epoch end)
     max_bad_steps: int = 50  # consecutive NaN/inf steps before the run stops
-    eval_k: int = 100  # importance samples of the quick end-of-epoch test NLL (0: skip); `vaekit evaluate` is the full one
+    eval_k: int = (
+        100  # importance samples of the quick end-of-epoch test NLL (0: skip); `vaekit evaluate` is the full one
+    )
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
     tensorboard: bool = True  # write TensorBoard event files in the run folder
     amp: bool = False  # bf16 autocast of the nets on CUDA (likelihoods stay float32); no effect on CPU
@@ -129,7 +136,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         cfg = cls()
         for name in ("data", "model", "train"):
             for key, value in (d.get(name) or {}).items():
@@ -146,8 +153,15 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     "base": (None, {}, "defaults: dense 784-400-20 Bernoulli VAE, Adam 1e-3"),
     "dense-mnist": (
         "base",
-        {"hidden": [400], "latent_dim": 20, "activation": "relu", "likelihood": "bernoulli",
-         "batch_size": 128, "lr": 1e-3, "epochs": 10},
+        {
+            "hidden": [400],
+            "latent_dim": 20,
+            "activation": "relu",
+            "likelihood": "bernoulli",
+            "batch_size": 128,
+            "lr": 1e-3,
+            "epochs": 10,
+        },
         "pytorch/examples VAE: 784-400-20 ReLU MLP, Bernoulli decoder, batch 128, Adam 1e-3",
     ),
     "dense-mnist-2d": (
@@ -157,14 +171,30 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     ),
     "iwae-1l": (
         "base",
-        {"hidden": [200, 200], "activation": "tanh", "latent_dim": 50, "likelihood": "bernoulli",
-         "batch_size": 20, "lr": 1e-3, "epochs": 100},
+        {
+            "hidden": [200, 200],
+            "activation": "tanh",
+            "latent_dim": 50,
+            "likelihood": "bernoulli",
+            "batch_size": 20,
+            "lr": 1e-3,
+            "epochs": 100,
+        },
         "Burda et al. 2015, one stochastic layer: 784-200-200-50 tanh, Bernoulli; try --set objective=iwae --set k=50",
     ),
     "dense-frey": (
         "base",
-        {"name": "frey", "binarize": "none", "hidden": [200], "activation": "tanh", "latent_dim": 10,
-         "likelihood": "gaussian", "variance": "pixel", "batch_size": 100, "lr": 1e-3},
+        {
+            "name": "frey",
+            "binarize": "none",
+            "hidden": [200],
+            "activation": "tanh",
+            "latent_dim": 10,
+            "likelihood": "gaussian",
+            "variance": "pixel",
+            "batch_size": 100,
+            "lr": 1e-3,
+        },
         "Kingma & Welling 2014 Frey Faces: Gaussian decoder with per-pixel variance, 10 latents",
     ),
     "dense-digits": (
@@ -172,7 +202,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
         {"name": "digits", "hidden": [128], "latent_dim": 8, "batch_size": 64, "epochs": 30},
         "small dense VAE for scikit-learn's 8x8 digits (seconds on a CPU)",
     ),
-    # --- conv / resnet / pixelcnn presets (issue 3) ---
+    # --- conv / resnet / pixelcnn presets ---
     "conv-mnist": (
         "dense-mnist",
         {"encoder": "conv", "decoder": "conv", "channels": [32, 64], "latent_dim": 32, "channels_last": True},
@@ -180,51 +210,121 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     ),
     "resnet-mnist": (
         "conv-mnist",
-        {"encoder": "resnet", "decoder": "resnet", "channels": [32, 64], "resnet_blocks": 2,
-         "norm": "weight", "activation": "elu"},
+        {
+            "encoder": "resnet",
+            "decoder": "resnet",
+            "channels": [32, 64],
+            "resnet_blocks": 2,
+            "norm": "weight",
+            "activation": "elu",
+        },
         "ResNet VAE, binarised MNIST: 2 pre-activation blocks per stage (32, 64), weight norm, ELU",
     ),
     "pixelvae-mnist": (
         "conv-mnist",
-        {"likelihood": "pixelcnn", "pixelcnn_output": "bernoulli", "pixelcnn_layers": 6,
-         "pixelcnn_channels": 32, "pixelcnn_kernel": 3, "pixelcnn_cond": 16, "channels_last": False},
-        "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated PixelCNN layers, Bernoulli",
+        {
+            "likelihood": "pixelcnn",
+            "pixelcnn_output": "bernoulli",
+            "pixelcnn_layers": 6,
+            "pixelcnn_channels": 32,
+            "pixelcnn_kernel": 3,
+            "pixelcnn_cond": 16,
+            "channels_last": False,
+        },
+        "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated layers, Bernoulli",
     ),
     "resnet-cifar": (
         "base",
-        {"name": "cifar10", "binarize": "none", "encoder": "resnet", "decoder": "resnet",
-         "channels": [64, 128, 256], "resnet_blocks": 2, "norm": "weight", "activation": "elu",
-         "latent_dim": 128, "likelihood": "logistic_mixture", "n_mix": 10,
-         "batch_size": 64, "lr": 1e-3, "grad_clip": 200.0, "epochs": 100, "eval_k": 1000},
-        "ResNet VAE, CIFAR-10 8-bit: stages 64-128-256, weight norm, 128 latents, coupled 10-way discretised logistic mixture",
+        {
+            "name": "cifar10",
+            "binarize": "none",
+            "encoder": "resnet",
+            "decoder": "resnet",
+            "channels": [64, 128, 256],
+            "resnet_blocks": 2,
+            "norm": "weight",
+            "activation": "elu",
+            "latent_dim": 128,
+            "likelihood": "logistic_mixture",
+            "n_mix": 10,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "grad_clip": 200.0,
+            "epochs": 100,
+            "eval_k": 1000,
+        },
+        "ResNet VAE, CIFAR-10 8-bit: stages 64-128-256, weight norm, 128 latents, coupled 10-way logistic mixture",
     ),
     "pixelvae-cifar": (
         "resnet-cifar",
-        {"likelihood": "pixelcnn", "pixelcnn_output": "logistic_mixture", "n_mix": 5,
-         "pixelcnn_layers": 8, "pixelcnn_channels": 96, "pixelcnn_kernel": 3, "pixelcnn_cond": 32},
-        "PixelVAE, CIFAR-10 8-bit: ResNet nets, z -> 32x32x32 map, 8 gated layers of 96, per-sub-pixel 5-way logistic mixture",
+        {
+            "likelihood": "pixelcnn",
+            "pixelcnn_output": "logistic_mixture",
+            "n_mix": 5,
+            "pixelcnn_layers": 8,
+            "pixelcnn_channels": 96,
+            "pixelcnn_kernel": 3,
+            "pixelcnn_cond": 32,
+        },
+        "PixelVAE, CIFAR-10 8-bit: ResNet nets, z -> 32x32x32 map, 8 gated layers of 96, 5-way logistic mixture",
     ),
-    # --- flow presets (issue 4) ---
+    # --- flow presets ---
     "nice-mnist": (
         "base",
-        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "nice",
-         "flow_steps": 4, "flow_hidden": 1000, "flow_blocks": 5, "flow_preprocess": "unit",
-         "flow_base": "logistic", "batch_size": 128, "lr": 1e-3, "epochs": 100},
+        {
+            "data.name": "mnist",
+            "data.binarize": "none",
+            "model.kind": "flow",
+            "flow_arch": "nice",
+            "flow_steps": 4,
+            "flow_hidden": 1000,
+            "flow_blocks": 5,
+            "flow_preprocess": "unit",
+            "flow_base": "logistic",
+            "batch_size": 128,
+            "lr": 1e-3,
+            "epochs": 100,
+        },
         "Dinh et al. 2014: 4 additive couplings (5x1000 ReLU MLPs), diagonal scaling, logistic base; dequantised MNIST",
     ),
     "realnvp-mnist": (
         "base",
-        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "realnvp",
-         "flow_levels": 2, "flow_steps": 3, "flow_hidden": 64, "flow_blocks": 4, "flow_preprocess": "logit",
-         "flow_alpha": 0.05, "batch_size": 64, "lr": 1e-3, "grad_clip": 100.0, "epochs": 100},
+        {
+            "data.name": "mnist",
+            "data.binarize": "none",
+            "model.kind": "flow",
+            "flow_arch": "realnvp",
+            "flow_levels": 2,
+            "flow_steps": 3,
+            "flow_hidden": 64,
+            "flow_blocks": 4,
+            "flow_preprocess": "logit",
+            "flow_alpha": 0.05,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "grad_clip": 100.0,
+            "epochs": 100,
+        },
         "Dinh et al. 2016: checkerboard/channel affine couplings, 2 scales, logit(0.05) input; dequantised MNIST",
     ),
     "glow-mnist": (
         "base",
-        {"data.name": "mnist", "data.binarize": "none", "model.kind": "flow", "flow_arch": "glow",
-         "flow_levels": 2, "flow_steps": 8, "flow_hidden": 128, "flow_scale": "sigmoid",
-         "flow_preprocess": "unit", "batch_size": 64, "lr": 1e-3, "lr_warmup_steps": 500,
-         "grad_clip": 100.0, "epochs": 100},
+        {
+            "data.name": "mnist",
+            "data.binarize": "none",
+            "model.kind": "flow",
+            "flow_arch": "glow",
+            "flow_levels": 2,
+            "flow_steps": 8,
+            "flow_hidden": 128,
+            "flow_scale": "sigmoid",
+            "flow_preprocess": "unit",
+            "batch_size": 64,
+            "lr": 1e-3,
+            "lr_warmup_steps": 500,
+            "grad_clip": 100.0,
+            "epochs": 100,
+        },
         "Kingma & Dhariwal 2018: ActNorm, 1x1 conv, affine couplings, L=2 K=8, x - 1/2 input; dequantised MNIST",
     ),
     "realnvp-cifar": (
@@ -237,7 +337,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
         {"data.name": "cifar10", "flow_levels": 3, "flow_steps": 32, "flow_hidden": 512},
         "Kingma & Dhariwal 2018 on CIFAR-10: L=3, K=32, 512-channel coupling nets",
     ),
-    # --- mixture / autoencoder presets (issue 5) ---
+    # --- mixture / autoencoder presets ---
     "gmm-mnist": (
         "base",
         {"kind": "mixture", "binarize": "none", "components": 10, "covariance": "diag", "em_max_iter": 100},
@@ -245,14 +345,21 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     ),
     "gmm-digits": (
         "base",
-        {"kind": "mixture", "name": "digits", "binarize": "none", "components": 10, "covariance": "full",
-         "reg_covar": 1e-3, "em_restarts": 3},
+        {
+            "kind": "mixture",
+            "name": "digits",
+            "binarize": "none",
+            "components": 10,
+            "covariance": "full",
+            "reg_covar": 1e-3,
+            "em_restarts": 3,
+        },
         "Gaussian mixture on scikit-learn's 8x8 digits: 10 full covariances, 3 restarts (seconds)",
     ),
     "ae-mnist": (
         "dense-mnist",
         {"kind": "autoencoder", "eval_k": 0},
-        "deterministic autoencoder with the dense-mnist nets (784-400-20, Bernoulli reconstruction); no p(x), so no NLL",
+        "deterministic autoencoder with the dense-mnist nets (784-400-20, Bernoulli reconstruction); no NLL",
     ),
     "dae-mnist": (
         "ae-mnist",
@@ -292,8 +399,9 @@ def resolve_key(key: str) -> tuple[str, str]:
         if len(owners) == 1:
             return owners[0], key
         if len(owners) > 1:
-            raise ConfigError(f"config key '{key}' is ambiguous; write one of "
-                              + ", ".join(f"{s}.{key}" for s in owners))
+            raise ConfigError(
+                f"config key '{key}' is ambiguous; write one of " + ", ".join(f"{s}.{key}" for s in owners)
+            )
     names = _all_keys() + [k.split(".", 1)[1] for k in _all_keys()]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -424,8 +532,9 @@ def load_yaml(path: str | Path) -> Config:
     return cfg
 
 
-def build_config(preset: str | None = None, config_file: str | None = None,
-                 overrides: list[str] | dict | None = None) -> Config:
+def build_config(
+    preset: str | None = None, config_file: str | None = None, overrides: list[str] | dict | None = None
+) -> Config:
     """Resolve preset (or YAML file), then overrides; the single entry point for the CLI."""
     if preset and config_file:
         raise ConfigError("give either --preset or --config, not both")

@@ -62,6 +62,7 @@ References:
     Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014 (Frey faces).
     Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -77,9 +78,10 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -143,12 +145,12 @@ class Dataset:
         xb = self.x[index]
         return binarize_dynamic(xb, generator) if self.binarize == "dynamic" else xb
 
-    def subset(self, index: Tensor) -> "Dataset":
+    def subset(self, index: Tensor) -> Dataset:
         """The examples ``index`` (LongTensor [M]) as a new Dataset (a copy)."""
         y = None if self.y is None else self.y[index]
         return Dataset(self.x[index], y, self.name, self.binarize)
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         """The dataset with ``x`` and ``y`` on ``device`` (e.g. once onto the GPU before training)."""
         y = None if self.y is None else self.y.to(device)
         return Dataset(self.x.to(device), y, self.name, self.binarize)
@@ -288,8 +290,7 @@ def labels_from_array(arr: np.ndarray, n: int, source: str) -> Tensor:
     if arr.shape != (n,):
         raise DataError(f"{source}: {n} images but labels of shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all()
-                and (arr == np.round(arr)).all()):
+        if not (np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and (arr == np.round(arr)).all()):
             raise DataError(f"{source}: labels must be integers; got dtype {arr.dtype}")
     return torch.from_numpy(arr.astype(np.int64))
 
@@ -334,8 +335,7 @@ def split_validation(train: Dataset, valid_size: int, seed: int = SPLIT_SEED) ->
     """
     n = len(train)
     if not 0 < valid_size < n:
-        raise DataError(f"{train.name}: valid_size must be in 1..{n - 1} for {n} training examples; "
-                        f"got {valid_size}")
+        raise DataError(f"{train.name}: valid_size must be in 1..{n - 1} for {n} training examples; got {valid_size}")
     perm = _permutation(n, seed)
     keep = torch.sort(perm[valid_size:]).values
     return train.subset(keep), train.subset(perm[:valid_size])
@@ -545,7 +545,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header ({len(data)} bytes)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(IDX_DTYPES[code])
     want = math.prod(shape) * dtype.itemsize
     have = len(data) - header
@@ -572,8 +572,7 @@ def mirrors_for(name: str) -> list[str]:
     return list(MIRRORS.get(name, []))
 
 
-def fetch_checked(url: str, target: Path, algorithm: str, expected: str,
-                  timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+def fetch_checked(url: str, target: Path, algorithm: str, expected: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     """Stream ``url`` into a temporary file next to ``target``, fsync it, check its ``algorithm``
     digest against ``expected``, then os.replace it onto ``target`` (no partial file is ever left).
 
@@ -589,16 +588,18 @@ def fetch_checked(url: str, target: Path, algorithm: str, expected: str,
             out.flush()
             os.fsync(out.fileno())
         if h.hexdigest() != expected.lower():
-            raise DataError(f"checksum mismatch for {target.name} from {url}: {algorithm} "
-                            f"{h.hexdigest()} != expected {expected}")
+            raise DataError(
+                f"checksum mismatch for {target.name} from {url}: {algorithm} {h.hexdigest()} != expected {expected}"
+            )
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def download(name: str, root: str | os.PathLike, files: list[str] | None = None,
-             mirrors: list[str] | None = None) -> list[Path]:
+def download(
+    name: str, root: str | os.PathLike, files: list[str] | None = None, mirrors: list[str] | None = None
+) -> list[Path]:
     """Download the canonical files of dataset ``name`` into folder ``root``.
 
     Each file is tried from each mirror in turn, streamed into a temporary file in
@@ -648,8 +649,9 @@ def _download_one(name: str, target: Path, table: dict, mirrors: list[str]) -> P
             errors.append(f"{url}: {_one_line(e)}")
     if len(errors) == 1:
         raise DataError(f"{name}: download failed: {errors[0]}")
-    raise DataError(f"{name}: download of {target.name} failed from all {len(errors)} mirrors; "
-                    f"last error: {errors[-1]}")
+    raise DataError(
+        f"{name}: download of {target.name} failed from all {len(errors)} mirrors; last error: {errors[-1]}"
+    )
 
 
 def _idx_file(name: str, canonical: str, data_dir, download_missing: bool) -> Path:
@@ -737,8 +739,12 @@ def load_binarized_mnist(split: str, data_dir: str | None = None, download: bool
     else:
         amat = _find_file(dirs, (f"binarized_mnist_{split}.amat",))
         if amat is None:
-            raise _missing("binarized-mnist", f"binarized_mnist_uint8.npz (or binarized_mnist_{split}.amat)",
-                           dirs, download_hint=False)
+            raise _missing(
+                "binarized-mnist",
+                f"binarized_mnist_uint8.npz (or binarized_mnist_{split}.amat)",
+                dirs,
+                download_hint=False,
+            )
         source, arr = str(amat), read_amat(amat)
     x = images_from_array(arr, source)
     if x.shape[1:] != (1, 28, 28):
@@ -870,8 +876,9 @@ def load_image_folder(path: str | os.PathLike, split: str) -> Dataset:
     size = images[0].size
     for p, im in zip(files, images):
         if im.size != size:
-            raise DataError(f"{p}: image size {im.size[0]}x{im.size[1]} differs from "
-                            f"{size[0]}x{size[1]} of {files[0].name}")
+            raise DataError(
+                f"{p}: image size {im.size[0]}x{im.size[1]} differs from {size[0]}x{size[1]} of {files[0].name}"
+            )
     grey = all(im.mode in GREY_MODES for im in images)
     arr = np.stack([_image_array(im, grey) for im in images])
     return _split_single(images_from_array(arr, str(path)), None, split, str(path))
@@ -930,8 +937,9 @@ def _looks_like_path(name: str) -> bool:
     return os.sep in name or "/" in name or Path(name).suffix.lower() in PATH_LOADERS or Path(name).exists()
 
 
-def load_dataset(name_or_path: str | os.PathLike, split: str = "train", data_dir: str | None = None,
-                 download: bool = False) -> Dataset:
+def load_dataset(
+    name_or_path: str | os.PathLike, split: str = "train", data_dir: str | None = None, download: bool = False
+) -> Dataset:
     """Load one split of a registered dataset or of a file/folder.
 
     Args:
@@ -952,8 +960,9 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "train", data_dir
         return load_path(name, split)
     close = difflib.get_close_matches(key, list(DATASETS) + list(ALIASES), n=1)
     hint = f" (did you mean '{ALIASES.get(close[0], close[0])}'?)" if close else ""
-    raise DataError(f"unknown dataset '{name}'{hint}; known: {', '.join(DATASETS)}, or a path "
-                    f"to .npz / .npy / an image folder")
+    raise DataError(
+        f"unknown dataset '{name}'{hint}; known: {', '.join(DATASETS)}, or a path to .npz / .npy / an image folder"
+    )
 
 
 # The binarisation of (train, evaluation) splits for each DataConfig.binarize mode; the
@@ -984,8 +993,7 @@ def prepare_splits(cfg) -> Splits:
     if cfg.binarize not in BINARIZE_MODES:
         close = difflib.get_close_matches(str(cfg.binarize), BINARIZE_MODES, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"data.binarize must be one of {', '.join(BINARIZE_MODES)}; "
-                          f"got '{cfg.binarize}'{hint}")
+        raise ConfigError(f"data.binarize must be one of {', '.join(BINARIZE_MODES)}; got '{cfg.binarize}'{hint}")
     train = load_dataset(cfg.name, "train", cfg.data_dir, cfg.download)
     test = load_dataset(cfg.name, "test", cfg.data_dir, cfg.download)
     valid = None

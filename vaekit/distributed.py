@@ -22,6 +22,7 @@ Reference: https://pytorch.org/docs/stable/distributed.html (``init_process_grou
 environment-variable initialisation) and https://pytorch.org/docs/stable/elastic/run.html
 (torchrun).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,6 +41,7 @@ ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 def _dist():
     import torch.distributed as dist
+
     return dist
 
 
@@ -174,8 +176,11 @@ def broadcast_bytes(data: bytes | None) -> bytes:
     n = torch.tensor([len(data) if is_main() and data is not None else 0], dtype=torch.long, device=dev)
     dist.broadcast(n, 0)
     if is_main():
-        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev) if n.item() else \
-            torch.empty(0, dtype=torch.uint8, device=dev)
+        buf = (
+            torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev)
+            if n.item()
+            else torch.empty(0, dtype=torch.uint8, device=dev)
+        )
     else:
         buf = torch.empty(int(n.item()), dtype=torch.uint8, device=dev)
     if n.item():
@@ -208,8 +213,10 @@ def agree(fn, *args, **kwargs):
             e.shared = True
             raise
         except BaseException as e:
-            payload = {"error": f"rank 0 failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
-                       "type": "VaekitError"}
+            payload = {
+                "error": f"rank 0 failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                "type": "VaekitError",
+            }
             broadcast_bytes(json.dumps(payload).encode())
             raise
         broadcast_bytes(json.dumps(payload).encode())

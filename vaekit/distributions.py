@@ -31,6 +31,7 @@ van den Oord, Kalchbrenner & Kavukcuoglu, "Pixel Recurrent Neural Networks", ICM
 Theis, van den Oord & Bethge, "A note on the evaluation of generative models", ICLR 2016
 (the discretisation correction for continuous densities).
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,9 @@ class BernoulliLikelihood(Likelihood):
         self.param_shape = self.data_shape
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(LogitBernoulli(logits=params, validate_args=False), len(self.data_shape),
-                           validate_args=False)
+        return Independent(
+            LogitBernoulli(logits=params, validate_args=False), len(self.data_shape), validate_args=False
+        )
 
 
 class GaussianLikelihood(Likelihood):
@@ -116,7 +118,7 @@ class GaussianLikelihood(Likelihood):
         return Independent(Normal(mean, std, validate_args=False), len(self.data_shape), validate_args=False)
 
 
-# --- 8-bit image likelihoods (issue 3) ----------------------------------------------------
+# --- 8-bit image likelihoods ----------------------------------------------------
 # Values x = k/255 (k = 0..255) on the data side; the logistics live on the [-1, 1] scale,
 # y = 2x - 1, where level k is centred at y_k = (2k - 255)/255 with bin half-width 1/255.
 
@@ -154,8 +156,9 @@ def discretized_logistic_log_prob(k: Tensor, mean: Tensor, log_scale: Tensor) ->
 def discretized_logistic_mean(mean: Tensor, log_scale: Tensor, chunk: int = 16) -> Tensor:
     """E[K]/255 of one discretised logistic, elementwise: sum_{k=1}^{255} P(K >= k) / 255 (exact)."""
     inv_s = torch.exp(-log_scale.clamp(min=LOG_STD_MIN)).unsqueeze(-1)
-    lower_edges = (2.0 * torch.arange(1, N_LEVELS, device=mean.device, dtype=mean.dtype)
-                   - N_LEVELS) / (N_LEVELS - 1)  # lower edge of level k, k = 1..255
+    lower_edges = (2.0 * torch.arange(1, N_LEVELS, device=mean.device, dtype=mean.dtype) - N_LEVELS) / (
+        N_LEVELS - 1
+    )  # lower edge of level k, k = 1..255
     mu = mean.unsqueeze(-1)
     total = torch.zeros_like(mean)
     for edges in lower_edges.split(chunk):
@@ -207,8 +210,7 @@ class DiscretizedLogisticMixture(Distribution):
         shifts = [torch.zeros_like(self.means[:, :, 0])]
         pairs = _channel_pairs(self.n_channels)
         for c in range(1, self.n_channels):
-            shifts.append(sum(self.coeffs[:, :, p] * y[:, None, c2]
-                              for p, (cc, c2) in enumerate(pairs) if cc == c))
+            shifts.append(sum(self.coeffs[:, :, p] * y[:, None, c2] for p, (cc, c2) in enumerate(pairs) if cc == c))
         return self.means + torch.stack(shifts, 2)
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -332,8 +334,8 @@ class LogisticMixtureLikelihood(Likelihood):
         B, (C, H, W), M = params.shape[0], self.data_shape, self.n_mix
         logits = params[:, :M]
         rest = params[:, M:].reshape(B, M, self.per_component, H, W)
-        coeffs = torch.tanh(rest[:, :, 2 * C:]) if C > 1 else None
-        return DiscretizedLogisticMixture(logits, rest[:, :, :C], rest[:, :, C:2 * C], coeffs)
+        coeffs = torch.tanh(rest[:, :, 2 * C :]) if C > 1 else None
+        return DiscretizedLogisticMixture(logits, rest[:, :, :C], rest[:, :, C : 2 * C], coeffs)
 
 
 class CategoricalLikelihood(Likelihood):
@@ -382,6 +384,7 @@ class MixturePrior(nn.Module):
 
     def forward(self) -> Distribution:
         from .models.mixture import MixtureOfGaussians
+
         log_std = self.log_std.clamp(min=LOG_STD_MIN)
         return MixtureOfGaussians(self.logits, self.means, (-log_std).exp(), "diag")
 
@@ -396,8 +399,13 @@ class VampPrior(nn.Module):
     ``vaekit.models.mixture.MixtureOfGaussians`` over the encoder's diagonal Gaussians.
     """
 
-    def __init__(self, latent_dim: int, n_pseudo_inputs: int, encoder: nn.Module | None = None,
-                 data_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        latent_dim: int,
+        n_pseudo_inputs: int,
+        encoder: nn.Module | None = None,
+        data_shape: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         if n_pseudo_inputs < 1:
             raise ConfigError(f"VampPrior needs at least one pseudo-input; got {n_pseudo_inputs}")
@@ -407,7 +415,7 @@ class VampPrior(nn.Module):
         if encoder is not None and data_shape is not None:
             self.bind(encoder, data_shape)
 
-    def bind(self, encoder: nn.Module, data_shape: tuple[int, ...]) -> "VampPrior":
+    def bind(self, encoder: nn.Module, data_shape: tuple[int, ...]) -> VampPrior:
         self._encoder[:] = [encoder]
         if self.pseudo_inputs is None or tuple(self.pseudo_inputs.shape[1:]) != tuple(data_shape):
             self.pseudo_inputs = nn.Parameter(0.5 + 0.05 * torch.randn(self.n_pseudo_inputs, *data_shape))
@@ -415,6 +423,7 @@ class VampPrior(nn.Module):
 
     def forward(self) -> Distribution:
         from .models.mixture import MixtureOfGaussians
+
         if not self._encoder:
             raise ConfigError("the VampPrior is not bound to an encoder (VampPrior.bind(encoder, data_shape))")
         q = self._encoder[0](self.pseudo_inputs)
@@ -470,6 +479,7 @@ def _categorical(data_shape, cfg):
 
 def _pixelcnn(data_shape, cfg):
     from .nets.pixelcnn import pixelcnn_likelihood  # lazy: the nets import this module
+
     return pixelcnn_likelihood(data_shape, cfg)
 
 
@@ -477,9 +487,9 @@ def _pixelcnn(data_shape, cfg):
 LIKELIHOODS = {
     "bernoulli": _bernoulli,
     "gaussian": _gaussian,
-    "logistic_mixture": _logistic_mixture,  # 8-bit images (issue 3)
-    "categorical": _categorical,  # 8-bit images (issue 3)
-    "pixelcnn": _pixelcnn,  # PixelVAE decoder; output head from model.pixelcnn_output (issue 3)
+    "logistic_mixture": _logistic_mixture,  # 8-bit images
+    "categorical": _categorical,  # 8-bit images
+    "pixelcnn": _pixelcnn,  # PixelVAE decoder; output head from model.pixelcnn_output
 }
 
 # name -> constructor(latent_dim, model_config) -> prior module
@@ -494,6 +504,7 @@ PRIORS = {
 def _flow_prior(latent_dim, cfg):
     """p(z) = flow(N(0, I)) of ``cfg.prior_flow`` (vaekit.models.flow_vae; imported late, it imports us)."""
     from .models.flow_vae import build_flow_prior
+
     return build_flow_prior(latent_dim, cfg)
 
 
@@ -514,8 +525,9 @@ def bits_per_dim(nll_nats: Tensor | float, num_dims: int) -> Tensor | float:
     return nll_nats / (num_dims * math.log(2.0))
 
 
-def image_bits_per_dim(nll_nats: Tensor | float, num_dims: int, discrete: bool,
-                       levels: int = N_LEVELS) -> Tensor | float:
+def image_bits_per_dim(
+    nll_nats: Tensor | float, num_dims: int, discrete: bool, levels: int = N_LEVELS
+) -> Tensor | float:
     """Bits per dimension of an image model on data with ``levels`` values per sub-pixel.
 
     The rule: a *discrete* likelihood (Bernoulli, categorical, discretised logistic, PixelCNN;

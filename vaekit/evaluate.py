@@ -17,6 +17,7 @@ are dealt round-robin over the processes and the per-example results (log mean i
 weight, ESS, ELBO terms, posterior means) are all-gathered in example order: the estimate is a
 pure function of (model, x, k, seed), the same on one process or many.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,8 @@ from torch import Tensor
 
 from . import distributed
 from .distributions import bits_per_dim
-from .models import model_device
 from .inference import DEFAULT_ELEMENT_BUDGET, _chunk_sizes, importance_sampled_log_prob, mean_and_stderr
+from .models import model_device
 from .objectives import elbo_terms
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -40,8 +41,9 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 
 
 @torch.no_grad()
-def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: int, progress: bool,
-                       desc: str = "evaluate") -> dict:
+def _per_example_split(
+    model, x: Tensor, k: int, batch_size: int | None, seed: int, progress: bool, desc: str = "evaluate"
+) -> dict:
     """Per-example results in example order: this process's chunks, then an all-gather."""
     N, D = x.shape[0], math.prod(x.shape[1:])
     sampled = model.log_prob_kind == "importance-sampled"
@@ -55,13 +57,13 @@ def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: i
     bar = None
     if progress and distributed.is_main():
         from tqdm.auto import tqdm
-        bar = tqdm(total=sum(min(B, N - c * B) for c in mine), desc=desc, unit="ex", leave=False,
-                   dynamic_ncols=True)
+
+        bar = tqdm(total=sum(min(B, N - c * B) for c in mine), desc=desc, unit="ex", leave=False, dynamic_ncols=True)
     rows = []
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # leave the caller's random state alone
         for c in mine:
-            xc = x[c * B:(c + 1) * B]
+            xc = x[c * B : (c + 1) * B]
             torch.manual_seed(_chunk_seed(seed, c))
             if sampled:
                 out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0])
@@ -84,18 +86,24 @@ def _per_example_split(model, x: Tensor, k: int, batch_size: int | None, seed: i
         at = 0
         for c in range(q, n_chunks, W):
             n = min(B, N - c * B)
-            table[c * B:c * B + n] = part[at:at + n]
+            table[c * B : c * B + n] = part[at : at + n]
             at += n
     if not sampled:
         return {"log_px": table[:, 0]}
-    return {"log_px": table[:, 0], "ess": table[:, 1], "elbo": table[:, 2], "rec": table[:, 3],
-            "kl": table[:, 4], "means": table[:, 5:]}
+    return {
+        "log_px": table[:, 0],
+        "ess": table[:, 1],
+        "elbo": table[:, 2],
+        "rec": table[:, 3],
+        "kl": table[:, 4],
+        "means": table[:, 5:],
+    }
 
 
 def _reconstruction_only(model, x: Tensor, batch_size: int) -> dict:
     """Models without a density (autoencoders): the reconstruction term log p(x|z=f(x)) alone."""
     t0 = time.perf_counter()
-    rec = torch.cat([model.loss(x[i:i + batch_size])["rec"] for i in range(0, x.shape[0], batch_size)])
+    rec = torch.cat([model.loss(x[i : i + batch_size])["rec"] for i in range(0, x.shape[0], batch_size)])
     res = {"log_prob_kind": "none", "n": x.shape[0], "k": None}
     res.update({key: None for key in ("nll", "nll_stderr", "elbo", "kl", "bpd", "active_units")})
     res["rec"], res["rec_stderr"] = mean_and_stderr(rec)
@@ -104,8 +112,15 @@ def _reconstruction_only(model, x: Tensor, batch_size: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, x: Tensor, k: int = 5000, batch_size: int | None = None,
-             progress: bool = True, desc: str = "evaluate", seed: int = 0) -> dict:
+def evaluate(
+    model,
+    x: Tensor,
+    k: int = 5000,
+    batch_size: int | None = None,
+    progress: bool = True,
+    desc: str = "evaluate",
+    seed: int = 0,
+) -> dict:
     """Metrics of ``model`` on data ``x`` [N, *data_shape]; keys as in ``eval.json``.
 
     Args:
@@ -157,8 +172,21 @@ def _finish(model, res: dict, log_px: Tensor, D: int, t0: float) -> dict:
 def format_table(res: dict) -> str:
     """A two-column text table of the metrics, with ± standard errors."""
     rows = []
-    for key in ("dataset", "split", "n", "k", "log_prob_kind", "nll", "elbo", "rec", "kl", "bpd",
-                "active_units", "ess_mean", "seconds"):
+    for key in (
+        "dataset",
+        "split",
+        "n",
+        "k",
+        "log_prob_kind",
+        "nll",
+        "elbo",
+        "rec",
+        "kl",
+        "bpd",
+        "active_units",
+        "ess_mean",
+        "seconds",
+    ):
         if key not in res or res[key] is None:
             continue
         v = res[key]

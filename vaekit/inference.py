@@ -9,6 +9,7 @@ stays bounded whatever K: each chunk evaluates the decoder on (examples x sample
 codes at once and folds its log-weights into a running logsumexp per example. K = 1
 is the ELBO; the estimate increases in expectation with K and is consistent as K grows.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,6 +40,7 @@ def release_large_blocks() -> None:
     _RELEASED = True
     try:
         import ctypes
+
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD = 128 KiB, fixed: no dynamic raise
     except (OSError, AttributeError):
@@ -58,10 +60,15 @@ def _chunk_sizes(n_examples: int, k: int, data_numel: int, budget: int) -> tuple
 
 
 @torch.no_grad()
-def importance_sampled_log_prob(model, x: Tensor, k: int = 1000, batch_size: int | None = None,
-                                sample_chunk: int | None = None,
-                                element_budget: int = DEFAULT_ELEMENT_BUDGET,
-                                progress=None) -> dict[str, Tensor]:
+def importance_sampled_log_prob(
+    model,
+    x: Tensor,
+    k: int = 1000,
+    batch_size: int | None = None,
+    sample_chunk: int | None = None,
+    element_budget: int = DEFAULT_ELEMENT_BUDGET,
+    progress=None,
+) -> dict[str, Tensor]:
     """log p(x) by importance sampling with q(z|x) as proposal.
 
     Args:
@@ -81,14 +88,13 @@ def importance_sampled_log_prob(model, x: Tensor, k: int = 1000, batch_size: int
     N = x.shape[0]
     # numbers the decoder keeps alive per code: its output, times the activation factor of
     # decoders that are deep nets over x itself (PixelCNN)
-    data_numel = math.prod(x.shape[1:]) * getattr(getattr(model.decoder, "likelihood", None),
-                                                   "activation_factor", 1)
+    data_numel = math.prod(x.shape[1:]) * getattr(getattr(model.decoder, "likelihood", None), "activation_factor", 1)
     auto_b, auto_s = _chunk_sizes(N, k, data_numel, element_budget)
     B = batch_size or auto_b
     S = min(k, sample_chunk or auto_s)
     out = {"log_px": [], "elbo": [], "ess": []}
     for i in range(0, N, B):
-        xb = x[i:i + B]
+        xb = x[i : i + B]
         q = model.encoder(xb)
         lse = torch.full((xb.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
         lse2 = torch.full_like(lse, -math.inf)
@@ -151,8 +157,9 @@ class MaskedLikelihood(Distribution):
 
     def __init__(self, px: Distribution, mask: Tensor):
         if not isinstance(px, Independent):
-            raise VaekitError("masked (partial-observation) inference needs a factorised likelihood "
-                              "such as bernoulli or gaussian")
+            raise VaekitError(
+                "masked (partial-observation) inference needs a factorised likelihood such as bernoulli or gaussian"
+            )
         self.px, self.mask = px, mask
         super().__init__(batch_shape=px.batch_shape, event_shape=px.event_shape, validate_args=False)
 
@@ -216,8 +223,17 @@ def _initial_phi(model, x: Tensor, init: str) -> tuple[Tensor, Tensor]:
     raise VaekitError(f"SVI init must be 'encoder' or 'prior'; got '{init}'")
 
 
-def svi(model, x: Tensor, steps: int = 500, lr: float = 1e-2, samples: int = 1, init: str = "encoder",
-        mask: Tensor | None = None, batch_size: int | None = None, progress=None) -> dict[str, Tensor]:
+def svi(
+    model,
+    x: Tensor,
+    steps: int = 500,
+    lr: float = 1e-2,
+    samples: int = 1,
+    init: str = "encoder",
+    mask: Tensor | None = None,
+    batch_size: int | None = None,
+    progress=None,
+) -> dict[str, Tensor]:
     """Per-datapoint SVI: optimise a Gaussian q(z; mu_i, log_var_i) for every example.
 
     Args:
@@ -257,12 +273,15 @@ def svi(model, x: Tensor, steps: int = 500, lr: float = 1e-2, samples: int = 1, 
             p.requires_grad_(False)
         with torch.enable_grad():
             for i in range(0, N, B):
-                xb = x[i:i + B]
+                xb = x[i : i + B]
                 mu, log_var = _initial_phi(model, xb, init)
                 mu.requires_grad_(True)
                 log_var.requires_grad_(True)
-                post = _Posterior(model, lambda _x: diagonal_gaussian(mu, log_var),
-                                  None if mask is None else mask[i:i + B])
+                post = _Posterior(
+                    model,
+                    lambda _x, mu=mu, log_var=log_var: diagonal_gaussian(mu, log_var),
+                    None if mask is None else mask[i : i + B],
+                )
                 opt = torch.optim.Adam([mu, log_var], lr=lr)
                 for step in range(steps + 1):
                     elbo = elbo_terms(post, xb, samples)["elbo"]
@@ -289,8 +308,15 @@ def svi(model, x: Tensor, steps: int = 500, lr: float = 1e-2, samples: int = 1, 
     return res
 
 
-def posterior_log_prob(model, x: Tensor, mean: Tensor, log_var: Tensor, k: int = 1000,
-                       mask: Tensor | None = None, batch_size: int | None = None) -> dict[str, Tensor]:
+def posterior_log_prob(
+    model,
+    x: Tensor,
+    mean: Tensor,
+    log_var: Tensor,
+    k: int = 1000,
+    mask: Tensor | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Tensor]:
     """``importance_sampled_log_prob`` with the Gaussian q(z; mean_i, log_var_i) as proposal
     (e.g. SVI's q*) instead of the encoder; with ``mask``, of the observed part only.
 
@@ -300,10 +326,11 @@ def posterior_log_prob(model, x: Tensor, mean: Tensor, log_var: Tensor, k: int =
     B = batch_size or max(1, auto_b)
     out: dict[str, list] = {}
     for i in range(0, N, B):
-        mu, lv = mean[i:i + B], log_var[i:i + B]
-        post = _Posterior(model, lambda _x, mu=mu, lv=lv: diagonal_gaussian(mu, lv),
-                          None if mask is None else mask[i:i + B])
-        res = importance_sampled_log_prob(post, x[i:i + B], k=k, batch_size=B)
+        mu, lv = mean[i : i + B], log_var[i : i + B]
+        post = _Posterior(
+            model, lambda _x, mu=mu, lv=lv: diagonal_gaussian(mu, lv), None if mask is None else mask[i : i + B]
+        )
+        res = importance_sampled_log_prob(post, x[i : i + B], k=k, batch_size=B)
         for key, v in res.items():
             out.setdefault(key, []).append(v)
     return {key: torch.cat(v) for key, v in out.items()}
@@ -312,9 +339,17 @@ def posterior_log_prob(model, x: Tensor, mean: Tensor, log_var: Tensor, k: int =
 GAP_TERMS = ("log_px", "elbo_svi", "elbo_amortised", "approximation_gap", "amortisation_gap", "inference_gap")
 
 
-def gap_decomposition(model, x: Tensor, k: int = 5000, svi_steps: int = 500, svi_lr: float = 1e-2,
-                      svi_samples: int = 1, svi_init: str = "encoder", batch_size: int | None = None,
-                      progress=None) -> dict:
+def gap_decomposition(
+    model,
+    x: Tensor,
+    k: int = 5000,
+    svi_steps: int = 500,
+    svi_lr: float = 1e-2,
+    svi_samples: int = 1,
+    svi_init: str = "encoder",
+    batch_size: int | None = None,
+    progress=None,
+) -> dict:
     """Approximation and amortisation gaps of a VAE on ``x`` (Cremer et al. 2018).
 
     Args:
@@ -358,20 +393,32 @@ def gap_decomposition(model, x: Tensor, k: int = 5000, svi_steps: int = 500, svi
         res[key] = {"mean": m, "stderr": se}
     m, se = mean_and_stderr(amort["log_px"])
     res["log_px_amortised_proposal"] = {"mean": m, "stderr": se}
-    res.update(n=x.shape[0], k=k, svi={"steps": svi_steps, "lr": svi_lr, "samples": svi_samples, "init": svi_init},
-               svi_history=opt["history"].tolist(), per_example={key: v.cpu() for key, v in per.items()})
+    res.update(
+        n=x.shape[0],
+        k=k,
+        svi={"steps": svi_steps, "lr": svi_lr, "samples": svi_samples, "init": svi_init},
+        svi_history=opt["history"].tolist(),
+        per_example={key: v.cpu() for key, v in per.items()},
+    )
     return res
 
 
 def format_gap_table(results: dict[str, dict]) -> str:
     """A plain-text table of :func:`gap_decomposition` results keyed by split name."""
-    cols = [("log p(x)", "log_px"), ("ELBO q*", "elbo_svi"), ("ELBO amort.", "elbo_amortised"),
-            ("approx. gap", "approximation_gap"), ("amort. gap", "amortisation_gap")]
+    cols = [
+        ("log p(x)", "log_px"),
+        ("ELBO q*", "elbo_svi"),
+        ("ELBO amort.", "elbo_amortised"),
+        ("approx. gap", "approximation_gap"),
+        ("amort. gap", "amortisation_gap"),
+    ]
     head = f"{'split':<8} {'n':>6} " + " ".join(f"{c:>18}" for c, _ in cols)
     lines = [head, "-" * len(head)]
     for split, r in results.items():
         cells = " ".join(f"{r[key]['mean']:>10.2f} ± {r[key]['stderr']:<5.2f}" for _, key in cols)
         lines.append(f"{split:<8} {r['n']:>6} {cells}")
-    lines.append("nats per example; ± one standard error over examples; "
-                 f"K={next(iter(results.values()))['k'] if results else '-'} importance samples")
+    lines.append(
+        "nats per example; ± one standard error over examples; "
+        f"K={next(iter(results.values()))['k'] if results else '-'} importance samples"
+    )
     return "\n".join(lines)

@@ -14,6 +14,7 @@ and ``prior -> p(z)`` (torch distributions) and return per-example tensors in na
   2016) and free bits (Kingma et al. 2016, "Improving VI with IAF", Sec. C.8) change the
   *training loss* only; the reported ``elbo`` is always the true bound.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,12 @@ def analytic_kl(q, p) -> Tensor | None:
 
 def kl_per_dimension(q, p) -> Tensor | None:
     """KL per latent dimension [B, D] for factorised Gaussians (for free bits), else None."""
-    if isinstance(q, Independent) and isinstance(p, Independent) and \
-            isinstance(q.base_dist, Normal) and isinstance(p.base_dist, Normal):
+    if (
+        isinstance(q, Independent)
+        and isinstance(p, Independent)
+        and isinstance(q.base_dist, Normal)
+        and isinstance(p.base_dist, Normal)
+    ):
         return kl_divergence(q.base_dist, p.base_dist)
     return None
 
@@ -112,7 +117,8 @@ def free_bits_kl(kl: Tensor, kl_dims: Tensor | None, free_bits: float) -> Tensor
     """KL with each dimension's batch-mean KL floored at ``free_bits`` nats (per example [B]).
 
     Per-dimension when available (Kingma et al. 2016); otherwise (Monte-Carlo KL) the
-    total KL's batch mean is floored at ``free_bits``. The floor acts on the batch mean, as in the paper, so gradients vanish only for
+    total KL's batch mean is floored at ``free_bits``. The floor acts on the batch mean, as in the
+    paper, so gradients vanish only for
     dimensions whose average KL is below the floor.
     """
     if free_bits <= 0:
@@ -126,8 +132,16 @@ def free_bits_kl(kl: Tensor, kl_dims: Tensor | None, free_bits: float) -> Tensor
     return torch.where(kl.mean() < free_bits, torch.full_like(kl, free_bits), kl)
 
 
-def vae_loss(model, x: Tensor, objective: str = "elbo", k: int = 1, beta: float = 1.0,
-             warmup_steps: int = 0, free_bits: float = 0.0, step: int = 0) -> dict[str, Tensor]:
+def vae_loss(
+    model,
+    x: Tensor,
+    objective: str = "elbo",
+    k: int = 1,
+    beta: float = 1.0,
+    warmup_steps: int = 0,
+    free_bits: float = 0.0,
+    step: int = 0,
+) -> dict[str, Tensor]:
     """The training loss and the honest per-example terms (nats).
 
     Returns ``loss`` (what is minimised), ``elbo`` (true bound with the samples drawn),

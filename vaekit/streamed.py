@@ -20,6 +20,7 @@ makes allocation free and small blocks would only add kernel launches). Supporte
 dense body (``nets.mlp.MLP``) with a Bernoulli likelihood; anything else returns ``None`` and
 the caller falls back to the distribution.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,13 @@ class Workspace:
     def get(self, name: str, rows: int, cols: int, like: Tensor) -> Tensor:
         """A [rows, cols] scratch view with the dtype and device of ``like`` (contents undefined)."""
         buf = self._buffers.get(name)
-        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != like.dtype \
-                or buf.device != like.device:
+        if (
+            buf is None
+            or buf.shape[0] < rows
+            or buf.shape[1] != cols
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
             buf = torch.empty(max(rows, BLOCK), cols, dtype=like.dtype, device=like.device)
             self._buffers[name] = buf
         return buf[:rows]
@@ -126,6 +132,6 @@ def streamed_log_likelihood(decoder, z: Tensor, x: Tensor, block: int = BLOCK) -
         return None
     out = torch.empty(N, dtype=z.dtype, device=z.device)
     for i in range(0, N, block):
-        logits = dense_forward_into(layers, z[i:i + block], _WORKSPACE)
-        bernoulli_log_prob_(logits, xf[i:i + block], _WORKSPACE, out[i:i + block])
+        logits = dense_forward_into(layers, z[i : i + block], _WORKSPACE)
+        bernoulli_log_prob_(logits, xf[i : i + block], _WORKSPACE, out[i : i + block])
     return out

@@ -35,12 +35,13 @@ References:
     White, "Sampling generative networks", arXiv:1609.04468, 2016.
     torchvision.utils.make_grid (the ``nrow`` / ``padding`` convention).
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -89,8 +90,7 @@ def _level(value: float) -> int:
     return int(round(255.0 * min(max(float(value), 0.0), 1.0)))
 
 
-def _tile(cells: list[list[np.ndarray | None]], hwc: tuple[int, int, int], pad: int,
-          pad_value: float) -> np.ndarray:
+def _tile(cells: list[list[np.ndarray | None]], hwc: tuple[int, int, int], pad: int, pad_value: float) -> np.ndarray:
     """Tile uint8 [H, W, C] cells row by row; None leaves a blank (pad-coloured) cell.
 
     Cell (i, j) has its top-left pixel at (pad + i (H + pad), pad + j (W + pad)).
@@ -104,12 +104,12 @@ def _tile(cells: list[list[np.ndarray | None]], hwc: tuple[int, int, int], pad: 
         for j, cell in enumerate(row):
             if cell is not None:
                 top, left = pad + i * (h + pad), pad + j * (w + pad)
-                out[top:top + h, left:left + w] = cell
+                out[top : top + h, left : left + w] = cell
     return out
 
 
 def _chunks(items: np.ndarray, size: int) -> list[list[np.ndarray]]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _check_nrow(nrow: int | None, default: int) -> int:
@@ -170,14 +170,16 @@ def image_grid(images, nrow: int | None = None, pad: int = 2, pad_value: float =
     return _tile(_chunks(_hwc_uint8(x), nrow), (h, w, c), pad, pad_value)
 
 
-def save_grid(images, path: str | os.PathLike, nrow: int | None = None, pad: int = 2,
-              pad_value: float = PAD_VALUE) -> Path:
+def save_grid(
+    images, path: str | os.PathLike, nrow: int | None = None, pad: int = 2, pad_value: float = PAD_VALUE
+) -> Path:
     """Write ``image_grid(images, nrow, pad, pad_value)`` as a PNG; returns the path."""
     return write_png(image_grid(images, nrow, pad, pad_value), path)
 
 
-def save_reconstructions(originals, reconstructions, path: str | os.PathLike, nrow: int | None = None,
-                         pad: int = 2) -> Path:
+def save_reconstructions(
+    originals, reconstructions, path: str | os.PathLike, nrow: int | None = None, pad: int = 2
+) -> Path:
     """Originals with their reconstructions right below them.
 
     Args:
@@ -229,8 +231,9 @@ def masked_input(originals: Tensor, mask: Tensor, color: Sequence[float] = MASK_
     return torch.where(observed, rgb, fill)
 
 
-def save_completion(originals, mask, completions, path: str | os.PathLike, color: Sequence[float] = MASK_COLOR,
-                    pad: int = 2) -> Path:
+def save_completion(
+    originals, mask, completions, path: str | os.PathLike, color: Sequence[float] = MASK_COLOR, pad: int = 2
+) -> Path:
     """Image completion: each row is (masked input, S completions, original), in RGB.
 
     Args:
@@ -243,8 +246,10 @@ def save_completion(originals, mask, completions, path: str | os.PathLike, color
     comp = _check_images(completions, "completions", ndim=5)
     n, c, h, w = x.shape
     if comp.shape[0] != n or comp.shape[2:] != x.shape[1:]:
-        raise VaekitError(f"completions must be [N, S, C, H, W] with N, C, H, W of originals "
-                          f"{tuple(x.shape)}; got {tuple(comp.shape)}")
+        raise VaekitError(
+            f"completions must be [N, S, C, H, W] with N, C, H, W of originals "
+            f"{tuple(x.shape)}; got {tuple(comp.shape)}"
+        )
     shown = masked_input(x, mask, color)
     to_rgb = (lambda t: t.expand(*t.shape[:-3], 3, h, w)) if c == 1 else (lambda t: t)
     row_images = torch.cat([shown[:, None], to_rgb(comp), to_rgb(x)[:, None]], dim=1)  # [N, S + 2, 3, H, W]
@@ -263,8 +268,16 @@ def _axis_values(n: int, z_range) -> Tensor:
     return values
 
 
-def save_latent_map(decoded, n: int, z_range, path: str | os.PathLike, points=None, labels=None,
-                    dpi: int = 100, title: str | None = None) -> Path:
+def save_latent_map(
+    decoded,
+    n: int,
+    z_range,
+    path: str | os.PathLike,
+    points=None,
+    labels=None,
+    dpi: int = 100,
+    title: str | None = None,
+) -> Path:
     """A 2-D latent manifold, beside a scatter of posterior means coloured by label.
 
     Args:
@@ -296,8 +309,7 @@ def save_latent_map(decoded, n: int, z_range, path: str | os.PathLike, points=No
         ax = fig.add_subplot(1, 2, 2)
         _draw_scatter(fig, ax, pts, labs)
         lo, hi = float(axis.min()), float(axis.max())
-        ax.add_patch(Rectangle((lo, lo), hi - lo, hi - lo, fill=False, ls="--", lw=1, ec="0.3",
-                               label="manifold panel"))
+        ax.add_patch(Rectangle((lo, lo), hi - lo, hi - lo, fill=False, ls="--", lw=1, ec="0.3", label="manifold panel"))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -329,8 +341,7 @@ def _draw_manifold(ax, grid: np.ndarray, axis: Tensor, hw) -> None:
     """Show the tiled decodings with ticks at cell centres labelled by their latent coordinates."""
     h, w = int(hw[0]), int(hw[1])
     n = len(axis)
-    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
-              interpolation="nearest")
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ticks = sorted(set(np.linspace(0, n - 1, min(n, 5)).round().astype(int).tolist()))
     ax.set_xticks([(j + 0.5) * w - 0.5 for j in ticks], [f"{axis[j]:.2g}" for j in ticks])
     ax.set_yticks([(i + 0.5) * h - 0.5 for i in ticks], [f"{axis[n - 1 - i]:.2g}" for i in ticks])
@@ -348,8 +359,7 @@ def _draw_scatter(fig, ax, pts: np.ndarray, labs: np.ndarray | None) -> None:
         for i, c in enumerate(np.unique(labs)):
             sel = labs == c
             ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.7, color=cmap(i), label=str(c))
-        ax.legend(title="label", markerscale=3, fontsize="small", loc="center left",
-                  bbox_to_anchor=(1.0, 0.5))
+        ax.legend(title="label", markerscale=3, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     else:
         sc = ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.7, c=labs, cmap="viridis")
         fig.colorbar(sc, ax=ax, label="label")
@@ -418,16 +428,19 @@ def interpolate(z0: Tensor, z1: Tensor, steps: int, slerp: bool = False) -> Tens
         [B, steps, D]; [:, 0] == z0 and [:, -1] == z1.
     """
     if not isinstance(z0, Tensor) or not isinstance(z1, Tensor) or z0.dim() != 2 or z0.shape != z1.shape:
-        raise VaekitError(f"interpolate wants z0 and z1 of the same shape [B, D]; got "
-                          f"{tuple(getattr(z0, 'shape', ()))} and {tuple(getattr(z1, 'shape', ()))}")
+        raise VaekitError(
+            f"interpolate wants z0 and z1 of the same shape [B, D]; got "
+            f"{tuple(getattr(z0, 'shape', ()))} and {tuple(getattr(z1, 'shape', ()))}"
+        )
     if steps < 2:
         raise VaekitError(f"interpolation steps must be >= 2; got {steps}")
     t = torch.linspace(0.0, 1.0, steps, dtype=z0.dtype, device=z0.device).view(1, steps, 1)
     return INTERPOLATIONS["slerp" if slerp else "lerp"](z0[:, None], z1[:, None], t)
 
 
-def latent_axis(n: int, z_range: tuple[float, float] | None = None,
-                quantiles: tuple[float, float] = QUANTILES) -> Tensor:
+def latent_axis(
+    n: int, z_range: tuple[float, float] | None = None, quantiles: tuple[float, float] = QUANTILES
+) -> Tensor:
     """n coordinates along one latent axis, increasing.
 
     Args:
@@ -451,8 +464,9 @@ def latent_axis(n: int, z_range: tuple[float, float] | None = None,
     return torch.distributions.Normal(0.0, 1.0).icdf(p).to(torch.float32)
 
 
-def latent_grid(n: int, z_range: tuple[float, float] | None = None,
-                quantiles: tuple[float, float] = QUANTILES) -> Tensor:
+def latent_grid(
+    n: int, z_range: tuple[float, float] | None = None, quantiles: tuple[float, float] = QUANTILES
+) -> Tensor:
     """An n x n grid of 2-D codes in image order, for ``save_latent_map``.
 
     Row i (top to bottom), column j (left to right) is entry k = i n + j with

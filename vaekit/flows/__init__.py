@@ -12,6 +12,7 @@ Layers follow one contract (``base.Transform``): ``forward(x) -> (y, logabsdet)`
 - distribution.py    FlowDistribution: a torch Distribution defined by a base and a flow
 - latent.py          flows on latent codes for VAE posteriors and priors, by name
 """
+
 from .autoregressive import IAF, MADE, MaskedAffineAutoregressive, iaf, maf
 from .base import Compose, Inverse, Logit, Reshape, Reverse, Shift, Transform
 from .coupling import AdditiveCoupling, AffineCoupling, DiagonalScaling, dense_realnvp, nice
@@ -21,9 +22,31 @@ from .multiscale import FactorOut, Squeeze, dense_glow, glow, realnvp
 from .planar import Planar, planar_flow
 
 __all__ = [
-    "Transform", "Compose", "Inverse", "Reverse", "Reshape", "Shift", "Logit",
-    "AdditiveCoupling", "AffineCoupling", "DiagonalScaling", "nice", "dense_realnvp",
-    "ActNorm", "InvConv1x1", "Planar", "planar_flow",
-    "MADE", "MaskedAffineAutoregressive", "IAF", "maf", "iaf",
-    "Squeeze", "FactorOut", "realnvp", "glow", "dense_glow", "FlowDistribution",
+    "Transform",
+    "Compose",
+    "Inverse",
+    "Reverse",
+    "Reshape",
+    "Shift",
+    "Logit",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "DiagonalScaling",
+    "nice",
+    "dense_realnvp",
+    "ActNorm",
+    "InvConv1x1",
+    "Planar",
+    "planar_flow",
+    "MADE",
+    "MaskedAffineAutoregressive",
+    "IAF",
+    "maf",
+    "iaf",
+    "Squeeze",
+    "FactorOut",
+    "realnvp",
+    "glow",
+    "dense_glow",
+    "FlowDistribution",
 ]

@@ -26,6 +26,7 @@ References:
 - Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow for Density Estimation",
   NeurIPS 2017.
 """
+
 from __future__ import annotations
 
 import torch
@@ -121,13 +122,15 @@ def _alternating(layers: int, make) -> Compose:
     return Compose(*steps)
 
 
-def maf(dim: int, layers: int = 4, hidden: list[int] | None = None, context_dim: int = 0,
-        scale: str = "tanh") -> Compose:
+def maf(
+    dim: int, layers: int = 4, hidden: list[int] | None = None, context_dim: int = 0, scale: str = "tanh"
+) -> Compose:
     """MADE-flow layers, order reversed between them: cheap density evaluation (MAF)."""
     return _alternating(layers, lambda: MaskedAffineAutoregressive(dim, hidden or [64, 64], context_dim, scale))
 
 
-def iaf(dim: int, layers: int = 4, hidden: list[int] | None = None, context_dim: int = 0,
-        scale: str = "sigmoid") -> Compose:
+def iaf(
+    dim: int, layers: int = 4, hidden: list[int] | None = None, context_dim: int = 0, scale: str = "sigmoid"
+) -> Compose:
     """IAF layers, order reversed between them: cheap sampling and log q of the samples."""
     return _alternating(layers, lambda: IAF(dim, hidden or [64, 64], context_dim, scale))

@@ -27,6 +27,7 @@ References:
   (the soft clamp of affine log-scales).
 - Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
 """
+
 from __future__ import annotations
 
 import math

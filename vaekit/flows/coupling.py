@@ -18,6 +18,7 @@ References:
 - Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017
   (affine coupling, checkerboard and channel masks).
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,7 @@ class MLPConditioner(nn.Module):
 class _ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1),
-                                 nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1))
+        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1))
 
     def forward(self, x):
         return x + self.net(x)
@@ -94,9 +94,14 @@ class ConvConditioner(nn.Module):
         last = nn.Conv2d(hidden, out_ch, 3, padding=1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(nn.Conv2d(in_ch, hidden, 3, padding=1),
-                                 *[_ResBlock(hidden) for _ in range(blocks)],
-                                 nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last)
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch, hidden, 3, padding=1),
+            *[_ResBlock(hidden) for _ in range(blocks)],
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            last,
+        )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.net(x)
@@ -174,10 +179,15 @@ def nice(data_shape: tuple[int, ...], couplings: int = 4, hidden: int = 1000, n_
     return Compose(*layers)
 
 
-def dense_realnvp(dim: int, layers: int = 4, hidden: int = 64, n_hidden: int = 2, context_dim: int = 0,
-                  scale: str = "tanh") -> Compose:
+def dense_realnvp(
+    dim: int, layers: int = 4, hidden: int = 64, n_hidden: int = 2, context_dim: int = 0, scale: str = "tanh"
+) -> Compose:
     """RealNVP for vectors (latent codes, tabular data): affine couplings on alternating masks."""
-    return Compose(*[
-        AffineCoupling(alternating_mask(dim, i % 2),
-                       MLPConditioner(dim, 2 * dim, hidden, n_hidden, context_dim), scale)
-        for i in range(layers)])
+    return Compose(
+        *[
+            AffineCoupling(
+                alternating_mask(dim, i % 2), MLPConditioner(dim, 2 * dim, hidden, n_hidden, context_dim), scale
+            )
+            for i in range(layers)
+        ]
+    )

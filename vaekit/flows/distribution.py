@@ -15,6 +15,7 @@ registered, so ``kl_divergence`` raises and the objectives fall back to Monte Ca
 Leading sample and batch axes are flattened into one batch axis for the transform,
 and the context [*batch_shape, H] is broadcast over the sample axes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,7 @@ class FlowDistribution(Distribution):
     def _run(self, fn, v: Tensor) -> tuple[Tensor, Tensor]:
         """Apply ``fn`` (transform direction) to v [*lead, *event] flattened to [N, *event]."""
         n_event = len(self.event_shape)
-        lead = v.shape[:v.dim() - n_event]
+        lead = v.shape[: v.dim() - n_event]
         ctx = None
         if self.context is not None:
             ctx = self.context.expand(*lead, self.context.shape[-1]).reshape(-1, self.context.shape[-1])

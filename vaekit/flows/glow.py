@@ -11,6 +11,7 @@
 References:
 - Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
 """
+
 from __future__ import annotations
 
 import torch

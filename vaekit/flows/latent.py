@@ -11,6 +11,7 @@ Each registry entry builds a transform over [B, latent_dim] in the normalising d
 
 RealNVP is cheap both ways and serves either role.
 """
+
 from __future__ import annotations
 
 import torch

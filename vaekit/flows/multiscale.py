@@ -19,14 +19,14 @@ References:
 - Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017.
 - Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from .base import Compose, Inverse, Transform
-from .coupling import AffineCoupling, ConvConditioner, MLPConditioner, alternating_mask, channel_mask, \
-    checkerboard_mask
+from .coupling import AffineCoupling, ConvConditioner, MLPConditioner, alternating_mask, channel_mask, checkerboard_mask
 from .glow import ActNorm, InvConv1x1
 
 
@@ -48,16 +48,22 @@ class FactorOut(Transform):
         self.inner, self.keep = inner, keep
 
     def forward(self, x, context=None):
-        y, logabsdet = self.inner(x[:, :self.keep], context=context)
-        return torch.cat([y, x[:, self.keep:]], dim=1), logabsdet
+        y, logabsdet = self.inner(x[:, : self.keep], context=context)
+        return torch.cat([y, x[:, self.keep :]], dim=1), logabsdet
 
     def inverse(self, y, context=None):
-        x, logabsdet = self.inner.inverse(y[:, :self.keep], context=context)
-        return torch.cat([x, y[:, self.keep:]], dim=1), logabsdet
+        x, logabsdet = self.inner.inverse(y[:, : self.keep], context=context)
+        return torch.cat([x, y[:, self.keep :]], dim=1), logabsdet
 
 
-def realnvp(data_shape: tuple[int, int, int], levels: int = 2, steps: int = 3, hidden: int = 64,
-            blocks: int = 2, scale: str = "tanh") -> Transform:
+def realnvp(
+    data_shape: tuple[int, int, int],
+    levels: int = 2,
+    steps: int = 3,
+    hidden: int = 64,
+    blocks: int = 2,
+    scale: str = "tanh",
+) -> Transform:
     """RealNVP's multi-scale architecture; H and W must be divisible by 2**(levels - 1)."""
 
     def coupling(mask):
@@ -88,8 +94,9 @@ def glow_step(shape: tuple[int, ...], hidden: int, scale: str = "sigmoid") -> Co
     return Compose(ActNorm(c), InvConv1x1(c), AffineCoupling(mask, net, scale))
 
 
-def glow(data_shape: tuple[int, int, int], levels: int = 2, steps: int = 8, hidden: int = 128,
-         scale: str = "sigmoid") -> Transform:
+def glow(
+    data_shape: tuple[int, int, int], levels: int = 2, steps: int = 8, hidden: int = 128, scale: str = "sigmoid"
+) -> Transform:
     """Glow's multi-scale architecture; H and W must be divisible by 2**levels."""
 
     def level(i, c, h, w):

@@ -20,6 +20,7 @@ References:
 - van den Berg, Hasenclever, Tomczak & Welling, "Sylvester Normalizing Flows for
   Variational Inference", UAI 2018.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,11 +38,11 @@ class Planar(Transform):
     def __init__(self, dim: int, context_dim: int = 0):
         super().__init__()
         self.dim, self.context_dim = dim, context_dim
-        init = torch.randn(2 * dim + 1) * 0.1 / dim ** 0.5
+        init = torch.randn(2 * dim + 1) * 0.1 / dim**0.5
         init[2 * dim] = 0.0
         if context_dim:
             self.hyper = nn.Linear(context_dim, 2 * dim + 1)
-            nn.init.normal_(self.hyper.weight, std=0.01 / context_dim ** 0.5)
+            nn.init.normal_(self.hyper.weight, std=0.01 / context_dim**0.5)
             with torch.no_grad():
                 self.hyper.bias.copy_(init)
         else:
@@ -49,7 +50,7 @@ class Planar(Transform):
 
     def _params(self, batch: int, context: Tensor | None):
         p = self.hyper(context) if self.context_dim else self.params.expand(batch, -1)
-        u, w, b = p[:, :self.dim], p[:, self.dim:2 * self.dim], p[:, 2 * self.dim]
+        u, w, b = p[:, : self.dim], p[:, self.dim : 2 * self.dim], p[:, 2 * self.dim]
         wu = (w * u).sum(1, keepdim=True)
         w_sq = (w * w).sum(1, keepdim=True).clamp_min(1e-12)
         u_hat = u + (F.softplus(wu) - 1 - wu) * w / w_sq

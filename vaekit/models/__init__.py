@@ -5,6 +5,7 @@ Every model honours one contract, which is all the training loop and the evaluat
 where they exist), ``log_prob(x, ...) -> [B]`` (``log_prob_kind`` says exact or
 importance-sampled) and ``sample(n)``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -39,5 +40,14 @@ def build_model(cfg, data_shape):
     return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
 
 
-__all__ = ["MODELS", "VAE", "Autoencoder", "FlowModel", "GaussianMixtureModel", "build_model", "build_vae",
-           "build_flow_model", "model_device"]
+__all__ = [
+    "MODELS",
+    "VAE",
+    "Autoencoder",
+    "FlowModel",
+    "GaussianMixtureModel",
+    "build_model",
+    "build_vae",
+    "build_flow_model",
+    "model_device",
+]

@@ -15,6 +15,7 @@ probability p); corruption is applied in training mode only.
 
 An autoencoder defines no density p(x): ``log_prob`` raises, ``log_prob_kind`` is ``none``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,15 @@ class Autoencoder(DecodeViews, nn.Module):
 
     log_prob_kind = "none"
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, data_shape: tuple[int, ...], latent_dim: int,
-                 noise: float = 0.0, noise_type: str = "gaussian"):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        data_shape: tuple[int, ...],
+        latent_dim: int,
+        noise: float = 0.0,
+        noise_type: str = "gaussian",
+    ):
         super().__init__()
         if noise_type not in NOISE_TYPES:
             raise ConfigError(f"ae_noise_type must be one of {', '.join(NOISE_TYPES)}; got '{noise_type}'")
@@ -78,8 +86,10 @@ class Autoencoder(DecodeViews, nn.Module):
         return {"loss": -rec, "rec": rec}
 
     def log_prob(self, x: Tensor, **kw) -> Tensor:
-        raise VaekitError("an autoencoder defines no density p(x); its loss is a reconstruction "
-                          "log-likelihood log p(x|z=f(x)), not log p(x)")
+        raise VaekitError(
+            "an autoencoder defines no density p(x); its loss is a reconstruction "
+            "log-likelihood log p(x|z=f(x)), not log p(x)"
+        )
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = False) -> Tensor:
@@ -101,5 +111,4 @@ def build_autoencoder(cfg, data_shape: tuple[int, ...], train_cfg=None) -> Autoe
     likelihood = build_likelihood(data_shape, cfg)
     encoder = build_encoder(data_shape, cfg.latent_dim, cfg)
     decoder = Decoder(build_decoder(cfg.latent_dim, likelihood.param_shape, cfg), likelihood)
-    return Autoencoder(encoder, decoder, data_shape, cfg.latent_dim, noise=cfg.ae_noise,
-                       noise_type=cfg.ae_noise_type)
+    return Autoencoder(encoder, decoder, data_shape, cfg.latent_dim, noise=cfg.ae_noise, noise_type=cfg.ae_noise_type)

@@ -33,6 +33,7 @@ References:
 - Theis, van den Oord & Bethge, "A note on the evaluation of generative models", ICLR 2016
   (dequantisation and the bound on the discrete log-likelihood).
 """
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,9 @@ class FlowModel(nn.Module):
 
     log_prob_kind = "exact"
 
-    def __init__(self, transform: nn.Module, data_shape: tuple[int, ...], base: str = "normal",
-                 dequantize: bool = True):
+    def __init__(
+        self, transform: nn.Module, data_shape: tuple[int, ...], base: str = "normal", dequantize: bool = True
+    ):
         super().__init__()
         if base not in BASES:
             raise ConfigError(f"unknown flow base '{base}'; known: {', '.join(BASES)}")
@@ -147,8 +149,9 @@ def _image_shape(data_shape, arch):
 def _check_divisible(data_shape, factor, arch, levels):
     _, h, w = data_shape
     if h % factor or w % factor:
-        raise ConfigError(f"flow_arch={arch} with flow_levels={levels} needs height and width divisible "
-                          f"by {factor}; got {h}x{w}")
+        raise ConfigError(
+            f"flow_arch={arch} with flow_levels={levels} needs height and width divisible by {factor}; got {h}x{w}"
+        )
 
 
 def _realnvp(shape, cfg):
@@ -161,14 +164,17 @@ def _realnvp(shape, cfg):
 def _glow(shape, cfg):
     if len(shape) == 1:
         return dense_glow(shape[0], cfg.flow_steps, cfg.flow_hidden, cfg.flow_scale)
-    _check_divisible(_image_shape(shape, "glow"), 2 ** cfg.flow_levels, "glow", cfg.flow_levels)
+    _check_divisible(_image_shape(shape, "glow"), 2**cfg.flow_levels, "glow", cfg.flow_levels)
     return glow(shape, cfg.flow_levels, cfg.flow_steps, cfg.flow_hidden, cfg.flow_scale)
 
 
 def _maf(shape, cfg):
     d = math.prod(shape)
-    return Compose(Reshape(shape, (d,)), maf(d, cfg.flow_steps, [cfg.flow_hidden] * cfg.flow_blocks,
-                                             scale=cfg.flow_scale), Reshape((d,), shape))
+    return Compose(
+        Reshape(shape, (d,)),
+        maf(d, cfg.flow_steps, [cfg.flow_hidden] * cfg.flow_blocks, scale=cfg.flow_scale),
+        Reshape((d,), shape),
+    )
 
 
 # name -> constructor(data_shape, model_config) -> Transform (data -> noise)
@@ -192,8 +198,13 @@ DEQUANTIZE = {"uniform": True, "none": False}
 def build_flow_model(cfg, data_shape: tuple[int, ...], train_cfg=None) -> FlowModel:
     """The flow density model of a ``ModelConfig`` (``model.kind: flow``)."""
     data_shape = tuple(data_shape)
-    for key, table in (("flow_arch", ARCHS), ("flow_preprocess", PREPROCESS), ("flow_dequantize", DEQUANTIZE),
-                       ("flow_base", BASES), ("flow_scale", dict.fromkeys(SCALES))):
+    for key, table in (
+        ("flow_arch", ARCHS),
+        ("flow_preprocess", PREPROCESS),
+        ("flow_dequantize", DEQUANTIZE),
+        ("flow_base", BASES),
+        ("flow_scale", dict.fromkeys(SCALES)),
+    ):
         if getattr(cfg, key) not in table:
             raise ConfigError(f"model.{key} must be one of {', '.join(table)}; got '{getattr(cfg, key)}'")
     for key in ("flow_levels", "flow_steps", "flow_hidden"):

@@ -24,6 +24,7 @@ References:
 - Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow for Density Estimation",
   NeurIPS 2017 (MAF; as a VAE prior it is the dual of an IAF posterior, Sec. 3.2).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -46,8 +47,8 @@ class FlowEncoder(nn.Module):
     def forward(self, x: Tensor) -> FlowDistribution:
         d = self.latent_dim
         out = self.body(x)
-        q0 = diagonal_gaussian(out[:, :d], out[:, d:2 * d])
-        return FlowDistribution(q0, self.flow, out[:, 2 * d:] if self.context_dim else None)
+        q0 = diagonal_gaussian(out[:, :d], out[:, d : 2 * d])
+        return FlowDistribution(q0, self.flow, out[:, 2 * d :] if self.context_dim else None)
 
 
 def _check_sizes(cfg, layers_key: str) -> None:

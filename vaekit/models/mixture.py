@@ -28,10 +28,11 @@ Implementation notes:
 
 Model selection: BIC = -2 log L + p log N (Schwarz 1978), p the number of free parameters.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -49,8 +50,10 @@ DEFAULT_CACHE_ELEMENTS = 1 << 27  # keep [x, x^2] features of the whole data whe
 
 # --- the mixture density, shared with the VAE mixture priors -------------------------------
 
-def component_log_prob(x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str,
-                       x_sq: Tensor | None = None) -> Tensor:
+
+def component_log_prob(
+    x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str, x_sq: Tensor | None = None
+) -> Tensor:
     """log N(x_n; mu_k, Sigma_k) for every row and component: x [N, D] -> [N, K].
 
     ``prec_chol`` is the Cholesky factor of the precision: [K, D, D] (full, upper triangular
@@ -60,8 +63,9 @@ def component_log_prob(x: Tensor, means: Tensor, prec_chol: Tensor, covariance_t
     return component_log_prob_t(x, means, prec_chol, covariance_type, x_sq).T
 
 
-def component_log_prob_t(x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str,
-                         x_sq: Tensor | None = None) -> Tensor:
+def component_log_prob_t(
+    x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str, x_sq: Tensor | None = None
+) -> Tensor:
     """:func:`component_log_prob` transposed, [K, N]: the layout EM works in (products of a
     [K, D] matrix with x^T run about twice as fast as x times a [D, K] one on CPUs)."""
     D = x.shape[-1]
@@ -70,24 +74,23 @@ def component_log_prob_t(x: Tensor, means: Tensor, prec_chol: Tensor, covariance
         maha = torch.stack([((x @ P - m @ P) ** 2).sum(-1) for m, P in zip(means, prec_chol)])
     elif covariance_type == "diag":
         log_det = prec_chol.log().sum(-1)
-        prec = prec_chol ** 2  # [K, D]
+        prec = prec_chol**2  # [K, D]
         if x.shape[0] * means.shape[0] * D <= (1 << 20):  # small: direct, most accurate
             maha = (((x.unsqueeze(-2) - means) ** 2) * prec).sum(-1).T
         else:  # |x|^2_P - 2 mu.P x + |mu|^2_P as two matrix products
             x_sq = x * x if x_sq is None else x_sq
-            maha = prec @ x_sq.T - 2 * ((means * prec) @ x.T) + (means ** 2 * prec).sum(-1, keepdim=True)
+            maha = prec @ x_sq.T - 2 * ((means * prec) @ x.T) + (means**2 * prec).sum(-1, keepdim=True)
     elif covariance_type == "spherical":
         log_det = D * prec_chol.log()
-        prec = prec_chol ** 2  # [K]
+        prec = prec_chol**2  # [K]
         x_sq = x * x if x_sq is None else x_sq
-        maha = (x_sq.sum(-1) - 2 * (means @ x.T) + (means ** 2).sum(-1, keepdim=True)) * prec.unsqueeze(-1)
+        maha = (x_sq.sum(-1) - 2 * (means @ x.T) + (means**2).sum(-1, keepdim=True)) * prec.unsqueeze(-1)
     else:
         raise ConfigError(f"unknown covariance type '{covariance_type}'; known: {', '.join(COVARIANCE_TYPES)}")
     return -0.5 * (D * LOG_2PI + maha) + log_det.unsqueeze(-1)
 
 
-def mixture_log_prob(x: Tensor, log_weights: Tensor, means: Tensor, prec_chol: Tensor,
-                     covariance_type: str) -> Tensor:
+def mixture_log_prob(x: Tensor, log_weights: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str) -> Tensor:
     """log p(x) = logsumexp_k (log pi_k + log N(x; mu_k, Sigma_k)): x [N, D] -> [N]."""
     return torch.logsumexp(component_log_prob(x, means, prec_chol, covariance_type) + log_weights, -1)
 
@@ -97,8 +100,10 @@ def precision_cholesky(covariances: Tensor, covariance_type: str) -> Tensor:
     if covariance_type == "full":
         L, info = torch.linalg.cholesky_ex(covariances)
         if bool((info > 0).any()):
-            raise VaekitError("a mixture covariance is not positive definite (collapsed component); "
-                              "increase reg_covar or use fewer components")
+            raise VaekitError(
+                "a mixture covariance is not positive definite (collapsed component); "
+                "increase reg_covar or use fewer components"
+            )
         eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
         return torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False).mT
     if bool((covariances <= 0).any()):
@@ -117,8 +122,14 @@ class MixtureOfGaussians(Distribution):
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, logits: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str = "diag",
-                 covariances: Tensor | None = None):
+    def __init__(
+        self,
+        logits: Tensor,
+        means: Tensor,
+        prec_chol: Tensor,
+        covariance_type: str = "diag",
+        covariances: Tensor | None = None,
+    ):
         if covariance_type not in COVARIANCE_TYPES:
             raise ConfigError(f"unknown covariance type '{covariance_type}'; known: {', '.join(COVARIANCE_TYPES)}")
         self.log_weights = logits - torch.logsumexp(logits, -1)
@@ -129,8 +140,7 @@ class MixtureOfGaussians(Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         lead = value.shape[:-1]
         flat = value.reshape(-1, value.shape[-1])
-        return mixture_log_prob(flat, self.log_weights, self.means, self.prec_chol,
-                                self.covariance_type).reshape(lead)
+        return mixture_log_prob(flat, self.log_weights, self.means, self.prec_chol, self.covariance_type).reshape(lead)
 
     def component_log_prob(self, value: Tensor) -> Tensor:
         """log pi_k + log N(value; mu_k, Sigma_k): [..., D] -> [..., K]."""
@@ -176,14 +186,16 @@ class MixtureOfGaussians(Distribution):
 
 # --- EM --------------------------------------------------------------------------------------
 
+
 def _sqdist(x: Tensor, c: Tensor, x_sq: Tensor | None = None) -> Tensor:
     """Squared Euclidean distances [N, M] between rows of x [N, D] and c [M, D]."""
     x_sq = (x * x).sum(-1, keepdim=True) if x_sq is None else x_sq
     return (x_sq - 2 * x @ c.T + (c * c).sum(-1)).clamp_min(0)
 
 
-def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator,
-                    n_local_trials: int | None = None) -> Tensor:
+def kmeans_plusplus(
+    x: Tensor, n_clusters: int, generator: torch.Generator, n_local_trials: int | None = None
+) -> Tensor:
     """k-means++ seeds [K, D] (Arthur & Vassilvitskii 2007), greedy: the best of
     ``2 + log K`` candidates drawn with probability proportional to D(x)^2 at each step."""
     n = x.shape[0]
@@ -191,7 +203,7 @@ def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator,
     x_sq = (x * x).sum(-1, keepdim=True)
     first = int(torch.randint(n, (1,), generator=generator, device=generator.device))
     centers = [x[first]]
-    closest = _sqdist(x, x[first:first + 1], x_sq)[:, 0]
+    closest = _sqdist(x, x[first : first + 1], x_sq)[:, 0]
     for _ in range(1, n_clusters):
         pot = closest.sum()
         u = torch.rand(trials, generator=generator, device=generator.device, dtype=x.dtype) * pot
@@ -238,10 +250,21 @@ class GaussianMixtureModel(nn.Module):
 
     log_prob_kind = "exact"
 
-    def __init__(self, n_components: int, data_shape: tuple[int, ...], covariance_type: str = "full",
-                 reg_covar: float = 1e-6, tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
-                 init: str = "kmeans", seed: int = 0, dtype: str | torch.dtype = "float32",
-                 chunk_size: int | None = None, init_samples: int | None = None):
+    def __init__(
+        self,
+        n_components: int,
+        data_shape: tuple[int, ...],
+        covariance_type: str = "full",
+        reg_covar: float = 1e-6,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init: str = "kmeans",
+        seed: int = 0,
+        dtype: str | torch.dtype = "float32",
+        chunk_size: int | None = None,
+        init_samples: int | None = None,
+    ):
         super().__init__()
         if covariance_type not in COVARIANCE_TYPES:
             raise ConfigError(f"covariance must be one of {', '.join(COVARIANCE_TYPES)}; got '{covariance_type}'")
@@ -265,8 +288,11 @@ class GaussianMixtureModel(nn.Module):
         cov_shape = {"full": (K, D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
         self.register_buffer("weights", torch.full((K,), 1.0 / K, dtype=dtype))
         self.register_buffer("means", torch.zeros(K, D, dtype=dtype))
-        ones = torch.eye(D, dtype=dtype).expand(K, D, D).clone() if covariance_type == "full" \
+        ones = (
+            torch.eye(D, dtype=dtype).expand(K, D, D).clone()
+            if covariance_type == "full"
             else torch.ones(cov_shape, dtype=dtype)
+        )
         self.register_buffer("covariances", ones)
         self.register_buffer("precisions_cholesky", ones.clone())
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -287,11 +313,16 @@ class GaussianMixtureModel(nn.Module):
         """Set pi, mu, Sigma (any array-likes; shapes as the buffers); precisions follow."""
         as_t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
         weights, means, covariances = as_t(weights), as_t(means), as_t(covariances)
-        if weights.shape != self.weights.shape or means.shape != self.means.shape \
-                or covariances.shape != self.covariances.shape:
-            raise DataError(f"mixture parameters have shapes {tuple(weights.shape)}, {tuple(means.shape)}, "
-                            f"{tuple(covariances.shape)}; expected {tuple(self.weights.shape)}, "
-                            f"{tuple(self.means.shape)}, {tuple(self.covariances.shape)}")
+        if (
+            weights.shape != self.weights.shape
+            or means.shape != self.means.shape
+            or covariances.shape != self.covariances.shape
+        ):
+            raise DataError(
+                f"mixture parameters have shapes {tuple(weights.shape)}, {tuple(means.shape)}, "
+                f"{tuple(covariances.shape)}; expected {tuple(self.weights.shape)}, "
+                f"{tuple(self.means.shape)}, {tuple(self.covariances.shape)}"
+            )
         self.weights.copy_(weights / weights.sum())
         self.means.copy_(means)
         self.covariances.copy_(covariances)
@@ -300,8 +331,9 @@ class GaussianMixtureModel(nn.Module):
 
     def distribution(self) -> MixtureOfGaussians:
         """The fitted p(x) over flattened examples, as a torch Distribution."""
-        return MixtureOfGaussians(self.weights.log(), self.means, self.precisions_cholesky,
-                                  self.covariance_type, covariances=self.covariances)
+        return MixtureOfGaussians(
+            self.weights.log(), self.means, self.precisions_cholesky, self.covariance_type, covariances=self.covariances
+        )
 
     def n_parameters(self) -> int:
         """Free parameters: K-1 weights, K*D means, and the covariances."""
@@ -317,8 +349,9 @@ class GaussianMixtureModel(nn.Module):
         elif tuple(x.shape[1:]) == self.data_shape:
             flat = x.reshape(x.shape[0], self.D)
         else:
-            raise DataError(f"mixture expects data of shape [N, {self.D}] or [N, *{self.data_shape}]; "
-                            f"got {tuple(x.shape)}")
+            raise DataError(
+                f"mixture expects data of shape [N, {self.D}] or [N, *{self.data_shape}]; got {tuple(x.shape)}"
+            )
         if flat.shape[0] == 0:
             raise DataError("mixture got no examples")
         return flat
@@ -338,7 +371,7 @@ class GaussianMixtureModel(nn.Module):
             return
         step = self._rows_per_chunk(x.shape[0])
         for i in range(0, x.shape[0], step):
-            xs = x[i:i + step].to(device=self.device, dtype=self.dtype) - shift
+            xs = x[i : i + step].to(device=self.device, dtype=self.dtype) - shift
             item = (xs, xs * xs if self.covariance_type != "full" else None)
             if cache is not None:
                 cache.append(item)
@@ -358,14 +391,19 @@ class GaussianMixtureModel(nn.Module):
             cov = 0.5 * (cov + cov.mT)
             cov.diagonal(dim1=-2, dim2=-1).add_(self.reg_covar)
         elif self.covariance_type == "diag":
-            cov = (s2 / nk.unsqueeze(-1) - means ** 2).clamp_min(0) + self.reg_covar
+            cov = (s2 / nk.unsqueeze(-1) - means**2).clamp_min(0) + self.reg_covar
         else:
-            cov = (s2 / nk - (means ** 2).sum(-1)).clamp_min(0) / self.D + self.reg_covar
-        return {"weights": nk / nk.sum(), "means": means, "covariances": cov,
-                "prec_chol": precision_cholesky(cov, self.covariance_type)}
+            cov = (s2 / nk - (means**2).sum(-1)).clamp_min(0) / self.D + self.reg_covar
+        return {
+            "weights": nk / nk.sum(),
+            "means": means,
+            "covariances": cov,
+            "prec_chol": precision_cholesky(cov, self.covariance_type),
+        }
 
-    def _estep_pass(self, x: Tensor, shift: Tensor, params: dict, cache=None,
-                    hard_centers: Tensor | None = None, generator=None) -> tuple[float, tuple]:
+    def _estep_pass(
+        self, x: Tensor, shift: Tensor, params: dict, cache=None, hard_centers: Tensor | None = None, generator=None
+    ) -> tuple[float, tuple]:
         """One pass over the data: E-step per chunk folded into sufficient statistics.
 
         Returns (mean log-likelihood under ``params``, (nk, s1, s2)). With ``hard_centers``
@@ -374,8 +412,11 @@ class GaussianMixtureModel(nn.Module):
         K, D = self.K, self.D
         nk = torch.zeros(K, dtype=self.dtype, device=self.device)
         s1 = torch.zeros(K, D, dtype=self.dtype, device=self.device)
-        s2 = torch.zeros((K, D, D) if self.covariance_type == "full" else (K, D) if
-                         self.covariance_type == "diag" else (K,), dtype=self.dtype, device=self.device)
+        s2 = torch.zeros(
+            (K, D, D) if self.covariance_type == "full" else (K, D) if self.covariance_type == "diag" else (K,),
+            dtype=self.dtype,
+            device=self.device,
+        )
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for xs, xs_sq in self._chunks(x, shift, cache):
             if hard_centers is not None:
@@ -384,8 +425,9 @@ class GaussianMixtureModel(nn.Module):
                 r = torch.rand(xs.shape[0], K, generator=generator, device=self.device, dtype=self.dtype)
                 r = r / r.sum(-1, keepdim=True)
             else:  # [K, n] layout throughout (see component_log_prob_t)
-                logp = component_log_prob_t(xs, params["means"], params["prec_chol"], self.covariance_type,
-                                            x_sq=xs_sq) + params["weights"].log().unsqueeze(-1)
+                logp = component_log_prob_t(
+                    xs, params["means"], params["prec_chol"], self.covariance_type, x_sq=xs_sq
+                ) + params["weights"].log().unsqueeze(-1)
                 lse = torch.logsumexp(logp, 0, keepdim=True)
                 total += lse.sum(dtype=torch.float64)
                 r_t = (logp - lse).exp_()
@@ -438,7 +480,7 @@ class GaussianMixtureModel(nn.Module):
             raise DataError("mixture needs at least 2 examples")
         shift = torch.zeros(self.D, dtype=torch.float64, device=x.device)
         for i in range(0, n, 1 << 16):
-            shift += x[i:i + (1 << 16)].double().sum(0)
+            shift += x[i : i + (1 << 16)].double().sum(0)
         if not bool(torch.isfinite(shift).all()):  # the same pass finds NaN / inf anywhere in x
             raise DataError("mixture data contains NaN or infinite values")
         shift = (shift / n).to(device=self.device, dtype=self.dtype)
@@ -448,8 +490,15 @@ class GaussianMixtureModel(nn.Module):
             import sys
 
             from tqdm.auto import tqdm
-            bar = tqdm(total=self.max_iter * (1 if init_params is not None else self.n_init), desc="EM",
-                       unit="it", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+            bar = tqdm(
+                total=self.max_iter * (1 if init_params is not None else self.n_init),
+                desc="EM",
+                unit="it",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
 
             def progress(it, ll):
                 bar.update(1)
@@ -476,8 +525,12 @@ class GaussianMixtureModel(nn.Module):
             if init_params is not None:
                 as_t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
                 cov = as_t(init_params["covariances"])
-                params = {"weights": as_t(init_params["weights"]), "means": as_t(init_params["means"]) - shift,
-                          "covariances": cov, "prec_chol": precision_cholesky(cov, self.covariance_type)}
+                params = {
+                    "weights": as_t(init_params["weights"]),
+                    "means": as_t(init_params["means"]) - shift,
+                    "covariances": cov,
+                    "prec_chol": precision_cholesky(cov, self.covariance_type),
+                }
             else:
                 params = self._initial_params(x, shift, gen, cache)
             history, prev, converged = [], -math.inf, False
@@ -505,14 +558,19 @@ class GaussianMixtureModel(nn.Module):
     def _chunked(self, x, fn) -> Tensor:
         flat = self._flat(x)
         step = self._rows_per_chunk(flat.shape[0])
-        return torch.cat([fn(flat[i:i + step].to(device=self.device, dtype=self.dtype))
-                          for i in range(0, flat.shape[0], step)])
+        return torch.cat(
+            [fn(flat[i : i + step].to(device=self.device, dtype=self.dtype)) for i in range(0, flat.shape[0], step)]
+        )
 
     def component_log_prob(self, x) -> Tensor:
         """log pi_k + log N(x; mu_k, Sigma_k): [N, K]."""
         self._check_fitted()
-        return self._chunked(x, lambda c: component_log_prob(
-            c, self.means, self.precisions_cholesky, self.covariance_type) + self.weights.log())
+        return self._chunked(
+            x,
+            lambda c: (
+                component_log_prob(c, self.means, self.precisions_cholesky, self.covariance_type) + self.weights.log()
+            ),
+        )
 
     @torch.no_grad()
     def log_prob(self, x, **kw) -> Tensor:
@@ -573,8 +631,16 @@ def cluster(model: GaussianMixtureModel, x) -> tuple[Tensor, Tensor]:
 def build_mixture(cfg, data_shape: tuple[int, ...], train_cfg=None) -> GaussianMixtureModel:
     """Registry constructor: a ``GaussianMixtureModel`` from ``ModelConfig`` fields."""
     return GaussianMixtureModel(
-        n_components=cfg.components, data_shape=data_shape, covariance_type=cfg.covariance,
-        reg_covar=cfg.reg_covar, tol=cfg.em_tol, max_iter=cfg.em_max_iter, n_init=cfg.em_restarts,
-        init=cfg.em_init, seed=getattr(train_cfg, "seed", 0) if train_cfg is not None else 0,
-        dtype=cfg.mixture_dtype, chunk_size=cfg.em_chunk or None,
-        init_samples=cfg.em_init_samples or None)
+        n_components=cfg.components,
+        data_shape=data_shape,
+        covariance_type=cfg.covariance,
+        reg_covar=cfg.reg_covar,
+        tol=cfg.em_tol,
+        max_iter=cfg.em_max_iter,
+        n_init=cfg.em_restarts,
+        init=cfg.em_init,
+        seed=getattr(train_cfg, "seed", 0) if train_cfg is not None else 0,
+        dtype=cfg.mixture_dtype,
+        chunk_size=cfg.em_chunk or None,
+        init_samples=cfg.em_init_samples or None,
+    )

@@ -10,6 +10,7 @@ log-likelihood are written once in ``vaekit.objectives`` / ``vaekit.inference`` 
 these three distributions. ``encode / reparameterize / decode`` keep the vocabulary of
 pytorch/examples.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import objectives
-from ..distributions import (build_likelihood, build_prior, diagonal_gaussian, distribution_mean,
-                             image_bits_per_dim)
+from ..distributions import build_likelihood, build_prior, diagonal_gaussian, distribution_mean, image_bits_per_dim
 from ..nets import build_decoder, build_encoder
 from ..streamed import streamed_log_likelihood
 from .flow_vae import build_flow_encoder
@@ -88,16 +88,24 @@ class VAE(DecodeViews, nn.Module):
 
     log_prob_kind = "importance-sampled"
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module,
-                 data_shape: tuple[int, ...], objective: str = "elbo", k: int = 1,
-                 beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: nn.Module,
+        data_shape: tuple[int, ...],
+        objective: str = "elbo",
+        k: int = 1,
+        beta: float = 1.0,
+        warmup_steps: int = 0,
+        free_bits: float = 0.0,
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.prior_module = prior
         self.data_shape = tuple(data_shape)
-        self.objective = dict(objective=objective, k=k, beta=beta, warmup_steps=warmup_steps,
-                              free_bits=free_bits)
+        self.objective = dict(objective=objective, k=k, beta=beta, warmup_steps=warmup_steps, free_bits=free_bits)
 
     @property
     def prior(self) -> Distribution:
@@ -116,6 +124,7 @@ class VAE(DecodeViews, nn.Module):
     def log_prob(self, x: Tensor, k: int = 1000, **kw) -> Tensor:
         """Importance-sampled log p(x) [B] with k samples from q(z|x) (an estimate, not exact)."""
         from ..inference import importance_sampled_log_prob
+
         return importance_sampled_log_prob(self, x, k=k, **kw)["log_px"]
 
     @torch.no_grad()
@@ -127,6 +136,7 @@ class VAE(DecodeViews, nn.Module):
     def bits_per_dim(self, nll: float) -> float:
         """nats per example -> bits per dimension, with the 8-bit term for continuous likelihoods."""
         import math
+
         return image_bits_per_dim(nll, math.prod(self.data_shape), getattr(self.decoder.likelihood, "discrete", True))
 
     # --- pytorch/examples vocabulary ------------------------------------------------------
@@ -139,7 +149,6 @@ class VAE(DecodeViews, nn.Module):
     @staticmethod
     def reparameterize(mu: Tensor, log_var: Tensor) -> Tensor:
         return mu + (0.5 * log_var).exp() * torch.randn_like(mu)
-
 
 
 def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
@@ -155,6 +164,11 @@ def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
         prior.bind(encoder, data_shape)
     obj = {}
     if train_cfg is not None:
-        obj = dict(objective=train_cfg.objective, k=train_cfg.k, beta=train_cfg.beta,
-                   warmup_steps=train_cfg.warmup_steps, free_bits=train_cfg.free_bits)
+        obj = dict(
+            objective=train_cfg.objective,
+            k=train_cfg.k,
+            beta=train_cfg.beta,
+            warmup_steps=train_cfg.warmup_steps,
+            free_bits=train_cfg.free_bits,
+        )
     return VAE(encoder, decoder, prior, data_shape, **obj)

@@ -3,9 +3,10 @@
 An encoder body maps x [B, *data_shape] to features [B, out_features]; a decoder body
 maps z [B, latent_dim] to likelihood parameters [B, *param_shape]. Each registry entry
 is a constructor taking the shapes and the ``ModelConfig``; new architectures register
-here (conv, resnet: issue 3). Decoders that need x itself (PixelCNN) are built by the
+here (conv, resnet). Decoders that need x itself (PixelCNN) are built by the
 likelihood instead, see ``vaekit.distributions``.
 """
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -16,15 +17,15 @@ from .resnet import resnet_decoder, resnet_encoder
 # name -> constructor(data_shape, out_features, model_config) -> nn.Module
 ENCODERS = {
     "mlp": mlp_encoder,
-    "conv": conv_encoder,  # strided convs (issue 3)
-    "resnet": resnet_encoder,  # pre-activation residual stages (issue 3)
+    "conv": conv_encoder,  # strided convs
+    "resnet": resnet_encoder,  # pre-activation residual stages
 }
 
 # name -> constructor(latent_dim, param_shape, model_config) -> nn.Module
 DECODERS = {
     "mlp": mlp_decoder,
-    "conv": conv_decoder,  # transposed conv / resize-conv (issue 3)
-    "resnet": resnet_decoder,  # residual stages (issue 3)
+    "conv": conv_decoder,  # transposed conv / resize-conv
+    "resnet": resnet_decoder,  # residual stages
 }
 
 

@@ -18,6 +18,7 @@ Convolutional GANs", ICLR 2016 (strided/transposed conv bodies); Odena, Dumoulin
 "Deconvolution and Checkerboard Artifacts", Distill 2016; Salimans & Kingma, "Weight
 Normalization", NeurIPS 2016; Ioffe & Szegedy, "Batch Normalization", ICML 2015.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,14 +86,12 @@ def conv3x3(c_in: int, c_out: int, norm: str, stride: int = 1) -> nn.Module:
 class TransposeUp(nn.Module):
     """[B, c_in, h, w] -> [B, c_out, H, W] for H in {2h-1, 2h}: stride-2 3x3 transposed conv."""
 
-    def __init__(self, c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int],
-                 norm: str):
+    def __init__(self, c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int], norm: str):
         super().__init__()
         pad = tuple(o - (2 * i - 1) for i, o in zip(size_in, size_out))
         if any(p not in (0, 1) for p in pad):
             raise ValueError(f"cannot up-sample {size_in} to {size_out} by a factor of two")
-        self.conv = norm_pair(norm)[0](
-            nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
+        self.conv = norm_pair(norm)[0](nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
@@ -101,8 +100,7 @@ class TransposeUp(nn.Module):
 class NearestUp(nn.Module):
     """[B, c_in, h, w] -> [B, c_out, H, W]: nearest-neighbour resize to (H, W), then 3x3 conv."""
 
-    def __init__(self, c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int],
-                 norm: str):
+    def __init__(self, c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int], norm: str):
         super().__init__()
         self.up = nn.Upsample(size=tuple(size_out), mode="nearest")
         self.conv = conv3x3(c_in, c_out, norm)
@@ -135,8 +133,9 @@ class ConvEncoder(nn.Module):
         act: activation name; norm: none | batch | weight.
     """
 
-    def __init__(self, data_shape: tuple[int, ...], out_features: int, channels: list[int],
-                 act: str = "relu", norm: str = "none"):
+    def __init__(
+        self, data_shape: tuple[int, ...], out_features: int, channels: list[int], act: str = "relu", norm: str = "none"
+    ):
         super().__init__()
         C, H, W = image_shape(data_shape, "conv")
         channels = check_channels(channels)
@@ -163,8 +162,15 @@ class ConvDecoder(nn.Module):
         act, norm: as for :class:`ConvEncoder`; upsample: transpose | nearest.
     """
 
-    def __init__(self, latent_dim: int, param_shape: tuple[int, ...], channels: list[int],
-                 act: str = "relu", norm: str = "none", upsample: str = "transpose"):
+    def __init__(
+        self,
+        latent_dim: int,
+        param_shape: tuple[int, ...],
+        channels: list[int],
+        act: str = "relu",
+        norm: str = "none",
+        upsample: str = "transpose",
+    ):
         super().__init__()
         P, H, W = image_shape(param_shape, "conv")
         channels = check_channels(channels)
@@ -175,8 +181,11 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         for i in reversed(range(n)):  # side s_{i+1} -> s_i, width channels[i] -> channels[i-1]
             c_out = channels[max(i - 1, 0)]
-            layers += [upsampler(upsample, channels[i], c_out, (hs[i + 1], ws[i + 1]), (hs[i], ws[i]), norm),
-                       norm_pair(norm)[1](c_out), activation(act)]
+            layers += [
+                upsampler(upsample, channels[i], c_out, (hs[i + 1], ws[i + 1]), (hs[i], ws[i]), norm),
+                norm_pair(norm)[1](c_out),
+                activation(act),
+            ]
         self.features = nn.Sequential(*layers)
         self.out = nn.Conv2d(channels[0], P, 3, padding=1)
 
@@ -201,6 +210,7 @@ def compile_targets() -> tuple[type, ...]:
     from .mlp import MLP
     from .pixelcnn import GatedPixelCNN
     from .resnet import ResNetDecoder, ResNetEncoder
+
     return (MLP, ConvEncoder, ConvDecoder, ResNetEncoder, ResNetDecoder, GatedPixelCNN)
 
 

@@ -4,6 +4,7 @@ The architectures of Kingma & Welling (2014) and Burda et al. (2015): an MLP of
 the given hidden widths; an empty list gives a single linear map (with an empty
 list and a Gaussian likelihood the VAE is probabilistic PCA, Tipping & Bishop 1999).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,7 @@ class MLP(nn.Module):
         act: activation name (see ``ACTIVATIONS``).
     """
 
-    def __init__(self, in_shape: tuple[int, ...], hidden: list[int], out_shape: tuple[int, ...],
-                 act: str = "relu"):
+    def __init__(self, in_shape: tuple[int, ...], hidden: list[int], out_shape: tuple[int, ...], act: str = "relu"):
         super().__init__()
         self.out_shape = tuple(out_shape)
         widths = [math.prod(in_shape)] + list(hidden)

@@ -41,17 +41,18 @@ blocks, vertical/horizontal stacks); Gulrajani, Kumar, Ahmed, Taiga, Visin, Vazq
 Courville, "PixelVAE: A Latent Variable Model for Natural Images", ICLR 2017; Salimans,
 Karpathy, Chen & Kingma, "PixelCNN++", ICLR 2017 (discretised logistic mixture).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, constraints
 
-from ..distributions import (N_LEVELS, Categorical256, DiscretizedLogisticMixture, Likelihood)
+from ..distributions import N_LEVELS, Categorical256, DiscretizedLogisticMixture, Likelihood
 from ..errors import ConfigError
 
 
@@ -79,8 +80,15 @@ class MaskedConv2d(nn.Conv2d):
             horizontal stack uses a 1 x (k//2+1) kernel with the centre in its last column.
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel_size, mask_type: str, data_channels: int = 1,
-                 center: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size,
+        mask_type: str,
+        data_channels: int = 1,
+        center: tuple[int, int] | None = None,
+    ):
         kh, kw = _pair(kernel_size)
         super().__init__(c_in, c_out, (kh, kw), padding=0)
         if mask_type not in ("A", "B"):
@@ -135,8 +143,7 @@ class GatedLayer(nn.Module):
         self.v_pad = (r, r, r, 0)  # left, right, top, bottom: output row i sees rows i-r..i
         self.v_conv = nn.Conv2d(c_in, 2 * channels, (r + 1, kernel))
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.h_conv = MaskedConv2d(c_in, 2 * channels, (1, r + 1), "A" if first else "B",
-                                   data_channels, center=(0, r))
+        self.h_conv = MaskedConv2d(c_in, 2 * channels, (1, r + 1), "A" if first else "B", data_channels, center=(0, r))
         self.h_out = MaskedConv2d(channels, channels, 1, "B", data_channels)
         self.residual = not first
 
@@ -207,8 +214,15 @@ class GatedPixelCNN(nn.Module):
         cond_channels: channels of the conditioning map (0: unconditional).
     """
 
-    def __init__(self, data_channels: int, n_out: int, channels: int = 32, layers: int = 6,
-                 kernel: int = 3, cond_channels: int = 0):
+    def __init__(
+        self,
+        data_channels: int,
+        n_out: int,
+        channels: int = 32,
+        layers: int = 6,
+        kernel: int = 3,
+        cond_channels: int = 0,
+    ):
         super().__init__()
         C, Fm = data_channels, channels
         if Fm <= 0 or Fm % C:
@@ -218,11 +232,11 @@ class GatedPixelCNN(nn.Module):
         if kernel < 3 or kernel % 2 == 0:
             raise ConfigError(f"model.pixelcnn_kernel must be odd and >= 3; got {kernel}")
         self.data_channels, self.n_out, self.channels = C, n_out, Fm
-        self.layers = nn.ModuleList(GatedLayer(C if l == 0 else Fm, Fm, kernel, C, first=l == 0)
-                                    for l in range(layers))
+        self.layers = nn.ModuleList(GatedLayer(C if l == 0 else Fm, Fm, kernel, C, first=l == 0) for l in range(layers))
         self.cond = nn.Conv2d(cond_channels, layers * 4 * Fm, 1) if cond_channels else None
-        self.head = nn.Sequential(nn.ReLU(), MaskedConv2d(Fm, Fm, 1, "B", C), nn.ReLU(),
-                                  MaskedConv2d(Fm, n_out * C, 1, "B", C))
+        self.head = nn.Sequential(
+            nn.ReLU(), MaskedConv2d(Fm, Fm, 1, "B", C), nn.ReLU(), MaskedConv2d(Fm, n_out * C, 1, "B", C)
+        )
         self.reach = layers * (kernel // 2)  # rows above / columns left that can reach a pixel
 
     def _cond_terms(self, cond: Tensor | None) -> list[tuple[Tensor | float, Tensor | float]]:
@@ -263,14 +277,17 @@ class GatedPixelCNN(nn.Module):
             for l, (layer, (cv, _)) in enumerate(zip(self.layers, terms), start=1):
                 out_top = max(0, i - 1 - (len(self.layers) - l) * r)
                 pad_top = top == 0  # at the image's top edge the full pass pads with zeros
-                v_pre, v = layer.vertical(v, cv[:, :, top + (0 if pad_top else r):i]
-                                          if torch.is_tensor(cv) else cv, pad_top)
+                v_pre, v = layer.vertical(
+                    v, cv[:, :, top + (0 if pad_top else r) : i] if torch.is_tensor(cv) else cv, pad_top
+                )
                 first = top if pad_top else top + r  # row of v_pre[:, :, 0]
-                v_pre, v = v_pre[:, :, out_top - first:], v[:, :, out_top - first:]
+                v_pre, v = v_pre[:, :, out_top - first :], v[:, :, out_top - first :]
                 top = out_top
                 links.append(layer.link(v_pre[:, :, -1:]))
-        return [(link[:, :, 0] + (ch[:, :, i] if torch.is_tensor(ch) else ch)).transpose(1, 2).contiguous()
-                for link, (_, ch) in zip(links, terms)]
+        return [
+            (link[:, :, 0] + (ch[:, :, i] if torch.is_tensor(ch) else ch)).transpose(1, 2).contiguous()
+            for link, (_, ch) in zip(links, terms)
+        ]
 
     def _pixel_params(self, x: Tensor, links: list[Tensor], weights: list, i: int, j: int) -> Tensor:
         """Parameters of pixel (i, j) [B, n_out, C] from row i up to column j.
@@ -282,12 +299,12 @@ class GatedPixelCNN(nn.Module):
         # segment shrinks by r columns per layer, from j - L r (the reach) down to j itself
         r, L = self.layers[0].pad_r, len(self.layers)
         start = max(0, j - self.reach)
-        h = (2 * x[:, :, i, start:j + 1] - 1).transpose(1, 2)  # [B, w, C]
+        h = (2 * x[:, :, i, start : j + 1] - 1).transpose(1, 2)  # [B, w, C]
         for l, (layer, link, wts) in enumerate(zip(self.layers, links, weights), start=1):
             pad_left = start == 0  # at the image's left edge the full pass pads with zeros
             first = start if pad_left else start + r  # column of the layer's first output
             out_start = max(0, j - (L - l) * r)
-            h = layer.horizontal_seq(h, link[:, first:j + 1], wts, pad_left)[:, out_start - first:]
+            h = layer.horizontal_seq(h, link[:, first : j + 1], wts, pad_left)[:, out_start - first :]
             start = out_start
         (w1, b1), (w2, b2) = weights[-1]
         out = F.linear(F.relu(F.linear(F.relu(h[:, -1]), w1, b1)), w2, b2)
@@ -295,12 +312,18 @@ class GatedPixelCNN(nn.Module):
 
     def _sampling_weights(self) -> list:
         heads = [m for m in self.head if isinstance(m, MaskedConv2d)]
-        return [layer.row_weights() for layer in self.layers] + \
-            [[((m.weight * m.mask)[:, :, 0, 0], m.bias) for m in heads]]
+        return [layer.row_weights() for layer in self.layers] + [
+            [((m.weight * m.mask)[:, :, 0, 0], m.bias) for m in heads]
+        ]
 
     @torch.no_grad()
-    def sample(self, shape: tuple[int, int, int], sample_pixel: Callable[[Tensor], Tensor],
-               cond: Tensor | None = None, n: int | None = None) -> Tensor:
+    def sample(
+        self,
+        shape: tuple[int, int, int],
+        sample_pixel: Callable[[Tensor], Tensor],
+        cond: Tensor | None = None,
+        n: int | None = None,
+    ) -> Tensor:
         """Draw x [B, C, H, W] pixel by pixel, channel by channel (raster order, then R, G, B).
 
         Args:
@@ -356,6 +379,7 @@ def _logistic_head(n_mix: int):
     def to_dist(p: Tensor) -> Distribution:
         logits, means, log_scales = p.split(n_mix, dim=1)
         return DiscretizedLogisticMixture(logits, means, log_scales)
+
     return 3 * n_mix, to_dist
 
 
@@ -382,7 +406,7 @@ class PixelCNNDistribution(Distribution):
     support = constraints.unit_interval
     has_rsample = False
 
-    def __init__(self, likelihood: "PixelCNNLikelihood", cond: Tensor):
+    def __init__(self, likelihood: PixelCNNLikelihood, cond: Tensor):
         self.likelihood, self.cond = likelihood, cond
         super().__init__(batch_shape=cond.shape[:1], event_shape=likelihood.data_shape, validate_args=False)
 
@@ -416,8 +440,16 @@ class PixelCNNLikelihood(Likelihood):
 
     discrete = True
 
-    def __init__(self, data_shape: tuple[int, ...], output: str = "bernoulli", channels: int = 32,
-                 layers: int = 6, kernel: int = 3, cond_channels: int = 16, n_mix: int = 10):
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        output: str = "bernoulli",
+        channels: int = 32,
+        layers: int = 6,
+        kernel: int = 3,
+        cond_channels: int = 16,
+        n_mix: int = 10,
+    ):
         super().__init__()
         if len(data_shape) != 3:
             raise ConfigError(f"likelihood 'pixelcnn' needs image data [C, H, W]; got shape {tuple(data_shape)}")
@@ -436,8 +468,7 @@ class PixelCNNLikelihood(Likelihood):
         # rough peak of floats alive per data element in one no-grad log_prob (conditioning
         # terms of all layers, a layer's stacks, the head): for memory budgets that count
         # decoder outputs, e.g. the chunking of importance sampling
-        self.activation_factor = math.ceil((cond_channels + 4 * channels * layers + 8 * channels
-                                            + n_out * C) / C)
+        self.activation_factor = math.ceil((cond_channels + 4 * channels * layers + 8 * channels + n_out * C) / C)
 
     def output_distribution(self, out: Tensor) -> Distribution:
         """Head parameters [B, n_out, C, H, W] -> per-sub-pixel distribution (float32), event [C, H, W]."""
@@ -454,5 +485,12 @@ class PixelCNNLikelihood(Likelihood):
 
 def pixelcnn_likelihood(data_shape: tuple[int, ...], cfg) -> PixelCNNLikelihood:
     """Registry constructor (``likelihood: pixelcnn``) from the ModelConfig fields."""
-    return PixelCNNLikelihood(data_shape, cfg.pixelcnn_output, cfg.pixelcnn_channels, cfg.pixelcnn_layers,
-                              cfg.pixelcnn_kernel, cfg.pixelcnn_cond, cfg.n_mix)
+    return PixelCNNLikelihood(
+        data_shape,
+        cfg.pixelcnn_output,
+        cfg.pixelcnn_channels,
+        cfg.pixelcnn_layers,
+        cfg.pixelcnn_kernel,
+        cfg.pixelcnn_cond,
+        cfg.n_mix,
+    )

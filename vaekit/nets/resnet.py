@@ -14,6 +14,7 @@ Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, "Improving Variational 
 with Inverse Autoregressive Flow", NeurIPS 2016 (ResNet VAE bodies with weight norm);
 Gulrajani et al., "PixelVAE", ICLR 2017 (ResNet bodies around a PixelCNN decoder).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,13 @@ class PreActBlock(nn.Module):
         super().__init__()
         make_norm = norm_pair(norm)[1]
         self.branch = nn.Sequential(
-            make_norm(channels), activation(act), conv3x3(channels, channels, norm),
-            make_norm(channels), activation(act), conv3x3(channels, channels, norm))
+            make_norm(channels),
+            activation(act),
+            conv3x3(channels, channels, norm),
+            make_norm(channels),
+            activation(act),
+            conv3x3(channels, channels, norm),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.branch(x)
@@ -59,8 +65,15 @@ class ResNetEncoder(nn.Module):
         blocks: residual blocks per stage; act: activation; norm: none | batch | weight.
     """
 
-    def __init__(self, data_shape: tuple[int, ...], out_features: int, channels: list[int],
-                 blocks: int = 2, act: str = "relu", norm: str = "none"):
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        out_features: int,
+        channels: list[int],
+        blocks: int = 2,
+        act: str = "relu",
+        norm: str = "none",
+    ):
         super().__init__()
         C, H, W = image_shape(data_shape, "resnet")
         channels, blocks = check_channels(channels), _check_blocks(blocks)
@@ -87,8 +100,16 @@ class ResNetDecoder(nn.Module):
         blocks, act, norm: as for :class:`ResNetEncoder`; upsample: transpose | nearest.
     """
 
-    def __init__(self, latent_dim: int, param_shape: tuple[int, ...], channels: list[int],
-                 blocks: int = 2, act: str = "relu", norm: str = "none", upsample: str = "transpose"):
+    def __init__(
+        self,
+        latent_dim: int,
+        param_shape: tuple[int, ...],
+        channels: list[int],
+        blocks: int = 2,
+        act: str = "relu",
+        norm: str = "none",
+        upsample: str = "transpose",
+    ):
         super().__init__()
         P, H, W = image_shape(param_shape, "resnet")
         channels, blocks = check_channels(channels), _check_blocks(blocks)
@@ -117,5 +138,6 @@ def resnet_encoder(data_shape: tuple[int, ...], out_features: int, cfg) -> nn.Mo
 
 def resnet_decoder(latent_dim: int, param_shape: tuple[int, ...], cfg) -> nn.Module:
     """Registry constructor: z [B, latent_dim] -> [B, *param_shape]."""
-    return ResNetDecoder(latent_dim, param_shape, cfg.channels, cfg.resnet_blocks, cfg.activation,
-                         cfg.norm, cfg.upsample)
+    return ResNetDecoder(
+        latent_dim, param_shape, cfg.channels, cfg.resnet_blocks, cfg.activation, cfg.norm, cfg.upsample
+    )
