@@ -288,7 +288,7 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
     to_channels_last(model, cfg.model.channels_last)
     maybe_compile(model, cfg.model.compile)
 
-    if hasattr(model, "fit"):  # closed-form fitting (EM), no SGD
+    if model.fitted_in_closed_form:  # EM: no gradient steps
         return _fit_closed_form(
             model,
             cfg,

@@ -24,12 +24,13 @@ from torch import Tensor, nn
 from ..distributions import build_likelihood
 from ..errors import ConfigError, VaekitError
 from ..nets import build_decoder, build_encoder
+from .base import GenerativeModel
 from .vae import Decoder, DecodeViews
 
 NOISE_TYPES = ("gaussian", "mask")
 
 
-class Autoencoder(DecodeViews, nn.Module):
+class Autoencoder(DecodeViews, GenerativeModel):
     """x -> z = encoder(x) -> p(x|z); denoising when ``noise > 0``.
 
     Args:
@@ -42,6 +43,7 @@ class Autoencoder(DecodeViews, nn.Module):
     """
 
     log_prob_kind = "none"
+    has_codes = True
 
     def __init__(
         self,

@@ -50,6 +50,7 @@ from ..flows.base import SCALES, Compose, Logit, Reshape, Shift
 from ..flows.coupling import dense_realnvp, nice
 from ..flows.distribution import FlowDistribution
 from ..flows.multiscale import dense_glow, glow, realnvp
+from .base import GenerativeModel
 
 N_BINS = 256  # 8-bit data
 
@@ -80,7 +81,7 @@ class Logistic(Distribution):
         return self.scale * (u.log() - torch.log1p(-u))
 
 
-class FlowModel(nn.Module):
+class FlowModel(GenerativeModel):
     """The model contract for flows: ``loss`` (nll, bpd), exact ``log_prob``, ``sample(n, temperature)``.
 
     Args:

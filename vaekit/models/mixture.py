@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, constraints
 
 from ..errors import ConfigError, DataError, VaekitError
+from .base import GenerativeModel
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 INITS = ("kmeans", "kmeans++", "random")
@@ -230,7 +231,7 @@ def lloyd(x: Tensor, centers: Tensor, iters: int = 20) -> Tensor:
     return centers
 
 
-class GaussianMixtureModel(nn.Module):
+class GaussianMixtureModel(GenerativeModel):
     """A Gaussian mixture over flattened examples, fitted by EM, with the model contract.
 
     Args:
@@ -249,6 +250,7 @@ class GaussianMixtureModel(nn.Module):
     """
 
     log_prob_kind = "exact"
+    fitted_in_closed_form = True
 
     def __init__(
         self,

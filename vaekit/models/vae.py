@@ -21,6 +21,7 @@ from .. import objectives
 from ..distributions import build_likelihood, build_prior, diagonal_gaussian, distribution_mean, image_bits_per_dim
 from ..nets import build_decoder, build_encoder
 from ..streamed import streamed_log_likelihood
+from .base import GenerativeModel
 from .flow_vae import build_flow_encoder
 
 
@@ -75,7 +76,7 @@ class DecodeViews:
         return self.decode_to_x(code, mean)
 
 
-class VAE(DecodeViews, nn.Module):
+class VAE(DecodeViews, GenerativeModel):
     """A VAE with the uniform model contract: ``loss``, ``log_prob``, ``sample``.
 
     Args:
@@ -87,6 +88,8 @@ class VAE(DecodeViews, nn.Module):
     """
 
     log_prob_kind = "importance-sampled"
+    has_latents = True
+    has_codes = True
 
     def __init__(
         self,

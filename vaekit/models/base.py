@@ -1,0 +1,54 @@
+"""The model contract: what the training loop, the evaluator and the command line may ask of a model.
+
+Every model is a :class:`GenerativeModel`. The class attributes declare what it offers, so
+callers test a declared flag instead of probing with ``hasattr``:
+
+- ``log_prob_kind``: ``"exact"`` (flows, mixtures), ``"importance-sampled"`` (VAEs) or
+  ``"none"`` (autoencoders, which define no density).
+- ``fitted_in_closed_form``: trained by :meth:`fit` on the whole training set (EM) instead of
+  gradient steps on :meth:`loss`.
+- ``has_latents``: the model has ``encoder(x) -> q(z|x)``, ``decoder(z) -> p(x|z)`` and ``prior``
+  (VAEs); inference verbs (``gap``, ``complete``) need them.
+- ``has_codes``: the model maps x to a code and back (``encode``, ``decode_to_x``,
+  ``reconstruct``): VAEs and autoencoders; the latent pictures need them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from ..distributions import bits_per_dim
+
+
+class GenerativeModel(nn.Module):
+    """Base of every model; ``data_shape`` is the shape of one example, e.g. (1, 28, 28)."""
+
+    data_shape: tuple[int, ...]
+    log_prob_kind: str = "none"
+    fitted_in_closed_form: bool = False
+    has_latents: bool = False
+    has_codes: bool = False
+
+    def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
+        """Per-example terms [B] in nats: ``loss`` (minimised) and, where they exist, ``elbo``, ``rec``, ``kl``."""
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor, **kw) -> Tensor:
+        """log p(x) [B] in nats, exact or estimated as ``log_prob_kind`` says."""
+        raise NotImplementedError(f"{type(self).__name__} defines no density p(x)")
+
+    def sample(self, n: int) -> Tensor:
+        """n draws x ~ p(x): [n, *data_shape]."""
+        raise NotImplementedError
+
+    def fit(self, x: Tensor, progress=None) -> list[float]:
+        """Closed-form fitting (``fitted_in_closed_form``): returns the per-iteration mean log-likelihood."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")
+
+    def bits_per_dim(self, nll: float) -> float:
+        """Negative log-likelihood in nats per example -> bits per dimension, nll / (D ln 2).
+
+        Models of continuous densities on 8-bit data override this to add the discretisation term."""
+        return bits_per_dim(nll, math.prod(self.data_shape))
