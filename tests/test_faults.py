@@ -29,6 +29,7 @@ from sklearn.datasets import load_digits
 from vaekit import checkpoint as ckpt
 from vaekit.config import build_config
 from vaekit.errors import CheckpointError, ConfigError
+from vaekit.models.base import GenerativeModel
 from vaekit.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -295,7 +296,7 @@ def test_loading_a_checkpoint_never_runs_code_from_it(tmp_path):
 # --- numerical guards -------------------------------------------------------------------------
 
 
-class Poisoned(torch.nn.Module):
+class Poisoned(GenerativeModel):
     """A toy model whose ``term`` is NaN/inf at the steps in ``bad``: rec, kl and logdet terms."""
 
     log_prob_kind = "exact"
