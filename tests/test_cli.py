@@ -127,3 +127,28 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_every_registered_command_has_a_parser_and_a_runner():
+    from vaekit.cli import COMMANDS, Command, build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == list(COMMANDS)
+    for name, command in COMMANDS.items():
+        assert isinstance(command, Command) and callable(command.run) and command.help
+        assert sub.choices[name].description == command.help
+
+
+@pytest.mark.parametrize("verb", ["gap", "complete"])
+def test_inference_verbs_refuse_a_model_without_latents(verb, tmp_path, capsys):
+    import torch
+
+    from vaekit.config import build_config
+    from vaekit.train import train
+
+    out = tmp_path / "ae"
+    cfg = build_config("dense-digits", overrides={"kind": "autoencoder", "eval_k": 0, "tensorboard": False})
+    train(cfg, out, torch.rand(20, 1, 8, 8), progress=False, max_steps=1)
+    assert main([verb, str(out), "--data", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vaekit: error: vaekit {verb} needs a VAE") and "autoencoder" in err

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vaekit.config import PRESETS, Config, build_config, get_preset, parse_set
+from vaekit.config import PRESETS, REMOVED_KEYS, Config, build_config, get_preset, parse_set, preset_chain
 from vaekit.errors import ConfigError
 
 
@@ -66,3 +66,32 @@ def test_bad_yaml_files(tmp_path):
 
 def test_parse_set_reads_yaml_values():
     assert parse_set(["a=1", "b=[1, 2]", "c=true", "d=cosine"]) == {"a": 1, "b": [1, 2], "c": True, "d": "cosine"}
+
+
+def test_old_checkpoint_config_with_removed_key_at_its_default_loads():
+    saved = get_preset("dense-mnist").to_dict()
+    saved["data"]["valid_size"] = 0  # what every checkpoint written before its removal holds
+    assert Config.from_dict(saved) == get_preset("dense-mnist")
+
+
+def test_removed_key_with_another_value_is_refused():
+    saved = Config().to_dict()
+    saved["data"]["valid_size"] = 1000
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict(saved)
+    assert "data.valid_size" in str(e.value) and "removed" in str(e.value) and "1000" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override", ["valid_size=0", "data.valid_size=100"])
+def test_removed_key_is_unknown_to_overrides(override):
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_config("base", overrides=[override])
+    assert "valid_size" not in Config().to_dict()["data"] and "data.valid_size" in REMOVED_KEYS
+
+
+def test_preset_chain_runs_from_base_and_names_unknown_presets():
+    assert preset_chain("dae-mnist") == ["base", "dense-mnist", "ae-mnist", "dae-mnist"]
+    with pytest.raises(ConfigError) as e:
+        preset_chain("nope")
+    assert "unknown preset 'nope'" in str(e.value) and "base" in str(e.value)

@@ -2,7 +2,6 @@
 
 import functools
 import gzip
-import hashlib
 import http.server
 import math
 import os
@@ -15,7 +14,7 @@ from PIL import Image
 
 from vaekit import data
 from vaekit.config import DataConfig
-from vaekit.errors import DataError
+from vaekit.errors import ConfigError, DataError
 
 README_SHA256 = {  # ../shared/datasets/README.md
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -518,22 +517,8 @@ def test_uint8_round_trip_and_dequantization():
 
 
 # ----------------------------------------------------------------------------------------
-# splits and DataConfig preparation
+# DataConfig preparation
 # ----------------------------------------------------------------------------------------
-def test_split_validation_deterministic_and_disjoint():
-    ds = data.Dataset(torch.arange(20.0).view(20, 1, 1, 1) / 20, torch.arange(20), "toy")
-    train, valid = data.split_validation(ds, 5)
-    train2, valid2 = data.split_validation(ds, 5)
-    assert torch.equal(valid.y, valid2.y) and torch.equal(train.y, train2.y)
-    assert (len(train), len(valid)) == (15, 5)
-    assert sorted(train.y.tolist() + valid.y.tolist()) == list(range(20))
-    assert train.y.tolist() == sorted(train.y.tolist())  # the rest keep their order
-    for bad in (0, 20, -1):
-        with pytest.raises(DataError) as e:
-            data.split_validation(ds, bad)
-        assert_one_line(e, "valid_size must be in 1..19")
-
-
 def test_prepare_data_binarization_modes():
     grey_test = data.load_dataset("digits", "test").x
     grey_train = data.load_dataset("digits", "train").x
@@ -546,20 +531,12 @@ def test_prepare_data_binarization_modes():
     assert torch.equal(train.x, grey_train) and train.binarize == "dynamic"
     assert torch.equal(test.x, data.binarize_static(grey_test, 5))  # same test data as "static"
     g = torch.Generator().manual_seed(0)
-    b1, b2 = train.batch(torch.arange(64), g), train.batch(torch.arange(64), g)
+    b1, b2 = data.binarize_dynamic(train.x[:64], g), data.binarize_dynamic(train.x[:64], g)  # as the training loop
     assert set(b1.unique().tolist()) <= {0.0, 1.0} and not torch.equal(b1, b2)
 
     train, test = data.prepare_data(DataConfig(name="digits", binarize="none"))
     assert torch.equal(train.x, grey_train) and torch.equal(test.x, grey_test)
-    assert torch.equal(train.batch(slice(0, 5)), grey_train[:5])
-
-
-def test_prepare_splits_valid_size():
-    splits = data.prepare_splits(DataConfig(name="digits", binarize="dynamic", valid_size=100))
-    n_train = len(data.load_dataset("digits", "train"))
-    assert len(splits.valid) == 100 and len(splits.train) == n_train - 100
-    assert splits.valid.binarize == "static" and set(splits.valid.x.unique().tolist()) <= {0.0, 1.0}
-    assert data.prepare_splits(DataConfig(name="digits")).valid is None
+    assert torch.equal(train.x[:5], grey_train[:5]) and train.binarize == test.binarize == "none"
 
 
 def test_dataset_checks_and_to():
@@ -571,7 +548,21 @@ def test_dataset_checks_and_to():
         data.Dataset(torch.zeros(3, 1, 2, 2), torch.arange(4), "labels")
 
 
-def test_checksum_of_bytes_matches_hashlib(tmp_path):
-    (tmp_path / "f").write_bytes(b"abc" * 1000)
-    assert data.file_checksum(tmp_path / "f") == hashlib.sha256(b"abc" * 1000).hexdigest()
-    assert data.file_checksum(tmp_path / "f", "md5") == hashlib.md5(b"abc" * 1000).hexdigest()
+def test_prepare_data_rejects_an_unknown_binarization_before_loading():
+    with pytest.raises(ConfigError) as e:
+        data.prepare_data(DataConfig(name="no-such-file.npz", binarize="dynamc"))
+    assert_one_line(e, "data.binarize 'dynamc'", "did you mean 'dynamic'", "dynamic, static, none")
+
+
+def test_unknown_dataset_lists_the_registry_and_paths():
+    with pytest.raises(DataError) as e:
+        data.load_dataset("Fashion-MNST", "train")
+    assert_one_line(e, "unknown dataset", "did you mean 'fashion-mnist'", ", ".join(data.DATASETS), "or a path")
+    assert all(name in data.DATASETS for name in data.ALIASES.values())  # every alias names a registered dataset
+
+
+def test_download_helpers_are_re_exported():
+    from vaekit import download
+
+    assert data.file_checksum is download.file_checksum and data.fetch_checked is download.fetch_checked
+    assert data.DOWNLOAD_TIMEOUT_S == download.DOWNLOAD_TIMEOUT_S

@@ -10,8 +10,9 @@ image, rows first) and ``b'labels'``, n ints in 0..9.
 needed) from ``data_dir`` (default ``$VAEKIT_DATA``); with ``download=True`` a missing
 archive is fetched from ``base_url`` (default ``$VAEKIT_CIFAR_URL`` or the Toronto site)
 into a temporary file next to its destination, checked against the md5 and renamed into
-place atomically, so an interrupted or corrupt download never leaves a file that looks
-complete. The pickles are read by an unpickler that only builds numpy arrays.
+place atomically (``vaekit.download.fetch_checked``), so an interrupted or corrupt download
+never leaves a file that looks complete. The pickles are read by an unpickler that only
+builds numpy arrays.
 
 Reference: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", tech.
 report, University of Toronto, 2009.
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from .download import DOWNLOAD_TIMEOUT_S, fetch_checked
+from .errors import DataError, one_line
 
 FILENAME = "cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -147,7 +149,7 @@ def load_cifar10(
 
 
 def download_cifar10(
-    data_dir: str | os.PathLike | None = None, base_url: str | None = None, timeout: float = 60.0
+    data_dir: str | os.PathLike | None = None, base_url: str | None = None, timeout: float = DOWNLOAD_TIMEOUT_S
 ) -> Path:
     """Fetch ``cifar-10-python.tar.gz`` into ``data_dir``, md5-checked, renamed into place atomically.
 
@@ -159,10 +161,8 @@ def download_cifar10(
     base = base_url or os.environ.get("VAEKIT_CIFAR_URL") or BASE_URL
     url = base.rstrip("/") + "/" + FILENAME
     target = root / FILENAME
-    from .data import _one_line, fetch_checked  # data imports this module lazily: no cycle
-
     try:
         fetch_checked(url, target, "md5", MD5, timeout=timeout)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-        raise DataError(f"cannot download {url}: {_one_line(e)}") from None  # ValueError: malformed URL
+        raise DataError(f"cannot download {url}: {one_line(e)}") from None  # ValueError: malformed URL
     return target

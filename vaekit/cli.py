@@ -11,7 +11,9 @@
     vaekit encode runs/a --data mnist -o feats.npy
 
 Every user error ends in one line ``vaekit: error: <what is wrong>`` and exit status 2.
-Subcommands are a registry: name -> (add_arguments, run).
+Subcommands are one registry, ``COMMANDS``: name -> :class:`Command` (add_arguments, run, help).
+A new verb is a pair of functions, ``_verb_args(parser)`` and ``_verb(args) -> exit status``,
+and one entry there.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import argparse
 import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
+from . import __version__
+from .checks import lookup
 from .errors import VaekitError
 
 # --- shared helpers ------------------------------------------------------------------------
@@ -32,7 +38,7 @@ def _load_run(args):
     from .checkpoint import load_model
     from .train import resolve_device
 
-    device = resolve_device(getattr(args, "device", None) or "cpu")
+    device = resolve_device(args.device or "cpu")
     return load_model(args.run, device=device)
 
 
@@ -44,13 +50,13 @@ def _model_device(model):
 
 
 def _data_config(cfg, args):
-    """The run's data config with ``--data`` / ``--data-dir`` applied."""
+    """The run's data config with ``--data`` / ``--data-dir`` (see ``_add_data_args``) applied."""
     import copy
 
     dc = copy.deepcopy(cfg.data)
-    if getattr(args, "data", None):
+    if args.data:
         dc.name = args.data
-    if getattr(args, "data_dir", None):
+    if args.data_dir:
         dc.data_dir = args.data_dir
     return dc
 
@@ -64,10 +70,10 @@ def _split(cfg, args, split: str):
 
 
 def _seed(args):
+    """Seed the global torch RNG with ``--seed`` (every command that samples declares it)."""
     import torch
 
-    if getattr(args, "seed", None) is not None:
-        torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)
 
 
 def _out_path(path: str) -> Path:
@@ -85,8 +91,8 @@ def _add_run_args(p, run_help="run folder or checkpoint file"):
 
 def _add_data_args(p):
     """Which data a command on a trained run reads (default: the run's own)."""
-    p.add_argument("--data", help="dataset name or path (default: the run's)")
-    p.add_argument("--data-dir", help="folder holding standard dataset files")
+    p.add_argument("--data", default=None, help="dataset name or path (default: the run's)")
+    p.add_argument("--data-dir", default=None, help="folder holding standard dataset files")
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -384,18 +390,6 @@ def _encode(args):
     return 0
 
 
-COMMANDS = {
-    "presets": (_presets_args, _presets, "list the named presets"),
-    "train": (_train_args, _train, "train a model (or --resume one)"),
-    "evaluate": (_evaluate_args, _evaluate, "test NLL (importance-sampled), ELBO, KL, bpd, active units"),
-    "sample": (_sample_args, _sample, "a grid of samples from the prior"),
-    "reconstruct": (_reconstruct_args, _reconstruct, "test images above, reconstructions below"),
-    "interpolate": (_interpolate_args, _interpolate, "decode straight (or spherical) paths between test codes"),
-    "latent-map": (_latent_map_args, _latent_map, "decoded latent manifold + test points coloured by label"),
-    "encode": (_encode_args, _encode, "posterior means (and log-variances) as features, .npy"),
-}
-
-
 # --- mixtures (cluster), SVI gap decomposition (gap), image completion (complete) ---
 # Command logic lives in vaekit.models.mixture.cluster, vaekit.inference.gap_decomposition and
 # vaekit.completion.complete; these functions only load, call and write.
@@ -405,7 +399,7 @@ def _eval_ready(ds, cfg):
     """The split's images as the model saw them: a dynamically binarised split is binarised
     once with a fixed seed (as test data already is), so numbers are reproducible."""
     x = ds.x
-    if getattr(ds, "binarize", None) == "dynamic":
+    if ds.binarize == "dynamic":
         from .data import binarize_static
 
         x = binarize_static(x, cfg.data.binarize_seed + 1)
@@ -482,7 +476,7 @@ def _gap(args):
     if args.k <= 0 or args.svi_steps < 0:
         raise VaekitError("--k must be positive and --svi-steps non-negative")
     model, cfg, _ = _load_run(args)
-    if not all(hasattr(model, a) for a in ("encoder", "decoder", "prior")):
+    if not model.has_latents:
         raise VaekitError(f"vaekit gap needs a VAE (encoder, decoder, prior); {args.run} is a {cfg.model.kind}")
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if not splits or any(s not in ("test", "train") for s in splits):
@@ -554,7 +548,7 @@ def _complete(args):
     if args.n <= 0 or args.completions <= 0:
         raise VaekitError("-n and --completions must be positive")
     model, cfg, _ = _load_run(args)
-    if not all(hasattr(model, a) for a in ("encoder", "decoder", "prior")):
+    if not model.has_latents:
         raise VaekitError(f"vaekit complete needs a VAE; {args.run} is a {cfg.model.kind}")
     x = _eval_ready(_split(cfg, args, args.split), cfg)[: args.n].to(_model_device(model))
     mask = parse_mask(args.mask, tuple(x.shape[1:]), seed=args.seed)
@@ -584,13 +578,27 @@ def _complete(args):
     return 0
 
 
-COMMANDS.update(
-    {
-        "cluster": (_cluster_args, _cluster, "Gaussian mixture assignments: hard labels .npy and soft p(z=k|x)"),
-        "gap": (_gap_args, _gap, "approximation and amortisation gaps (SVI vs encoder), gap.json"),
-        "complete": (_complete_args, _complete, "complete masked images from the posterior over z, completion.png"),
-    }
-)
+class Command(NamedTuple):
+    """One subcommand: its arguments, what it does (returns the exit status) and its help line."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "presets": Command(_presets_args, _presets, "list the named presets"),
+    "train": Command(_train_args, _train, "train a model (or --resume one)"),
+    "evaluate": Command(_evaluate_args, _evaluate, "test NLL (importance-sampled), ELBO, KL, bpd, active units"),
+    "sample": Command(_sample_args, _sample, "a grid of samples from the prior"),
+    "reconstruct": Command(_reconstruct_args, _reconstruct, "test images above, reconstructions below"),
+    "interpolate": Command(_interpolate_args, _interpolate, "decode straight (or spherical) paths between test codes"),
+    "latent-map": Command(_latent_map_args, _latent_map, "decoded latent manifold + test points coloured by label"),
+    "encode": Command(_encode_args, _encode, "posterior means (and log-variances) as features, .npy"),
+    "cluster": Command(_cluster_args, _cluster, "Gaussian mixture assignments: hard labels .npy and soft p(z=k|x)"),
+    "gap": Command(_gap_args, _gap, "approximation and amortisation gaps (SVI vs encoder), gap.json"),
+    "complete": Command(_complete_args, _complete, "complete masked images from the posterior over z, completion.png"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -600,10 +608,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaekit", description="Latent-variable generative models: VAEs, flows, mixtures.")
-    parser.add_argument("--version", action="version", version=f"vaekit {__import__('vaekit').__version__}")
+    parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, (add_args, _, help_) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_, description=help_))
+    for name, command in COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
     return parser
 
 
@@ -614,7 +622,7 @@ def _report(e: VaekitError) -> None:
     r, msg = rank(), str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever it quotes
     if r == 0:
         print(f"vaekit: error: {msg}", file=sys.stderr)
-    elif not getattr(e, "shared", False):
+    elif not e.shared:
         print(f"vaekit: error: [rank {r}] {msg}", file=sys.stderr)
 
 
@@ -625,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command][1](args) or 0
+        return lookup(COMMANDS, args.command, "command").run(args) or 0
     except VaekitError as e:
         _report(e)
         return 2
@@ -634,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             "vaekit: interrupted"
             + (
                 f"; continue with `vaekit train --resume {args.out or args.resume}`"
-                if args.command == "train" and (getattr(args, "out", None) or args.resume)
+                if args.command == "train" and (args.out or args.resume)
                 else ""
             ),
             file=sys.stderr,

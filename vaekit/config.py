@@ -9,7 +9,9 @@ A YAML file may be given instead of a preset: ``{preset: NAME, data: {...}, ...}
 or flat ``field: value`` pairs.
 
 The resolved config is saved in every checkpoint (``Config.to_dict``), so a run can
-be resumed or evaluated from the checkpoint alone.
+be resumed or evaluated from the checkpoint alone. Fields that were removed from the
+config stay readable in old checkpoints: ``REMOVED_KEYS`` lists each with the value it
+always had in effect, and :meth:`Config.from_dict` drops it when it holds that value.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from .checks import lookup, shown
 from .errors import ConfigError
 
 
@@ -34,7 +38,6 @@ class DataConfig:
     download: bool = False  # fetch missing standard files (sha256-checked) into data_dir
     binarize: str = "dynamic"  # dynamic (fresh Bernoulli draw per batch) | static (fixed seed) | none (grey levels)
     binarize_seed: int = 1234  # seed of the fixed stochastic binarisation of test (and static train) data
-    valid_size: int = 0  # examples held out of train for validation (0: none)
 
 
 @dataclass
@@ -137,16 +140,36 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        """The config saved by :meth:`to_dict`, also by an older vaekit (see ``REMOVED_KEYS``)."""
         cfg = cls()
         for name in ("data", "model", "train"):
             for key, value in (d.get(name) or {}).items():
-                _set_field(cfg, name, key, value)
+                if not _removed(f"{name}.{key}", value):
+                    _set_field(cfg, name, key, value)
         if "preset" in d:
             cfg.preset = str(d["preset"])
         return cfg
 
 
 SECTIONS = ("data", "model", "train")
+
+# Fields that are gone, with the value that meant "off": old checkpoints still carry them.
+# data.valid_size held examples out of the training set for a validation split nothing read.
+REMOVED_KEYS: dict[str, Any] = {"data.valid_size": 0}
+
+
+def _removed(key: str, value: Any) -> bool:
+    """True when ``key`` is a removed field holding its old default (skip it); a removed field
+    holding anything else is a ConfigError, since the saved run depended on what it did."""
+    if key not in REMOVED_KEYS:
+        return False
+    if value == REMOVED_KEYS[key] and type(value) is type(REMOVED_KEYS[key]):
+        return True
+    raise ConfigError(
+        f"config key '{key}' was removed from vaekit and only its default {REMOVED_KEYS[key]!r} can be read; "
+        f"this config sets it to {shown(repr(value))}"
+    )
+
 
 # A preset: (parent, {"section.field" or "field": value}). Presets only state what differs.
 PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
@@ -383,11 +406,6 @@ def _all_keys() -> list[str]:
     return [f"{s}.{k}" for s in SECTIONS for k in _fields(s)]
 
 
-def _shown(text: str) -> str:
-    """``text`` for a one-line message: newlines and other unprintables escaped."""
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
 def resolve_key(key: str) -> tuple[str, str]:
     """Map ``section.field`` or a unique bare ``field`` to ``(section, field)``."""
     if "." in key:
@@ -405,7 +423,7 @@ def resolve_key(key: str) -> tuple[str, str]:
     names = _all_keys() + [k.split(".", 1)[1] for k in _all_keys()]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ConfigError(f"unknown config key '{_shown(key)}'{hint}")
+    raise ConfigError(f"unknown config key '{shown(key)}'{hint}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -414,7 +432,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
@@ -478,24 +496,21 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set wants key=value, got '{_shown(item)}'")
+            raise ConfigError(f"--set wants key=value, got '{shown(item)}'")
         key, raw = item.split("=", 1)
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            raise ConfigError(f"--set {_shown(key)}: cannot parse value '{_shown(raw)}'") from None
+            raise ConfigError(f"--set {shown(key)}: cannot parse value '{shown(raw)}'") from None
     return out
 
 
 def preset_chain(name: str) -> list[str]:
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown preset '{_shown(name)}'{hint}; `vaekit presets` lists them")
+    """``name`` and its ancestors, root (``base``) first."""
     chain = []
     while name is not None:
         chain.append(name)
-        name = PRESETS[name][0]
+        name = lookup(PRESETS, name, "preset")[0]
     return chain[::-1]
 
 

@@ -2,14 +2,13 @@
 
 A loaded dataset is one tensor in memory: :class:`Dataset` holds ``x`` [N, C, H, W]
 float32 in [0, 1] and optional labels ``y`` [N] int64. Training batches are index
-slices of that tensor (``ds.batch(idx)``); there is no torch ``Dataset``/``DataLoader``
-on the hot path.
+slices of that tensor (the training loop binarises them when ``ds.binarize`` says so);
+there is no torch ``Dataset``/``DataLoader`` on the hot path.
 
 Entry points::
 
     load_dataset(name_or_path, split="train", data_dir=None, download=False) -> Dataset
     prepare_data(cfg: DataConfig) -> (train, test)     # binarised as cfg.binarize says
-    prepare_splits(cfg: DataConfig) -> Splits(train, valid, test)
 
 Datasets (the ``DATASETS`` registry; ``describe_datasets()`` lists them):
 
@@ -22,7 +21,7 @@ Datasets (the ``DATASETS`` registry; ``describe_datasets()`` lists them):
   2017), 60,000 train / 10,000 test, gzipped or not, from ``data_dir`` or
   ``$VAEKIT_DATA`` (subfolder per dataset, or the files directly in the folder).
   ``download=True`` fetches missing files from ``MIRRORS`` (or ``$VAEKIT_MIRROR``),
-  checks them against ``CHECKSUMS`` and writes them atomically.
+  checks them against ``CHECKSUMS`` and writes them atomically (``vaekit.download``).
 - ``binarized-mnist``: the fixed binarisation of Larochelle & Murray (2011), as
   ``binarized_mnist_uint8.npz`` (keys train / valid / test) or the three original
   ``binarized_mnist_{train,valid,test}.amat`` text files; 50,000 / 10,000 / 10,000.
@@ -65,29 +64,28 @@ References:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import gzip
-import hashlib
 import http.client
 import importlib.util
 import math
 import os
-import tempfile
 import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, DataError
+from .checks import lookup
+from .cifar import load_cifar10
+from .download import DOWNLOAD_TIMEOUT_S as DOWNLOAD_TIMEOUT_S  # re-exported: users import it from here
+from .download import fetch_checked, file_checksum
+from .errors import ConfigError, DataError, one_line
 
 SPLITS = ("train", "test")
 SPLIT_SEED = 0  # seed of every deterministic train/test split below (fixed forever)
@@ -108,7 +106,8 @@ class Dataset:
         name: dataset name or path it came from.
         binarize: what ``x`` is and what a batch needs: ``"none"`` (grey levels, use as
             they are), ``"static"`` (already binarised with a fixed seed) or
-            ``"dynamic"`` (grey levels; ``batch`` draws a fresh binarisation each call).
+            ``"dynamic"`` (grey levels; the training loop draws a fresh binarisation
+            of every batch with :func:`binarize_dynamic`).
     """
 
     x: Tensor
@@ -135,16 +134,6 @@ class Dataset:
         """Number of dimensions of one example, C*H*W (the denominator of bits/dim)."""
         return math.prod(self.shape)
 
-    def batch(self, index: Tensor | slice, generator: torch.Generator | None = None) -> Tensor:
-        """The images ``x[index]``, freshly binarised when ``binarize == "dynamic"``.
-
-        Args:
-            index: LongTensor of example indices [B] (on x's device) or a slice.
-            generator: torch.Generator for the Bernoulli draw (on x's device), or None.
-        """
-        xb = self.x[index]
-        return binarize_dynamic(xb, generator) if self.binarize == "dynamic" else xb
-
     def subset(self, index: Tensor) -> Dataset:
         """The examples ``index`` (LongTensor [M]) as a new Dataset (a copy)."""
         y = None if self.y is None else self.y[index]
@@ -154,14 +143,6 @@ class Dataset:
         """The dataset with ``x`` and ``y`` on ``device`` (e.g. once onto the GPU before training)."""
         y = None if self.y is None else self.y.to(device)
         return Dataset(self.x.to(device), y, self.name, self.binarize)
-
-
-class Splits(NamedTuple):
-    """The three splits of a prepared dataset; ``valid`` is None when valid_size is 0."""
-
-    train: Dataset
-    valid: Dataset | None
-    test: Dataset
 
 
 # ----------------------------------------------------------------------------------------
@@ -226,11 +207,6 @@ def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
 # ----------------------------------------------------------------------------------------
 # Array checks shared by every format
 # ----------------------------------------------------------------------------------------
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _as_nchw(arr: np.ndarray, source: str) -> np.ndarray:
     """[N,D] -> [N,1,s,s] (D = s*s) or [N,1,1,D]; [N,H,W] -> [N,1,H,W]; [N,H,W,C] -> [N,C,H,W]."""
     if arr.ndim == 2:
@@ -326,21 +302,6 @@ def random_split(n: int, test_fraction: float, seed: int = SPLIT_SEED) -> tuple[
     return perm[m:], perm[:m]
 
 
-def split_validation(train: Dataset, valid_size: int, seed: int = SPLIT_SEED) -> tuple[Dataset, Dataset]:
-    """Carve a deterministic validation set of ``valid_size`` examples off ``train``.
-
-    Returns:
-        (train minus valid, valid): the held-out examples are the first ``valid_size`` of a
-        permutation seeded by ``seed``; the rest keep their original order.
-    """
-    n = len(train)
-    if not 0 < valid_size < n:
-        raise DataError(f"{train.name}: valid_size must be in 1..{n - 1} for {n} training examples; got {valid_size}")
-    perm = _permutation(n, seed)
-    keep = torch.sort(perm[valid_size:]).values
-    return train.subset(keep), train.subset(perm[:valid_size])
-
-
 def _pick_split(x: Tensor, y: Tensor | None, split: str, index: tuple[Tensor, Tensor], name: str) -> Dataset:
     idx = index[SPLITS.index(split)]
     return Dataset(x[idx], None if y is None else y[idx], name)
@@ -376,7 +337,7 @@ def _read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     except (OSError, EOFError, ValueError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read the CSV ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot read the CSV ({one_line(e)})") from None
     if table.ndim != 2 or table.shape[1] != 785:
         raise DataError(f"{path}: expected 785 columns (784 pixels + label); got shape {table.shape}")
     return table[:, :784], table[:, 784]
@@ -455,7 +416,7 @@ def _missing(name: str, what: str, dirs: list[Path], download_hint: bool) -> Dat
 
 
 # ----------------------------------------------------------------------------------------
-# IDX files, checksums, downloads
+# IDX files, checksums, downloads (the checked fetch itself is vaekit.download)
 # ----------------------------------------------------------------------------------------
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -496,20 +457,6 @@ CHECKSUMS: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
-DOWNLOAD_TIMEOUT_S = 60.0  # per network read
-
-
-def file_checksum(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file (``algorithm``: any hashlib name, e.g. sha256, md5), read in chunks."""
-    h = hashlib.new(algorithm)
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({_one_line(e)})") from None
-    return h.hexdigest()
-
 
 def _read_maybe_gzip(path: Path) -> bytes:
     """The bytes of ``path``, gunzipped when it is named .gz or starts with the gzip magic."""
@@ -521,9 +468,9 @@ def _read_maybe_gzip(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: not a valid gzip file ({_one_line(e)})") from None
+        raise DataError(f"{path}: not a valid gzip file ({one_line(e)})") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot read ({one_line(e)})") from None
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -572,31 +519,6 @@ def mirrors_for(name: str) -> list[str]:
     return list(MIRRORS.get(name, []))
 
 
-def fetch_checked(url: str, target: Path, algorithm: str, expected: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Stream ``url`` into a temporary file next to ``target``, fsync it, check its ``algorithm``
-    digest against ``expected``, then os.replace it onto ``target`` (no partial file is ever left).
-
-    Network errors propagate (callers turn them into one-line DataErrors); a digest mismatch
-    raises DataError."""
-    fd, tmp = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".part", dir=target.parent)
-    h = hashlib.new(algorithm)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != expected.lower():
-            raise DataError(
-                f"checksum mismatch for {target.name} from {url}: {algorithm} {h.hexdigest()} != expected {expected}"
-            )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def download(
     name: str, root: str | os.PathLike, files: list[str] | None = None, mirrors: list[str] | None = None
 ) -> list[Path]:
@@ -627,7 +549,7 @@ def download(
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"{root}: cannot create the download folder ({_one_line(e)})") from None
+        raise DataError(f"{root}: cannot create the download folder ({one_line(e)})") from None
     return [_download_one(name, root / f, table, mirrors) for f in files]
 
 
@@ -646,7 +568,7 @@ def _download_one(name: str, target: Path, table: dict, mirrors: list[str]) -> P
         except DataError as e:
             errors.append(str(e))
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-            errors.append(f"{url}: {_one_line(e)}")
+            errors.append(f"{url}: {one_line(e)}")
     if len(errors) == 1:
         raise DataError(f"{name}: download failed: {errors[0]}")
     raise DataError(
@@ -708,7 +630,7 @@ def _read_npz(path: Path, pick: Callable[[list[str]], list[str]]) -> tuple[list[
     except DataError:  # a ValueError subclass: pass it through unwrapped
         raise
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        raise DataError(f"{path}: cannot read the .npz archive ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot read the .npz archive ({one_line(e)})") from None
 
 
 def _npz_array(path: Path, key: str) -> np.ndarray:
@@ -723,7 +645,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the .npy file ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot read the .npy file ({one_line(e)})") from None
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: not an .npy array")
     return arr
@@ -759,7 +681,7 @@ def read_amat(path: str | os.PathLike) -> np.ndarray:
     try:
         arr = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the .amat text matrix ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot read the .amat text matrix ({one_line(e)})") from None
     if not np.isin(arr, (0.0, 1.0)).all():
         raise DataError(f"{path}: .amat values must be 0 or 1")
     return arr.astype(np.uint8)
@@ -786,8 +708,6 @@ def load_frey(split: str, data_dir: str | None = None, download: bool = False) -
 def load_cifar(split: str, data_dir: str | None = None, download: bool = False) -> Dataset:
     """CIFAR-10 (Krizhevsky 2009): 50,000 train / 10,000 test colour 32x32 images, read from
     the standard python batches (``cifar-10-batches-py/`` or its ``.tar.gz``; see ``vaekit.cifar``)."""
-    from .cifar import load_cifar10
-
     _check_split(split, SPLITS, "cifar10")
     dirs = search_dirs("cifar10", data_dir)
     here = [d for d in dirs if (d / "cifar-10-batches-py").is_dir() or (d / "cifar-10-python.tar.gz").is_file()]
@@ -848,7 +768,7 @@ def _read_image(path: Path):
             im.load()
             return im.copy()
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: not a readable image ({_one_line(e)})") from None
+        raise DataError(f"{path}: not a readable image ({one_line(e)})") from None
 
 
 def _image_array(im, grey: bool) -> np.ndarray:
@@ -869,7 +789,7 @@ def load_image_folder(path: str | os.PathLike, split: str) -> Dataset:
     try:
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     except OSError as e:
-        raise DataError(f"{path}: cannot list the folder ({_one_line(e)})") from None
+        raise DataError(f"{path}: cannot list the folder ({one_line(e)})") from None
     if not files:
         raise DataError(f"{path}: empty folder, no images")
     images = [_read_image(p) for p in files]
@@ -954,27 +874,25 @@ def load_dataset(
     """
     name = str(name_or_path)
     key = ALIASES.get(name.lower(), name.lower())
-    if key in DATASETS:  # a registered name wins over a same-named folder (write ./mnist for that)
-        return DATASETS[key](split, data_dir, download)
-    if _looks_like_path(name):
+    if key not in DATASETS and _looks_like_path(name):  # a registered name wins over a same-named folder
         return load_path(name, split)
-    close = difflib.get_close_matches(key, list(DATASETS) + list(ALIASES), n=1)
-    hint = f" (did you mean '{ALIASES.get(close[0], close[0])}'?)" if close else ""
-    raise DataError(
-        f"unknown dataset '{name}'{hint}; known: {', '.join(DATASETS)}, or a path to .npz / .npy / an image folder"
-    )
+    try:
+        loader = lookup(DATASETS, key, "dataset")
+    except ConfigError as e:  # a missing dataset is a data problem, and a path is a valid answer too
+        raise DataError(f"{e}, or a path to .npz / .npy / an image folder") from None
+    return loader(split, data_dir, download)
 
 
 # The binarisation of (train, evaluation) splits for each DataConfig.binarize mode; the
 # dataset's ``binarize`` field tells the training loop what is left to do per batch.
 BINARIZE_MODES: dict[str, tuple[str, str]] = {
-    "dynamic": ("dynamic", "static"),  # train: fresh draw per batch; valid/test: fixed seed
+    "dynamic": ("dynamic", "static"),  # train: fresh draw per batch; test: fixed seed
     "static": ("static", "static"),  # every split binarised once with a fixed seed
     "none": ("none", "none"),  # grey levels throughout (Gaussian / logistic likelihoods)
 }
 
 # Offsets of the static-binarisation seed per split: test uses binarize_seed itself.
-SEED_OFFSETS = {"test": 0, "train": 1, "valid": 2}
+SEED_OFFSETS = {"test": 0, "train": 1}
 
 
 def apply_binarization(ds: Dataset, mode: str, seed: int) -> Dataset:
@@ -984,31 +902,16 @@ def apply_binarization(ds: Dataset, mode: str, seed: int) -> Dataset:
     return Dataset(x, ds.y, ds.name, mode)
 
 
-def prepare_splits(cfg) -> Splits:
-    """Train, validation (or None) and test sets for a ``DataConfig``, binarised as it says.
+def prepare_data(cfg) -> tuple[Dataset, Dataset]:
+    """``(train, test)`` for a ``DataConfig``, binarised as ``cfg.binarize`` says.
 
-    Static binarisation uses seed ``cfg.binarize_seed`` for test, +1 for train and +2
-    for valid, so test data is identical across configs with the same seed.
+    Static binarisation uses seed ``cfg.binarize_seed`` for test and +1 for train, so test
+    data is identical across configs with the same seed.
     """
-    if cfg.binarize not in BINARIZE_MODES:
-        close = difflib.get_close_matches(str(cfg.binarize), BINARIZE_MODES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"data.binarize must be one of {', '.join(BINARIZE_MODES)}; got '{cfg.binarize}'{hint}")
+    train_mode, eval_mode = lookup(BINARIZE_MODES, cfg.binarize, "data.binarize")
     train = load_dataset(cfg.name, "train", cfg.data_dir, cfg.download)
     test = load_dataset(cfg.name, "test", cfg.data_dir, cfg.download)
-    valid = None
-    if cfg.valid_size:
-        train, valid = split_validation(train, cfg.valid_size)
-    train_mode, eval_mode = BINARIZE_MODES[cfg.binarize]
     seed = cfg.binarize_seed
     train = apply_binarization(train, train_mode, seed + SEED_OFFSETS["train"])
     test = apply_binarization(test, eval_mode, seed + SEED_OFFSETS["test"])
-    if valid is not None:
-        valid = apply_binarization(valid, eval_mode, seed + SEED_OFFSETS["valid"])
-    return Splits(train, valid, test)
-
-
-def prepare_data(cfg) -> tuple[Dataset, Dataset]:
-    """``(train, test)`` for a ``DataConfig`` (see :func:`prepare_splits`)."""
-    splits = prepare_splits(cfg)
-    return splits.train, splits.test
+    return train, test

@@ -8,7 +8,15 @@ library users catch it like any ``ValueError``.
 
 
 class VaekitError(ValueError):
-    """Base class: a one-line, user-facing message; never a bug in vaekit."""
+    """Base class: a one-line, user-facing message; never a bug in vaekit.
+
+    Attributes:
+        shared: True when every process of a torchrun job raised this same error (rank 0
+            reported it), so that only rank 0 prints it; set by ``vaekit.distributed`` and
+            the training loop.
+    """
+
+    shared: bool = False
 
 
 class DataError(VaekitError):
@@ -21,3 +29,10 @@ class ConfigError(VaekitError):
 
 class CheckpointError(VaekitError):
     """Missing, truncated or corrupt run folder or checkpoint."""
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (its class name when empty), for quoting a library's
+    error (numpy, gzip, PIL, urllib) inside a one-line :class:`VaekitError`."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
