@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import distributed
 from .distributions import bits_per_dim
-from .inference import DEFAULT_ELEMENT_BUDGET, _chunk_sizes, importance_sampled_log_prob, mean_and_stderr
+from .inference import chunk_sizes, decoder_numel, importance_sampled_log_prob, mean_and_stderr
 from .models import model_device
 from .objectives import elbo_terms
 
@@ -45,11 +45,10 @@ def _per_example_split(
     model, x: Tensor, k: int, batch_size: int | None, seed: int, progress: bool, desc: str = "evaluate"
 ) -> dict:
     """Per-example results in example order: this process's chunks, then an all-gather."""
-    N, D = x.shape[0], math.prod(x.shape[1:])
+    N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
     # the memory budget of importance_sampled_log_prob, with its decoder activation factor
-    factor = getattr(getattr(getattr(model, "decoder", None), "likelihood", None), "activation_factor", 1)
-    B = batch_size or (_chunk_sizes(N, k, D * factor, DEFAULT_ELEMENT_BUDGET)[0] if sampled else 1000)
+    B = batch_size or (chunk_sizes(N, k, decoder_numel(model, x.shape[1:]))[0] if sampled else 1000)
     B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
     n_chunks = math.ceil(N / B)
     W, r = distributed.world_size(), distributed.rank()
