@@ -37,12 +37,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import lookup
 from .distributions import diagonal_gaussian, distribution_mean
 from .errors import DataError, VaekitError
-from .inference import DEFAULT_ELEMENT_BUDGET, MaskedLikelihood, _Posterior, mean_and_stderr, svi
+from .inference import (
+    DEFAULT_ELEMENT_BUDGET,
+    MaskedDecoder,
+    MaskedLikelihood,
+    PosteriorModel,
+    effective_sample_size,
+    mean_and_stderr,
+    svi,
+)
 from .objectives import importance_terms, repeat_examples
 
-METHODS = ("importance", "svi")
 HALVES = ("top", "bottom", "left", "right")
 
 
@@ -110,13 +118,23 @@ def _mask_from_file(path: Path, shape: tuple[int, ...]) -> Tensor:
     raise DataError(f"mask file {path} has shape {tuple(missing.shape)}; data has shape {shape}")
 
 
-class _Recording(_Posterior):
-    """``_Posterior`` that keeps the codes and full p(x|z) of its last decoder call."""
+class _RecordingDecoder(MaskedDecoder):
+    """A masked decoder that keeps the codes z and the full p(x|z) of its last call: the
+    importance weights need p(x_obs|z), the held-out score and the resampling z and p(x_u|z)."""
 
-    def decoder(self, z: Tensor):
+    def __call__(self, z: Tensor):
         self.z = z
-        self.px = self.model.decoder(z)
+        self.px = self.decoder(z)
         return MaskedLikelihood(self.px, self.mask)
+
+    def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        return self(z).log_prob(x)
+
+
+class _Recording(PosteriorModel):
+    """:class:`PosteriorModel` whose decoder records its last call (``decoder.z``, ``decoder.px``)."""
+
+    decoder_type = _RecordingDecoder
 
 
 @torch.no_grad()
@@ -125,12 +143,14 @@ def _complete_batch(model, x: Tensor, m: Tensor, q, n_completions: int, k: int, 
     rec = _Recording(model, lambda _x: q, m)
     log_px_obs, log_pz, log_q = importance_terms(rec, x, k, q=q)  # [k, B] each
     log_w = (log_px_obs + log_pz - log_q).double()
-    log_px_mis = MaskedLikelihood(rec.px, 1 - m).log_prob(repeat_examples(x, k)).view(k, B).double()  # log p(x_u|z_j)
+    log_px_mis = (
+        MaskedLikelihood(rec.decoder.px, 1 - m).log_prob(repeat_examples(x, k)).view(k, B).double()
+    )  # log p(x_u|z_j)
     heldout = torch.logsumexp(log_w + log_px_mis, 0) - torch.logsumexp(log_w, 0)
-    ess = (2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)).exp()
+    ess = effective_sample_size(log_w)
     # sampling-importance-resampling: S codes per example from the weighted k
     idx = torch.distributions.Categorical(logits=log_w.T.float()).sample((n_completions,))  # [S, B]
-    z = rec.z.view(k, B, -1)[idx, torch.arange(B, device=x.device)]  # [S, B, D]
+    z = rec.decoder.z.view(k, B, -1)[idx, torch.arange(B, device=x.device)]  # [S, B, D]
     px = model.decoder(z.reshape(n_completions * B, -1))
     xs = (distribution_mean(px) if mean else px.sample()).view(n_completions, B, *x.shape[1:])
     observed = m.bool().unsqueeze(0).expand_as(xs)
@@ -149,6 +169,33 @@ def _complete_batch(model, x: Tensor, m: Tensor, q, n_completions: int, k: int, 
     }
 
 
+def _observation_mask(mask, x: Tensor) -> Tensor:
+    """``mask`` ([*data_shape] or [N, *data_shape], nonzero = observed) as 0/1 [N, *data_shape] in x's dtype."""
+    mask = torch.as_tensor(mask, dtype=x.dtype, device=x.device)
+    if mask.shape == x.shape[1:]:
+        mask = mask.unsqueeze(0).expand_as(x)
+    if mask.shape != x.shape:
+        raise VaekitError(f"mask has shape {tuple(mask.shape)}; images have {tuple(x.shape)}")
+    return (mask != 0).to(x.dtype)
+
+
+def _encoder_proposal(model, x_in: Tensor, mask: Tensor, steps: int, lr: float, samples: int) -> tuple[Tensor, Tensor]:
+    """The encoder's q(z | x ⊙ m): mean, log-variance [N, D]."""
+    with torch.no_grad():
+        return model.encode(x_in)
+
+
+def _svi_proposal(model, x_in: Tensor, mask: Tensor, steps: int, lr: float, samples: int) -> tuple[Tensor, Tensor]:
+    """A Gaussian fitted by SVI to the ELBO of the observed part, started at the encoder: mean, log-variance [N, D]."""
+    fit = svi(model, x_in, steps=steps, lr=lr, samples=samples, init="encoder", mask=mask)
+    return fit["mean"], fit["log_var"]
+
+
+# method -> callable(model, masked x [N, ...], mask, svi steps, svi lr, svi samples) -> proposal (mean, log_var)
+PROPOSALS = {"importance": _encoder_proposal, "svi": _svi_proposal}
+METHODS = tuple(PROPOSALS)
+
+
 def complete(
     model,
     x: Tensor,
@@ -165,7 +212,7 @@ def complete(
     """Complete the missing pixels of ``x`` given the observed ones.
 
     Args:
-        model: a VAE (``encoder``, ``decoder``, ``prior``) with a factorised likelihood.
+        model: a VAE (``has_latents`` and ``has_codes``) with a factorised likelihood.
         x: images [N, *data_shape] on the model's device (the missing pixels' values are used
             only to score the completions, never to make them).
         mask: [*data_shape] or [N, *data_shape], 1 = observed (see :func:`parse_mask`).
@@ -183,27 +230,15 @@ def complete(
         code), ``ess`` [N] (effective sample size of the weights), ``log_px_observed`` [N]
         (log p(x_o)), ``n_missing`` [N], and ``summary`` (means ± standard errors).
     """
-    if method not in METHODS:
-        raise VaekitError(f"completion method must be one of {', '.join(METHODS)}; got '{method}'")
+    proposal = lookup(PROPOSALS, method, "completion method")
     if n_completions < 1 or k < 1:
         raise VaekitError("completion needs n_completions >= 1 and k >= 1")
     N = x.shape[0]
-    mask = torch.as_tensor(mask, dtype=x.dtype, device=x.device)
-    if mask.shape == x.shape[1:]:
-        mask = mask.unsqueeze(0).expand_as(x)
-    if mask.shape != x.shape:
-        raise VaekitError(f"mask has shape {tuple(mask.shape)}; images have {tuple(x.shape)}")
-    mask = (mask != 0).to(x.dtype)
+    mask = _observation_mask(mask, x)
     n_missing = (1 - mask).flatten(1).sum(-1)
     if bool((n_missing == 0).any()):
         raise VaekitError("the mask hides no pixel of some image: nothing to complete")
-    x_in = x * mask
-    if method == "svi":
-        fit = svi(model, x_in, steps=svi_steps, lr=svi_lr, samples=svi_samples, init="encoder", mask=mask)
-        means, log_vars = fit["mean"], fit["log_var"]
-    else:
-        with torch.no_grad():
-            means, log_vars = model.encode(x_in)
+    means, log_vars = proposal(model, x * mask, mask, svi_steps, svi_lr, svi_samples)
     numel = math.prod(x.shape[1:])
     B = batch_size or max(1, DEFAULT_ELEMENT_BUDGET // max(1, k * numel))
     parts: dict[str, list] = {}

@@ -7,12 +7,14 @@
 - ``elbo``, ``rec`` (E_q log p(x|z)), ``kl`` (KL(q(z|x) || p(z))): one-sample terms with the
   analytic KL where it exists.
 - ``bpd``: nll / (D ln 2), bits per data dimension (of the data as modelled: binary pixels
-  for Bernoulli decoders; a model may define ``bits_per_dim`` for its own discretisation).
+  for Bernoulli decoders), by the model's ``bits_per_dim``, which adds its own discretisation
+  term where it models a density of 8-bit data.
 - ``active_units``: latent dimensions u with Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2015,
   Sec. 5.2).
 
 The examples are cut into chunks whose size does not depend on the number of processes;
-chunk ``c`` draws its importance samples after ``torch.manual_seed(f(seed, c))``, the chunks
+chunk ``c`` draws its importance samples after
+``torch.manual_seed(seeding.derive_seed(seed, seeding.EVAL_CHUNK, c))``, the chunks
 are dealt round-robin over the processes and the per-example results (log mean importance
 weight, ESS, ELBO terms, posterior means) are all-gathered in example order: the estimate is a
 pure function of (model, x, k, seed), the same on one process or many.
@@ -27,17 +29,13 @@ import torch
 from torch import Tensor
 
 from . import distributed
-from .distributions import bits_per_dim
-from .inference import DEFAULT_ELEMENT_BUDGET, _chunk_sizes, importance_sampled_log_prob, mean_and_stderr
+from .inference import chunk_sizes, decoder_numel, importance_sampled_log_prob, mean_and_stderr
 from .models import model_device
 from .objectives import elbo_terms
+from .seeding import EVAL_CHUNK, derive_seed
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 SPLIT_MIN_CHUNKS = 64  # evaluation cuts the examples into at least this many chunks
-
-
-def _chunk_seed(seed: int, chunk: int) -> int:
-    return (seed * 1_000_003 + chunk * 2_654_435_761 + 97) % (2**63 - 1)
 
 
 @torch.no_grad()
@@ -45,11 +43,10 @@ def _per_example_split(
     model, x: Tensor, k: int, batch_size: int | None, seed: int, progress: bool, desc: str = "evaluate"
 ) -> dict:
     """Per-example results in example order: this process's chunks, then an all-gather."""
-    N, D = x.shape[0], math.prod(x.shape[1:])
+    N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
     # the memory budget of importance_sampled_log_prob, with its decoder activation factor
-    factor = getattr(getattr(getattr(model, "decoder", None), "likelihood", None), "activation_factor", 1)
-    B = batch_size or (_chunk_sizes(N, k, D * factor, DEFAULT_ELEMENT_BUDGET)[0] if sampled else 1000)
+    B = batch_size or (chunk_sizes(N, k, decoder_numel(model, x.shape[1:]))[0] if sampled else 1000)
     B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
     n_chunks = math.ceil(N / B)
     W, r = distributed.world_size(), distributed.rank()
@@ -64,7 +61,7 @@ def _per_example_split(
     with torch.random.fork_rng(devices=devices):  # leave the caller's random state alone
         for c in mine:
             xc = x[c * B : (c + 1) * B]
-            torch.manual_seed(_chunk_seed(seed, c))
+            torch.manual_seed(derive_seed(seed, EVAL_CHUNK, c))
             if sampled:
                 out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0])
                 t = elbo_terms(model, xc, 1)
@@ -133,7 +130,6 @@ def evaluate(
     model.eval()
     x = x.to(model_device(model))
     N = x.shape[0]
-    D = math.prod(x.shape[1:])
     if model.log_prob_kind == "none":
         return _reconstruction_only(model, x, batch_size or 1000)
     t0 = time.perf_counter()
@@ -150,7 +146,7 @@ def evaluate(
         res["k"] = None
         for key in ("elbo", "rec", "kl", "active_units"):
             res[key] = None
-    return _finish(model, res, per["log_px"], D, t0)
+    return _finish(model, res, per["log_px"], t0)
 
 
 def _active(means: Tensor, threshold: float) -> int:
@@ -160,11 +156,10 @@ def _active(means: Tensor, threshold: float) -> int:
     return int((means.double().var(0) > threshold).sum())
 
 
-def _finish(model, res: dict, log_px: Tensor, D: int, t0: float) -> dict:
+def _finish(model, res: dict, log_px: Tensor, t0: float) -> dict:
     mean_lp, se = mean_and_stderr(log_px)
     res["nll"], res["nll_stderr"] = -mean_lp, se
-    to_bpd = getattr(model, "bits_per_dim", None) or (lambda nll: bits_per_dim(nll, D))
-    res["bpd"] = float(to_bpd(res["nll"]))
+    res["bpd"] = float(model.bits_per_dim(res["nll"]))
     res["seconds"] = time.perf_counter() - t0
     return res
 

@@ -1,7 +1,9 @@
 """Variational objectives, written once for every VAE architecture.
 
 All functions take a model exposing ``encoder(x) -> q(z|x)``, ``decoder(z) -> p(x|z)``
-and ``prior -> p(z)`` (torch distributions) and return per-example tensors in nats.
+and ``prior -> p(z)`` (torch distributions), whose decoder also offers
+``log_likelihood(z, x) -> [N]`` (``vaekit.models.vae.Decoder``), and return per-example
+tensors in nats.
 
 - ELBO (Kingma & Welling 2014): log p(x) >= E_q[log p(x|z)] - KL(q(z|x) || p(z)),
   estimated with L reparameterised samples z = mu + sigma * eps; the KL term is
@@ -49,16 +51,16 @@ def kl_per_dimension(q, p) -> Tensor | None:
 def importance_terms(model, x: Tensor, k: int, q=None) -> tuple[Tensor, Tensor, Tensor]:
     """For z_j ~ q(z|x), j = 1..k: (log p(x|z_j), log p(z_j), log q(z_j|x)), each [k, B].
 
-    The decoder sees the k samples of all B examples as one batch of k*B codes (through
-    ``decoder.log_likelihood`` where it has one, which streams it without materialising p(x|z)).
+    The decoder sees the k samples of all B examples as one batch of k*B codes, through
+    ``decoder.log_likelihood``, which may stream it without materialising p(x|z)
+    (``vaekit.inference.streamed``).
     """
     q = model.encoder(x) if q is None else q
     z, log_q = rsample_and_log_prob(q, (k,))  # [k, B, D], [k, B]
     log_pz = model.prior.log_prob(z)  # [k, B]
     B = x.shape[0]
     zf, xr = z.reshape(k * B, *z.shape[2:]), repeat_examples(x, k)
-    streamed = getattr(model.decoder, "log_likelihood", None)  # Decoder modules; see vaekit.streamed
-    log_px = streamed(zf, xr) if streamed is not None else model.decoder(zf).log_prob(xr)
+    log_px = model.decoder.log_likelihood(zf, xr)
     return log_px.view(k, B), log_pz, log_q
 
 

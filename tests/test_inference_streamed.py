@@ -1,12 +1,11 @@
-"""The streamed decoder log-likelihood (vaekit.streamed) is the distribution's log_prob, computed
+"""The streamed decoder log-likelihood (vaekit.inference.streamed) is the distribution's log_prob, computed
 block by block in reused buffers; it steps aside wherever it has no kernel."""
 
 import pytest
 import torch
 
-from vaekit import streamed
 from vaekit.config import build_config
-from vaekit.inference import importance_sampled_log_prob
+from vaekit.inference import importance_sampled_log_prob, streamed
 from vaekit.models import build_model
 from vaekit.objectives import repeat_examples
 

@@ -1,12 +1,23 @@
-"""Per-datapoint SVI, semi-amortised SVI, the gap decomposition, and the VAE mixture priors."""
+"""Per-datapoint SVI, semi-amortised SVI, the gap decomposition, the posterior stand-in model and the
+masked decoder (vaekit.inference.svi), and the VAE mixture priors."""
 
 import pytest
 import torch
 
 from vaekit.config import build_config
 from vaekit.distributions import MixturePrior, VampPrior
-from vaekit.errors import VaekitError
-from vaekit.inference import format_gap_table, gap_decomposition, importance_sampled_log_prob, posterior_log_prob, svi
+from vaekit.errors import ConfigError, VaekitError
+from vaekit.inference import (
+    SVI_INITS,
+    MaskedDecoder,
+    MaskedLikelihood,
+    PosteriorModel,
+    format_gap_table,
+    gap_decomposition,
+    importance_sampled_log_prob,
+    posterior_log_prob,
+    svi,
+)
 from vaekit.models.vae import build_vae
 from vaekit.objectives import elbo_terms
 
@@ -196,3 +207,73 @@ def test_cli_gap_writes_json(tmp_path, capsys):
             assert set(split[key]) == {"mean", "stderr"}
     assert "approx. gap" in capsys.readouterr().out
     assert main(["gap", str(run), "--splits", "valid"]) == 2
+
+
+def test_posterior_model_with_the_encoder_is_the_model(trained):
+    """Given q = the encoder's q(z|x), the stand-in gives the same estimates as the model itself."""
+    vae, x = trained
+    post = PosteriorModel(vae, vae.encoder)
+    assert post.has_latents and not post.has_codes
+    assert post.decoder.body is vae.decoder.body and post.decoder.likelihood is vae.decoder.likelihood
+    with torch.no_grad():
+        torch.manual_seed(8)
+        a = importance_sampled_log_prob(post, x, k=50)
+        torch.manual_seed(8)
+        b = importance_sampled_log_prob(vae, x, k=50)
+        torch.manual_seed(9)
+        e1 = elbo_terms(post, x, 3)
+        torch.manual_seed(9)
+        e2 = elbo_terms(vae, x, 3)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    for key in ("rec", "kl", "elbo"):
+        torch.testing.assert_close(e1[key], e2[key], rtol=0, atol=0)
+
+
+def test_masked_decoder_counts_observed_dimensions_only(trained):
+    vae, x = trained
+    z = torch.randn(3 * x.shape[0], 2)  # 3 sample copies of every example (importance_terms layout)
+    xr = x.repeat(3, 1, 1, 1)
+    mask = (torch.rand(x.shape) < 0.5).float()
+    with torch.no_grad():
+        full = vae.decoder(z).base_dist.log_prob(xr)  # per pixel
+        masked = MaskedDecoder(vae.decoder, mask).log_likelihood(z, xr)
+        unmasked = MaskedDecoder(vae.decoder).log_likelihood(z, xr)
+        ones = MaskedDecoder(vae.decoder, torch.ones_like(x)).log_likelihood(z, xr)
+    torch.testing.assert_close(masked, (full * mask.repeat(3, 1, 1, 1)).flatten(1).sum(-1))
+    torch.testing.assert_close(unmasked, vae.decoder.log_likelihood(z, xr))
+    torch.testing.assert_close(ones, unmasked, rtol=1e-5, atol=1e-4)
+    with pytest.raises(VaekitError, match="divide"):
+        MaskedDecoder(vae.decoder, mask[:5]).log_likelihood(z, xr)
+    with pytest.raises(VaekitError, match="factorised"):
+        MaskedLikelihood(torch.distributions.Normal(torch.zeros(3), 1.0), mask)
+
+
+def test_svi_inits(trained):
+    vae, x = trained
+    assert set(SVI_INITS) == {"encoder", "prior"}
+    mu, log_var = SVI_INITS["prior"](vae, x[:5])
+    assert torch.equal(mu, torch.zeros(5, 2)) and torch.equal(log_var, torch.zeros(5, 2))  # N(0, I) prior
+    with torch.no_grad():
+        enc_mu, enc_lv = vae.encode(x[:5])
+    mu, log_var = SVI_INITS["encoder"](vae, x[:5])
+    torch.testing.assert_close(mu, enc_mu)
+    torch.testing.assert_close(log_var, enc_lv)
+    with pytest.raises(ConfigError, match="unknown SVI init 'encodr' \\(did you mean 'encoder'\\?\\)"):
+        svi(vae, x, steps=1, init="encodr")
+    # zero steps: the result is the starting point, and its ELBO is both the first and the last
+    torch.manual_seed(10)
+    res = svi(vae, x[:5], steps=0, init="encoder")
+    torch.testing.assert_close(res["mean"], enc_mu)
+    torch.testing.assert_close(res["elbo_init"], res["elbo_final"])
+    assert res["history"].shape == (1,)
+
+
+def test_svi_reports_progress_per_step(trained):
+    vae, x = trained
+    seen = []
+    torch.manual_seed(11)
+    res = svi(vae, x, steps=4, batch_size=20, progress=lambda step, elbo: seen.append((step, elbo)))
+    assert [s for s, _ in seen] == [1, 2, 3, 4]
+    # reported once, from the last batch, as the mean over all examples
+    assert [e for _, e in seen] == pytest.approx(res["history"][:4].tolist())

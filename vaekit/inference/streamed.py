@@ -9,7 +9,7 @@ decoder's log-likelihood: for a dense Bernoulli VAE on MNIST that is, per test i
 (the Bernoulli log-mass with logits, exact for x in [0, 1]). Computed the plain way, every
 intermediate is a fresh 16 MB tensor: the CPU spends its time in page faults and memory
 traffic, not arithmetic (glibc hands such blocks out by mmap; see
-``inference.release_large_blocks`` for why that threshold is pinned). This module evaluates
+``vaekit.inference.allocator`` for why that threshold is pinned). This module evaluates
 the decoder body and the likelihood *block by block* (``BLOCK`` codes at a time) into scratch
 buffers that are allocated once and reused, so each block's hidden units, logits and terms stay
 in cache and the loop allocates nothing. The result is the same number as
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distributions import BernoulliLikelihood
-from .nets.mlp import MLP
+from ..distributions import BernoulliLikelihood
+from ..nets.mlp import MLP
 
 BLOCK = 256  # codes per block: a block's logits and terms (3 x 256 x 784 floats) fit in L2/L3
 
@@ -119,11 +119,16 @@ def bernoulli_log_prob_(logits: Tensor, x: Tensor, ws: Workspace, out: Tensor) -
 
 def streamed_log_likelihood(decoder, z: Tensor, x: Tensor, block: int = BLOCK) -> Tensor | None:
     """log p(x|z) [N] for codes z [N, D] and data x [N, *data_shape], block by block, or
-    ``None`` when this decoder (body, likelihood, device, grad mode) has no streamed kernel."""
-    body, likelihood = getattr(decoder, "body", None), getattr(decoder, "likelihood", None)
-    if torch.is_grad_enabled() or z.device.type != "cpu" or type(likelihood) is not BernoulliLikelihood:
+    ``None`` when this decoder (body, likelihood, device, grad mode) has no streamed kernel.
+
+    Args:
+        decoder: a ``vaekit.models.vae.Decoder`` (``body``: z -> likelihood parameters, ``likelihood``).
+        block: codes per block (memory of the scratch buffers: block x widest layer floats each).
+    """
+    # exact types, not isinstance: a subclass may change forward or log_prob, which the kernel re-implements
+    if torch.is_grad_enabled() or z.device.type != "cpu" or type(decoder.likelihood) is not BernoulliLikelihood:
         return None
-    layers = _dense_layers(body)
+    layers = _dense_layers(decoder.body)
     if layers is None or z.dim() != 2:
         return None
     N = z.shape[0]

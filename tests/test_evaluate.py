@@ -1,0 +1,73 @@
+"""evaluate: per-chunk seeds by seeding.derive_seed, a pure function of (model, x, k, seed); bits per
+dimension by the model's own bits_per_dim; exact models through log_prob."""
+
+import math
+
+import pytest
+import torch
+
+from vaekit.config import build_config
+from vaekit.evaluate import SPLIT_MIN_CHUNKS, evaluate, format_table
+from vaekit.inference import importance_sampled_log_prob
+from vaekit.models import build_model
+from vaekit.models.mixture import GaussianMixtureModel
+from vaekit.objectives import elbo_terms
+from vaekit.seeding import EVAL_CHUNK, derive_seed
+
+
+@pytest.fixture(scope="module")
+def vae_and_data():
+    torch.manual_seed(0)
+    model = build_model(build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 3}), (1, 4, 4)).eval()
+    x = torch.bernoulli(torch.full((10, 1, 4, 4), 0.3), generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def test_chunk_c_draws_after_derive_seed(vae_and_data):
+    """10 examples < SPLIT_MIN_CHUNKS: one example per chunk, chunk c seeded by derive_seed(seed, EVAL_CHUNK, c)."""
+    model, x = vae_and_data
+    assert x.shape[0] < SPLIT_MIN_CHUNKS
+    res = evaluate(model, x, k=9, progress=False, seed=5)
+    log_px, elbo = [], []
+    with torch.no_grad():
+        for c in range(x.shape[0]):
+            torch.manual_seed(derive_seed(5, EVAL_CHUNK, c))
+            log_px.append(importance_sampled_log_prob(model, x[c : c + 1], k=9, batch_size=1)["log_px"])
+            elbo.append(elbo_terms(model, x[c : c + 1], 1)["elbo"])
+    assert res["nll"] == pytest.approx(-torch.cat(log_px).double().mean().item(), rel=1e-6)
+    assert res["elbo"] == pytest.approx(torch.cat(elbo).double().mean().item(), rel=1e-6)
+    assert res["k"] == 9 and res["n"] == 10 and res["log_prob_kind"] == "importance-sampled"
+
+
+def test_a_pure_function_of_model_data_k_and_seed(vae_and_data):
+    model, x = vae_and_data
+    torch.manual_seed(1)
+    state = torch.random.get_rng_state()
+    a = evaluate(model, x, k=5, progress=False, seed=2)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's random state is left alone
+    torch.manual_seed(99)
+    b = evaluate(model, x, k=5, progress=False, seed=2)
+    c = evaluate(model, x, k=5, progress=False, seed=2, batch_size=3)  # the chunking is capped, not the caller's
+    for key in ("nll", "elbo", "rec", "kl", "ess_mean", "active_units", "bpd"):
+        assert a[key] == b[key] == c[key]
+    assert evaluate(model, x, k=5, progress=False, seed=3)["nll"] != a["nll"]
+
+
+def test_bpd_is_the_models_own(vae_and_data):
+    model, x = vae_and_data
+    res = evaluate(model, x, k=3, progress=False)
+    assert res["bpd"] == pytest.approx(model.bits_per_dim(res["nll"]))
+    assert res["bpd"] == pytest.approx(res["nll"] / (16 * math.log(2)))  # binary pixels: no discretisation term
+    table = format_table(res)
+    assert "nll" in table and "bpd" in table and "active_units" in table and f"/ {model.latent_dim}" in table
+
+
+def test_exact_models_report_log_prob():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    m = GaussianMixtureModel(2, (4,), covariance_type="diag", max_iter=5, dtype="float64")
+    m.fit(x)
+    res = evaluate(m, x, progress=False)
+    assert res["log_prob_kind"] == "exact" and res["k"] is None and res["elbo"] is None
+    assert res["nll"] == pytest.approx(-m.log_prob(x).double().mean().item(), rel=1e-9)
+    assert res["bpd"] == pytest.approx(m.bits_per_dim(res["nll"]))

@@ -1,0 +1,158 @@
+"""The importance-sampled log p(x) (Burda et al. 2015): above the ELBO, growing with K, independent
+of the chunking in distribution, consistent (exact pPCA likelihood), and its helpers."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from vaekit.config import build_config
+from vaekit.inference import (
+    DEFAULT_ELEMENT_BUDGET,
+    chunk_sizes,
+    decoder_numel,
+    effective_sample_size,
+    importance_sampled_log_prob,
+    mean_and_stderr,
+)
+from vaekit.models import build_model
+from vaekit.objectives import elbo_terms
+
+
+def small_vae(**over):
+    sets = {"hidden": [32], "latent_dim": 4}
+    sets.update(over)
+    cfg = build_config("dense-mnist", overrides=sets)
+    return build_model(cfg, (1, 6, 6))
+
+
+def binary_data(n=64):
+    g = torch.Generator().manual_seed(1)
+    return torch.bernoulli(torch.rand(n, 1, 6, 6, generator=g) * 0.6 + 0.2, generator=g)
+
+
+def test_importance_sampled_estimate_is_above_elbo_and_grows_with_k():
+    model = small_vae()
+    x = binary_data(64)
+    means = []
+    for k in (1, 10, 100, 1000):
+        torch.manual_seed(0)
+        means.append(importance_sampled_log_prob(model, x, k=k)["log_px"].mean().item())
+    torch.manual_seed(0)
+    elbo = elbo_terms(model, x, L=100)["elbo"].mean().item()
+    assert means[0] == pytest.approx(elbo, abs=0.5)  # k=1 is a one-sample ELBO
+    assert all(b >= a - 0.05 for a, b in zip(means, means[1:])), means
+    assert means[-1] > elbo + 0.1
+
+
+def test_chunking_does_not_change_the_estimate():
+    model = small_vae()
+    x = binary_data(10)
+    torch.manual_seed(3)
+    a = importance_sampled_log_prob(model, x, k=64, batch_size=10, sample_chunk=64)["log_px"]
+    torch.manual_seed(3)
+    b = importance_sampled_log_prob(model, x, k=64, batch_size=10, sample_chunk=64)["log_px"]
+    torch.testing.assert_close(a, b)
+    torch.manual_seed(3)
+    c = importance_sampled_log_prob(model, x, k=64, batch_size=3, sample_chunk=5)["log_px"]
+    # different chunking draws different samples: equal in distribution, close in value
+    assert (a - c).abs().mean() < 0.5
+
+
+def ppca_vae(Dx=5, Dz=2, sigma=0.5, seed=0):
+    """A linear-Gaussian VAE (empty hidden list) set to a known pPCA model."""
+    torch.manual_seed(seed)
+    cfg = build_config(
+        "base",
+        overrides={"hidden": [], "latent_dim": Dz, "likelihood": "gaussian", "variance": "fixed", "fixed_std": sigma},
+    )
+    model = build_model(cfg, (Dx,))
+    W = torch.randn(Dx, Dz)
+    b = torch.randn(Dx)
+    dec = model.decoder.body.net[-1]
+    with torch.no_grad():
+        dec.weight.copy_(W)
+        dec.bias.copy_(b)
+        # encoder: the exact posterior mean map, the diagonal of the posterior covariance
+        S = torch.linalg.inv(torch.eye(Dz) + W.T @ W / sigma**2)
+        A = S @ W.T / sigma**2
+        enc = model.encoder.body.net[-1]
+        enc.weight.zero_()
+        enc.bias.zero_()
+        enc.weight[:Dz] = A
+        enc.bias[:Dz] = -A @ b
+        enc.bias[Dz:] = torch.log(torch.diagonal(S)) + 0.3  # deliberately too wide
+    exact = MultivariateNormal(b, W @ W.T + sigma**2 * torch.eye(Dx))
+    return model, exact
+
+
+def test_importance_sampling_converges_to_exact_ppca_log_likelihood():
+    model, exact = ppca_vae()
+    torch.manual_seed(1)
+    x = exact.sample((50,))
+    truth = exact.log_prob(x)
+    errors = {}
+    for k in (5, 5000):
+        torch.manual_seed(2)
+        errors[k] = (importance_sampled_log_prob(model, x, k=k)["log_px"] - truth).abs()
+    elbo = elbo_terms(model, x, L=1000)["elbo"]
+    gap = (truth - elbo).mean()
+    assert gap > 0.05  # the diagonal, too-wide q leaves a real gap
+    assert errors[5000].max() < 0.03 and errors[5000].mean() < 0.01, errors[5000]
+    assert errors[5000].mean() < errors[5].mean() / 3 < gap
+    assert model.log_prob(x, k=5000).shape == (50,)
+
+
+def test_chunk_sizes_respect_the_budget():
+    for n, k, numel, budget in [(100, 5000, 784, 1 << 22), (3, 10, 36, 360), (50, 4, 36, 36 * 10), (7, 1, 10**6, 100)]:
+        b, s = chunk_sizes(n, k, numel, budget)
+        assert 1 <= b <= n and 1 <= s <= k
+        assert b * s * numel <= max(budget, numel)  # one code always fits, however large
+    assert chunk_sizes(100, 5000, 784) == (1, 5000)  # K=5000 on MNIST: one example, all samples
+    assert chunk_sizes(50, 4, 36, 36 * 10) == (2, 4)  # 10 codes: 4 samples of 2 examples
+
+
+def test_decoder_numel_counts_the_likelihood_activation_factor():
+    model = small_vae()
+    assert decoder_numel(model, (1, 6, 6)) == 36
+    model.decoder.likelihood.activation_factor = 5  # a decoder that is a deep net over x (PixelCNN)
+    assert decoder_numel(model, (1, 6, 6)) == 180
+    x = binary_data(8)
+    seen = []
+    importance_sampled_log_prob(model, x, k=4, element_budget=180 * 8, progress=seen.append)
+    assert seen == [2, 2, 2, 2]  # 8 codes per chunk: 2 examples x 4 samples
+
+
+def test_effective_sample_size():
+    k = 50
+    assert effective_sample_size(torch.zeros(k, 3)).tolist() == pytest.approx([k] * 3)
+    one = torch.full((k, 1), -1e4)
+    one[7] = 0.0
+    assert effective_sample_size(one).item() == pytest.approx(1.0)
+    log_w = torch.randn(k, 4, dtype=torch.float64)
+    w = log_w.exp()
+    torch.testing.assert_close(effective_sample_size(log_w), w.sum(0) ** 2 / (w**2).sum(0))
+    torch.testing.assert_close(effective_sample_size(log_w.T, dim=1), effective_sample_size(log_w))
+
+
+def test_one_sample_is_the_elbo_with_unit_ess():
+    model = small_vae()
+    x = binary_data(6)
+    torch.manual_seed(0)
+    out = importance_sampled_log_prob(model, x, k=1)
+    torch.testing.assert_close(out["log_px"], out["elbo"])
+    torch.testing.assert_close(out["ess"], torch.ones(6))
+    torch.manual_seed(0)
+    many = importance_sampled_log_prob(model, x, k=64, sample_chunk=10)
+    assert (many["ess"] >= 1 - 1e-4).all() and (many["ess"] <= 64 + 1e-3).all()
+    assert (many["log_px"] >= many["elbo"] - 1e-5).all()  # Jensen on the same samples
+
+
+def test_mean_and_stderr():
+    m, se = mean_and_stderr(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert m == pytest.approx(2.5)
+    assert se == pytest.approx(math.sqrt(5 / 3) / 2)  # sample std (n - 1) over sqrt(n)
+    m, se = mean_and_stderr(torch.tensor([7.0]))
+    assert m == 7.0 and math.isnan(se)
+    assert DEFAULT_ELEMENT_BUDGET == 1 << 22

@@ -1,0 +1,55 @@
+"""Inference for trained latent-variable models.
+
+- :mod:`~vaekit.inference.importance`: the importance-sampled log p(x) (Burda et al. 2015), chunked
+  to a memory budget, with the effective sample size and standard errors over examples;
+- :mod:`~vaekit.inference.svi`: per-datapoint SVI and the approximation / amortisation gap
+  decomposition (Cremer et al. 2018), and :class:`PosteriorModel`, a given q(z) with a trained
+  decoder (optionally masked to observed dimensions) for the objectives and the sampler;
+- :mod:`~vaekit.inference.streamed`: the decoder log-likelihood computed block by block on the CPU;
+- :mod:`~vaekit.inference.allocator`: the glibc allocator setting that keeps its memory flat.
+
+Every public name is re-exported here. ``vaekit.inference.svi`` is the *function* :func:`svi`; the
+module is reached as ``from vaekit.inference.svi import ...`` or ``sys.modules``.
+"""
+
+from .allocator import release_large_blocks
+from .importance import (
+    DEFAULT_ELEMENT_BUDGET,
+    chunk_sizes,
+    decoder_numel,
+    effective_sample_size,
+    importance_sampled_log_prob,
+    mean_and_stderr,
+)
+from .streamed import streamed_log_likelihood
+from .svi import (
+    GAP_TERMS,
+    SVI_INITS,
+    MaskedDecoder,
+    MaskedLikelihood,
+    PosteriorModel,
+    format_gap_table,
+    gap_decomposition,
+    posterior_log_prob,
+    svi,
+)
+
+__all__ = [
+    "DEFAULT_ELEMENT_BUDGET",
+    "GAP_TERMS",
+    "SVI_INITS",
+    "MaskedDecoder",
+    "MaskedLikelihood",
+    "PosteriorModel",
+    "chunk_sizes",
+    "decoder_numel",
+    "effective_sample_size",
+    "format_gap_table",
+    "gap_decomposition",
+    "importance_sampled_log_prob",
+    "mean_and_stderr",
+    "posterior_log_prob",
+    "release_large_blocks",
+    "streamed_log_likelihood",
+    "svi",
+]

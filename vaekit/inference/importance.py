@@ -1,0 +1,116 @@
+"""Importance-sampled marginal likelihood (Burda et al. 2015, Sec. 5; Rezende et al. 2014):
+
+    log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k|x),   z_k ~ q(z|x),
+
+computed with logsumexp, vectorised over examples *and* samples, in chunks so memory
+stays bounded whatever K: each chunk evaluates the decoder on (examples x samples)
+codes at once and folds its log-weights into a running logsumexp per example. K = 1
+is the ELBO; the estimate increases in expectation with K and is consistent as K grows.
+
+The effective sample size (sum w)^2 / sum w^2 of the weights (Kong 1992; Owen 2013, Sec. 9.3)
+diagnoses the proposal: near K when q(z|x) is close to the posterior, near 1 when one sample
+dominates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..objectives import log_importance_weights
+from .allocator import release_large_blocks
+
+DEFAULT_ELEMENT_BUDGET = 1 << 22  # decoder outputs per chunk (~16 MiB of float32 per tensor)
+
+
+def chunk_sizes(n_examples: int, k: int, data_numel: int, budget: int = DEFAULT_ELEMENT_BUDGET) -> tuple[int, int]:
+    """(examples per batch, samples per chunk) with batch * chunk * data_numel <= budget.
+
+    Args:
+        n_examples: examples to evaluate; k: importance samples per example.
+        data_numel: numbers the decoder keeps alive per code (see :func:`decoder_numel`).
+        budget: numbers allowed per chunk.
+    """
+    per_code = max(1, data_numel)
+    codes = max(1, budget // per_code)  # decoder evaluations per chunk
+    samples = min(k, codes)
+    examples = max(1, min(n_examples, codes // samples))
+    return examples, samples
+
+
+def decoder_numel(model, data_shape: tuple[int, ...]) -> int:
+    """Numbers the decoder of ``model`` keeps alive per code for one example of ``data_shape``.
+
+    Its output, times the likelihood's ``activation_factor``: more than 1 for decoders that are deep
+    nets over x itself (PixelCNN), whose activations, not the output, bound the memory."""
+    return math.prod(data_shape) * model.decoder.likelihood.activation_factor
+
+
+def effective_sample_size(log_w: Tensor, dim: int = 0) -> Tensor:
+    """(sum_j w_j)^2 / sum_j w_j^2 over ``dim`` of log-weights (e.g. [K, B] -> [B]), in [1, K]."""
+    return (2 * torch.logsumexp(log_w, dim) - torch.logsumexp(2 * log_w, dim)).exp()
+
+
+@torch.no_grad()
+def importance_sampled_log_prob(
+    model,
+    x: Tensor,
+    k: int = 1000,
+    batch_size: int | None = None,
+    sample_chunk: int | None = None,
+    element_budget: int = DEFAULT_ELEMENT_BUDGET,
+    progress=None,
+) -> dict[str, Tensor]:
+    """log p(x) by importance sampling with q(z|x) as proposal.
+
+    Args:
+        model: exposes ``encoder``, ``decoder`` (with ``likelihood`` and ``log_likelihood``) and
+            ``prior``: a model with ``has_latents`` or a :class:`~vaekit.inference.svi.PosteriorModel`.
+        x: data [N, *data_shape] on the model's device.
+        k: importance samples per example (K in the formula above).
+        batch_size, sample_chunk: examples per pass and samples per chunk; by default chosen so
+            that one chunk's decoder output holds at most ``element_budget`` numbers.
+        progress: optional callable(n_done_examples) for progress bars.
+
+    Returns:
+        dict of [N] tensors in nats: ``log_px`` (the K-sample estimate), ``elbo`` (mean log-weight,
+        an unbiased ELBO estimate from the same samples) and ``ess`` (effective sample size
+        (sum w)^2 / sum w^2, a diagnostic of the proposal).
+    """
+    release_large_blocks()
+    N = x.shape[0]
+    auto_b, auto_s = chunk_sizes(N, k, decoder_numel(model, x.shape[1:]), element_budget)
+    B = batch_size or auto_b
+    S = min(k, sample_chunk or auto_s)
+    out = {"log_px": [], "elbo": [], "ess": []}
+    for i in range(0, N, B):
+        xb = x[i : i + B]
+        q = model.encoder(xb)
+        # running logsumexp of w and of w^2 and the sum of log w, per example, in float64
+        lse = torch.full((xb.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
+        lse2 = torch.full_like(lse, -math.inf)
+        total = torch.zeros_like(lse)
+        done = 0
+        while done < k:
+            s = min(S, k - done)
+            log_w = log_importance_weights(model, xb, s, q=q).double()  # [s, b]
+            lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0).to(lse.dtype))
+            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0).to(lse.dtype))
+            total += log_w.sum(0).to(total.dtype)
+            done += s
+        out["log_px"].append((lse - math.log(k)).float())
+        out["elbo"].append((total / k).float())
+        out["ess"].append((2 * lse - lse2).exp().float())  # effective_sample_size from the running sums
+        if progress is not None:
+            progress(xb.shape[0])
+    return {key: torch.cat(v) for key, v in out.items()}
+
+
+def mean_and_stderr(values: Tensor) -> tuple[float, float]:
+    """Mean over examples of ``values`` (any shape, flattened) and its standard error std / sqrt(n)."""
+    v = values.double()
+    n = v.numel()
+    se = v.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+    return v.mean().item(), se
