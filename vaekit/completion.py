@@ -13,7 +13,7 @@ from a proposal r(z):
 - ``importance``: r = the encoder's q(z | x ⊙ m) (missing pixels set to 0; the weights
   correct for the encoder never having seen masked inputs);
 - ``svi``: r = a Gaussian fitted by SVI to the ELBO of the observed part only (semi-amortised,
-  started from the encoder's output; see ``vaekit.inference.svi``).
+  started from the encoder's output; see ``vaekit.inference.variational``).
 
 Weights w_j = p(x_o|z_j) p(z_j) / r(z_j); completions resample z from the weighted set
 (sampling-importance-resampling, Rubin 1988) and draw x_u ~ p(x_u|z); observed pixels are

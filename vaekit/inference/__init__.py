@@ -2,14 +2,13 @@
 
 - :mod:`~vaekit.inference.importance`: the importance-sampled log p(x) (Burda et al. 2015), chunked
   to a memory budget, with the effective sample size and standard errors over examples;
-- :mod:`~vaekit.inference.svi`: per-datapoint SVI and the approximation / amortisation gap
+- :mod:`~vaekit.inference.variational`: per-datapoint SVI and the approximation / amortisation gap
   decomposition (Cremer et al. 2018), and :class:`PosteriorModel`, a given q(z) with a trained
   decoder (optionally masked to observed dimensions) for the objectives and the sampler;
 - :mod:`~vaekit.inference.streamed`: the decoder log-likelihood computed block by block on the CPU;
 - :mod:`~vaekit.inference.allocator`: the glibc allocator setting that keeps its memory flat.
 
-Every public name is re-exported here. ``vaekit.inference.svi`` is the *function* :func:`svi`; the
-module is reached as ``from vaekit.inference.svi import ...`` or ``sys.modules``.
+Every public name is re-exported here.
 """
 
 from .allocator import release_large_blocks
@@ -22,7 +21,7 @@ from .importance import (
     mean_and_stderr,
 )
 from .streamed import streamed_log_likelihood
-from .svi import (
+from .variational import (
     GAP_TERMS,
     SVI_INITS,
     MaskedDecoder,

@@ -67,7 +67,7 @@ def importance_sampled_log_prob(
 
     Args:
         model: exposes ``encoder``, ``decoder`` (with ``likelihood`` and ``log_likelihood``) and
-            ``prior``: a model with ``has_latents`` or a :class:`~vaekit.inference.svi.PosteriorModel`.
+            ``prior``: a model with ``has_latents`` or a :class:`~vaekit.inference.variational.PosteriorModel`.
         x: data [N, *data_shape] on the model's device.
         k: importance samples per example (K in the formula above).
         batch_size, sample_chunk: examples per pass and samples per chunk; by default chosen so

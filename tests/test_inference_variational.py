@@ -1,5 +1,5 @@
 """Per-datapoint SVI, semi-amortised SVI, the gap decomposition, the posterior stand-in model and the
-masked decoder (vaekit.inference.svi), and the VAE mixture priors."""
+masked decoder (vaekit.inference.variational), and the VAE mixture priors."""
 
 import pytest
 import torch
