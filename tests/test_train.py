@@ -10,7 +10,20 @@ import vaekit
 from vaekit import checkpoint as ckpt
 from vaekit.config import build_config
 from vaekit.errors import CheckpointError, VaekitError
-from vaekit.train import TrainingDiverged, epoch_permutation, learning_rate, train
+from vaekit.models import build_model
+from vaekit.train import (
+    LogWindow,
+    ShardedData,
+    TrainingDiverged,
+    batch_preparer,
+    build_learner,
+    epoch_permutation,
+    learning_rate,
+    seed_device,
+    shard_seed,
+    train,
+    train_step,
+)
 
 
 def digits():
@@ -123,20 +136,6 @@ def test_nan_steps_are_skipped_then_the_run_stops_naming_the_term(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
-    target = tmp_path / "f.bin"
-    ckpt.atomic_write(target, lambda f: f.write(b"old"))
-
-    def failing(f):
-        f.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(OSError):
-        ckpt.atomic_write(target, failing)
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left behind
-
-
 def test_schedule_and_permutation_are_pure_functions():
     assert learning_rate(0, 100, 1.0, "constant", 10) == pytest.approx(0.1)
     assert learning_rate(10, 100, 1.0, "cosine", 10) == pytest.approx(1.0)
@@ -164,3 +163,77 @@ def test_channels_last_training_matches_the_default_layout(tmp_path):
     a, b = state_of(tmp_path / "a")["model"], state_of(tmp_path / "b")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k].contiguous(), rtol=1e-4, atol=1e-5)
+
+
+def one_step_setup(**over):
+    cfg = cfg_for(hidden=[16], latent_dim=2, **over)
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 8, 8))
+    return cfg, model, build_learner(model, cfg.train, torch.device("cpu"))
+
+
+def test_train_step_applies_a_finite_step_and_updates_the_ema():
+    cfg, model, learner = one_step_setup(ema=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.bernoulli(torch.rand(2, 10, 1, 8, 8))
+    prepare = batch_preparer(None, False, torch.device("cpu"))
+    res = train_step(learner, [(0, x[0]), (1, x[1])], 20, step=0, lr=1e-2, tc=cfg.train, prepare=prepare)
+    assert res.ok and res.bad_terms == [] and res.grad_norm > 0
+    assert learner.opt.param_groups[0]["lr"] == 1e-2
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert int(learner.ema.n_averaged) == 1
+    # the logged terms are the per-example sums over the global batch of 20, divided by 20,
+    # with each shard's noise seeded by its own seed
+    with torch.no_grad():
+        model.load_state_dict(before)
+        total = 0.0
+        for s, xb in ((0, x[0]), (1, x[1])):
+            seed_device(shard_seed(cfg.train.seed, 0, s), torch.device("cpu"))
+            total += float(model.loss(xb, step=0)["loss"].sum())
+    assert res.sums["loss"] == pytest.approx(total / 20, rel=1e-5)
+
+
+def test_train_step_skips_a_non_finite_step_naming_the_term():
+    cfg, model, learner = one_step_setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.bernoulli(torch.rand(10, 1, 8, 8))
+    x[3] = float("nan")
+    prepare = batch_preparer(None, False, torch.device("cpu"))
+    res = train_step(learner, [(0, x)], 10, step=0, lr=1e-2, tc=cfg.train, prepare=prepare)
+    assert not res.ok and "rec" in res.bad_terms and res.grad_norm != res.grad_norm  # NaN
+    for k, v in model.state_dict().items():
+        assert torch.equal(before[k], v)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sharded_data_deals_every_example_once_per_epoch():
+    x = torch.arange(23.0).view(23, 1)
+    data = ShardedData(x, shards=3, batch_size=6, seed=1, device=torch.device("cpu"))
+    assert data.steps_per_epoch == 4
+    seen, batch_sizes = [], []
+    for step in range(4, 8):  # the second epoch
+        batches, global_batch = data.batches(step)
+        assert [s for s, _ in batches] == [0, 1, 2]  # one process holds every shard
+        assert global_batch == sum(xb.shape[0] for _, xb in batches)
+        for s, xb in batches:
+            assert all(int(v) % 3 == s for v in xb.flatten())  # shard s is examples s, s+3, ...
+            seen += xb.flatten().tolist()
+        batch_sizes.append(global_batch)
+    assert sorted(seen) == list(range(23)) and max(batch_sizes) - min(batch_sizes) <= 3
+    assert not torch.equal(data.batches(0)[0][0][1], data.batches(4)[0][0][1])  # a new order per epoch
+    with pytest.raises(VaekitError, match="too small for 3 data shards"):
+        ShardedData(x[:5], shards=3, batch_size=1, seed=1, device=torch.device("cpu"))
+
+
+def test_log_window_carries_its_sums_across_a_resume():
+    window = LogWindow({"sums": {"loss": 6.0}, "n": 2})  # two steps logged before the checkpoint
+    window.add({"loss": 3.0, "kl": 1.0}, global_batch=10)
+    rec = window.flush()
+    assert rec["loss"] == pytest.approx(3.0) and rec["kl"] == pytest.approx(1 / 3) and rec["examples_per_s"] > 0
+    assert window.n == 0 and window.sums == {}
+
+
+def test_seeds_are_pure_functions_of_step_and_shard():
+    assert shard_seed(7, 3, 1) == shard_seed(7, 3, 1)
+    seeds = {shard_seed(7, t, s) for t in range(50) for s in range(4)} | {shard_seed(8, 0, 0)}
+    assert len(seeds) == 201 and all(0 <= v < 2**63 for v in seeds)

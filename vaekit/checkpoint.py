@@ -4,7 +4,9 @@ A run folder holds ``config.yaml`` (the resolved config, for people), ``metrics.
 TensorBoard events, pictures, and ``checkpoints/step-XXXXXXXX.pt``. Each checkpoint is a
 plain dict of tensors and primitives: the model's ``state_dict`` (every piece of model
 state is a parameter or buffer), the optimiser's, the EMA weights, the step, and the
-resolved config, so a run can be resumed or evaluated from a checkpoint alone.
+resolved config (:func:`training_state` builds it), so a run can be resumed
+(:func:`restore_training_state`) or evaluated from a checkpoint alone. A new run folder is made
+by :func:`create_run`.
 
 Writes are atomic: the bytes go to a temporary file in the same folder, are flushed and
 fsync'ed, then ``os.replace``'d onto the final name, so a run killed at any moment (or a
@@ -40,9 +42,14 @@ import zipfile
 from pathlib import Path
 
 import torch
+import yaml
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
+from . import __version__, distributed
 from .config import Config
 from .errors import CheckpointError, ConfigError
+from .models import build_model
 
 CKPT_DIR = "checkpoints"
 CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
@@ -137,6 +144,93 @@ def create_run_dir(run_dir: str | Path, populate) -> None:
             what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
             raise CheckpointError(f"cannot create the run folder {run_dir} ({what})") from None
         raise
+
+
+def write_config(run_dir: str | Path, cfg: Config) -> None:
+    """``run_dir/config.yaml``: the resolved config, for people (the checkpoints hold their own copy)."""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
+    atomic_write(Path(run_dir) / "config.yaml", lambda f: f.write(text))
+
+
+def create_run(run_dir: str | Path, cfg: Config, state: dict, metrics: str = "") -> None:
+    """A new run folder holding ``config.yaml``, ``metrics.jsonl`` (the lines ``metrics``) and the
+    checkpoint ``state``, appearing in one rename (:func:`create_run_dir`)."""
+
+    def populate(folder: Path) -> None:
+        write_config(folder, cfg)
+        atomic_write(folder / "metrics.jsonl", lambda f: f.write(metrics.encode()))
+        save_checkpoint(folder, state)
+
+    create_run_dir(run_dir, populate)
+
+
+def training_state(
+    step: int,
+    model: nn.Module,
+    cfg: Config,
+    data_shape: tuple[int, ...],
+    *,
+    epoch: int = 1,
+    bad_steps: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: AveragedModel | None = None,
+    shards: int = 1,
+    world_size: int = 1,
+    log_window: dict | None = None,
+) -> dict:
+    """The dict every checkpoint holds, for gradient training and closed-form fits alike.
+
+    Args:
+        step: optimisation steps done (EM: iterations); names the file.
+        model, optimizer, ema: saved as their ``state_dict``; the EMA also as its count ``ema_n``.
+        cfg: the resolved config, from which :func:`model_from_state` rebuilds the model.
+        data_shape: the shape of one example, e.g. [C, H, W].
+        epoch: the epoch ``step`` falls in (informational).
+        bad_steps: non-finite steps skipped so far.
+        shards: the run's data shards; world_size: the processes that wrote it (informational).
+        log_window: ``{"sums": {term: global sum}, "n": steps}`` of the steps since the last log
+            line, so that a resumed run logs the same means.
+    """
+    return {
+        "step": int(step),
+        "epoch": int(epoch),
+        "bad_steps": int(bad_steps),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "ema_n": int(ema.n_averaged) if ema is not None else 0,
+        "config": cfg.to_dict(),
+        "data_shape": list(data_shape),
+        "shards": int(shards),
+        "world_size": int(world_size),
+        "log_window": log_window if log_window is not None else {"sums": {}, "n": 0},
+        "vaekit_version": __version__,
+    }
+
+
+def restore_training_state(
+    state: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: AveragedModel | None,
+    where: str | Path,
+) -> None:
+    """Load a :func:`training_state` (or an older checkpoint's) into ``model``, ``optimizer`` and ``ema``.
+
+    A run saved without EMA resumes with the EMA starting from the current weights. Raises a
+    one-line :class:`CheckpointError` naming ``where`` when the state does not fit the model.
+    """
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+            ema.n_averaged.fill_(int(state.get("ema_n", 1)))
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"the checkpoint of {where} does not fit the model its config describes ({why})"
+        ) from None
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -295,8 +389,6 @@ def load_model(path: str | Path, device="cpu", ema: bool = True):
 
 def model_from_state(state: dict, device="cpu", ema: bool = True):
     """``(model, config)`` rebuilt from a loaded checkpoint dict, in eval mode on ``device``."""
-    from .models import build_model
-
     cfg = config_of(state)
     model = build_model(cfg, tuple(state["data_shape"]))
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
@@ -316,7 +408,6 @@ def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = T
     Returns ``(model, config, state)``; ``device=None`` skips building the model. ``missing``
     replaces the error message for a path that holds no checkpoint at all.
     """
-    from . import distributed
 
     def locate() -> tuple[Path, dict]:
         p = Path(path)

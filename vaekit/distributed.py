@@ -188,11 +188,6 @@ def broadcast_bytes(data: bytes | None) -> bytes:
     return bytes(buf.cpu().numpy().tobytes())
 
 
-def barrier() -> None:
-    if active():
-        _dist().barrier()
-
-
 def agree(fn, *args, **kwargs):
     """Run ``fn`` on rank 0 only; every rank returns its (JSON-able) result or raises its error.
 

@@ -2,7 +2,9 @@
 
 It knows only ``model.loss(x, step) -> dict`` of per-example terms (``loss`` is minimised,
 the rest are logged) and, for models fitted in closed form (the Gaussian mixture's EM),
-``model.fit(x)``. Everything else is bookkeeping a researcher expects:
+``model.fit(x)``. :func:`train` runs a short loop (``_loop``) over :func:`train_step`, which
+does one optimisation step on this process's shards of the global batch. Everything else is
+bookkeeping a researcher expects:
 
 - the whole training set is one tensor on the device; a batch is an index slice of a
   per-epoch permutation, optionally binarised afresh (dynamic binarisation);
@@ -15,7 +17,8 @@ the rest are logged) and, for models fitted in closed form (the Gaussian mixture
   sample grids;
 - checkpoints written atomically (see ``vaekit.checkpoint``) every ``ckpt_every`` steps and
   at every epoch end; ``resume`` continues exactly: all randomness of step ``t`` (batch order,
-  binarisation, reparameterisation noise) is a pure function of (seed, t), so a resumed run
+  binarisation, reparameterisation noise) is a pure function of (seed, t), derived by
+  :func:`vaekit.seeding.derive_seed` (streams STEP, EPOCH, EPOCH_EVAL), so a resumed run
   replays the same steps as an uninterrupted one;
 - distributed data parallel under torchrun (``vaekit.distributed``, PyTorch's
   ``DistributedDataParallel``), laid out so that the run does not depend on how many
@@ -47,18 +50,24 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .config import Config
+from .config import Config, TrainConfig
 from .errors import CheckpointError, VaekitError
+from .evaluate import evaluate
 from .models import build_model
+from .models.base import GenerativeModel
 from .nets.conv import autocast, channels_last_input, maybe_compile, to_channels_last
+from .seeding import EPOCH, EPOCH_EVAL, STEP, derive_seed
 
 
 class TrainingDiverged(VaekitError):
@@ -85,42 +94,28 @@ def learning_rate(step: int, total_steps: int, lr: float, schedule: str = "const
     return lr * (1.0 - progress)  # linear
 
 
-def step_seed(seed: int, step: int) -> int:
-    """The seed of all randomness at training step ``step`` (a pure function)."""
-    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
-
-
-def seed_device(seed: int, device: torch.device) -> None:
-    """Seed the global generator of ``device`` only (the step's reparameterisation noise).
-
-    ``torch.manual_seed`` also queues lazy seeding of every accelerator backend, recording a
-    stack trace for each: about 0.5 ms per call, 3-4% of a dense-mnist CPU step.
-    """
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
-
-
-def epoch_permutation(n: int, seed: int, epoch: int, device) -> Tensor:
-    """The batch order of ``epoch``: a permutation of range(n), a pure function of (seed, epoch)."""
-    g = torch.Generator().manual_seed(step_seed(seed, -1 - epoch))
-    return torch.randperm(n, generator=g).to(device)
-
-
-def _mix(seed: int, shard: int) -> int:
-    return (seed * 6_364_136_223_846_793_005 + shard * 1_442_695_040_888_963_407) % (2**63 - 1)
+# --- seeds and data shards (pure functions of the run's seed: see the module docstring) -------
 
 
 def shard_seed(seed: int, step: int, shard: int) -> int:
-    """The seed of shard ``shard``'s randomness at ``step``; shard 0's is :func:`step_seed`."""
-    base = step_seed(seed, step)
-    return base if shard == 0 else _mix(base, shard)
+    """The seed of shard ``shard``'s randomness (binarisation, reparameterisation) at ``step``."""
+    return derive_seed(seed, STEP, step, shard)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of all randomness at ``step`` of a single-shard run (shard 0's :func:`shard_seed`)."""
+    return shard_seed(seed, step, 0)
 
 
 def shard_permutation(n: int, seed: int, epoch: int, shard: int, device) -> Tensor:
-    """Batch order of shard ``shard`` (``n`` examples) in ``epoch``; shard 0's is :func:`epoch_permutation`."""
-    return epoch_permutation(n, seed if shard == 0 else _mix(seed, shard), epoch, device)
+    """Batch order of shard ``shard`` (``n`` examples) in ``epoch``: a permutation of range(n)."""
+    g = torch.Generator().manual_seed(derive_seed(seed, EPOCH, epoch, shard))
+    return torch.randperm(n, generator=g).to(device)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device) -> Tensor:
+    """The batch order of ``epoch`` in a single-shard run (shard 0's :func:`shard_permutation`)."""
+    return shard_permutation(n, seed, epoch, 0, device)
 
 
 def shard_size(n: int, shards: int, shard: int) -> int:
@@ -137,35 +132,117 @@ def shard_slice(n_shard: int, steps_per_epoch: int, i: int) -> tuple[int, int]:
     return i * n_shard // steps_per_epoch, (i + 1) * n_shard // steps_per_epoch
 
 
-class MetricsLog:
-    """Append-only ``metrics.jsonl``; on resume, lines after the checkpoint's step are dropped."""
+def seed_device(seed: int, device: torch.device) -> None:
+    """Seed the global generator of ``device`` only (the step's reparameterisation noise).
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.exists():
-            keep = []
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a kill
-                if rec.get("step", 0) <= resume_step:
-                    keep.append(line)
-            ckpt.atomic_write(path, lambda f: f.write("".join(l + "\n" for l in keep).encode()))
-        elif resume_step is None:
-            path.write_text("")
-        self.f = open(path, "a")
+    ``torch.manual_seed`` also queues lazy seeding of every accelerator backend, recording a
+    stack trace for each: about 0.5 ms per call, 3-4% of a dense-mnist CPU step.
+    """
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
-    def write(self, record: dict) -> None:
-        try:
-            self.f.write(json.dumps(record) + "\n")
-            self.f.flush()
-        except OSError as e:
-            what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise VaekitError(f"cannot write {self.path} ({what}); the run resumes from its last checkpoint") from None
 
-    def close(self) -> None:
-        self.f.close()
+class ShardedData:
+    """This process's shards of the training set, on its device, and the slice each gives per step.
+
+    Process ``r`` of ``W`` keeps shards ``r, r+W, ...`` of ``shards``; the rest of ``x`` is not kept.
+    """
+
+    def __init__(self, x: Tensor, shards: int, batch_size: int, seed: int, device: torch.device):
+        N, W = x.shape[0], distributed.world_size()
+        steps_per_epoch = math.ceil(N / batch_size)
+        if shards < 1:
+            raise VaekitError(f"shards must be positive; got {shards}")
+        if N // shards < steps_per_epoch:
+            raise VaekitError(
+                f"train.batch_size={batch_size} is too small for {shards} data shards of "
+                f"{N} examples: each shard needs an example every step (use a batch of at "
+                f"least {shards * 2} or fewer processes)"
+            )
+        self.shards, self.steps_per_epoch, self.seed = shards, steps_per_epoch, seed
+        self.sizes = [shard_size(N, shards, s) for s in range(shards)]
+        self.x = {s: x[s::shards].to(device) for s in range(distributed.rank(), shards, W)}
+        self._epoch, self._perms = -1, {}
+
+    def batches(self, step: int) -> tuple[list[tuple[int, Tensor]], int]:
+        """``([(shard, examples [b_s, ...]) for this process's shards], global batch size)`` of ``step``."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._perms = {
+                s: shard_permutation(self.sizes[s], self.seed, epoch, s, x.device) for s, x in self.x.items()
+            }
+            self._epoch = epoch
+        bounds = [shard_slice(n, self.steps_per_epoch, i) for n in self.sizes]
+        mine = [(s, x[self._perms[s][bounds[s][0] : bounds[s][1]]]) for s, x in self.x.items()]
+        return mine, sum(hi - lo for lo, hi in bounds)
+
+
+# --- one optimisation step ---------------------------------------------------------------------
+
+
+class _LossModule(nn.Module):
+    """``forward(x, step) = model.loss(x, step)``: what DistributedDataParallel wraps, since DDP
+    synchronises gradients only for computations that go through ``forward``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, step: int) -> dict:
+        return self.model.loss(x, step=step)
+
+
+@dataclass
+class Learner:
+    """What an optimisation step updates: the model, the net its forwards go through (the model's
+    loss, wrapped in DistributedDataParallel on several processes), AdamW and the optional EMA."""
+
+    model: GenerativeModel
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    ema: AveragedModel | None
+    synced: bool  # every process holds rank 0's weights (False until the first step under DDP)
+
+    @property
+    def eval_model(self) -> GenerativeModel:
+        """The weights evaluations use: the EMA's when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_learner(model: GenerativeModel, tc: TrainConfig, device: torch.device) -> Learner:
+    """AdamW (fused where it can be) and, when ``tc.ema > 0``, an EMA of the weights and buffers."""
+    # the fused kernel updates all parameters in one pass instead of a per-tensor loop
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True) if tc.ema > 0 else None
+    return Learner(model, _LossModule(model), opt, ema, synced=distributed.world_size() == 1)
+
+
+def distribute(learner: Learner, shards: int, device: torch.device) -> None:
+    """Wrap the learner's net in DistributedDataParallel when several processes train."""
+    if distributed.world_size() == 1:
+        return
+    # buffers are broadcast from rank 0 at every forward only when every process runs the same
+    # number of forwards per step (shards divisible by processes); otherwise the counts would not match
+    sync = shards % distributed.world_size() == 0
+    params = inspect.signature(DistributedDataParallel).parameters
+    kw = {"forward_sync_buffers": sync} if "forward_sync_buffers" in params else {"broadcast_buffers": sync}
+    learner.net = DistributedDataParallel(
+        learner.net, device_ids=[device.index] if device.type == "cuda" else None, **kw
+    )
+
+
+@dataclass
+class StepResult:
+    """What the loop logs of one step."""
+
+    ok: bool  # the step was applied (its loss and gradient norm were finite on every process)
+    grad_norm: float  # before clipping; NaN for a skipped step
+    sums: dict[str, float]  # per-example term -> this process's sum over its examples / global batch
+    bad_terms: list[str]  # terms that were non-finite on some process
+    shown_loss: float  # mean loss of this process's examples, for the progress bar
 
 
 TERM_NAMES = {"rec": "reconstruction (rec)", "kl": "KL (kl)", "logdet": "logdet"}  # root terms
@@ -184,26 +261,265 @@ def _blame(bad_keys: list[str]) -> str:
     return ", ".join(bad_keys) if bad_keys else "the gradient (loss finite)"
 
 
-class _LossModule(nn.Module):
-    """``forward(x, step) = model.loss(x, step)``: what DistributedDataParallel wraps, since DDP
-    synchronises gradients only for computations that go through ``forward``."""
+def _vote(bad: bool, bad_keys: set[str], terms: list[str]) -> tuple[bool, set[str]]:
+    """One verdict for all processes: the step is bad everywhere if any process saw NaN/inf."""
+    if distributed.world_size() == 1:
+        return bad, bad_keys
+    flags = torch.tensor([float(bad)] + [float(k in bad_keys) for k in terms], dtype=torch.float64)
+    flags = distributed.all_reduce_sum(flags)
+    return bool(flags[0] > 0), {k for k, f in zip(terms, flags[1:].tolist()) if f > 0}
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
 
-    def forward(self, x: Tensor, step: int) -> dict:
-        return self.model.loss(x, step=step)
+def train_step(
+    learner: Learner,
+    batches: list[tuple[int, Tensor]],
+    global_batch: int,
+    step: int,
+    lr: float,
+    tc: TrainConfig,
+    prepare: Callable[[Tensor, int], Tensor],
+) -> StepResult:
+    """One optimisation step on this process's ``batches`` (``[(shard, examples)]``).
+
+    The loss is the per-example losses summed over the global batch of ``global_batch``
+    examples and divided by it; DDP averages gradients over the ``W`` processes, so each scales
+    its share by ``W``. ``prepare(x, seed)`` seeds the step's noise and transforms a batch. A
+    step whose loss (on any process) or gradient norm is non-finite is skipped on every process.
+    """
+    model, net, opt, W = learner.model, learner.net, learner.opt, distributed.world_size()
+    for g in opt.param_groups:
+        g["lr"] = lr
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    bad, bad_keys, sums, shown, n_local, loss = False, set(), {}, 0.0, 0, None
+    for j, (s, xb) in enumerate(batches):
+        xb = prepare(xb, shard_seed(tc.seed, step, s))
+        final = j == len(batches) - 1
+        # every process runs all its forwards, even after a bad one, so that the collectives
+        # inside DDP's forward stay matched across processes
+        with net.no_sync() if W > 1 and not final else contextlib.nullcontext():
+            with autocast(xb.device, tc.amp):
+                out = net(xb, step)
+            loss = out["loss"].sum() * (W / global_batch)
+            if not bool(torch.isfinite(loss)):
+                bad = True
+                bad_keys.update(_nonfinite_terms(out))
+            elif not final and not bad:
+                loss.backward()  # accumulates locally (no_sync); the final backward syncs
+        shown += float(out["loss"].detach().sum())
+        n_local += xb.shape[0]
+        for k, v in out.items():
+            if isinstance(v, Tensor) and v.dim() == 1:
+                sums[k] = sums.get(k, 0.0) + float(v.detach().sum()) / global_batch
+    bad, bad_keys = _vote(bad, bad_keys, sorted(sums))
+    grad_norm = float("nan")
+    if not bad:
+        loss.backward()  # on every process or none: DDP all-reduces the gradients here
+        clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))  # same on every process
+        bad = not math.isfinite(grad_norm)
+    if bad:
+        opt.zero_grad(set_to_none=True)
+    else:
+        opt.step()
+        if learner.ema is not None:
+            learner.ema.update_parameters(model)
+        if not learner.synced:  # data-dependent initialisation (ActNorm) saw different batches
+            distributed.broadcast_module_state(model)
+            if learner.ema is not None:
+                distributed.broadcast_module_state(learner.ema)
+            learner.synced = True
+    return StepResult(not bad, grad_norm, sums, sorted(bad_keys), shown / max(n_local, 1))
+
+
+def batch_preparer(
+    transform: Callable[[Tensor, torch.Generator], Tensor] | None, channels_last: bool, device: torch.device
+) -> Callable[[Tensor, int], Tensor]:
+    """``prepare(x, seed)``: seed the device's generator (the model's noise) and the transform's
+    generator with ``seed``, transform ``x`` (dynamic binarisation) and set its memory layout."""
+    gen = torch.Generator(device=device)
+
+    def prepare(x: Tensor, seed: int) -> Tensor:
+        seed_device(seed, device)
+        gen.manual_seed(seed)
+        if transform is not None:
+            x = transform(x, gen)
+        return channels_last_input(x, channels_last)
+
+    return prepare
+
+
+# --- logging -----------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; on resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a kill
+                if rec.get("step", 0) <= resume_step:
+                    keep.append(line)
+            ckpt.atomic_write(path, lambda f: f.write("".join(l + "\n" for l in keep).encode()))
+        self.f = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        try:
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
+        except OSError as e:
+            what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise VaekitError(f"cannot write {self.path} ({what}); the run resumes from its last checkpoint") from None
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class LogWindow:
+    """Metric sums of the steps since the last log line; saved in checkpoints so that a resumed
+    run logs the same means. Under DDP each process holds its share of each sum, and a resumed
+    window's (global) sums go to rank 0 alone."""
+
+    def __init__(self, saved: dict | None = None):
+        saved = saved or {}
+        main = distributed.is_main()
+        self.sums = {k: float(v) if main else 0.0 for k, v in (saved.get("sums") or {}).items()}
+        self.n = int(saved.get("n", 0))
+        self.examples, self.t0 = 0, time.perf_counter()  # examples_per_s counts from this process's start
+
+    def add(self, sums: dict[str, float], global_batch: int) -> None:
+        for k, v in sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+        self.examples += global_batch
+
+    def global_sums(self) -> dict[str, float]:
+        """The sums over all processes (a collective: every process calls it)."""
+        keys = sorted(self.sums)
+        if distributed.world_size() == 1 or not keys:
+            return dict(self.sums)
+        tot = distributed.all_reduce_sum(torch.tensor([self.sums[k] for k in keys], dtype=torch.float64))
+        return dict(zip(keys, tot.tolist()))
+
+    def flush(self) -> dict[str, float]:
+        """Global means and throughput of the window, which then starts afresh (a collective)."""
+        sums, dt = self.global_sums(), time.perf_counter() - self.t0
+        rec = {"examples_per_s": self.examples / max(dt, 1e-9), **{k: v / self.n for k, v in sorted(sums.items())}}
+        self.sums, self.n, self.examples, self.t0 = {}, 0, 0, time.perf_counter()
+        return rec
 
 
 def _tensorboard(run_dir: Path, enabled: bool):
     if not enabled:
         return None
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: scalars still go to metrics.jsonl
+        from torch.utils.tensorboard import SummaryWriter  # optional: scalars still go to metrics.jsonl
+    except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tb"))
+
+
+def _epoch_bar(bar, epoch: int, i: int, steps_per_epoch: int, epochs: int, enabled: bool):
+    """A fresh tqdm bar for ``epoch`` (closing the previous one), starting at its step ``i``."""
+    if bar is not None:
+        bar.close()
+    return tqdm(
+        total=steps_per_epoch,
+        initial=i,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        disable=not enabled,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+
+
+def _write_record(log: MetricsLog | None, tb, rec: dict) -> None:
+    """A training record to ``metrics.jsonl`` and its scalars to TensorBoard (rank 0 holds both)."""
+    if log is not None:
+        log.write(rec)
+    if tb is not None:
+        for k, v in rec.items():
+            if k not in ("step", "epoch"):
+                tb.add_scalar(f"train/{k}", v, rec["step"])
+
+
+@torch.no_grad()
+def _epoch_eval(model, test_x: Tensor, tc: TrainConfig, step: int, epoch: int, log: MetricsLog | None, tb) -> dict:
+    """Test ELBO and a quick IS-NLL on the ``eval_n`` test examples ``test_x``.
+
+    The examples are split over the processes and the per-example results all-gathered, with
+    noise seeded per chunk of examples, so every process count reports the same numbers.
+    """
+    model.eval()
+    res = evaluate(model, test_x, k=tc.eval_k, progress=False, seed=derive_seed(tc.seed, EPOCH_EVAL, step))
+    rec = {
+        "step": step,
+        "epoch": epoch,
+        "test_nll": res["nll"],
+        "test_elbo": res.get("elbo"),
+        "test_kl": res.get("kl"),
+        "test_k": tc.eval_k,
+        "test_n": int(test_x.shape[0]),
+    }
+    if log is not None:
+        log.write(rec)
+    if tb is not None:
+        for k in ("test_nll", "test_elbo", "test_kl"):
+            if rec[k] is not None:
+                tb.add_scalar(f"test/{k[5:]}", rec[k], step)
+        try:
+            samples = model.sample(16).clamp(0, 1)
+            if samples.dim() == 4:
+                tb.add_images("samples", samples, step)
+        except NotImplementedError:
+            pass
+    return rec
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A gradient-trained run: what its loop needs and what its checkpoints save."""
+
+    cfg: Config
+    run_dir: Path
+    data_shape: tuple[int, ...]
+    learner: Learner
+    data: ShardedData
+    window: LogWindow
+    step: int = 0
+    bad_steps: int = 0
+
+    def state(self, log_window: dict | None = None) -> dict:
+        """The checkpoint of the run at its current step."""
+        learner = self.learner
+        return ckpt.training_state(
+            self.step,
+            learner.model,
+            self.cfg,
+            self.data_shape,
+            epoch=self.step // self.data.steps_per_epoch,
+            bad_steps=self.bad_steps,
+            optimizer=learner.opt,
+            ema=learner.ema,
+            shards=self.data.shards,
+            world_size=distributed.world_size(),
+            log_window=log_window,
+        )
+
+    def save(self) -> None:
+        """Write a checkpoint (rank 0); every process calls it, for the log window's all-reduce."""
+        log_window = {"sums": self.window.global_sums(), "n": self.window.n}
+        distributed.agree(lambda: ckpt.save_checkpoint(self.run_dir, self.state(log_window)) and None)
 
 
 def train(
@@ -233,6 +549,7 @@ def train(
             binarisation); the generator is seeded per step so resumes replay it exactly.
         resume: continue from the newest good checkpoint in ``run_dir``.
         max_steps: stop after this global step (for tests and time-boxed runs).
+        data_shape: the shape of one example (default ``train_x.shape[1:]``).
         shards: data shards of a new run (default: the number of processes); see the module
             docstring. A resumed run keeps its own.
     """
@@ -241,6 +558,115 @@ def train(
         return _train(
             cfg, Path(run_dir), train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device
         )
+
+
+def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device) -> dict:
+    tc = cfg.train
+    data_shape = tuple(data_shape or train_x.shape[1:])
+    if train_x.shape[0] == 0:
+        raise VaekitError("the training set is empty")
+    state = _resume_state(run_dir, resume)
+
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, data_shape).to(device)  # before the run folder exists: bad configs leave none
+    to_channels_last(model, cfg.model.channels_last)
+    maybe_compile(model, cfg.model.compile)
+    if model.fitted_in_closed_form:  # EM: no gradient steps
+        test_x = test_x.to(device) if test_x is not None else None
+        return _fit_closed_form(model, cfg, run_dir, train_x.to(device), test_x, data_shape, progress)
+
+    run = _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device)
+    del state
+    distributed.agree(_open_run_folder, run, resume)
+    eval_x = test_x[: tc.eval_n].to(device) if test_x is not None and tc.eval_k > 0 else None
+    total = run.data.steps_per_epoch * tc.epochs
+    last = min(total, max_steps) if max_steps is not None else total
+    prepare = batch_preparer(transform, cfg.model.channels_last, device)
+    return _loop(run, eval_x, prepare, last, progress, resume)
+
+
+def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, resume: bool) -> dict:
+    """Steps ``run.step + 1 .. last``: log every ``log_every``, evaluate at every epoch end,
+    checkpoint at every epoch end, every ``ckpt_every`` steps and at ``last``."""
+    tc, main, spe = run.cfg.train, distributed.is_main(), run.data.steps_per_epoch
+    log = MetricsLog(run.run_dir / "metrics.jsonl", run.step if resume else None) if main else None
+    tb = _tensorboard(run.run_dir, tc.tensorboard) if main else None
+    bar, summary, consecutive_bad = None, {}, 0
+    try:
+        while run.step < last:
+            step = run.step
+            epoch, i = divmod(step, spe)
+            if bar is None or i == 0:
+                bar = _epoch_bar(bar, epoch, i, spe, tc.epochs, progress and main)
+            batches, global_batch = run.data.batches(step)
+            lr = learning_rate(step, spe * tc.epochs, tc.lr, tc.schedule, tc.lr_warmup_steps)
+            res = train_step(run.learner, batches, global_batch, step, lr, tc, prepare)
+            if res.ok:
+                consecutive_bad = 0
+            else:
+                run.bad_steps, consecutive_bad = run.bad_steps + 1, consecutive_bad + 1
+                if consecutive_bad >= tc.max_bad_steps:
+                    raise _diverged(consecutive_bad, step, res.bad_terms)
+            run.step = step = step + 1
+            run.window.add(res.sums, global_batch)
+            bar.update(1)
+            if res.ok:
+                bar.set_postfix(loss=f"{res.shown_loss:.2f}", refresh=False)  # this process's mean loss
+
+            if step % tc.log_every == 0 or step == last:
+                rec = {"step": step, "epoch": epoch + 1, "lr": lr, "grad_norm": res.grad_norm}
+                _write_record(log, tb, {**rec, "bad_steps": run.bad_steps, **run.window.flush()})
+            end_of_epoch = step % spe == 0
+            if end_of_epoch and eval_x is not None:
+                summary = _epoch_eval(run.learner.eval_model, eval_x, tc, step, epoch + 1, log, tb)
+            if end_of_epoch or step % tc.ckpt_every == 0 or step == last:
+                run.save()
+    finally:
+        for handle in (bar, log, tb):
+            if handle is not None:
+                handle.close()
+    # the last evaluation's record, then the run's own step (the evaluation may be older)
+    return {**summary, "step": run.step, "bad_steps": run.bad_steps, "run_dir": str(run.run_dir)}
+
+
+def _diverged(consecutive: int, step: int, bad_terms: list[str]) -> TrainingDiverged:
+    e = TrainingDiverged(
+        f"{consecutive} consecutive non-finite steps at step {step}: "
+        f"{_blame(bad_terms)} blew up (try a lower lr, grad_clip, or check the data)"
+    )
+    e.shared = distributed.world_size() > 1 and not distributed.is_main()  # every process stops; rank 0 says why
+    return e
+
+
+def _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device) -> Run:
+    """The learner and this process's data shards: of a new run, or of ``state`` (a resumed one)."""
+    learner = build_learner(model, cfg.train, device)
+    W = distributed.world_size()
+    S, step, bad_steps, window = int(shards or W), 0, 0, None
+    if state is not None:
+        ckpt.restore_training_state(state, model, learner.opt, learner.ema, run_dir)
+        step, bad_steps, window = int(state["step"]), int(state.get("bad_steps", 0)), state.get("log_window")
+        S = int(state.get("shards", 1))
+        if W > S:
+            if distributed.is_main():
+                print(
+                    f"vaekit: note: the run has {S} data shard(s) and {W} processes resume it: re-sharding "
+                    f"into {W}; the batch order from step {step} on differs from a {S}-process resume",
+                    file=sys.stderr,
+                )
+            S = W
+    data = ShardedData(train_x, S, cfg.train.batch_size, cfg.train.seed, device)
+    distribute(learner, S, device)
+    return Run(cfg, run_dir, data_shape, learner, data, LogWindow(window), step, bad_steps)
+
+
+def _open_run_folder(run: Run, resume: bool) -> None:
+    """Rank 0: a new run's folder appears in one rename, holding its config, an empty log and the
+    step-0 checkpoint; a resumed run's ``config.yaml`` is rewritten (``--epochs`` may extend it)."""
+    if resume:
+        ckpt.write_config(run.run_dir, run.cfg)
+    else:
+        ckpt.create_run(run.run_dir, run.cfg, run.state())
 
 
 def _resume_state(run_dir: Path, resume: bool) -> dict | None:
@@ -274,368 +700,17 @@ def _resume_state(run_dir: Path, resume: bool) -> dict | None:
     return state
 
 
-def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device) -> dict:
-    tc = cfg.train
-    W, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    data_shape = tuple(data_shape or train_x.shape[1:])
-    N = train_x.shape[0]
-    if N == 0:
-        raise VaekitError("the training set is empty")
-    state = _resume_state(run_dir, resume)
-
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, data_shape).to(device)  # before the run folder exists: bad configs leave none
-    to_channels_last(model, cfg.model.channels_last)
-    maybe_compile(model, cfg.model.compile)
-
-    if model.fitted_in_closed_form:  # EM: no gradient steps
-        return _fit_closed_form(
-            model,
-            cfg,
-            run_dir,
-            train_x.to(device),
-            test_x.to(device) if test_x is not None else None,
-            data_shape,
-            progress,
-        )
-
-    # the fused kernel updates all parameters in one pass instead of a per-tensor loop
-    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
-    ema = None
-    if tc.ema > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True)
-
-    steps_per_epoch = math.ceil(N / tc.batch_size)
-    total_steps = steps_per_epoch * tc.epochs
-    step, bad_total = 0, 0
-    saved_window: dict = {}
-    S = int(shards or W)
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if ema is not None and state.get("ema") is not None:
-                ema.module.load_state_dict(state["ema"])
-                ema.n_averaged.fill_(int(state.get("ema_n", 1)))
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(
-                f"the checkpoint of {run_dir} does not fit the model its config describes "
-                f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})"
-            ) from None
-        step, bad_total = int(state["step"]), int(state.get("bad_steps", 0))
-        S = int(state.get("shards", 1))
-        saved_window = state.get("log_window") or {}
-        if W > S:
-            if main:
-                print(
-                    f"vaekit: note: the run has {S} data shard(s) and {W} processes resume it: re-sharding "
-                    f"into {W}; the batch order from step {step} on differs from a {S}-process resume",
-                    file=sys.stderr,
-                )
-            S = W
-        del state
-    if S < 1:
-        raise VaekitError(f"shards must be positive; got {S}")
-    if N // S < steps_per_epoch:
-        raise VaekitError(
-            f"train.batch_size={tc.batch_size} is too small for {S} data shards of "
-            f"{N} examples: each shard needs an example every step (use a batch of at "
-            f"least {S * 2} or fewer processes)"
-        )
-
-    # this process's shards, on its device; the rest of train_x is not kept
-    mine = list(range(rank, S, W))
-    shard_x = {s: train_x[s::S].to(device) for s in mine}
-    sizes = [shard_size(N, S, s) for s in range(S)]
-    eval_x = test_x[: tc.eval_n].to(device) if test_x is not None and tc.eval_k > 0 else None
-
-    net: nn.Module = _LossModule(model)
-    if W > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # buffers are broadcast from rank 0 at every forward only when every process runs the
-        # same number of forwards per step (S divisible by W); otherwise the counts would not match
-        sync = S % W == 0
-        kw = (
-            {"forward_sync_buffers": sync}
-            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-            else {"broadcast_buffers": sync}
-        )
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None, **kw)
-
-    # metric sums of the steps since the last log line; under DDP each process holds its share,
-    # and a resumed window's (global) sums go to rank 0 alone
-    window: dict[str, float] = {k: float(v) if main else 0.0 for k, v in (saved_window.get("sums") or {}).items()}
-    window_n = int(saved_window.get("n", 0))
-    window_examples = 0  # for examples_per_s, counted from this process's start
-
-    def global_window() -> dict[str, float]:
-        keys = sorted(window)
-        if W == 1 or not keys:
-            return dict(window)
-        tot = distributed.all_reduce_sum(torch.tensor([window[k] for k in keys], dtype=torch.float64))
-        return dict(zip(keys, tot.tolist()))
-
-    def snapshot(log_window: dict) -> dict:
-        return {
-            "step": step,
-            "epoch": step // steps_per_epoch,
-            "bad_steps": bad_total,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "ema_n": int(ema.n_averaged) if ema is not None else 0,
-            "config": cfg.to_dict(),
-            "data_shape": list(data_shape),
-            "shards": S,
-            "world_size": W,
-            # the metrics of the steps since the last log line, so a resumed run logs the same means
-            "log_window": {"sums": log_window, "n": window_n},
-            "vaekit_version": __import__("vaekit").__version__,
-        }
-
-    def save() -> None:
-        state = snapshot(global_window())  # (the all-reduce runs on every process)
-        distributed.agree(lambda: ckpt.save_checkpoint(run_dir, state) and None)
-
-    config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
-
-    def open_run_folder() -> None:  # rank 0 only
-        if not resume:  # the folder appears in one rename, holding config, empty log and step 0
-
-            def populate(folder: Path) -> None:
-                ckpt.atomic_write(folder / "config.yaml", lambda f: f.write(config_text))
-                (folder / "metrics.jsonl").write_text("")
-                ckpt.save_checkpoint(folder, snapshot({}))
-
-            ckpt.create_run_dir(run_dir, populate)
-        else:
-            ckpt.atomic_write(run_dir / "config.yaml", lambda f: f.write(config_text))
-
-    distributed.agree(open_run_folder)
-    log = MetricsLog(run_dir / "metrics.jsonl", step if resume else None) if main else None
-    tb = _tensorboard(run_dir, tc.tensorboard) if main else None
-
-    last = min(total_steps, max_steps) if max_steps is not None else total_steps
-    consecutive_bad = 0
-    term_keys: list[str] | None = None
-    t0, summary = time.perf_counter(), {}
-    gen = torch.Generator(device=device)
-    bar, perms, synced = None, {}, W == 1
-    try:
-        while step < last:
-            epoch, i = divmod(step, steps_per_epoch)
-            if bar is None or i == 0:
-                if bar is not None:
-                    bar.close()
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    total=steps_per_epoch,
-                    initial=i,
-                    desc=f"epoch {epoch + 1}/{tc.epochs}",
-                    disable=not (progress and main),
-                    leave=False,
-                    dynamic_ncols=True,
-                    file=sys.stderr,
-                )
-                perms = {s: shard_permutation(sizes[s], tc.seed, epoch, s, device) for s in mine}
-            bounds = [shard_slice(sizes[s], steps_per_epoch, i) for s in range(S)]
-            global_batch = sum(hi - lo for lo, hi in bounds)
-            scale = W / global_batch  # DDP averages over W processes: the sum is over the global batch
-
-            lr = learning_rate(step, total_steps, tc.lr, tc.schedule, tc.lr_warmup_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            local_bad, bad_keys, sums, final_loss, shown, n_local = False, set(), {}, None, 0.0, 0
-            for j, s in enumerate(mine):
-                lo, hi = bounds[s]
-                xb = shard_x[s][perms[s][lo:hi]]
-                seed = shard_seed(tc.seed, step, s)
-                seed_device(seed, device)
-                gen.manual_seed(seed)
-                if transform is not None:
-                    xb = transform(xb, gen)
-                xb = channels_last_input(xb, cfg.model.channels_last)
-                final = j == len(mine) - 1
-                # every process runs all its forwards, even after a bad one, so that the
-                # collectives inside DDP's forward stay matched across processes
-                with net.no_sync() if W > 1 and not final else contextlib.nullcontext():
-                    with autocast(device, tc.amp):
-                        out = net(xb, step)
-                    loss = out["loss"].sum() * scale
-                    if not bool(torch.isfinite(loss)):
-                        local_bad = True
-                        bad_keys.update(_nonfinite_terms(out))
-                    elif not final and not local_bad:
-                        loss.backward()  # accumulates locally (no_sync); the final backward syncs
-                if final:
-                    final_loss = loss
-                shown += float(out["loss"].detach().sum())  # the bar shows this process's mean loss
-                n_local += xb.shape[0]
-                for k, v in out.items():
-                    if isinstance(v, Tensor) and v.dim() == 1:
-                        sums[k] = sums.get(k, 0.0) + float(v.detach().sum()) / global_batch
-            if term_keys is None:
-                term_keys = sorted(sums)
-            if W > 1:  # one verdict for all processes: skip the step everywhere if any saw NaN/inf
-                flags = torch.tensor(
-                    [float(local_bad)] + [float(k in bad_keys) for k in term_keys], dtype=torch.float64
-                )
-                flags = distributed.all_reduce_sum(flags)
-                local_bad = bool(flags[0] > 0)
-                bad_keys = {k for k, f in zip(term_keys, flags[1:].tolist()) if f > 0}
-            ok = not local_bad
-            grad_norm = float("nan")
-            if ok:
-                final_loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf")
-                )
-                grad_norm = float(gn)  # identical on every process: the gradients are all-reduced
-                ok = math.isfinite(grad_norm)
-            if ok:
-                opt.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                consecutive_bad = 0
-                if not synced:  # data-dependent initialisation (ActNorm) saw different batches
-                    distributed.broadcast_module_state(model)
-                    if ema is not None:
-                        distributed.broadcast_module_state(ema)
-                    synced = True
-            else:
-                opt.zero_grad(set_to_none=True)
-                bad_total += 1
-                consecutive_bad += 1
-                if consecutive_bad >= tc.max_bad_steps:
-                    e = TrainingDiverged(
-                        f"{consecutive_bad} consecutive non-finite steps at step {step}: "
-                        f"{_blame(sorted(bad_keys))} blew up (try a lower lr, grad_clip, or check the data)"
-                    )
-                    e.shared = W > 1 and not main  # every process stops; rank 0 says why
-                    raise e
-            step += 1
-            bar.update(1)
-            for k, v in sums.items():
-                window[k] = window.get(k, 0.0) + v
-            window_n += 1
-            window_examples += global_batch
-            if ok:
-                bar.set_postfix(loss=f"{shown / max(n_local, 1):.2f}", refresh=False)
-
-            if step % tc.log_every == 0 or step == last:
-                keys = sorted(window)
-                window = global_window()  # global-batch means: every process holds its share of each sum
-                if main:
-                    dt = time.perf_counter() - t0
-                    rec = {
-                        "step": step,
-                        "epoch": epoch + 1,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "bad_steps": bad_total,
-                        "examples_per_s": window_examples / max(dt, 1e-9),
-                    }
-                    rec.update({k: window[k] / window_n for k in keys})
-                    log.write(rec)
-                    if tb is not None:
-                        for k, v in rec.items():
-                            if k not in ("step", "epoch"):
-                                tb.add_scalar(f"train/{k}", v, step)
-                window, window_n, window_examples, t0 = {}, 0, 0, time.perf_counter()
-
-            end_of_epoch = step % steps_per_epoch == 0
-            if end_of_epoch and eval_x is not None:
-                summary = _epoch_eval(ema.module if ema is not None else model, eval_x, tc, step, epoch + 1, log, tb)
-            if end_of_epoch or step % tc.ckpt_every == 0 or step == last:
-                save()
-    finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-        if tb is not None:
-            tb.close()
-    # the last evaluation's record, then the run's own step (the evaluation may be older)
-    return {**summary, "step": step, "bad_steps": bad_total, "run_dir": str(run_dir)}
-
-
-@torch.no_grad()
-def _epoch_eval(model, test_x: Tensor, tc, step: int, epoch: int, log: MetricsLog | None, tb) -> dict:
-    """Test ELBO and a quick IS-NLL on the first ``eval_n`` test examples.
-
-    The examples are split over the processes and the per-example results all-gathered, with
-    noise seeded per chunk of examples, so every process count reports the same numbers.
-    """
-    from .evaluate import evaluate
-
-    model.eval()
-    x = test_x[: tc.eval_n]
-    res = evaluate(model, x, k=tc.eval_k, progress=False, seed=step_seed(tc.seed, -(10**9) - step))
-    rec = {
-        "step": step,
-        "epoch": epoch,
-        "test_nll": res["nll"],
-        "test_elbo": res.get("elbo"),
-        "test_kl": res.get("kl"),
-        "test_k": tc.eval_k,
-        "test_n": int(x.shape[0]),
-    }
-    if log is not None:
-        log.write(rec)
-    if tb is not None:
-        for k in ("test_nll", "test_elbo", "test_kl"):
-            if rec[k] is not None:
-                tb.add_scalar(f"test/{k[5:]}", rec[k], step)
-        try:
-            samples = model.sample(16).clamp(0, 1)
-            if samples.dim() == 4:
-                tb.add_images("samples", samples, step)
-        except NotImplementedError:
-            pass
-    return rec
-
-
-def _fit_closed_form(model, cfg, run_dir, train_x, test_x, data_shape, progress) -> dict:
-    """Models with ``fit`` (EM for mixtures): fit, log the history, write one checkpoint.
+def _fit_closed_form(model, cfg: Config, run_dir: Path, train_x: Tensor, test_x, data_shape, progress: bool) -> dict:
+    """Models fitted in closed form (EM for mixtures): fit, log the history, write one checkpoint.
 
     Every process fits the same model (EM is deterministic given the seed); rank 0 writes.
     """
     history = model.fit(train_x, progress=progress and distributed.is_main())
-    state = {
-        "step": len(history),
-        "epoch": 1,
-        "bad_steps": 0,
-        "model": model.state_dict(),
-        "optimizer": None,
-        "ema": None,
-        "config": cfg.to_dict(),
-        "data_shape": list(data_shape),
-        "shards": 1,
-        "vaekit_version": __import__("vaekit").__version__,
-    }
-
-    def write() -> None:
-        def populate(folder: Path) -> None:
-            ckpt.atomic_write(
-                folder / "config.yaml", lambda f: f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
-            )
-            lines = "".join(
-                json.dumps({"step": i, "train_mean_log_likelihood": float(ll)}) + "\n"
-                for i, ll in enumerate(history, 1)
-            )
-            ckpt.atomic_write(folder / "metrics.jsonl", lambda f: f.write(lines.encode()))
-            ckpt.save_checkpoint(folder, state)
-
-        ckpt.create_run_dir(run_dir, populate)
-
-    distributed.agree(write)
+    lines = "".join(
+        json.dumps({"step": i, "train_mean_log_likelihood": float(ll)}) + "\n" for i, ll in enumerate(history, 1)
+    )
+    state = ckpt.training_state(len(history), model, cfg, data_shape)
+    distributed.agree(ckpt.create_run, run_dir, cfg, state, lines)
     out = {"step": len(history), "bad_steps": 0, "run_dir": str(run_dir)}
     if test_x is not None:
         out["test_nll"] = float(-model.log_prob(test_x).mean())

@@ -1,0 +1,121 @@
+"""Checkpoints: atomic writes, the one training-state dict, run folders, and old files resuming."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from sklearn.datasets import load_digits
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from vaekit import checkpoint as ckpt
+from vaekit.config import Config, build_config
+from vaekit.errors import CheckpointError
+from vaekit.models import build_model
+from vaekit.train import train
+
+LEGACY = Path(__file__).parent / "data" / "legacy"
+
+
+def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "f.bin"
+    ckpt.atomic_write(target, lambda f: f.write(b"old"))
+
+    def failing(f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        ckpt.atomic_write(target, failing)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left behind
+
+
+def learner(cfg, seed):
+    torch.manual_seed(seed)
+    model = build_model(cfg, (1, 8, 8))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    return model, opt, ema
+
+
+def test_training_state_round_trips_model_optimiser_and_ema(tmp_path):
+    cfg = build_config("dense-digits", overrides={"hidden": [8], "latent_dim": 2})
+    model, opt, ema = learner(cfg, 0)
+    x = torch.bernoulli(torch.rand(6, 1, 8, 8))
+    for step in range(3):  # give Adam moments and the EMA a history
+        opt.zero_grad()
+        model.loss(x, step=step)["loss"].mean().backward()
+        opt.step()
+        ema.update_parameters(model)
+    state = ckpt.training_state(
+        3, model, cfg, (1, 8, 8), epoch=1, bad_steps=2, optimizer=opt, ema=ema, shards=2, log_window=None
+    )
+    path = ckpt.save_checkpoint(tmp_path, state)
+    loaded = ckpt.read_checkpoint(path)
+    assert loaded["step"] == 3 and loaded["bad_steps"] == 2 and loaded["shards"] == 2 and loaded["ema_n"] == 3
+    assert loaded["data_shape"] == [1, 8, 8] and loaded["log_window"] == {"sums": {}, "n": 0}
+    assert Config.from_dict(loaded["config"]).to_dict() == cfg.to_dict()
+
+    model2, opt2, ema2 = learner(cfg, 1)  # other initial weights, fresh optimiser and EMA
+    ckpt.restore_training_state(loaded, model2, opt2, ema2, tmp_path)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(ema.module.state_dict().values(), ema2.module.state_dict().values()):
+        assert torch.equal(a, b)
+    assert int(ema2.n_averaged) == 3
+    moments = [opt.state[p]["exp_avg"] for p in model.parameters()]
+    assert all(torch.equal(m, opt2.state[p]["exp_avg"]) for m, p in zip(moments, model2.parameters()))
+
+
+def test_a_state_that_does_not_fit_the_model_is_a_one_line_error(tmp_path):
+    small = build_config("dense-digits", overrides={"hidden": [8], "latent_dim": 2})
+    big = build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 2})
+    model, opt, ema = learner(small, 0)
+    state = ckpt.training_state(0, model, small, (1, 8, 8), optimizer=opt, ema=ema)
+    other, opt2, ema2 = learner(big, 0)
+    with pytest.raises(CheckpointError, match="does not fit the model") as e:
+        ckpt.restore_training_state(state, other, opt2, ema2, tmp_path / "run")
+    assert str(tmp_path / "run") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_create_run_appears_complete_or_not_at_all(tmp_path, monkeypatch):
+    cfg = build_config("dense-digits", overrides={"hidden": [8], "latent_dim": 2})
+    model = build_model(cfg, (1, 8, 8))
+    state = ckpt.training_state(5, model, cfg, (1, 8, 8))
+    ckpt.create_run(tmp_path / "r", cfg, state, '{"step": 1}\n')
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text()) == cfg.to_dict()
+    assert [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [{"step": 1}]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "r")] == ["step-00000005.pt"]
+
+    def full(obj, f, *a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(CheckpointError, match="disk full"):
+        ckpt.create_run(tmp_path / "out" / "r", cfg, state)
+    assert list((tmp_path / "out").iterdir()) == []  # no half-made folder, no temp folder
+
+
+@pytest.mark.parametrize("name", ["dense-vae", "flow-prior-ema"])
+def test_a_legacy_checkpoint_resumes_and_trains_on(tmp_path, name):
+    """A checkpoint written by the code before the package layout changed continues its run."""
+    old = ckpt.read_checkpoint(LEGACY / f"{name}.pt")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(LEGACY / f"{name}.pt", ckpt.checkpoint_path(run, old["step"]))
+    cfg = ckpt.config_of(old)
+    cfg.train.epochs = 2  # the old run did one epoch of 4 steps: extend it, as `--resume --epochs 2` does
+    x = torch.tensor(load_digits().data[:200], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    summary = train(cfg, run, (x > 0.5).float(), None, resume=True, progress=False)
+    assert summary["step"] == 2 * old["step"] == 8
+    new = ckpt.latest_checkpoint(run)[1]
+    assert new["step"] == 8 and new["shards"] == 1 and new["data_shape"] == old["data_shape"]
+    assert new["model"].keys() == old["model"].keys()
+    assert any(not torch.equal(new["model"][k], old["model"][k]) for k in old["model"])  # it trained on
+    if old["ema"] is not None:
+        assert new["ema_n"] == old["ema_n"] + 4
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 6, 7, 8]  # log_every 1: the resumed steps only
