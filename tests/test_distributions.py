@@ -1,58 +1,66 @@
-"""Likelihoods and priors: proper distributions with one log-probability per example."""
+"""The distributions package: its public names, and the layering it sits in."""
 
-import math
+import subprocess
+import sys
 
-import pytest
-import torch
-from torch.distributions import Bernoulli, Independent, Normal
+import vaekit.distributions as D
 
-from vaekit.config import ModelConfig
-from vaekit.distributions import (
-    BernoulliLikelihood,
-    GaussianLikelihood,
-    StandardNormalPrior,
-    bits_per_dim,
-    build_likelihood,
-)
-
-
-def test_bernoulli_log_prob_matches_torch_and_sums_over_pixels():
-    logits = torch.randn(4, 1, 3, 3) * 5
-    x = torch.bernoulli(torch.rand(4, 1, 3, 3))
-    ours = BernoulliLikelihood((1, 3, 3))(logits).log_prob(x)
-    ref = Independent(Bernoulli(logits=logits), 3).log_prob(x)
-    assert ours.shape == (4,)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-6)
-    # normalised: the 2^9 binary images of one example sum to probability one
-    grid = torch.tensor([[(i >> b) & 1 for b in range(9)] for i in range(512)], dtype=torch.float32)
-    lp = BernoulliLikelihood((9,))(logits[:1].reshape(1, 9).expand(512, 9)).log_prob(grid)
-    assert torch.logsumexp(lp, 0).item() == pytest.approx(0.0, abs=1e-5)
-
-
-def test_gaussian_variances():
-    cfg = ModelConfig(likelihood="gaussian", variance="pixel")
-    lik = build_likelihood((2, 3, 3), cfg)
-    assert lik.param_shape == (4, 3, 3)
-    params = torch.randn(5, 4, 3, 3)
-    x = torch.randn(5, 2, 3, 3)
-    mean, log_std = params.chunk(2, dim=1)
-    ref = Normal(mean, log_std.exp()).log_prob(x).sum((1, 2, 3))
-    torch.testing.assert_close(lik(params).log_prob(x), ref)
-    glob = GaussianLikelihood((3,), variance="global")
-    assert [n for n, _ in glob.named_parameters()] == ["log_std"]
-    fixed = GaussianLikelihood((3,), variance="fixed", fixed_std=0.5)
-    assert not list(fixed.parameters())
-    lp = fixed(torch.zeros(1, 3)).log_prob(torch.zeros(1, 3))
-    assert lp.item() == pytest.approx(-3 * (math.log(0.5) + 0.5 * math.log(2 * math.pi)), abs=1e-5)
+# every public name of the single-module vaekit.distributions before it became a package
+OLD_NAMES = [
+    "LOG_STD_MIN",
+    "N_LEVELS",
+    "Likelihood",
+    "LogitBernoulli",
+    "BernoulliLikelihood",
+    "GaussianLikelihood",
+    "levels_of",
+    "discretized_logistic_log_prob",
+    "discretized_logistic_mean",
+    "DiscretizedLogisticMixture",
+    "Categorical256",
+    "LogisticMixtureLikelihood",
+    "CategoricalLikelihood",
+    "StandardNormalPrior",
+    "MixturePrior",
+    "VampPrior",
+    "diagonal_gaussian",
+    "rsample_and_log_prob",
+    "distribution_mean",
+    "LIKELIHOODS",
+    "PRIORS",
+    "build_likelihood",
+    "build_prior",
+    "bits_per_dim",
+    "image_bits_per_dim",
+]
 
 
-def test_prior_is_standard_normal_and_moves_with_module():
-    prior = StandardNormalPrior(4)
-    p = prior()
-    assert p.event_shape == (4,) and p.batch_shape == ()
-    assert p.log_prob(torch.zeros(4)).item() == pytest.approx(-2 * math.log(2 * math.pi), abs=1e-5)
-    assert set(dict(prior.named_buffers())) == {"loc", "scale"}
+def test_every_old_public_name_is_still_exported():
+    missing = [n for n in OLD_NAMES if not hasattr(D, n)]
+    assert not missing
+    assert set(OLD_NAMES) <= set(D.__all__)
+    assert all(hasattr(D, n) for n in D.__all__)
 
 
-def test_bits_per_dim():
-    assert bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0, abs=1e-9)
+def test_moved_names_are_the_same_objects():
+    from vaekit.distributions.mixture import MixtureOfGaussians
+    from vaekit.distributions.pixelcnn import PixelCNNLikelihood
+    from vaekit.models.mixture import MixtureOfGaussians as FromModels
+
+    assert D.PixelCNNLikelihood is PixelCNNLikelihood
+    assert D.MixtureOfGaussians is MixtureOfGaussians is FromModels
+    assert D.LIKELIHOODS["pixelcnn"] is PixelCNNLikelihood
+
+
+def _loaded_after(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('vaekit')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_layers_nets_and_flows_below_distributions_below_models():
+    for low in ("vaekit.nets", "vaekit.flows"):
+        loaded = _loaded_after(low)
+        assert not any(m.startswith(("vaekit.distributions", "vaekit.models")) for m in loaded), loaded
+    loaded = _loaded_after("vaekit.distributions")
+    assert not any(m.startswith(("vaekit.models", "vaekit.objectives", "vaekit.inference")) for m in loaded), loaded

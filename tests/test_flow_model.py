@@ -135,3 +135,18 @@ def test_bad_flow_config_is_a_one_line_config_error(overrides, message):
     with pytest.raises(ConfigError) as err:
         build_model(cfg, (1, 28, 28))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_log_prob_dequantises_with_the_one_data_function():
+    """log P(x) = log p(y) - D log 256 at y = data.dequantize(x) (same noise under the same seed)."""
+    from vaekit.data import dequantize
+
+    model = FlowModel(Shift(-0.5), (1, 2, 2))
+    x = torch.randint(0, 256, (3, 1, 2, 2)).float() / 255
+    torch.manual_seed(4)
+    lp = model.log_prob(x)
+    torch.manual_seed(4)
+    y = dequantize(x)
+    expected = model.distribution().log_prob(y) - 4 * math.log(256)
+    assert torch.equal(lp, expected)
+    assert torch.equal(torch.floor(y * 256), x * 255)  # level k/255 lands in the bin [k, k + 1) / 256

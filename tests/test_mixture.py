@@ -6,12 +6,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from vaekit.config import build_config
 from vaekit.errors import DataError, VaekitError
 from vaekit.models import build_model
-from vaekit.models.mixture import GaussianMixtureModel, MixtureOfGaussians, cluster
+from vaekit.models.mixture import GaussianMixtureModel, cluster
 
 sk_mixture = pytest.importorskip("sklearn.mixture")
 COVS = ["full", "diag", "spherical"]
@@ -163,16 +162,6 @@ def test_sampling_matches_parameters(cov):
     full = full.double()
     torch.testing.assert_close(s.mean(0), torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64), atol=0.05, rtol=0)
     torch.testing.assert_close(torch.cov(s.T), full, atol=0.07, rtol=0)
-
-
-def test_distribution_equals_torch_mixture_same_family():
-    torch.manual_seed(2)
-    logits, means, log_std = torch.randn(4), torch.randn(4, 3), 0.3 * torch.randn(4, 3)
-    ours = MixtureOfGaussians(logits, means, (-log_std).exp(), "diag")
-    ref = MixtureSameFamily(Categorical(logits=logits), Independent(Normal(means, log_std.exp()), 1))
-    z = torch.randn(5, 7, 3)
-    torch.testing.assert_close(ours.log_prob(z), ref.log_prob(z))
-    assert ours.sample((2, 6)).shape == (2, 6, 3)
 
 
 def test_bad_input_and_config():

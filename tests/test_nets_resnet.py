@@ -7,15 +7,15 @@ from tests.helpers import digits, trains_on_digits
 from vaekit.config import ModelConfig
 from vaekit.errors import ConfigError
 from vaekit.models.vae import build_vae
-from vaekit.nets import build_decoder, build_encoder
+from vaekit.nets import NetSpec, build_decoder, build_encoder
 from vaekit.nets.resnet import PreActBlock, ResNetDecoder
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_shapes_follow_the_data(shape):
-    cfg = ModelConfig(encoder="resnet", decoder="resnet", channels=[4, 8], resnet_blocks=1, norm="weight")
-    enc = build_encoder(shape, 6, cfg)
-    dec = build_decoder(5, (7,) + shape[1:], cfg)
+    spec = NetSpec(channels=(4, 8), resnet_blocks=1, norm="weight")
+    enc = build_encoder("resnet", shape, 6, spec)
+    dec = build_decoder("resnet", 5, (7,) + shape[1:], spec)
     assert enc(torch.rand(2, *shape)).shape == (2, 6)
     assert dec(torch.randn(2, 5)).shape == (2, 7) + shape[1:]
 
@@ -31,8 +31,8 @@ def test_block_is_identity_plus_branch():
 
 @pytest.mark.parametrize("norm", ["none", "batch", "weight"])
 def test_depth_and_width_come_from_the_config(norm):
-    cfg = ModelConfig(channels=[4, 6, 8], resnet_blocks=3, norm=norm, upsample="nearest")
-    dec = build_decoder(2, (1, 8, 8), ModelConfig(**{**cfg.__dict__, "decoder": "resnet"}))
+    spec = NetSpec(channels=(4, 6, 8), resnet_blocks=3, norm=norm, upsample="nearest")
+    dec = build_decoder("resnet", 2, (1, 8, 8), spec)
     blocks = [m for m in dec.modules() if isinstance(m, PreActBlock)]
     assert len(blocks) == 9 and sorted(
         {

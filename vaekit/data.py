@@ -189,19 +189,26 @@ def from_uint8(k: Tensor) -> Tensor:
     return k.to(torch.float32) / 255.0
 
 
-def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Uniform dequantisation y = (255 x + u) / 256, u ~ U[0, 1): the input of a flow.
+def dequantize(x: Tensor, generator: torch.Generator | None = None, levels: int = 256) -> Tensor:
+    """Uniform dequantisation y = ((levels - 1) x + u) / levels, u ~ U[0, 1): the input of a flow.
+
+    The one dequantisation of vaekit (the flow model calls it with ``levels`` =
+    ``vaekit.distributions.N_LEVELS``). Each level k owns the bin [k, k + 1) / levels.
 
     Args:
-        x: 8-bit images as floats k/255 in [0, 1], any shape.
-        generator: torch.Generator on x's device, or None.
+        x: images as floats k / (levels - 1) in [0, 1] (8-bit: k/255), any shape.
+        generator: torch.Generator on x's device, or None for torch's global generator.
+        levels: values per sub-pixel (256 for 8-bit data).
 
     Returns:
         y: same shape, values in [0, 1); a density on y in nats gives
-        bits/dim = (-log p(y) / D + log 256) / log 2.
+        bits/dim = (-log p(y) / D + log levels) / log 2.
     """
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (torch.round(x * 255.0) + u) / 256.0
+    if generator is None:  # rand_like follows x's memory layout: seeded flow numbers stay as they were
+        u = torch.rand_like(x)
+    else:
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x * (levels - 1) + u) / levels
 
 
 # ----------------------------------------------------------------------------------------

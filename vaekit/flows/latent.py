@@ -9,19 +9,15 @@ Each registry entry builds a transform over [B, latent_dim] in the normalising d
 - a prior p(z) = flow(N(0, I)) evaluates log p(z) at codes the encoder drew, so its
   ``forward`` must be cheap: MAF's one MADE pass, planar's formula.
 
-RealNVP is cheap both ways and serves either role.
+RealNVP is cheap both ways and serves either role. The posterior encoder is built in
+``vaekit.models.flow_vae``, the prior p(z) = flow(N(0, I)) in ``vaekit.distributions.priors``.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from torch.distributions import Independent, Normal
-
 from .autoregressive import iaf, maf
 from .base import Inverse
 from .coupling import dense_realnvp
-from .distribution import FlowDistribution
 from .planar import planar_flow
 
 # name -> constructor(dim, layers, hidden, n_hidden, context_dim) -> Transform (z -> u)
@@ -37,17 +33,3 @@ PRIOR_FLOWS = {
     "maf": lambda d, n, h, k: maf(d, n, [h] * k),
     "planar": lambda d, n, h, k: planar_flow(d, n),
 }
-
-
-class FlowPrior(nn.Module):
-    """p(z) = flow(N(0, I)): ``forward()`` returns the distribution, like every prior module."""
-
-    def __init__(self, latent_dim: int, transform):
-        super().__init__()
-        self.transform = transform
-        self.register_buffer("loc", torch.zeros(latent_dim))
-        self.register_buffer("scale", torch.ones(latent_dim))
-
-    def forward(self) -> FlowDistribution:
-        base = Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
-        return FlowDistribution(base, self.transform)

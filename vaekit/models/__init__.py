@@ -1,4 +1,6 @@
-"""Models by name. Each constructor takes ``(model_config, data_shape, train_config)``.
+"""Models by name: the composition roots. Each constructor takes ``(model_config, data_shape, train_config)``;
+these builders are the only code that reads the ``ModelConfig`` (each only its own family's
+fields) and pass explicit arguments to the nets, likelihoods and priors.
 
 Every model honours one contract, which is all the training loop and the evaluator use:
 ``loss(x, step) -> dict`` of per-example terms in nats (``loss``; ``elbo``, ``rec``, ``kl``
@@ -12,7 +14,7 @@ import itertools
 
 import torch
 
-from ..errors import ConfigError
+from ..checks import lookup
 from .autoencoder import Autoencoder, build_autoencoder
 from .flow import FlowModel, build_flow_model
 from .mixture import GaussianMixtureModel, build_mixture
@@ -35,9 +37,7 @@ def model_device(model) -> torch.device:
 
 def build_model(cfg, data_shape):
     """Build the model named by ``cfg.model.kind`` for data of ``data_shape``."""
-    if cfg.model.kind not in MODELS:
-        raise ConfigError(f"unknown model kind '{cfg.model.kind}'; known: {', '.join(MODELS)}")
-    return MODELS[cfg.model.kind](cfg.model, tuple(data_shape), cfg.train)
+    return lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
 
 
 __all__ = [

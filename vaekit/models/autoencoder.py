@@ -21,11 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..distributions import build_likelihood
 from ..errors import ConfigError, VaekitError
 from ..nets import build_decoder, build_encoder
 from .base import GenerativeModel
-from .vae import Decoder, DecodeViews
+from .vae import Decoder, DecodeViews, likelihood_from_config, net_spec
 
 NOISE_TYPES = ("gaussian", "mask")
 
@@ -110,7 +109,9 @@ class Autoencoder(DecodeViews, GenerativeModel):
 def build_autoencoder(cfg, data_shape: tuple[int, ...], train_cfg=None) -> Autoencoder:
     """Registry constructor: the VAE's nets (``encoder``, ``decoder``, ``hidden``, ``latent_dim``,
     ``likelihood``) with a D-dimensional code; ``ae_noise`` > 0 makes it denoising."""
-    likelihood = build_likelihood(data_shape, cfg)
-    encoder = build_encoder(data_shape, cfg.latent_dim, cfg)
-    decoder = Decoder(build_decoder(cfg.latent_dim, likelihood.param_shape, cfg), likelihood)
+    data_shape = tuple(data_shape)
+    spec = net_spec(cfg)
+    likelihood = likelihood_from_config(cfg, data_shape)
+    encoder = build_encoder(cfg.encoder, data_shape, cfg.latent_dim, spec)
+    decoder = Decoder(build_decoder(cfg.decoder, cfg.latent_dim, likelihood.param_shape, spec), likelihood)
     return Autoencoder(encoder, decoder, data_shape, cfg.latent_dim, noise=cfg.ae_noise, noise_type=cfg.ae_noise_type)

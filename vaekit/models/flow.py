@@ -43,7 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
-from ..distributions import bits_per_dim
+from ..checks import image_shape, lookup
+from ..data import dequantize as uniform_dequantize
+from ..distributions import N_LEVELS, bits_per_dim
 from ..errors import ConfigError
 from ..flows.autoregressive import maf
 from ..flows.base import SCALES, Compose, Logit, Reshape, Shift
@@ -51,8 +53,6 @@ from ..flows.coupling import dense_realnvp, nice
 from ..flows.distribution import FlowDistribution
 from ..flows.multiscale import dense_glow, glow, realnvp
 from .base import GenerativeModel
-
-N_BINS = 256  # 8-bit data
 
 
 class Logistic(Distribution):
@@ -97,8 +97,7 @@ class FlowModel(GenerativeModel):
         self, transform: nn.Module, data_shape: tuple[int, ...], base: str = "normal", dequantize: bool = True
     ):
         super().__init__()
-        if base not in BASES:
-            raise ConfigError(f"unknown flow base '{base}'; known: {', '.join(BASES)}")
+        lookup(BASES, base, "flow base")
         self.transform = transform
         self.data_shape = tuple(data_shape)
         self.base_name = base
@@ -111,15 +110,15 @@ class FlowModel(GenerativeModel):
 
     def distribution(self, temperature: float = 1.0) -> FlowDistribution:
         """p(y) as a ``FlowDistribution`` (continuous data space, before quantisation)."""
-        base = BASES[self.base_name](self.base_scale * temperature)
+        base = lookup(BASES, self.base_name, "flow base")(self.base_scale * temperature)
         return FlowDistribution(Independent(base, len(self.data_shape), validate_args=False), self.transform)
 
     def log_prob(self, x: Tensor, **kw) -> Tensor:
         """log P(x) [B] in nats: with 8-bit data the dequantised bound log p(y) - D log 256."""
         if not self.dequantize:
             return self.distribution().log_prob(x)
-        y = (x * (N_BINS - 1) + torch.rand_like(x)) / N_BINS
-        return self.distribution().log_prob(y) - self.num_dims * math.log(N_BINS)
+        y = uniform_dequantize(x, levels=N_LEVELS)
+        return self.distribution().log_prob(y) - self.num_dims * math.log(N_LEVELS)
 
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
         """Per-example ``loss`` = ``nll`` (nats) and ``bpd`` (bits per dimension)."""
@@ -132,19 +131,13 @@ class FlowModel(GenerativeModel):
         y = self.distribution(temperature).sample((n,))
         if not self.dequantize:
             return y
-        return torch.floor(y * N_BINS).clamp(0, N_BINS - 1) / (N_BINS - 1)
+        return torch.floor(y * N_LEVELS).clamp(0, N_LEVELS - 1) / (N_LEVELS - 1)
 
 
 BASES = {
     "normal": lambda scale: Normal(torch.zeros_like(scale), scale, validate_args=False),
     "logistic": Logistic,
 }
-
-
-def _image_shape(data_shape, arch):
-    if len(data_shape) != 3:
-        raise ConfigError(f"flow_arch={arch} wants images [C, H, W] or vectors [D]; got shape {data_shape}")
-    return data_shape
 
 
 def _check_divisible(data_shape, factor, arch, levels):
@@ -155,67 +148,86 @@ def _check_divisible(data_shape, factor, arch, levels):
         )
 
 
-def _realnvp(shape, cfg):
+# Every architecture constructor takes the same explicit arguments and uses those it needs:
+# (data_shape, levels, steps, hidden, blocks, scale) -> Transform (data -> noise).
+def _nice(shape, levels, steps, hidden, blocks, scale):
+    return nice(shape, steps, hidden, blocks)
+
+
+def _realnvp(shape, levels, steps, hidden, blocks, scale):
     if len(shape) == 1:
-        return dense_realnvp(shape[0], cfg.flow_steps, cfg.flow_hidden, cfg.flow_blocks, scale=cfg.flow_scale)
-    _check_divisible(_image_shape(shape, "realnvp"), 2 ** (cfg.flow_levels - 1), "realnvp", cfg.flow_levels)
-    return realnvp(shape, cfg.flow_levels, cfg.flow_steps, cfg.flow_hidden, cfg.flow_blocks, cfg.flow_scale)
+        return dense_realnvp(shape[0], steps, hidden, blocks, scale=scale)
+    _check_divisible(
+        image_shape(shape, "flow_arch=realnvp on data that are not vectors [D]"), 2 ** (levels - 1), "realnvp", levels
+    )
+    return realnvp(shape, levels, steps, hidden, blocks, scale)
 
 
-def _glow(shape, cfg):
+def _glow(shape, levels, steps, hidden, blocks, scale):
     if len(shape) == 1:
-        return dense_glow(shape[0], cfg.flow_steps, cfg.flow_hidden, cfg.flow_scale)
-    _check_divisible(_image_shape(shape, "glow"), 2**cfg.flow_levels, "glow", cfg.flow_levels)
-    return glow(shape, cfg.flow_levels, cfg.flow_steps, cfg.flow_hidden, cfg.flow_scale)
+        return dense_glow(shape[0], steps, hidden, scale)
+    _check_divisible(image_shape(shape, "flow_arch=glow on data that are not vectors [D]"), 2**levels, "glow", levels)
+    return glow(shape, levels, steps, hidden, scale)
 
 
-def _maf(shape, cfg):
+def _maf(shape, levels, steps, hidden, blocks, scale):
     d = math.prod(shape)
     return Compose(
         Reshape(shape, (d,)),
-        maf(d, cfg.flow_steps, [cfg.flow_hidden] * cfg.flow_blocks, scale=cfg.flow_scale),
+        maf(d, steps, [hidden] * blocks, scale=scale),
         Reshape((d,), shape),
     )
 
 
-# name -> constructor(data_shape, model_config) -> Transform (data -> noise)
+# name -> constructor(data_shape, levels, steps, hidden, blocks, scale) -> Transform (data -> noise)
 ARCHS = {
-    "nice": lambda shape, cfg: nice(shape, cfg.flow_steps, cfg.flow_hidden, cfg.flow_blocks),
+    "nice": _nice,
     "realnvp": _realnvp,
     "glow": _glow,
     "maf": _maf,
 }
 
-# name -> constructor(model_config) -> preprocessing Transform or None
+# name -> constructor(alpha) -> preprocessing Transform or None
 PREPROCESS = {
-    "logit": lambda cfg: Logit(cfg.flow_alpha),
-    "unit": lambda cfg: Shift(-0.5),
-    "none": lambda cfg: None,
+    "logit": lambda alpha: Logit(alpha),
+    "unit": lambda alpha: Shift(-0.5),
+    "none": lambda alpha: None,
 }
 
 DEQUANTIZE = {"uniform": True, "none": False}
 
 
-def build_flow_model(cfg, data_shape: tuple[int, ...], train_cfg=None) -> FlowModel:
-    """The flow density model of a ``ModelConfig`` (``model.kind: flow``)."""
-    data_shape = tuple(data_shape)
-    for key, table in (
-        ("flow_arch", ARCHS),
-        ("flow_preprocess", PREPROCESS),
-        ("flow_dequantize", DEQUANTIZE),
-        ("flow_base", BASES),
-        ("flow_scale", dict.fromkeys(SCALES)),
+def _check_flow_config(cfg) -> None:
+    """One-line ConfigErrors for the flow fields of a ``ModelConfig``."""
+    for key, value, table in (
+        ("flow_arch", cfg.flow_arch, ARCHS),
+        ("flow_preprocess", cfg.flow_preprocess, PREPROCESS),
+        ("flow_dequantize", cfg.flow_dequantize, DEQUANTIZE),
+        ("flow_base", cfg.flow_base, BASES),
+        ("flow_scale", cfg.flow_scale, dict.fromkeys(SCALES)),
     ):
-        if getattr(cfg, key) not in table:
-            raise ConfigError(f"model.{key} must be one of {', '.join(table)}; got '{getattr(cfg, key)}'")
-    for key in ("flow_levels", "flow_steps", "flow_hidden"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"model.{key} must be positive; got {getattr(cfg, key)}")
+        if value not in table:
+            raise ConfigError(f"model.{key} must be one of {', '.join(table)}; got '{value}'")
+    for key, value in (
+        ("flow_levels", cfg.flow_levels),
+        ("flow_steps", cfg.flow_steps),
+        ("flow_hidden", cfg.flow_hidden),
+    ):
+        if value <= 0:
+            raise ConfigError(f"model.{key} must be positive; got {value}")
     if cfg.flow_blocks < 0:
         raise ConfigError(f"model.flow_blocks must be >= 0; got {cfg.flow_blocks}")
     if cfg.flow_preprocess == "logit" and not 0.0 < cfg.flow_alpha < 0.5:
         raise ConfigError(f"model.flow_alpha must be in (0, 0.5); got {cfg.flow_alpha}")
-    pre = PREPROCESS[cfg.flow_preprocess](cfg)
-    body = ARCHS[cfg.flow_arch](data_shape, cfg)
+
+
+def build_flow_model(cfg, data_shape: tuple[int, ...], train_cfg=None) -> FlowModel:
+    """The flow density model of a ``ModelConfig`` (``model.kind: flow``)."""
+    data_shape = tuple(data_shape)
+    _check_flow_config(cfg)
+    pre = PREPROCESS[cfg.flow_preprocess](cfg.flow_alpha)
+    body = ARCHS[cfg.flow_arch](
+        data_shape, cfg.flow_levels, cfg.flow_steps, cfg.flow_hidden, cfg.flow_blocks, cfg.flow_scale
+    )
     transform = Compose(pre, body) if pre is not None else body
     return FlowModel(transform, data_shape, base=cfg.flow_base, dequantize=DEQUANTIZE[cfg.flow_dequantize])

@@ -11,12 +11,13 @@ returned together with z_K by ``rsample_and_log_prob``, which is all the ELBO, t
 bound and the importance sampler ask of q; no KL is registered for it, so the ELBO's KL
 is the Monte-Carlo estimate log q_K(z_K|x) - log p(z_K). The flow is conditioned on h
 (IAF's context, Kingma et al. 2016; amortised planar / RealNVP parameters otherwise);
-``posterior_flow_context: 0`` shares one flow across all x. ``VAE.encode`` reports q0's
-mean and variance (``.base``).
+``posterior_flow_context: 0`` shares one flow across all x. ``VAE.encode`` and the
+VampPrior use q0 (``FlowEncoder.base_posterior``).
 
 Prior (``model.prior: flow`` with ``model.prior_flow``: realnvp | maf | planar):
-p(z) = flow(N(0, I)), entered in ``vaekit.distributions.PRIORS``; log p(z) is exact, so
-the same objectives and importance sampler serve it unchanged.
+p(z) = flow(N(0, I)), built by ``vaekit.distributions.priors.flow_prior`` (the ``flow`` entry
+of ``PRIORS``); log p(z) is exact, so the same objectives and importance sampler serve it
+unchanged.
 
 References:
 - Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
@@ -28,54 +29,70 @@ References:
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from ..distributions import diagonal_gaussian
+from ..checks import lookup
+from ..distributions import Encoder, diagonal_gaussian
+from ..distributions.priors import check_latent_flow_sizes
 from ..errors import ConfigError
 from ..flows.distribution import FlowDistribution
-from ..flows.latent import POSTERIOR_FLOWS, PRIOR_FLOWS, FlowPrior
-from ..nets import build_encoder
+from ..flows.latent import POSTERIOR_FLOWS
+from ..nets import NetSpec, build_encoder
 
 
-class FlowEncoder(nn.Module):
-    """x -> q(z|x) = flow(N(mu(x), diag sigma^2(x))) conditioned on features h(x)."""
+class FlowEncoder(Encoder):
+    """x -> q(z|x) = flow(N(mu(x), diag sigma^2(x))) conditioned on features h(x).
+
+    Args:
+        body: x [B, *data_shape] -> [B, 2 * latent_dim + context_dim] = (mu, log sigma^2, h).
+        flow: transform over [B, latent_dim] in the normalising direction (z -> u).
+        latent_dim: D.
+        context_dim: H, features conditioning the flow (0: one flow for all x).
+    """
 
     def __init__(self, body: nn.Module, flow: nn.Module, latent_dim: int, context_dim: int):
         super().__init__()
         self.body, self.flow = body, flow
         self.latent_dim, self.context_dim = latent_dim, context_dim
 
-    def forward(self, x: Tensor) -> FlowDistribution:
+    def _q0(self, x: Tensor) -> tuple[Distribution, Tensor]:
         d = self.latent_dim
         out = self.body(x)
-        q0 = diagonal_gaussian(out[:, :d], out[:, d : 2 * d])
-        return FlowDistribution(q0, self.flow, out[:, 2 * d :] if self.context_dim else None)
+        return diagonal_gaussian(out[:, :d], out[:, d : 2 * d]), out
+
+    def forward(self, x: Tensor) -> FlowDistribution:
+        q0, out = self._q0(x)
+        return FlowDistribution(q0, self.flow, out[:, 2 * self.latent_dim :] if self.context_dim else None)
+
+    def base_posterior(self, x: Tensor) -> Distribution:
+        """q0(z|x), the diagonal Gaussian the flow starts from (``forward(x).base``)."""
+        return self._q0(x)[0]
 
 
-def _check_sizes(cfg, layers_key: str) -> None:
-    for key in (layers_key, "flow_hidden", "flow_blocks"):  # flow_blocks: hidden layers of MLP / MADE nets
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"model.{key} must be positive for a latent flow; got {getattr(cfg, key)}")
+def build_flow_encoder(
+    data_shape: tuple[int, ...],
+    latent_dim: int,
+    encoder: str,
+    spec: NetSpec,
+    flow: str = "iaf",
+    layers: int = 4,
+    hidden: int = 64,
+    blocks: int = 2,
+    context: int = 32,
+) -> FlowEncoder:
+    """The flow posterior q(z|x) (called by ``build_vae`` when ``model.posterior_flow`` is set).
 
-
-def build_flow_encoder(data_shape: tuple[int, ...], cfg) -> FlowEncoder:
-    """The encoder of ``cfg.posterior_flow`` (called by ``build_vae``)."""
-    name = cfg.posterior_flow
-    if name not in POSTERIOR_FLOWS:
-        raise ConfigError(f"unknown posterior_flow '{name}'; known: {', '.join(POSTERIOR_FLOWS)} (or null)")
-    _check_sizes(cfg, "posterior_flow_layers")
-    ctx = cfg.posterior_flow_context
-    if ctx < 0:
-        raise ConfigError(f"model.posterior_flow_context must be >= 0; got {ctx}")
-    d = cfg.latent_dim
-    body = build_encoder(data_shape, 2 * d + ctx, cfg)
-    flow = POSTERIOR_FLOWS[name](d, cfg.posterior_flow_layers, cfg.flow_hidden, cfg.flow_blocks, ctx)
-    return FlowEncoder(body, flow, d, ctx)
-
-
-def build_flow_prior(latent_dim: int, cfg) -> FlowPrior:
-    """p(z) = flow(N(0, I)) of ``cfg.prior_flow`` (the ``flow`` entry of ``PRIORS``)."""
-    if cfg.prior_flow not in PRIOR_FLOWS:
-        raise ConfigError(f"unknown prior_flow '{cfg.prior_flow}'; known: {', '.join(PRIOR_FLOWS)}")
-    _check_sizes(cfg, "prior_flow_layers")
-    flow = PRIOR_FLOWS[cfg.prior_flow](latent_dim, cfg.prior_flow_layers, cfg.flow_hidden, cfg.flow_blocks)
-    return FlowPrior(latent_dim, flow)
+    Args:
+        data_shape: shape of one example.
+        latent_dim: D.
+        encoder, spec: the encoder body (``vaekit.nets.ENCODERS`` name) and its sizes.
+        flow: planar | iaf | realnvp (``vaekit.flows.latent.POSTERIOR_FLOWS``).
+        layers: flow layers; hidden: units of its conditioner nets; blocks: their hidden layers.
+        context: H, encoder features conditioning the flow (0: one flow for all x).
+    """
+    make = lookup(POSTERIOR_FLOWS, flow, "posterior_flow")
+    check_latent_flow_sizes({"posterior_flow_layers": layers, "flow_hidden": hidden, "flow_blocks": blocks})
+    if context < 0:
+        raise ConfigError(f"model.posterior_flow_context must be >= 0; got {context}")
+    body = build_encoder(encoder, data_shape, 2 * latent_dim + context, spec)
+    return FlowEncoder(body, make(latent_dim, layers, hidden, blocks, context), latent_dim, context)

@@ -13,19 +13,31 @@ pytorch/examples.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import objectives
-from ..distributions import build_likelihood, build_prior, diagonal_gaussian, distribution_mean, image_bits_per_dim
-from ..nets import build_decoder, build_encoder
+from ..checks import lookup
+from ..distributions import (
+    Encoder,
+    Likelihood,
+    Prior,
+    build_likelihood,
+    build_prior,
+    diagonal_gaussian,
+    distribution_mean,
+    image_bits_per_dim,
+)
+from ..nets import NetSpec, build_decoder, build_encoder
 from ..streamed import streamed_log_likelihood
 from .base import GenerativeModel
 from .flow_vae import build_flow_encoder
 
 
-class GaussianEncoder(nn.Module):
+class GaussianEncoder(Encoder):
     """q(z|x) = N(mu(x), diag(sigma^2(x))): ``body`` outputs [B, 2*D] = (mu, log sigma^2)."""
 
     def __init__(self, body: nn.Module):
@@ -36,11 +48,15 @@ class GaussianEncoder(nn.Module):
         mean, log_var = self.body(x).chunk(2, dim=-1)
         return diagonal_gaussian(mean, log_var)
 
+    def base_posterior(self, x: Tensor) -> Distribution:
+        """q(z|x) itself: the Gaussian encoder has no flow on top."""
+        return self(x)
+
 
 class Decoder(nn.Module):
     """p(x|z) = likelihood(body(z)); ``body`` maps z [B, D] to the likelihood's parameters."""
 
-    def __init__(self, body: nn.Module, likelihood: nn.Module):
+    def __init__(self, body: nn.Module, likelihood: Likelihood):
         super().__init__()
         self.body = body
         self.likelihood = likelihood
@@ -80,9 +96,9 @@ class VAE(DecodeViews, GenerativeModel):
     """A VAE with the uniform model contract: ``loss``, ``log_prob``, ``sample``.
 
     Args:
-        encoder: module, x [B, *data_shape] -> q(z|x).
-        decoder: module, z [B, D] -> p(x|z).
-        prior: module, () -> p(z).
+        encoder: an :class:`~vaekit.distributions.Encoder`, x [B, *data_shape] -> q(z|x).
+        decoder: a :class:`Decoder`, z [B, D] -> p(x|z).
+        prior: a :class:`~vaekit.distributions.Prior`, () -> p(z).
         data_shape: shape of one example, e.g. (1, 28, 28).
         objective, k, beta, warmup_steps, free_bits: training objective (see ``vaekit.objectives``).
     """
@@ -93,9 +109,9 @@ class VAE(DecodeViews, GenerativeModel):
 
     def __init__(
         self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        prior: nn.Module,
+        encoder: Encoder,
+        decoder: Decoder,
+        prior: Prior,
         data_shape: tuple[int, ...],
         objective: str = "elbo",
         k: int = 1,
@@ -138,15 +154,13 @@ class VAE(DecodeViews, GenerativeModel):
 
     def bits_per_dim(self, nll: float) -> float:
         """nats per example -> bits per dimension, with the 8-bit term for continuous likelihoods."""
-        import math
-
-        return image_bits_per_dim(nll, math.prod(self.data_shape), getattr(self.decoder.likelihood, "discrete", True))
+        return image_bits_per_dim(nll, math.prod(self.data_shape), self.decoder.likelihood.discrete)
 
     # --- pytorch/examples vocabulary ------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-variance [B, D] each (the features of ``vaekit encode``)."""
-        q = self.encoder(x)
-        g = getattr(q, "base", q)  # flow posteriors expose their Gaussian q0(z|x) as ``.base``
+        """Mean and log-variance [B, D] each of the encoder's Gaussian q0(z|x) (the posterior itself,
+        or a flow posterior's base): the features of ``vaekit encode``."""
+        g = self.encoder.base_posterior(x)
         return g.mean, 2 * g.stddev.log()
 
     @staticmethod
@@ -154,16 +168,85 @@ class VAE(DecodeViews, GenerativeModel):
         return mu + (0.5 * log_var).exp() * torch.randn_like(mu)
 
 
+# --- the model builder: the only code here that reads the ModelConfig ---------------------------
+
+# likelihood name -> the keyword arguments of its constructor, from the ModelConfig
+LIKELIHOOD_ARGS = {
+    "bernoulli": lambda cfg: {},
+    "gaussian": lambda cfg: dict(variance=cfg.variance, fixed_std=cfg.fixed_std),
+    "logistic_mixture": lambda cfg: dict(n_mix=cfg.n_mix),
+    "categorical": lambda cfg: {},
+    "pixelcnn": lambda cfg: dict(
+        output=cfg.pixelcnn_output,
+        channels=cfg.pixelcnn_channels,
+        layers=cfg.pixelcnn_layers,
+        kernel=cfg.pixelcnn_kernel,
+        cond_channels=cfg.pixelcnn_cond,
+        n_mix=cfg.n_mix,
+    ),
+}
+
+# prior name -> the keyword arguments of its constructor, from the ModelConfig
+PRIOR_ARGS = {
+    "normal": lambda cfg: {},
+    "flow": lambda cfg: dict(
+        flow=cfg.prior_flow, layers=cfg.prior_flow_layers, hidden=cfg.flow_hidden, blocks=cfg.flow_blocks
+    ),
+    "mixture": lambda cfg: dict(n_components=cfg.components),
+    "vamp": lambda cfg: dict(n_pseudo_inputs=cfg.components),
+}
+
+
+def net_spec(cfg) -> NetSpec:
+    """The encoder/decoder body fields of a ``ModelConfig``."""
+    return NetSpec(
+        hidden=tuple(cfg.hidden),
+        activation=cfg.activation,
+        channels=tuple(cfg.channels),
+        resnet_blocks=cfg.resnet_blocks,
+        norm=cfg.norm,
+        upsample=cfg.upsample,
+    )
+
+
+def likelihood_from_config(cfg, data_shape: tuple[int, ...]) -> Likelihood:
+    """The likelihood ``cfg.likelihood`` with its own fields of the ``ModelConfig``."""
+    args = lookup(LIKELIHOOD_ARGS, cfg.likelihood, "likelihood")(cfg)
+    return build_likelihood(cfg.likelihood, data_shape, **args)
+
+
+def prior_from_config(cfg) -> Prior:
+    """The prior ``cfg.prior`` over ``cfg.latent_dim`` dimensions with its own fields of the ``ModelConfig``."""
+    args = lookup(PRIOR_ARGS, cfg.prior, "prior")(cfg)
+    return build_prior(cfg.prior, cfg.latent_dim, **args)
+
+
+def encoder_from_config(cfg, data_shape: tuple[int, ...], spec: NetSpec) -> Encoder:
+    """q(z|x): a Gaussian encoder, or a flow posterior when ``cfg.posterior_flow`` names one."""
+    if cfg.posterior_flow in (None, "none"):
+        return GaussianEncoder(build_encoder(cfg.encoder, data_shape, 2 * cfg.latent_dim, spec))
+    return build_flow_encoder(  # q(z|x) = flow(q0(z|x)), see flow_vae.py
+        data_shape,
+        cfg.latent_dim,
+        cfg.encoder,
+        spec,
+        flow=cfg.posterior_flow,
+        layers=cfg.posterior_flow_layers,
+        hidden=cfg.flow_hidden,
+        blocks=cfg.flow_blocks,
+        context=cfg.posterior_flow_context,
+    )
+
+
 def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
     """Build a VAE from a ``ModelConfig`` (and the objective from a ``TrainConfig``)."""
-    likelihood = build_likelihood(data_shape, cfg)
-    if getattr(cfg, "posterior_flow", None) not in (None, "none"):  # q(z|x) = flow(q0(z|x)), see flow_vae.py
-        encoder = build_flow_encoder(data_shape, cfg)
-    else:
-        encoder = GaussianEncoder(build_encoder(data_shape, 2 * cfg.latent_dim, cfg))
-    decoder = Decoder(build_decoder(cfg.latent_dim, likelihood.param_shape, cfg), likelihood)
-    prior = build_prior(cfg.latent_dim, cfg)
-    if hasattr(prior, "bind"):  # priors defined through the encoder (VampPrior)
+    data_shape = tuple(data_shape)
+    spec = net_spec(cfg)
+    likelihood = likelihood_from_config(cfg, data_shape)
+    encoder = encoder_from_config(cfg, data_shape, spec)
+    decoder = Decoder(build_decoder(cfg.decoder, cfg.latent_dim, likelihood.param_shape, spec), likelihood)
+    prior = prior_from_config(cfg)
+    if prior.needs_encoder:  # priors defined through the encoder (VampPrior)
         prior.bind(encoder, data_shape)
     obj = {}
     if train_cfg is not None:

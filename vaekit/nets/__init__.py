@@ -1,27 +1,31 @@
-"""Encoder and decoder bodies, by name.
+"""Encoder and decoder bodies, by name: tensor -> tensor networks only.
 
 An encoder body maps x [B, *data_shape] to features [B, out_features]; a decoder body
 maps z [B, latent_dim] to likelihood parameters [B, *param_shape]. Each registry entry
-is a constructor taking the shapes and the ``ModelConfig``; new architectures register
-here (conv, resnet). Decoders that need x itself (PixelCNN) are built by the
-likelihood instead, see ``vaekit.distributions``.
+is a constructor taking the shapes and a :class:`NetSpec` (the sizes and switches of the
+bodies, built once by the model builder); new architectures register here. The gated
+PixelCNN body (``vaekit.nets.pixelcnn``) is built by its likelihood,
+``vaekit.distributions.PixelCNNLikelihood``, since it reads x itself. The speed switches
+of the training loop live in ``vaekit.nets.speed`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..checks import lookup
 from .conv import conv_decoder, conv_encoder
 from .mlp import mlp_decoder, mlp_encoder
 from .resnet import resnet_decoder, resnet_encoder
+from .spec import NetSpec
+from .speed import autocast, channels_last_input, compile_targets, maybe_compile, to_channels_last
 
-# name -> constructor(data_shape, out_features, model_config) -> nn.Module
+# name -> constructor(data_shape, out_features, spec: NetSpec) -> nn.Module
 ENCODERS = {
     "mlp": mlp_encoder,
     "conv": conv_encoder,  # strided convs
     "resnet": resnet_encoder,  # pre-activation residual stages
 }
 
-# name -> constructor(latent_dim, param_shape, model_config) -> nn.Module
+# name -> constructor(latent_dim, param_shape, spec: NetSpec) -> nn.Module
 DECODERS = {
     "mlp": mlp_decoder,
     "conv": conv_decoder,  # transposed conv / resize-conv
@@ -29,13 +33,25 @@ DECODERS = {
 }
 
 
-def build_encoder(data_shape, out_features, cfg):
-    if cfg.encoder not in ENCODERS:
-        raise ConfigError(f"unknown encoder '{cfg.encoder}'; known: {', '.join(ENCODERS)}")
-    return ENCODERS[cfg.encoder](tuple(data_shape), out_features, cfg)
+def build_encoder(name: str, data_shape: tuple[int, ...], out_features: int, spec: NetSpec):
+    """Encoder body ``name``: x [B, *data_shape] -> [B, out_features]."""
+    return lookup(ENCODERS, name, "encoder")(tuple(data_shape), out_features, spec)
 
 
-def build_decoder(latent_dim, param_shape, cfg):
-    if cfg.decoder not in DECODERS:
-        raise ConfigError(f"unknown decoder '{cfg.decoder}'; known: {', '.join(DECODERS)}")
-    return DECODERS[cfg.decoder](latent_dim, tuple(param_shape), cfg)
+def build_decoder(name: str, latent_dim: int, param_shape: tuple[int, ...], spec: NetSpec):
+    """Decoder body ``name``: z [B, latent_dim] -> [B, *param_shape]."""
+    return lookup(DECODERS, name, "decoder")(latent_dim, tuple(param_shape), spec)
+
+
+__all__ = [
+    "DECODERS",
+    "ENCODERS",
+    "NetSpec",
+    "autocast",
+    "build_decoder",
+    "build_encoder",
+    "channels_last_input",
+    "compile_targets",
+    "maybe_compile",
+    "to_channels_last",
+]

@@ -1,4 +1,4 @@
-"""Convolutional encoder and decoder bodies, and the speed switches shared by image nets.
+"""Convolutional encoder and decoder bodies, and the conv pieces the ResNet bodies share.
 
 The encoder is a stack of stride-2 3x3 convolutions (one per entry of ``channels``, each
 halving H and W, rounding up), then one linear map of the flattened features. The decoder
@@ -21,14 +21,16 @@ Normalization", NeurIPS 2016; Ioffe & Szegedy, "Batch Normalization", ICML 2015.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
-import torch
 from torch import Tensor, nn
 
+from ..checks import image_shape, lookup
 from ..errors import ConfigError
+from .body import NetBody
 from .mlp import activation
+from .spec import NetSpec
+from .speed import autocast, channels_last_input, maybe_compile, to_channels_last  # noqa: F401 - old import path
 
 
 # --- shapes ------------------------------------------------------------------------------
@@ -38,13 +40,6 @@ def stage_sizes(size: int, n_stages: int) -> list[int]:
     for _ in range(n_stages):
         sizes.append((sizes[-1] + 1) // 2)  # 3x3 conv, stride 2, padding 1
     return sizes
-
-
-def image_shape(data_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
-    """Check that ``data_shape`` is [C, H, W]; one-line ConfigError otherwise."""
-    if len(data_shape) != 3:
-        raise ConfigError(f"the {name} nets need image data [C, H, W]; got shape {tuple(data_shape)}")
-    return tuple(int(s) for s in data_shape)  # type: ignore[return-value]
 
 
 def check_channels(channels: list[int]) -> list[int]:
@@ -72,9 +67,7 @@ NORMS = {
 
 def norm_pair(name: str):
     """(conv wrapper, norm-layer constructor) for normalisation ``name``."""
-    if name not in NORMS:
-        raise ConfigError(f"unknown model.norm '{name}'; known: {', '.join(NORMS)}")
-    return NORMS[name]
+    return lookup(NORMS, name, "model.norm")
 
 
 def conv3x3(c_in: int, c_out: int, norm: str, stride: int = 1) -> nn.Module:
@@ -117,13 +110,12 @@ UPSAMPLERS = {
 
 
 def upsampler(name: str, c_in: int, c_out: int, size_in, size_out, norm: str) -> nn.Module:
-    if name not in UPSAMPLERS:
-        raise ConfigError(f"unknown model.upsample '{name}'; known: {', '.join(UPSAMPLERS)}")
-    return UPSAMPLERS[name](c_in, c_out, tuple(size_in), tuple(size_out), norm)
+    """Up-sampling ``name`` from [B, c_in, *size_in] to [B, c_out, *size_out]."""
+    return lookup(UPSAMPLERS, name, "model.upsample")(c_in, c_out, tuple(size_in), tuple(size_out), norm)
 
 
 # --- the bodies ----------------------------------------------------------------------------
-class ConvEncoder(nn.Module):
+class ConvEncoder(NetBody):
     """x [B, C, H, W] -> [B, out_features]: stride-2 convs (one per width), then a linear map.
 
     Args:
@@ -137,7 +129,7 @@ class ConvEncoder(nn.Module):
         self, data_shape: tuple[int, ...], out_features: int, channels: list[int], act: str = "relu", norm: str = "none"
     ):
         super().__init__()
-        C, H, W = image_shape(data_shape, "conv")
+        C, H, W = image_shape(data_shape, "the conv encoder")
         channels = check_channels(channels)
         layers: list[nn.Module] = []
         c_in = C
@@ -152,7 +144,7 @@ class ConvEncoder(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(NetBody):
     """z [B, latent_dim] -> [B, P, H, W]: linear to the smallest map, up-sample per stage, 3x3 conv.
 
     Args:
@@ -172,7 +164,7 @@ class ConvDecoder(nn.Module):
         upsample: str = "transpose",
     ):
         super().__init__()
-        P, H, W = image_shape(param_shape, "conv")
+        P, H, W = image_shape(param_shape, "the conv decoder")
         channels = check_channels(channels)
         n = len(channels)
         hs, ws = stage_sizes(H, n), stage_sizes(W, n)
@@ -194,68 +186,11 @@ class ConvDecoder(nn.Module):
         return self.out(self.features(h))
 
 
-def conv_encoder(data_shape: tuple[int, ...], out_features: int, cfg) -> nn.Module:
+def conv_encoder(data_shape: tuple[int, ...], out_features: int, spec: NetSpec) -> nn.Module:
     """Registry constructor: x [B, C, H, W] -> [B, out_features]."""
-    return ConvEncoder(data_shape, out_features, cfg.channels, cfg.activation, cfg.norm)
+    return ConvEncoder(data_shape, out_features, list(spec.channels), spec.activation, spec.norm)
 
 
-def conv_decoder(latent_dim: int, param_shape: tuple[int, ...], cfg) -> nn.Module:
+def conv_decoder(latent_dim: int, param_shape: tuple[int, ...], spec: NetSpec) -> nn.Module:
     """Registry constructor: z [B, latent_dim] -> [B, *param_shape]."""
-    return ConvDecoder(latent_dim, param_shape, cfg.channels, cfg.activation, cfg.norm, cfg.upsample)
-
-
-# --- speed switches (wired in by the training loop) -----------------------------------------
-def compile_targets() -> tuple[type, ...]:
-    """The net bodies :func:`maybe_compile` compiles: modules that map tensors to tensors."""
-    from .mlp import MLP
-    from .pixelcnn import GatedPixelCNN
-    from .resnet import ResNetDecoder, ResNetEncoder
-
-    return (MLP, ConvEncoder, ConvDecoder, ResNetEncoder, ResNetDecoder, GatedPixelCNN)
-
-
-def maybe_compile(module: nn.Module, enabled: bool, **kwargs) -> nn.Module:
-    """``torch.compile`` the net bodies inside ``module`` when ``enabled``; returns ``module``.
-
-    A model is driven through ``loss`` / ``log_prob`` / ``sample``, not ``forward``, and its
-    encoder and decoder return distributions, so compiling the model itself would do
-    nothing; instead each tensor-to-tensor body (see :func:`compile_targets`) is compiled in
-    place (``Module.compile``), which keeps parameters, ``state_dict`` keys and the model
-    contract. Modules without such bodies are compiled whole. ``kwargs`` go to
-    ``torch.compile`` (e.g. ``mode="max-autotune"``). Default off: see ``bench/arch_speed.py``.
-    """
-    if enabled:
-        targets = [m for m in module.modules() if isinstance(m, compile_targets())]
-        for m in targets or [module]:
-            m.compile(**kwargs)
-    return module
-
-
-def to_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
-    """Store the 4-D conv weights of ``module`` channels-last (NHWC) when ``enabled``.
-
-    Inputs should then be converted with :func:`channels_last_input`; outputs are numerically
-    the same. Helps cuDNN convolutions under mixed precision; on CPU measure first
-    (``bench/arch_speed.py --channels-last``).
-    """
-    if enabled:
-        module.to(memory_format=torch.channels_last)
-    return module
-
-
-def channels_last_input(x: Tensor, enabled: bool = True) -> Tensor:
-    """x [B, C, H, W] in channels-last memory format when ``enabled`` (other shapes untouched)."""
-    if enabled and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype = torch.bfloat16):
-    """Mixed-precision context: ``torch.autocast('cuda', dtype)`` on CUDA when ``enabled``, else a no-op.
-
-    Likelihoods compute their log-probabilities in float32 whatever the decoder's dtype.
-    """
-    device = torch.device(device)
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    return ConvDecoder(latent_dim, param_shape, list(spec.channels), spec.activation, spec.norm, spec.upsample)

@@ -11,7 +11,9 @@ import math
 
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..checks import lookup
+from .body import NetBody
+from .spec import NetSpec
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -25,12 +27,11 @@ ACTIVATIONS = {
 
 
 def activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    """A fresh activation module by name (see ``ACTIVATIONS``)."""
+    return lookup(ACTIVATIONS, name, "activation")()
 
 
-class MLP(nn.Module):
+class MLP(NetBody):
     """x [B, *in_shape] -> y [B, *out_shape] through Linear-activation layers.
 
     Args:
@@ -54,11 +55,12 @@ class MLP(nn.Module):
         return self.net(x).view(x.shape[0], *self.out_shape)
 
 
-def mlp_encoder(data_shape: tuple[int, ...], out_features: int, cfg) -> nn.Module:
-    """x [B, *data_shape] -> [B, out_features] (e.g. 2*latent_dim for mean and log-variance)."""
-    return MLP(data_shape, cfg.hidden, (out_features,), cfg.activation)
+def mlp_encoder(data_shape: tuple[int, ...], out_features: int, spec: NetSpec) -> nn.Module:
+    """x [B, *data_shape] -> [B, out_features] (e.g. 2*latent_dim for mean and log-variance);
+    reads ``spec.hidden`` and ``spec.activation``."""
+    return MLP(data_shape, list(spec.hidden), (out_features,), spec.activation)
 
 
-def mlp_decoder(latent_dim: int, param_shape: tuple[int, ...], cfg) -> nn.Module:
+def mlp_decoder(latent_dim: int, param_shape: tuple[int, ...], spec: NetSpec) -> nn.Module:
     """z [B, latent_dim] -> likelihood parameters [B, *param_shape]; widths mirror the encoder."""
-    return MLP((latent_dim,), list(reversed(cfg.hidden)), param_shape, cfg.activation)
+    return MLP((latent_dim,), list(reversed(spec.hidden)), param_shape, spec.activation)

@@ -1,11 +1,10 @@
-"""Gated PixelCNN decoder, conditioned on z: the PixelVAE likelihood.
+"""Gated PixelCNN body, conditioned on a map c(z): the network of the PixelVAE likelihood.
 
 The model: p(x|z) = prod_i p(x_i | x_<i, z) in raster order (rows, then columns, then colour
-channels R, G, B within a pixel). It plugs into the one VAE class as a *likelihood*: the
-decoder body (conv, resnet or mlp) maps z to a conditioning map c(z) = ``param_shape`` =
-(pixelcnn_cond, H, W), and :class:`PixelCNNLikelihood` turns it into a distribution whose
-``log_prob(x)`` is one parallel masked pass over x and whose ``sample()`` is the
-autoregressive loop.
+channels R, G, B within a pixel). This module holds the tensor -> tensor network only:
+:class:`GatedPixelCNN` maps x (and c(z)) to per-sub-pixel parameters in one parallel masked
+pass and draws x by the autoregressive loop given a per-pixel sampler. The likelihood that
+plugs it into the VAE, with its output heads, is ``vaekit.distributions.pixelcnn``.
 
 Pieces:
 
@@ -21,10 +20,8 @@ Pieces:
   gates are tanh(a) * sigmoid(b); the horizontal stack is residual after the first layer.
 - Conditioning (Gulrajani et al. 2017, PixelVAE): c(z) enters every layer's vertical and
   horizontal pre-activations through 1x1 convolutions (computed once for all layers).
-- Output heads (``pixelcnn_output``): ``bernoulli`` (one logit per sub-pixel, binarised data),
-  ``logistic_mixture`` (a discretised logistic mixture *per sub-pixel*; colour channels are
-  ordered by the masks, so no PixelCNN++ channel coefficients are needed) and ``categorical``
-  (256-way softmax per sub-pixel).
+- A 1x1 masked output head gives ``n_out`` parameters per sub-pixel (the likelihood's head
+  decides how many and what they mean).
 
 Sampling without a cache but without waste: a pixel's parameters depend on a bounded
 neighbourhood, L (k//2) rows above and L (k//2) columns to the left for L layers. Once per
@@ -44,16 +41,14 @@ Karpathy, Chen & Kingma, "PixelCNN++", ICLR 2017 (discretised logistic mixture).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, constraints
 
-from ..distributions import N_LEVELS, Categorical256, DiscretizedLogisticMixture, Likelihood
 from ..errors import ConfigError
+from .body import NetBody
 
 
 def _pair(k) -> tuple[int, int]:
@@ -199,7 +194,7 @@ class GatedLayer(nn.Module):
         return (h if pad_left else h[:, r:]) + out
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(NetBody):
     """x [B, C, H, W] in [0, 1] (and c [B, cond, H, W]) -> parameters [B, n_out, C, H, W].
 
     Output [:, :, c, i, j] depends only on x at pixels before (i, j) in raster order and on
@@ -368,129 +363,3 @@ class _one_cpu_thread:
     def __exit__(self, *exc):
         if self.active:
             torch.set_num_threads(self.saved)
-
-
-# --- output heads: name -> (parameters per sub-pixel, params [B, n_out, C, H, W] -> Distribution)
-def _bernoulli_head(n_mix: int):
-    return 1, lambda p: Independent(Bernoulli(logits=p[:, 0], validate_args=False), 3, validate_args=False)
-
-
-def _logistic_head(n_mix: int):
-    def to_dist(p: Tensor) -> Distribution:
-        logits, means, log_scales = p.split(n_mix, dim=1)
-        return DiscretizedLogisticMixture(logits, means, log_scales)
-
-    return 3 * n_mix, to_dist
-
-
-def _categorical_head(n_mix: int):
-    return N_LEVELS, Categorical256
-
-
-OUTPUT_HEADS = {
-    "bernoulli": _bernoulli_head,  # binarised data
-    "logistic_mixture": _logistic_head,  # 8-bit data, n_mix components per sub-pixel
-    "categorical": _categorical_head,  # 8-bit data, 256-way softmax per sub-pixel
-}
-
-
-class PixelCNNDistribution(Distribution):
-    """p(x|z) of a PixelVAE: batch [B], event [C, H, W]; ``log_prob`` is one parallel masked pass.
-
-    Args:
-        likelihood: the :class:`PixelCNNLikelihood` that holds the network and the head.
-        cond: conditioning map c(z) [B, cond, H, W].
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.unit_interval
-    has_rsample = False
-
-    def __init__(self, likelihood: PixelCNNLikelihood, cond: Tensor):
-        self.likelihood, self.cond = likelihood, cond
-        super().__init__(batch_shape=cond.shape[:1], event_shape=likelihood.data_shape, validate_args=False)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """log p(x|z) [B] in nats, x [B, C, H, W]."""
-        out = self.likelihood.net(x, self.cond)
-        return self.likelihood.output_distribution(out).log_prob(x)
-
-    def sample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
-        """x [*sample_shape, B, C, H, W] by the autoregressive loop (all draws as one batch)."""
-        n = math.prod(sample_shape)
-        cond = self.cond if n == 1 else self.cond.repeat(n, *([1] * (self.cond.dim() - 1)))
-        x = self.likelihood.net.sample(self.likelihood.data_shape, self.likelihood.sample_pixel, cond)
-        return x.view(*sample_shape, *self.batch_shape, *self.event_shape)
-
-    @property
-    def mean(self) -> Tensor:
-        raise NotImplementedError("a PixelCNN has no closed-form mean; draw a sample")
-
-
-class PixelCNNLikelihood(Likelihood):
-    """p(x|z) = gated PixelCNN conditioned on the decoder body's map c(z) = [B, cond, H, W].
-
-    Args:
-        data_shape: (C, H, W).
-        output: output head name (see ``OUTPUT_HEADS``).
-        channels, layers, kernel: of the gated PixelCNN.
-        cond_channels: channels of c(z); ``param_shape = (cond_channels, H, W)``.
-        n_mix: components of the logistic mixture head.
-    """
-
-    discrete = True
-
-    def __init__(
-        self,
-        data_shape: tuple[int, ...],
-        output: str = "bernoulli",
-        channels: int = 32,
-        layers: int = 6,
-        kernel: int = 3,
-        cond_channels: int = 16,
-        n_mix: int = 10,
-    ):
-        super().__init__()
-        if len(data_shape) != 3:
-            raise ConfigError(f"likelihood 'pixelcnn' needs image data [C, H, W]; got shape {tuple(data_shape)}")
-        if output not in OUTPUT_HEADS:
-            raise ConfigError(f"unknown model.pixelcnn_output '{output}'; known: {', '.join(OUTPUT_HEADS)}")
-        if cond_channels < 1:
-            raise ConfigError(f"model.pixelcnn_cond must be positive; got {cond_channels}")
-        if n_mix < 1:
-            raise ConfigError(f"model.n_mix must be positive; got {n_mix}")
-        self.data_shape = tuple(int(s) for s in data_shape)
-        C, H, W = self.data_shape
-        self.param_shape = (cond_channels, H, W)
-        self.output = output
-        n_out, self._to_dist = OUTPUT_HEADS[output](n_mix)
-        self.net = GatedPixelCNN(C, n_out, channels, layers, kernel, cond_channels)
-        # rough peak of floats alive per data element in one no-grad log_prob (conditioning
-        # terms of all layers, a layer's stacks, the head): for memory budgets that count
-        # decoder outputs, e.g. the chunking of importance sampling
-        self.activation_factor = math.ceil((cond_channels + 4 * channels * layers + 8 * channels + n_out * C) / C)
-
-    def output_distribution(self, out: Tensor) -> Distribution:
-        """Head parameters [B, n_out, C, H, W] -> per-sub-pixel distribution (float32), event [C, H, W]."""
-        return self._to_dist(out.float())
-
-    def sample_pixel(self, params: Tensor) -> Tensor:
-        """Parameters of one pixel [B, n_out, C, 1, 1] -> a draw [B, C, 1, 1]."""
-        return self.output_distribution(params).sample()
-
-    def forward(self, params: Tensor) -> Distribution:
-        """c(z) [B, cond, H, W] -> p(x|z)."""
-        return PixelCNNDistribution(self, params)
-
-
-def pixelcnn_likelihood(data_shape: tuple[int, ...], cfg) -> PixelCNNLikelihood:
-    """Registry constructor (``likelihood: pixelcnn``) from the ModelConfig fields."""
-    return PixelCNNLikelihood(
-        data_shape,
-        cfg.pixelcnn_output,
-        cfg.pixelcnn_channels,
-        cfg.pixelcnn_layers,
-        cfg.pixelcnn_kernel,
-        cfg.pixelcnn_cond,
-        cfg.n_mix,
-    )

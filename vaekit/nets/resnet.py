@@ -21,9 +21,12 @@ import math
 
 from torch import Tensor, nn
 
+from ..checks import image_shape
 from ..errors import ConfigError
-from .conv import check_channels, conv3x3, image_shape, norm_pair, stage_sizes, upsampler
+from .body import NetBody
+from .conv import check_channels, conv3x3, norm_pair, stage_sizes, upsampler
 from .mlp import activation
+from .spec import NetSpec
 
 
 class PreActBlock(nn.Module):
@@ -55,7 +58,7 @@ def _check_blocks(n: int) -> int:
     return n
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(NetBody):
     """x [B, C, H, W] -> [B, out_features] through residual stages, each ending in a stride-2 conv.
 
     Args:
@@ -75,7 +78,7 @@ class ResNetEncoder(nn.Module):
         norm: str = "none",
     ):
         super().__init__()
-        C, H, W = image_shape(data_shape, "resnet")
+        C, H, W = image_shape(data_shape, "the resnet encoder")
         channels, blocks = check_channels(channels), _check_blocks(blocks)
         layers: list[nn.Module] = [conv3x3(C, channels[0], norm)]
         for i, c in enumerate(channels):
@@ -90,7 +93,7 @@ class ResNetEncoder(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-class ResNetDecoder(nn.Module):
+class ResNetDecoder(NetBody):
     """z [B, latent_dim] -> [B, P, H, W]: linear to the smallest map, then per stage up-sample + blocks.
 
     Args:
@@ -111,7 +114,7 @@ class ResNetDecoder(nn.Module):
         upsample: str = "transpose",
     ):
         super().__init__()
-        P, H, W = image_shape(param_shape, "resnet")
+        P, H, W = image_shape(param_shape, "the resnet decoder")
         channels, blocks = check_channels(channels), _check_blocks(blocks)
         n = len(channels)
         hs, ws = stage_sizes(H, n), stage_sizes(W, n)
@@ -131,13 +134,13 @@ class ResNetDecoder(nn.Module):
         return self.out(self.features(h))
 
 
-def resnet_encoder(data_shape: tuple[int, ...], out_features: int, cfg) -> nn.Module:
+def resnet_encoder(data_shape: tuple[int, ...], out_features: int, spec: NetSpec) -> nn.Module:
     """Registry constructor: x [B, C, H, W] -> [B, out_features]."""
-    return ResNetEncoder(data_shape, out_features, cfg.channels, cfg.resnet_blocks, cfg.activation, cfg.norm)
+    return ResNetEncoder(data_shape, out_features, list(spec.channels), spec.resnet_blocks, spec.activation, spec.norm)
 
 
-def resnet_decoder(latent_dim: int, param_shape: tuple[int, ...], cfg) -> nn.Module:
+def resnet_decoder(latent_dim: int, param_shape: tuple[int, ...], spec: NetSpec) -> nn.Module:
     """Registry constructor: z [B, latent_dim] -> [B, *param_shape]."""
     return ResNetDecoder(
-        latent_dim, param_shape, cfg.channels, cfg.resnet_blocks, cfg.activation, cfg.norm, cfg.upsample
+        latent_dim, param_shape, list(spec.channels), spec.resnet_blocks, spec.activation, spec.norm, spec.upsample
     )

@@ -189,11 +189,9 @@ def test_categorical_agrees_with_brute_force():
 
 
 def test_likelihood_modules_shapes_and_registry():
-    cfg = ModelConfig(likelihood="logistic_mixture", n_mix=10)
-    assert build_likelihood((3, 32, 32), cfg).param_shape == (100, 32, 32)
-    assert build_likelihood((1, 28, 28), cfg).param_shape == (30, 28, 28)
-    cfg = ModelConfig(likelihood="categorical")
-    assert build_likelihood((3, 8, 8), cfg).param_shape == (768, 8, 8)
+    assert build_likelihood("logistic_mixture", (3, 32, 32), n_mix=10).param_shape == (100, 32, 32)
+    assert build_likelihood("logistic_mixture", (1, 28, 28), n_mix=10).param_shape == (30, 28, 28)
+    assert build_likelihood("categorical", (3, 8, 8)).param_shape == (768, 8, 8)
     for lik in (LogisticMixtureLikelihood((3, 5, 4), 2), CategoricalLikelihood((3, 5, 4))):
         params = torch.randn(6, *lik.param_shape, dtype=torch.bfloat16)
         d = lik(params)
@@ -203,9 +201,9 @@ def test_likelihood_modules_shapes_and_registry():
         assert d.event_shape == (3, 5, 4) and d.sample().shape == (6, 3, 5, 4)
         assert lik.discrete
     with pytest.raises(ConfigError):
-        build_likelihood((784,), ModelConfig(likelihood="logistic_mixture"))
+        build_likelihood("logistic_mixture", (784,))
     with pytest.raises(ConfigError):
-        build_likelihood((1, 8, 8), ModelConfig(likelihood="logistic_mixture", n_mix=0))
+        build_likelihood("logistic_mixture", (1, 8, 8), n_mix=0)
 
 
 def test_bits_per_dim_rule():

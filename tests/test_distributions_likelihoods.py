@@ -1,0 +1,53 @@
+"""Bernoulli and Gaussian likelihoods, and the likelihood registry."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli, Independent, Normal
+
+from vaekit.distributions import BernoulliLikelihood, GaussianLikelihood, build_likelihood
+
+
+def test_bernoulli_log_prob_matches_torch_and_sums_over_pixels():
+    logits = torch.randn(4, 1, 3, 3) * 5
+    x = torch.bernoulli(torch.rand(4, 1, 3, 3))
+    ours = BernoulliLikelihood((1, 3, 3))(logits).log_prob(x)
+    ref = Independent(Bernoulli(logits=logits), 3).log_prob(x)
+    assert ours.shape == (4,)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-6)
+    # normalised: the 2^9 binary images of one example sum to probability one
+    grid = torch.tensor([[(i >> b) & 1 for b in range(9)] for i in range(512)], dtype=torch.float32)
+    lp = BernoulliLikelihood((9,))(logits[:1].reshape(1, 9).expand(512, 9)).log_prob(grid)
+    assert torch.logsumexp(lp, 0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_gaussian_variances():
+    lik = build_likelihood("gaussian", (2, 3, 3), variance="pixel")
+    assert lik.param_shape == (4, 3, 3)
+    params = torch.randn(5, 4, 3, 3)
+    x = torch.randn(5, 2, 3, 3)
+    mean, log_std = params.chunk(2, dim=1)
+    ref = Normal(mean, log_std.exp()).log_prob(x).sum((1, 2, 3))
+    torch.testing.assert_close(lik(params).log_prob(x), ref)
+    glob = GaussianLikelihood((3,), variance="global")
+    assert [n for n, _ in glob.named_parameters()] == ["log_std"]
+    fixed = GaussianLikelihood((3,), variance="fixed", fixed_std=0.5)
+    assert not list(fixed.parameters())
+    lp = fixed(torch.zeros(1, 3)).log_prob(torch.zeros(1, 3))
+    assert lp.item() == pytest.approx(-3 * (math.log(0.5) + 0.5 * math.log(2 * math.pi)), abs=1e-5)
+
+
+def test_registry_takes_explicit_keyword_arguments():
+    from vaekit.distributions import LIKELIHOODS
+    from vaekit.errors import ConfigError
+
+    assert set(LIKELIHOODS) == {"bernoulli", "gaussian", "logistic_mixture", "categorical", "pixelcnn"}
+    fixed = build_likelihood("gaussian", (3,), variance="fixed", fixed_std=2.0)
+    assert fixed.log_std.item() == pytest.approx(math.log(2.0))
+    with pytest.raises(TypeError):
+        build_likelihood("bernoulli", (3,), variance="fixed")  # not an argument of the Bernoulli likelihood
+    with pytest.raises(ConfigError, match="unknown likelihood 'bernouli' \\(did you mean 'bernoulli'\\?\\)"):
+        build_likelihood("bernouli", (3,))
+    with pytest.raises(ConfigError, match="unknown model.variance 'learned'"):
+        GaussianLikelihood((3,), variance="learned")

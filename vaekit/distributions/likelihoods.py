@@ -1,0 +1,106 @@
+"""Likelihoods p(x|z) for binary and continuous data, and the registry of every likelihood.
+
+- Bernoulli with logits, for binary (binarised) images (Kingma & Welling 2014, App. C.1).
+- Gaussian with a fixed, a learned global, or a per-pixel (decoder-output) standard
+  deviation (Kingma & Welling 2014, App. C.2). Densities are in nats per example of
+  continuous data.
+
+The 8-bit image likelihoods are in ``image.py``, the PixelCNN likelihood in ``pixelcnn.py``;
+:data:`LIKELIHOODS` names them all.
+
+Reference: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+from ..checks import lookup
+from .base import LOG_STD_MIN, Likelihood
+from .image import CategoricalLikelihood, LogisticMixtureLikelihood
+from .pixelcnn import PixelCNNLikelihood
+
+VARIANCES = ("fixed", "global", "pixel")
+
+
+class LogitBernoulli(Bernoulli):
+    """torch's ``Bernoulli(logits=...)`` with a cheaper exact ``log_prob``.
+
+    log p(x) = x * l - softplus(l): one transcendental per element instead of the several
+    passes of ``binary_cross_entropy_with_logits`` (about 2x faster on CPU; the decoder's
+    log-likelihood dominates importance sampling with K = 5000). Valid for x in [0, 1].
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return value * self.logits - F.softplus(self.logits)
+
+
+class BernoulliLikelihood(Likelihood):
+    """p(x|z) = prod_d Bernoulli(x_d; sigmoid(logit_d)); decoder outputs one logit per dimension."""
+
+    discrete = True  # a probability mass function: bpd = nll / (D ln 2)
+    factorised = True
+
+    def __init__(self, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.param_shape = self.data_shape
+
+    def forward(self, params: Tensor) -> Distribution:
+        return Independent(
+            LogitBernoulli(logits=params, validate_args=False), len(self.data_shape), validate_args=False
+        )
+
+
+class GaussianLikelihood(Likelihood):
+    """p(x|z) = prod_d N(x_d; mu_d, sigma_d^2).
+
+    ``variance``: ``fixed`` (sigma = ``fixed_std``), ``global`` (one learned log sigma)
+    or ``pixel`` (the decoder outputs a log sigma per dimension, stacked after the means
+    on the first non-batch axis, so ``param_shape = (2 * C, ...)``).
+    """
+
+    discrete = False  # a density: add D ln 256 before bpd on 8-bit data (image_bits_per_dim)
+    factorised = True
+
+    def __init__(self, data_shape: tuple[int, ...], variance: str = "global", fixed_std: float = 1.0):
+        super().__init__()
+        lookup(dict.fromkeys(VARIANCES), variance, "model.variance")
+        self.data_shape = tuple(data_shape)
+        self.variance = variance
+        if variance == "pixel":
+            self.param_shape = (2 * self.data_shape[0],) + self.data_shape[1:]
+        else:
+            self.param_shape = self.data_shape
+        if variance == "global":
+            self.log_std = nn.Parameter(torch.zeros(()))
+        elif variance == "fixed":
+            self.register_buffer("log_std", torch.tensor(math.log(fixed_std)))
+
+    def forward(self, params: Tensor) -> Distribution:
+        if self.variance == "pixel":
+            mean, log_std = params.chunk(2, dim=1)
+        else:
+            mean, log_std = params, self.log_std.expand_as(params)
+        std = log_std.clamp(min=LOG_STD_MIN).exp()
+        return Independent(Normal(mean, std, validate_args=False), len(self.data_shape), validate_args=False)
+
+
+# name -> constructor(data_shape, **keyword arguments of that class) -> Likelihood
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": BernoulliLikelihood,  # ()
+    "gaussian": GaussianLikelihood,  # (variance, fixed_std)
+    "logistic_mixture": LogisticMixtureLikelihood,  # (n_mix); 8-bit images
+    "categorical": CategoricalLikelihood,  # (); 8-bit images
+    "pixelcnn": PixelCNNLikelihood,  # (output, channels, layers, kernel, cond_channels, n_mix); PixelVAE
+}
+
+
+def build_likelihood(name: str, data_shape: tuple[int, ...], **kwargs) -> Likelihood:
+    """The likelihood ``name`` for examples of ``data_shape``; ``kwargs`` are its constructor's."""
+    return lookup(LIKELIHOODS, name, "likelihood")(tuple(data_shape), **kwargs)

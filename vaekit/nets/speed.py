@@ -1,0 +1,68 @@
+"""Speed switches of the net bodies, wired in by the training loop: compile, channels-last, autocast.
+
+None of them changes a number beyond float rounding or a ``state_dict`` key: ``torch.compile``
+is applied to the tensor-to-tensor bodies in place, channels-last is a memory layout, and
+autocast leaves the likelihoods in float32. Measure before switching one on
+(``bench/arch_speed.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from .body import NetBody
+
+
+def compile_targets() -> tuple[type, ...]:
+    """The modules :func:`maybe_compile` compiles: the net bodies (:class:`NetBody`), tensors to tensors."""
+    return (NetBody,)
+
+
+def maybe_compile(module: nn.Module, enabled: bool, **kwargs) -> nn.Module:
+    """``torch.compile`` the net bodies inside ``module`` when ``enabled``; returns ``module``.
+
+    A model is driven through ``loss`` / ``log_prob`` / ``sample``, not ``forward``, and its
+    encoder and decoder return distributions, so compiling the model itself would do
+    nothing; instead each tensor-to-tensor body (see :func:`compile_targets`) is compiled in
+    place (``Module.compile``), which keeps parameters, ``state_dict`` keys and the model
+    contract. Modules without such bodies are compiled whole. ``kwargs`` go to
+    ``torch.compile`` (e.g. ``mode="max-autotune"``). Default off: see ``bench/arch_speed.py``.
+    """
+    if enabled:
+        targets = [m for m in module.modules() if isinstance(m, compile_targets())]
+        for m in targets or [module]:
+            m.compile(**kwargs)
+    return module
+
+
+def to_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Store the 4-D conv weights of ``module`` channels-last (NHWC) when ``enabled``.
+
+    Inputs should then be converted with :func:`channels_last_input`; outputs are numerically
+    the same. Helps cuDNN convolutions under mixed precision; on CPU measure first
+    (``bench/arch_speed.py --channels-last``).
+    """
+    if enabled:
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def channels_last_input(x: Tensor, enabled: bool = True) -> Tensor:
+    """x [B, C, H, W] in channels-last memory format when ``enabled`` (other shapes untouched)."""
+    if enabled and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype = torch.bfloat16):
+    """Mixed-precision context: ``torch.autocast('cuda', dtype)`` on CUDA when ``enabled``, else a no-op.
+
+    Likelihoods compute their log-probabilities in float32 whatever the decoder's dtype.
+    """
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
