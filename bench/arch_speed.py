@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from vaekit.config import get_preset  # noqa: E402
 from vaekit.models.vae import build_vae  # noqa: E402
-from vaekit.nets.conv import autocast, channels_last_input, maybe_compile, to_channels_last  # noqa: E402
+from vaekit.nets import autocast, channels_last_input, maybe_compile, to_channels_last  # noqa: E402
 
 PRESETS = ["conv-mnist", "resnet-mnist", "pixelvae-mnist", "resnet-cifar", "pixelvae-cifar"]
 

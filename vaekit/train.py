@@ -66,7 +66,7 @@ from .errors import CheckpointError, VaekitError
 from .evaluate import evaluate
 from .models import build_model
 from .models.base import GenerativeModel
-from .nets.conv import autocast, channels_last_input, maybe_compile, to_channels_last
+from .nets import autocast, channels_last_input, maybe_compile, to_channels_last
 from .seeding import EPOCH, EPOCH_EVAL, STEP, derive_seed
 
 

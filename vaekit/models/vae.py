@@ -31,8 +31,8 @@ from ..distributions import (
     distribution_mean,
     image_bits_per_dim,
 )
+from ..inference.streamed import streamed_log_likelihood
 from ..nets import NetSpec, build_decoder, build_encoder
-from ..streamed import streamed_log_likelihood
 from .base import GenerativeModel
 from .flow_vae import build_flow_encoder
 
@@ -66,7 +66,7 @@ class Decoder(nn.Module):
 
     def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         """log p(x|z) [N] for codes z [N, D] and data x [N, *data_shape]: ``self(z).log_prob(x)``,
-        streamed block by block without materialising p(x|z) where ``vaekit.streamed`` has a
+        streamed block by block without materialising p(x|z) where ``vaekit.inference.streamed`` has a
         kernel for this body and likelihood (no grad, CPU)."""
         out = streamed_log_likelihood(self, z, x)
         return self(z).log_prob(x) if out is None else out

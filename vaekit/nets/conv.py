@@ -30,7 +30,6 @@ from ..errors import ConfigError
 from .body import NetBody
 from .mlp import activation
 from .spec import NetSpec
-from .speed import autocast, channels_last_input, maybe_compile, to_channels_last  # noqa: F401 - old import path
 
 
 # --- shapes ------------------------------------------------------------------------------
