@@ -1,0 +1,47 @@
+"""models.base: every model declares its contract; the defaults are safe."""
+
+import math
+
+import pytest
+import torch
+
+from vaekit.config import build_config
+from vaekit.models import MODELS, build_model
+from vaekit.models.base import GenerativeModel
+
+
+def test_every_registered_kind_builds_a_generative_model_with_consistent_flags():
+    kinds = {
+        "vae": ("dense-digits", {}),
+        "flow": ("dense-digits", {"kind": "flow", "flow_arch": "realnvp", "flow_levels": 1, "flow_steps": 1}),
+        "mixture": ("gmm-digits", {}),
+        "autoencoder": ("dense-digits", {"kind": "autoencoder"}),
+    }
+    assert set(kinds) == set(MODELS)
+    for kind, (preset, sets) in kinds.items():
+        model = build_model(build_config(preset, overrides=sets), (1, 8, 8))
+        assert isinstance(model, GenerativeModel)
+        assert model.log_prob_kind in ("exact", "importance-sampled", "none")
+        if model.has_latents:  # encoder, decoder and prior exist
+            assert model.has_codes
+            assert model.encoder is not None and model.decoder is not None and model.prior is not None
+        if model.has_codes:
+            assert callable(model.encode) and callable(model.reconstruct)
+        assert model.fitted_in_closed_form == (kind == "mixture")
+
+
+class Bare(GenerativeModel):
+    data_shape = (1, 2, 2)
+
+
+def test_base_defaults_refuse_what_the_model_does_not_offer():
+    m = Bare()
+    with pytest.raises(NotImplementedError, match="defines no density"):
+        m.log_prob(torch.zeros(1, 1, 2, 2))
+    with pytest.raises(NotImplementedError, match="gradient steps"):
+        m.fit(torch.zeros(1, 1, 2, 2))
+    assert not (m.has_latents or m.has_codes or m.fitted_in_closed_form)
+
+
+def test_default_bits_per_dim_is_nats_over_d_ln2():
+    assert Bare().bits_per_dim(4 * math.log(2)) == pytest.approx(1.0)
