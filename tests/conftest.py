@@ -9,6 +9,8 @@ import os
 import pytest
 import torch
 
+# plain asserts in the shared checks of tests/helpers.py report their values like those in test files
+pytest.register_assert_rewrite("tests.helpers")
 torch.set_num_threads(1)
 
 SHARED_DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")

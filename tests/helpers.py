@@ -1,6 +1,8 @@
 """Helpers shared by several test files (plain functions; fixtures live in conftest.py)."""
 
+import pytest
 import torch
+from torch.autograd.functional import jacobian
 
 from vaekit.config import ModelConfig
 from vaekit.models.vae import build_vae
@@ -36,3 +38,69 @@ def trains_on_digits(cfg: ModelConfig, x: torch.Tensor, steps: int = 12, lr: flo
         loss.backward()
         opt.step()
     return before, loss_on_all()
+
+
+# --- flow cases (tests/test_flows_*.py) -------------------------------------------------------
+# A case is (transform, x, context or None): a batch of FLOW_B examples, vectors of FLOW_D
+# features, contexts of FLOW_CTX features, images of shape FLOW_IMG.
+FLOW_B, FLOW_D, FLOW_CTX = 3, 5, 4
+FLOW_IMG = (2, 4, 4)
+
+
+def vec():
+    return torch.randn(FLOW_B, FLOW_D)
+
+
+def img(shape=FLOW_IMG):
+    return torch.randn(FLOW_B, *shape)
+
+
+def unit_img(shape=FLOW_IMG):
+    return torch.rand(FLOW_B, *shape) * 0.98 + 0.01
+
+
+def perturbed(case):
+    """The case in float64 with perturbed parameters (zero-initialised layers are the identity)."""
+    t, x, ctx = case
+    t = t.double()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = x.double()
+    ctx = None if ctx is None else ctx.double()
+    t(x, context=ctx)  # data-dependent initialisation (ActNorm) happens on this first batch
+    return t, x, ctx
+
+
+def inverse_test(cases):
+    """A test, parametrised by the names of ``cases`` (name -> () -> (transform, x, context or None)):
+    inverse(forward(x)) == x and the two log-determinants cancel. Bind it to a ``test_`` name."""
+
+    @pytest.mark.parametrize("name", sorted(cases))
+    def test_inverse_of_forward_is_identity_and_logdets_cancel(name):
+        t, x, ctx = perturbed(cases[name]())
+        y, ld = t(x, context=ctx)
+        assert ld.shape == (FLOW_B,)
+        assert torch.isfinite(y).all() and torch.isfinite(ld).all()
+        x_back, ld_inv = t.inverse(y, context=ctx)
+        torch.testing.assert_close(x_back, x, atol=1e-8, rtol=1e-8)
+        torch.testing.assert_close(ld + ld_inv, torch.zeros_like(ld), atol=1e-8, rtol=0)
+
+    return test_inverse_of_forward_is_identity_and_logdets_cancel
+
+
+def jacobian_test(cases):
+    """A test, parametrised by the names of ``cases`` like :func:`inverse_test`: the log-determinant
+    equals log|det| of the autograd Jacobian. Bind it to a ``test_`` name."""
+
+    @pytest.mark.parametrize("name", sorted(cases))
+    def test_logabsdet_matches_autograd_jacobian(name):
+        t, x, ctx = perturbed(cases[name]())
+        _, ld = t(x, context=ctx)
+        # one vectorised Jacobian of the whole batch; examples do not interact, so take the diagonal blocks
+        jac = jacobian(lambda xb: t(xb, context=ctx)[0].reshape(FLOW_B, -1), x, vectorize=True)
+        n = x[0].numel()
+        blocks = jac.reshape(FLOW_B, n, FLOW_B, n).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [B, n, n]
+        torch.testing.assert_close(ld, torch.linalg.slogdet(blocks).logabsdet, atol=1e-6, rtol=1e-6)
+
+    return test_logabsdet_matches_autograd_jacobian

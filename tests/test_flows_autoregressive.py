@@ -1,9 +1,12 @@
-"""MADE, the MADE-flow and IAF: the autoregressive property, checked by gradients."""
+"""MADE, the MADE-flow and IAF: the autoregressive property, checked by gradients; the flows and
+their stacks (MAF, IAF) invert with cancelling log-determinants equal to log|det| of the autograd
+Jacobian (float64)."""
 
 import pytest
 import torch
 
-from vaekit.flows import IAF, MADE, MaskedAffineAutoregressive
+from tests.helpers import FLOW_B, FLOW_CTX, FLOW_D, inverse_test, jacobian_test, vec
+from vaekit.flows import IAF, MADE, MaskedAffineAutoregressive, iaf, maf
 
 D, CTX = 6, 3
 
@@ -59,3 +62,20 @@ def test_context_changes_the_flow():
     y1, _ = t(x, context=torch.zeros(2, CTX))
     y2, _ = t(x, context=torch.ones(2, CTX))
     assert not torch.allclose(y1, y2)
+
+
+# name -> () -> (transform, x, context or None), in the shapes of tests.helpers
+CASES = {
+    "made-flow": lambda: (
+        MaskedAffineAutoregressive(FLOW_D, [12, 12], FLOW_CTX),
+        vec(),
+        torch.randn(FLOW_B, FLOW_CTX),
+    ),
+    "iaf": lambda: (IAF(FLOW_D, [12], FLOW_CTX), vec(), torch.randn(FLOW_B, FLOW_CTX)),
+    "maf": lambda: (maf(FLOW_D, 3, [12]), vec(), None),
+    "iaf-stack": lambda: (iaf(FLOW_D, 3, [12], FLOW_CTX), vec(), torch.randn(FLOW_B, FLOW_CTX)),
+}
+
+
+test_inverse_of_forward_is_identity_and_logdets_cancel = inverse_test(CASES)
+test_logabsdet_matches_autograd_jacobian = jacobian_test(CASES)
