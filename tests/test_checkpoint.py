@@ -12,7 +12,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaekit import checkpoint as ckpt
 from vaekit.config import Config, build_config
-from vaekit.errors import CheckpointError
+from vaekit.errors import CheckpointError, ConfigError
 from vaekit.models import build_model
 from vaekit.train import train
 
@@ -119,3 +119,99 @@ def test_a_legacy_checkpoint_resumes_and_trains_on(tmp_path, name):
         assert new["ema_n"] == old["ema_n"] + 4
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 6, 7, 8]  # log_every 1: the resumed steps only
+
+
+def test_json_text_is_standard_json_with_null_for_non_finite_numbers():
+    doc = {"nll": float("nan"), "k": 5, "curve": [1.5, float("inf"), -float("inf")], "nested": {"x": (float("nan"),)}}
+    text = ckpt.json_text(doc)
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"nll": None, "k": 5, "curve": [1.5, None, None], "nested": {"x": [None]}}
+
+
+def test_a_failed_write_inside_torchs_zip_writer_is_a_one_line_error(tmp_path, monkeypatch):
+    """torch reports a full disk under its zip writer as ``RuntimeError: ... unexpected pos``."""
+    cfg = build_config("dense-digits", overrides={"hidden": [8], "latent_dim": 2})
+    model = build_model(cfg, (1, 8, 8))
+    ckpt.save_checkpoint(tmp_path, ckpt.training_state(1, model, cfg, (1, 8, 8)))
+    real_save = torch.save
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.room = f, 2000
+
+        def write(self, b):
+            if len(b) > self.room:
+                raise OSError(28, "No space left on device")
+            self.room -= len(b)
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+    monkeypatch.setattr(ckpt.torch, "save", lambda obj, f: real_save(obj, Full(f)))
+    with pytest.raises(CheckpointError) as e:
+        ckpt.save_checkpoint(tmp_path, ckpt.training_state(2, model, cfg, (1, 8, 8)))
+    assert str(e.value) == (
+        f"disk full while writing checkpoint {ckpt.checkpoint_path(tmp_path, 2)}; "
+        "the previous checkpoint step-00000001.pt is intact"
+    )
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001.pt"]
+
+
+def small_run(tmp_path, name, **over):
+    """A trained run folder of the 8x8 digits (2 epochs of 4 steps, a checkpoint every 2 steps)."""
+    sets = {"hidden": [8], "latent_dim": 2, "epochs": 2, "batch_size": 50, "ckpt_every": 2, "eval_k": 0}
+    cfg = build_config("dense-digits", overrides={**sets, "tensorboard": False, **over})
+    x = torch.tensor(load_digits().data[:200], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    train(cfg, tmp_path / name, (x > 0.5).float(), None, progress=False, max_steps=4)
+    return tmp_path / name, cfg, (x > 0.5).float()
+
+
+def test_a_checkpoint_of_another_run_is_refused_and_never_costs_the_run_its_own(tmp_path, capsys):
+    from vaekit.cli import main
+
+    run, cfg, x = small_run(tmp_path, "run")
+    own = sorted(p.name for p in ckpt.list_checkpoints(run))
+    assert own == ["step-00000000.pt", "step-00000002.pt", "step-00000004.pt"]
+    other = build_config("dense-mnist", overrides={"hidden": [8], "latent_dim": 2})
+    foreign = ckpt.training_state(999, build_model(other, (1, 28, 28)), other, (1, 28, 28))
+    ckpt.save_checkpoint(tmp_path / "elsewhere", foreign)
+    shutil.copy(ckpt.checkpoint_path(tmp_path / "elsewhere", 999), ckpt.checkpoint_path(run, 999))
+
+    with pytest.raises(CheckpointError) as e:
+        ckpt.latest_checkpoint(run)
+    msg = str(e.value)
+    assert "\n" not in msg and str(ckpt.checkpoint_path(run, 999)) in msg and "is not a checkpoint of the run" in msg
+    assert "preset: dense-mnist vs dense-digits" in msg and "data.name: mnist5k vs digits" in msg
+    for argv in (
+        ["evaluate", str(run), "--k", "2", "--n", "4", "--no-progress"],
+        ["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")],
+        ["train", "--resume", str(run), "--no-progress"],
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("vaekit: error: ") and err.count("\n") == 1 and "is not a checkpoint of the run" in err
+    assert not (run / "eval.json").exists() and not (tmp_path / "s.png").exists()
+    assert sorted(p.name for p in ckpt.list_checkpoints(run)) == own + ["step-00000999.pt"]  # nothing deleted
+
+    # a foreign file among the run's own: resuming goes on, and the rotation counts only its own
+    ckpt.checkpoint_path(run, 999).rename(ckpt.checkpoint_path(run, 3))
+    cfg.train.epochs = 3
+    train(cfg, run, x, None, progress=False, resume=True)
+    assert sorted(p.name for p in ckpt.list_checkpoints(run)) == [
+        "step-00000003.pt",  # the foreign one, untouched
+        "step-00000008.pt",
+        "step-00000010.pt",
+        "step-00000012.pt",
+    ]
+
+
+def test_resuming_under_another_config_is_refused(tmp_path):
+    run, cfg, x = small_run(tmp_path, "run")
+    changed = Config.from_dict(cfg.to_dict())
+    changed.train.lr, changed.train.epochs, changed.train.device = 0.5, 5, "cpu"  # epochs, device may change
+    with pytest.raises(ConfigError) as e:
+        train(changed, run, x, None, progress=False, resume=True)
+    assert str(e.value).endswith("(checkpoint vs given): train.lr: 0.001 vs 0.5")
+    assert [p.name for p in ckpt.list_checkpoints(run)][0] == "step-00000004.pt"

@@ -95,3 +95,21 @@ def test_preset_chain_runs_from_base_and_names_unknown_presets():
     with pytest.raises(ConfigError) as e:
         preset_chain("nope")
     assert "unknown preset 'nope'" in str(e.value) and "base" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override", ["ckpt_every=0", "log_every=0", "eval_n=0", "max_bad_steps=0", "ckpt_every=-5", "eval_k=-1"]
+)
+def test_step_counts_must_be_positive(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"train.{key} must be"):
+        build_config("dense-digits", overrides=[override])
+    assert build_config("dense-digits", overrides=["eval_k=0"]).train.eval_k == 0  # 0: no evaluation
+
+
+def test_a_zero_checkpoint_interval_is_refused_before_any_run_folder_exists(tmp_path, capsys):
+    from vaekit.cli import main
+
+    assert main(["train", "--preset", "dense-digits", "--set", "ckpt_every=0", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == "vaekit: error: train.ckpt_every must be positive; got 0\n"
+    assert not (tmp_path / "r").exists()

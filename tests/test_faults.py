@@ -6,13 +6,13 @@ kills it with SIGKILL several times: at random moments (mostly inside a training
 in the middle of a checkpoint write (``VAEKIT_TEST_SLOW_CKPT`` stops each write half-way and
 says so on stderr). After every kill each checkpoint file on disk must load. Then the run is
 resumed to the end by ``python tests/fault_driver.py`` and must have the right step count, a
-metrics log with every logged step exactly once, and the same weights and logged means as an
-uninterrupted run.
+metrics log with every logged step exactly once, and the same weights, optimiser state, EMA
+and logged means as an uninterrupted run, bit for bit (the driver's run keeps an EMA and a
+warm-up and cosine learning-rate schedule).
 """
 
 import errno
 import json
-import math
 import multiprocessing
 import os
 import random
@@ -150,11 +150,27 @@ def test_sigkill_at_random_points_then_resume(tmp_path, one_thread):
     b = ckpt.latest_checkpoint(run)[1]
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-6)
+    assert_same_training_state(a, b)
     ref_recs = [json.loads(l) for l in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     for x, y in zip(recs, ref_recs):
         for key in ("loss", "test_nll"):
             if key in y:
                 assert x[key] == pytest.approx(y[key], rel=1e-6)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same step, weights, EMA and optimiser state, bit for bit."""
+    assert a["step"] == b["step"] and a["ema_n"] == b["ema_n"] > 0 and a["bad_steps"] == b["bad_steps"]
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    oa, ob = a["optimizer"], b["optimizer"]
+    assert oa["param_groups"] == ob["param_groups"]  # the schedule's lr of the last step included
+    assert oa["state"].keys() == ob["state"].keys()
+    for i, sa in oa["state"].items():
+        for k, v in sa.items():
+            assert torch.equal(v, ob["state"][i][k]), ("optimizer", i, k)
 
 
 def test_disk_full_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -284,7 +300,7 @@ def test_loading_a_checkpoint_never_runs_code_from_it(tmp_path):
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": Payload(), "config": {}, "step": 1}, evil)
-    with pytest.raises(CheckpointError, match="corrupt or truncated checkpoint"):
+    with pytest.raises(CheckpointError, match="not a plain-tensor checkpoint"):
         ckpt.read_checkpoint(evil)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     evil.rename(tmp_path / "run" / "checkpoints" / "step-00000001.pt")
@@ -360,5 +376,159 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     assert summary["step"] == 8 and summary["bad_steps"] == 2
     recs = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["bad_steps"] for r in recs] == [0, 0, 1, 1, 1, 2, 2, 2]
-    assert [math.isnan(r["grad_norm"]) for r in recs] == [False, False, True, False, False, True, False, False]
+    assert [r["grad_norm"] is None for r in recs] == [False, False, True, False, False, True, False, False]  # NaN
     assert torch.isfinite(seen[-1].w).all()
+
+
+# --- Ctrl-C, a full disk inside torch's writer, an extension lost with its checkpoints ------------
+
+
+def digits_npy(path: Path, n: int = 200) -> Path:
+    import numpy as np
+
+    np.save(path, digits(n, 1)[0].numpy())
+    return path
+
+
+def cli_train_args(data: Path, out: Path) -> list[str]:
+    sets = {"batch_size": 20, "log_every": 1, "ckpt_every": 100, "eval_k": 0, "tensorboard": "false"}
+    sets.update(ema=0.9, schedule="cosine")
+    argv = ["train", "--preset", "dense-digits", "--data", str(data), "--out", str(out), "--epochs", "3"]
+    return argv + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")] + ["--no-progress"]
+
+
+def test_sigint_saves_the_step_reached_and_exits_130(tmp_path, one_thread):
+    from vaekit.cli import main
+
+    data = digits_npy(tmp_path / "d.npy")  # 200 examples, some held out for testing; batch 20
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    driver = [sys.executable, str(ROOT / "tests" / "fault_driver.py"), "--cli"]
+    proc = subprocess.Popen(driver + cli_train_args(data, run), env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        log = run / "metrics.jsonl"
+        end = time.monotonic() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):  # 3 steps done
+            assert proc.poll() is None and time.monotonic() < end, proc.stderr.read()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    step, total = (int(w) for w in last.split("interrupted at step ")[1].split(";")[0].split(" of "))
+    assert 3 <= step < total and "Traceback" not in err
+    assert last == (
+        f"vaekit: interrupted at step {step} of {total}; {ckpt.checkpoint_path(run, step)} holds it; "
+        f"continue with `vaekit train --resume {run}`"
+    )
+    assert ckpt.latest_checkpoint(run)[1]["step"] == step  # the step reached, not the last periodic one
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == step  # logged up to it, no further
+
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert main(cli_train_args(data, tmp_path / "ref")) == 0
+    assert ckpt.latest_checkpoint(run)[1]["step"] == total
+    assert_same_training_state(ckpt.latest_checkpoint(tmp_path / "ref")[1], ckpt.latest_checkpoint(run)[1])
+
+
+def test_ctrl_c_before_the_run_folder_exists_does_not_suggest_resume(tmp_path, monkeypatch, capsys):
+    import vaekit.data
+    from vaekit.cli import main
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    data = digits_npy(tmp_path / "d.npy", 60)
+    monkeypatch.setattr(vaekit.data, "prepare_data", interrupted)  # Ctrl-C while the data loads
+    assert main(cli_train_args(data, tmp_path / "r")) == 130
+    assert capsys.readouterr().err == "vaekit: interrupted\n"
+    assert not (tmp_path / "r").exists()
+    monkeypatch.undo()
+    assert main(cli_train_args(data, tmp_path / "r") + ["--max-steps", "2"]) == 0
+    monkeypatch.setattr(vaekit.data, "prepare_data", interrupted)  # the run exists: resume it
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err == f"vaekit: interrupted; continue with `vaekit train --resume {tmp_path / 'r'}`\n"
+
+
+class FullAfter:
+    """A file that takes ``room`` bytes, then fails like a full disk (``OSError`` ENOSPC)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, b) -> int:
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def test_disk_full_inside_torchs_writer_names_the_file_and_the_checkpoint_kept(tmp_path, monkeypatch, capsys):
+    """torch's zip writer turns the file's ENOSPC into ``RuntimeError: ... unexpected pos``."""
+    from vaekit.cli import main
+
+    data = digits_npy(tmp_path / "d.npy", 60)
+    run = tmp_path / "r"
+    assert main(cli_train_args(data, run) + ["--max-steps", "2"]) == 0
+    real_save = torch.save
+    monkeypatch.setattr(ckpt.torch, "save", lambda obj, f: real_save(obj, FullAfter(f, 3000)))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--max-steps", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected pos" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"vaekit: error: disk full while writing checkpoint {ckpt.checkpoint_path(run, 3)}; "
+        "the previous checkpoint step-00000002.pt is intact"
+    )
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")] == []  # no temp file
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(run)[1]["step"] == 2
+
+
+def test_an_extension_survives_the_loss_of_its_checkpoints(tmp_path, capsys):
+    """``--resume --epochs 3`` then a corrupt newest checkpoint: the fallback to one saved before
+    the extension still trains to 3 epochs, and says why."""
+    from vaekit.cli import main
+
+    data = digits_npy(tmp_path / "d.npy", 60)  # 3 steps per epoch
+    run = tmp_path / "r"
+    first = cli_train_args(data, run)
+    first[first.index("--epochs") + 1] = "1"
+    assert main(first) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--max-steps", "5", "--no-progress"]) == 0
+    newest = ckpt.list_checkpoints(run)[0]
+    assert newest.name == "step-00000005.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # corrupt: the fallback is step 3, saved asking for 1 epoch
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"vaekit: note: {run / 'config.yaml'} asks for 3 epochs" in err
+    assert ckpt.latest_checkpoint(run)[1]["step"] == 9
+
+
+def test_a_checkpoint_refused_for_safety_is_named_so_by_the_command(tmp_path, capsys):
+    from vaekit.cli import main
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload(), "config": {}, "step": 1}, evil)
+    assert main(["evaluate", str(evil), "--k", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"vaekit: error: {evil} is not a plain-tensor checkpoint: it holds the Python object posix.system, "
+        "which loading would have to run; refused for safety (vaekit loads only tensors and plain values, "
+        "torch.load(weights_only=True))\n"
+    )
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(b"PK\x03\x04" + bytes(40))  # a zip header, then nothing
+    assert main(["evaluate", str(truncated), "--k", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vaekit: error: corrupt or truncated checkpoint {truncated} (") and err.endswith(")\n")

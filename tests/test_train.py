@@ -9,8 +9,9 @@ from sklearn.datasets import load_digits
 import vaekit
 from vaekit import checkpoint as ckpt
 from vaekit.config import build_config
-from vaekit.errors import CheckpointError, VaekitError
+from vaekit.errors import CheckpointError, ConfigError, VaekitError
 from vaekit.models import build_model
+from vaekit.models.base import GenerativeModel
 from vaekit.train import (
     LogWindow,
     ShardedData,
@@ -237,3 +238,79 @@ def test_seeds_are_pure_functions_of_step_and_shard():
     assert shard_seed(7, 3, 1) == shard_seed(7, 3, 1)
     seeds = {shard_seed(7, t, s) for t in range(50) for s in range(4)} | {shard_seed(8, 0, 0)}
     assert len(seeds) == 201 and all(0 <= v < 2**63 for v in seeds)
+
+
+def test_resuming_to_fewer_epochs_than_trained_is_an_error_and_to_as_many_a_note(tmp_path, capsys):
+    tr, te = digits()
+    train(cfg_for(epochs=2, eval_k=0), tmp_path / "r", tr[:200], te, progress=False)  # 4 steps per epoch
+    config_yaml = (tmp_path / "r" / "config.yaml").read_text()
+    with pytest.raises(ConfigError) as e:
+        train(cfg_for(epochs=1, eval_k=0), tmp_path / "r", tr[:200], te, progress=False, resume=True)
+    assert str(e.value) == (
+        f"{tmp_path / 'r'} has already trained 8 steps (2 epochs of 4 steps); train.epochs=1 (--epochs) ends "
+        "at step 4, before that: give --epochs 3 or more to extend the run, or leave it as it is"
+    )
+    assert (tmp_path / "r" / "config.yaml").read_text() == config_yaml  # untouched
+    capsys.readouterr()
+    summary = train(cfg_for(epochs=2, eval_k=0), tmp_path / "r", tr[:200], te, progress=False, resume=True)
+    assert summary["step"] == 8
+    assert (
+        f"vaekit: note: nothing to train: {tmp_path / 'r'} is at step 8 and it is complete (2 epochs); "
+        "extend it with --epochs 3 or more" in capsys.readouterr().err
+    )
+
+
+def test_a_huge_learning_rate_stops_the_run_and_the_log_stays_standard_json(tmp_path, capsys):
+    """lr=1e6: every step after the first is non-finite and skipped (fewer than max_bad_steps), and
+    the end-of-epoch evaluation of the blown-up weights is NaN: the run stops there, unsaved."""
+    import numpy as np
+
+    from vaekit.cli import main
+
+    tr, _ = digits()
+    np.save(tmp_path / "d.npy", tr[:400].numpy())
+    argv = ["train", "--preset", "dense-digits", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "r")]
+    sets = ["lr=1e6", "batch_size=50", "log_every=2", "eval_k=5", "eval_n=20", "tensorboard=false"]
+    assert main(argv + [a for s in sets for a in ("--set", s)] + ["--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("vaekit: error: the end-of-epoch test_nll is nan at step 8: training")
+    assert "Traceback" not in err
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "r")] == ["step-00000000.pt"]
+
+    def strict(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    recs = [json.loads(l, parse_constant=strict) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["test_nll"] is None and recs[-1]["step"] == 8
+    assert any(r.get("loss", 0) is None for r in recs)
+
+
+class BufferGoesNaN(GenerativeModel):
+    """A toy model whose loss stays finite while a running statistic (a buffer, as batch norm's)
+    turns NaN at step 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.register_buffer("running", torch.zeros(1))
+
+    def loss(self, x, step=0):
+        if step == 3:
+            self.running.fill_(float("nan"))
+        return {"loss": (x.flatten(1).mean(1) * self.w - 1) ** 2}
+
+
+def test_non_finite_weights_stop_the_run_and_are_never_saved(tmp_path, monkeypatch):
+    from vaekit import models
+
+    monkeypatch.setitem(models.MODELS, "toy", lambda mc, shape, tc: BufferGoesNaN())
+    cfg = cfg_for(kind="toy", epochs=2, batch_size=10, log_every=3, ckpt_every=2, eval_k=0)
+    with pytest.raises(TrainingDiverged) as e:
+        train(cfg, tmp_path / "r", torch.rand(40, 1, 4, 4), progress=False)
+    assert str(e.value) == (
+        "the weights became NaN/inf between step 3 and step 4: training diverged (try a lower train.lr than "
+        "0.001, or train.grad_clip); the checkpoint of step 2 holds finite weights"
+    )
+    saved = [ckpt.read_checkpoint(p) for p in ckpt.list_checkpoints(tmp_path / "r")]
+    assert [s["step"] for s in saved] == [2, 0]
+    assert all(torch.isfinite(v).all() for s in saved for v in s["model"].values())

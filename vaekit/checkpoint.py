@@ -19,8 +19,17 @@ before that leaves no half-made folder.
 
 Loads verify every member's CRC-32 (``zipfile``: ``torch.load`` itself does not, so a flipped
 bit in a tensor would load silently) and then use ``torch.load(weights_only=True)``: a
-checkpoint never executes code. A corrupt or truncated file is a one-line error naming it;
-:func:`latest_checkpoint` then falls back to the newest good one.
+checkpoint never executes code. A corrupt or truncated file is a one-line error naming it, and
+so is a file that holds pickled Python objects besides tensors (refused for safety, not
+corrupt); :func:`latest_checkpoint` then falls back to the newest good one.
+
+A checkpoint belongs to a run when its config is the run's ``config.yaml`` up to the fields a
+resume may change (``RESUMABLE``: the epochs and the device). :func:`latest_checkpoint` refuses
+one that does not (a file of another run dropped into the folder), and the rotation that keeps
+the newest ``KEEP`` checkpoints counts and deletes only the run's own.
+
+Every JSON file or line vaekit writes is standard JSON (:func:`json_text`): a NaN or an
+infinity becomes ``null``.
 
 Test hook: with the environment variable ``VAEKIT_TEST_SLOW_CKPT=SECONDS`` every checkpoint
 write stops half-way for that long after printing ``vaekit-test: writing <path>`` to stderr,
@@ -32,7 +41,10 @@ from __future__ import annotations
 import errno
 import glob
 import io
+import json
+import math
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -48,12 +60,30 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import __version__, distributed
 from .config import Config
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, one_line
 from .models import build_model
 
 CKPT_DIR = "checkpoints"
 CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
 KEEP = 3  # checkpoints kept per run (older ones are deleted after a successful write)
+RESUMABLE = (("train", "epochs"), ("train", "device"))  # what `--resume` may change in a run's config
+
+
+def _finite_or_none(obj):
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, in nested dicts and lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def json_text(obj, **kwargs) -> str:
+    """``json.dumps(obj, **kwargs)`` as standard JSON: NaN and infinities become ``null`` (Python's
+    default writes the non-standard tokens ``NaN`` and ``Infinity``, which strict readers refuse)."""
+    return json.dumps(_finite_or_none(obj), allow_nan=False, **kwargs)
 
 
 def _read_umask() -> int:
@@ -144,6 +174,62 @@ def create_run_dir(run_dir: str | Path, populate) -> None:
             what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
             raise CheckpointError(f"cannot create the run folder {run_dir} ({what})") from None
         raise
+
+
+def read_run_config(run_dir: str | Path) -> dict | None:
+    """The run folder's ``config.yaml`` as a dict, or None where it is absent or unreadable."""
+    try:
+        doc = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def run_identity(config: dict) -> dict | None:
+    """What makes a config one run's: the resolved config (old keys dropped, new ones at their
+    defaults) less the ``RESUMABLE`` fields; None when it is not a valid config."""
+    try:
+        d = Config.from_dict(config).to_dict()
+    except (ConfigError, TypeError, AttributeError, ValueError):
+        return None
+    for section, name in RESUMABLE:
+        d[section].pop(name, None)
+    return d
+
+
+def config_differences(a: dict, b: dict, limit: int = 3) -> list[str]:
+    """Up to ``limit`` of the fields (``section.field: A vs B``) in which the run configs differ."""
+    ia, ib = run_identity(a), run_identity(b)
+    if ia is None or ib is None:
+        return ["the config itself (not a valid vaekit config)"] if ia != ib else []
+    out = [f"preset: {ia['preset']} vs {ib['preset']}"] if ia.get("preset") != ib.get("preset") else []
+    for section in ("data", "model", "train"):
+        for k, v in ia[section].items():
+            if ib[section].get(k) != v:
+                out.append(f"{section}.{k}: {v} vs {ib[section].get(k)}")
+    return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def check_belongs(path: Path, state: dict, run_dir: str | Path) -> None:
+    """Refuse the checkpoint ``path`` (loaded as ``state``) when its config is not the one of the run
+    folder ``run_dir`` (its ``config.yaml``, up to ``RESUMABLE``); a folder without a readable, valid
+    ``config.yaml`` accepts any."""
+    run_cfg = read_run_config(run_dir)
+    if run_cfg is None or run_identity(run_cfg) is None:
+        return
+    diff = config_differences(state["config"], run_cfg)
+    if diff:
+        raise CheckpointError(
+            f"{path} is not a checkpoint of the run {run_dir}: its config differs from "
+            f"{Path(run_dir) / 'config.yaml'} ({'; '.join(diff)}); move it out of {Path(run_dir) / CKPT_DIR}"
+        )
+
+
+def requested_epochs(run_dir: str | Path) -> int | None:
+    """``train.epochs`` of the run folder's ``config.yaml`` (the last ``--epochs`` asked), or None."""
+    train = (read_run_config(run_dir) or {}).get("train")
+    epochs = train.get("epochs") if isinstance(train, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def write_config(run_dir: str | Path, cfg: Config) -> None:
@@ -246,14 +332,33 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def _torch_save(state: dict, f) -> None:
+    """``torch.save``, with the ``OSError`` of a failed write (disk full, quota, I/O) raised as itself.
+
+    torch's zip writer turns the file's ``OSError`` into ``RuntimeError: ... unexpected pos``,
+    with the ``OSError`` as its context.
+    """
+    try:
+        torch.save(state, f)
+    except RuntimeError as e:
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        if "unexpected pos" in str(e) or "write failed" in str(e):
+            raise OSError(errno.EIO, f"write failed ({one_line(e)})") from None
+        raise
+
+
 def _write_state(state: dict, path: Path):
     slow = os.environ.get("VAEKIT_TEST_SLOW_CKPT")
     if not slow:
-        return lambda f: torch.save(state, f)
+        return lambda f: _torch_save(state, f)
 
     def write_slowly(f):  # test hook: stop half-way through the bytes
         buf = io.BytesIO()
-        torch.save(state, buf)
+        _torch_save(state, buf)
         data = buf.getvalue()
         f.write(data[: len(data) // 2])
         f.flush()
@@ -264,8 +369,23 @@ def _write_state(state: dict, path: Path):
     return write_slowly
 
 
+def _config_of_file(path: Path) -> dict | None:
+    """The config saved in the checkpoint file ``path`` (tensors memory-mapped where the file allows,
+    not read), or None."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable, refused or not a zip: not counted as any run's
+            return None
+    return state.get("config") if isinstance(state, dict) and isinstance(state.get("config"), dict) else None
+
+
 def save_checkpoint(run_dir: str | Path, state: dict, keep: int = KEEP) -> Path:
-    """Atomically write ``state`` (must hold ``step``) and prune all but the newest ``keep``.
+    """Atomically write ``state`` (must hold ``step``) and prune all but the newest ``keep`` of the
+    run's own checkpoints (those whose config is ``state``'s up to ``RESUMABLE``; other files in
+    the folder are neither counted nor deleted).
 
     A failed write raises a one-line ``CheckpointError`` and leaves the previous checkpoint
     (and no temp file) behind.
@@ -280,12 +400,37 @@ def save_checkpoint(run_dir: str | Path, state: dict, keep: int = KEEP) -> Path:
             what = "disk full" if e.errno == errno.ENOSPC else "disk quota exceeded"
             raise CheckpointError(f"{what} while writing checkpoint {path}{kept}") from None
         raise CheckpointError(f"cannot write checkpoint {path} ({e.strerror or e}){kept}") from None
-    for old in list_checkpoints(run_dir)[keep:]:
+    mine, own = run_identity(state["config"]), []
+    for p in list_checkpoints(run_dir):
+        theirs = _config_of_file(p) if p != path and mine is not None else None
+        if p == path or (theirs is not None and run_identity(theirs) == mine):
+            own.append(p)
+    for old in own[keep:]:
         try:
             old.unlink()
         except FileNotFoundError:
             pass
     return path
+
+
+def _clip(text: str, n: int = 160) -> str:
+    """``text`` cut to at most ``n`` characters at a word boundary, marked with an ellipsis."""
+    if len(text) <= n:
+        return text
+    cut = text[: n - 3]
+    return (cut[: cut.rfind(" ")] if " " in cut else cut) + "..."
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _refused_pickle(e: BaseException) -> str | None:
+    """The Python object a ``weights_only`` load refused to build (e.g. ``posix.system``), or None
+    when ``e`` is another failure."""
+    if not isinstance(e, pickle.UnpicklingError):
+        return None
+    m = _GLOBAL_RE.search(str(e))
+    return m.group(1) if m else None
 
 
 def _crc_problem(f) -> str | None:
@@ -308,9 +453,16 @@ def load_checkpoint_bytes(data: bytes | str | Path, name: str | Path, map_locati
         try:
             state = torch.load(src, map_location=map_location, weights_only=True)
         except Exception as e:  # torch raises many types for corrupt files and refused pickles
-            problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            refused = _refused_pickle(e)
+            if refused is not None:
+                raise CheckpointError(
+                    f"{name} is not a plain-tensor checkpoint: it holds the Python object {refused}, which "
+                    "loading would have to run; refused for safety (vaekit loads only tensors and plain "
+                    "values, torch.load(weights_only=True))"
+                ) from None
+            problem = one_line(e)
     if problem is not None:
-        raise CheckpointError(f"corrupt or truncated checkpoint {name} ({problem[:120]})")
+        raise CheckpointError(f"corrupt or truncated checkpoint {name} ({_clip(problem)})")
     if not isinstance(state, dict) or "model" not in state or "config" not in state or "step" not in state:
         raise CheckpointError(f"{name} is not a vaekit checkpoint (missing model/config/step)")
     return state
@@ -328,7 +480,8 @@ def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True, quaran
     """The newest checkpoint of a run that loads; corrupt ones are reported and skipped.
 
     Returns ``None`` when the run has no checkpoint at all; raises ``CheckpointError``
-    when it has some but none is readable. ``quarantine=True`` (used when resuming) renames
+    when it has some but none is readable, and when the newest readable one is not the run's
+    (:func:`check_belongs`). ``quarantine=True`` (used when resuming) renames
     each corrupt file skipped on the way to ``<name>.corrupt``, so later readers do not trip
     over it again and the resumed run can write that step afresh.
     """
@@ -344,6 +497,7 @@ def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True, quaran
             if warn:
                 print(f"vaekit: warning: {e}; falling back to an older checkpoint", file=sys.stderr)
             continue
+        check_belongs(p, found[1], run_dir)
         if quarantine:
             for b in bad:
                 try:
@@ -352,7 +506,8 @@ def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True, quaran
                     pass
         return found
     raise CheckpointError(
-        f"no readable checkpoint in {Path(run_dir) / CKPT_DIR} ({len(bad)} corrupt: {', '.join(p.name for p in bad)})"
+        f"no readable checkpoint in {Path(run_dir) / CKPT_DIR} "
+        f"({len(bad)} corrupt or refused: {', '.join(p.name for p in bad)})"
     )
 
 

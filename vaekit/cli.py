@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import NamedTuple
 
 from . import __version__
 from .checks import lookup
-from .errors import VaekitError
+from .errors import Interrupted, VaekitError
 
 # --- shared helpers ------------------------------------------------------------------------
 
@@ -147,7 +146,7 @@ def _train(args):
 
 
 def _train_in_session(args, main: bool):
-    from .checkpoint import load_shared
+    from .checkpoint import json_text, load_shared
     from .config import build_config, validate
     from .data import binarize_dynamic, prepare_data
     from .train import train
@@ -162,6 +161,8 @@ def _train_in_session(args, main: bool):
         if args.overrides or args.data or args.data_dir or args.model:
             raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
         out = Path(args.resume)
+        if args.epochs is None:
+            _keep_extension(cfg, out, main)
     else:
         model_kind = [f"model.kind={args.model}"] if args.model else []
         cfg = build_config(args.preset, args.config, model_kind + list(args.overrides))
@@ -195,9 +196,27 @@ def _train_in_session(args, main: bool):
         max_steps=args.max_steps,
     )
     if main:
-        print(json.dumps({k: v for k, v in summary.items() if k != "run_dir"}))
+        print(json_text({k: v for k, v in summary.items() if k != "run_dir"}))
         print(f"vaekit: done; evaluate with `vaekit evaluate {out} --k 5000`", file=sys.stderr)
     return 0
+
+
+def _keep_extension(cfg, run: Path, main: bool) -> None:
+    """Resume to the epochs the run folder's ``config.yaml`` asks for when they exceed the
+    checkpoint's own: an earlier ``--resume --epochs N`` whose newer checkpoints were lost (corrupt,
+    fallen back from) still counts."""
+    from . import distributed
+    from .checkpoint import requested_epochs
+
+    asked = distributed.agree(requested_epochs, run)  # rank 0 holds the folder
+    if asked is not None and asked > cfg.train.epochs:
+        if main:
+            print(
+                f"vaekit: note: {run / 'config.yaml'} asks for {asked} epochs and the checkpoint resumed "
+                f"from for {cfg.train.epochs} (an extension whose checkpoints were lost): training to {asked}",
+                file=sys.stderr,
+            )
+        cfg.train.epochs = asked
 
 
 def _evaluate_args(p):
@@ -231,9 +250,9 @@ def _evaluate(args):
     print(format_table(res))
     run = Path(args.run)
     out = Path(args.output) if args.output else (run if run.is_dir() else run.parent.parent) / "eval.json"
-    from .checkpoint import atomic_write
+    from .checkpoint import atomic_write, json_text
 
-    atomic_write(_out_path(str(out)), lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
+    atomic_write(_out_path(str(out)), lambda f: f.write((json_text(res, indent=2) + "\n").encode()))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -509,9 +528,9 @@ def _gap(args):
         "splits": results,
         "units": "nats per example; stderr over examples",
     }
-    from .checkpoint import atomic_write
+    from .checkpoint import atomic_write, json_text
 
-    atomic_write(_out_path(str(out)), lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
+    atomic_write(_out_path(str(out)), lambda f: f.write((json_text(doc, indent=2) + "\n").encode()))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -573,8 +592,9 @@ def _complete(args):
             "heldout_log_lik": res["heldout_log_lik"].tolist(),
             "heldout_log_lik_per_completion": res["heldout_log_lik_per_completion"].tolist(),
         }
-        with open(_out_path(args.json), "w") as f:
-            json.dump(doc, f, indent=2)
+        from .checkpoint import json_text
+
+        _out_path(args.json).write_text(json_text(doc, indent=2) + "\n")
     return 0
 
 
@@ -626,6 +646,18 @@ def _report(e: VaekitError) -> None:
         print(f"vaekit: error: [rank {r}] {msg}", file=sys.stderr)
 
 
+def _interrupted(args, e: KeyboardInterrupt) -> str:
+    """The one line for Ctrl-C: where training stopped, or a plain "interrupted"; ``--resume`` is
+    suggested only for a run folder that holds a checkpoint."""
+    if isinstance(e, Interrupted):  # the loop saved the step it reached and says so
+        return f"vaekit: {e}"
+    if args.command == "train":
+        run = args.resume or args.out or (f"runs/{args.preset}" if args.preset else None)
+        if run and any((Path(run) / "checkpoints").glob("step-*.pt")):  # no torch import here: it may be half done
+            return f"vaekit: interrupted; continue with `vaekit train --resume {run}`"
+    return "vaekit: interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -637,16 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     except VaekitError as e:
         _report(e)
         return 2
-    except KeyboardInterrupt:
-        print(
-            "vaekit: interrupted"
-            + (
-                f"; continue with `vaekit train --resume {args.out or args.resume}`"
-                if args.command == "train" and (args.out or args.resume)
-                else ""
-            ),
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as e:
+        print(_interrupted(args, e), file=sys.stderr)
         return 130
     except FileNotFoundError as e:
         print(f"vaekit: error: file not found: {e.filename}", file=sys.stderr)

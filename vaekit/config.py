@@ -581,10 +581,13 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
     positive = ["model.latent_dim", "train.k", "train.epochs", "train.batch_size"]
+    positive += ["train.log_every", "train.ckpt_every", "train.eval_n", "train.max_bad_steps"]  # steps, counts
     for key in positive:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) <= 0:
             raise ConfigError(f"{key} must be positive; got {getattr(getattr(cfg, section), name)}")
+    if cfg.train.eval_k < 0:
+        raise ConfigError(f"train.eval_k must be 0 (no end-of-epoch evaluation) or positive; got {cfg.train.eval_k}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be positive; got {cfg.train.lr}")
     if any(h <= 0 for h in cfg.model.hidden):

@@ -36,3 +36,8 @@ def one_line(e: BaseException) -> str:
     error (numpy, gzip, PIL, urllib) inside a one-line :class:`VaekitError`."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the work cleanly, after saving what it had done; the message is one
+    line saying where it stopped and how to go on. The CLI prints it and exits with status 130."""

@@ -12,14 +12,18 @@ bookkeeping a researcher expects:
   (:func:`learning_rate`), global gradient-norm clipping, optional EMA of the weights
   (``torch.optim.swa_utils``), as in openai/vdvae;
 - a step whose loss or gradient is NaN/inf is skipped and counted; a run that keeps
-  producing them stops and names the term that blew up;
+  producing them stops and names the term that blew up, and so does a run whose weights
+  turn NaN/inf or whose end-of-epoch evaluation does (checked before every log line,
+  evaluation and checkpoint, so no checkpoint ever holds non-finite weights);
 - tqdm progress bar with the running loss, ``metrics.jsonl`` and TensorBoard scalars and
   sample grids;
 - checkpoints written atomically (see ``vaekit.checkpoint``) every ``ckpt_every`` steps and
   at every epoch end; ``resume`` continues exactly: all randomness of step ``t`` (batch order,
   binarisation, reparameterisation noise) is a pure function of (seed, t), derived by
   :func:`vaekit.seeding.derive_seed` (streams STEP, EPOCH, EPOCH_EVAL), so a resumed run
-  replays the same steps as an uninterrupted one;
+  replays the same steps as an uninterrupted one; a resume keeps the run's config (only the
+  epochs and the device may change) and refuses to stop short of the step already reached;
+  Ctrl-C stops the loop after the step under way and writes a checkpoint of that step first;
 - distributed data parallel under torchrun (``vaekit.distributed``, PyTorch's
   ``DistributedDataParallel``), laid out so that the run does not depend on how many
   processes execute it (below).
@@ -47,7 +51,9 @@ import errno
 import inspect
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +68,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from .config import Config, TrainConfig
-from .errors import CheckpointError, VaekitError
+from .errors import CheckpointError, ConfigError, Interrupted, VaekitError
 from .evaluate import evaluate
 from .models import build_model
 from .models.base import GenerativeModel
@@ -71,7 +77,14 @@ from .seeding import EPOCH, EPOCH_EVAL, STEP, derive_seed
 
 
 class TrainingDiverged(VaekitError):
-    """The loss or gradients stayed NaN/inf for ``max_bad_steps`` consecutive steps."""
+    """The loss or gradients stayed NaN/inf for ``max_bad_steps`` consecutive steps, or the weights
+    or the end-of-epoch evaluation became NaN/inf."""
+
+
+def _everywhere(e: VaekitError) -> VaekitError:
+    """``e``, raised by every process of a torchrun job alike: only rank 0 prints it."""
+    e.shared = distributed.world_size() > 1 and not distributed.is_main()
+    return e
 
 
 def resolve_device(name: str) -> torch.device:
@@ -371,7 +384,7 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         try:
-            self.f.write(json.dumps(record) + "\n")
+            self.f.write(ckpt.json_text(record) + "\n")
             self.f.flush()
         except OSError as e:
             what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
@@ -498,6 +511,8 @@ class Run:
     window: LogWindow
     step: int = 0
     bad_steps: int = 0
+    saved: int = 0  # the step of the newest checkpoint on disk (a new run's folder holds step 0's)
+    finite: int = 0  # the last step at which the weights were checked and finite
 
     def state(self, log_window: dict | None = None) -> dict:
         """The checkpoint of the run at its current step."""
@@ -520,6 +535,25 @@ class Run:
         """Write a checkpoint (rank 0); every process calls it, for the log window's all-reduce."""
         log_window = {"sums": self.window.global_sums(), "n": self.window.n}
         distributed.agree(lambda: ckpt.save_checkpoint(self.run_dir, self.state(log_window)) and None)
+        self.saved = self.step
+
+    def check_finite(self) -> None:
+        """Stop the run when its weights (or buffers, or the EMA's) hold a NaN or an infinity.
+
+        The same on every process (DDP keeps the weights identical), so all stop together.
+        """
+        modules = [self.learner.model] + ([self.learner.ema.module] if self.learner.ema is not None else [])
+        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+        if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):  # one sync
+            self.finite = self.step
+            return
+        raise _everywhere(
+            TrainingDiverged(
+                f"the weights became NaN/inf between step {self.finite} and step {self.step}: training diverged "
+                f"(try a lower train.lr than {self.cfg.train.lr:g}, or train.grad_clip); "
+                f"the checkpoint of step {self.saved} holds finite weights"
+            )
+        )
 
 
 def train(
@@ -566,6 +600,8 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
     if train_x.shape[0] == 0:
         raise VaekitError("the training set is empty")
     state = _resume_state(run_dir, resume)
+    if state is not None:
+        _check_resume(cfg, state, run_dir, train_x.shape[0], max_steps)
 
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data_shape).to(device)  # before the run folder exists: bad configs leave none
@@ -587,13 +623,20 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
 
 def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, resume: bool) -> dict:
     """Steps ``run.step + 1 .. last``: log every ``log_every``, evaluate at every epoch end,
-    checkpoint at every epoch end, every ``ckpt_every`` steps and at ``last``."""
+    checkpoint at every epoch end, every ``ckpt_every`` steps and at ``last`` (:func:`_after_step`).
+
+    Ctrl-C stops the loop between two steps, after a checkpoint of the step reached
+    (:class:`_StopRequest`), and raises :class:`~vaekit.errors.Interrupted`.
+    """
     tc, main, spe = run.cfg.train, distributed.is_main(), run.data.steps_per_epoch
     log = MetricsLog(run.run_dir / "metrics.jsonl", run.step if resume else None) if main else None
     tb = _tensorboard(run.run_dir, tc.tensorboard) if main else None
-    bar, summary, consecutive_bad = None, {}, 0
+    bar, summary, consecutive_bad, stop = None, {}, 0, _StopRequest()
     try:
+        stop.install()
         while run.step < last:
+            if stop.requested:
+                raise _interrupted(run, last)
             step = run.step
             epoch, i = divmod(step, spe)
             if bar is None or i == 0:
@@ -607,26 +650,96 @@ def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, r
                 run.bad_steps, consecutive_bad = run.bad_steps + 1, consecutive_bad + 1
                 if consecutive_bad >= tc.max_bad_steps:
                     raise _diverged(consecutive_bad, step, res.bad_terms)
-            run.step = step = step + 1
+            run.step = step + 1
             run.window.add(res.sums, global_batch)
             bar.update(1)
             if res.ok:
                 bar.set_postfix(loss=f"{res.shown_loss:.2f}", refresh=False)  # this process's mean loss
-
-            if step % tc.log_every == 0 or step == last:
-                rec = {"step": step, "epoch": epoch + 1, "lr": lr, "grad_norm": res.grad_norm}
-                _write_record(log, tb, {**rec, "bad_steps": run.bad_steps, **run.window.flush()})
-            end_of_epoch = step % spe == 0
-            if end_of_epoch and eval_x is not None:
-                summary = _epoch_eval(run.learner.eval_model, eval_x, tc, step, epoch + 1, log, tb)
-            if end_of_epoch or step % tc.ckpt_every == 0 or step == last:
-                run.save()
+            summary = _after_step(run, epoch + 1, lr, res, last, eval_x, log, tb) or summary
     finally:
+        stop.restore()
         for handle in (bar, log, tb):
             if handle is not None:
                 handle.close()
+    if consecutive_bad and main:
+        print(
+            f"vaekit: warning: the last {consecutive_bad} steps were non-finite and skipped: the final weights, "
+            f"those after step {run.step - consecutive_bad}, gave no finite loss since",
+            file=sys.stderr,
+        )
     # the last evaluation's record, then the run's own step (the evaluation may be older)
     return {**summary, "step": run.step, "bad_steps": run.bad_steps, "run_dir": str(run.run_dir)}
+
+
+def _after_step(
+    run: Run, epoch: int, lr: float, res: StepResult, last: int, eval_x: Tensor | None, log: MetricsLog | None, tb
+) -> dict | None:
+    """The bookkeeping due after step ``run.step`` (of ``epoch``, 1-based, at learning rate ``lr``,
+    with result ``res``): a log line, the end-of-epoch evaluation (its record is returned), a
+    checkpoint. The weights are checked first, so that non-finite weights are never logged as a
+    result, evaluated or saved."""
+    tc, step = run.cfg.train, run.step
+    end_of_epoch = step % run.data.steps_per_epoch == 0
+    due_log = step % tc.log_every == 0 or step == last
+    due_save = end_of_epoch or step % tc.ckpt_every == 0 or step == last
+    if not (due_log or due_save):
+        return None
+    run.check_finite()
+    if due_log:
+        rec = {"step": step, "epoch": epoch, "lr": lr, "grad_norm": res.grad_norm}
+        _write_record(log, tb, {**rec, "bad_steps": run.bad_steps, **run.window.flush()})
+    summary = None
+    if end_of_epoch and eval_x is not None:
+        summary = _epoch_eval(run.learner.eval_model, eval_x, tc, step, epoch, log, tb)
+        bad = [k for k in ("test_nll", "test_elbo") if summary[k] is not None and not math.isfinite(summary[k])]
+        if bad:
+            raise _everywhere(
+                TrainingDiverged(
+                    f"the end-of-epoch {bad[0]} is {summary[bad[0]]} at step {step}: training diverged "
+                    f"({run.bad_steps} non-finite steps skipped so far; try a lower train.lr than {tc.lr:g}, "
+                    f"or train.grad_clip); the checkpoint of step {run.saved} is the last one"
+                )
+            )
+    if due_save:
+        run.save()
+    return summary
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) during the loop: the first asks the loop to stop after the step under way,
+    since a step cut half-way would leave weights, optimiser and EMA out of step with one another;
+    a second one interrupts at once (``KeyboardInterrupt``). :meth:`install` acts only in the main thread of a
+    single process: under torchrun every process would have to agree on the step to stop at."""
+
+    def __init__(self):
+        self.requested, self._installed, self._previous = False, False, None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def install(self) -> None:
+        if not distributed.active() and threading.current_thread() is threading.main_thread():
+            self._previous, self._installed = signal.signal(signal.SIGINT, self._handle), True
+
+    def restore(self) -> None:
+        """Put back the SIGINT handler that was there before :meth:`install`."""
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            self._installed = False
+
+
+def _interrupted(run: Run, last: int) -> Interrupted:
+    """Save the step reached (unless it is on disk already) and say where the run stopped."""
+    if run.saved != run.step:
+        run.check_finite()
+        run.save()
+    where = ckpt.checkpoint_path(run.run_dir, run.step)
+    return Interrupted(
+        f"interrupted at step {run.step} of {last}; {where} holds it; "
+        f"continue with `vaekit train --resume {run.run_dir}`"
+    )
 
 
 def _diverged(consecutive: int, step: int, bad_terms: list[str]) -> TrainingDiverged:
@@ -634,8 +747,38 @@ def _diverged(consecutive: int, step: int, bad_terms: list[str]) -> TrainingDive
         f"{consecutive} consecutive non-finite steps at step {step}: "
         f"{_blame(bad_terms)} blew up (try a lower lr, grad_clip, or check the data)"
     )
-    e.shared = distributed.world_size() > 1 and not distributed.is_main()  # every process stops; rank 0 says why
-    return e
+    return _everywhere(e)  # every process stops; rank 0 says why
+
+
+def _check_resume(cfg: Config, state: dict, run_dir: Path, n_train: int, max_steps: int | None) -> None:
+    """Refuse to resume ``state`` under another config than its own (up to ``ckpt.RESUMABLE``: the
+    epochs and the device) or to stop it short of the step it has reached; say so when there is
+    nothing left to train. Every process runs it on the same state, so all raise alike."""
+    diff = ckpt.config_differences(state["config"], cfg.to_dict())
+    if diff:
+        raise _everywhere(
+            ConfigError(
+                f"resuming {run_dir} continues its saved config; only train.epochs and train.device may "
+                f"change, and these differ (checkpoint vs given): {'; '.join(diff)}"
+            )
+        )
+    spe = math.ceil(n_train / cfg.train.batch_size)  # as ShardedData
+    done, total, epochs = int(state["step"]), spe * cfg.train.epochs, cfg.train.epochs
+    if done > total:
+        raise _everywhere(
+            ConfigError(
+                f"{run_dir} has already trained {done} steps ({done / spe:g} epochs of {spe} steps); "
+                f"train.epochs={epochs} (--epochs) ends at step {total}, before that: give --epochs "
+                f"{done // spe + 1} or more to extend the run, or leave it as it is"
+            )
+        )
+    last = min(total, max_steps) if max_steps is not None else total
+    if done >= last and distributed.is_main():
+        if done == total:
+            why = f"it is complete ({epochs} epochs); extend it with --epochs {epochs + 1} or more"
+        else:
+            why = f"max_steps is {max_steps}; give a larger --max-steps"
+        print(f"vaekit: note: nothing to train: {run_dir} is at step {done} and {why}", file=sys.stderr)
 
 
 def _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device) -> Run:
@@ -657,7 +800,7 @@ def _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device) 
             S = W
     data = ShardedData(train_x, S, cfg.train.batch_size, cfg.train.seed, device)
     distribute(learner, S, device)
-    return Run(cfg, run_dir, data_shape, learner, data, LogWindow(window), step, bad_steps)
+    return Run(cfg, run_dir, data_shape, learner, data, LogWindow(window), step, bad_steps, saved=step, finite=step)
 
 
 def _open_run_folder(run: Run, resume: bool) -> None:
@@ -707,7 +850,7 @@ def _fit_closed_form(model, cfg: Config, run_dir: Path, train_x: Tensor, test_x,
     """
     history = model.fit(train_x, progress=progress and distributed.is_main())
     lines = "".join(
-        json.dumps({"step": i, "train_mean_log_likelihood": float(ll)}) + "\n" for i, ll in enumerate(history, 1)
+        ckpt.json_text({"step": i, "train_mean_log_likelihood": float(ll)}) + "\n" for i, ll in enumerate(history, 1)
     )
     state = ckpt.training_state(len(history), model, cfg, data_shape)
     distributed.agree(ckpt.create_run, run_dir, cfg, state, lines)
