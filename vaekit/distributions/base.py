@@ -7,9 +7,13 @@ summed over all data dimensions. What callers may rely on is declared as class
 attributes of :class:`Likelihood` (``discrete``, ``activation_factor``, ``factorised``),
 so nobody probes a likelihood with ``getattr``.
 
-An *encoder* (:class:`Encoder`) maps x to q(z|x); every encoder of vaekit is built on a
-diagonal Gaussian q0(z|x) (the posterior itself, or the base of a flow posterior) and
-returns it from :meth:`Encoder.base_posterior`.
+An *encoder* (:class:`Encoder`) maps x to q(z|x) in two declared steps: its amortised
+variational parameters phi(x) (:meth:`Encoder.variational_params`) and the member q(z; phi) of
+its family (:meth:`Encoder.posterior`), so per-datapoint inference (SVI) can optimise phi_i in
+the encoder's own family. :meth:`Encoder.moments` gives the mean and log-variance of q(z; phi),
+in closed form or by Monte Carlo as ``exact_moments`` declares. Every encoder of vaekit is
+built on a diagonal Gaussian q0(z|x) (the posterior itself, or the base of a flow posterior)
+and returns it from :meth:`Encoder.base_posterior`.
 
 Bits per dimension: discrete likelihoods give nats of a probability mass function, so
 bpd = nll / (D ln 2); a continuous density on data in [0, 1] first adds D ln 256 (the
@@ -60,13 +64,45 @@ class Likelihood(nn.Module):
 class Encoder(nn.Module):
     """Base of amortised posteriors: x [B, *data_shape] -> q(z|x), batch [B], event [latent_dim].
 
+    q(z|x) = q(z; phi(x)): :meth:`variational_params` gives phi(x), a tuple of tensors [B, ...]
+    (for a Gaussian encoder the mean and log-variance), and :meth:`posterior` the member of the
+    family they select; ``forward`` composes the two. Per-datapoint inference optimises free
+    phi_i in the same family (``vaekit.inference.svi``).
+
+    Declared attribute:
+
+    - ``exact_moments``: :meth:`moments` is in closed form (True: Gaussian encoders) or a
+      Monte-Carlo estimate with a fixed number of samples and a fixed seed (False: flow
+      posteriors), deterministic in either case.
+
     Every encoder is built on a diagonal Gaussian q0(z|x); :meth:`base_posterior` returns it
     (the posterior itself for a Gaussian encoder, the flow's base for a flow posterior). The
-    VampPrior mixes these Gaussians and ``VAE.encode`` reports their means and variances.
+    VampPrior mixes these Gaussians; ``VAE.encode`` reports the moments of q(z|x) itself.
     """
 
-    def forward(self, x: Tensor) -> Distribution:  # pragma: no cover - interface
+    exact_moments: bool = True
+
+    def forward(self, x: Tensor) -> Distribution:
+        """q(z|x) = q(z; phi(x))."""
+        return self.posterior(*self.variational_params(x))
+
+    def variational_params(self, x: Tensor) -> tuple[Tensor, ...]:  # pragma: no cover - interface
+        """phi(x): the parameters of q(z|x) in the encoder's family, each [B, ...]."""
         raise NotImplementedError
+
+    def posterior(self, *params: Tensor) -> Distribution:  # pragma: no cover - interface
+        """q(z; phi) for parameters shaped as :meth:`variational_params` returns them."""
+        raise NotImplementedError
+
+    def params_from_gaussian(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, ...]:
+        """phi whose base Gaussian is N(mean, diag exp(log_var)) [B, D] each (SVI from the prior);
+        for a Gaussian encoder that is q(z; phi) itself."""
+        return mean, log_var
+
+    def moments(self, *params: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance [B, D] of q(z; phi): closed form here (a Gaussian family)."""
+        q = self.posterior(*params)
+        return q.mean, 2 * q.stddev.log()
 
     def base_posterior(self, x: Tensor) -> Distribution:  # pragma: no cover - interface
         """q0(z|x) = N(mu(x), diag sigma^2(x)): batch [B], event [latent_dim]."""

@@ -44,8 +44,12 @@ class GaussianEncoder(Encoder):
         super().__init__()
         self.body = body
 
-    def forward(self, x: Tensor) -> Distribution:
+    def variational_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, log sigma^2) [B, D] each."""
         mean, log_var = self.body(x).chunk(2, dim=-1)
+        return mean, log_var
+
+    def posterior(self, mean: Tensor, log_var: Tensor) -> Distribution:
         return diagonal_gaussian(mean, log_var)
 
     def base_posterior(self, x: Tensor) -> Distribution:
@@ -158,10 +162,13 @@ class VAE(DecodeViews, GenerativeModel):
 
     # --- pytorch/examples vocabulary ------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance [B, D] each of the encoder's Gaussian q0(z|x) (the posterior itself,
-        or a flow posterior's base): the features of ``vaekit encode``."""
-        g = self.encoder.base_posterior(x)
-        return g.mean, 2 * g.stddev.log()
+        """E_q[z|x] and log Var_q[z|x] [B, D] each, of the posterior q(z|x) itself: the code of
+        ``reconstruct``, ``interpolate`` and ``latent-map`` and the features of ``vaekit encode``.
+
+        In closed form for a Gaussian encoder; for a flow posterior a Monte-Carlo estimate from
+        ``vaekit.models.flow_vae.MOMENT_SAMPLES`` draws with a fixed seed, deterministic and the same
+        for an example whatever batch it is in (``self.encoder.exact_moments`` says which)."""
+        return self.encoder.moments(*self.encoder.variational_params(x))
 
     @staticmethod
     def reparameterize(mu: Tensor, log_var: Tensor) -> Tensor:
