@@ -95,3 +95,18 @@ def test_preset_chain_runs_from_base_and_names_unknown_presets():
     with pytest.raises(ConfigError) as e:
         preset_chain("nope")
     assert "unknown preset 'nope'" in str(e.value) and "base" in str(e.value)
+
+
+def test_named_keys_are_what_the_user_set_not_what_a_preset_supplies(tmp_path):
+    from vaekit.config import named_keys
+
+    assert named_keys("", None) == set()
+    assert named_keys(None, ["k=5", "data.binarize=none", "model.kind=vae"]) == {
+        "train.k",
+        "data.binarize",
+        "model.kind",
+    }
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: dense-frey\nbinarize: static\nmodel: {latent_dim: 3}\n")
+    assert named_keys(str(f), {"lr": 0.1}) == {"data.binarize", "model.latent_dim", "train.lr"}
+    assert "data.binarize" not in named_keys(None, ["likelihood=gaussian"])  # dense-frey's own is not named

@@ -539,6 +539,22 @@ def test_prepare_data_binarization_modes():
     assert torch.equal(train.x[:5], grey_train[:5]) and train.binarize == test.binarize == "none"
 
 
+def test_binarisation_follows_the_likelihood():
+    """Only a model of binary data is binarised; a default binarisation meets a grey-level or
+    continuous model as "none", an explicit one is refused in one line."""
+    for mode in data.BINARIZE_MODES:
+        assert data.resolve_binarize(mode, binary_model=True, explicit=True) == mode
+        assert data.resolve_binarize(mode, binary_model=True, explicit=False) == mode
+        assert data.resolve_binarize("none", binary_model=False, explicit=True) == "none"
+    for mode in ("dynamic", "static"):
+        assert data.resolve_binarize(mode, binary_model=False, explicit=False) == "none"
+        with pytest.raises(ConfigError) as e:
+            data.resolve_binarize(mode, binary_model=False, explicit=True)
+        assert_one_line(e, f"data.binarize={mode}", "grey levels or continuous", "data.binarize=none")
+    with pytest.raises(ConfigError, match="did you mean 'dynamic'"):
+        data.resolve_binarize("dynamc", binary_model=True, explicit=True)
+
+
 def test_dataset_checks_and_to():
     ds = data.Dataset(torch.zeros(3, 1, 2, 2), torch.arange(3), "toy")
     assert ds.to("cpu").x.shape == (3, 1, 2, 2) and len(ds.subset(torch.tensor([0, 2]))) == 2

@@ -73,3 +73,18 @@ def test_the_vamp_prior_is_bound_because_it_declares_it_needs_the_encoder():
 def test_bits_per_dim_reads_the_declared_discreteness():
     bern, gauss = _vae(), _vae(likelihood="gaussian")
     assert bern.bits_per_dim(6.0) < gauss.bits_per_dim(6.0)  # the Gaussian adds D log 256
+
+
+def test_which_models_see_binarised_data():
+    """binary_data: VAEs and autoencoders with a Bernoulli likelihood (or a Bernoulli PixelCNN);
+    never Gaussian or 8-bit likelihoods, flows or mixtures."""
+    from vaekit.models import BINARY_DATA, MODELS, binary_data
+
+    assert set(BINARY_DATA) == set(MODELS)
+    for kind in ("vae", "autoencoder"):
+        assert binary_data(ModelConfig(kind=kind, likelihood="bernoulli"))
+        assert binary_data(ModelConfig(kind=kind, likelihood="pixelcnn", pixelcnn_output="bernoulli"))
+        for lik in ("gaussian", "logistic_mixture", "categorical"):
+            assert not binary_data(ModelConfig(kind=kind, likelihood=lik))
+        assert not binary_data(ModelConfig(kind=kind, likelihood="pixelcnn", pixelcnn_output="categorical"))
+    assert not binary_data(ModelConfig(kind="flow")) and not binary_data(ModelConfig(kind="mixture"))

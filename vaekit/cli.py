@@ -148,8 +148,9 @@ def _train(args):
 
 def _train_in_session(args, main: bool):
     from .checkpoint import load_shared
-    from .config import build_config, validate
-    from .data import binarize_dynamic, prepare_data
+    from .config import build_config, named_keys, validate
+    from .data import binarize_dynamic, prepare_data, resolve_binarize
+    from .models import binary_data
     from .train import train
 
     if args.resume:
@@ -165,6 +166,9 @@ def _train_in_session(args, main: bool):
     else:
         model_kind = [f"model.kind={args.model}"] if args.model else []
         cfg = build_config(args.preset, args.config, model_kind + list(args.overrides))
+        # binarisation follows the likelihood; the resolved mode is what the run's config records
+        explicit = "data.binarize" in named_keys(args.config, model_kind + list(args.overrides))
+        cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), explicit)
         if args.data:
             cfg.data.name = args.data
         if args.data_dir:

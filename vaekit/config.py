@@ -560,6 +560,25 @@ def build_config(
     return cfg
 
 
+def named_keys(config_file: str | None = None, overrides: list[str] | dict | None = None) -> set[str]:
+    """The ``section.field`` keys a YAML config file and the overrides name themselves, not those a
+    preset or the defaults supply: what the user asked for explicitly (call after
+    :func:`build_config` accepted the same arguments)."""
+    items: dict[str, Any] = {}
+    if config_file:
+        doc = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
+        items.update({k: v for k, v in (doc if isinstance(doc, dict) else {}).items() if k != "preset"})
+    if overrides:
+        items.update(parse_set(overrides) if isinstance(overrides, list) else overrides)
+    keys = set()
+    for key, value in items.items():
+        if key in SECTIONS and isinstance(value, dict):
+            keys.update(f"{key}.{name}" for name in value)
+        else:
+            keys.add(".".join(resolve_key(key)))
+    return keys
+
+
 CHOICES = {
     "data.binarize": ("dynamic", "static", "none"),
     "model.variance": ("fixed", "global", "pixel"),

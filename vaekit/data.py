@@ -40,7 +40,9 @@ Datasets (the ``DATASETS`` registry; ``describe_datasets()`` lists them):
 Binarisation (Salakhutdinov & Murray 2008; Burda et al. 2015, Sec. 5): ``dynamic`` draws
 a fresh b ~ Bernoulli(x) per batch during training (``binarize_dynamic``); ``static``
 draws once with a fixed seed (``binarize_static``), used for the test split so test
-numbers are reproducible. Both are pure functions on tensors.
+numbers are reproducible. Both are pure functions on tensors. Binarisation follows the
+model: only a likelihood of binary data (Bernoulli) sees binarised data, decided once by
+:func:`resolve_binarize` from what the caller tells it (this module knows no likelihood).
 
 8-bit data for flows (Dinh et al. 2017; Kingma & Dhariwal 2018): ``to_uint8`` gives the
 levels k = round(255 x); flows model the dequantised y = (x*255 + u) / 256 with
@@ -897,6 +899,33 @@ BINARIZE_MODES: dict[str, tuple[str, str]] = {
     "static": ("static", "static"),  # every split binarised once with a fixed seed
     "none": ("none", "none"),  # grey levels throughout (Gaussian / logistic likelihoods)
 }
+
+
+def resolve_binarize(mode: str, binary_model: bool, explicit: bool) -> str:
+    """The ``DataConfig.binarize`` mode a model gets: binarisation follows the likelihood.
+
+    A model of binary data (a Bernoulli likelihood: ``vaekit.models.binary_data``) gets ``mode``
+    as configured. Any other model (Gaussian, 8-bit likelihoods, flows, mixtures) gets grey levels
+    or continuous values as they are: a ``mode`` that binarises becomes ``"none"`` when it is a
+    default (``explicit=False``) and is refused when the user asked for it (``explicit=True``).
+
+    Args:
+        mode: dynamic | static | none (``BINARIZE_MODES``).
+        binary_model: whether the model is of data in {0, 1}.
+        explicit: whether the user named ``data.binarize`` (``--set``, a config file), rather than
+            a preset or the default supplying it.
+    """
+    lookup(BINARIZE_MODES, mode, "data.binarize")
+    if binary_model or mode == "none":
+        return mode
+    if explicit:
+        raise ConfigError(
+            f"data.binarize={mode} turns the data into 0/1, but this model is of grey levels or continuous "
+            "values (only likelihood bernoulli, or pixelcnn with pixelcnn_output=bernoulli, is of binary data); "
+            "use data.binarize=none"
+        )
+    return "none"
+
 
 # Offsets of the static-binarisation seed per split: test uses binarize_seed itself.
 SEED_OFFSETS = {"test": 0, "train": 1}

@@ -4,8 +4,8 @@ A *likelihood* is an ``nn.Module`` built for one data shape. It tells the decode
 how many numbers to produce per example (``param_shape``) and turns them into a
 distribution over x whose ``log_prob(x)`` returns one value per example, in nats,
 summed over all data dimensions. What callers may rely on is declared as class
-attributes of :class:`Likelihood` (``discrete``, ``activation_factor``, ``factorised``),
-so nobody probes a likelihood with ``getattr``.
+attributes of :class:`Likelihood` (``discrete``, ``binary``, ``activation_factor``,
+``factorised``), so nobody probes a likelihood with ``getattr``.
 
 An *encoder* (:class:`Encoder`) maps x to q(z|x) in two declared steps: its amortised
 variational parameters phi(x) (:meth:`Encoder.variational_params`) and the member q(z; phi) of
@@ -43,6 +43,10 @@ class Likelihood(nn.Module):
       parameterises its distribution (set per instance).
     - ``discrete``: ``log_prob`` is the log of a probability mass function (True) or of a
       density on continuous data (False); bits per dimension add D ln 256 for the latter.
+    - ``binary``: a distribution over x in {0, 1} (Bernoulli): its data are binarised
+      (``DataConfig.binarize``); a likelihood of grey levels or continuous values never sees
+      binarised data. :meth:`binary_for` answers it from the constructor's arguments, before
+      anything is built (the PixelCNN's depends on its output head).
     - ``activation_factor``: roughly how many floats per data element one no-grad
       ``log_prob`` keeps alive (1 for a pointwise likelihood; more for a likelihood that runs a
       network over x, the PixelCNN); memory budgets that count decoder outputs multiply by it.
@@ -54,11 +58,17 @@ class Likelihood(nn.Module):
     data_shape: tuple[int, ...]
     param_shape: tuple[int, ...]
     discrete: bool = True
+    binary: bool = False
     activation_factor: int = 1
     factorised: bool = False
 
     def forward(self, params: Tensor) -> Distribution:  # pragma: no cover - interface
         raise NotImplementedError
+
+    @classmethod
+    def binary_for(cls, **kwargs) -> bool:
+        """``binary`` of the likelihood this class builds from the keyword arguments ``kwargs``."""
+        return cls.binary
 
 
 class Encoder(nn.Module):

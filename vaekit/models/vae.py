@@ -22,6 +22,7 @@ from torch.distributions import Distribution
 from .. import objectives
 from ..checks import lookup
 from ..distributions import (
+    LIKELIHOODS,
     Encoder,
     Likelihood,
     Prior,
@@ -220,6 +221,13 @@ def likelihood_from_config(cfg, data_shape: tuple[int, ...]) -> Likelihood:
     """The likelihood ``cfg.likelihood`` with its own fields of the ``ModelConfig``."""
     args = lookup(LIKELIHOOD_ARGS, cfg.likelihood, "likelihood")(cfg)
     return build_likelihood(cfg.likelihood, data_shape, **args)
+
+
+def likelihood_is_binary(cfg) -> bool:
+    """Whether the likelihood ``cfg.likelihood`` with its fields is over x in {0, 1}, so that its data
+    are binarised (``Likelihood.binary_for``; e.g. pixelcnn only with pixelcnn_output=bernoulli)."""
+    args = lookup(LIKELIHOOD_ARGS, cfg.likelihood, "likelihood")(cfg)
+    return lookup(LIKELIHOODS, cfg.likelihood, "likelihood").binary_for(**args)
 
 
 def prior_from_config(cfg) -> Prior:
