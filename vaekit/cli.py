@@ -180,6 +180,8 @@ def _train_in_session(args, main: bool):
         cfg.train.device = args.device
     validate(cfg)
     train_ds, test_ds = prepare_data(cfg.data)
+    if not args.resume:  # recorded with the run: the model's bits/dim follow it (models.build_model)
+        cfg.data.levels = train_ds.levels
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
     if main:
         print(

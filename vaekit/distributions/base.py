@@ -124,6 +124,23 @@ def bits_per_dim(nll_nats: Tensor | float, num_dims: int) -> Tensor | float:
     return nll_nats / (num_dims * math.log(2.0))
 
 
+BPD_LEVELS = (2, N_LEVELS)  # data whose bits per dimension mean something: binary and 8-bit
+
+
+def data_bits_per_dim(
+    nll_nats: Tensor | float, num_dims: int, discrete: bool, levels: int | None
+) -> Tensor | float | None:
+    """:func:`image_bits_per_dim` where bits per dimension are defined, None elsewhere.
+
+    They are defined for binary and 8-bit data (``levels`` in ``BPD_LEVELS``); for continuous
+    data (``levels`` None) or other quantisations a density's nats have no bit count per
+    dimension (a density on tabular values can exceed 1 and give negative "bits").
+    """
+    if levels not in BPD_LEVELS:
+        return None
+    return image_bits_per_dim(nll_nats, num_dims, discrete, levels)
+
+
 def image_bits_per_dim(
     nll_nats: Tensor | float, num_dims: int, discrete: bool, levels: int = N_LEVELS
 ) -> Tensor | float:

@@ -51,8 +51,11 @@ def model_device(model) -> torch.device:
 
 
 def build_model(cfg, data_shape):
-    """Build the model named by ``cfg.model.kind`` for data of ``data_shape``."""
-    return lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
+    """Build the model named by ``cfg.model.kind`` for data of ``data_shape``, with its ``data_levels``
+    (what its bits per dimension follow) from ``cfg.data.levels``."""
+    model = lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
+    model.data_levels = cfg.data.levels
+    return model
 
 
 __all__ = [

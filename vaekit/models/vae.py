@@ -13,8 +13,6 @@ pytorch/examples.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -30,7 +28,6 @@ from ..distributions import (
     build_prior,
     diagonal_gaussian,
     distribution_mean,
-    image_bits_per_dim,
 )
 from ..inference.streamed import streamed_log_likelihood
 from ..nets import NetSpec, build_decoder, build_encoder
@@ -157,9 +154,10 @@ class VAE(DecodeViews, GenerativeModel):
         z = self.prior.sample((n,))
         return self.decode_to_x(z, mean)
 
-    def bits_per_dim(self, nll: float) -> float:
-        """nats per example -> bits per dimension, with the 8-bit term for continuous likelihoods."""
-        return image_bits_per_dim(nll, math.prod(self.data_shape), self.decoder.likelihood.discrete)
+    @property
+    def density(self) -> bool:
+        """A continuous likelihood (``Likelihood.discrete`` False): bits/dim add the data's bin width."""
+        return not self.decoder.likelihood.discrete
 
     # --- pytorch/examples vocabulary ------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
