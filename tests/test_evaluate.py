@@ -123,11 +123,16 @@ def test_cli_evaluate_of_a_mixture_on_tabular_data(tmp_path, capsys):
     np.savez(tmp_path / "tab.npz", x=rng.beta(2.0, 5.0, size=(90, 3)).astype(np.float32))
     run = tmp_path / "gmm"
     argv = ["train", "--model", "mixture", "--data", str(tmp_path / "tab.npz"), "--no-progress", "--out", str(run)]
-    sets = ["components=2", "covariance=diag", "em_max_iter=5", "tensorboard=false"]
-    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    sets = [a for s in ("components=2", "covariance=diag", "em_max_iter=5", "tensorboard=false") for a in ("--set", s)]
+    assert main(argv + sets) == 0
     out = tmp_path / "e.json"
     assert main(["evaluate", str(run), "--no-progress", "-o", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["bpd"] is None and isinstance(res["bic"], float)
     printed = capsys.readouterr().out
     assert "bic" in printed and "bpd" not in printed
+    # levels the user declares (8-bit images stored as floats) are recorded instead
+    assert main(argv[:-1] + [str(tmp_path / "g8"), "--set", "levels=256"] + sets) == 0
+    assert main(["evaluate", str(tmp_path / "g8"), "--no-progress", "-o", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["bpd"] == pytest.approx((res["nll"] + 3 * math.log(256)) / (3 * math.log(2)))

@@ -166,9 +166,9 @@ def _train_in_session(args, main: bool):
     else:
         model_kind = [f"model.kind={args.model}"] if args.model else []
         cfg = build_config(args.preset, args.config, model_kind + list(args.overrides))
+        named = named_keys(args.config, model_kind + list(args.overrides))  # what the user set explicitly
         # binarisation follows the likelihood; the resolved mode is what the run's config records
-        explicit = "data.binarize" in named_keys(args.config, model_kind + list(args.overrides))
-        cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), explicit)
+        cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), "data.binarize" in named)
         if args.data:
             cfg.data.name = args.data
         if args.data_dir:
@@ -180,7 +180,7 @@ def _train_in_session(args, main: bool):
         cfg.train.device = args.device
     validate(cfg)
     train_ds, test_ds = prepare_data(cfg.data)
-    if not args.resume:  # recorded with the run: the model's bits/dim follow it (models.build_model)
+    if not args.resume and "data.levels" not in named:  # the model's bits/dim follow them (build_model)
         cfg.data.levels = train_ds.levels
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
     if main:

@@ -38,8 +38,9 @@ class DataConfig:
     download: bool = False  # fetch missing standard files (sha256-checked) into data_dir
     binarize: str = "dynamic"  # dynamic (fresh Bernoulli draw per batch) | static (fixed seed) | none (grey levels)
     binarize_seed: int = 1234  # seed of the fixed stochastic binarisation of test (and static train) data
-    # values per data dimension the model sees, recorded by `vaekit train` from the data:
-    # 256 (8-bit), 2 (binary), null (continuous); bits/dim are reported for 2 and 256 only
+    # values per data dimension the model sees, recorded by `vaekit train` from the data unless set
+    # (e.g. 256 for 8-bit images stored as floats): 256 (8-bit), 2 (binary), null (continuous);
+    # bits/dim are reported for 2 and 256 only
     levels: int | None = 256
 
 
