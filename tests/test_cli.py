@@ -59,6 +59,36 @@ def test_evaluate_writes_eval_json_with_the_documented_keys(run, capsys):
     assert "nll" in capsys.readouterr().out
 
 
+def _continuous_npz(path):
+    g = np.random.default_rng(0)
+    np.savez(path, x=g.beta(2.0, 5.0, size=(80, 6)).astype(np.float32))  # tabular values in (0, 1)
+    return str(path)
+
+
+def test_a_gaussian_likelihood_never_sees_binarised_data(tmp_path, capsys):
+    """The default binarisation meets likelihood=gaussian as "none", recorded in the run's config;
+    asking for binarisation with it explicitly is a one-line error."""
+    import yaml
+
+    from vaekit.checkpoint import load_model
+
+    data = _continuous_npz(tmp_path / "tab.npz")
+    small = ["--set", "hidden=[8]", "--set", "latent_dim=2", "--set", "tensorboard=false", "--set", "eval_k=0"]
+    argv = ["train", "--data", data, "--epochs", "1", "--no-progress", "--set", "likelihood=gaussian", *small]
+    assert main([*argv, "--out", str(tmp_path / "g")]) == 0
+    assert yaml.safe_load((tmp_path / "g" / "config.yaml").read_text())["data"]["binarize"] == "none"
+    assert load_model(tmp_path / "g")[1].data.binarize == "none"
+    capsys.readouterr()
+    for mode in ("dynamic", "static"):
+        assert main([*argv, "--set", f"binarize={mode}", "--out", str(tmp_path / mode)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"data.binarize={mode}" in err[0] and "Traceback" not in err[0]
+        assert not (tmp_path / mode).exists()
+    # a Bernoulli likelihood keeps the configured binarisation
+    assert main(["train", "--data", data, "--epochs", "1", "--no-progress", *small, "--out", str(tmp_path / "b")]) == 0
+    assert load_model(tmp_path / "b")[1].data.binarize == "dynamic"
+
+
 @pytest.mark.parametrize(
     "cmd, size",
     [

@@ -113,3 +113,18 @@ def test_a_zero_checkpoint_interval_is_refused_before_any_run_folder_exists(tmp_
     assert main(["train", "--preset", "dense-digits", "--set", "ckpt_every=0", "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err == "vaekit: error: train.ckpt_every must be positive; got 0\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_named_keys_are_what_the_user_set_not_what_a_preset_supplies(tmp_path):
+    from vaekit.config import named_keys
+
+    assert named_keys("", None) == set()
+    assert named_keys(None, ["k=5", "data.binarize=none", "model.kind=vae"]) == {
+        "train.k",
+        "data.binarize",
+        "model.kind",
+    }
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: dense-frey\nbinarize: static\nmodel: {latent_dim: 3}\n")
+    assert named_keys(str(f), {"lr": 0.1}) == {"data.binarize", "model.latent_dim", "train.lr"}
+    assert "data.binarize" not in named_keys(None, ["likelihood=gaussian"])  # dense-frey's own is not named

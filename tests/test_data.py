@@ -539,6 +539,43 @@ def test_prepare_data_binarization_modes():
     assert torch.equal(train.x[:5], grey_train[:5]) and train.binarize == test.binarize == "none"
 
 
+def test_binarisation_follows_the_likelihood():
+    """Only a model of binary data is binarised; a default binarisation meets a grey-level or
+    continuous model as "none", an explicit one is refused in one line."""
+    for mode in data.BINARIZE_MODES:
+        assert data.resolve_binarize(mode, binary_model=True, explicit=True) == mode
+        assert data.resolve_binarize(mode, binary_model=True, explicit=False) == mode
+        assert data.resolve_binarize("none", binary_model=False, explicit=True) == "none"
+    for mode in ("dynamic", "static"):
+        assert data.resolve_binarize(mode, binary_model=False, explicit=False) == "none"
+        with pytest.raises(ConfigError) as e:
+            data.resolve_binarize(mode, binary_model=False, explicit=True)
+        assert_one_line(e, f"data.binarize={mode}", "grey levels or continuous", "data.binarize=none")
+    with pytest.raises(ConfigError, match="did you mean 'dynamic'"):
+        data.resolve_binarize("dynamc", binary_model=True, explicit=True)
+
+
+def test_datasets_declare_their_levels(tmp_path):
+    """Dataset.levels: what the source declares (dtype, or the registered dataset), 2 after binarisation."""
+    assert data.load_dataset("digits", "test").levels == 17
+    assert data.load_dataset("mnist5k", "test").levels == 256
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", x=rng.random((20, 5)).astype(np.float32))
+    np.savez(tmp_path / "u.npz", x=rng.integers(0, 256, (20, 4, 4)).astype(np.uint8))
+    np.savez(tmp_path / "b.npz", x=rng.integers(0, 2, (20, 4, 4)).astype(np.uint8))
+    np.save(tmp_path / "f.npy", rng.random((20, 5)))
+    expected = {"f.npz": None, "u.npz": 256, "b.npz": 2, "f.npy": None}
+    for name, levels in expected.items():
+        for split in ("train", "test"):
+            ds = data.load_dataset(str(tmp_path / name), split)
+            assert ds.levels == levels and ds.subset(torch.tensor([0])).levels == levels
+            assert ds.to("cpu").levels == levels
+    for mode, levels in (("none", None), ("static", 2), ("dynamic", 2)):
+        train, test = data.prepare_data(DataConfig(name=str(tmp_path / "f.npz"), binarize=mode))
+        assert train.levels == test.levels == levels
+    assert data.array_levels(np.zeros(3, dtype=bool)) == 2
+
+
 def test_dataset_checks_and_to():
     ds = data.Dataset(torch.zeros(3, 1, 2, 2), torch.arange(3), "toy")
     assert ds.to("cpu").x.shape == (3, 1, 2, 2) and len(ds.subset(torch.tensor([0, 2]))) == 2

@@ -74,3 +74,17 @@ def test_image_bits_per_dim_adds_the_bin_width_for_densities_only():
     # a density of 1 on [0, 1]^D is the uniform pmf over 256^D values: 8 bits per dimension
     assert image_bits_per_dim(0.0, 10, discrete=False) == pytest.approx(8.0)
     assert image_bits_per_dim(0.0, 10, discrete=False, levels=2) == pytest.approx(1.0)
+
+
+def test_bits_per_dim_are_defined_for_binary_and_8bit_data_only():
+    from vaekit.distributions import BPD_LEVELS, data_bits_per_dim
+
+    assert BPD_LEVELS == (2, 256)
+    for levels in BPD_LEVELS:
+        for discrete in (True, False):
+            assert data_bits_per_dim(3.0, 10, discrete, levels) == pytest.approx(
+                image_bits_per_dim(3.0, 10, discrete, levels)
+            )
+    for levels in (None, 17):  # continuous values; the digits' 17 levels
+        assert data_bits_per_dim(-4.0, 10, False, levels) is None
+        assert data_bits_per_dim(4.0, 10, True, levels) is None

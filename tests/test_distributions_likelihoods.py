@@ -51,3 +51,18 @@ def test_registry_takes_explicit_keyword_arguments():
         build_likelihood("bernouli", (3,))
     with pytest.raises(ConfigError, match="unknown model.variance 'learned'"):
         GaussianLikelihood((3,), variance="learned")
+
+
+def test_binary_is_declared_by_each_likelihood_and_answerable_before_building():
+    """Only likelihoods over x in {0, 1} are ``binary`` (their data are binarised); the PixelCNN's
+    follows its output head."""
+    from vaekit.distributions import LIKELIHOODS
+
+    expected = {"bernoulli": True, "gaussian": False, "logistic_mixture": False, "categorical": False}
+    for name, binary in expected.items():
+        assert LIKELIHOODS[name].binary_for() is binary
+        assert build_likelihood(name, (1, 4, 4)).binary is binary
+    for head, binary in (("bernoulli", True), ("logistic_mixture", False), ("categorical", False)):
+        assert LIKELIHOODS["pixelcnn"].binary_for(output=head) is binary
+        lik = build_likelihood("pixelcnn", (1, 4, 4), output=head, channels=4, layers=1, cond_channels=2)
+        assert lik.binary is binary

@@ -71,3 +71,68 @@ def test_exact_models_report_log_prob():
     assert res["log_prob_kind"] == "exact" and res["k"] is None and res["elbo"] is None
     assert res["nll"] == pytest.approx(-m.log_prob(x).double().mean().item(), rel=1e-9)
     assert res["bpd"] == pytest.approx(m.bits_per_dim(res["nll"]))
+
+
+def _fitted_mixture(x, levels, cov="full"):
+    m = GaussianMixtureModel(2, tuple(x.shape[1:]), covariance_type=cov, max_iter=20, dtype="float64")
+    m.fit(x)
+    m.data_levels = levels
+    return m
+
+
+@pytest.mark.parametrize("cov", ["full", "diag", "spherical"])
+def test_a_mixture_on_continuous_data_has_no_bits_per_dim_and_reports_sklearns_bic(cov):
+    """Bits/dim of a density on continuous values mean nothing (null); BIC = -2 log L + p log N is
+    scikit-learn's for the same fitted parameters."""
+    sk_mixture = pytest.importorskip("sklearn.mixture")
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([torch.randn(60, 3, generator=g, dtype=torch.float64) * 0.1 + c for c in (0.2, 0.7)])
+    m = _fitted_mixture(x, None, cov)
+    res = evaluate(m, x, progress=False)
+    assert res["nll"] < 0  # a density above 1: "bits" would be negative
+    assert res["bpd"] is None and "bpd" not in format_table(res)
+    sk = sk_mixture.GaussianMixture(2, covariance_type=cov)
+    sk.weights_, sk.means_, sk.covariances_ = m.weights.numpy(), m.means.numpy(), m.covariances.numpy()
+    sk.precisions_cholesky_ = _compute_precision_cholesky(sk.covariances_, cov)
+    assert res["bic"] == pytest.approx(sk.bic(x.numpy()), rel=1e-9)
+    assert res["bic"] == pytest.approx(m.bic(x), rel=1e-9)
+    assert "bic" in format_table(res)
+
+
+def test_a_mixture_on_8bit_data_gets_the_discretisation_term():
+    """A Gaussian density of 8-bit levels: bpd = (nll + D ln 256) / (D ln 2), as every density."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.round(torch.rand(80, 1, 2, 2, generator=g, dtype=torch.float64) * 255) / 255
+    m = _fitted_mixture(x, 256, "diag")
+    res = evaluate(m, x, progress=False)
+    assert res["bpd"] == pytest.approx((res["nll"] + 4 * math.log(256)) / (4 * math.log(2)))
+
+
+def test_cli_evaluate_of_a_mixture_on_tabular_data(tmp_path, capsys):
+    """`vaekit train` records that float data are continuous; `evaluate` then prints no bits/dim
+    and the BIC the README promises."""
+    import json
+
+    import numpy as np
+
+    from vaekit.cli import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tab.npz", x=rng.beta(2.0, 5.0, size=(90, 3)).astype(np.float32))
+    run = tmp_path / "gmm"
+    argv = ["train", "--model", "mixture", "--data", str(tmp_path / "tab.npz"), "--no-progress", "--out", str(run)]
+    sets = [a for s in ("components=2", "covariance=diag", "em_max_iter=5", "tensorboard=false") for a in ("--set", s)]
+    assert main(argv + sets) == 0
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(run), "--no-progress", "-o", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["bpd"] is None and isinstance(res["bic"], float)
+    printed = capsys.readouterr().out
+    assert "bic" in printed and "bpd" not in printed
+    # levels the user declares (8-bit images stored as floats) are recorded instead
+    assert main(argv[:-1] + [str(tmp_path / "g8"), "--set", "levels=256"] + sets) == 0
+    assert main(["evaluate", str(tmp_path / "g8"), "--no-progress", "-o", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["bpd"] == pytest.approx((res["nll"] + 3 * math.log(256)) / (3 * math.log(2)))

@@ -147,8 +147,9 @@ def _train(args):
 
 def _train_in_session(args, main: bool):
     from .checkpoint import json_text, load_shared
-    from .config import build_config, validate
-    from .data import binarize_dynamic, prepare_data
+    from .config import build_config, named_keys, validate
+    from .data import binarize_dynamic, prepare_data, resolve_binarize
+    from .models import binary_data
     from .train import train
 
     if args.resume:
@@ -166,6 +167,9 @@ def _train_in_session(args, main: bool):
     else:
         model_kind = [f"model.kind={args.model}"] if args.model else []
         cfg = build_config(args.preset, args.config, model_kind + list(args.overrides))
+        named = named_keys(args.config, model_kind + list(args.overrides))  # what the user set explicitly
+        # binarisation follows the likelihood; the resolved mode is what the run's config records
+        cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), "data.binarize" in named)
         if args.data:
             cfg.data.name = args.data
         if args.data_dir:
@@ -177,6 +181,8 @@ def _train_in_session(args, main: bool):
         cfg.train.device = args.device
     validate(cfg)
     train_ds, test_ds = prepare_data(cfg.data)
+    if not args.resume and "data.levels" not in named:  # the model's bits/dim follow them (build_model)
+        cfg.data.levels = train_ds.levels
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
     if main:
         print(

@@ -38,6 +38,10 @@ class DataConfig:
     download: bool = False  # fetch missing standard files (sha256-checked) into data_dir
     binarize: str = "dynamic"  # dynamic (fresh Bernoulli draw per batch) | static (fixed seed) | none (grey levels)
     binarize_seed: int = 1234  # seed of the fixed stochastic binarisation of test (and static train) data
+    # values per data dimension the model sees, recorded by `vaekit train` from the data unless set
+    # (e.g. 256 for 8-bit images stored as floats): 256 (8-bit), 2 (binary), null (continuous);
+    # bits/dim are reported for 2 and 256 only
+    levels: int | None = 256
 
 
 @dataclass
@@ -558,6 +562,25 @@ def build_config(
         apply_overrides(cfg, parse_set(overrides) if isinstance(overrides, list) else overrides)
     validate(cfg)
     return cfg
+
+
+def named_keys(config_file: str | None = None, overrides: list[str] | dict | None = None) -> set[str]:
+    """The ``section.field`` keys a YAML config file and the overrides name themselves, not those a
+    preset or the defaults supply: what the user asked for explicitly (call after
+    :func:`build_config` accepted the same arguments)."""
+    items: dict[str, Any] = {}
+    if config_file:
+        doc = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
+        items.update({k: v for k, v in (doc if isinstance(doc, dict) else {}).items() if k != "preset"})
+    if overrides:
+        items.update(parse_set(overrides) if isinstance(overrides, list) else overrides)
+    keys = set()
+    for key, value in items.items():
+        if key in SECTIONS and isinstance(value, dict):
+            keys.update(f"{key}.{name}" for name in value)
+        else:
+            keys.add(".".join(resolve_key(key)))
+    return keys
 
 
 CHOICES = {

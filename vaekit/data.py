@@ -40,7 +40,9 @@ Datasets (the ``DATASETS`` registry; ``describe_datasets()`` lists them):
 Binarisation (Salakhutdinov & Murray 2008; Burda et al. 2015, Sec. 5): ``dynamic`` draws
 a fresh b ~ Bernoulli(x) per batch during training (``binarize_dynamic``); ``static``
 draws once with a fixed seed (``binarize_static``), used for the test split so test
-numbers are reproducible. Both are pure functions on tensors.
+numbers are reproducible. Both are pure functions on tensors. Binarisation follows the
+model: only a likelihood of binary data (Bernoulli) sees binarised data, decided once by
+:func:`resolve_binarize` from what the caller tells it (this module knows no likelihood).
 
 8-bit data for flows (Dinh et al. 2017; Kingma & Dhariwal 2018): ``to_uint8`` gives the
 levels k = round(255 x); flows model the dequantised y = (x*255 + u) / 256 with
@@ -88,6 +90,7 @@ from .download import fetch_checked, file_checksum
 from .errors import ConfigError, DataError, one_line
 
 SPLITS = ("train", "test")
+LEVELS_8BIT = 256  # values per sub-pixel of 8-bit data (Dataset.levels)
 SPLIT_SEED = 0  # seed of every deterministic train/test split below (fixed forever)
 PATH_TEST_FRACTION = 0.1  # share of a single-set file or folder held out as test
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -108,12 +111,16 @@ class Dataset:
             they are), ``"static"`` (already binarised with a fixed seed) or
             ``"dynamic"`` (grey levels; the training loop draws a fresh binarisation
             of every batch with :func:`binarize_dynamic`).
+        levels: values per data dimension as the model sees them, from what the source declares:
+            256 (8-bit levels), 2 (binary, also after binarisation), 17 (the 8x8 digits' 0..16),
+            None (float data: continuous values). Bits per dimension are defined for 2 and 256 only.
     """
 
     x: Tensor
     y: Tensor | None
     name: str
     binarize: str = "none"
+    levels: int | None = LEVELS_8BIT
 
     def __post_init__(self):
         if self.x.dim() != 4:
@@ -137,12 +144,12 @@ class Dataset:
     def subset(self, index: Tensor) -> Dataset:
         """The examples ``index`` (LongTensor [M]) as a new Dataset (a copy)."""
         y = None if self.y is None else self.y[index]
-        return Dataset(self.x[index], y, self.name, self.binarize)
+        return Dataset(self.x[index], y, self.name, self.binarize, self.levels)
 
     def to(self, device: torch.device | str) -> Dataset:
         """The dataset with ``x`` and ``y`` on ``device`` (e.g. once onto the GPU before training)."""
         y = None if self.y is None else self.y.to(device)
-        return Dataset(self.x.to(device), y, self.name, self.binarize)
+        return Dataset(self.x.to(device), y, self.name, self.binarize, self.levels)
 
 
 # ----------------------------------------------------------------------------------------
@@ -265,6 +272,18 @@ def images_from_array(arr: np.ndarray, source: str) -> Tensor:
     raise DataError(f"{source}: unsupported pixel dtype {arr.dtype}")
 
 
+def array_levels(arr: np.ndarray) -> int | None:
+    """``Dataset.levels`` of an array that :func:`images_from_array` accepts, by its dtype and the same
+    rule as its scaling: bool or integers all 0 / 1 -> 2 (binary), other integers -> 256 (8-bit
+    levels), floats -> None (continuous values)."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.bool_:
+        return 2
+    if np.issubdtype(arr.dtype, np.integer):
+        return 2 if arr.size and int(arr.max()) <= 1 else LEVELS_8BIT
+    return None
+
+
 def labels_from_array(arr: np.ndarray, n: int, source: str) -> Tensor:
     """Check labels (integers, shape [n]) and return them as int64 [n]."""
     arr = np.asarray(arr)
@@ -309,9 +328,11 @@ def random_split(n: int, test_fraction: float, seed: int = SPLIT_SEED) -> tuple[
     return perm[m:], perm[:m]
 
 
-def _pick_split(x: Tensor, y: Tensor | None, split: str, index: tuple[Tensor, Tensor], name: str) -> Dataset:
+def _pick_split(
+    x: Tensor, y: Tensor | None, split: str, index: tuple[Tensor, Tensor], name: str, levels: int | None = LEVELS_8BIT
+) -> Dataset:
     idx = index[SPLITS.index(split)]
-    return Dataset(x[idx], None if y is None else y[idx], name)
+    return Dataset(x[idx], None if y is None else y[idx], name, levels=levels)
 
 
 def _check_split(split: str, allowed: tuple[str, ...], name: str) -> None:
@@ -324,6 +345,7 @@ def _check_split(split: str, allowed: tuple[str, ...], name: str) -> None:
 # ----------------------------------------------------------------------------------------
 MNIST5K_TEST_FRACTION = 0.1  # 50 of the 500 images per class
 DIGITS_TEST_FRACTION = 1 / 6  # ~30 of the ~180 images per class
+DIGITS_LEVELS = 17  # the 8x8 digits count 0..16 per pixel
 
 
 def mnist5k_path() -> Path:
@@ -372,7 +394,7 @@ def load_digits(split: str, data_dir: str | None = None, download: bool = False)
     bunch = _sklearn_digits()
     x = torch.from_numpy((bunch.images / 16.0).astype(np.float32))[:, None]
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    return _pick_split(x, y, split, stratified_split(y, DIGITS_TEST_FRACTION), "digits")
+    return _pick_split(x, y, split, stratified_split(y, DIGITS_TEST_FRACTION), "digits", DIGITS_LEVELS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -606,7 +628,7 @@ def _load_idx_pair(name: str, split: str, data_dir, download_missing: bool) -> D
     if len(labels) != len(images):
         raise DataError(f"{lab_path}: {len(labels)} labels for {len(images)} images in {img_path.name}")
     x = images_from_array(images, str(img_path))
-    return Dataset(x, labels_from_array(labels, len(images), str(lab_path)), name)
+    return Dataset(x, labels_from_array(labels, len(images), str(lab_path)), name, levels=array_levels(images))
 
 
 def load_mnist(split: str, data_dir: str | None = None, download: bool = False) -> Dataset:
@@ -680,7 +702,7 @@ def load_binarized_mnist(split: str, data_dir: str | None = None, download: bool
         raise DataError(f"{source}: expected 28x28 images (784 columns); got shape {tuple(x.shape[1:])}")
     if not ((x == 0) | (x == 1)).all():
         raise DataError(f"{source}: expected binary values 0 / 1")
-    return Dataset(x, None, "binarized-mnist")
+    return Dataset(x, None, "binarized-mnist", levels=2)
 
 
 def read_amat(path: str | os.PathLike) -> np.ndarray:
@@ -704,12 +726,13 @@ def load_frey(split: str, data_dir: str | None = None, download: bool = False) -
     path = _find_file(dirs, ("frey_faces_uint8.npz",))
     if path is None:
         raise _missing("frey", "frey_faces_uint8.npz", dirs, download_hint=False)
-    x = images_from_array(_npz_array(path, "faces"), str(path))
+    faces = _npz_array(path, "faces")
+    x = images_from_array(faces, str(path))
     n = len(x)
     if n <= FREY_TEST_SIZE:
         raise DataError(f"{path}: only {n} faces, need more than {FREY_TEST_SIZE}")
     index = (torch.arange(n - FREY_TEST_SIZE), torch.arange(n - FREY_TEST_SIZE, n))
-    return _pick_split(x, None, split, index, "frey")
+    return _pick_split(x, None, split, index, "frey", array_levels(faces))
 
 
 def load_cifar(split: str, data_dir: str | None = None, download: bool = False) -> Dataset:
@@ -722,11 +745,11 @@ def load_cifar(split: str, data_dir: str | None = None, download: bool = False) 
     return Dataset(x, y, "cifar10")
 
 
-def _split_single(x: Tensor, y: Tensor | None, split: str, name: str) -> Dataset:
+def _split_single(x: Tensor, y: Tensor | None, split: str, name: str, levels: int | None) -> Dataset:
     """A seeded 90 / 10 split of a file or folder that holds one set."""
     if len(x) < 2:
         raise DataError(f"{name}: {len(x)} example(s); need at least 2 to split into train and test")
-    return _pick_split(x, y, split, random_split(len(x), PATH_TEST_FRACTION), name)
+    return _pick_split(x, y, split, random_split(len(x), PATH_TEST_FRACTION), name, levels)
 
 
 def load_npz(path: str | os.PathLike, split: str) -> Dataset:
@@ -742,11 +765,11 @@ def load_npz(path: str | os.PathLike, split: str) -> Dataset:
             x = images_from_array(arrays[key], f"{path}[{key}]")
             y_key = f"y_{split}"
             y = labels_from_array(arrays[y_key], len(x), f"{path}[{y_key}]") if y_key in arrays else None
-            return Dataset(x, y, str(path))
+            return Dataset(x, y, str(path), levels=array_levels(arrays[key]))
     key = "x" if "x" in names else names[0]
     x = images_from_array(arrays[key], f"{path}[{key}]")
     y = labels_from_array(arrays["y"], len(x), f"{path}[y]") if "y" in arrays and key != "y" else None
-    return _split_single(x, y, split, str(path))
+    return _split_single(x, y, split, str(path), array_levels(arrays[key]))
 
 
 def _npz_keys(names: list[str], split: str) -> list[str]:
@@ -761,7 +784,8 @@ def load_npy(path: str | os.PathLike, split: str) -> Dataset:
     """An .npy image array ([N,D], [N,H,W], [N,C,H,W] or [N,H,W,C]), split 90 / 10."""
     path = Path(path)
     _check_split(split, SPLITS, str(path))
-    return _split_single(images_from_array(_load_npy(path), str(path)), None, split, str(path))
+    arr = _load_npy(path)
+    return _split_single(images_from_array(arr, str(path)), None, split, str(path), array_levels(arr))
 
 
 GREY_MODES = ("1", "L", "LA", "I;16", "I")
@@ -808,7 +832,7 @@ def load_image_folder(path: str | os.PathLike, split: str) -> Dataset:
             )
     grey = all(im.mode in GREY_MODES for im in images)
     arr = np.stack([_image_array(im, grey) for im in images])
-    return _split_single(images_from_array(arr, str(path)), None, split, str(path))
+    return _split_single(images_from_array(arr, str(path)), None, split, str(path), array_levels(arr))
 
 
 PATH_LOADERS: dict[str, Callable[[Path, str], Dataset]] = {  # suffix -> loader of a file
@@ -898,15 +922,43 @@ BINARIZE_MODES: dict[str, tuple[str, str]] = {
     "none": ("none", "none"),  # grey levels throughout (Gaussian / logistic likelihoods)
 }
 
+
+def resolve_binarize(mode: str, binary_model: bool, explicit: bool) -> str:
+    """The ``DataConfig.binarize`` mode a model gets: binarisation follows the likelihood.
+
+    A model of binary data (a Bernoulli likelihood: ``vaekit.models.binary_data``) gets ``mode``
+    as configured. Any other model (Gaussian, 8-bit likelihoods, flows, mixtures) gets grey levels
+    or continuous values as they are: a ``mode`` that binarises becomes ``"none"`` when it is a
+    default (``explicit=False``) and is refused when the user asked for it (``explicit=True``).
+
+    Args:
+        mode: dynamic | static | none (``BINARIZE_MODES``).
+        binary_model: whether the model is of data in {0, 1}.
+        explicit: whether the user named ``data.binarize`` (``--set``, a config file), rather than
+            a preset or the default supplying it.
+    """
+    lookup(BINARIZE_MODES, mode, "data.binarize")
+    if binary_model or mode == "none":
+        return mode
+    if explicit:
+        raise ConfigError(
+            f"data.binarize={mode} turns the data into 0/1, but this model is of grey levels or continuous "
+            "values (only likelihood bernoulli, or pixelcnn with pixelcnn_output=bernoulli, is of binary data); "
+            "use data.binarize=none"
+        )
+    return "none"
+
+
 # Offsets of the static-binarisation seed per split: test uses binarize_seed itself.
 SEED_OFFSETS = {"test": 0, "train": 1}
 
 
 def apply_binarization(ds: Dataset, mode: str, seed: int) -> Dataset:
     """``ds`` prepared for ``mode``: "static" binarises x now with ``seed``; "dynamic" and
-    "none" keep the grey levels and record the mode in ``ds.binarize``."""
+    "none" keep the grey levels and record the mode in ``ds.binarize``; the model sees 2 levels
+    under "static" and "dynamic"."""
     x = binarize_static(ds.x, seed) if mode == "static" else ds.x
-    return Dataset(x, ds.y, ds.name, mode)
+    return Dataset(x, ds.y, ds.name, mode, ds.levels if mode == "none" else 2)
 
 
 def prepare_data(cfg) -> tuple[Dataset, Dataset]:

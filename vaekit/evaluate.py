@@ -8,7 +8,10 @@
   analytic KL where it exists.
 - ``bpd``: nll / (D ln 2), bits per data dimension (of the data as modelled: binary pixels
   for Bernoulli decoders), by the model's ``bits_per_dim``, which adds its own discretisation
-  term where it models a density of 8-bit data.
+  term where it models a density of 8-bit data; null where bits per dimension mean nothing
+  (data that are neither binary nor 8-bit: ``GenerativeModel.data_levels``).
+- ``bic``: for maximum-likelihood fits (``has_bic``: mixtures), -2 log L + p log N over the N
+  evaluated examples, p the model's free parameters (Schwarz 1978); lower is better.
 - ``active_units``: latent dimensions u with Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2015,
   Sec. 5.2).
 
@@ -159,7 +162,11 @@ def _active(means: Tensor, threshold: float) -> int:
 def _finish(model, res: dict, log_px: Tensor, t0: float) -> dict:
     mean_lp, se = mean_and_stderr(log_px)
     res["nll"], res["nll_stderr"] = -mean_lp, se
-    res["bpd"] = float(model.bits_per_dim(res["nll"]))
+    bpd = model.bits_per_dim(res["nll"])
+    res["bpd"] = None if bpd is None else float(bpd)
+    if model.has_bic:
+        n = log_px.numel()
+        res["bic"] = -2 * log_px.double().sum().item() + model.n_parameters() * math.log(n)
     res["seconds"] = time.perf_counter() - t0
     return res
 
@@ -178,6 +185,7 @@ def format_table(res: dict) -> str:
         "rec",
         "kl",
         "bpd",
+        "bic",
         "active_units",
         "ess_mean",
         "seconds",

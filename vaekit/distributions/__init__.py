@@ -12,7 +12,16 @@
 This package may import ``vaekit.flows`` and ``vaekit.nets``; neither imports it.
 """
 
-from .base import LOG_STD_MIN, N_LEVELS, Encoder, Likelihood, bits_per_dim, image_bits_per_dim
+from .base import (
+    BPD_LEVELS,
+    LOG_STD_MIN,
+    N_LEVELS,
+    Encoder,
+    Likelihood,
+    bits_per_dim,
+    data_bits_per_dim,
+    image_bits_per_dim,
+)
 from .gaussian import diagonal_gaussian, distribution_mean, rsample_and_log_prob
 from .image import (
     Categorical256,
@@ -38,6 +47,7 @@ from .priors import (
 )
 
 __all__ = [
+    "BPD_LEVELS",
     "LIKELIHOODS",
     "LOG_STD_MIN",
     "N_LEVELS",
@@ -63,6 +73,7 @@ __all__ = [
     "bits_per_dim",
     "build_likelihood",
     "build_prior",
+    "data_bits_per_dim",
     "diagonal_gaussian",
     "discretized_logistic_log_prob",
     "discretized_logistic_mean",

@@ -4,12 +4,16 @@ A *likelihood* is an ``nn.Module`` built for one data shape. It tells the decode
 how many numbers to produce per example (``param_shape``) and turns them into a
 distribution over x whose ``log_prob(x)`` returns one value per example, in nats,
 summed over all data dimensions. What callers may rely on is declared as class
-attributes of :class:`Likelihood` (``discrete``, ``activation_factor``, ``factorised``),
-so nobody probes a likelihood with ``getattr``.
+attributes of :class:`Likelihood` (``discrete``, ``binary``, ``activation_factor``,
+``factorised``), so nobody probes a likelihood with ``getattr``.
 
-An *encoder* (:class:`Encoder`) maps x to q(z|x); every encoder of vaekit is built on a
-diagonal Gaussian q0(z|x) (the posterior itself, or the base of a flow posterior) and
-returns it from :meth:`Encoder.base_posterior`.
+An *encoder* (:class:`Encoder`) maps x to q(z|x) in two declared steps: its amortised
+variational parameters phi(x) (:meth:`Encoder.variational_params`) and the member q(z; phi) of
+its family (:meth:`Encoder.posterior`), so per-datapoint inference (SVI) can optimise phi_i in
+the encoder's own family. :meth:`Encoder.moments` gives the mean and log-variance of q(z; phi),
+in closed form or by Monte Carlo as ``exact_moments`` declares. Every encoder of vaekit is
+built on a diagonal Gaussian q0(z|x) (the posterior itself, or the base of a flow posterior)
+and returns it from :meth:`Encoder.base_posterior`.
 
 Bits per dimension: discrete likelihoods give nats of a probability mass function, so
 bpd = nll / (D ln 2); a continuous density on data in [0, 1] first adds D ln 256 (the
@@ -39,6 +43,10 @@ class Likelihood(nn.Module):
       parameterises its distribution (set per instance).
     - ``discrete``: ``log_prob`` is the log of a probability mass function (True) or of a
       density on continuous data (False); bits per dimension add D ln 256 for the latter.
+    - ``binary``: a distribution over x in {0, 1} (Bernoulli): its data are binarised
+      (``DataConfig.binarize``); a likelihood of grey levels or continuous values never sees
+      binarised data. :meth:`binary_for` answers it from the constructor's arguments, before
+      anything is built (the PixelCNN's depends on its output head).
     - ``activation_factor``: roughly how many floats per data element one no-grad
       ``log_prob`` keeps alive (1 for a pointwise likelihood; more for a likelihood that runs a
       network over x, the PixelCNN); memory budgets that count decoder outputs multiply by it.
@@ -50,23 +58,61 @@ class Likelihood(nn.Module):
     data_shape: tuple[int, ...]
     param_shape: tuple[int, ...]
     discrete: bool = True
+    binary: bool = False
     activation_factor: int = 1
     factorised: bool = False
 
     def forward(self, params: Tensor) -> Distribution:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @classmethod
+    def binary_for(cls, **kwargs) -> bool:
+        """``binary`` of the likelihood this class builds from the keyword arguments ``kwargs``."""
+        return cls.binary
+
 
 class Encoder(nn.Module):
     """Base of amortised posteriors: x [B, *data_shape] -> q(z|x), batch [B], event [latent_dim].
 
+    q(z|x) = q(z; phi(x)): :meth:`variational_params` gives phi(x), a tuple of tensors [B, ...]
+    (for a Gaussian encoder the mean and log-variance), and :meth:`posterior` the member of the
+    family they select; ``forward`` composes the two. Per-datapoint inference optimises free
+    phi_i in the same family (``vaekit.inference.svi``).
+
+    Declared attribute:
+
+    - ``exact_moments``: :meth:`moments` is in closed form (True: Gaussian encoders) or a
+      Monte-Carlo estimate with a fixed number of samples and a fixed seed (False: flow
+      posteriors), deterministic in either case.
+
     Every encoder is built on a diagonal Gaussian q0(z|x); :meth:`base_posterior` returns it
     (the posterior itself for a Gaussian encoder, the flow's base for a flow posterior). The
-    VampPrior mixes these Gaussians and ``VAE.encode`` reports their means and variances.
+    VampPrior mixes these Gaussians; ``VAE.encode`` reports the moments of q(z|x) itself.
     """
 
-    def forward(self, x: Tensor) -> Distribution:  # pragma: no cover - interface
+    exact_moments: bool = True
+
+    def forward(self, x: Tensor) -> Distribution:
+        """q(z|x) = q(z; phi(x))."""
+        return self.posterior(*self.variational_params(x))
+
+    def variational_params(self, x: Tensor) -> tuple[Tensor, ...]:  # pragma: no cover - interface
+        """phi(x): the parameters of q(z|x) in the encoder's family, each [B, ...]."""
         raise NotImplementedError
+
+    def posterior(self, *params: Tensor) -> Distribution:  # pragma: no cover - interface
+        """q(z; phi) for parameters shaped as :meth:`variational_params` returns them."""
+        raise NotImplementedError
+
+    def params_from_gaussian(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, ...]:
+        """phi whose base Gaussian is N(mean, diag exp(log_var)) [B, D] each (SVI from the prior);
+        for a Gaussian encoder that is q(z; phi) itself."""
+        return mean, log_var
+
+    def moments(self, *params: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance [B, D] of q(z; phi): closed form here (a Gaussian family)."""
+        q = self.posterior(*params)
+        return q.mean, 2 * q.stddev.log()
 
     def base_posterior(self, x: Tensor) -> Distribution:  # pragma: no cover - interface
         """q0(z|x) = N(mu(x), diag sigma^2(x)): batch [B], event [latent_dim]."""
@@ -76,6 +122,23 @@ class Encoder(nn.Module):
 def bits_per_dim(nll_nats: Tensor | float, num_dims: int) -> Tensor | float:
     """nats per example -> bits per dimension: nll / (D ln 2)."""
     return nll_nats / (num_dims * math.log(2.0))
+
+
+BPD_LEVELS = (2, N_LEVELS)  # data whose bits per dimension mean something: binary and 8-bit
+
+
+def data_bits_per_dim(
+    nll_nats: Tensor | float, num_dims: int, discrete: bool, levels: int | None
+) -> Tensor | float | None:
+    """:func:`image_bits_per_dim` where bits per dimension are defined, None elsewhere.
+
+    They are defined for binary and 8-bit data (``levels`` in ``BPD_LEVELS``); for continuous
+    data (``levels`` None) or other quantisations a density's nats have no bit count per
+    dimension (a density on tabular values can exceed 1 and give negative "bits").
+    """
+    if levels not in BPD_LEVELS:
+        return None
+    return image_bits_per_dim(nll_nats, num_dims, discrete, levels)
 
 
 def image_bits_per_dim(

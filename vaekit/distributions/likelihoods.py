@@ -44,6 +44,7 @@ class BernoulliLikelihood(Likelihood):
     """p(x|z) = prod_d Bernoulli(x_d; sigmoid(logit_d)); decoder outputs one logit per dimension."""
 
     discrete = True  # a probability mass function: bpd = nll / (D ln 2)
+    binary = True  # x in {0, 1}: binarised data
     factorised = True
 
     def __init__(self, data_shape: tuple[int, ...]):

@@ -55,6 +55,7 @@ OUTPUT_HEADS = {
     "logistic_mixture": _logistic_head,  # 8-bit data, n_mix components per sub-pixel
     "categorical": _categorical_head,  # 8-bit data, 256-way softmax per sub-pixel
 }
+BINARY_HEADS = ("bernoulli",)  # heads over x in {0, 1}: the PixelCNN likelihood is then ``binary``
 
 
 class PixelCNNDistribution(Distribution):
@@ -124,12 +125,18 @@ class PixelCNNLikelihood(Likelihood):
         self.data_shape = (C, H, W)
         self.param_shape = (cond_channels, H, W)
         self.output = output
+        self.binary = self.binary_for(output=output)
         n_out, self._to_dist = head(n_mix)
         self.net = GatedPixelCNN(C, n_out, channels, layers, kernel, cond_channels)
         # rough peak of floats alive per data element in one no-grad log_prob (conditioning
         # terms of all layers, a layer's stacks, the head): for memory budgets that count
         # decoder outputs, e.g. the chunking of importance sampling
         self.activation_factor = math.ceil((cond_channels + 4 * channels * layers + 8 * channels + n_out * C) / C)
+
+    @classmethod
+    def binary_for(cls, output: str = "bernoulli", **kwargs) -> bool:
+        """Binary data exactly when the output head is over {0, 1} (``BINARY_HEADS``)."""
+        return output in BINARY_HEADS
 
     def output_distribution(self, out: Tensor) -> Distribution:
         """Head parameters [B, n_out, C, H, W] -> per-sub-pixel distribution (float32), event [C, H, W]."""

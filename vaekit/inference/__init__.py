@@ -30,6 +30,7 @@ from .variational import (
     format_gap_table,
     gap_decomposition,
     posterior_log_prob,
+    proposal_log_prob,
     svi,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "importance_sampled_log_prob",
     "mean_and_stderr",
     "posterior_log_prob",
+    "proposal_log_prob",
     "release_large_blocks",
     "streamed_log_likelihood",
     "svi",

@@ -75,9 +75,10 @@ def importance_sampled_log_prob(
         progress: optional callable(n_done_examples) for progress bars.
 
     Returns:
-        dict of [N] tensors in nats: ``log_px`` (the K-sample estimate), ``elbo`` (mean log-weight,
-        an unbiased ELBO estimate from the same samples) and ``ess`` (effective sample size
-        (sum w)^2 / sum w^2, a diagnostic of the proposal).
+        dict of [N] tensors in nats, in the model's dtype (float32 at least; sums are float64):
+        ``log_px`` (the K-sample estimate), ``elbo`` (mean log-weight, an unbiased ELBO estimate
+        from the same samples) and ``ess`` (effective sample size (sum w)^2 / sum w^2, a
+        diagnostic of the proposal).
     """
     release_large_blocks()
     N = x.shape[0]
@@ -92,17 +93,19 @@ def importance_sampled_log_prob(
         lse = torch.full((xb.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
         lse2 = torch.full_like(lse, -math.inf)
         total = torch.zeros_like(lse)
-        done = 0
+        done, dtype = 0, torch.float32
         while done < k:
             s = min(S, k - done)
-            log_w = log_importance_weights(model, xb, s, q=q).double()  # [s, b]
+            log_w = log_importance_weights(model, xb, s, q=q)  # [s, b]
+            dtype = torch.promote_types(log_w.dtype, torch.float32)  # the model's dtype, at least float32
+            log_w = log_w.double()
             lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0).to(lse.dtype))
             lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0).to(lse.dtype))
             total += log_w.sum(0).to(total.dtype)
             done += s
-        out["log_px"].append((lse - math.log(k)).float())
-        out["elbo"].append((total / k).float())
-        out["ess"].append((2 * lse - lse2).exp().float())  # effective_sample_size from the running sums
+        out["log_px"].append((lse - math.log(k)).to(dtype))
+        out["elbo"].append((total / k).to(dtype))
+        out["ess"].append((2 * lse - lse2).exp().to(dtype))  # effective_sample_size from the running sums
         if progress is not None:
             progress(xb.shape[0])
     return {key: torch.cat(v) for key, v in out.items()}

@@ -2,19 +2,23 @@
 
 Stochastic variational inference per datapoint (Hoffman et al. 2013; for VAEs: Krishnan et al.
 2018, Kim et al. 2018 "semi-amortised VAEs"): for a trained, frozen decoder, free variational
-parameters phi_i = (mu_i, log sigma_i^2) of a Gaussian q(z; phi_i) are optimised for every
-example by Adam on the same ELBO the model was trained with (``objectives.elbo_terms``), all
-examples at once (the loss is the *sum* of per-example negative ELBOs, so each phi_i sees its
-own gradient, independent of the batch). Started from the prior (plain SVI) or from the
-encoder's q(z|x) (semi-amortised).
+parameters phi_i of q(z; phi_i) *in the encoder's own family* (``Encoder.posterior``: for a
+Gaussian encoder phi_i = (mu_i, log sigma_i^2); for a flow posterior also the flow's context
+h_i, with the flow's shared weights as trained) are optimised for every example by Adam on the
+same ELBO the model was trained with (``objectives.elbo_terms``), all examples at once (the loss
+is the *sum* of per-example negative ELBOs, so each phi_i sees its own gradient, independent of
+the batch). Started from the prior (plain SVI) or from the encoder's phi(x) (semi-amortised:
+the start is the amortised q(z|x) itself). Everything runs in the model's floating dtype.
 
 Gap decomposition (Cremer, Li & Duvenaud, "Inference Suboptimality in VAEs", ICML 2018):
 
     log p(x) - ELBO[q_amortised] = (log p(x) - ELBO[q*])  +  (ELBO[q*] - ELBO[q_amortised])
                                     approximation gap         amortisation gap
 
-with q* the best Gaussian found by SVI. log p(x) is estimated by importance sampling with q*
-as proposal; each ELBO is the mean log-weight of K samples from its q.
+with q* the best member of the encoder's family found by SVI, so both gaps are >= 0 up to the
+optimiser and Monte-Carlo error (a q* from another family, e.g. a diagonal Gaussian for a flow
+posterior, could make the amortisation gap negative). log p(x) is estimated by importance
+sampling with q* as proposal; each ELBO is the mean log-weight of K samples from its q.
 
 The objectives and the importance sampler take a *model*; :class:`PosteriorModel` is the model
 they see here: a given q(z) for the examples at hand in place of the encoder, the trained
@@ -128,29 +132,36 @@ class PosteriorModel:
         return self.model.prior
 
 
-def _phi_from_encoder(model, x: Tensor) -> tuple[Tensor, Tensor]:
-    if model.has_codes:  # encode gives the Gaussian part of flow posteriors too
-        mu, log_var = model.encode(x)
-    else:
-        q = model.encoder(x)
-        mu, log_var = q.mean, 2 * q.stddev.log()
-    return mu.detach().clone(), log_var.detach().clone()
+def _phi_from_encoder(model, x: Tensor) -> tuple[Tensor, ...]:
+    """The encoder's own phi(x): SVI starts at the amortised q(z|x)."""
+    return tuple(p.detach().clone() for p in model.encoder.variational_params(x))
 
 
-def _phi_from_prior(model, x: Tensor) -> tuple[Tensor, Tensor]:
+def _phi_from_prior(model, x: Tensor) -> tuple[Tensor, ...]:
+    """phi with the base Gaussian at p(z) (N(0, I) for mixture and flow priors), in the model's dtype."""
     p = model.prior
     base = p.base_dist if isinstance(p, Independent) else None
     D = p.event_shape[0]
     if isinstance(base, Normal):
         mu = base.loc.expand(x.shape[0], D)
         log_var = 2 * base.scale.log().expand(x.shape[0], D)
-    else:  # mixture priors: start at the origin with unit variance
-        mu = torch.zeros(x.shape[0], D, device=x.device)
+    else:  # mixture and flow priors: start at the origin with unit variance
+        mu = torch.zeros(x.shape[0], D, device=x.device, dtype=_model_dtype(model, x))
         log_var = torch.zeros_like(mu)
-    return mu.detach().clone().float(), log_var.detach().clone().float()
+    return tuple(t.detach().clone() for t in model.encoder.params_from_gaussian(mu, log_var))
 
 
-# name -> callable(model, x [B, ...]) -> initial (mu, log_var) [B, D] each
+def _model_dtype(model, x: Tensor) -> torch.dtype:
+    """The floating dtype ``model`` computes in: of its first floating parameter (x's without one)."""
+    if isinstance(model, nn.Module):
+        for t in model.parameters():
+            if t.is_floating_point():
+                return t.dtype
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+# name -> callable(model, x [B, ...]) -> initial phi, a tuple of [B, ...] tensors in the encoder's
+# family (``Encoder.variational_params``; for a Gaussian encoder (mu, log_var) [B, D] each)
 SVI_INITS = {"encoder": _phi_from_encoder, "prior": _phi_from_prior}
 
 
@@ -188,12 +199,11 @@ def _full_mask(mask: Tensor | None, x: Tensor) -> Tensor | None:
 def _fit_batch(model, xb: Tensor, mask, init_phi, steps: int, lr: float, samples: int, history: Tensor, progress):
     """Adam on the ELBO of one batch xb [b, ...]; adds the summed ELBO of each step to ``history``.
 
-    Returns mu, log_var [b, D] and the ELBO estimates [b] before the first and after the last step."""
-    mu, log_var = init_phi(model, xb)
-    mu.requires_grad_(True)
-    log_var.requires_grad_(True)
-    post = PosteriorModel(model, lambda _x: diagonal_gaussian(mu, log_var), mask)
-    opt = torch.optim.Adam([mu, log_var], lr=lr)
+    Returns phi (a tuple of [b, ...] tensors) and the ELBO estimates [b] before the first and after
+    the last step."""
+    phi = [p.requires_grad_(True) for p in init_phi(model, xb)]
+    post = PosteriorModel(model, lambda _x: model.encoder.posterior(*phi), mask)
+    opt = torch.optim.Adam(phi, lr=lr)
     for step in range(steps + 1):
         elbo = elbo_terms(post, xb, samples)["elbo"]
         history[step] += elbo.detach().double().sum().cpu()
@@ -206,7 +216,7 @@ def _fit_batch(model, xb: Tensor, mask, init_phi, steps: int, lr: float, samples
         opt.step()
         if progress is not None:
             progress(step)
-    return mu.detach(), log_var.detach(), first, elbo.detach()
+    return tuple(p.detach() for p in phi), first, elbo.detach()
 
 
 def svi(
@@ -220,10 +230,11 @@ def svi(
     batch_size: int | None = None,
     progress=None,
 ) -> dict[str, Tensor]:
-    """Per-datapoint SVI: optimise a Gaussian q(z; mu_i, log_var_i) for every example.
+    """Per-datapoint SVI: optimise q(z; phi_i) in the encoder's family for every example.
 
     Args:
-        model: a VAE (``has_latents``); its weights are frozen (not changed).
+        model: a VAE (``has_latents``, an :class:`~vaekit.distributions.Encoder` as ``encoder``);
+            its weights are frozen (not changed).
         x: data [N, *data_shape] on the model's device.
         steps: Adam steps; lr: Adam learning rate; samples: L reparameterised samples per step.
         init: ``encoder`` (semi-amortised: start at q(z|x)) or ``prior`` (start at p(z)); see ``SVI_INITS``.
@@ -234,9 +245,12 @@ def svi(
         progress: optional callable(step, mean_elbo) per step.
 
     Returns:
-        ``mean``, ``log_var`` [N, D] (the optimised phi_i), ``history`` [steps + 1] (mean ELBO
-        estimate over examples before each step and after the last, nats), ``elbo_init`` and
-        ``elbo_final`` [N] (the per-example ELBO estimates with L samples at the first and last step).
+        ``params`` (the optimised phi_i: a tuple of [N, ...] tensors, see ``Encoder.variational_params``),
+        ``mean``, ``log_var`` [N, D] (E and log Var of q(z; phi_i): for a Gaussian encoder phi_i
+        itself, for a flow posterior ``Encoder.moments``' Monte-Carlo estimate), ``history``
+        [steps + 1] (mean ELBO estimate over examples before each step and after the last, nats),
+        ``elbo_init`` and ``elbo_final`` [N] (the per-example ELBO estimates with L samples at the
+        first and last step).
     """
     init_phi = lookup(SVI_INITS, init, "SVI init")
     if steps < 0 or samples < 1 or lr <= 0:
@@ -244,7 +258,7 @@ def svi(
     N = x.shape[0]
     mask = _full_mask(mask, x)
     B = batch_size or N
-    out = {"mean": [], "log_var": [], "elbo_init": [], "elbo_final": []}
+    out = {"params": [], "elbo_init": [], "elbo_final": []}
     history = torch.zeros(steps + 1, dtype=torch.float64)
     with _frozen(model), torch.enable_grad():
         for i in range(0, N, B):
@@ -254,7 +268,10 @@ def svi(
             res = _fit_batch(model, xb, mb, init_phi, steps, lr, samples, history, report)
             for key, v in zip(out, res):
                 out[key].append(v)
-    res = {key: torch.cat(v) for key, v in out.items()}
+    res = {key: torch.cat(v) for key, v in out.items() if key != "params"}
+    res["params"] = tuple(torch.cat(parts) for parts in zip(*out["params"]))
+    with torch.no_grad():
+        res["mean"], res["log_var"] = model.encoder.moments(*res["params"])
     res["history"] = history / N
     return res
 
@@ -269,7 +286,28 @@ def posterior_log_prob(
     batch_size: int | None = None,
 ) -> dict[str, Tensor]:
     """``importance_sampled_log_prob`` with the Gaussian q(z; mean_i, log_var_i) [N, D] as proposal
-    (e.g. SVI's q*) instead of the encoder; with ``mask`` [N, *data_shape], of the observed part only.
+    (e.g. a Gaussian encoder's SVI q*) instead of the encoder; with ``mask`` [N, *data_shape], of
+    the observed part only.
+
+    Returns [N] tensors ``log_px``, ``elbo``, ``ess`` as ``importance_sampled_log_prob``."""
+    return proposal_log_prob(model, x, diagonal_gaussian, (mean, log_var), k, mask, batch_size)
+
+
+def proposal_log_prob(
+    model,
+    x: Tensor,
+    make_q: Callable[..., Distribution],
+    params: tuple[Tensor, ...],
+    k: int = 1000,
+    mask: Tensor | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Tensor]:
+    """``importance_sampled_log_prob`` with the proposal ``make_q(*params_i)`` per example, e.g.
+    ``model.encoder.posterior`` and SVI's ``params`` (q* in the encoder's family).
+
+    Args:
+        params: tensors [N, ...] each, sliced over examples alongside x [N, *data_shape].
+        mask: optional [N, *data_shape], 1 = observed (log p(x_obs)).
 
     Returns [N] tensors ``log_px``, ``elbo``, ``ess`` as ``importance_sampled_log_prob``."""
     N = x.shape[0]
@@ -278,10 +316,8 @@ def posterior_log_prob(
     B = batch_size or max(1, auto_b)
     out: dict[str, list] = {}
     for i in range(0, N, B):
-        mu, lv = mean[i : i + B], log_var[i : i + B]
-        post = PosteriorModel(
-            model, lambda _x, mu=mu, lv=lv: diagonal_gaussian(mu, lv), None if mask is None else mask[i : i + B]
-        )
+        phi = tuple(p[i : i + B] for p in params)
+        post = PosteriorModel(model, lambda _x, phi=phi: make_q(*phi), None if mask is None else mask[i : i + B])
         res = importance_sampled_log_prob(post, x[i : i + B], k=k, batch_size=B, sample_chunk=auto_s)
         for key, v in res.items():
             out.setdefault(key, []).append(v)
@@ -304,6 +340,10 @@ def gap_decomposition(
     progress=None,
 ) -> dict:
     """Approximation and amortisation gaps of a VAE on ``x`` (Cremer et al. 2018).
+
+    q* is optimised in the encoder's own family (a diagonal Gaussian for a Gaussian encoder; for
+    a flow posterior the base Gaussian and the flow's context per example), as the definitions
+    ask, so both gaps are non-negative up to optimisation and Monte-Carlo error.
 
     Args:
         model: a trained VAE; x: data [N, *data_shape] on its device.
@@ -329,7 +369,7 @@ def gap_decomposition(
     if progress is not None:
         progress("svi", 2, 3)
     with torch.no_grad():
-        star = posterior_log_prob(model, x, opt["mean"], opt["log_var"], k=k)
+        star = proposal_log_prob(model, x, model.encoder.posterior, opt["params"], k=k)
     if progress is not None:
         progress("optimised", 3, 3)
     per = {

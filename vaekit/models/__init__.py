@@ -18,7 +18,7 @@ from ..checks import lookup
 from .autoencoder import Autoencoder, build_autoencoder
 from .flow import FlowModel, build_flow_model
 from .mixture import GaussianMixtureModel, build_mixture
-from .vae import VAE, build_vae
+from .vae import VAE, build_vae, likelihood_is_binary
 
 MODELS = {
     "vae": build_vae,
@@ -26,6 +26,21 @@ MODELS = {
     "mixture": build_mixture,
     "autoencoder": build_autoencoder,
 }
+
+# model kind -> callable(ModelConfig) -> whether the model is of binary data x in {0, 1}; only
+# those see binarised data, every other model grey levels or continuous values as they are
+BINARY_DATA = {
+    "vae": likelihood_is_binary,
+    "autoencoder": likelihood_is_binary,  # the reconstruction likelihood
+    "flow": lambda cfg: False,  # densities of dequantised 8-bit or continuous data
+    "mixture": lambda cfg: False,  # Gaussian densities
+}
+
+
+def binary_data(model_cfg) -> bool:
+    """Whether the model a ``ModelConfig`` describes is of binary data (its likelihood declares
+    ``binary``): what ``vaekit.data.resolve_binarize`` needs to know."""
+    return lookup(BINARY_DATA, model_cfg.kind, "model kind")(model_cfg)
 
 
 def model_device(model) -> torch.device:
@@ -36,16 +51,21 @@ def model_device(model) -> torch.device:
 
 
 def build_model(cfg, data_shape):
-    """Build the model named by ``cfg.model.kind`` for data of ``data_shape``."""
-    return lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
+    """Build the model named by ``cfg.model.kind`` for data of ``data_shape``, with its ``data_levels``
+    (what its bits per dimension follow) from ``cfg.data.levels``."""
+    model = lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
+    model.data_levels = cfg.data.levels
+    return model
 
 
 __all__ = [
+    "BINARY_DATA",
     "MODELS",
     "VAE",
     "Autoencoder",
     "FlowModel",
     "GaussianMixtureModel",
+    "binary_data",
     "build_model",
     "build_vae",
     "build_flow_model",

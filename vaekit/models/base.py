@@ -11,6 +11,13 @@ callers test a declared flag instead of probing with ``hasattr``:
   (VAEs); inference verbs (``gap``, ``complete``) need them.
 - ``has_codes``: the model maps x to a code and back (``encode``, ``decode_to_x``,
   ``reconstruct``): VAEs and autoencoders; the latent pictures need them.
+- ``density``: ``log_prob`` is a density on continuous values (True: Gaussian likelihoods and
+  mixtures, flows without dequantisation) or the log of a probability (False).
+- ``data_levels``: values per data dimension of the data the model is for (256 8-bit, 2 binary,
+  None continuous), set by ``build_model`` from ``DataConfig.levels``; ``bits_per_dim`` follows
+  it and is None where bits per dimension mean nothing.
+- ``has_bic``: a maximum-likelihood fit with ``n_parameters()`` free parameters (mixtures): the
+  evaluator reports BIC = -2 log L + p log N.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import math
 
 from torch import Tensor, nn
 
-from ..distributions import bits_per_dim
+from ..distributions import N_LEVELS, data_bits_per_dim
 
 
 class GenerativeModel(nn.Module):
@@ -30,6 +37,9 @@ class GenerativeModel(nn.Module):
     fitted_in_closed_form: bool = False
     has_latents: bool = False
     has_codes: bool = False
+    density: bool = False
+    data_levels: int | None = N_LEVELS
+    has_bic: bool = False
 
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
         """Per-example terms [B] in nats: ``loss`` (minimised) and, where they exist, ``elbo``, ``rec``, ``kl``."""
@@ -47,8 +57,12 @@ class GenerativeModel(nn.Module):
         """Closed-form fitting (``fitted_in_closed_form``): returns the per-iteration mean log-likelihood."""
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")
 
-    def bits_per_dim(self, nll: float) -> float:
-        """Negative log-likelihood in nats per example -> bits per dimension, nll / (D ln 2).
+    def bits_per_dim(self, nll: float) -> float | None:
+        """Negative log-likelihood in nats per example -> bits per dimension, nll / (D ln 2), with
+        D ln(levels) added first for a ``density``; None unless the data are binary or 8-bit
+        (``data_levels``; ``vaekit.distributions.data_bits_per_dim``)."""
+        return data_bits_per_dim(nll, math.prod(self.data_shape), not self.density, self.data_levels)
 
-        Models of continuous densities on 8-bit data override this to add the discretisation term."""
-        return bits_per_dim(nll, math.prod(self.data_shape))
+    def n_parameters(self) -> int:
+        """Free parameters of a maximum-likelihood fit (``has_bic``), for BIC."""
+        raise NotImplementedError(f"{type(self).__name__} declares no BIC")

@@ -105,6 +105,12 @@ class FlowModel(GenerativeModel):
         self.register_buffer("base_scale", torch.ones(self.data_shape))
 
     @property
+    def density(self) -> bool:
+        """Without dequantisation log_prob is a density on continuous data; with it, a bound on
+        the log-probability of the 8-bit levels."""
+        return not self.dequantize
+
+    @property
     def num_dims(self) -> int:
         return math.prod(self.data_shape)
 

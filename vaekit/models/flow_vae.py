@@ -11,8 +11,12 @@ returned together with z_K by ``rsample_and_log_prob``, which is all the ELBO, t
 bound and the importance sampler ask of q; no KL is registered for it, so the ELBO's KL
 is the Monte-Carlo estimate log q_K(z_K|x) - log p(z_K). The flow is conditioned on h
 (IAF's context, Kingma et al. 2016; amortised planar / RealNVP parameters otherwise);
-``posterior_flow_context: 0`` shares one flow across all x. ``VAE.encode`` and the
-VampPrior use q0 (``FlowEncoder.base_posterior``).
+``posterior_flow_context: 0`` shares one flow across all x. The variational parameters of
+q(z|x) are phi(x) = (mu, log sigma^2, h): per-datapoint inference (SVI, the gap split)
+optimises them per example with the flow's shared weights as trained, so q* stays in the
+encoder's own family. ``VAE.encode`` reports E_q[z|x] and Var_q[z|x], which have no closed
+form: Monte Carlo with ``MOMENT_SAMPLES`` draws of fixed noise (``FlowEncoder.moments``). The
+VampPrior uses q0 (``FlowEncoder.base_posterior``).
 
 Prior (``model.prior: flow`` with ``model.prior_flow``: realnvp | maf | planar):
 p(z) = flow(N(0, I)), built by ``vaekit.distributions.priors.flow_prior`` (the ``flow`` entry
@@ -28,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
@@ -38,6 +43,13 @@ from ..errors import ConfigError
 from ..flows.distribution import FlowDistribution
 from ..flows.latent import POSTERIOR_FLOWS
 from ..nets import NetSpec, build_encoder
+from ..seeding import POSTERIOR_MOMENTS, derive_seed
+
+# Monte-Carlo moments of a flow posterior: S draws give E_q[z|x] to about sd(z)/sqrt(S) = 3% of
+# the posterior's standard deviation
+MOMENT_SAMPLES = 1024
+MOMENT_SEED = 0  # root seed of the fixed noise (with seeding.POSTERIOR_MOMENTS)
+MOMENT_CHUNK = 1 << 16  # codes per pass through the flow (bounds memory)
 
 
 class FlowEncoder(Encoder):
@@ -50,23 +62,57 @@ class FlowEncoder(Encoder):
         context_dim: H, features conditioning the flow (0: one flow for all x).
     """
 
+    exact_moments = False  # E_q[z] and Var_q[z] of a flow have no closed form: Monte Carlo
+
     def __init__(self, body: nn.Module, flow: nn.Module, latent_dim: int, context_dim: int):
         super().__init__()
         self.body, self.flow = body, flow
         self.latent_dim, self.context_dim = latent_dim, context_dim
 
-    def _q0(self, x: Tensor) -> tuple[Distribution, Tensor]:
+    def variational_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """phi(x) = (mu [B, D], log sigma^2 [B, D], h [B, H]) (h is [B, 0] without context)."""
         d = self.latent_dim
         out = self.body(x)
-        return diagonal_gaussian(out[:, :d], out[:, d : 2 * d]), out
+        return out[:, :d], out[:, d : 2 * d], out[:, 2 * d :]
 
-    def forward(self, x: Tensor) -> FlowDistribution:
-        q0, out = self._q0(x)
-        return FlowDistribution(q0, self.flow, out[:, 2 * self.latent_dim :] if self.context_dim else None)
+    def posterior(self, mean: Tensor, log_var: Tensor, context: Tensor) -> FlowDistribution:
+        """q(z; phi) = flow_h(N(mean, diag exp(log_var))), the flow's weights shared by all phi."""
+        return FlowDistribution(diagonal_gaussian(mean, log_var), self.flow, context if self.context_dim else None)
+
+    def params_from_gaussian(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Base N(mean, diag exp(log_var)) and context h = 0 (the flow at h = 0 still acts on it)."""
+        return mean, log_var, mean.new_zeros(mean.shape[0], self.context_dim)
+
+    def moments(self, mean: Tensor, log_var: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Monte-Carlo E_q[z] and log Var_q[z] [B, D] of q(z; phi) from ``MOMENT_SAMPLES`` draws.
+
+        The base noise eps [S, D] is fixed (seeded by ``derive_seed(MOMENT_SEED, POSTERIOR_MOMENTS)``,
+        drawn on the CPU in float64) and shared by all examples, so the estimate is deterministic,
+        the same on every device up to rounding, and the same for an example in any batch; the
+        caller's random state is left alone. Sums are taken in float64 about the base mean.
+        """
+        S, (B, D) = MOMENT_SAMPLES, mean.shape
+        gen = torch.Generator().manual_seed(derive_seed(MOMENT_SEED, POSTERIOR_MOMENTS))
+        eps = torch.randn(S, D, generator=gen, dtype=torch.float64).to(device=mean.device, dtype=mean.dtype)
+        std = (0.5 * log_var).exp()
+        ctx = context if self.context_dim else None
+        s1 = s2 = 0.0
+        step = max(1, MOMENT_CHUNK // max(1, B))
+        for i in range(0, S, step):
+            e = eps[i : i + step]
+            u = (mean + std * e[:, None]).reshape(-1, D)  # [s*B, D], sample-major
+            c = None if ctx is None else ctx.expand(e.shape[0], *ctx.shape).reshape(-1, ctx.shape[-1])
+            z = self.flow.inverse(u, context=c)[0].view(e.shape[0], B, D)
+            zc = (z - mean).double()
+            s1, s2 = s1 + zc.sum(0), s2 + (zc * zc).sum(0)
+        m = s1 / S
+        var = (s2 - S * m * m) / (S - 1)
+        return (mean.double() + m).to(mean.dtype), var.clamp_min(torch.finfo(mean.dtype).tiny).log().to(mean.dtype)
 
     def base_posterior(self, x: Tensor) -> Distribution:
         """q0(z|x), the diagonal Gaussian the flow starts from (``forward(x).base``)."""
-        return self._q0(x)[0]
+        mean, log_var, _ = self.variational_params(x)
+        return diagonal_gaussian(mean, log_var)
 
 
 def build_flow_encoder(

@@ -122,6 +122,8 @@ class GaussianMixtureModel(GenerativeModel):
 
     log_prob_kind = "exact"
     fitted_in_closed_form = True
+    density = True  # Gaussian densities: bits/dim add the bin width of 8-bit data, none for continuous data
+    has_bic = True  # a maximum-likelihood fit with n_parameters() free parameters
 
     def __init__(
         self,

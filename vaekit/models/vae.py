@@ -13,8 +13,6 @@ pytorch/examples.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -22,6 +20,7 @@ from torch.distributions import Distribution
 from .. import objectives
 from ..checks import lookup
 from ..distributions import (
+    LIKELIHOODS,
     Encoder,
     Likelihood,
     Prior,
@@ -29,7 +28,6 @@ from ..distributions import (
     build_prior,
     diagonal_gaussian,
     distribution_mean,
-    image_bits_per_dim,
 )
 from ..inference.streamed import streamed_log_likelihood
 from ..nets import NetSpec, build_decoder, build_encoder
@@ -44,8 +42,12 @@ class GaussianEncoder(Encoder):
         super().__init__()
         self.body = body
 
-    def forward(self, x: Tensor) -> Distribution:
+    def variational_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, log sigma^2) [B, D] each."""
         mean, log_var = self.body(x).chunk(2, dim=-1)
+        return mean, log_var
+
+    def posterior(self, mean: Tensor, log_var: Tensor) -> Distribution:
         return diagonal_gaussian(mean, log_var)
 
     def base_posterior(self, x: Tensor) -> Distribution:
@@ -152,16 +154,20 @@ class VAE(DecodeViews, GenerativeModel):
         z = self.prior.sample((n,))
         return self.decode_to_x(z, mean)
 
-    def bits_per_dim(self, nll: float) -> float:
-        """nats per example -> bits per dimension, with the 8-bit term for continuous likelihoods."""
-        return image_bits_per_dim(nll, math.prod(self.data_shape), self.decoder.likelihood.discrete)
+    @property
+    def density(self) -> bool:
+        """A continuous likelihood (``Likelihood.discrete`` False): bits/dim add the data's bin width."""
+        return not self.decoder.likelihood.discrete
 
     # --- pytorch/examples vocabulary ------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance [B, D] each of the encoder's Gaussian q0(z|x) (the posterior itself,
-        or a flow posterior's base): the features of ``vaekit encode``."""
-        g = self.encoder.base_posterior(x)
-        return g.mean, 2 * g.stddev.log()
+        """E_q[z|x] and log Var_q[z|x] [B, D] each, of the posterior q(z|x) itself: the code of
+        ``reconstruct``, ``interpolate`` and ``latent-map`` and the features of ``vaekit encode``.
+
+        In closed form for a Gaussian encoder; for a flow posterior a Monte-Carlo estimate from
+        ``vaekit.models.flow_vae.MOMENT_SAMPLES`` draws with a fixed seed, deterministic and the same
+        for an example whatever batch it is in (``self.encoder.exact_moments`` says which)."""
+        return self.encoder.moments(*self.encoder.variational_params(x))
 
     @staticmethod
     def reparameterize(mu: Tensor, log_var: Tensor) -> Tensor:
@@ -213,6 +219,13 @@ def likelihood_from_config(cfg, data_shape: tuple[int, ...]) -> Likelihood:
     """The likelihood ``cfg.likelihood`` with its own fields of the ``ModelConfig``."""
     args = lookup(LIKELIHOOD_ARGS, cfg.likelihood, "likelihood")(cfg)
     return build_likelihood(cfg.likelihood, data_shape, **args)
+
+
+def likelihood_is_binary(cfg) -> bool:
+    """Whether the likelihood ``cfg.likelihood`` with its fields is over x in {0, 1}, so that its data
+    are binarised (``Likelihood.binary_for``; e.g. pixelcnn only with pixelcnn_output=bernoulli)."""
+    args = lookup(LIKELIHOOD_ARGS, cfg.likelihood, "likelihood")(cfg)
+    return lookup(LIKELIHOODS, cfg.likelihood, "likelihood").binary_for(**args)
 
 
 def prior_from_config(cfg) -> Prior:
