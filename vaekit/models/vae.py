@@ -151,7 +151,7 @@ class VAE(DecodeViews, GenerativeModel):
         self.objective = dict(
             objective=objective, k=k, beta=beta, warmup_steps=warmup_steps, free_bits=free_bits, gradient=gradient
         )
-        self.latent_layers = tuple(latent_layers) if latent_layers else (self.latent_dim,)
+        self._latent_layers = tuple(latent_layers) if latent_layers else None
         self.decoder_bias_init = decoder_bias_init
 
     @property
@@ -161,6 +161,11 @@ class VAE(DecodeViews, GenerativeModel):
     @property
     def latent_dim(self) -> int:
         return self.prior.event_shape[0]
+
+    @property
+    def latent_layers(self) -> tuple[int, ...]:
+        """(D_1, ..., D_L), the sizes of the stochastic layers of z = (z_1, ..., z_L); (D,) for one."""
+        return self._latent_layers or (self.latent_dim,)
 
     # --- the model contract -------------------------------------------------------------
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
