@@ -8,8 +8,9 @@ attributes of :class:`Likelihood` (``discrete``, ``activation_factor``, ``factor
 so nobody probes a likelihood with ``getattr``.
 
 An *encoder* (:class:`Encoder`) maps x to q(z|x); every encoder of vaekit is built on a
-diagonal Gaussian q0(z|x) (the posterior itself, or the base of a flow posterior) and
-returns it from :meth:`Encoder.base_posterior`.
+diagonal Gaussian q0(z|x) (the posterior itself, the base of a flow posterior, or the
+ancestral mean pass of a hierarchical posterior, ``hierarchy.py``) and returns it from
+:meth:`Encoder.base_posterior`.
 
 Bits per dimension: discrete likelihoods give nats of a probability mass function, so
 bpd = nll / (D ln 2); a continuous density on data in [0, 1] first adds D ln 256 (the
