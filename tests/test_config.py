@@ -128,3 +128,64 @@ def test_named_keys_are_what_the_user_set_not_what_a_preset_supplies(tmp_path):
     f.write_text("preset: dense-frey\nbinarize: static\nmodel: {latent_dim: 3}\n")
     assert named_keys(str(f), {"lr": 0.1}) == {"data.binarize", "model.latent_dim", "train.lr"}
     assert "data.binarize" not in named_keys(None, ["likelihood=gaussian"])  # dense-frey's own is not named
+
+
+def test_burda_schedule_derives_the_epochs_and_records_the_scale(tmp_path):
+    cfg = build_config("iwae-1l", overrides=["schedule=burda", "adam_eps=1e-4"])
+    assert (cfg.train.epochs, cfg.train.schedule_scale, cfg.train.adam_eps) == (3280, 1.0, 1e-4)
+    cfg = build_config("iwae-2l", overrides=["schedule=burda", "schedule_scale=0.1"])
+    assert cfg.train.epochs == 330 and Config.from_dict(cfg.to_dict()) == cfg
+    assert build_config("iwae-1l", overrides={"schedule": "burda", "epochs": 3280}).train.epochs == 3280
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: iwae-1l\ntrain: {schedule: burda, schedule_scale: 0.01}\n")
+    assert build_config(config_file=str(f)).train.epochs == 36  # stages 1, 1, 1, 1, 1, 2, 7, 22
+    # epochs given explicitly are checked, never silently replaced
+    for overrides in (
+        ["schedule=burda", "epochs=100"],
+        ["schedule=burda", "train.epochs=3"],
+        {"train": {"epochs": 7, "schedule": "burda"}},
+    ):
+        with pytest.raises(ConfigError, match="train.epochs must be 3280 with schedule=burda") as e:
+            build_config("iwae-1l", overrides=overrides)
+        assert "\n" not in str(e.value)
+    f.write_text("preset: iwae-1l\nepochs: 5\nschedule: burda\n")
+    with pytest.raises(ConfigError, match="train.epochs must be 3280"):
+        build_config(config_file=str(f))
+
+
+def test_the_two_layer_preset_is_burdas_net():
+    cfg = get_preset("iwae-2l")
+    assert preset_chain("iwae-2l") == ["base", "iwae-1l", "iwae-2l"]
+    m = cfg.model
+    assert (m.stochastic_layers, m.latent_dim, m.layer_hidden, m.hidden, m.activation) == (
+        [100, 50],
+        150,
+        [100, 100],
+        [200, 200],
+        "tanh",
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["gradient=dreg"], "train.gradient=dreg needs objective=iwae"),
+        (["gradient=stl", "objective=iwae"], "train.gradient=stl needs objective=elbo"),
+        (["gradient=stl", "posterior_flow=iaf"], "no posterior_flow"),
+        (["gradient=sf"], "train.gradient must be one of"),
+        (["decoder_bias_init=data_mean", "likelihood=gaussian"], "needs a VAE with likelihood=bernoulli"),
+        (["decoder_bias_init=data_mean", "kind=autoencoder"], "needs a VAE with likelihood=bernoulli"),
+        (["decoder_bias_init=mean"], "model.decoder_bias_init must be one of"),
+        (["stochastic_layers=[10, 5]"], "model.latent_dim must be the sum of model.stochastic_layers [10, 5] = 15"),
+        (["stochastic_layers=[10, 0]", "latent_dim=10"], "must be positive"),
+        (["stochastic_layers=[10, 5]", "latent_dim=15", "prior=mixture"], "need kind=vae, prior=normal"),
+        (["stochastic_layers=[10, 5]", "latent_dim=15", "posterior_flow=iaf"], "need kind=vae, prior=normal"),
+        (["schedule_scale=0"], "train.schedule_scale must be in (0, 1]"),
+        (["schedule_scale=1.5", "schedule=burda"], "train.schedule_scale must be in (0, 1]"),
+        (["adam_eps=0"], "train.adam_eps must be positive"),
+    ],
+)
+def test_the_new_fields_refuse_what_cannot_be_built_in_one_line(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        build_config("iwae-1l", overrides=overrides)
+    assert fragment in str(e.value) and "\n" not in str(e.value)

@@ -136,3 +136,28 @@ def test_cli_evaluate_of_a_mixture_on_tabular_data(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "g8"), "--no-progress", "-o", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["bpd"] == pytest.approx((res["nll"] + 3 * math.log(256)) / (3 * math.log(2)))
+
+
+def test_active_units_are_counted_per_stochastic_layer():
+    """Burda et al. 2015, Sec. 5.2: a unit is active when Var_x(E_q[z_u|x]) > 0.01, per layer."""
+    torch.manual_seed(0)
+    cfg = build_config("base", overrides={"hidden": [16], "latent_dim": 5, "stochastic_layers": [3, 2]})
+    model = build_model(cfg, (1, 6, 6))
+    x = torch.rand(40, 1, 6, 6)
+    with torch.no_grad():  # z_1's first unit and z_2's first unit follow x; the others are constant
+        model.encoder.body.net[-1].weight[:3].zero_()
+        model.encoder.body.net[-1].weight[0].fill_(1.0)
+        model.encoder.layers[0].body.net[-1].weight[:2].zero_()
+        model.encoder.layers[0].body.net[-1].weight[0].fill_(5.0)
+    res = evaluate(model, x, k=4, progress=False)
+    means = model.encode(x)[0]
+    assert means[:, 0].var() > 0.01 and means[:, 3].var() > 0.01
+    assert res["active_units_per_layer"] == [1, 1] and res["active_units"] == 2
+    assert "(per layer: 1, 1)" in format_table(res)
+    one = evaluate(
+        build_model(build_config("base", overrides={"hidden": [16], "latent_dim": 4}), (1, 6, 6)),
+        x,
+        k=4,
+        progress=False,
+    )
+    assert one["active_units_per_layer"] == [one["active_units"]] and "per layer" not in format_table(one)

@@ -363,3 +363,17 @@ def test_gap_with_a_flow_posterior_follows_cremer_et_al(trained_iaf):
     for key in ("approximation_gap", "amortisation_gap", "inference_gap"):
         assert res[key]["mean"] >= -2 * res[key]["stderr"], (key, res[key])
     assert (res["per_example"]["log_px"] >= res["per_example"]["elbo_svi"] - 1e-4).all()
+
+
+def test_svi_and_the_gap_need_no_special_case_for_two_stochastic_layers():
+    """A Gaussian q*(z_1, z_2) per example, scored against the hierarchical prior by its Monte-Carlo KL."""
+    torch.manual_seed(0)
+    cfg = build_config(overrides={"hidden": [32], "latent_dim": 4, "stochastic_layers": [2, 2], "layer_hidden": [8]})
+    vae = build_vae(cfg.model, (1, 4, 4), cfg.train)
+    x = binary_patterns(16)
+    torch.manual_seed(1)
+    res = svi(vae, x, steps=60, lr=5e-2, samples=4, init="encoder")
+    assert res["mean"].shape == (16, 4)
+    assert res["history"][-10:].mean() > res["history"][:10].mean()
+    gaps = gap_decomposition(vae, x, k=50, svi_steps=20)
+    assert gaps["log_px"]["mean"] >= gaps["elbo_svi"]["mean"] - 3 * gaps["approximation_gap"]["stderr"]

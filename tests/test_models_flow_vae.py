@@ -6,10 +6,10 @@ import torch
 from torch.distributions import kl_divergence
 
 from vaekit.config import ModelConfig
+from vaekit.distributions.base import MOMENT_SAMPLES
 from vaekit.errors import ConfigError
 from vaekit.flows import FlowDistribution
 from vaekit.inference import importance_sampled_log_prob
-from vaekit.models.flow_vae import MOMENT_SAMPLES
 from vaekit.models.vae import build_vae
 
 D_X, D_Z = 12, 3

@@ -1,6 +1,7 @@
 """The training loop: learns, resumes exactly, survives bad steps and bad checkpoints."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,9 +9,9 @@ from sklearn.datasets import load_digits
 
 import vaekit
 from vaekit import checkpoint as ckpt
-from vaekit.config import build_config
+from vaekit.config import build_config, burda_stage_epochs
 from vaekit.errors import CheckpointError, ConfigError, VaekitError
-from vaekit.models import build_model
+from vaekit.models import VAE, build_model
 from vaekit.models.base import GenerativeModel
 from vaekit.train import (
     LogWindow,
@@ -18,6 +19,7 @@ from vaekit.train import (
     TrainingDiverged,
     batch_preparer,
     build_learner,
+    burda_learning_rate,
     epoch_permutation,
     learning_rate,
     seed_device,
@@ -314,3 +316,49 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(tmp_path, monkeypat
     saved = [ckpt.read_checkpoint(p) for p in ckpt.list_checkpoints(tmp_path / "r")]
     assert [s["step"] for s in saved] == [2, 0]
     assert all(torch.isfinite(v).all() for s in saved for v in s["model"].values())
+
+
+def test_burda_schedule_changes_rate_at_the_stage_boundaries():
+    """lr = 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7 (Burda et al. 2015, Sec. 5)."""
+    starts = [0, 1, 4, 13, 40, 121, 364, 1093]  # first epoch of each stage: sum of 3^j, j < i
+    for i, start in enumerate(starts):
+        assert burda_learning_rate(start, 1e-3) == pytest.approx(1e-3 * 10 ** (-i / 7))
+        if start > 0:
+            assert burda_learning_rate(start - 1, 1e-3) == pytest.approx(1e-3 * 10 ** (-(i - 1) / 7))
+    assert burda_learning_rate(3279, 1e-3) == pytest.approx(1e-4)  # the last epoch: 10^-1 of the start
+    assert burda_learning_rate(5000, 1e-3) == pytest.approx(1e-4)  # past the end: the last stage's rate
+    # through learning_rate: the stage follows the step's epoch
+    spe = 3000
+    assert learning_rate(4 * spe - 1, 0, 1e-3, "burda", 0, spe) == pytest.approx(1e-3 * 10 ** (-1 / 7))
+    assert learning_rate(4 * spe, 0, 1e-3, "burda", 0, spe) == pytest.approx(1e-3 * 10 ** (-2 / 7))
+    # scaled: stages of max(1, round(3^i * s)) epochs
+    assert burda_stage_epochs(0.1) == [1, 1, 1, 3, 8, 24, 73, 219]
+    assert burda_learning_rate(6, 1e-3, 0.1) == pytest.approx(1e-3 * 10 ** (-4 / 7))  # epochs 6..13: stage 4
+    assert learning_rate(3 * spe, 0, 1e-3, "burda", 0, spe, 0.1) == pytest.approx(1e-3 * 10 ** (-3 / 7))
+
+
+def test_burda_protocol_totals():
+    assert burda_stage_epochs() == [3**i for i in range(8)] and sum(burda_stage_epochs()) == 3280
+    assert sum(burda_stage_epochs(0.5)) == sum(max(1, math.floor(3**i / 2 + 0.5)) for i in range(8)) == 1644
+    assert burda_stage_epochs(0.001) == [1] * 7 + [2]  # every stage keeps an epoch
+    assert sum(burda_stage_epochs(1e-9)) == 8
+
+
+def test_the_optimiser_takes_adam_eps():
+    cfg = cfg_for(adam_eps=1e-4)
+    model = build_model(cfg, (1, 8, 8))
+    assert build_learner(model, cfg.train, torch.device("cpu")).opt.param_groups[0]["eps"] == 1e-4
+
+
+def test_data_mean_bias_init_runs_once_for_a_fresh_run_and_never_on_resume(tmp_path, monkeypatch):
+    tr, te = digits()
+    cfg = cfg_for(epochs=1, decoder_bias_init="data_mean", eval_k=0)
+    train(cfg, tmp_path / "r", tr, te, progress=False, max_steps=0)
+    bias = state_of(tmp_path / "r")["model"]["decoder.body.net.3.bias"]
+    torch.testing.assert_close(torch.sigmoid(bias), tr.mean(0).clamp(1e-3, 1 - 1e-3).flatten())
+    calls = []
+    monkeypatch.setattr(VAE, "init_from_data", lambda self, mean_x: calls.append(mean_x))
+    train(cfg, tmp_path / "r", tr, te, progress=False, resume=True, max_steps=5)
+    assert calls == []
+    train(cfg, tmp_path / "fresh", tr, te, progress=False, max_steps=0)
+    assert len(calls) == 1 and calls[0].shape == (1, 8, 8)

@@ -56,6 +56,13 @@ class ModelConfig:
     variance: str = "global"  # gaussian p(x|z) variance: fixed | global (one learned) | pixel (decoder output)
     fixed_std: float = 1.0  # std of the gaussian likelihood when variance=fixed (data units)
     prior: str = "normal"  # p(z): normal (standard)
+    # sizes (D_1, ..., D_L) of stacked Gaussian layers z = (z_1, ..., z_L), bottom first (Burda et al.
+    # 2015: [100, 50]); latent_dim must be their sum; []: one layer of latent_dim (the plain VAE)
+    stochastic_layers: list[int] = field(default_factory=list)
+    layer_hidden: list[int] = field(default_factory=lambda: [100, 100])  # MLP widths of q(z_l+1|z_l); p mirrors them
+    # zero | data_mean: decoder output logits := logit of the training-set mean pixel (clamped to
+    # [1e-3, 1 - 1e-3]), set once when a run starts; needs likelihood=bernoulli and decoder=mlp
+    decoder_bias_init: str = "zero"
     # --- conv / resnet / pixelcnn fields ---
     channels: list[int] = field(
         default_factory=lambda: [32, 64]
@@ -114,7 +121,12 @@ class TrainConfig:
     epochs: int = 10  # passes over the training set
     batch_size: int = 128  # examples per step
     lr: float = 1e-3  # peak Adam learning rate
-    schedule: str = "constant"  # lr schedule after warm-up: constant | cosine | linear
+    schedule: str = "constant"  # lr schedule after warm-up: constant | cosine | linear | burda (burda_stage_epochs)
+    schedule_scale: float = 1.0  # schedule=burda: every stage's epochs times this, in (0, 1]; epochs follow
+    adam_eps: float = 1e-8  # Adam epsilon (Burda et al. 2015: 1e-4)
+    # gradient estimator: reparam | stl (sticking the landing, Roeder et al. 2017; objective=elbo) |
+    # dreg (doubly reparameterised, Tucker et al. 2018; objective=iwae)
+    gradient: str = "reparam"
     lr_warmup_steps: int = 0  # linear lr warm-up steps
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 0.0  # clip global gradient norm at this value (0: off)
@@ -208,6 +220,11 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "epochs": 100,
         },
         "Burda et al. 2015, one stochastic layer: 784-200-200-50 tanh, Bernoulli; try --set objective=iwae --set k=50",
+    ),
+    "iwae-2l": (
+        "iwae-1l",
+        {"latent_dim": 150, "stochastic_layers": [100, 50], "layer_hidden": [100, 100]},
+        "Burda et al. 2015, two stochastic layers: 784-200-200-100 (z1), 100-100-50 (z2) tanh, Bernoulli",
     ),
     "dense-frey": (
         "base",
@@ -554,12 +571,25 @@ def load_yaml(path: str | Path) -> Config:
 def build_config(
     preset: str | None = None, config_file: str | None = None, overrides: list[str] | dict | None = None
 ) -> Config:
-    """Resolve preset (or YAML file), then overrides; the single entry point for the CLI."""
+    """Resolve preset (or YAML file), then overrides; the single entry point for the CLI.
+
+    With ``schedule=burda`` the epochs follow from the protocol: ``train.epochs`` is set to
+    ``sum(burda_stage_epochs(schedule_scale))`` unless the overrides set it or the YAML file changed it
+    from its preset's value; epochs set that way must equal it (:func:`validate` says so)."""
     if preset and config_file:
         raise ConfigError("give either --preset or --config, not both")
     cfg = load_yaml(config_file) if config_file else get_preset(preset or "base")
-    if overrides:
-        apply_overrides(cfg, parse_set(overrides) if isinstance(overrides, list) else overrides)
+    preset_epochs = get_preset(cfg.preset).train.epochs
+    parsed = (parse_set(overrides) if isinstance(overrides, list) else dict(overrides)) if overrides else {}
+    apply_overrides(cfg, parsed)
+    tc = cfg.train
+    if (
+        tc.schedule == "burda"
+        and 0 < tc.schedule_scale <= 1
+        and tc.epochs == preset_epochs
+        and not _sets_epochs(parsed)
+    ):
+        tc.epochs = sum(burda_stage_epochs(tc.schedule_scale))
     validate(cfg)
     return cfg
 
@@ -583,11 +613,34 @@ def named_keys(config_file: str | None = None, overrides: list[str] | dict | Non
     return keys
 
 
+def _sets_epochs(overrides: dict[str, Any]) -> bool:
+    """Whether ``overrides`` (as for :func:`apply_overrides`) set ``train.epochs``."""
+    for key, value in overrides.items():
+        if key == "train" and isinstance(value, dict) and "epochs" in value:
+            return True
+        if key not in SECTIONS and resolve_key(key) == ("train", "epochs"):
+            return True
+    return False
+
+
+# Burda et al. (2015, Sec. 5): Adam at lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7: 3,280 epochs
+BURDA_STAGES = 8
+
+
+def burda_stage_epochs(scale: float = 1.0) -> list[int]:
+    """Epochs of the 8 stages of Burda et al.'s protocol, 3^i for i = 0..7 (3,280 in all), each
+    multiplied by ``scale`` in (0, 1] and rounded half up, but at least 1, so that a shortened run
+    still visits every stage's learning rate (the scaled total is therefore at least 8)."""
+    return [max(1, math.floor(3**i * scale + 0.5)) for i in range(BURDA_STAGES)]
+
+
 CHOICES = {
     "data.binarize": ("dynamic", "static", "none"),
     "model.variance": ("fixed", "global", "pixel"),
     "train.objective": ("elbo", "iwae"),
-    "train.schedule": ("constant", "cosine", "linear"),
+    "train.schedule": ("constant", "cosine", "linear", "burda"),
+    "train.gradient": ("reparam", "stl", "dreg"),
+    "model.decoder_bias_init": ("zero", "data_mean"),
 }
 
 
@@ -617,6 +670,50 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.hidden widths must be positive; got {cfg.model.hidden}")
     if not 0.0 <= cfg.train.ema < 1.0:
         raise ConfigError(f"train.ema must be in [0, 1); got {cfg.train.ema}")
+    _validate_layers(cfg.model)
+    _validate_protocol(cfg)
+
+
+def _validate_layers(mc: ModelConfig) -> None:
+    """Stochastic layers and the decoder-bias initialisation: what the VAE builder can build."""
+    layers = mc.stochastic_layers
+    if any(d <= 0 for d in layers) or any(h <= 0 for h in mc.layer_hidden):
+        raise ConfigError(
+            f"model.stochastic_layers and model.layer_hidden must be positive; got {layers}, {mc.layer_hidden}"
+        )
+    if layers and sum(layers) != mc.latent_dim:
+        raise ConfigError(
+            f"model.latent_dim must be the sum of model.stochastic_layers {layers} = {sum(layers)}; got {mc.latent_dim}"
+        )
+    if len(layers) > 1:
+        if mc.kind != "vae" or mc.posterior_flow not in (None, "none") or mc.prior != "normal":
+            raise ConfigError("several model.stochastic_layers need kind=vae, prior=normal and no posterior_flow")
+    if mc.decoder_bias_init == "data_mean" and (
+        mc.kind != "vae" or mc.likelihood != "bernoulli" or mc.decoder != "mlp"
+    ):
+        raise ConfigError("model.decoder_bias_init=data_mean needs a VAE with likelihood=bernoulli and decoder=mlp")
+
+
+def _validate_protocol(cfg: Config) -> None:
+    """The gradient estimator against the objective, and Burda et al.'s schedule against the epochs."""
+    tc, mc = cfg.train, cfg.model
+    if tc.gradient != "reparam":
+        needs = {"stl": "elbo", "dreg": "iwae"}[tc.gradient]
+        if tc.objective != needs or mc.kind != "vae" or mc.posterior_flow not in (None, "none"):
+            raise ConfigError(
+                f"train.gradient={tc.gradient} needs objective={needs} and a VAE whose q(z|x) has a density "
+                "at any z (a Gaussian or hierarchical encoder, no posterior_flow)"
+            )
+    if tc.adam_eps <= 0:
+        raise ConfigError(f"train.adam_eps must be positive; got {tc.adam_eps}")
+    if not 0.0 < tc.schedule_scale <= 1.0:
+        raise ConfigError(f"train.schedule_scale must be in (0, 1]; got {tc.schedule_scale}")
+    if tc.schedule == "burda" and tc.epochs != sum(burda_stage_epochs(tc.schedule_scale)):
+        total = sum(burda_stage_epochs(tc.schedule_scale))
+        raise ConfigError(
+            f"train.epochs must be {total} with schedule=burda at schedule_scale={tc.schedule_scale} "
+            f"(stages {burda_stage_epochs(tc.schedule_scale)}); got {tc.epochs}"
+        )
 
 
 def describe_presets() -> list[tuple[str, str, str]]:

@@ -13,7 +13,9 @@
 - ``bic``: for maximum-likelihood fits (``has_bic``: mixtures), -2 log L + p log N over the N
   evaluated examples, p the model's free parameters (Schwarz 1978); lower is better.
 - ``active_units``: latent dimensions u with Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2015,
-  Sec. 5.2).
+  Sec. 5.2); ``active_units_per_layer`` splits them by stochastic layer (``VAE.latent_layers``).
+  The posterior mean is that of ``model.encode``: for the upper layers of a hierarchical VAE,
+  the ancestral mean pass (each layer's mean at the mean of the layer below).
 
 The examples are cut into chunks whose size does not depend on the number of processes;
 chunk ``c`` draws its importance samples after
@@ -144,6 +146,8 @@ def evaluate(
         for key in ("elbo", "rec", "kl"):
             res[key], res[f"{key}_stderr"] = mean_and_stderr(per[key])
         res["active_units"] = _active(per["means"], ACTIVE_UNIT_THRESHOLD)
+        layers = per["means"].split(list(model.latent_layers), dim=1)
+        res["active_units_per_layer"] = [_active(m, ACTIVE_UNIT_THRESHOLD) for m in layers]
         res["latent_dim"] = int(model.latent_dim)
     else:
         res["k"] = None
@@ -200,6 +204,8 @@ def format_table(res: dict) -> str:
             s = str(v)
         if key == "active_units" and "latent_dim" in res:
             s += f" / {res['latent_dim']}"
+        if key == "active_units" and len(res.get("active_units_per_layer") or []) > 1:
+            s += " (per layer: " + ", ".join(map(str, res["active_units_per_layer"])) + ")"
         rows.append((key, s))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -12,6 +12,15 @@ tensors in nats.
 - Importance-weighted bound (Burda, Grosse & Salakhutdinov 2015, "IWAE"):
   L_k = E[log (1/k) sum_j p(x, z_j) / q(z_j|x)], z_j ~ q(z|x); L_1 is the ELBO and L_k
   increases with k towards log p(x).
+- Gradient estimators (``gradient``): ``reparam``, the plain reparameterised gradient of the
+  bound; ``stl``, "sticking the landing" (Roeder, Wu & Duvenaud 2017) for the ELBO: the score
+  term d log q_phi(z|x) / d phi (zero mean) is dropped by evaluating log q(z|x) with the
+  variational parameters held fixed while z = z(phi, eps) keeps its path derivative, so the
+  gradient vanishes when q is the exact posterior; ``dreg``, doubly reparameterised gradients
+  (Tucker, Lawson, Gu & Maddison 2018) for the IWAE bound: with w~_j the normalised weights, the
+  encoder's gradient is sum_j w~_j^2 (d log w_j / d z_j)(d z_j / d phi) (q's parameters held
+  fixed in log q), the decoder's and prior's the usual sum_j w~_j d log w_j / d theta. Both are
+  unbiased for the gradient of the same bound; they need log q(z|x) at a given z.
 - beta (Higgins et al. 2017), linear KL warm-up (Bowman et al. 2016; Sonderby et al.
   2016) and free bits (Kingma et al. 2016, "Improving VI with IAF", Sec. C.8) change the
   *training loss* only; the reported ``elbo`` is always the true bound.
@@ -22,10 +31,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
 
 from .distributions import rsample_and_log_prob
+from .errors import ConfigError
+
+# gradient estimator -> the objective it estimates the gradient of
+GRADIENTS = {"reparam": None, "stl": "elbo", "dreg": "iwae"}
 
 
 def analytic_kl(q, p) -> Tensor | None:
@@ -108,6 +121,78 @@ def elbo_terms(model, x: Tensor, L: int = 1) -> dict[str, Tensor]:
     return out
 
 
+class _LogDensity(nn.Module):
+    """forward(x, z) = log encoder(x)(z): lets ``functional_call`` swap the encoder's parameters for
+    the whole evaluation, including layers a distribution runs lazily inside ``log_prob``."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.encoder(x).log_prob(z)
+
+
+def stopped_log_prob(model, x: Tensor, q, z: Tensor) -> Tensor:
+    """log q(z|x) [*lead] with the encoder's parameters held fixed: gradients reach z, not phi.
+
+    A diagonal Gaussian q is rebuilt from its detached mean and scale; other posteriors
+    (hierarchical ones) are re-evaluated with detached copies of the encoder's parameters."""
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        base = Normal(q.base_dist.loc.detach(), q.base_dist.scale.detach(), validate_args=False)
+        return Independent(base, q.reinterpreted_batch_ndims, validate_args=False).log_prob(z)
+    wrapper = _LogDensity(model.encoder)
+    params = {name: p.detach() for name, p in wrapper.named_parameters()}
+    return torch.func.functional_call(wrapper, params, (x, z), strict=False)
+
+
+def stopped_terms(model, x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """z_j ~ q(z|x) reparameterised, j = 1..k, and (log p(x|z_j), log p(z_j), log q(z_j|x)) with
+    q's parameters held fixed in log q (:func:`stopped_log_prob`): z [k, B, D], the terms [k, B]."""
+    q = model.encoder(x)
+    z = q.rsample((k,))
+    log_q = stopped_log_prob(model, x, q, z)
+    B = x.shape[0]
+    log_px = model.decoder.log_likelihood(z.reshape(k * B, *z.shape[2:]), repeat_examples(x, k)).view(k, B)
+    return z, log_px, model.prior.log_prob(z), log_q
+
+
+def stl_elbo_terms(model, x: Tensor, L: int = 1) -> dict[str, Tensor]:
+    """The ELBO's ``rec``, ``kl`` (Monte Carlo) and ``elbo`` [B] from L samples, whose gradient is the
+    sticking-the-landing estimator (Roeder et al. 2017): the same values as :func:`elbo_terms`
+    with a Monte-Carlo KL, without the score term of log q."""
+    _, log_px, log_pz, log_q = stopped_terms(model, x, L)
+    rec, kl = log_px.mean(0), (log_q - log_pz).mean(0)
+    return {"rec": rec, "kl": kl, "elbo": rec - kl}
+
+
+def dreg_iwae_terms(model, x: Tensor, k: int) -> dict[str, Tensor]:
+    """The k-sample IWAE bound [B] (``iwae``, with ``rec``, ``kl``, ``elbo`` from the same draws) and
+    ``surrogate`` [B]: equal to ``iwae`` in value, its gradient is the DReG estimator (Tucker et
+    al. 2018). The gradient reaching z_j is scaled by w~_j (a hook), which turns the IWAE
+    path gradient w~_j d log w_j / d z_j into DReG's w~_j^2 d log w_j / d z_j for the encoder;
+    the decoder and prior see w~_j d log w_j / d theta, the IWAE gradient."""
+    z, log_px, log_pz, log_q = stopped_terms(model, x, k)
+    log_w = log_px + log_pz - log_q
+    bound = iwae_bound(log_w)
+    surrogate = bound
+    if z.requires_grad:
+        w = torch.softmax(log_w.detach(), dim=0)  # [k, B], the normalised weights w~
+        z.register_hook(lambda grad: grad * w.unsqueeze(-1).to(grad.dtype))
+        weighted = (w * log_w).sum(0)
+        surrogate = bound.detach() + weighted - weighted.detach()
+    rec, kl = log_px.mean(0), (log_q - log_pz).mean(0)
+    return {"iwae": bound, "surrogate": surrogate, "rec": rec, "kl": kl, "elbo": rec - kl}
+
+
+def check_gradient(gradient: str, objective: str) -> None:
+    """One-line ConfigError when ``gradient`` is unknown or estimates another objective's gradient."""
+    if gradient not in GRADIENTS:
+        raise ConfigError(f"unknown gradient estimator '{gradient}'; known: {', '.join(GRADIENTS)}")
+    if GRADIENTS[gradient] not in (None, objective):
+        raise ConfigError(f"gradient={gradient} estimates the {GRADIENTS[gradient]} gradient; objective is {objective}")
+
+
 def kl_weight(step: int, beta: float = 1.0, warmup_steps: int = 0) -> float:
     """beta, ramped linearly from 0 over the first ``warmup_steps`` steps (a pure function)."""
     if warmup_steps <= 0:
@@ -143,19 +228,25 @@ def vae_loss(
     warmup_steps: int = 0,
     free_bits: float = 0.0,
     step: int = 0,
+    gradient: str = "reparam",
 ) -> dict[str, Tensor]:
     """The training loss and the honest per-example terms (nats).
 
     Returns ``loss`` (what is minimised), ``elbo`` (true bound with the samples drawn),
     ``rec`` and ``kl`` ([B] each); with ``objective='iwae'`` also ``iwae`` (the k-sample bound).
+    ``gradient`` picks the estimator (module docstring); the values do not depend on it.
     """
+    check_gradient(gradient, objective)
+    if gradient == "dreg":
+        t = dreg_iwae_terms(model, x, k)
+        return {"loss": -t["surrogate"], "iwae": t["iwae"], "elbo": t["elbo"], "rec": t["rec"], "kl": t["kl"]}
     if objective == "iwae":
         log_px, log_pz, log_q = importance_terms(model, x, k)
         bound = iwae_bound(log_px + log_pz - log_q)
         # rec, kl and elbo from the same k draws (Monte-Carlo KL): mean of the log-weights
         rec, kl = log_px.mean(0), (log_q - log_pz).mean(0)
         return {"loss": -bound, "iwae": bound, "elbo": rec - kl, "rec": rec, "kl": kl}
-    terms = elbo_terms(model, x, k)
+    terms = stl_elbo_terms(model, x, k) if gradient == "stl" else elbo_terms(model, x, k)
     w = kl_weight(step, beta, warmup_steps)
     kl_train = free_bits_kl(terms["kl"], terms.get("kl_dims"), free_bits)
     loss = -(terms["rec"] - w * kl_train)

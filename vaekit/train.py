@@ -46,9 +46,11 @@ the single-process loop: one permutation of the whole set, one seed per step.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import inspect
+import itertools
 import json
 import math
 import signal
@@ -67,7 +69,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .config import Config, TrainConfig
+from .config import Config, TrainConfig, burda_stage_epochs
 from .errors import CheckpointError, ConfigError, Interrupted, VaekitError
 from .evaluate import evaluate
 from .models import build_model
@@ -95,16 +97,37 @@ def resolve_device(name: str) -> torch.device:
     return distributed.process_device(name)
 
 
-def learning_rate(step: int, total_steps: int, lr: float, schedule: str = "constant", warmup_steps: int = 0) -> float:
-    """Learning rate at ``step``: linear warm-up, then constant, cosine or linear decay to 0."""
+def learning_rate(
+    step: int,
+    total_steps: int,
+    lr: float,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    steps_per_epoch: int = 1,
+    scale: float = 1.0,
+) -> float:
+    """Learning rate at ``step``: linear warm-up, then constant, cosine or linear decay to 0, or
+    Burda et al.'s stages (``burda``: :func:`burda_learning_rate` of the step's epoch, with
+    ``steps_per_epoch`` steps per epoch and the stages scaled by ``scale``)."""
     if warmup_steps > 0 and step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return lr
+    if schedule == "burda":
+        return burda_learning_rate(step // steps_per_epoch, lr, scale)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     if schedule == "cosine":
         return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     return lr * (1.0 - progress)  # linear
+
+
+def burda_learning_rate(epoch: int, lr: float = 1e-3, scale: float = 1.0) -> float:
+    """Burda et al. (2015, Sec. 5): lr * 10^(-i/7) in stage i = 0..7, which lasts 3^i epochs times
+    ``scale`` (:func:`vaekit.config.burda_stage_epochs`); ``epoch`` counts from 0. Epochs past the
+    protocol's end (a run extended beyond it) keep the last stage's rate."""
+    ends = list(itertools.accumulate(burda_stage_epochs(scale)))  # stage i covers epochs [ends[i-1], ends[i])
+    i = min(bisect.bisect_right(ends, epoch), len(ends) - 1)
+    return lr * 10 ** (-i / 7)
 
 
 # --- seeds and data shards (pure functions of the run's seed: see the module docstring) -------
@@ -228,7 +251,7 @@ def build_learner(model: GenerativeModel, tc: TrainConfig, device: torch.device)
     """AdamW (fused where it can be) and, when ``tc.ema > 0``, an EMA of the weights and buffers."""
     # the fused kernel updates all parameters in one pass instead of a per-tensor loop
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay, fused=fused)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True) if tc.ema > 0 else None
     return Learner(model, _LossModule(model), opt, ema, synced=distributed.world_size() == 1)
 
@@ -611,6 +634,8 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
         test_x = test_x.to(device) if test_x is not None else None
         return _fit_closed_form(model, cfg, run_dir, train_x.to(device), test_x, data_shape, progress)
 
+    if state is None:  # a fresh run: data-dependent initialisation (a resumed one restores its weights)
+        model.init_from_data(train_x.mean(0).to(device))
     run = _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device)
     del state
     distributed.agree(_open_run_folder, run, resume)
@@ -642,7 +667,7 @@ def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, r
             if bar is None or i == 0:
                 bar = _epoch_bar(bar, epoch, i, spe, tc.epochs, progress and main)
             batches, global_batch = run.data.batches(step)
-            lr = learning_rate(step, spe * tc.epochs, tc.lr, tc.schedule, tc.lr_warmup_steps)
+            lr = learning_rate(step, spe * tc.epochs, tc.lr, tc.schedule, tc.lr_warmup_steps, spe, tc.schedule_scale)
             res = train_step(run.learner, batches, global_batch, step, lr, tc, prepare)
             if res.ok:
                 consecutive_bad = 0

@@ -8,6 +8,8 @@
 - ``pixelcnn``: the PixelCNN likelihood of a PixelVAE and its output heads.
 - ``mixture``: the mixture of Gaussians (EM model and mixture / Vamp priors).
 - ``priors``: normal, mixture, Vamp and flow priors, and the ``PRIORS`` registry.
+- ``hierarchy``: stacks of stochastic layers, q(z|x) = q(z_1|x) q(z_2|z_1) ... and
+  p(z) = p(z_L) ... p(z_1|z_2) as distributions over z = (z_1, ..., z_L) (Burda et al. 2015).
 
 This package may import ``vaekit.flows`` and ``vaekit.nets``; neither imports it.
 """

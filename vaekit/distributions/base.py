@@ -12,8 +12,9 @@ variational parameters phi(x) (:meth:`Encoder.variational_params`) and the membe
 its family (:meth:`Encoder.posterior`), so per-datapoint inference (SVI) can optimise phi_i in
 the encoder's own family. :meth:`Encoder.moments` gives the mean and log-variance of q(z; phi),
 in closed form or by Monte Carlo as ``exact_moments`` declares. Every encoder of vaekit is
-built on a diagonal Gaussian q0(z|x) (the posterior itself, or the base of a flow posterior)
-and returns it from :meth:`Encoder.base_posterior`.
+built on a diagonal Gaussian q0(z|x) (the posterior itself, the base of a flow posterior, or
+the ancestral mean pass of a hierarchical posterior, ``hierarchy.py``) and returns it from
+:meth:`Encoder.base_posterior`.
 
 Bits per dimension: discrete likelihoods give nats of a probability mass function, so
 bpd = nll / (D ln 2); a continuous density on data in [0, 1] first adds D ln 256 (the
@@ -27,8 +28,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+
+from ..seeding import POSTERIOR_MOMENTS, derive_seed
 
 LOG_STD_MIN = -7.0  # clamp of learned log std (std >= ~1e-3), keeps densities finite
 N_LEVELS = 256  # values per sub-pixel of 8-bit data, k = 0..255
@@ -69,6 +73,23 @@ class Likelihood(nn.Module):
     def binary_for(cls, **kwargs) -> bool:
         """``binary`` of the likelihood this class builds from the keyword arguments ``kwargs``."""
         return cls.binary
+
+
+MOMENT_SAMPLES = 1024  # draws of a Monte-Carlo posterior moment (encoders with exact_moments False)
+MOMENT_SEED = 0  # root seed of their fixed noise (with seeding.POSTERIOR_MOMENTS)
+MOMENT_CHUNK = 1 << 16  # codes per pass through a net while estimating moments (bounds memory)
+
+
+def moment_noise(dim: int, like: Tensor) -> Tensor:
+    """The fixed standard-normal noise [MOMENT_SAMPLES, dim] of Monte-Carlo posterior moments.
+
+    Drawn on the CPU in float64 from ``derive_seed(MOMENT_SEED, POSTERIOR_MOMENTS)`` and cast to
+    ``like``'s device and dtype: the same on every device up to rounding, shared by all examples
+    (so an example's moments do not depend on its batch), and the caller's random state is left alone.
+    """
+    gen = torch.Generator().manual_seed(derive_seed(MOMENT_SEED, POSTERIOR_MOMENTS))
+    eps = torch.randn(MOMENT_SAMPLES, dim, generator=gen, dtype=torch.float64)
+    return eps.to(device=like.device, dtype=like.dtype)
 
 
 class Encoder(nn.Module):

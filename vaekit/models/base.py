@@ -57,6 +57,11 @@ class GenerativeModel(nn.Module):
         """Closed-form fitting (``fitted_in_closed_form``): returns the per-iteration mean log-likelihood."""
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")
 
+    def init_from_data(self, mean_x: Tensor) -> None:
+        """Data-dependent initialisation from the training set's mean example ``mean_x`` [*data_shape]
+        (e.g. a decoder's output bias); called once by the training loop for a fresh run, never on
+        resume. The default does nothing."""
+
     def bits_per_dim(self, nll: float) -> float | None:
         """Negative log-likelihood in nats per example -> bits per dimension, nll / (D ln 2), with
         D ln(levels) added first for a ``density``; None unless the data are binary or 8-bit

@@ -38,18 +38,15 @@ from torch.distributions import Distribution
 
 from ..checks import lookup
 from ..distributions import Encoder, diagonal_gaussian
+from ..distributions.base import MOMENT_CHUNK, MOMENT_SAMPLES, moment_noise
 from ..distributions.priors import check_latent_flow_sizes
 from ..errors import ConfigError
 from ..flows.distribution import FlowDistribution
 from ..flows.latent import POSTERIOR_FLOWS
 from ..nets import NetSpec, build_encoder
-from ..seeding import POSTERIOR_MOMENTS, derive_seed
 
 # Monte-Carlo moments of a flow posterior: S draws give E_q[z|x] to about sd(z)/sqrt(S) = 3% of
 # the posterior's standard deviation
-MOMENT_SAMPLES = 1024
-MOMENT_SEED = 0  # root seed of the fixed noise (with seeding.POSTERIOR_MOMENTS)
-MOMENT_CHUNK = 1 << 16  # codes per pass through the flow (bounds memory)
 
 
 class FlowEncoder(Encoder):
@@ -86,14 +83,12 @@ class FlowEncoder(Encoder):
     def moments(self, mean: Tensor, log_var: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """Monte-Carlo E_q[z] and log Var_q[z] [B, D] of q(z; phi) from ``MOMENT_SAMPLES`` draws.
 
-        The base noise eps [S, D] is fixed (seeded by ``derive_seed(MOMENT_SEED, POSTERIOR_MOMENTS)``,
-        drawn on the CPU in float64) and shared by all examples, so the estimate is deterministic,
-        the same on every device up to rounding, and the same for an example in any batch; the
-        caller's random state is left alone. Sums are taken in float64 about the base mean.
+        The base noise eps [S, D] is ``distributions.moment_noise``: fixed and shared by all examples,
+        so the estimate is deterministic, the same on every device up to rounding, and the same for an
+        example in any batch. Sums are taken in float64 about the base mean.
         """
         S, (B, D) = MOMENT_SAMPLES, mean.shape
-        gen = torch.Generator().manual_seed(derive_seed(MOMENT_SEED, POSTERIOR_MOMENTS))
-        eps = torch.randn(S, D, generator=gen, dtype=torch.float64).to(device=mean.device, dtype=mean.dtype)
+        eps = moment_noise(D, mean)
         std = (0.5 * log_var).exp()
         ctx = context if self.context_dim else None
         s1 = s2 = 0.0

@@ -4,8 +4,10 @@
     decoder(z)  -> p(x|z)   a torch Distribution with batch [B], event data_shape
     prior       -> p(z)     a torch Distribution with event [D]
 
-Every architecture (dense, conv, ResNet, PixelCNN decoder) and every posterior or prior
-flow plugs into this one class; the ELBO, the IWAE bound and the importance-sampled
+Every architecture (dense, conv, ResNet, PixelCNN decoder), every posterior or prior
+flow and stacks of stochastic layers (``model.stochastic_layers``: q(z|x) and p(z) are chains
+over z = (z_1, ..., z_L) from ``vaekit.distributions.hierarchy``, the decoder reads z_1) plug into
+this one class; the ELBO, the IWAE bound and the importance-sampled
 log-likelihood are written once in ``vaekit.objectives`` / ``vaekit.inference`` on top of
 these three distributions. ``encode / reparameterize / decode`` keep the vocabulary of
 pytorch/examples.
@@ -29,10 +31,13 @@ from ..distributions import (
     diagonal_gaussian,
     distribution_mean,
 )
+from ..distributions.hierarchy import ConditionalGaussian, HierarchicalEncoder, HierarchicalPrior
 from ..inference.streamed import streamed_log_likelihood
 from ..nets import NetSpec, build_decoder, build_encoder
 from .base import GenerativeModel
 from .flow_vae import build_flow_encoder
+
+BIAS_INIT_EPS = 1e-3  # the data-mean bias init keeps pixel means in [eps, 1 - eps]: finite logits
 
 
 class GaussianEncoder(Encoder):
@@ -56,22 +61,33 @@ class GaussianEncoder(Encoder):
 
 
 class Decoder(nn.Module):
-    """p(x|z) = likelihood(body(z)); ``body`` maps z [B, D] to the likelihood's parameters."""
+    """p(x|z) = likelihood(body(z)); ``body`` maps z [B, D] to the likelihood's parameters.
 
-    def __init__(self, body: nn.Module, likelihood: Likelihood):
+    ``reads``: the decoder sees only the first ``reads`` coordinates of z, the bottom stochastic
+    layer z_1 of a hierarchical VAE (``None``: all of z)."""
+
+    def __init__(self, body: nn.Module, likelihood: Likelihood, reads: int | None = None):
         super().__init__()
         self.body = body
         self.likelihood = likelihood
+        self.reads = reads
+
+    def _input(self, z: Tensor) -> Tensor:
+        return z if self.reads is None else z[..., : self.reads]
 
     def forward(self, z: Tensor) -> Distribution:
-        return self.likelihood(self.body(z))
+        return self.likelihood(self.body(self._input(z)))
 
     def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         """log p(x|z) [N] for codes z [N, D] and data x [N, *data_shape]: ``self(z).log_prob(x)``,
         streamed block by block without materialising p(x|z) where ``vaekit.inference.streamed`` has a
         kernel for this body and likelihood (no grad, CPU)."""
-        out = streamed_log_likelihood(self, z, x)
+        out = streamed_log_likelihood(self, self._input(z), x)
         return self(z).log_prob(x) if out is None else out
+
+    def init_output_bias(self, logits: Tensor) -> None:
+        """Set the body's output bias to ``logits`` [*param_shape] (see ``NetBody.set_output_bias``)."""
+        self.body.set_output_bias(logits.reshape(-1))
 
 
 class DecodeViews:
@@ -102,7 +118,12 @@ class VAE(DecodeViews, GenerativeModel):
         decoder: a :class:`Decoder`, z [B, D] -> p(x|z).
         prior: a :class:`~vaekit.distributions.Prior`, () -> p(z).
         data_shape: shape of one example, e.g. (1, 28, 28).
-        objective, k, beta, warmup_steps, free_bits: training objective (see ``vaekit.objectives``).
+        objective, k, beta, warmup_steps, free_bits, gradient: training objective and its gradient
+            estimator (see ``vaekit.objectives``).
+        latent_layers: sizes (D_1, ..., D_L) of the stochastic layers z = (z_1, ..., z_L) of a
+            hierarchical VAE (``vaekit.distributions.hierarchy``); default one layer of all of z.
+        decoder_bias_init: ``zero`` (the nets' own init) or ``data_mean``: :meth:`init_from_data`
+            sets the decoder's output logits to those of the training-set mean (Bernoulli decoders).
     """
 
     log_prob_kind = "importance-sampled"
@@ -120,13 +141,20 @@ class VAE(DecodeViews, GenerativeModel):
         beta: float = 1.0,
         warmup_steps: int = 0,
         free_bits: float = 0.0,
+        gradient: str = "reparam",
+        latent_layers: tuple[int, ...] | None = None,
+        decoder_bias_init: str = "zero",
     ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.prior_module = prior
         self.data_shape = tuple(data_shape)
-        self.objective = dict(objective=objective, k=k, beta=beta, warmup_steps=warmup_steps, free_bits=free_bits)
+        self.objective = dict(
+            objective=objective, k=k, beta=beta, warmup_steps=warmup_steps, free_bits=free_bits, gradient=gradient
+        )
+        self._latent_layers = tuple(latent_layers) if latent_layers else None
+        self.decoder_bias_init = decoder_bias_init
 
     @property
     def prior(self) -> Distribution:
@@ -135,6 +163,11 @@ class VAE(DecodeViews, GenerativeModel):
     @property
     def latent_dim(self) -> int:
         return self.prior.event_shape[0]
+
+    @property
+    def latent_layers(self) -> tuple[int, ...]:
+        """(D_1, ..., D_L), the sizes of the stochastic layers of z = (z_1, ..., z_L); (D,) for one."""
+        return self._latent_layers or (self.latent_dim,)
 
     # --- the model contract -------------------------------------------------------------
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
@@ -159,13 +192,22 @@ class VAE(DecodeViews, GenerativeModel):
         """A continuous likelihood (``Likelihood.discrete`` False): bits/dim add the data's bin width."""
         return not self.decoder.likelihood.discrete
 
+    @torch.no_grad()
+    def init_from_data(self, mean_x: Tensor) -> None:
+        """With ``decoder_bias_init='data_mean'``: the decoder's output bias := logit(mean_x clamped
+        to [BIAS_INIT_EPS, 1 - BIAS_INIT_EPS]), so the untrained decoder predicts the mean image
+        (Burda et al. 2015's initialisation). ``mean_x`` [*data_shape]: the training-set mean."""
+        if self.decoder_bias_init == "data_mean":
+            p = mean_x.clamp(BIAS_INIT_EPS, 1 - BIAS_INIT_EPS)
+            self.decoder.init_output_bias(torch.logit(p))
+
     # --- pytorch/examples vocabulary ------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """E_q[z|x] and log Var_q[z|x] [B, D] each, of the posterior q(z|x) itself: the code of
         ``reconstruct``, ``interpolate`` and ``latent-map`` and the features of ``vaekit encode``.
 
         In closed form for a Gaussian encoder; for a flow posterior a Monte-Carlo estimate from
-        ``vaekit.models.flow_vae.MOMENT_SAMPLES`` draws with a fixed seed, deterministic and the same
+        ``vaekit.distributions.base.MOMENT_SAMPLES`` draws with a fixed seed, deterministic and the same
         for an example whatever batch it is in (``self.encoder.exact_moments`` says which)."""
         return self.encoder.moments(*self.encoder.variational_params(x))
 
@@ -251,14 +293,39 @@ def encoder_from_config(cfg, data_shape: tuple[int, ...], spec: NetSpec) -> Enco
     )
 
 
+def layer_sizes(cfg) -> tuple[int, ...]:
+    """(D_1, ..., D_L): ``cfg.stochastic_layers``, or one layer of ``cfg.latent_dim`` when it is empty."""
+    return tuple(cfg.stochastic_layers) or (cfg.latent_dim,)
+
+
+def upper_layers(cfg, sizes: tuple[int, ...]) -> tuple[list[ConditionalGaussian], list[ConditionalGaussian]]:
+    """The conditional Gaussians between stochastic layers, MLPs of ``cfg.layer_hidden`` widths:
+    q(z_{l+1}|z_l) bottom-up and p(z_l|z_{l+1}) top-down (their widths mirrored)."""
+    spec = NetSpec(hidden=tuple(cfg.layer_hidden), activation=cfg.activation)
+    pairs = list(zip(sizes[:-1], sizes[1:]))  # (D_l, D_{l+1})
+    up = [ConditionalGaussian(build_encoder("mlp", (lo,), 2 * hi, spec), hi) for lo, hi in pairs]
+    down = [ConditionalGaussian(build_decoder("mlp", hi, (2 * lo,), spec), lo) for lo, hi in reversed(pairs)]
+    return up, down
+
+
 def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
-    """Build a VAE from a ``ModelConfig`` (and the objective from a ``TrainConfig``)."""
+    """Build a VAE from a ``ModelConfig`` (and the objective from a ``TrainConfig``).
+
+    With several ``cfg.stochastic_layers`` (Burda et al. 2015's two-layer net) q(z|x) and p(z) are
+    the chains of ``vaekit.distributions.hierarchy`` over z = (z_1, ..., z_L) and the decoder reads z_1.
+    """
     data_shape = tuple(data_shape)
     spec = net_spec(cfg)
+    sizes = layer_sizes(cfg)
     likelihood = likelihood_from_config(cfg, data_shape)
-    encoder = encoder_from_config(cfg, data_shape, spec)
-    decoder = Decoder(build_decoder(cfg.decoder, cfg.latent_dim, likelihood.param_shape, spec), likelihood)
-    prior = prior_from_config(cfg)
+    if len(sizes) > 1:
+        up, down = upper_layers(cfg, sizes)
+        encoder = HierarchicalEncoder(build_encoder(cfg.encoder, data_shape, 2 * sizes[0], spec), up, sizes)
+    else:
+        encoder = encoder_from_config(cfg, data_shape, spec)
+    body = build_decoder(cfg.decoder, sizes[0], likelihood.param_shape, spec)
+    decoder = Decoder(body, likelihood, reads=sizes[0] if len(sizes) > 1 else None)
+    prior = HierarchicalPrior(down, sizes) if len(sizes) > 1 else prior_from_config(cfg)
     if prior.needs_encoder:  # priors defined through the encoder (VampPrior)
         prior.bind(encoder, data_shape)
     obj = {}
@@ -269,5 +336,6 @@ def build_vae(cfg, data_shape: tuple[int, ...], train_cfg=None) -> VAE:
             beta=train_cfg.beta,
             warmup_steps=train_cfg.warmup_steps,
             free_bits=train_cfg.free_bits,
+            gradient=train_cfg.gradient,
         )
-    return VAE(encoder, decoder, prior, data_shape, **obj)
+    return VAE(encoder, decoder, prior, data_shape, latent_layers=sizes, decoder_bias_init=cfg.decoder_bias_init, **obj)

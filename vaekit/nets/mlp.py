@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from ..checks import lookup
@@ -53,6 +54,12 @@ class MLP(NetBody):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).view(x.shape[0], *self.out_shape)
+
+    @torch.no_grad()
+    def set_output_bias(self, bias: Tensor) -> None:
+        """The last linear layer's bias := ``bias`` [prod(out_shape)]."""
+        out = self.net[-1]
+        out.bias.copy_(bias.to(out.bias))
 
 
 def mlp_encoder(data_shape: tuple[int, ...], out_features: int, spec: NetSpec) -> nn.Module:

@@ -1,0 +1,248 @@
+"""Reproduce Burda et al. (2015) Table 1 on MNIST under the paper's protocol, and the rows that beat it.
+
+Each ROW trains one cell of Table 1 (1 or 2 stochastic layers x VAE / IWAE x k = 1, 5, 50; the VAE
+and IWAE are the same at k = 1) on full MNIST (60,000 training images, dynamically binarised each
+batch) under the paper's protocol: Adam (eps 1e-4), batch 20, lr 1e-3 * 10^(-i/7) for 3^i epochs,
+i = 0..7 (3,280 epochs; ``--scale S`` shrinks every stage in proportion, each keeping at least one
+epoch: ``vaekit.config.burda_stage_epochs``). It then reports the importance-sampled test NLL with
+K = 5000 on the 10,000 test images, binarised once with a fixed seed (``--n-test`` uses the first N,
+``--k`` another K; both are printed), with its standard error over the test images.
+
+A row name may carry variants: ``+dreg`` (doubly reparameterised gradients, Tucker et al. 2018; the
+IWAE bound, so k1 rows train the k = 1 IWAE bound, which is the ELBO), ``+stl`` (sticking the
+landing, Roeder et al. 2017; ELBO rows) and ``+biasinit`` (decoder output bias = logit of the
+training-set mean pixel). Each row runs in ``--runs DIR/ROW``; a stopped row resumes there from its
+newest checkpoint (vaekit's own resume; a folder trained under another config is refused), and a
+finished evaluation is kept there and reused. Each evaluated row is printed and appended to
+``--results``: row, paper, vaekit NLL ± s.e., K, test images, protocol epochs and scale, training
+wall-clock (summed over the sessions that trained it, a killed chunk's time excepted), evaluation
+wall-clock, the device of this session, and the command.
+
+Paper numbers (nats, dynamically binarised MNIST, K = 5000), Burda et al. 2015, Table 1:
+1 layer VAE k=1/5/50 86.76 / 86.47 / 86.35, IWAE k=5/50 85.54 / 84.78; 2 layers VAE 85.33 / 85.01 /
+84.78, IWAE 83.89 / 82.90. The nbip/IWAE reproduction (1 layer): VAE k=1 with the data-mean bias
+86.31; DReG IWAE k=1/5/50 86.08 / 84.90 / 84.32.
+
+    python bench/reproduce.py 1l-k1 --device cuda
+    python bench/reproduce.py 2l-iwae-k50+dreg 1l-k1+biasinit --scale 0.1
+    python bench/reproduce.py --list
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import vaekit  # noqa: E402
+from bench.common import data_dir, header, parser  # noqa: E402
+from vaekit.checkpoint import atomic_write, latest_checkpoint, list_checkpoints  # noqa: E402
+from vaekit.config import Config, build_config  # noqa: E402
+from vaekit.data import binarize_dynamic, prepare_data  # noqa: E402
+from vaekit.evaluate import evaluate  # noqa: E402
+from vaekit.train import train  # noqa: E402
+
+# base cell -> (stochastic layers, objective, k, Table 1 NLL)
+CELLS = {
+    "1l-k1": (1, "elbo", 1, 86.76),
+    "1l-vae-k5": (1, "elbo", 5, 86.47),
+    "1l-vae-k50": (1, "elbo", 50, 86.35),
+    "1l-iwae-k5": (1, "iwae", 5, 85.54),
+    "1l-iwae-k50": (1, "iwae", 50, 84.78),
+    "2l-k1": (2, "elbo", 1, 85.33),
+    "2l-vae-k5": (2, "elbo", 5, 85.01),
+    "2l-vae-k50": (2, "elbo", 50, 84.78),
+    "2l-iwae-k5": (2, "iwae", 5, 83.89),
+    "2l-iwae-k50": (2, "iwae", 50, 82.90),
+}
+# variant -> the config fields it sets
+VARIANTS = {
+    "dreg": {"gradient": "dreg", "objective": "iwae"},
+    "stl": {"gradient": "stl"},
+    "biasinit": {"decoder_bias_init": "data_mean"},
+}
+# published numbers of rows with variants: the nbip/IWAE reproduction of Burda et al.
+REFERENCES = {
+    "1l-k1+biasinit": 86.31,
+    "1l-k1+dreg": 86.08,
+    "1l-iwae-k5+dreg": 84.90,
+    "1l-iwae-k50+dreg": 84.32,
+}
+PROTOCOL = {"schedule": "burda", "adam_eps": 1e-4, "batch_size": 20, "lr": 1e-3}
+
+
+def fail(message: str):
+    """One line on stderr and exit status 2, as vaekit's own errors."""
+    print(f"reproduce: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@dataclass
+class Row:
+    name: str
+    layers: int
+    paper: float  # Table 1's number of the base cell
+    overrides: dict = field(default_factory=dict)
+    reference: float | None = None  # a published number of this exact variant, if any
+
+
+def parse_row(name: str) -> Row:
+    """``CELL[+VARIANT...]`` -> the row's config overrides; exits with one line when invalid."""
+    cell, *variants = name.split("+")
+    if cell not in CELLS or any(v not in VARIANTS for v in variants) or len(set(variants)) < len(variants):
+        fail(f"unknown row '{name}'; rows are CELL[+VARIANT...], see --list")
+    layers, objective, k, paper = CELLS[cell]
+    if {"dreg", "stl"} <= set(variants):
+        fail(f"{name}: +dreg and +stl are two gradient estimators; pick one")
+    over = {"objective": objective, "k": k}
+    for v in variants:
+        if v == "dreg" and objective == "elbo" and k > 1:
+            fail(f"{name}: +dreg is for the IWAE bound (k1 and iwae rows)")
+        if v == "stl" and objective == "iwae":
+            fail(f"{name}: +stl is for the ELBO (k1 and vae rows)")
+        over.update(VARIANTS[v])
+    canonical = "+".join([cell, *sorted(variants)])
+    return Row(canonical, layers, paper, over, REFERENCES.get(canonical))
+
+
+def row_config(row: Row, scale: float, device: str, ddir: str) -> Config:
+    """The row's resolved config: the paper's protocol at ``scale`` (epochs derived from it)."""
+    sets = {
+        **PROTOCOL,
+        **row.overrides,
+        "schedule_scale": scale,
+        "data.name": "mnist",
+        "data.data_dir": ddir,
+        "binarize": "dynamic",
+        "eval_k": 0,
+        "tensorboard": False,
+        "device": device,
+    }
+    return build_config("iwae-1l" if row.layers == 1 else "iwae-2l", overrides=sets)
+
+
+def _comparable(d: dict) -> dict:
+    """A config dict without what may change between sessions of one run (device, data folder)."""
+    d = json.loads(json.dumps(d))
+    d["train"].pop("device", None)
+    d["data"].pop("data_dir", None)
+    return d
+
+
+def check_run_folder(run: Path, cfg: Config) -> bool:
+    """Whether ``run`` holds a run to resume; refuses one trained under another config."""
+    if not list_checkpoints(run):
+        return False
+    found = latest_checkpoint(run)
+    if found is None:
+        fail(f"{run} has checkpoints but none is readable")
+    if _comparable(found[1]["config"]) != _comparable(cfg.to_dict()):
+        fail(f"{run} holds a run of another config (scale?); use another --runs")
+    return True
+
+
+def train_row(cfg: Config, run: Path, x_train, progress: bool, chunks: int = 20) -> float:
+    """Train (resuming) to the end of the protocol in about ``chunks`` calls, adding each call's
+    wall-clock to ``run/reproduce.json``; returns the run's accumulated training seconds."""
+    log = run / "reproduce.json"
+    steps_per_epoch = -(-x_train.shape[0] // cfg.train.batch_size)
+    total = steps_per_epoch * cfg.train.epochs
+    chunk = steps_per_epoch * max(1, cfg.train.epochs // chunks)
+    while True:
+        resume = check_run_folder(run, cfg)
+        step = int(latest_checkpoint(run)[1]["step"]) if resume else 0
+        done = json.loads(log.read_text()) if resume and log.is_file() else {"train_seconds": 0.0}
+        if done.get("n_train", x_train.shape[0]) != x_train.shape[0]:
+            fail(f"{run} was trained on {done['n_train']} images; use another --runs")
+        if step >= total:
+            return done["train_seconds"]
+        t0 = time.perf_counter()
+        train(cfg, run, x_train, None, binarize_dynamic, resume=resume, progress=progress, max_steps=step + chunk)
+        done = {"train_seconds": done["train_seconds"] + time.perf_counter() - t0, "n_train": x_train.shape[0]}
+        atomic_write(log, lambda f, d=done: f.write(json.dumps(d).encode()))
+
+
+def evaluate_row(run: Path, x_test, k: int, device: str, progress: bool) -> dict:
+    """K-sample IS test NLL of the trained run (seed 0), kept in ``run`` and reused."""
+    out = run / f"eval-k{k}-n{x_test.shape[0]}.json"
+    if out.is_file():
+        return {**json.loads(out.read_text()), "cached": True}
+    model = vaekit.load(run, device=device)
+    t0 = time.perf_counter()
+    res = evaluate(model, x_test, k=k, progress=progress, seed=0)
+    res["eval_seconds"] = time.perf_counter() - t0
+    atomic_write(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
+    return res
+
+
+def device_name(device: str, threads: int) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()}, {threads} threads"
+
+
+COLUMNS = f"{'row':<26} {'paper':>6} {'ref':>6} {'vaekit NLL':>16} {'K':>5} {'n test':>6} {'epochs':>14} "
+COLUMNS += f"{'train h':>7} {'eval min':>8}  device  |  command"
+
+
+def result_line(row: Row, cfg: Config, res: dict, train_s: float, device: str, note: str) -> str:
+    ref = f"{row.reference:.2f}" if row.reference is not None else "-"
+    epochs = f"{cfg.train.epochs} (x{cfg.train.schedule_scale:g})"
+    command = "python bench/reproduce.py " + shlex.join(sys.argv[1:])
+    return (
+        f"{row.name:<26} {row.paper:6.2f} {ref:>6} {res['nll']:9.2f} ± {res['nll_stderr']:.2f} {res['k']:>5} "
+        f"{res['n']:>6} {epochs:>14} {train_s / 3600:7.2f} {res['eval_seconds'] / 60:8.1f}  {device}{note}  |  {command}"
+    )
+
+
+def main():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("rows", nargs="*", metavar="ROW", help="CELL[+VARIANT...], e.g. 1l-k1, 2l-iwae-k50+dreg")
+    p.add_argument("--list", action="store_true", help="list the cells and variants")
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of the protocol's epochs, in (0, 1]")
+    p.add_argument("--runs", default="runs/reproduce", help="parent folder of the run folders (DIR/ROW)")
+    p.add_argument("--k", type=int, default=5000, help="importance samples of the test NLL")
+    p.add_argument("--n-test", type=int, default=10000, help="evaluate the first N test images")
+    p.add_argument("--n-train", type=int, help="train on the first N images only (smoke tests; not the protocol)")
+    p.add_argument("--results", default=str(Path(__file__).parent / "results" / "reproduce.txt"))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args()
+    if args.list or not args.rows:
+        for cell, (layers, objective, k, paper) in CELLS.items():
+            print(f"{cell:<12} {layers} layer(s), {'VAE' if objective == 'elbo' else 'IWAE'} k={k}: paper {paper}")
+        print("variants: " + ", ".join(f"+{v}" for v in VARIANTS) + "; references: " + json.dumps(REFERENCES))
+        return
+    rows = [parse_row(r) for r in args.rows]
+    header(f"reproduce: Burda et al. 2015 Table 1 at scale {args.scale:g} of the protocol", args)
+    ddir = data_dir("mnist")
+    device = device_name(args.device, args.threads)
+    for row in rows:
+        cfg = row_config(row, args.scale, args.device, ddir)
+        train_ds, test_ds = prepare_data(cfg.data)  # test: binarised once with data.binarize_seed
+        x_train = train_ds.x[: args.n_train] if args.n_train else train_ds.x
+        note = f" [n_train={x_train.shape[0]}: smoke test]" if args.n_train else ""
+        run = Path(args.runs) / row.name
+        print(f"# {row.name}: {cfg.train.epochs} epochs of {x_train.shape[0]} images -> {run}", flush=True)
+        train_s = train_row(cfg, run, x_train, not args.no_progress)
+        res = evaluate_row(run, test_ds.x[: args.n_test], args.k, args.device, not args.no_progress)
+        line = result_line(row, cfg, res, train_s, device, note)
+        print(COLUMNS + "\n" + line, flush=True)
+        if res.get("cached"):  # evaluated before: its line is in the results file already
+            print(f"# {row.name}: evaluation read from {run}, not appended again", flush=True)
+            continue
+        results = Path(args.results)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with results.open("a", encoding="utf-8") as f:
+            f.write(("" if results.stat().st_size else COLUMNS + "\n") + line + "\n")
+
+
+if __name__ == "__main__":
+    main()
