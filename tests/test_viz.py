@@ -175,6 +175,9 @@ def test_save_array_writes_npy_only(tmp_path):
     with pytest.raises(VaekitError) as e:
         viz.save_array(x, tmp_path / "sub")
     assert_one_line(e, "is a folder")
+    with pytest.raises(VaekitError) as e:
+        viz.save_array(x, tmp_path / "sub" / "a.npy" / "deeper" / "b.npy")
+    assert_one_line(e, f"{tmp_path / 'sub' / 'a.npy'} is a file, not a folder")
 
 
 # ----------------------------------------------------------------------------------------

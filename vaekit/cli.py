@@ -153,10 +153,9 @@ def _save_picture(path: Path, array, draw: Callable[[Path], object]) -> None:
 def _write_json(path: str | Path, doc: dict) -> None:
     """``doc`` as indented JSON, written atomically; a one-line error where ``path`` cannot be written."""
     from .checkpoint import atomic_write
+    from .viz import prepare_output
 
-    path = Path(path)
-    if path.is_dir():
-        raise VaekitError(f"cannot write {path}: it is a folder")
+    path = prepare_output(path)
     try:
         atomic_write(path, lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
     except OSError as e:
@@ -467,7 +466,8 @@ def _latent_map(args):
         scale = s[:2] / max(1, mu.shape[0] - 1) ** 0.5  # std along each direction
         if scale.shape[0] < 2 or not bool((scale > 0).all()):
             raise VaekitError(
-                f"the posterior means of {mu.shape[0]} test points span fewer than 2 directions; use more --points"
+                f"the posterior means of the {mu.shape[0]} test point(s) span fewer than 2 directions; "
+                "use more --points"
             )
         z = centre + (grid2 * scale) @ basis
         pts = (mu - centre) @ basis.T / scale

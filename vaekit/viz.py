@@ -123,11 +123,15 @@ def _check_nrow(nrow: int | None, default: int) -> int:
 # ----------------------------------------------------------------------------------------
 # Writing files
 # ----------------------------------------------------------------------------------------
-def _prepare_path(path: str | os.PathLike) -> Path:
-    """Create the parent folder of ``path``; a one-line VaekitError where that is impossible."""
+def prepare_output(path: str | os.PathLike) -> Path:
+    """Create the parent folder of ``path``; a one-line VaekitError where that is impossible
+    (``path`` is a folder, a folder above it is a plain file, no permission)."""
     path = Path(path)
     if path.is_dir():
         raise VaekitError(f"cannot write {path}: it is a folder")
+    blocking = [p for p in path.parents if p.exists() and not p.is_dir()]
+    if blocking:
+        raise VaekitError(f"cannot write {path}: {blocking[-1]} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -176,7 +180,7 @@ def write_image(array: np.ndarray, path: str | os.PathLike) -> Path:
     suffix (:func:`picture_format`: ``.png``, ``.jpg``, ...)."""
     from PIL import Image
 
-    path = _prepare_path(path)
+    path = prepare_output(path)
     fmt = picture_format(path)
     mode = {1: "L", 3: "RGB"}[array.shape[-1]]
     img = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array), mode)
@@ -190,7 +194,7 @@ def write_image(array: np.ndarray, path: str | os.PathLike) -> Path:
 def save_array(array, path: str | os.PathLike) -> Path:
     """Write ``array`` (a tensor or numpy array, any shape, its own dtype) to ``path`` with
     ``numpy.save``; the path must end in ``.npy`` (numpy would append it to any other name)."""
-    path = _prepare_path(path)
+    path = prepare_output(path)
     if path.suffix.lower() != ".npy":
         raise VaekitError(f"cannot write an array to {path}: the file name must end in .npy")
     arr = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
