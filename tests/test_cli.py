@@ -300,3 +300,9 @@ def test_train_refuses_an_empty_config_file(tmp_path, capsys, text):
     f.write_text(text)
     err = one_error_line(capsys, main(["train", "--config", str(f), "--out", str(tmp_path / "r")]))
     assert "sets nothing" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("verb", ["sample", "encode"])
+def test_an_output_that_is_a_folder_is_refused_before_any_work(run, tmp_path, capsys, verb):
+    err = one_error_line(capsys, main([verb, str(run), "-o", str(tmp_path)]))
+    assert f"cannot write {tmp_path}: it is a folder" in err

@@ -115,6 +115,8 @@ def _picture_path(path: str) -> Path:
     checked before any work is done."""
     from .viz import picture_format
 
+    if Path(path).is_dir():
+        raise VaekitError(f"cannot write {path}: it is a folder")
     if Path(path).suffix.lower() != ".npy":
         picture_format(path, also=(".npy (the array drawn)",))
     return Path(path)
@@ -133,6 +135,8 @@ def _needs_codes(model, cfg, args, verb: str) -> None:
 
 def _npy_path(path: str) -> Path:
     """``path`` once it ends in ``.npy`` (numpy would append the suffix to any other name)."""
+    if Path(path).is_dir():
+        raise VaekitError(f"cannot write {path}: it is a folder")
     if Path(path).suffix.lower() != ".npy":
         raise VaekitError(f"cannot write {path}: the file name must end in .npy")
     return Path(path)
