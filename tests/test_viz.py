@@ -160,8 +160,8 @@ def test_an_unknown_picture_suffix_is_refused_before_writing(tmp_path, name):
     assert_one_line(e, "cannot write", name, ".png", ".jpg")
     assert not (tmp_path / name).exists()
     with pytest.raises(VaekitError):
-        viz.save_latent_map(torch.rand(4, 1, H, W), 2, None, tmp_path / name)
-    assert not (tmp_path / name).exists()
+        viz.save_latent_map(torch.rand(4, 1, H, W), 2, None, tmp_path / "new" / name)
+    assert not (tmp_path / "new").exists()  # nor a folder for it
 
 
 def test_save_array_writes_npy_only(tmp_path):

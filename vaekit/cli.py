@@ -115,9 +115,7 @@ def _picture_path(path: str) -> Path:
     checked before any work is done."""
     from .viz import picture_format
 
-    if Path(path).is_dir():
-        raise VaekitError(f"cannot write {path}: it is a folder")
-    if Path(path).suffix.lower() != ".npy":
+    if Path(path).is_dir() or Path(path).suffix.lower() != ".npy":
         picture_format(path, also=(".npy (the array drawn)",))
     return Path(path)
 

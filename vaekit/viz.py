@@ -162,6 +162,8 @@ def picture_format(path: str | os.PathLike, also: Sequence[str] = ()) -> str:
     suffixes the caller accepts, for the message)."""
     from PIL import Image
 
+    if Path(path).is_dir():
+        raise VaekitError(f"cannot write {path}: it is a folder")
     Image.init()
     suffix = Path(path).suffix.lower()
     known = [s for s, f in PICTURE_FORMATS.items() if f in Image.SAVE]
@@ -180,8 +182,8 @@ def write_image(array: np.ndarray, path: str | os.PathLike) -> Path:
     suffix (:func:`picture_format`: ``.png``, ``.jpg``, ...)."""
     from PIL import Image
 
+    fmt = picture_format(path)  # before any folder is made
     path = prepare_output(path)
-    fmt = picture_format(path)
     mode = {1: "L", 3: "RGB"}[array.shape[-1]]
     img = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array), mode)
     try:
@@ -194,9 +196,12 @@ def write_image(array: np.ndarray, path: str | os.PathLike) -> Path:
 def save_array(array, path: str | os.PathLike) -> Path:
     """Write ``array`` (a tensor or numpy array, any shape, its own dtype) to ``path`` with
     ``numpy.save``; the path must end in ``.npy`` (numpy would append it to any other name)."""
-    path = prepare_output(path)
+    path = Path(path)
+    if path.is_dir():
+        raise VaekitError(f"cannot write {path}: it is a folder")
     if path.suffix.lower() != ".npy":
         raise VaekitError(f"cannot write an array to {path}: the file name must end in .npy")
+    path = prepare_output(path)
     arr = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
     try:
         with open(path, "wb") as f:
