@@ -21,7 +21,7 @@ demo: install
 	$(VENV)/bin/vaekit reconstruct $(RUN) -o $(RUN)/recon.png
 	$(VENV)/bin/vaekit interpolate $(RUN) --steps 10 -o $(RUN)/interp.png
 	$(VENV)/bin/vaekit latent-map $(RUN) -o $(RUN)/map.png
-	@echo "demo done: pictures and eval.json in $(RUN)/"
+	@echo "demo done: pictures and eval-test.json in $(RUN)/"
 
 test: install lint
 	$(PY) -m pytest -n 2 tests

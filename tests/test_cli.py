@@ -51,7 +51,7 @@ def test_resume_extends_the_run(run, tmp_path):
 
 def test_evaluate_writes_eval_json_with_the_documented_keys(run, capsys):
     assert main(["evaluate", str(run), "--k", "50", "--no-progress"]) == 0
-    res = json.loads((run / "eval.json").read_text())
+    res = json.loads((run / "eval-test.json").read_text())
     for key in ("nll", "nll_stderr", "elbo", "kl", "rec", "bpd", "active_units", "k", "n", "split", "dataset"):
         assert key in res
     assert res["k"] == 50 and res["split"] == "test" and res["dataset"] == "digits"
@@ -182,3 +182,157 @@ def test_inference_verbs_refuse_a_model_without_latents(verb, tmp_path, capsys):
     assert main([verb, str(out), "--data", "digits"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"vaekit: error: vaekit {verb} needs a VAE") and "autoencoder" in err
+
+
+def one_error_line(capsys, rc) -> str:
+    """The one ``vaekit: error: ...`` line of a command that exited with status 2."""
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("vaekit: error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def other_shape(tmp_path_factory):
+    """A data set of 12x12 images: another shape than the 8x8 digits the run was trained on."""
+    path = tmp_path_factory.mktemp("shape") / "big.npy"
+    np.save(path, np.random.default_rng(0).random((20, 1, 12, 12)).astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "--k", "2", "--no-progress"],
+        ["reconstruct"],
+        ["encode"],
+        ["latent-map"],
+        ["interpolate"],
+        ["gap", "--k", "2", "--svi-steps", "1"],
+        ["complete", "--k", "2"],
+    ],
+)
+def test_data_of_another_shape_names_both_shapes(run, other_shape, tmp_path, capsys, argv):
+    suffix = ".npy" if argv[0] == "encode" else ".png"
+    rc = main([argv[0], str(run), *argv[1:], "--data", str(other_shape), "-o", str(tmp_path / f"out{suffix}")])
+    err = one_error_line(capsys, rc)
+    assert f"data {other_shape} has examples of shape (1, 12, 12); the model was trained on (1, 8, 8)" in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["latent-map", "RUN", "--points", "0"], "--points must be positive; got 0"),
+        (["latent-map", "RUN", "--grid", "-2"], "--grid must be positive; got -2"),
+        (["evaluate", "RUN", "--n", "-1"], "--n must be positive; got -1"),
+        (["evaluate", "RUN", "--n", "0"], "--n must be positive; got 0"),
+        (["evaluate", "RUN", "--batch-size", "0"], "--batch-size must be positive; got 0"),
+        (["gap", "RUN", "--n", "0"], "--n must be positive; got 0"),
+        (["gap", "RUN", "--svi-samples", "0"], "--svi-samples must be positive; got 0"),
+        (["gap", "RUN", "--svi-lr", "nan"], "--svi-lr must be a positive number; got nan"),
+        (["reconstruct", "RUN", "-n", "-3"], "-n must be positive; got -3"),
+        (["interpolate", "RUN", "--pairs", "0"], "--pairs must be positive; got 0"),
+        (["sample", "RUN", "--temperature", "-1"], "--temperature must be a positive number; got -1.0"),
+        (["complete", "RUN", "--k", "0"], "--k must be positive; got 0"),
+        (["complete", "RUN", "--svi-steps", "-1"], "--svi-steps must be non-negative; got -1"),
+    ],
+)
+def test_counts_must_be_positive(run, tmp_path, capsys, argv, fragment):
+    argv = [str(run) if a == "RUN" else a for a in argv]
+    err = one_error_line(capsys, main([*argv, "-o", str(tmp_path / "out.png")]))
+    assert fragment in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_more_examples_than_the_split_holds_says_how_many_were_used(run, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(run), "--n", "100000", "--k", "2", "--no-progress", "-o", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 299  # the digits' test split
+    assert "--n 100000 is more than the 299 test examples; using all 299" in capsys.readouterr().err
+
+
+def test_evaluate_names_its_file_by_split_and_records_what_it_ran(run, capsys):
+    assert main(["evaluate", str(run), "--split", "train", "--n", "7", "--k", "3", "--seed", "5", "--no-progress"]) == 0
+    res = json.loads((run / "eval-train.json").read_text())
+    assert (res["split"], res["n"], res["k"], res["seed"]) == ("train", 7, 3, 5)
+    assert res["step"] == 2 * 24  # the newest checkpoint: 2 epochs of 24 steps
+    if (run / "eval-test.json").exists():  # the test split's numbers are never overwritten by another split's
+        assert json.loads((run / "eval-test.json").read_text())["split"] == "test"
+
+
+def test_evaluate_of_a_checkpoint_writes_beside_its_run(run, capsys):
+    from vaekit.checkpoint import list_checkpoints
+
+    ckpt = list_checkpoints(run)[-1]
+    assert main(["evaluate", str(ckpt), "--split", "train", "--n", "3", "--k", "2", "--no-progress"]) == 0
+    assert json.loads((run / "eval-train.json").read_text())["n"] == 3
+
+
+@pytest.mark.parametrize(
+    "argv, shape",
+    [
+        (["sample", "-n", "5"], (5, 1, 8, 8)),
+        (["reconstruct", "-n", "4"], (4, 1, 8, 8)),
+        (["interpolate", "--steps", "3", "--pairs", "2"], (2, 3, 1, 8, 8)),
+        (["latent-map", "--grid", "3", "--points", "50"], (9, 1, 8, 8)),
+        (["complete", "-n", "2", "--completions", "3", "--k", "5"], (2, 3, 1, 8, 8)),
+    ],
+)
+def test_picture_commands_write_the_format_the_suffix_names(run, tmp_path, capsys, argv, shape):
+    verb, rest = argv[0], argv[1:]
+    for name, fmt in (("p.jpg", "JPEG"), ("p.bmp", "BMP"), ("p.PNG", "PNG")):
+        assert main([verb, str(run), *rest, "-o", str(tmp_path / name)]) == 0
+        with Image.open(tmp_path / name) as img:
+            assert img.format == fmt
+    assert main([verb, str(run), *rest, "-o", str(tmp_path / "p.npy")]) == 0
+    arr = np.load(tmp_path / "p.npy")
+    assert arr.shape == shape and np.isfinite(arr).all()
+    capsys.readouterr()
+    err = one_error_line(capsys, main([verb, str(run), *rest, "-o", str(tmp_path / "p.xyz")]))
+    assert "unknown suffix '.xyz'" in err and ".png" in err and ".npy" in err
+    assert not (tmp_path / "p.xyz").exists()
+
+
+def test_sample_npy_holds_the_raw_samples(run, tmp_path):
+    assert main(["sample", str(run), "-n", "6", "--seed", "3", "-o", str(tmp_path / "s.npy")]) == 0
+    arr = np.load(tmp_path / "s.npy")
+    assert arr.shape == (6, 1, 8, 8) and set(np.unique(arr)) <= {0.0, 1.0}  # Bernoulli draws, not pixels
+
+
+@pytest.mark.parametrize("verb", ["encode", "cluster"])
+def test_array_outputs_must_end_in_npy(run, tmp_path, capsys, verb):
+    err = one_error_line(capsys, main([verb, str(run), "-o", str(tmp_path / "f.csv")]))
+    assert "must end in .npy" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_complete_says_a_mask_file_is_missing(run, tmp_path, capsys):
+    missing = tmp_path / "nofile.npy"
+    err = one_error_line(capsys, main(["complete", str(run), "--mask", str(missing), "-o", str(tmp_path / "c.png")]))
+    assert f"mask file {missing} does not exist" in err
+    err = one_error_line(capsys, main(["complete", str(run), "--mask", "middle", "-o", str(tmp_path / "c.png")]))
+    assert "unknown mask 'middle'" in err
+
+
+@pytest.mark.parametrize("override", ["beta=-1", "free_bits=-2", "grad_clip=-1"])
+def test_train_refuses_negative_weights_and_clips(tmp_path, capsys, override):
+    out = tmp_path / "r"
+    err = one_error_line(capsys, main(["train", "--preset", "dense-digits", "--set", override, "--out", str(out)]))
+    assert f"train.{override.split('=')[0]} must be >= 0" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["", "# nothing here\n"])
+def test_train_refuses_an_empty_config_file(tmp_path, capsys, text):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    err = one_error_line(capsys, main(["train", "--config", str(f), "--out", str(tmp_path / "r")]))
+    assert "sets nothing" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("verb", ["sample", "encode"])
+def test_an_output_that_is_a_folder_is_refused_before_any_work(run, tmp_path, capsys, verb):
+    err = one_error_line(capsys, main([verb, str(run), "-o", str(tmp_path)]))
+    assert f"cannot write {tmp_path}: it is a folder" in err

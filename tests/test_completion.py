@@ -164,3 +164,14 @@ def test_cli_complete_writes_png(tmp_path, capsys):
     assert len(doc["heldout_log_lik"]) == 3 and len(doc["heldout_log_lik_per_completion"][0]) == 4
     assert "held-out" in capsys.readouterr().out
     assert main(["complete", str(run), "--mask", "diagonal", "-o", str(out)]) == 2
+
+
+def test_parse_mask_says_a_mask_file_does_not_exist(tmp_path):
+    for missing in (tmp_path / "nofile.npy", tmp_path / "sub" / "mask"):
+        with pytest.raises(DataError) as e:
+            parse_mask(str(missing), (1, 4, 6))
+        assert str(e.value) == f"mask file {missing} does not exist"
+    with pytest.raises(DataError, match="is a folder"):
+        parse_mask(str(tmp_path), (1, 4, 6))
+    with pytest.raises(VaekitError, match="unknown mask 'middle'"):
+        parse_mask("middle", (1, 4, 6))

@@ -189,3 +189,52 @@ def test_the_new_fields_refuse_what_cannot_be_built_in_one_line(overrides, fragm
     with pytest.raises(ConfigError) as e:
         build_config("iwae-1l", overrides=overrides)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("beta=-1", "train.beta must be >= 0; got -1.0"),
+        ("free_bits=-2", "train.free_bits must be >= 0; got -2.0"),
+        ("grad_clip=-1", "train.grad_clip must be >= 0; got -1.0"),
+        ("warmup_steps=-5", "train.warmup_steps must be >= 0; got -5"),
+        ("lr_warmup_steps=-1", "train.lr_warmup_steps must be >= 0; got -1"),
+        ("weight_decay=-0.1", "train.weight_decay must be >= 0; got -0.1"),
+        ("eval_k=-1", "train.eval_k must be >= 0; got -1"),
+        ("eval_n=0", "train.eval_n must be positive; got 0"),
+        ("max_bad_steps=-3", "train.max_bad_steps must be positive; got -3"),
+        ("fixed_std=0", "model.fixed_std must be positive; got 0.0"),
+        ("channels=[32, -1]", "model.channels entries must be positive; got [32, -1]"),
+        ("components=0", "model.components must be positive; got 0"),
+        ("reg_covar=-1e-6", "model.reg_covar must be >= 0"),
+        ("em_max_iter=0", "model.em_max_iter must be positive; got 0"),
+        ("em_chunk=-1", "model.em_chunk must be >= 0; got -1"),
+        ("ae_noise=-0.3", "model.ae_noise must be >= 0; got -0.3"),
+        ("flow_alpha=-0.1", "model.flow_alpha must be positive; got -0.1"),
+        ("posterior_flow_context=-1", "model.posterior_flow_context must be >= 0; got -1"),
+    ],
+)
+def test_negative_values_that_mean_nothing_are_refused(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        build_config("dense-digits", overrides=[override])
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override", ["beta=0", "free_bits=0", "grad_clip=0", "weight_decay=0", "eval_k=0"])
+def test_zero_stays_the_off_value(override):
+    build_config("dense-digits", overrides=[override])
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n   # and another\n", "{}\n"])
+def test_an_empty_config_file_is_refused(tmp_path, text):
+    f = tmp_path / "empty.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        build_config(config_file=str(f))
+    assert "sets nothing" in str(e.value) and str(f) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_file_with_only_a_preset_is_enough(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("preset: dense-digits\n")
+    assert build_config(config_file=str(f)) == get_preset("dense-digits")

@@ -125,6 +125,61 @@ def test_latent_map_png_size_and_variants(tmp_path):
     assert size == (1100, 500)
 
 
+@pytest.mark.parametrize("suffix", sorted(viz.PICTURE_FORMATS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pictures_are_written_in_the_format_their_suffix_names(tmp_path, suffix, channels):
+    from PIL import Image as PILImage
+
+    fmt = viz.PICTURE_FORMATS[suffix]
+    PILImage.init()
+    if fmt not in PILImage.SAVE:
+        pytest.skip(f"this Pillow cannot write {fmt}")
+    images = constant_images([0, 255, 128, 64], c=channels)
+    path = viz.save_grid(images, tmp_path / f"grid{suffix.upper()}", nrow=2, pad=0)  # suffixes in any case
+    if fmt == "PDF":  # Pillow writes PDF but does not read it back
+        assert path.read_bytes().startswith(b"%PDF")
+        return
+    with PILImage.open(path) as im:
+        assert im.format == fmt and im.size == (2 * W, 2 * H)
+        grey = np.asarray(im.convert("L"), dtype=float)
+    if fmt != "JPEG":  # lossless formats keep every level
+        assert grey[0, 0] == 0 and grey[0, W] == 255 and grey[H, 0] == 128 and grey[H, W] == 64
+
+
+def test_latent_map_as_jpeg(tmp_path):
+    n = 3
+    path = viz.save_latent_map(torch.rand(n * n, 1, 6, 6), n, None, tmp_path / "m.jpg", torch.randn(20, 2))
+    with Image.open(path) as im:
+        assert im.format == "JPEG" and im.size == (1100, 500)
+
+
+@pytest.mark.parametrize("name", ["x.xyz", "x", "x.npy", "x.png.txt"])
+def test_an_unknown_picture_suffix_is_refused_before_writing(tmp_path, name):
+    with pytest.raises(VaekitError) as e:
+        viz.save_grid(torch.rand(2, 1, H, W), tmp_path / name)
+    assert_one_line(e, "cannot write", name, ".png", ".jpg")
+    assert not (tmp_path / name).exists()
+    with pytest.raises(VaekitError):
+        viz.save_latent_map(torch.rand(4, 1, H, W), 2, None, tmp_path / "new" / name)
+    assert not (tmp_path / "new").exists()  # nor a folder for it
+
+
+def test_save_array_writes_npy_only(tmp_path):
+    x = torch.rand(3, 1, H, W)
+    path = viz.save_array(x, tmp_path / "sub" / "a.npy")
+    assert np.array_equal(np.load(path), x.numpy())
+    with pytest.raises(VaekitError) as e:
+        viz.save_array(x, tmp_path / "a.csv")
+    assert_one_line(e, "must end in .npy")
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "a.csv.npy").exists()
+    with pytest.raises(VaekitError) as e:
+        viz.save_array(x, tmp_path / "sub")
+    assert_one_line(e, "is a folder")
+    with pytest.raises(VaekitError) as e:
+        viz.save_array(x, tmp_path / "sub" / "a.npy" / "deeper" / "b.npy")
+    assert_one_line(e, f"{tmp_path / 'sub' / 'a.npy'} is a file, not a folder")
+
+
 # ----------------------------------------------------------------------------------------
 # one-line errors
 # ----------------------------------------------------------------------------------------

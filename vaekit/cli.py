@@ -19,15 +19,17 @@ and one entry there.
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from . import __version__
-from .checks import lookup
-from .errors import Interrupted, VaekitError
+from .checks import lookup, shown
+from .errors import DataError, Interrupted, VaekitError, one_line
 
 # --- shared helpers ------------------------------------------------------------------------
 
@@ -68,6 +70,101 @@ def _split(cfg, args, split: str):
     return train if split == "train" else test
 
 
+def _model_data(model, cfg, args, split: str):
+    """``_split(cfg, args, split)`` after checking that its examples have the shape the model
+    was trained on (``model.data_shape``); every command that feeds data to a model reads
+    its data here, so another dataset's images end in one line, not inside a matrix product."""
+    ds = _split(cfg, args, split)
+    have, want = tuple(ds.x.shape[1:]), tuple(model.data_shape)
+    if have != want:
+        raise DataError(
+            f"data {shown(_data_config(cfg, args).name)} has examples of shape {have}; the model was trained on {want}"
+        )
+    return ds
+
+
+def _first(x, n: int | None, flag: str, what: str):
+    """The first ``n`` rows of ``x`` (all of them for None); says so on stderr when ``n`` asks
+    for more than there are, so that the numbers are not mistaken for ``n`` examples."""
+    if n is None:
+        return x
+    if n > x.shape[0]:
+        print(f"vaekit: {flag} {n} is more than the {x.shape[0]} {what}; using all {x.shape[0]}", file=sys.stderr)
+    return x[:n]
+
+
+def _at_least(minimum: int, counts: dict[str, int | None]) -> None:
+    """A one-line error for the first count (flag -> value; None: not given) below ``minimum``."""
+    need = {0: "non-negative", 1: "positive"}.get(minimum, f"at least {minimum}")
+    for flag, value in counts.items():
+        if value is not None and value < minimum:
+            raise VaekitError(f"{flag} must be {need}; got {value}")
+
+
+def _positive_numbers(values: dict[str, float]) -> None:
+    """A one-line error for the first real-valued option (flag -> value) that is not a finite
+    positive number (argparse's float() also reads 'nan' and 'inf')."""
+    for flag, value in values.items():
+        if not (math.isfinite(value) and value > 0):
+            raise VaekitError(f"{flag} must be a positive number; got {value}")
+
+
+def _picture_path(path: str) -> Path:
+    """``path`` once its suffix names a picture format (``vaekit.viz.PICTURE_FORMATS``) or ``.npy``;
+    checked before any work is done."""
+    from .viz import picture_format
+
+    if Path(path).is_dir() or Path(path).suffix.lower() != ".npy":
+        picture_format(path, also=(".npy (the array drawn)",))
+    return Path(path)
+
+
+_PICTURE_HELP = "picture, in the format its suffix names (.png, .jpg, ...), or .npy for {}"
+
+
+def _needs_codes(model, cfg, args, verb: str) -> None:
+    """A one-line error unless the model has an encoder and a decoder (``model.has_codes``)."""
+    if not model.has_codes:
+        raise VaekitError(
+            f"vaekit {verb} needs a model with codes (a VAE or an autoencoder); {args.run} is a {cfg.model.kind}"
+        )
+
+
+def _npy_path(path: str) -> Path:
+    """``path`` once it ends in ``.npy`` (numpy would append the suffix to any other name)."""
+    if Path(path).is_dir():
+        raise VaekitError(f"cannot write {path}: it is a folder")
+    if Path(path).suffix.lower() != ".npy":
+        raise VaekitError(f"cannot write {path}: the file name must end in .npy")
+    return Path(path)
+
+
+def _save_picture(path: Path, array, draw: Callable[[Path], object]) -> None:
+    """Write ``array`` (the tensor a picture shows, e.g. samples [n, *data_shape]) with numpy
+    where ``path`` ends in ``.npy``; otherwise call ``draw(path)``, which writes the picture in
+    the format the suffix names."""
+    from .viz import save_array
+
+    if path.suffix.lower() == ".npy":
+        save_array(array, path)
+    else:
+        draw(path)
+
+
+def _write_json(path: str | Path, doc: dict) -> None:
+    """``doc`` as indented JSON, written atomically; a one-line error where ``path`` cannot be written."""
+    from .checkpoint import atomic_write, json_text
+    from .viz import prepare_output
+
+    path = prepare_output(path)
+    try:  # standard JSON: NaN and inf are written as null
+        atomic_write(path, lambda f: f.write((json_text(doc, indent=2) + "\n").encode()))
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        raise VaekitError(f"cannot write {path}: {e.strerror or one_line(e)}") from None
+
+
 def _seed(args):
     """Seed the global torch RNG with ``--seed`` (every command that samples declares it)."""
     import torch
@@ -75,11 +172,15 @@ def _seed(args):
     torch.manual_seed(args.seed)
 
 
-def _out_path(path: str) -> Path:
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    return p
+def _run_folder(run: str) -> Path:
+    """The folder results of ``run`` go to by default: the run folder itself, the run folder of
+    a checkpoint in its ``checkpoints/`` folder, or the folder holding a loose checkpoint file."""
+    from .checkpoint import CKPT_DIR
+
+    p = Path(run)
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == CKPT_DIR else p.parent
 
 
 def _add_run_args(p, run_help="run folder or checkpoint file"):
@@ -233,7 +334,7 @@ def _evaluate_args(p):
     p.add_argument("--n", type=int, help="evaluate only the first N examples")
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
-    p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval.json)")
+    p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval-SPLIT.json)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -245,20 +346,17 @@ def _evaluate(args):
 
     if args.k <= 0:
         raise VaekitError(f"--k must be positive; got {args.k}")
+    _at_least(1, {"--n": args.n, "--batch-size": args.batch_size})
     with distributed.session():  # under torchrun the examples are split over the processes
-        model, cfg, _ = load_shared(args.run, device=resolve_device(args.device or "cpu"))
-        ds = _split(cfg, args, args.split)
-        x = ds.x[: args.n] if args.n else ds.x
+        model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
+        x = _first(_model_data(model, cfg, args, args.split).x, args.n, "--n", f"{args.split} examples")
         res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
         if not distributed.is_main():
             return 0
-    res.update(dataset=_data_config(cfg, args).name, split=args.split)
+    res.update(dataset=_data_config(cfg, args).name, split=args.split, step=int(state["step"]), seed=args.seed)
     print(format_table(res))
-    run = Path(args.run)
-    out = Path(args.output) if args.output else (run if run.is_dir() else run.parent.parent) / "eval.json"
-    from .checkpoint import atomic_write, json_text
-
-    atomic_write(_out_path(str(out)), lambda f: f.write((json_text(res, indent=2) + "\n").encode()))
+    out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
+    _write_json(out, res)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -266,7 +364,7 @@ def _evaluate(args):
 def _sample_args(p):
     _add_run_args(p)
     p.add_argument("-n", type=int, default=64, help="number of samples")
-    p.add_argument("-o", "--output", default="samples.png")
+    p.add_argument("-o", "--output", default="samples.png", help=_PICTURE_HELP.format("the samples [n, *data_shape]"))
     p.add_argument("--mean", action="store_true", help="show E[x|z] instead of a sample of p(x|z)")
     p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (flows)")
     p.add_argument("--seed", type=int, default=0)
@@ -277,6 +375,8 @@ def _sample(args):
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive; got {args.n}")
+    _positive_numbers({"--temperature": args.temperature})
+    out = _picture_path(args.output)
     model, cfg, _ = _load_run(args)
     _seed(args)
     accepts = inspect.signature(model.sample).parameters
@@ -290,8 +390,8 @@ def _sample(args):
                 raise VaekitError(f"{flag} is not defined for a {cfg.model.kind} model")
             kw[name] = value
     x = model.sample(args.n, **kw)
-    save_grid(x.clamp(0, 1).cpu(), _out_path(args.output))
-    print(f"wrote {args.output}", file=sys.stderr)
+    _save_picture(out, x, lambda path: save_grid(x.clamp(0, 1).cpu(), path))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -299,19 +399,26 @@ def _reconstruct_args(p):
     _add_run_args(p)
     _add_data_args(p)
     p.add_argument("-n", type=int, default=16, help="number of test images")
-    p.add_argument("-o", "--output", default="recon.png")
+    p.add_argument(
+        "-o", "--output", default="recon.png", help=_PICTURE_HELP.format("the reconstructions [n, *data_shape]")
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
 def _reconstruct(args):
     from .viz import save_reconstructions
 
+    _at_least(1, {"-n": args.n})
+    out = _picture_path(args.output)
     model, cfg, _ = _load_run(args)
-    x = _split(cfg, args, "test").x[: args.n].to(_model_device(model))
+    _needs_codes(model, cfg, args, "reconstruct")
+    x = _first(_model_data(model, cfg, args, "test").x, args.n, "-n", "test examples").to(_model_device(model))
     _seed(args)
     r = model.reconstruct(x)
-    save_reconstructions(x.cpu(), r.clamp(0, 1).cpu(), _out_path(args.output))
-    print(f"wrote {args.output} (originals above, reconstructions below)", file=sys.stderr)
+    _save_picture(out, r, lambda path: save_reconstructions(x.cpu(), r.clamp(0, 1).cpu(), path))
+    print(
+        f"wrote {out}" + (" (originals above, reconstructions below)" if out.suffix != ".npy" else ""), file=sys.stderr
+    )
     return 0
 
 
@@ -321,7 +428,9 @@ def _interpolate_args(p):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--pairs", type=int, default=8, help="rows: pairs of test images to join")
     p.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
-    p.add_argument("-o", "--output", default="interp.png")
+    p.add_argument(
+        "-o", "--output", default="interp.png", help=_PICTURE_HELP.format("the paths [pairs, steps, *data_shape]")
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -330,8 +439,11 @@ def _interpolate(args):
 
     if args.steps < 2:
         raise VaekitError(f"--steps must be at least 2; got {args.steps}")
+    _at_least(1, {"--pairs": args.pairs})
+    out = _picture_path(args.output)
     model, cfg, _ = _load_run(args)
-    x = _split(cfg, args, "test").x[: 2 * args.pairs].to(_model_device(model))
+    _needs_codes(model, cfg, args, "interpolate")
+    x = _model_data(model, cfg, args, "test").x[: 2 * args.pairs].to(_model_device(model))
     if x.shape[0] < 2:
         raise VaekitError("interpolation needs at least two test images")
     half = x.shape[0] // 2
@@ -339,16 +451,18 @@ def _interpolate(args):
     z1, _ = model.encode(x[half : 2 * half])
     zs = interpolate(z0, z1, args.steps, slerp=args.slerp)  # [R, steps, D]
     R, S, D = zs.shape
-    imgs = model.decode_to_x(zs.reshape(R * S, D)).clamp(0, 1).view(R, S, *model.data_shape)
-    save_interpolation(imgs.cpu(), _out_path(args.output))
-    print(f"wrote {args.output}", file=sys.stderr)
+    imgs = model.decode_to_x(zs.reshape(R * S, D)).view(R, S, *model.data_shape)
+    _save_picture(out, imgs, lambda path: save_interpolation(imgs.clamp(0, 1).cpu(), path))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 def _latent_map_args(p):
     _add_run_args(p)
     _add_data_args(p)
-    p.add_argument("-o", "--output", default="map.png")
+    p.add_argument(
+        "-o", "--output", default="map.png", help=_PICTURE_HELP.format("the decoded grid [grid^2, *data_shape]")
+    )
     p.add_argument("--grid", type=int, default=20, help="decoded images per side")
     p.add_argument("--points", type=int, default=2000, help="test points in the scatter")
 
@@ -358,12 +472,17 @@ def _latent_map(args):
 
     from .viz import latent_grid, save_latent_map
 
+    _at_least(1, {"--grid": args.grid, "--points": args.points})
+    out = _picture_path(args.output)
     model, cfg, _ = _load_run(args)
-    ds = _split(cfg, args, "test")
+    _needs_codes(model, cfg, args, "latent-map")
+    ds = _model_data(model, cfg, args, "test")
     dev = _model_device(model)
-    x = ds.x[: args.points].to(dev)
+    x = _first(ds.x, args.points, "--points", "test examples").to(dev)
     mu = torch.cat([model.encode(x[i : i + 1000])[0] for i in range(0, x.shape[0], 1000)])
     D = mu.shape[1]
+    if D < 2:
+        raise VaekitError(f"vaekit latent-map needs at least 2 latent dimensions; {args.run} has {D}")
     grid2 = latent_grid(args.grid).to(dev)  # [n*n, 2], Gaussian quantiles
     if D == 2:
         z, pts, title = grid2, mu, "latent space"
@@ -372,30 +491,46 @@ def _latent_map(args):
         _, s, v = torch.linalg.svd(mu - centre, full_matrices=False)
         basis = v[:2]  # [2, D]
         scale = s[:2] / max(1, mu.shape[0] - 1) ** 0.5  # std along each direction
+        if scale.shape[0] < 2 or not bool((scale > 0).all()):
+            raise VaekitError(
+                f"the posterior means of the {mu.shape[0]} test point(s) span fewer than 2 directions; "
+                "use more --points"
+            )
         z = centre + (grid2 * scale) @ basis
         pts = (mu - centre) @ basis.T / scale
         title = f"top-2 principal plane of {D}-D posterior means (standardised)"
-    imgs = model.decode_to_x(z).clamp(0, 1)
+    imgs = model.decode_to_x(z)
     labels = ds.y[: args.points].numpy() if ds.y is not None else None
-    save_latent_map(imgs.cpu(), args.grid, None, _out_path(args.output), points=pts.cpu(), labels=labels, title=title)
-    print(f"wrote {args.output}", file=sys.stderr)
+    _save_picture(
+        out,
+        imgs,
+        lambda path: save_latent_map(
+            imgs.clamp(0, 1).cpu(), args.grid, None, path, points=pts.cpu(), labels=labels, title=title
+        ),
+    )
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 def _encode_args(p):
     _add_run_args(p)
     _add_data_args(p)
-    p.add_argument("-o", "--output", default="feats.npy")
+    p.add_argument(
+        "-o", "--output", default="feats.npy", help="features [N, D] (.npy); labels beside it as *.labels.npy"
+    )
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--logvar", action="store_true", help="append log-variances: [N, 2D] instead of [N, D]")
 
 
 def _encode(args):
-    import numpy as np
     import torch
 
+    from .viz import save_array
+
+    out = _npy_path(args.output)
     model, cfg, _ = _load_run(args)
-    ds = _split(cfg, args, args.split)
+    _needs_codes(model, cfg, args, "encode")
+    ds = _model_data(model, cfg, args, args.split)
     dev = _model_device(model)
     feats = []
     with torch.no_grad():
@@ -403,10 +538,9 @@ def _encode(args):
             mu, lv = model.encode(ds.x[i : i + 1000].to(dev))
             feats.append(torch.cat([mu, lv], 1) if args.logvar else mu)
     arr = torch.cat(feats).cpu().numpy()
-    out = _out_path(args.output)
-    np.save(out, arr)
+    save_array(arr, out)
     if ds.y is not None:
-        np.save(out.with_suffix(".labels.npy"), ds.y.numpy())
+        save_array(ds.y.numpy(), out.with_suffix(".labels.npy"))
     print(
         f"wrote {out}: {arr.shape[0]} x {arr.shape[1]} "
         f"({'means, log-variances' if args.logvar else 'posterior means'})",
@@ -447,18 +581,19 @@ def _cluster(args):
     import numpy as np
 
     from .models.mixture import GaussianMixtureModel, cluster
+    from .viz import save_array
 
+    out = _npy_path(args.output)
     model, cfg, _ = _load_run(args)
     if not isinstance(model, GaussianMixtureModel):
         raise VaekitError(
             f"vaekit cluster needs a Gaussian mixture run (model.kind=mixture); {args.run} is a {cfg.model.kind}"
         )
-    ds = _split(cfg, args, args.split)
+    ds = _model_data(model, cfg, args, args.split)
     soft, hard = cluster(model, ds.x)
-    out = _out_path(args.output)
-    np.save(out, hard.cpu().numpy())
+    save_array(hard.cpu().numpy(), out)
     soft_path = out.with_name(out.stem + ".soft.npy")
-    np.save(soft_path, soft.float().cpu().numpy())
+    save_array(soft.float().cpu().numpy(), soft_path)
     counts = np.bincount(hard.cpu().numpy(), minlength=model.K)
     print(
         f"clustered {hard.shape[0]} examples into {model.K} components; sizes: " + " ".join(str(int(c)) for c in counts)
@@ -500,6 +635,8 @@ def _gap(args):
 
     if args.k <= 0 or args.svi_steps < 0:
         raise VaekitError("--k must be positive and --svi-steps non-negative")
+    _at_least(1, {"--n": args.n, "--svi-samples": args.svi_samples, "--batch-size": args.batch_size})
+    _positive_numbers({"--svi-lr": args.svi_lr})
     model, cfg, _ = _load_run(args)
     if not model.has_latents:
         raise VaekitError(f"vaekit gap needs a VAE (encoder, decoder, prior); {args.run} is a {cfg.model.kind}")
@@ -509,8 +646,8 @@ def _gap(args):
     dev = _model_device(model)
     results = {}
     for split in splits:
-        x = _eval_ready(_split(cfg, args, split), cfg)
-        x = (x[: args.n] if args.n else x).to(dev)
+        x = _eval_ready(_model_data(model, cfg, args, split), cfg)
+        x = _first(x, args.n, "--n", f"{split} examples").to(dev)
         _seed(args)
         print(f"vaekit gap: {split}: {x.shape[0]} examples, K={args.k}, {args.svi_steps} SVI steps", file=sys.stderr)
         res = gap_decomposition(
@@ -526,17 +663,14 @@ def _gap(args):
         res.pop("per_example")
         results[split] = res
     print(format_gap_table(results))
-    run = Path(args.run)
-    out = Path(args.output) if args.output else (run if run.is_dir() else run.parent.parent) / "gap.json"
+    out = Path(args.output) if args.output else _run_folder(args.run) / "gap.json"
     doc = {
         "run": str(args.run),
         "dataset": _data_config(cfg, args).name,
         "splits": results,
         "units": "nats per example; stderr over examples",
     }
-    from .checkpoint import atomic_write, json_text
-
-    atomic_write(_out_path(str(out)), lambda f: f.write((json_text(doc, indent=2) + "\n").encode()))
+    _write_json(out, doc)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -549,7 +683,12 @@ def _complete_args(p):
         default="bottom",
         help="missing pixels: top|bottom|left|right|random:P|FILE (.npy/.png, nonzero = missing)",
     )
-    p.add_argument("-o", "--output", default="completion.png")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="completion.png",
+        help=_PICTURE_HELP.format("the completions [n, completions, *data_shape]"),
+    )
     p.add_argument("-n", type=int, default=8, help="test images to complete (rows)")
     p.add_argument("--completions", type=int, default=8, help="completions per image (columns)")
     p.add_argument(
@@ -572,10 +711,14 @@ def _complete(args):
 
     if args.n <= 0 or args.completions <= 0:
         raise VaekitError("-n and --completions must be positive")
+    _at_least(1, {"--k": args.k})
+    _at_least(0, {"--svi-steps": args.svi_steps})
+    out = _picture_path(args.output)
     model, cfg, _ = _load_run(args)
     if not model.has_latents:
         raise VaekitError(f"vaekit complete needs a VAE; {args.run} is a {cfg.model.kind}")
-    x = _eval_ready(_split(cfg, args, args.split), cfg)[: args.n].to(_model_device(model))
+    x = _eval_ready(_model_data(model, cfg, args, args.split), cfg)
+    x = _first(x, args.n, "-n", f"{args.split} examples").to(_model_device(model))
     mask = parse_mask(args.mask, tuple(x.shape[1:]), seed=args.seed)
     _seed(args)
     res = complete(
@@ -589,8 +732,9 @@ def _complete(args):
         mean=args.mean,
     )
     print(format_completion_summary(res["summary"]))
-    save_completion(x.cpu(), res["mask"].cpu(), res["completions"].clamp(0, 1).cpu(), _out_path(args.output))
-    print(f"wrote {args.output} (each row: masked input, {args.completions} completions, original)", file=sys.stderr)
+    comp = res["completions"]
+    _save_picture(out, comp, lambda path: save_completion(x.cpu(), res["mask"].cpu(), comp.clamp(0, 1).cpu(), path))
+    print(f"wrote {out} (each row: masked input, {args.completions} completions, original)", file=sys.stderr)
     if args.json:
         doc = {
             "summary": res["summary"],
@@ -598,9 +742,7 @@ def _complete(args):
             "heldout_log_lik": res["heldout_log_lik"].tolist(),
             "heldout_log_lik_per_completion": res["heldout_log_lik_per_completion"].tolist(),
         }
-        from .checkpoint import json_text
-
-        _out_path(args.json).write_text(json_text(doc, indent=2) + "\n")
+        _write_json(args.json, doc)
     return 0
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checks import lookup
+from .checks import lookup, shown
 from .distributions import diagonal_gaussian, distribution_mean
 from .errors import DataError, VaekitError
 from .inference import (
@@ -92,8 +92,12 @@ def parse_mask(spec: str, shape: tuple[int, ...], seed: int = 0) -> Tensor:
         m = (~missing).float()
         return m.unsqueeze(0).expand(shape).clone() if len(shape) == 3 else m
     path = Path(spec)
+    if path.is_dir():
+        raise DataError(f"mask file {shown(spec)} is a folder")
     if not path.is_file():
-        raise VaekitError(f"unknown mask '{spec}': use top, bottom, left, right, random:P or a mask file")
+        if path.suffix or "/" in spec or "\\" in spec:  # it names a file, not a kind of mask
+            raise DataError(f"mask file {shown(spec)} does not exist")
+        raise VaekitError(f"unknown mask '{shown(spec)}': use top, bottom, left, right, random:P or a mask file")
     return _mask_from_file(path, shape)
 
 

@@ -557,10 +557,10 @@ def load_yaml(path: str | Path) -> Config:
         raise ConfigError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) and doc is not None:
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+    if not doc:  # an empty file would silently train the base preset
+        raise ConfigError(f"{path}: the config file sets nothing; give at least a preset (preset: NAME) or one key")
     doc = dict(doc)
     preset = doc.pop("preset", "base")
     cfg = get_preset(str(preset))
@@ -644,6 +644,68 @@ CHOICES = {
 }
 
 
+# Numeric fields where a value <= 0 (POSITIVE_FIELDS) or < 0 (NON_NEGATIVE_FIELDS) means nothing;
+# a list field bounds each entry. Upper bounds and bounds that depend on other fields stay
+# with the builders that read them (e.g. flow_alpha < 0.5, odd pixelcnn_kernel).
+POSITIVE_FIELDS = (
+    "model.latent_dim",
+    "train.k",
+    "train.epochs",
+    "train.batch_size",
+    "train.lr",
+    "train.log_every",
+    "train.ckpt_every",
+    "model.fixed_std",
+    "model.channels",
+    "model.n_mix",
+    "model.pixelcnn_layers",
+    "model.pixelcnn_channels",
+    "model.pixelcnn_kernel",
+    "model.pixelcnn_cond",
+    "model.flow_levels",
+    "model.flow_steps",
+    "model.flow_hidden",
+    "model.flow_alpha",
+    "model.posterior_flow_layers",
+    "model.prior_flow_layers",
+    "model.components",
+    "model.em_max_iter",
+    "model.em_restarts",
+    "train.max_bad_steps",
+    "train.eval_n",
+)
+NON_NEGATIVE_FIELDS = (
+    "model.resnet_blocks",
+    "model.flow_blocks",
+    "model.posterior_flow_context",
+    "model.reg_covar",
+    "model.em_tol",
+    "model.em_init_samples",
+    "model.em_chunk",
+    "model.ae_noise",
+    "train.beta",
+    "train.warmup_steps",
+    "train.free_bits",
+    "train.lr_warmup_steps",
+    "train.weight_decay",
+    "train.grad_clip",
+    "train.eval_k",
+)
+
+
+def _check_signs(cfg: Config) -> None:
+    """One line for the first field of ``POSITIVE_FIELDS`` / ``NON_NEGATIVE_FIELDS`` out of bounds."""
+    for keys, bad, need in (
+        (POSITIVE_FIELDS, lambda v: v <= 0, "positive"),
+        (NON_NEGATIVE_FIELDS, lambda v: v < 0, ">= 0"),
+    ):
+        for key in keys:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if any(bad(v) for v in (value if isinstance(value, list) else [value])):
+                raise ConfigError(f"{key}{' entries' if isinstance(value, list) else ''} must be {need}; got {value}")
+
+
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express; one line per problem."""
     for section in SECTIONS:  # NaN / inf are floats to YAML (.nan, .inf) but never a sane setting
@@ -656,16 +718,7 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
-    positive = ["model.latent_dim", "train.k", "train.epochs", "train.batch_size"]
-    positive += ["train.log_every", "train.ckpt_every", "train.eval_n", "train.max_bad_steps"]  # steps, counts
-    for key in positive:
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) <= 0:
-            raise ConfigError(f"{key} must be positive; got {getattr(getattr(cfg, section), name)}")
-    if cfg.train.eval_k < 0:
-        raise ConfigError(f"train.eval_k must be 0 (no end-of-epoch evaluation) or positive; got {cfg.train.eval_k}")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr must be positive; got {cfg.train.lr}")
+    _check_signs(cfg)
     if any(h <= 0 for h in cfg.model.hidden):
         raise ConfigError(f"model.hidden widths must be positive; got {cfg.model.hidden}")
     if not 0.0 <= cfg.train.ema < 1.0:

@@ -1,7 +1,8 @@
 """Pictures of generative models, and the latent-space arithmetic behind them.
 
-Image panels (pure functions of tensors; PNG files written with Pillow, or with
-matplotlib's Agg canvas where axes are needed; no GUI, no pyplot global state):
+Image panels (pure functions of tensors; files written with Pillow in the format the path's
+suffix names, ``PICTURE_FORMATS``: PNG, JPEG, ...; matplotlib's Agg canvas draws where axes
+are needed; no GUI, no pyplot global state):
 
 - ``image_grid`` / ``save_grid``: images [N, C, H, W] in [0, 1] tiled row by row,
   ``nrow`` images per row (the torchvision ``make_grid`` convention).
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import VaekitError
+from .errors import VaekitError, one_line
 
 PAD_VALUE = 0.5  # grey between tiles: visible against black digits and white faces alike
 MASK_COLOR = (1.0, 0.0, 0.0)  # missing pixels in completion panels (pure red: no grey level)
@@ -122,11 +123,15 @@ def _check_nrow(nrow: int | None, default: int) -> int:
 # ----------------------------------------------------------------------------------------
 # Writing files
 # ----------------------------------------------------------------------------------------
-def _prepare_path(path: str | os.PathLike) -> Path:
-    """Create the parent folder of ``path``; a one-line VaekitError where that is impossible."""
+def prepare_output(path: str | os.PathLike) -> Path:
+    """Create the parent folder of ``path``; a one-line VaekitError where that is impossible
+    (``path`` is a folder, a folder above it is a plain file, no permission)."""
     path = Path(path)
     if path.is_dir():
         raise VaekitError(f"cannot write {path}: it is a folder")
+    blocking = [p for p in path.parents if p.exists() and not p.is_dir()]
+    if blocking:
+        raise VaekitError(f"cannot write {path}: {blocking[-1]} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -134,17 +139,75 @@ def _prepare_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a uint8 image [H, W, 1] (greyscale) or [H, W, 3] (RGB) as a PNG file."""
+# Picture files by suffix (lower case): Pillow formats that store 8-bit grey and RGB images as
+# they are. Formats that need other modes (1-bit XBM, float PFM) or plugins are left out.
+PICTURE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+    ".tga": "TGA",
+    ".pdf": "PDF",
+}
+SAVE_OPTIONS = {"WEBP": {"lossless": True}, "JPEG": {"quality": 95}}  # WebP is lossy by default
+
+
+def picture_format(path: str | os.PathLike, also: Sequence[str] = ()) -> str:
+    """The Pillow format the suffix of ``path`` names (``PICTURE_FORMATS``), or a one-line
+    :class:`VaekitError` listing the suffixes this Pillow can write and ``also`` (other
+    suffixes the caller accepts, for the message)."""
     from PIL import Image
 
-    path = _prepare_path(path)
+    if Path(path).is_dir():
+        raise VaekitError(f"cannot write {path}: it is a folder")
+    Image.init()
+    suffix = Path(path).suffix.lower()
+    known = [s for s, f in PICTURE_FORMATS.items() if f in Image.SAVE]
+    if suffix in known:
+        return PICTURE_FORMATS[suffix]
+    what = f"unknown suffix '{suffix}'" if suffix else "no suffix"
+    raise VaekitError(f"cannot write {path}: {what}; use one of {', '.join([*known, *also])}")
+
+
+def _why(e: Exception) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+
+
+def write_image(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 image [H, W, 1] (greyscale) or [H, W, 3] (RGB) in the format of the path's
+    suffix (:func:`picture_format`: ``.png``, ``.jpg``, ...)."""
+    from PIL import Image
+
+    fmt = picture_format(path)  # before any folder is made
+    path = prepare_output(path)
     mode = {1: "L", 3: "RGB"}[array.shape[-1]]
     img = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array), mode)
     try:
-        img.save(path, format="PNG")
+        img.save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+    except (OSError, ValueError) as e:
+        raise VaekitError(f"cannot write {path}: {_why(e)}") from None
+    return path
+
+
+def save_array(array, path: str | os.PathLike) -> Path:
+    """Write ``array`` (a tensor or numpy array, any shape, its own dtype) to ``path`` with
+    ``numpy.save``; the path must end in ``.npy`` (numpy would append it to any other name)."""
+    path = Path(path)
+    if path.is_dir():
+        raise VaekitError(f"cannot write {path}: it is a folder")
+    if path.suffix.lower() != ".npy":
+        raise VaekitError(f"cannot write an array to {path}: the file name must end in .npy")
+    path = prepare_output(path)
+    arr = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
+    try:
+        with open(path, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
     except OSError as e:
-        raise VaekitError(f"cannot write {path}: {e.strerror or str(e).splitlines()[0]}") from None
+        raise VaekitError(f"cannot write {path}: {_why(e)}") from None
     return path
 
 
@@ -173,8 +236,8 @@ def image_grid(images, nrow: int | None = None, pad: int = 2, pad_value: float =
 def save_grid(
     images, path: str | os.PathLike, nrow: int | None = None, pad: int = 2, pad_value: float = PAD_VALUE
 ) -> Path:
-    """Write ``image_grid(images, nrow, pad, pad_value)`` as a PNG; returns the path."""
-    return write_png(image_grid(images, nrow, pad, pad_value), path)
+    """Write ``image_grid(images, nrow, pad, pad_value)`` in the format of the path's suffix; returns the path."""
+    return write_image(image_grid(images, nrow, pad, pad_value), path)
 
 
 def save_reconstructions(
@@ -196,7 +259,7 @@ def save_reconstructions(
     cells = []
     for top, bottom in zip(_chunks(_hwc_uint8(x), nrow), _chunks(_hwc_uint8(r), nrow)):
         cells += [top, bottom]
-    return write_png(_tile(cells, (h, w, c), pad, PAD_VALUE), path)
+    return write_image(_tile(cells, (h, w, c), pad, PAD_VALUE), path)
 
 
 def save_interpolation(rows, path: str | os.PathLike, pad: int = 2) -> Path:
@@ -208,7 +271,7 @@ def save_interpolation(rows, path: str | os.PathLike, pad: int = 2) -> Path:
     x = _check_images(rows, "interpolation rows", ndim=5)
     _, _, c, h, w = x.shape
     cells = [list(row) for row in _hwc_uint8(x)]
-    return write_png(_tile(cells, (h, w, c), pad, PAD_VALUE), path)
+    return write_image(_tile(cells, (h, w, c), pad, PAD_VALUE), path)
 
 
 def masked_input(originals: Tensor, mask: Tensor, color: Sequence[float] = MASK_COLOR) -> Tensor:
@@ -254,7 +317,7 @@ def save_completion(
     to_rgb = (lambda t: t.expand(*t.shape[:-3], 3, h, w)) if c == 1 else (lambda t: t)
     row_images = torch.cat([shown[:, None], to_rgb(comp), to_rgb(x)[:, None]], dim=1)  # [N, S + 2, 3, H, W]
     cells = [list(row) for row in _hwc_uint8(row_images)]
-    return write_png(_tile(cells, (h, w, 3), pad, PAD_VALUE), path)
+    return write_image(_tile(cells, (h, w, 3), pad, PAD_VALUE), path)
 
 
 def _axis_values(n: int, z_range) -> Tensor:
@@ -286,7 +349,8 @@ def save_latent_map(
         n: cells per side.
         z_range: what was given to ``latent_grid``: None (Gaussian quantiles), (lo, hi), or
             the n axis values themselves; used for the axis ticks.
-        path: output PNG; its size is 1100 x 500 pixels with points, 550 x 500 without (dpi 100).
+        path: output picture (format by suffix, as :func:`write_image`); its size is 1100 x 500
+            pixels with points, 550 x 500 without (dpi 100).
         points: [M, 2] posterior means of test data, or None for the manifold panel alone.
         labels: [M] integer labels (legend when there are at most 10 classes, else a colour
             bar), or None.
@@ -302,7 +366,7 @@ def save_latent_map(
     axis = _axis_values(n, z_range)
     pts, labs = _check_points(points, labels)
     fig = Figure(figsize=(11.0 if pts is not None else 5.5, 5.0), dpi=dpi)
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     ax_map = fig.add_subplot(1, 2 if pts is not None else 1, 1)
     _draw_manifold(ax_map, image_grid(x, nrow=n, pad=0), axis, x.shape[-2:])
     if pts is not None:
@@ -313,12 +377,8 @@ def save_latent_map(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = _prepare_path(path)
-    try:
-        fig.savefig(path, format="png", dpi=dpi)
-    except OSError as e:
-        raise VaekitError(f"cannot write {path}: {e.strerror or str(e).splitlines()[0]}") from None
-    return path
+    canvas.draw()
+    return write_image(np.asarray(canvas.buffer_rgba())[..., :3], path)  # opaque white figure: alpha is 255
 
 
 def _check_points(points, labels) -> tuple[np.ndarray | None, np.ndarray | None]:
