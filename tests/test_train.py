@@ -236,6 +236,14 @@ def test_log_window_carries_its_sums_across_a_resume():
     assert window.n == 0 and window.sums == {}
 
 
+def test_log_records_carry_the_wall_clock_seconds_of_their_window(tmp_path):
+    tr, te = digits()
+    train(cfg_for(epochs=1, log_every=10), tmp_path / "r", tr, te, transform=binarize, progress=False)
+    recs = [r for r in read_metrics(tmp_path / "r") if "loss" in r]
+    assert [r["step"] for r in recs] == [10, 20, 30]
+    assert all(r["seconds"] > 0 for r in recs)  # their sum is the run's training time (vaekit compare)
+
+
 def test_seeds_are_pure_functions_of_step_and_shard():
     assert shard_seed(7, 3, 1) == shard_seed(7, 3, 1)
     seeds = {shard_seed(7, t, s) for t in range(50) for s in range(4)} | {shard_seed(8, 0, 0)}

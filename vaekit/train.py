@@ -444,9 +444,14 @@ class LogWindow:
         return dict(zip(keys, tot.tolist()))
 
     def flush(self) -> dict[str, float]:
-        """Global means and throughput of the window, which then starts afresh (a collective)."""
+        """Global means and throughput of the window, which then starts afresh (a collective).
+
+        ``seconds``: the wall-clock time of the window (its steps, and the evaluations and checkpoints
+        between them), so that the sum over a run's log lines is its training time (``vaekit compare``).
+        """
         sums, dt = self.global_sums(), time.perf_counter() - self.t0
-        rec = {"examples_per_s": self.examples / max(dt, 1e-9), **{k: v / self.n for k, v in sorted(sums.items())}}
+        rec = {"examples_per_s": self.examples / max(dt, 1e-9), "seconds": dt}
+        rec.update({k: v / self.n for k, v in sorted(sums.items())})
         self.sums, self.n, self.examples, self.t0 = {}, 0, 0, time.perf_counter()
         return rec
 
