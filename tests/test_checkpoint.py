@@ -215,3 +215,56 @@ def test_resuming_under_another_config_is_refused(tmp_path):
         train(changed, run, x, None, progress=False, resume=True)
     assert str(e.value).endswith("(checkpoint vs given): train.lr: 0.001 vs 0.5")
     assert [p.name for p in ckpt.list_checkpoints(run)][0] == "step-00000004.pt"
+
+
+# --- export folders ------------------------------------------------------------------------------
+
+
+def test_plain_json_carries_tensors_of_every_dtype_and_shape_exactly():
+    state = {
+        "a": torch.randn(2, 3),
+        "b": torch.tensor([], dtype=torch.float64).reshape(0, 4),
+        "c": {"n": torch.tensor(7), "flag": torch.tensor(True), "h": torch.randn(3).to(torch.bfloat16)},
+        "d": [1, 2.5, "x", None],
+    }
+    back = ckpt.from_plain_json(json.loads(ckpt.json_text(ckpt.plain_json(state))))
+    pairs = [(back["a"], state["a"]), (back["b"], state["b"])] + [(back["c"][k], state["c"][k]) for k in state["c"]]
+    for got, want in pairs:
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+    assert back["d"] == [1, 2.5, "x", None]
+
+
+def exported_folder(tmp_path):
+    cfg = build_config("dense-digits", overrides=["hidden=[4]", "latent_dim=2"])
+    model = build_model(cfg, (1, 8, 8))
+    weights, doc = ckpt.export_documents(ckpt.training_state(5, model, cfg, (1, 8, 8)))
+    ckpt.write_export_documents(tmp_path / "e", weights, doc)
+    return tmp_path / "e", model
+
+
+def test_resolve_reads_an_export_folder_as_a_checkpoint(tmp_path):
+    folder, model = exported_folder(tmp_path)
+    assert ckpt.is_export(folder)
+    path, state = ckpt.resolve(folder)
+    assert path == folder and state["step"] == 5 and state["ema"] is None and state["data_shape"] == [1, 8, 8]
+    loaded, cfg, _ = ckpt.load_model(folder)
+    assert cfg.model.latent_dim == 2
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    shutil.copytree(folder, tmp_path / "run")  # a run folder holding the same two files stays a run folder
+    ckpt.save_checkpoint(tmp_path / "run", ckpt.training_state(9, model, cfg, (1, 8, 8)))
+    assert not ckpt.is_export(tmp_path / "run") and ckpt.resolve(tmp_path / "run")[1]["step"] == 9
+
+
+@pytest.mark.parametrize("damage", ["weights", "config", "format"])
+def test_a_damaged_export_folder_is_a_one_line_error(tmp_path, damage):
+    folder, _ = exported_folder(tmp_path)
+    if damage == "weights":
+        data = (folder / ckpt.EXPORT_WEIGHTS).read_bytes()
+        (folder / ckpt.EXPORT_WEIGHTS).write_bytes(data[: len(data) // 2])
+    elif damage == "config":
+        (folder / ckpt.EXPORT_CONFIG).write_text("{not json")
+    else:
+        (folder / ckpt.EXPORT_CONFIG).write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(CheckpointError) as e:
+        ckpt.load_model(folder)
+    assert "\n" not in str(e.value) and str(folder) in str(e.value)

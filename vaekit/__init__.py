@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 
 def load(path, device="cpu"):
-    """The trained model of a run folder (its newest good checkpoint) or a checkpoint file."""
+    """The trained model of a run folder (its newest good checkpoint), a checkpoint file or an export
+    folder (``vaekit export``)."""
     from .checkpoint import load_model
 
     return load_model(path, device=device)[0]

@@ -6,7 +6,8 @@ plain dict of tensors and primitives: the model's ``state_dict`` (every piece of
 state is a parameter or buffer), the optimiser's, the EMA weights, the step, and the
 resolved config (:func:`training_state` builds it), so a run can be resumed
 (:func:`restore_training_state`) or evaluated from a checkpoint alone. A new run folder is made
-by :func:`create_run`.
+by :func:`create_run`. An export folder (``model.safetensors`` and ``config.json``, written by
+``vaekit export``) is read by :func:`read_export` and taken wherever a run folder is.
 
 Writes are atomic: the bytes go to a temporary file in the same folder, are flushed and
 fsync'ed, then ``os.replace``'d onto the final name, so a run killed at any moment (or a
@@ -511,13 +512,157 @@ def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True, quaran
     )
 
 
+# --- exported models -----------------------------------------------------------------------------
+# An export folder (``vaekit export``) holds the weights of one model as ``model.safetensors`` (a
+# flat map of named tensors: no pickle, nothing to execute), and ``config.json`` (plain JSON: the
+# resolved config, the data shape and the rest of the checkpoint a model needs besides its weights).
+# :func:`resolve` recognises such a folder by these two files, so that ``vaekit.load`` and every
+# verb on a trained model take it like a run folder.
+
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+EXPORT_FORMAT = "vaekit-export"  # config.json's "format": what marks the folder as an export
+EXPORT_FORMAT_VERSION = 1
+COMMAND_FILE = "command.txt"  # in a run folder: each `vaekit train` command run on it, one per line
+# checkpoint entries an export leaves out: the training state (optimiser, log window) and what
+# config.json and model.safetensors hold in fields of their own
+EXPORT_OMITS = ("model", "ema", "optimizer", "log_window", "config", "data_shape", "step")
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
+}
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is an export folder: it holds ``model.safetensors`` and ``config.json`` and no
+    checkpoints (a run folder stays a run folder whatever else is put into it)."""
+    path = Path(path)
+    return (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file() and not list_checkpoints(path)
+
+
+def plain_json(obj):
+    """``obj`` (nested dicts, lists, numbers, strings, tensors) as plain JSON values: a tensor becomes
+    ``{"tensor": nested list, "dtype": name, "shape": [...]}``, read back exactly by :func:`from_plain_json`."""
+    if isinstance(obj, torch.Tensor):
+        dtype = str(obj.dtype).removeprefix("torch.")
+        if dtype not in _DTYPES:
+            raise CheckpointError(f"a tensor of dtype {dtype} cannot be written to an export's {EXPORT_CONFIG}")
+        return {"tensor": obj.detach().cpu().tolist(), "dtype": dtype, "shape": list(obj.shape)}
+    if isinstance(obj, dict):
+        return {str(k): plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_json(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise CheckpointError(f"a {type(obj).__name__} cannot be written to an export's {EXPORT_CONFIG}")
+
+
+def from_plain_json(obj):
+    """The inverse of :func:`plain_json`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"tensor", "dtype", "shape"} and obj["dtype"] in _DTYPES:
+            return torch.tensor(obj["tensor"], dtype=_DTYPES[obj["dtype"]]).reshape(obj["shape"])
+        return {k: from_plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_plain_json(v) for v in obj]
+    return obj
+
+
+def export_documents(state: dict, ema: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """The two documents of an export of the checkpoint ``state``: the weights (the EMA weights when
+    the run kept them and ``ema``; contiguous CPU copies, since safetensors refuses tensors that share
+    memory) and ``config.json`` (callers may add fields, e.g. a description of ONNX graphs)."""
+    use_ema = ema and state.get("ema") is not None
+    weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in state["ema" if use_ema else "model"].items()}
+    doc = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "vaekit_version": __version__,
+        "weights": "ema" if use_ema else "trained",
+        "config": config_of(state).to_dict(),
+        "data_shape": [int(s) for s in state["data_shape"]],
+        "step": int(state["step"]),
+        "state": plain_json({k: v for k, v in state.items() if k not in EXPORT_OMITS}),
+    }
+    return weights, doc
+
+
+def write_export_documents(folder: str | Path, weights: dict[str, torch.Tensor], doc: dict) -> None:
+    """``folder/model.safetensors`` and ``folder/config.json``, each written atomically."""
+    from safetensors.torch import save
+
+    data = save(weights, metadata={"format": "pt", "vaekit": __version__})
+    atomic_write(Path(folder) / EXPORT_WEIGHTS, lambda f: f.write(data))
+    text = (json_text(doc, indent=2) + "\n").encode()
+    atomic_write(Path(folder) / EXPORT_CONFIG, lambda f: f.write(text))
+
+
+def read_export(folder: str | Path) -> dict:
+    """The checkpoint dict of an export folder (weights as ``model``, no optimiser, no EMA copy), so
+    that :func:`model_from_state` rebuilds its model; a one-line error for a damaged folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    folder = Path(folder)
+    try:
+        doc = json.loads((folder / EXPORT_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {folder / EXPORT_CONFIG} ({one_line(e)})") from None
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(
+            f'{folder / EXPORT_CONFIG} is not the config of a vaekit export (no "format": "{EXPORT_FORMAT}")'
+        )
+    if (
+        not (isinstance(doc.get("config"), dict) and isinstance(doc.get("data_shape"), list))
+        or type(doc.get("step")) is not int
+    ):
+        raise CheckpointError(f"{folder / EXPORT_CONFIG} lacks the config, the data shape or the step")
+    try:
+        weights = load((folder / EXPORT_WEIGHTS).read_bytes())
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(
+            f"corrupt or truncated weights {folder / EXPORT_WEIGHTS} ({_clip(one_line(e))})"
+        ) from None
+    try:
+        state = from_plain_json(doc.get("state") or {})
+    except (TypeError, ValueError, RuntimeError) as e:  # a hand-edited tensor that torch cannot build
+        raise CheckpointError(f"{folder / EXPORT_CONFIG} holds a malformed tensor ({_clip(one_line(e))})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{folder / EXPORT_CONFIG}: "state" is not a JSON object')
+    state.update(model=weights, ema=None, config=doc["config"], data_shape=doc["data_shape"], step=doc["step"])
+    return state
+
+
+def _state_bytes(path: Path) -> bytes:
+    """The bytes of the checkpoint file ``path``, or of an export folder's state saved as one."""
+    if not path.is_dir():
+        return path.read_bytes()
+    buf = io.BytesIO()
+    torch.save(read_export(path), buf)
+    return buf.getvalue()
+
+
 def resolve(path: str | Path, map_location="cpu") -> tuple[Path, dict]:
-    """A run folder (its newest good checkpoint) or a checkpoint file -> (file, state)."""
+    """A run folder (its newest good checkpoint), a checkpoint file or an export folder (the folder
+    itself and :func:`read_export`'s state) -> (file, state)."""
     path = Path(path)
     if path.is_file():
         return path, read_checkpoint(path, map_location)
     if not path.is_dir():
         raise CheckpointError(f"no run folder or checkpoint at {path}")
+    if is_export(path):
+        return path, read_export(path)
     found = latest_checkpoint(path, map_location)
     if found is None:
         raise CheckpointError(f"run folder {path} has no checkpoint yet (train it first)")
@@ -532,7 +677,7 @@ def config_of(state: dict) -> Config:
 
 
 def load_model(path: str | Path, device="cpu", ema: bool = True):
-    """Rebuild the model of a run folder or checkpoint file.
+    """Rebuild the model of a run folder, checkpoint file or export folder.
 
     Returns ``(model, config, state)``; the model is in eval mode on ``device`` and uses the
     EMA weights when the run kept them (``ema=False`` for the raw weights).
@@ -567,8 +712,9 @@ def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = T
     def locate() -> tuple[Path, dict]:
         p = Path(path)
         if missing is not None and not p.is_file() and not list_checkpoints(p):
-            raise CheckpointError(missing)
-        if p.is_dir():
+            exported = " (an exported model: weights only, no training state)" if is_export(p) else ""
+            raise CheckpointError(missing + exported)
+        if p.is_dir() and not is_export(p):
             found = latest_checkpoint(p, warn=warn)
             if found is None:
                 raise CheckpointError(f"run folder {p} has no checkpoint yet (train it first)")
@@ -579,7 +725,7 @@ def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = T
         _, state = locate()
     else:
         name = distributed.agree(lambda: str(locate()[0]))
-        data = distributed.broadcast_bytes(Path(name).read_bytes() if distributed.is_main() else None)
+        data = distributed.broadcast_bytes(_state_bytes(Path(name)) if distributed.is_main() else None)
         state = load_checkpoint_bytes(data, name)
     if device is None:
         return None, config_of(state), state
