@@ -336,3 +336,16 @@ def test_train_refuses_an_empty_config_file(tmp_path, capsys, text):
 def test_an_output_that_is_a_folder_is_refused_before_any_work(run, tmp_path, capsys, verb):
     err = one_error_line(capsys, main([verb, str(run), "-o", str(tmp_path)]))
     assert f"cannot write {tmp_path}: it is a folder" in err
+
+
+def test_train_records_each_command_run_on_the_folder(run, tmp_path):
+    import shutil
+
+    first = f"vaekit train --preset dense-digits --epochs 2 --out {run} --no-progress --set latent_dim=2"
+    assert (run / "command.txt").read_text().splitlines()[0] == first + " --set tensorboard=false"
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    assert main(["train", "--resume", str(copy), "--no-progress"]) == 0  # complete already: trains nothing
+    assert (copy / "command.txt").read_text().splitlines()[1:] == [f"vaekit train --resume {copy} --no-progress"]
+    assert main(["train", "--preset", "dense-digits", "--set", "lr=-1", "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()  # a run that never started records nothing

@@ -139,6 +139,17 @@ SPECS = {
         ("--svi-steps", [0, 2], ["-1", "x"], True), (None, [[], ["--mean"]], [], False), SPLIT, SEED,
         ("--json", ["r.json"], ["DIR", "UNDER-FILE"], False), PICTURE,
     ],
+    "compare": [
+        (None, [["vae"], ["vae", "gmm"], ["gmm", "vae"]], [["missing"], ["notes"], ["empty-run"], ["vae", "notes"]],
+         True),
+        ("--split", ["test", "train"], ["valid"], False),
+        ("-o", ["c.png", "c.pdf", "c.jpg"], ["c.xyz", "c.npy", "c", "DIR", "UNDER-FILE"], False),
+        ("--markdown", ["t.md"], ["DIR", "UNDER-FILE"], False),
+    ],
+    "export": [
+        (None, ["vae", "gmm", "ckpt"], ["missing", "notes", "empty-run"], True),
+        ("-o", ["EXPORT"], ["DIR-FULL", "UNDER-FILE", "file"], True),
+    ],
 }  # fmt: skip
 
 
@@ -173,14 +184,17 @@ def resolve(argv: list, world: dict, out: Path) -> tuple[list[str], list[Path]]:
     (``DIR``: a folder, ``UNDER-FILE``: below a plain file); returns them and the outputs."""
     (out / "file").write_text("a plain file\n")
     (out / "folder").mkdir()
-    special = {"DIR": out / "folder", "UNDER-FILE": out / "file" / "x.png"}
+    (out / "full").mkdir()
+    (out / "full" / "keep.txt").write_text("kept\n")
+    special = {"DIR": out / "folder", "UNDER-FILE": out / "file" / "x.png", "DIR-FULL": out / "full"}
     outputs, args = [], []
     for i, a in enumerate(argv):
         a = str(a)
         before = argv[i - 1] if i else None
-        if before in ("-o", "--json"):
+        if before in ("-o", "--json", "--markdown"):
             path = special.get(a, out / a)
-            outputs.append(path)
+            if a != "EXPORT":  # vaekit export's output is a folder: check() looks into it
+                outputs.append(path)
             args.append(str(path))
         elif a in world and before not in ("--set", "--split", "--splits", "--init", "--method", "--model"):
             args.append(str(world[a]))
@@ -219,6 +233,8 @@ def check(argv: list, world: dict, capsys) -> None:
         if args[0] == "train":
             args += ["--out", str(out / "run"), "--no-progress", *QUIET]
         rc, err = run_cli(args, capsys)
+        if args[0] == "export" and rc == 0:
+            assert (out / "EXPORT" / "model.safetensors").is_file() and (out / "EXPORT" / "config.json").is_file()
         assert "Traceback" not in err, (args, err[-3000:])
         assert rc in (0, 2), (args, rc, err[-3000:])
         errors = [line for line in err.splitlines() if line.startswith("vaekit: error: ")]

@@ -151,18 +151,25 @@ def _save_picture(path: Path, array, draw: Callable[[Path], object]) -> None:
         draw(path)
 
 
-def _write_json(path: str | Path, doc: dict) -> None:
-    """``doc`` as indented JSON, written atomically; a one-line error where ``path`` cannot be written."""
-    from .checkpoint import atomic_write, json_text
+def _write_text(path: str | Path, text: str) -> None:
+    """``text`` written atomically; a one-line error where ``path`` cannot be written."""
+    from .checkpoint import atomic_write
     from .viz import prepare_output
 
     path = prepare_output(path)
-    try:  # standard JSON: NaN and inf are written as null
-        atomic_write(path, lambda f: f.write((json_text(doc, indent=2) + "\n").encode()))
+    try:
+        atomic_write(path, lambda f: f.write(text.encode()))
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise
         raise VaekitError(f"cannot write {path}: {e.strerror or one_line(e)}") from None
+
+
+def _write_json(path: str | Path, doc: dict) -> None:
+    """``doc`` as indented JSON, written atomically; a one-line error where ``path`` cannot be written."""
+    from .checkpoint import json_text
+
+    _write_text(path, json_text(doc, indent=2) + "\n")  # standard JSON: NaN and inf are written as null
 
 
 def _seed(args):
@@ -292,20 +299,43 @@ def _train_in_session(args, main: bool):
             f"{tuple(train_ds.x.shape[1:])} -> {out}",
             file=sys.stderr,
         )
-    summary = train(
-        cfg,
-        out,
-        train_ds.x,
-        test_ds.x,
-        transform=transform,
-        resume=bool(args.resume),
-        progress=not args.no_progress,
-        max_steps=args.max_steps,
-    )
+    try:
+        summary = train(
+            cfg,
+            out,
+            train_ds.x,
+            test_ds.x,
+            transform=transform,
+            resume=bool(args.resume),
+            progress=not args.no_progress,
+            max_steps=args.max_steps,
+        )
+    except KeyboardInterrupt:  # stopped by Ctrl-C: the steps it took are in the run's checkpoints
+        if main:
+            _record_command(out, args.argv)
+        raise
+    if main:
+        _record_command(out, args.argv)
     if main:
         print(json_text({k: v for k, v in summary.items() if k != "run_dir"}))
         print(f"vaekit: done; evaluate with `vaekit evaluate {out} --k 5000`", file=sys.stderr)
     return 0
+
+
+def _record_command(run: Path, argv: list[str]) -> None:
+    """Append this ``vaekit train`` command line to the run folder's ``command.txt`` (the model card of
+    ``vaekit export`` shows it), once the run exists: a run that never started leaves no folder."""
+    import shlex
+
+    from .checkpoint import COMMAND_FILE, list_checkpoints
+
+    if not list_checkpoints(run):
+        return
+    try:
+        with open(run / COMMAND_FILE, "a", encoding="utf-8") as f:
+            f.write(shlex.join(["vaekit", *argv]) + "\n")
+    except OSError as e:  # the run itself is complete; only its record of the command is missing
+        print(f"vaekit: warning: cannot write {run / COMMAND_FILE} ({e.strerror or one_line(e)})", file=sys.stderr)
 
 
 def _keep_extension(cfg, run: Path, main: bool) -> None:
@@ -746,6 +776,55 @@ def _complete(args):
     return 0
 
 
+def _compare_args(p):
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or export folders) to compare")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="which eval-SPLIT.json to read")
+    p.add_argument("-o", "--output", help="training curves of all runs, a picture (.png, .pdf, ...)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown (e.g. for a README)")
+
+
+def _compare(args):
+    from .compare import check_runs, format_markdown, format_text, read_run, save_curves, table_row
+    from .viz import picture_format
+
+    if args.output:
+        picture_format(args.output)
+    if args.markdown and Path(args.markdown).is_dir():
+        raise VaekitError(f"cannot write {args.markdown}: it is a folder")
+    records = [read_run(p, args.split, name) for p, name in zip(check_runs(args.runs), args.runs)]
+    for r in records:
+        for note in r.notes:
+            print(f"vaekit: note: {r.name}: {note}", file=sys.stderr)
+    rows = [table_row(r) for r in records]
+    print(format_text(rows))
+    if args.markdown:
+        _write_text(args.markdown, format_markdown(rows, args.split))
+        print(f"wrote {args.markdown}", file=sys.stderr)
+    if args.output:
+        save_curves(records, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _export_args(p):
+    p.add_argument("run", help="run folder, checkpoint file or export folder")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the export folder to create (new or empty)")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write encoder.onnx (x -> mean, log_var) and decoder.onnx (z -> likelihood parameters), VAEs only",
+    )
+
+
+def _export(args):
+    from .export import export
+
+    doc = export(args.run, args.output, onnx=args.onnx)
+    extra = ", encoder.onnx, decoder.onnx" if "onnx" in doc else ""
+    print(f"wrote {args.output}: model.safetensors, config.json, README.md{extra}", file=sys.stderr)
+    return 0
+
+
 class Command(NamedTuple):
     """One subcommand: its arguments, what it does (returns the exit status) and its help line."""
 
@@ -766,6 +845,8 @@ COMMANDS: dict[str, Command] = {
     "cluster": Command(_cluster_args, _cluster, "Gaussian mixture assignments: hard labels .npy and soft p(z=k|x)"),
     "gap": Command(_gap_args, _gap, "approximation and amortisation gaps (SVI vs encoder), gap.json"),
     "complete": Command(_complete_args, _complete, "complete masked images from the posterior over z, completion.png"),
+    "compare": Command(_compare_args, _compare, "runs side by side: a table of their evaluations, training curves"),
+    "export": Command(_export_args, _export, "weights (safetensors), config.json and a model card; --onnx graphs"),
 }
 
 
@@ -809,6 +890,7 @@ def _interrupted(args, e: KeyboardInterrupt) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the run's command.txt
     if not args.command:
         parser.print_help()
         return 2
