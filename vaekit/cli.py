@@ -9,6 +9,8 @@
     vaekit interpolate runs/a --steps 10 [--slerp] -o interp.png
     vaekit latent-map runs/a -o map.png
     vaekit encode runs/a --data mnist -o feats.npy
+    vaekit compare runs/a runs/b -o curves.png --markdown table.md
+    vaekit export runs/a -o models/a [--onnx]
 
 Every user error ends in one line ``vaekit: error: <what is wrong>`` and exit status 2.
 Subcommands are one registry, ``COMMANDS``: name -> :class:`Command` (add_arguments, run, help).
@@ -19,6 +21,7 @@ and one entry there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import inspect
 import math
@@ -299,7 +302,7 @@ def _train_in_session(args, main: bool):
             f"{tuple(train_ds.x.shape[1:])} -> {out}",
             file=sys.stderr,
         )
-    try:
+    with _recorded(out, args.argv, main):
         summary = train(
             cfg,
             out,
@@ -310,26 +313,32 @@ def _train_in_session(args, main: bool):
             progress=not args.no_progress,
             max_steps=args.max_steps,
         )
-    except KeyboardInterrupt:  # stopped by Ctrl-C: the steps it took are in the run's checkpoints
-        if main:
-            _record_command(out, args.argv)
-        raise
-    if main:
-        _record_command(out, args.argv)
     if main:
         print(json_text({k: v for k, v in summary.items() if k != "run_dir"}))
         print(f"vaekit: done; evaluate with `vaekit evaluate {out} --k 5000`", file=sys.stderr)
     return 0
 
 
-def _record_command(run: Path, argv: list[str]) -> None:
-    """Append this ``vaekit train`` command line to the run folder's ``command.txt`` (the model card of
-    ``vaekit export`` shows it), once the run exists: a run that never started leaves no folder."""
+@contextlib.contextmanager
+def _recorded(run: Path, argv: list[str], main: bool):
+    """Record this ``vaekit train`` command in the run's ``command.txt`` when training ends or Ctrl-C
+    stops it (its steps are checkpointed); an error records nothing."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _record_command(run, argv, main)
+        raise
+    _record_command(run, argv, main)
+
+
+def _record_command(run: Path, argv: list[str], main: bool) -> None:
+    """Append ``vaekit ARGV`` to the run folder's ``command.txt`` (the model card of ``vaekit export``
+    shows it), on rank 0 and once the run exists: a run that never started leaves no folder."""
     import shlex
 
     from .checkpoint import COMMAND_FILE, list_checkpoints
 
-    if not list_checkpoints(run):
+    if not main or not list_checkpoints(run):
         return
     try:
         with open(run / COMMAND_FILE, "a", encoding="utf-8") as f:
