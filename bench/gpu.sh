@@ -5,9 +5,10 @@
 #      bf16 autocast (amp) and channels_last each off and on (bench/arch_speed.py --compare);
 #   3. the same with torch.compile off and on (compilation is slow: presets past its deadline are
 #      skipped and say so);
-#   4. NCCL DDP smoke test: torchrun --nproc-per-node 1 on `vaekit train` for a few steps on CUDA
-#      (vaekit's process group is cpu:gloo,cuda:nccl where CUDA exists; NCCL_DEBUG=VERSION shows
-#      that NCCL started).
+#   4. torchrun --nproc-per-node 1 on `vaekit train` for a few steps on CUDA, then the NCCL DDP
+#      smoke test: one process, a few DistributedDataParallel steps of a preset and an all-reduce in
+#      a process group with vaekit's backend (cpu:gloo,cuda:nccl where CUDA exists; vaekit itself
+#      opens none for one process); NCCL_DEBUG=VERSION prints NCCL's version as it starts.
 # Everything printed also goes to bench/results/gpu.txt (or --out FILE, or $VAEKIT_GPU_OUT).
 # Each step has its own time limit; the script's exit status is 1 when a step failed or ran out.
 #
@@ -112,32 +113,72 @@ else
     skip "CUDA tests" "--device $DEVICE: they need a GPU"
 fi
 
-step "speed: ${COMPARE[*]} off/on" 180 \
-    "$PY" bench/arch_speed.py --device "$DEVICE" "${SPEED[@]}" --compare "${COMPARE[@]}" --deadline 150
+step "speed: ${COMPARE[*]} off/on" 170 \
+    "$PY" bench/arch_speed.py --device "$DEVICE" "${SPEED[@]}" --compare "${COMPARE[@]}" --deadline 140
 
 if [ ${#COMPILE_PRESETS[@]} -gt 0 ]; then
-    step "speed: torch.compile off/on" 130 \
+    step "speed: torch.compile off/on" 110 \
         "$PY" bench/arch_speed.py --device "$DEVICE" "${SPEED[@]}" --presets "${COMPILE_PRESETS[@]}" \
-        --compare compile --deadline 100
+        --compare compile --deadline 80
 else
     skip "speed: torch.compile off/on" "--quick: compilation alone takes longer than a smoke run"
 fi
 
 if [ "${DEVICE%%:*}" = cuda ]; then
-    RUN="$(mktemp -d)/ddp"
-    step "NCCL DDP, one process" 60 env NCCL_DEBUG=VERSION "$PY" -m torch.distributed.run --standalone \
-        --nproc-per-node 1 -m vaekit train --preset conv-mnist --data mnist5k --device "$DEVICE" --max-steps 20 \
-        --no-progress --out "$RUN" --set eval_k=0 --set tensorboard=false
-    "$PY" - "$RUN" <<'EOF' 2>&1 | tee -a "$OUT"
-import json, math, sys
-from pathlib import Path
-from vaekit.distributed import backend
-lines = [json.loads(l) for l in (Path(sys.argv[1]) / "metrics.jsonl").read_text().splitlines()] if Path(sys.argv[1], "metrics.jsonl").exists() else []
-losses = [r["loss"] for r in lines if "loss" in r]
-print(f"vaekit process group: {backend()}; logged losses {losses[:3]}... all finite: {bool(losses) and all(map(math.isfinite, losses))}")
+    TMP="$(mktemp -d)"
+    # vaekit opens a process group and wraps DDP only for two processes or more, so with one its
+    # gradients never reach NCCL: the second command opens the group itself, with vaekit's backend
+    # (distributed.backend(): cpu:gloo,cuda:nccl where CUDA exists), and wraps a preset's loss in DDP
+    cat > "$TMP/ddp_step.py" <<'EOF'
+"""A few DDP steps of conv-mnist in a process group with vaekit's backend, then an all-reduce."""
+import math, os, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from vaekit import distributed
+from vaekit.config import get_preset
+from vaekit.models import build_model
+
+class Loss(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.loss(x)["loss"].mean()
+
+dev = torch.device(sys.argv[1])
+if dev.type == "cuda":
+    dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(dev)
+dist.init_process_group(backend=distributed.backend(), init_method="env://")
+torch.manual_seed(0)
+net = Loss(build_model(get_preset("conv-mnist"), (1, 28, 28)).to(dev))
+ddp = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+opt = torch.optim.Adam(ddp.parameters(), lr=1e-3)
+losses = []
+for _ in range(5):
+    loss = ddp((torch.rand(64, 1, 28, 28, device=dev) > 0.5).float())
+    opt.zero_grad()
+    loss.backward()  # DDP's reducer all-reduces the gradients here
+    opt.step()
+    losses.append(loss.item())
+total = torch.ones(1, device=dev)
+dist.all_reduce(total)
+print(f"process group {dist.get_backend()}, world size {dist.get_world_size()}, device {dev}, DDP losses "
+      f"{[round(v, 1) for v in losses]}, all-reduce {total.item()}")
+ok = all(map(math.isfinite, losses)) and total.item() == dist.get_world_size()
+dist.destroy_process_group()
+sys.exit(0 if ok else 1)
 EOF
-    rm -rf "$(dirname "$RUN")"
+    step "vaekit train under torchrun, one process" 45 "$PY" -m torch.distributed.run --standalone \
+        --nproc-per-node 1 -m vaekit train --preset conv-mnist --data mnist5k --device "$DEVICE" --max-steps 20 \
+        --no-progress --out "$TMP/run" --set eval_k=0 --set tensorboard=false
+    step "NCCL DDP, one process" 45 env NCCL_DEBUG=VERSION "$PY" -m torch.distributed.run --standalone \
+        --nproc-per-node 1 "$TMP/ddp_step.py" "$DEVICE"
+    rm -rf "$TMP"
 else
+    skip "vaekit train under torchrun, one process" "--device $DEVICE: it is the CUDA launch check"
     skip "NCCL DDP, one process" "--device $DEVICE: NCCL needs CUDA"
 fi
 
