@@ -25,9 +25,10 @@
 #   python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[dev]' && bench/gpu.sh
 #
 # constraints.txt pins torch==2.13.0; from the package index on Linux x86_64 that is the CUDA build
-# (this project's CPU machines have the +cpu build from PyTorch's own index, a different wheel). The
-# script installs nothing itself: it uses whatever torch the python has, prints
-# torch.cuda.is_available(), and with --device cuda refuses to start when that is False.
+# (this project's CPU machines have the +cpu build from PyTorch's own index, a different wheel), and
+# its NVIDIA libraries are a few GB, so the install takes minutes of the machine's time. The script
+# installs nothing itself: it uses whatever torch the python has, prints torch.cuda.is_available(),
+# and with --device cuda refuses to start when that is False.
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
         --device) DEVICE="${2:?--device needs cpu or cuda}"; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --out) OUT="${2:?--out needs a file}"; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "gpu.sh: error: unknown argument '$1' (known: --device cpu|cuda, --quick, --out FILE)" >&2; exit 2 ;;
     esac
 done
