@@ -1,21 +1,35 @@
-"""Training throughput (images/s) of the image-model presets, and PixelCNN sampling time.
+"""Training and K=5000 evaluation throughput of the presets, against this machine's matmul peak.
 
-Synthetic data of each preset's shape (binary for Bernoulli likelihoods, k/255 otherwise),
-the preset's own model and batch size (or --batch-size), Adam steps on model.loss. Times
-exclude --warmup steps (and so exclude torch.compile's compilation, reported apart).
+For every preset, in one process:
 
-    python bench/arch_speed.py                                    # all issue-3 presets, CPU
-    python bench/arch_speed.py --presets conv-mnist --compile     # torch.compile on vs off
-    python bench/arch_speed.py --presets conv-mnist resnet-cifar --channels-last
+- **peak**: ``torch.mm`` of two square 2048 x 2048 float32 matrices (bf16 too when --amp or
+  --compare amp), the median of repeats, as GFLOP/s. Every "% peak" below is against it.
+- **training**: synthetic data of the preset's shape (binary for Bernoulli likelihoods, k/255
+  otherwise), the preset's own model and batch size (or --batch-size), Adam steps on
+  ``model.loss``. FLOPs per step are counted once by ``torch.utils.flop_counter.FlopCounterMode``
+  (forward and backward: matmuls and convolutions; elementwise work is not counted). Times exclude
+  --warmup steps (and so torch.compile's compilation, reported apart).
+- **evaluation**: for VAEs, ``importance_sampled_log_prob`` of one image with --eval-k samples (its
+  own memory-bounded chunking, as ``vaekit evaluate`` runs it), projected linearly to K=5000
+  samples per image (--target-k). The FLOPs per sample are those of the decoder's log p(x|z)
+  counted on ``decoder(z).log_prob(x)`` for a batch of codes and copies of the image (work shared
+  across the K samples of an image then counts as speed). For flows (no K): the exact
+  ``log_prob`` of a batch of --flow-eval-batch images, FLOPs per image. Projected: the time of
+  a full --test-images evaluation.
+
+    python bench/arch_speed.py                                    # the eight MNIST presets, CPU
+    python bench/arch_speed.py --quick --presets conv-mnist       # smoke run: one step, small K
+    python bench/arch_speed.py --presets conv-mnist --compile     # torch.compile on
     python bench/arch_speed.py --presets pixelvae-mnist --sample 64   # 64-sample grid time
     python bench/arch_speed.py --device cuda --amp                # bf16 autocast on a GPU
     python bench/arch_speed.py --compare compile channels_last    # each option off vs on, one run
+    python bench/arch_speed.py --skip-eval                        # training only
 
 With --compare, every preset is timed with the option off and on side by side in one process and
-the ratio (on/off images/s) is printed: the evidence behind the config defaults of
-``compile`` and ``channels_last``.
+the ratios (on/off images/s, training and evaluation) are printed: the evidence behind the config
+defaults of ``compile``, ``channels_last`` and ``amp``.
 
-Never run by the test suite.
+Never run by the test suite (``bench/gpu.sh --quick``, which the suite runs, calls it in --quick).
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,12 +45,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from vaekit.config import get_preset  # noqa: E402
-from vaekit.models.vae import build_vae  # noqa: E402
+from vaekit.inference import importance_sampled_log_prob  # noqa: E402
+from vaekit.models import binary_data, build_model  # noqa: E402
 from vaekit.nets import autocast, channels_last_input, maybe_compile, to_channels_last  # noqa: E402
 
-PRESETS = ["conv-mnist", "resnet-mnist", "pixelvae-mnist", "resnet-cifar", "pixelvae-cifar"]
+PRESETS = [
+    "dense-mnist",
+    "iwae-1l",
+    "conv-mnist",
+    "resnet-mnist",
+    "pixelvae-mnist",
+    "nice-mnist",
+    "realnvp-mnist",
+    "glow-mnist",
+]
+QUICK_PRESETS = ["conv-mnist", "nice-mnist"]
+OPTION_KEYS = {"compile": "compile_", "channels_last": "channels_last", "amp": "amp"}
 
 
 def data_shape(cfg) -> tuple[int, int, int]:
@@ -43,15 +71,68 @@ def data_shape(cfg) -> tuple[int, int, int]:
 
 
 def synthetic_batch(cfg, batch: int, device) -> torch.Tensor:
+    """[batch, C, H, W]: binary pixels for models of binary data, 8-bit grey levels k/255 otherwise."""
     x = torch.rand(batch, *data_shape(cfg), device=device)
-    m = cfg.model
-    binary = m.likelihood == "bernoulli" or (m.likelihood == "pixelcnn" and m.pixelcnn_output == "bernoulli")
-    return (x > 0.5).float() if binary else torch.round(x * 255) / 255
+    return (x > 0.5).float() if binary_data(cfg.model) else torch.round(x * 255) / 255
 
 
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` (matmuls and convolutions, forward and backward), by FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device, dtype=torch.float32, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of ``torch.mm`` on two n x n matrices of ``dtype``: 2 n^3 FLOPs over the median time."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        torch.mm(a, b, out=c)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def timed(fn, device, calls: int, warmup: int, repeat: int) -> tuple[float, float, object]:
+    """(best seconds per call over ``repeat`` blocks of ``calls``, warm-up seconds, last result).
+
+    The best block is robust to a busy shared machine."""
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    sync(device)
+    warm = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(repeat):
+        t1 = time.perf_counter()
+        for _ in range(calls):
+            out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t1)
+    return best / calls, warm, out
+
+
+def build(name: str, device, compile_: bool, channels_last: bool):
+    """(config, model) of a preset with its speed options applied, seeded."""
+    torch.manual_seed(0)
+    cfg = get_preset(name)
+    model = build_model(cfg, data_shape(cfg)).to(device)
+    to_channels_last(model, channels_last)
+    maybe_compile(model, compile_)
+    return cfg, model
 
 
 def bench_training(
@@ -64,13 +145,13 @@ def bench_training(
     channels_last: bool,
     amp: bool,
     repeat: int = 1,
+    built: tuple | None = None,
 ) -> dict:
-    torch.manual_seed(0)
-    cfg = get_preset(name)
+    """Training images/s of a preset and its FLOPs per image per step (counted on the model uncompiled).
+
+    ``built``: the (config, model) of :func:`build` with these options (default: built here)."""
+    cfg, model = built or build(name, device, compile_, channels_last)
     B = batch or cfg.train.batch_size
-    model = build_vae(cfg.model, data_shape(cfg), cfg.train).to(device)
-    to_channels_last(model, channels_last)
-    maybe_compile(model, compile_)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     x = channels_last_input(synthetic_batch(cfg, B, device), channels_last)
 
@@ -82,39 +163,141 @@ def bench_training(
         opt.step()
         return loss
 
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    warm = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeat):  # best of `repeat` timed blocks: robust to a busy shared machine
-        t1 = time.perf_counter()
-        for _ in range(steps):
-            loss = step()
-        sync(device)
-        best = min(best, time.perf_counter() - t1)
+    if compile_:  # compiled graphs hide their operations from the counter: count an uncompiled twin
+        _, twin = build(name, device, False, channels_last)
+        flops = count_flops(lambda: twin.loss(x)["loss"].mean().backward())
+        del twin
+    else:  # one more untimed step, counted (ActNorm's data-dependent init happens here)
+        flops = count_flops(step)
+    seconds, warm, loss = timed(step, device, steps, warmup, repeat)
     return {
         "preset": name,
         "batch": B,
-        "images_per_s": round(steps * B / best, 1),
-        "s_per_step": round(best / steps, 4),
+        "images_per_s": round(B / seconds, 1),
+        "s_per_step": round(seconds, 4),
+        "mflop_per_image": round(flops / B / 1e6, 2),
         "warmup_s": round(warm, 2),
         "loss": round(loss.item(), 2),
         "params": sum(p.numel() for p in model.parameters()),
         "compile": compile_,
         "channels_last": channels_last,
         "amp": amp,
+        "amp_active": autocast_active(device, amp),
     }
 
 
+def autocast_active(device, amp: bool) -> bool:
+    """Whether ``vaekit.nets.autocast(device, amp)`` really switches autocast on for this device."""
+    with autocast(device, amp):
+        return torch.is_autocast_enabled(device.type)
+
+
+def decoder_flops_per_sample(model, x1: torch.Tensor, codes: int = 8) -> float:
+    """FLOPs of log p(x|z) for one code z, counted on ``decoder(z).log_prob(x)`` for ``codes`` codes
+    drawn from q(z|x) and as many copies of the one image x1 [1, C, H, W] (the naive per-sample work)."""
+    with torch.no_grad():
+        z = model.encoder(x1).sample((codes,)).reshape(codes, -1)
+        xs = x1.expand(codes, *x1.shape[1:]).contiguous()
+        return count_flops(lambda: model.decoder(z).log_prob(xs)) / codes
+
+
 @torch.no_grad()
+def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = None) -> dict:
+    """Seconds per test image of a K=``args.target_k`` evaluation (VAEs, projected from ``args.eval_k``
+    samples) or of the exact log p(x) (flows), FLOPs per image, and the full test set's time.
+
+    ``built``: the (config, model) of :func:`build` with the options ``opts`` (default: built here)."""
+    cfg, model = built or build(name, device, opts["compile_"], opts["channels_last"])
+    model.eval()
+    # compiled graphs hide their operations from the counter: count on an uncompiled twin
+    counted = build(name, device, False, opts["channels_last"])[1].eval() if opts["compile_"] else model
+    if model.log_prob_kind == "importance-sampled":
+        x = channels_last_input(synthetic_batch(cfg, 1, device), opts["channels_last"])
+        k = min(args.eval_k, args.target_k)
+        flops_image = decoder_flops_per_sample(counted, x) * args.target_k
+
+        def call():
+            with autocast(device, opts["amp"]):
+                return importance_sampled_log_prob(model, x, k=k)["log_px"]
+
+        per_call, warm, _ = timed(call, device, 1, args.eval_warmup, args.eval_repeat)
+        s_image, kind = per_call * args.target_k / k, f"K={args.target_k} from {k}"
+    else:
+        n = args.flow_eval_batch
+        x = channels_last_input(synthetic_batch(cfg, n, device), opts["channels_last"])
+        flops_image = count_flops(lambda: counted.log_prob(x)) / n
+
+        def call():
+            with autocast(device, opts["amp"]):
+                return model.log_prob(x)
+
+        per_call, warm, _ = timed(call, device, 1, args.eval_warmup, args.eval_repeat)
+        s_image, kind = per_call / n, "exact"
+    return {
+        "preset": name,
+        "eval": kind,
+        "target_k": args.target_k,
+        "eval_s_per_image": s_image,
+        "eval_images_per_s": 1 / s_image,
+        "eval_mflop_per_image": flops_image / 1e6,
+        "eval_warmup_s": round(warm, 2),
+        "test_set_s": s_image * args.test_images,
+    }
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def share(mflop_per_image: float, images_per_s: float, peak_gflops: float) -> float:
+    """Fraction of the matmul peak: counted FLOPs per second over the peak."""
+    return mflop_per_image * 1e6 * images_per_s / (peak_gflops * 1e9)
+
+
+def options_label(r: dict) -> str:
+    on = [k for k in ("compile", "channels_last") if r.get(k)]
+    if r.get("amp"):
+        on.append("amp" if r["amp_active"] else "amp(inactive)")
+    return "+".join(on) or "plain"
+
+
+def flops_label(r: dict) -> str:
+    """MFLOP per importance sample (VAEs: the decoder's log p(x|z)) or per image (flows)."""
+    per = r["eval_mflop_per_image"]
+    if r["eval"] == "exact":
+        return f"{per:.4g} MFLOP/img"
+    return f"{per / r['target_k']:.4g} MFLOP/sample"
+
+
+def format_row(r: dict, peaks: dict) -> str:
+    """One line: training images/s and % peak, then evaluation s/image, images/s, % peak, test-set time."""
+    peak = peaks["bf16" if r["amp_active"] else "fp32"]
+    line = (
+        f"{r['preset']:15s} {options_label(r):22s} train: batch {r['batch']:4d} {r['images_per_s']:9.1f} img/s"
+        f" {r['mflop_per_image']:9.1f} MFLOP/img {100 * share(r['mflop_per_image'], r['images_per_s'], peak):5.1f}% peak"
+        f" (warm-up {r['warmup_s']} s, {r['params'] / 1e6:.2f} M params)"
+    )
+    if "eval" in r:
+        line += (
+            f" | eval {r['eval']}: {r['eval_s_per_image']:.4g} s/img {r['eval_images_per_s']:.4g} img/s"
+            f" {flops_label(r)}"
+            f" {100 * share(r['eval_mflop_per_image'], r['eval_images_per_s'], peak):5.1f}% peak,"
+            f" test set {duration(r['test_set_s'])} (warm-up {r['eval_warmup_s']} s)"
+        )
+    return line
+
+
 def bench_sampling(name: str, device, n: int) -> dict:
     torch.manual_seed(0)
     cfg = get_preset(name)
-    model = build_vae(cfg.model, data_shape(cfg), cfg.train).to(device).eval()
+    model = build_model(cfg, data_shape(cfg)).to(device).eval()
     t0 = time.perf_counter()
-    x = model.sample(n)
+    with torch.no_grad():
+        x = model.sample(n)
     sync(device)
     return {"preset": name, "samples": n, "shape": list(x.shape[1:]), "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -127,86 +310,133 @@ def write_json(path: str | None, rows: list[dict], device) -> None:
                 f.write(json.dumps({**r, "device": str(device), "threads": torch.get_num_threads()}) + "\n")
 
 
-def main(argv=None):
+def measure(name: str, device, opts: dict, args) -> dict:
+    """Training and (unless --skip-eval) evaluation of one preset under the options ``opts``."""
+    built = build(name, device, opts["compile_"], opts["channels_last"])  # trained a few steps, then evaluated
+    r = bench_training(name, device, args.steps, args.warmup, args.batch_size, repeat=args.repeat, built=built, **opts)
+    if not args.skip_eval:
+        r.update(bench_evaluation(name, device, opts, args, built))
+    return r
+
+
+def ratio_line(name: str, opt: str, on: dict, off: dict) -> str:
+    line = f"{name:15s} {opt:22s} ratio on/off: train {on['images_per_s'] / off['images_per_s']:.2f}x"
+    if "eval" in on:
+        line += f", eval {on['eval_images_per_s'] / off['eval_images_per_s']:.2f}x"
+    return line + f"  (warm-up {on['warmup_s']} s against {off['warmup_s']} s)"
+
+
+def run_presets(args, device, peaks: dict, t_start: float) -> list[dict]:
+    """Every preset, plain or (--compare) with each option toggled; rows printed as they come."""
+    rows = []
+    base = {"compile_": args.compile, "channels_last": args.channels_last, "amp": args.amp}
+    for name in args.presets:
+        if args.deadline and time.perf_counter() - t_start > args.deadline:
+            print(f"{name:15s} skipped: past the --deadline of {args.deadline} s", flush=True)
+            continue
+        if get_preset(name).model.kind not in ("vae", "flow"):
+            print(f"{name:15s} skipped: only VAEs and flows are trained by gradient and have a log p(x)", flush=True)
+            continue
+        off = measure(name, device, base, args)
+        print(format_row(off, peaks), flush=True)
+        rows.append(off)
+        for opt in args.compare or []:
+            key = OPTION_KEYS[opt]
+            on = measure(name, device, {**base, key: not base[key]}, args)
+            print(format_row(on, peaks), flush=True)
+            print(ratio_line(name, opt + (" off" if base[key] else " on"), on, off), flush=True)
+            rows.append(on)
+        if args.sample:
+            s = bench_sampling(name, device, args.sample)
+            print(f"{name:15s} {args.sample} samples {s['shape']}: {s['seconds']} s", flush=True)
+            rows.append(s)
+    return rows
+
+
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=PRESETS)
+    ap.add_argument("--presets", nargs="+", default=None, help=f"default: {' '.join(PRESETS)}")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    ap.add_argument("--steps", type=int, default=5, help="timed training steps per preset")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
-    ap.add_argument("--repeat", type=int, default=1, help="timed blocks per preset; the best is reported")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 thread, 1 step, batch 4, K=16, 512 x 512 peak, presets " + " ".join(QUICK_PRESETS),
+    )
+    ap.add_argument("--steps", type=int, default=3, help="timed training steps per preset")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation happens here)")
+    ap.add_argument("--repeat", type=int, default=2, help="timed blocks per preset; the best is reported")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--eval-k", type=int, default=1000, help="importance samples actually drawn per timed image")
+    ap.add_argument("--target-k", type=int, default=5000, help="K the evaluation time is projected to")
+    ap.add_argument("--eval-warmup", type=int, default=1, help="untimed evaluation calls first")
+    ap.add_argument("--eval-repeat", type=int, default=2, help="timed evaluation calls; the best is reported")
+    ap.add_argument("--flow-eval-batch", type=int, default=157, help="images per exact log p call (flows)")
+    ap.add_argument("--test-images", type=int, default=10000, help="test-set size of the projected evaluation")
+    ap.add_argument("--skip-eval", action="store_true", help="time training only")
+    ap.add_argument("--peak-size", type=int, default=2048, help="n of the n x n matmuls of the peak")
+    ap.add_argument("--peak-repeats", type=int, default=10, help="timed matmuls of the peak (median)")
+    ap.add_argument("--deadline", type=float, default=None, help="skip presets started after this many seconds")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the net bodies")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (vaekit.nets.autocast)")
     ap.add_argument("--sample", type=int, default=0, help="also time sampling N images (PixelCNN: the loop)")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
     ap.add_argument(
         "--compare",
         nargs="+",
-        choices=["compile", "channels_last", "amp"],
+        choices=list(OPTION_KEYS),
         default=None,
         help="time each preset with each of these options off and on; print the ratios",
     )
     args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.repeat, args.eval_warmup, args.eval_repeat = 1, 1, 1, 1, 1
+        args.batch_size, args.threads = args.batch_size or 4, args.threads or 1
+        args.eval_k, args.flow_eval_batch = min(args.eval_k, 16), min(args.flow_eval_batch, 4)
+        args.peak_size, args.peak_repeats = 512, 3
+    args.presets = args.presets or (QUICK_PRESETS if args.quick else PRESETS)
+    return args
+
+
+def print_method(args, device, peaks: dict) -> None:
+    print(
+        f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads,"
+        f" {platform.processor() or platform.machine()}, cuda available: {torch.cuda.is_available()}"
+    )
+    print(
+        f"# peak: torch.mm {args.peak_size} x {args.peak_size}, median of {args.peak_repeats}: "
+        + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
+    )
+    print(
+        f"# train: {args.steps} timed steps x best of {args.repeat} after {args.warmup} warm-up; FLOPs by"
+        " FlopCounterMode (matmuls and convolutions, forward + backward) per image per step"
+    )
+    if not args.skip_eval:
+        print(
+            f"# eval (VAEs): importance_sampled_log_prob of 1 image with K={min(args.eval_k, args.target_k)}, best of"
+            f" {args.eval_repeat}, time scaled linearly to K={args.target_k}; FLOPs = decoder log p(x|z) per sample"
+            f" x {args.target_k}. Flows: exact log_prob of {args.flow_eval_batch} images per call."
+            f" Test set: {args.test_images} images. % peak: counted FLOPs/s over the fp32 peak (bf16 where autocast is"
+            " active; amp(inactive): vaekit's autocast does nothing on this device)"
+        )
+
+
+def main(argv=None):
+    args = parse(argv)
+    t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(dev)
-    print(
-        f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
-    )
-    rows = []
-    if args.compare:
-        for name in args.presets:
-            base = dict(compile_=args.compile, channels_last=args.channels_last, amp=args.amp)
-            off = bench_training(name, device, args.steps, args.warmup, args.batch_size, repeat=args.repeat, **base)
-            print(f"{name:16s} baseline        {off['images_per_s']:9.1f} img/s", flush=True)
-            for opt in args.compare:
-                key = "compile_" if opt == "compile" else opt
-                on = bench_training(
-                    name,
-                    device,
-                    args.steps,
-                    args.warmup,
-                    args.batch_size,
-                    repeat=args.repeat,
-                    **{**base, key: not base[key]},
-                )
-                print(
-                    f"{name:16s} {opt + (' off' if base[key] else ' on'):15s} {on['images_per_s']:9.1f} img/s"
-                    f"  ratio {on['images_per_s'] / off['images_per_s']:.2f}x  (warm-up {on['warmup_s']} s"
-                    f" against {off['warmup_s']} s)",
-                    flush=True,
-                )
-                rows += [off, on]
-        write_json(args.json, rows, device)
-        return
-    for name in args.presets:
-        r = bench_training(
-            name,
-            device,
-            args.steps,
-            args.warmup,
-            args.batch_size,
-            args.compile,
-            args.channels_last,
-            args.amp,
-            args.repeat,
-        )
-        print(
-            f"{name:16s} batch {r['batch']:4d}  {r['images_per_s']:9.1f} img/s  {r['s_per_step']:.3f} s/step"
-            f"  (warm-up {r['warmup_s']} s, {r['params'] / 1e6:.2f} M params)",
-            flush=True,
-        )
-        rows.append(r)
-        if args.sample:
-            s = bench_sampling(name, device, args.sample)
-            print(f"{name:16s} {args.sample} samples {s['shape']}: {s['seconds']} s", flush=True)
-            rows.append(s)
-    write_json(args.json, rows, device)
+    peaks = {"fp32": matmul_peak(device, n=args.peak_size, repeats=args.peak_repeats)}
+    if args.amp or "amp" in (args.compare or []):
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16, n=args.peak_size, repeats=args.peak_repeats)
+    print_method(args, device, peaks)
+    rows = run_presets(args, device, peaks, t_start)
+    write_json(args.json, [{**r, "peak_gflops": peaks} for r in rows], device)
 
 
 if __name__ == "__main__":
