@@ -394,3 +394,45 @@ def test_interpolate_seed_fixes_a_pixelcnn_decoders_draws(tmp_path):
         assert main(["interpolate", str(run), "--pairs", "4", "--seed", str(seed), "-o", str(paths[-1])]) == 0
     first, again, other = (np.load(p) for p in paths)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (and keeps what is written to it)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+        return len(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_train_prints_one_evaluation_line_per_epoch_and_no_bar_into_a_log(tmp_path, capsys, monkeypatch, terminal):
+    """Where stderr is a log file or a pipe, no progress bar is drawn (each redraw would be one
+    more line), and every epoch ends in one line with the test NLL, ELBO and KL at their K."""
+    tty = _Terminal()
+    if terminal:
+        monkeypatch.setattr("sys.stderr", tty)
+    small = ["--set", "hidden=[8]", "--set", "latent_dim=2", "--set", "tensorboard=false"]
+    small += ["--set", "eval_k=5", "--set", "eval_n=20", "--set", "batch_size=500"]
+    argv = ["train", "--preset", "dense-digits", "--epochs", "3", *small, "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    err = tty.text if terminal else capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    epoch_lines = [line for line in lines if line.startswith("epoch ") and "train loss" in line]
+    assert len(epoch_lines) == 3, err
+    for i, line in enumerate(epoch_lines, 1):
+        assert line.startswith(f"epoch {i}/3 step {3 * i}: train loss ")  # 1498 digits, batch 500: 3 steps
+        assert "; test NLL " in line and "(K=5), ELBO -" in line and ", KL " in line
+        assert line.endswith("nats on 20 examples")
+    if terminal:
+        assert "it/s" in err  # the bar is drawn on a terminal
+    else:
+        assert "it/s" not in err and len(lines) <= 3 + 2, err  # the start and done lines, one per epoch

@@ -169,6 +169,12 @@ def _write_json(path: str | Path, doc: dict) -> None:
         raise VaekitError(f"cannot write {path}: {e.strerror or one_line(e)}") from None
 
 
+def _progress(args) -> bool:
+    """Whether to draw progress bars: not with ``--no-progress``, and not where stderr is no
+    terminal (a log file or a pipe), where every redraw would be one more line of the log."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _seed(args):
     """Seed the global torch RNG with ``--seed`` (every command that samples declares it)."""
     import torch
@@ -246,7 +252,9 @@ def _train_args(p):
     p.add_argument("--device", help="sets train.device (auto, cpu, cuda)")
     p.add_argument("--out", help="run folder to create (default runs/<preset>)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in total (time-boxed runs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
+    )
 
 
 def _train(args):
@@ -313,8 +321,9 @@ def _train_in_session(args, main: bool):
         test_ds.x,
         transform=transform,
         resume=bool(args.resume),
-        progress=not args.no_progress,
+        progress=_progress(args),
         max_steps=args.max_steps,
+        epoch_lines=True,  # readable in a log file too, where no bar is drawn
     )
     if main:
         print(json_text({k: v for k, v in summary.items() if k != "run_dir"}))
@@ -362,7 +371,9 @@ def _evaluate_args(p):
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval-SPLIT.json)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
+    )
 
 
 def _evaluate(args):
@@ -377,7 +388,7 @@ def _evaluate(args):
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
         x = _first(_model_data(model, cfg, args, args.split).x, args.n, "--n", f"{args.split} examples")
-        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
+        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=_progress(args), seed=args.seed)
         if not distributed.is_main():
             return 0
     res.update(dataset=_data_config(cfg, args).name, split=args.split, step=int(state["step"]), seed=args.seed)
