@@ -349,3 +349,103 @@ def test_train_records_each_command_run_on_the_folder(run, tmp_path):
     assert (copy / "command.txt").read_text().splitlines()[1:] == [f"vaekit train --resume {copy} --no-progress"]
     assert main(["train", "--preset", "dense-digits", "--set", "lr=-1", "--out", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()  # a run that never started records nothing
+
+
+TINY = ["--preset", "dense-digits", "--set", "hidden=[8]", "--set", "latent_dim=2", "--set", "tensorboard=false"]
+TINY += ["--set", "eval_k=0", "--max-steps", "2", "--no-progress"]
+
+
+def _weights(run):
+    from vaekit.checkpoint import load_model
+
+    model, cfg, _ = load_model(run)
+    return cfg, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_train_seed_flag_is_train_seed(tmp_path, capsys):
+    """``--seed N`` is ``--set seed=N``: the same config and the same weights; another seed, others."""
+    import torch
+
+    assert main(["train", *TINY, "--seed", "7", "--out", str(tmp_path / "flag")]) == 0
+    assert main(["train", *TINY, "--set", "seed=7", "--out", str(tmp_path / "set")]) == 0
+    assert main(["train", *TINY, "--seed", "8", "--out", str(tmp_path / "other")]) == 0
+    (cfg_flag, flag), (cfg_set, by_set), (cfg_other, other) = (_weights(tmp_path / r) for r in ("flag", "set", "other"))
+    assert cfg_flag.train.seed == cfg_set.train.seed == 7 and cfg_other.train.seed == 8
+    assert cfg_flag.to_dict() == cfg_set.to_dict()
+    assert all(torch.equal(flag[k], by_set[k]) for k in flag)
+    assert not all(torch.equal(flag[k], other[k]) for k in flag)
+    # both given: agreeing values are accepted, disagreeing ones refused before any run folder exists
+    assert main(["train", *TINY, "--seed", "7", "--set", "train.seed=7", "--out", str(tmp_path / "both")]) == 0
+    capsys.readouterr()
+    rc = main(["train", *TINY, "--seed", "7", "--set", "seed=3", "--out", str(tmp_path / "clash")])
+    err = one_error_line(capsys, rc)
+    assert "--seed 7" in err and "seed=3" in err and not (tmp_path / "clash").exists()
+    rc = main(["train", "--resume", str(tmp_path / "flag"), "--seed", "8", "--no-progress"])
+    assert "--seed 8 differs from the run's 7" in one_error_line(capsys, rc)
+
+
+def test_every_seed_flag_says_what_it_seeds():
+    from vaekit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for verb, parser in sub.choices.items():
+        for action in parser._actions:
+            if "--seed" in action.option_strings:
+                assert action.help and "seed" in action.help, f"vaekit {verb} --seed has no help"
+
+
+def test_interpolate_seed_fixes_a_pixelcnn_decoders_draws(tmp_path):
+    """A PixelCNN decoder has no closed-form E[x|z]: its pictures are draws, which --seed fixes."""
+    run = tmp_path / "pix"
+    pix = ["--set", "pixelcnn_layers=1", "--set", "pixelcnn_channels=4", "--set", "pixelcnn_cond=2"]
+    argv = ["train", "--preset", "pixelvae-mnist", "--data", "digits", *pix, "--set", "channels=[4,4]"]
+    argv += ["--set", "latent_dim=2", "--set", "tensorboard=false", "--set", "eval_k=0", "--max-steps", "1"]
+    assert main([*argv, "--no-progress", "--out", str(run)]) == 0
+    paths = []
+    for i, seed in enumerate((1, 1, 2)):
+        paths.append(tmp_path / f"i{i}.npy")
+        assert main(["interpolate", str(run), "--pairs", "4", "--seed", str(seed), "-o", str(paths[-1])]) == 0
+    first, again, other = (np.load(p) for p in paths)
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (and keeps what is written to it)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+        return len(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_train_prints_one_evaluation_line_per_epoch_and_no_bar_into_a_log(tmp_path, capsys, monkeypatch, terminal):
+    """Where stderr is a log file or a pipe, no progress bar is drawn (each redraw would be one
+    more line), and every epoch ends in one line with the test NLL, ELBO and KL at their K."""
+    tty = _Terminal()
+    if terminal:
+        monkeypatch.setattr("sys.stderr", tty)
+    small = ["--set", "hidden=[8]", "--set", "latent_dim=2", "--set", "tensorboard=false"]
+    small += ["--set", "eval_k=5", "--set", "eval_n=20", "--set", "batch_size=500"]
+    argv = ["train", "--preset", "dense-digits", "--epochs", "3", *small, "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    err = tty.text if terminal else capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    epoch_lines = [line for line in lines if line.startswith("epoch ") and "train loss" in line]
+    assert len(epoch_lines) == 3, err
+    for i, line in enumerate(epoch_lines, 1):
+        assert line.startswith(f"epoch {i}/3 step {3 * i}: train loss ")  # 1498 digits, batch 500: 3 steps
+        assert "; test NLL " in line and "(K=5), ELBO -" in line and ", KL " in line
+        assert line.endswith("nats on 20 examples")
+    if terminal:
+        assert "it/s" in err  # the bar is drawn on a terminal
+    else:
+        assert "it/s" not in err and len(lines) <= 3 + 2, err  # the start and done lines, one per epoch

@@ -398,6 +398,65 @@ def test_png_folder_grey_and_rgb(tmp_path):
     assert ds.shape == (3, 4, 4) and len(ds) == 3
 
 
+def _class_folder(root, counts, size=(5, 4), seed=0):
+    """root/CLASS/*.png with counts[CLASS] grey images each, every image's first pixel encoding
+    (class index, image index) so a test can check each label; returns root."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(sorted(counts)):
+        (root / name).mkdir(parents=True)
+        for i in range(counts[name]):
+            a = rng.integers(0, 256, size=size[::-1], dtype=np.uint8)
+            a[0, 0] = 100 * c + i
+            Image.fromarray(a, "L").save(root / name / f"{i:03d}.png")
+    return root
+
+
+def test_image_folder_with_class_subfolders_gives_labels(tmp_path):
+    counts = {"dog": 10, "cat": 20, "zebra": 5}  # sorted: cat 0, dog 1, zebra 2
+    root = _class_folder(tmp_path / "animals", counts)
+    (root / ".thumbs").mkdir()  # hidden: not a class
+    train, test = data.load_dataset(str(root), "train"), data.load_dataset(str(root), "test")
+    assert train.classes == test.classes == ("cat", "dog", "zebra")
+    assert train.shape == (1, 4, 5) and (len(train), len(test)) == (32, 3)
+    for ds in (train, test):  # every image carries the label of its folder
+        first = data.to_uint8(ds.x)[:, 0, 0, 0].long()
+        assert torch.equal(ds.y, first // 100)
+    both = torch.cat([train.y, test.y])
+    assert torch.bincount(both).tolist() == [20, 10, 5]
+    assert torch.bincount(test.y, minlength=3).tolist() == [2, 1, 0]  # stratified: round(10% of each class)
+    sub = train.subset(torch.arange(3))
+    assert sub.classes == train.classes and torch.equal(sub.y, train.y[:3])
+    prepared = data.prepare_data(DataConfig(name=str(root), binarize="dynamic"))
+    assert all(ds.classes == ("cat", "dog", "zebra") for ds in prepared)
+
+
+def test_flat_image_folder_stays_unlabelled_and_tiny_classes_still_split(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((3, 3), i, np.uint8)).save(flat / f"{i}.png")
+    (flat / "extra").mkdir()  # a subfolder beside image files is skipped, as before
+    ds = data.load_dataset(str(flat), "train")
+    assert ds.y is None and ds.classes is None and len(ds) == 3
+    tiny = _class_folder(tmp_path / "tiny", {"a": 2, "b": 2})  # round(10% of 2) = 0 per class
+    train, test = data.load_dataset(str(tiny), "train"), data.load_dataset(str(tiny), "test")
+    assert (len(train), len(test)) == (3, 1) and train.classes == ("a", "b")
+
+
+def test_class_folder_problems_are_one_line(tmp_path):
+    root = _class_folder(tmp_path / "c", {"a": 3})
+    (root / "empty").mkdir()
+    with pytest.raises(DataError) as e:
+        data.load_dataset(str(root), "train")
+    assert_one_line(e, str(root / "empty"), "class folder holds no images")
+    sizes = _class_folder(tmp_path / "s", {"a": 2})
+    _class_folder(tmp_path / "s2", {"b": 2}, size=(6, 6))
+    (tmp_path / "s2" / "b").rename(sizes / "b")
+    with pytest.raises(DataError) as e:
+        data.load_dataset(str(sizes), "train")
+    assert_one_line(e, "image size 6x6 differs from 5x4")
+
+
 # ----------------------------------------------------------------------------------------
 # bad data: one DataError line naming the file and the problem
 # ----------------------------------------------------------------------------------------

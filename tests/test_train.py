@@ -370,3 +370,31 @@ def test_data_mean_bias_init_runs_once_for_a_fresh_run_and_never_on_resume(tmp_p
     assert calls == []
     train(cfg, tmp_path / "fresh", tr, te, progress=False, max_steps=0)
     assert len(calls) == 1 and calls[0].shape == (1, 8, 8)
+
+
+def test_epoch_line_says_what_was_measured():
+    from vaekit.train import epoch_line
+
+    rec = {"test_nll": 90.123, "test_elbo": -95.5, "test_kl": 20.0, "test_k": 100, "test_n": 500}
+    line = epoch_line(2, 20, 72, [150.0, 152.4], rec, "importance-sampled")
+    assert line == (
+        "epoch 2/20 step 72: train loss 151.20; test NLL 90.12 (K=100), ELBO -95.50, KL 20.00 nats on 500 examples"
+    )
+    flow = {**rec, "test_elbo": None, "test_kl": None}
+    assert epoch_line(1, 3, 10, [1.0], flow, "exact").endswith("test NLL 90.12 (exact) nats on 500 examples")
+    assert epoch_line(1, 3, 10, [], None, "none") == "epoch 1/3 step 10: train loss n/a (no finite step)"
+    assert "\n" not in line
+
+
+def test_train_ends_every_epoch_with_one_line_on_stderr(tmp_path, capsys):
+    tr, te = digits()
+    cfg = cfg_for(epochs=2, batch_size=500, eval_k=3, eval_n=10)
+    train(cfg, tmp_path / "quiet", tr, te, progress=False)
+    assert "epoch" not in capsys.readouterr().err  # no bar, no lines: a library call stays quiet
+    train(cfg, tmp_path / "r", tr, te, progress=False, epoch_lines=True)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("epoch ")]
+    assert [l.split(":")[0] for l in lines] == ["epoch 1/2 step 3", "epoch 2/2 step 6"], err
+    assert all("(K=3)" in l and l.endswith("nats on 10 examples") for l in lines)
+    nll = [r["test_nll"] for r in read_metrics(tmp_path / "r") if "test_nll" in r]
+    assert [f"test NLL {v:.2f} (K=3)" in l for v, l in zip(nll, lines)] == [True, True]  # the logged numbers

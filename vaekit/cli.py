@@ -123,6 +123,10 @@ def _picture_path(path: str) -> Path:
 
 
 _PICTURE_HELP = "picture, in the format its suffix names (.png, .jpg, ...), or .npy for {}"
+_DECODE_SEED_HELP = (
+    "seed of the decoder's draws where E[x|z] has no closed form (a PixelCNN decoder samples it); "
+    "other decoders are deterministic"
+)
 
 
 def _needs_codes(model, cfg, args, verb: str) -> None:
@@ -173,6 +177,12 @@ def _write_json(path: str | Path, doc: dict) -> None:
     from .checkpoint import json_text
 
     _write_text(path, json_text(doc, indent=2) + "\n")  # standard JSON: NaN and inf are written as null
+
+
+def _progress(args) -> bool:
+    """Whether to draw progress bars: not with ``--no-progress``, and not where stderr is no
+    terminal (a log file or a pipe), where every redraw would be one more line of the log."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _seed(args):
@@ -243,10 +253,18 @@ def _train_args(p):
     p.add_argument("--data", help="dataset name or path (sets data.name)")
     p.add_argument("--data-dir", help="folder holding standard dataset files (sets data.data_dir)")
     p.add_argument("--epochs", type=int, help="sets train.epochs (with --resume: extend the run)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="sets train.seed (as --set seed=N): the seed of the initial weights, the batch order, "
+        "the binarisation and the sampling noise of every step",
+    )
     p.add_argument("--device", help="sets train.device (auto, cpu, cuda)")
     p.add_argument("--out", help="run folder to create (default runs/<preset>)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in total (time-boxed runs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
+    )
 
 
 def _train(args):
@@ -272,12 +290,16 @@ def _train_in_session(args, main: bool):
         )[1]
         if args.overrides or args.data or args.data_dir or args.model:
             raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
+        if args.seed is not None and args.seed != cfg.train.seed:
+            raise VaekitError(
+                f"--resume continues the saved config; --seed {args.seed} differs from the run's {cfg.train.seed}"
+            )
         out = Path(args.resume)
         if args.epochs is None:
             _keep_extension(cfg, out, main)
     else:
         model_kind = [f"model.kind={args.model}"] if args.model else []
-        cfg = build_config(args.preset, args.config, model_kind + list(args.overrides))
+        cfg = build_config(args.preset, args.config, model_kind + list(args.overrides) + _seed_override(args))
         named = named_keys(args.config, model_kind + list(args.overrides))  # what the user set explicitly
         # binarisation follows the likelihood; the resolved mode is what the run's config records
         cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), "data.binarize" in named)
@@ -310,8 +332,9 @@ def _train_in_session(args, main: bool):
             test_ds.x,
             transform=transform,
             resume=bool(args.resume),
-            progress=not args.no_progress,
+            progress=_progress(args),
             max_steps=args.max_steps,
+            epoch_lines=True,  # readable in a log file too, where no bar is drawn
         )
     if main:
         print(json_text({k: v for k, v in summary.items() if k != "run_dir"}))
@@ -347,6 +370,19 @@ def _record_command(run: Path, argv: list[str], main: bool) -> None:
         print(f"vaekit: warning: cannot write {run / COMMAND_FILE} ({e.strerror or one_line(e)})", file=sys.stderr)
 
 
+def _seed_override(args) -> list[str]:
+    """``--seed N`` as the override ``train.seed=N``; refused where ``--set`` names another seed."""
+    if args.seed is None:
+        return []
+    from .config import Config, apply_overrides, named_keys, parse_set
+
+    if "train.seed" in named_keys(None, args.overrides):
+        given = apply_overrides(Config(), parse_set(args.overrides)).train.seed  # the last one given
+        if given != args.seed:
+            raise VaekitError(f"--seed {args.seed} and --set seed={given} disagree; give the seed once")
+    return [f"train.seed={args.seed}"]
+
+
 def _keep_extension(cfg, run: Path, main: bool) -> None:
     """Resume to the epochs the run folder's ``config.yaml`` asks for when they exceed the
     checkpoint's own: an earlier ``--resume --epochs N`` whose newer checkpoints were lost (corrupt,
@@ -374,7 +410,9 @@ def _evaluate_args(p):
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval-SPLIT.json)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
+    )
 
 
 def _evaluate(args):
@@ -389,7 +427,7 @@ def _evaluate(args):
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
         x = _first(_model_data(model, cfg, args, args.split).x, args.n, "--n", f"{args.split} examples")
-        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
+        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=_progress(args), seed=args.seed)
         if not distributed.is_main():
             return 0
     res.update(dataset=_data_config(cfg, args).name, split=args.split, step=int(state["step"]), seed=args.seed)
@@ -406,7 +444,7 @@ def _sample_args(p):
     p.add_argument("-o", "--output", default="samples.png", help=_PICTURE_HELP.format("the samples [n, *data_shape]"))
     p.add_argument("--mean", action="store_true", help="show E[x|z] instead of a sample of p(x|z)")
     p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (flows)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws z ~ p(z) and, without --mean, x ~ p(x|z)")
 
 
 def _sample(args):
@@ -441,7 +479,7 @@ def _reconstruct_args(p):
     p.add_argument(
         "-o", "--output", default="recon.png", help=_PICTURE_HELP.format("the reconstructions [n, *data_shape]")
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=_DECODE_SEED_HELP)
 
 
 def _reconstruct(args):
@@ -470,7 +508,7 @@ def _interpolate_args(p):
     p.add_argument(
         "-o", "--output", default="interp.png", help=_PICTURE_HELP.format("the paths [pairs, steps, *data_shape]")
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=_DECODE_SEED_HELP)
 
 
 def _interpolate(args):
@@ -490,6 +528,7 @@ def _interpolate(args):
     z1, _ = model.encode(x[half : 2 * half])
     zs = interpolate(z0, z1, args.steps, slerp=args.slerp)  # [R, steps, D]
     R, S, D = zs.shape
+    _seed(args)
     imgs = model.decode_to_x(zs.reshape(R * S, D)).view(R, S, *model.data_shape)
     _save_picture(out, imgs, lambda path: save_interpolation(imgs.clamp(0, 1).cpu(), path))
     print(f"wrote {out}", file=sys.stderr)
@@ -665,7 +704,12 @@ def _gap_args(p):
         help="start q* at the encoder's q(z|x) (semi-amortised, default) or at the prior",
     )
     p.add_argument("--batch-size", type=int, help="examples optimised together (memory bound)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the importance samples and of the SVI steps' reparameterisation noise",
+    )
     p.add_argument("-o", "--output", help="JSON file (default RUN/gap.json)")
 
 
@@ -740,7 +784,12 @@ def _complete_args(p):
     p.add_argument("--svi-steps", type=int, default=200)
     p.add_argument("--mean", action="store_true", help="paste E[x|z] instead of a sample")
     p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of a random mask (random:P) and of the posterior samples and completions",
+    )
     p.add_argument("--json", help="also write the per-image numbers here")
 
 

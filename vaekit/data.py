@@ -33,9 +33,12 @@ Datasets (the ``DATASETS`` registry; ``describe_datasets()`` lists them):
 - a path: ``.npz`` (key ``{split}``/``x_{split}``, else ``x`` or the first array; labels
   from ``y_{split}``/``y``), ``.npy`` (an array [N,H,W], [N,C,H,W], [N,H,W,C] or
   [N,D]), or a folder of images (PNG, or anything Pillow reads; all the same size;
-  greyscale or RGB). A file or folder holding a single set is split 90 / 10 with a
-  fixed seed. Integer data must lie in 0..255 (scaled by 1/255; integer data that is
-  all 0 / 1 is taken as binary), floats in [0, 1].
+  greyscale or RGB). A folder whose images lie in class subfolders (``DIR/CLASS/*.png``,
+  no image files directly in ``DIR``) is labelled: label i is the i-th class name in
+  sorted order, and ``Dataset.classes`` keeps the names. A file or folder holding a
+  single set is split 90 / 10 with a fixed seed (stratified by class for class folders).
+  Integer data must lie in 0..255 (scaled by 1/255; integer data that is all 0 / 1 is
+  taken as binary), floats in [0, 1].
 
 Binarisation (Salakhutdinov & Murray 2008; Burda et al. 2015, Sec. 5): ``dynamic`` draws
 a fresh b ~ Bernoulli(x) per batch during training (``binarize_dynamic``); ``static``
@@ -76,7 +79,7 @@ import urllib.error
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +117,8 @@ class Dataset:
         levels: values per data dimension as the model sees them, from what the source declares:
             256 (8-bit levels), 2 (binary, also after binarisation), 17 (the 8x8 digits' 0..16),
             None (float data: continuous values). Bits per dimension are defined for 2 and 256 only.
+        classes: the name of each label (label i is ``classes[i]``), e.g. the class subfolders of an
+            image folder, for legends; None where the labels are bare integers or absent.
     """
 
     x: Tensor
@@ -121,6 +126,7 @@ class Dataset:
     name: str
     binarize: str = "none"
     levels: int | None = LEVELS_8BIT
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.x.dim() != 4:
@@ -144,12 +150,12 @@ class Dataset:
     def subset(self, index: Tensor) -> Dataset:
         """The examples ``index`` (LongTensor [M]) as a new Dataset (a copy)."""
         y = None if self.y is None else self.y[index]
-        return Dataset(self.x[index], y, self.name, self.binarize, self.levels)
+        return replace(self, x=self.x[index], y=y)
 
     def to(self, device: torch.device | str) -> Dataset:
         """The dataset with ``x`` and ``y`` on ``device`` (e.g. once onto the GPU before training)."""
         y = None if self.y is None else self.y.to(device)
-        return Dataset(self.x.to(device), y, self.name, self.binarize, self.levels)
+        return replace(self, x=self.x.to(device), y=y)
 
 
 # ----------------------------------------------------------------------------------------
@@ -812,17 +818,18 @@ def _image_array(im, grey: bool) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
 
 
-def load_image_folder(path: str | os.PathLike, split: str) -> Dataset:
-    """Every image file in a folder (sorted by name; hidden files and subfolders skipped),
-    all the same size; greyscale if all are grey, else RGB; split 90 / 10."""
-    path = Path(path)
-    _check_split(split, SPLITS, str(path))
+def _listing(path: Path) -> tuple[list[Path], list[Path]]:
+    """(files, subfolders) of ``path``, sorted by name, hidden entries skipped."""
     try:
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        return [p for p in entries if p.is_file()], [p for p in entries if p.is_dir()]
     except OSError as e:
         raise DataError(f"{path}: cannot list the folder ({one_line(e)})") from None
-    if not files:
-        raise DataError(f"{path}: empty folder, no images")
+
+
+def _image_stack(files: list[Path]) -> np.ndarray:
+    """uint8 [N, C, H, W] of image files that all have the size of the first; greyscale if all
+    are grey, else RGB."""
     images = [_read_image(p) for p in files]
     size = images[0].size
     for p, im in zip(files, images):
@@ -831,8 +838,40 @@ def load_image_folder(path: str | os.PathLike, split: str) -> Dataset:
                 f"{p}: image size {im.size[0]}x{im.size[1]} differs from {size[0]}x{size[1]} of {files[0].name}"
             )
     grey = all(im.mode in GREY_MODES for im in images)
-    arr = np.stack([_image_array(im, grey) for im in images])
-    return _split_single(images_from_array(arr, str(path)), None, split, str(path), array_levels(arr))
+    return np.stack([_image_array(im, grey) for im in images])
+
+
+def load_image_folder(path: str | os.PathLike, split: str) -> Dataset:
+    """Every image file in a folder (sorted by name; hidden files and subfolders skipped),
+    all the same size; greyscale if all are grey, else RGB; split 90 / 10.
+
+    A folder that holds no files but subfolders is a folder of classes (as torchvision's
+    ``ImageFolder``): ``DIR/CLASS/*`` are the images of class ``CLASS``, labelled by the
+    position of ``CLASS`` among the sorted subfolder names (kept in ``Dataset.classes``),
+    and the 90 / 10 split is stratified by class.
+    """
+    path = Path(path)
+    _check_split(split, SPLITS, str(path))
+    files, folders = _listing(path)
+    if files or not folders:
+        if not files:
+            raise DataError(f"{path}: empty folder, no images")
+        arr = _image_stack(files)
+        return _split_single(images_from_array(arr, str(path)), None, split, str(path), array_levels(arr))
+    per_class = [_listing(folder)[0] for folder in folders]
+    for folder, members in zip(folders, per_class):
+        if not members:
+            raise DataError(f"{folder}: class folder holds no images (each subfolder of {path} is a class)")
+    arr = _image_stack([f for members in per_class for f in members])
+    x = images_from_array(arr, str(path))
+    y = torch.cat([torch.full((len(m),), c, dtype=torch.int64) for c, m in enumerate(per_class)])
+    if len(x) < 2:
+        raise DataError(f"{path}: {len(x)} example(s); need at least 2 to split into train and test")
+    index = stratified_split(y, PATH_TEST_FRACTION)
+    if min(len(index[0]), len(index[1])) == 0:  # classes too small to hold one out each
+        index = random_split(len(x), PATH_TEST_FRACTION)
+    ds = _pick_split(x, y, split, index, str(path), array_levels(arr))
+    return replace(ds, classes=tuple(folder.name for folder in folders))
 
 
 PATH_LOADERS: dict[str, Callable[[Path, str], Dataset]] = {  # suffix -> loader of a file
@@ -958,7 +997,7 @@ def apply_binarization(ds: Dataset, mode: str, seed: int) -> Dataset:
     "none" keep the grey levels and record the mode in ``ds.binarize``; the model sees 2 levels
     under "static" and "dynamic"."""
     x = binarize_static(ds.x, seed) if mode == "static" else ds.x
-    return Dataset(x, ds.y, ds.name, mode, ds.levels if mode == "none" else 2)
+    return replace(ds, x=x, binarize=mode, levels=ds.levels if mode == "none" else 2)
 
 
 def prepare_data(cfg) -> tuple[Dataset, Dataset]:

@@ -15,7 +15,9 @@ bookkeeping a researcher expects:
   producing them stops and names the term that blew up, and so does a run whose weights
   turn NaN/inf or whose end-of-epoch evaluation does (checked before every log line,
   evaluation and checkpoint, so no checkpoint ever holds non-finite weights);
-- tqdm progress bar with the running loss, ``metrics.jsonl`` and TensorBoard scalars and
+- tqdm progress bar with the running loss, one line per epoch on stderr (:func:`epoch_line`:
+  the epoch's training loss and the end-of-epoch test NLL, ELBO and KL with their K), readable
+  in a log file where the CLI draws no bar, ``metrics.jsonl`` and TensorBoard scalars and
   sample grids;
 - checkpoints written atomically (see ``vaekit.checkpoint``) every ``ckpt_every`` steps and
   at every epoch end; ``resume`` continues exactly: all randomness of step ``t`` (batch order,
@@ -481,6 +483,36 @@ def _epoch_bar(bar, epoch: int, i: int, steps_per_epoch: int, epochs: int, enabl
     )
 
 
+def epoch_line(epoch: int, epochs: int, step: int, losses: list[float], rec: dict | None, kind: str) -> str:
+    """The one line printed at the end of an epoch, readable in a log file without a terminal.
+
+    Args:
+        epoch, epochs: the epoch just finished (1-based) and the run's number of epochs.
+        step: the global step reached.
+        losses: this process's mean training loss of each finite step of the epoch (nats per
+            example); their mean is shown.
+        rec: the end-of-epoch evaluation record of :func:`_epoch_eval` (``test_nll``,
+            ``test_elbo``, ``test_kl`` in nats per example, None where undefined; ``test_k``,
+            ``test_n``), or None when the run evaluates nothing.
+        kind: the model's ``log_prob_kind``: ``exact`` NLLs are not importance-sampled, so no K is shown.
+
+    Returns:
+        e.g. ``epoch 2/20 step 72: train loss 151.20; test NLL 140.11 (K=100), ELBO -147.30, KL 18.20
+        nats on 500 examples``.
+    """
+    loss = f"{sum(losses) / len(losses):.2f}" if losses else "n/a (no finite step)"
+    line = f"epoch {epoch}/{epochs} step {step}: train loss {loss}"
+    if rec is None:
+        return line
+    how = "exact" if kind == "exact" else f"K={rec['test_k']}"
+    shown = [
+        f"{name} {rec[key]:.2f}" + (f" ({how})" if key == "test_nll" else "")
+        for name, key in (("NLL", "test_nll"), ("ELBO", "test_elbo"), ("KL", "test_kl"))
+        if rec.get(key) is not None
+    ]
+    return f"{line}; test {', '.join(shown)} nats on {rec['test_n']} examples"
+
+
 def _write_record(log: MetricsLog | None, tb, rec: dict) -> None:
     """A training record to ``metrics.jsonl`` and its scalars to TensorBoard (rank 0 holds both)."""
     if log is not None:
@@ -595,6 +627,7 @@ def train(
     max_steps: int | None = None,
     data_shape: tuple[int, ...] | None = None,
     shards: int | None = None,
+    epoch_lines: bool | None = None,
 ) -> dict:
     """Train the model that ``cfg`` describes on ``train_x``; returns a summary dict.
 
@@ -614,15 +647,21 @@ def train(
         data_shape: the shape of one example (default ``train_x.shape[1:]``).
         shards: data shards of a new run (default: the number of processes); see the module
             docstring. A resumed run keeps its own.
+        epoch_lines: print one line per epoch on stderr (:func:`epoch_line`); None: where
+            ``progress`` is on. The CLI prints them also where it draws no bar (a log file).
     """
     with distributed.session():
         device = resolve_device(cfg.train.device)
+        lines = progress if epoch_lines is None else epoch_lines
+        run_dir = Path(run_dir)
         return _train(
-            cfg, Path(run_dir), train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device
+            cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device, lines
         )
 
 
-def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device) -> dict:
+def _train(
+    cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device, lines
+) -> dict:
     tc = cfg.train
     data_shape = tuple(data_shape or train_x.shape[1:])
     if train_x.shape[0] == 0:
@@ -648,12 +687,13 @@ def _train(cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps
     total = run.data.steps_per_epoch * tc.epochs
     last = min(total, max_steps) if max_steps is not None else total
     prepare = batch_preparer(transform, cfg.model.channels_last, device)
-    return _loop(run, eval_x, prepare, last, progress, resume)
+    return _loop(run, eval_x, prepare, last, progress, resume, lines)
 
 
-def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, resume: bool) -> dict:
+def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, resume: bool, lines: bool) -> dict:
     """Steps ``run.step + 1 .. last``: log every ``log_every``, evaluate at every epoch end,
-    checkpoint at every epoch end, every ``ckpt_every`` steps and at ``last`` (:func:`_after_step`).
+    checkpoint at every epoch end, every ``ckpt_every`` steps and at ``last`` (:func:`_after_step`);
+    ``progress`` draws the bar, ``lines`` prints :func:`epoch_line` at every epoch end.
 
     Ctrl-C stops the loop between two steps, after a checkpoint of the step reached
     (:class:`_StopRequest`), and raises :class:`~vaekit.errors.Interrupted`.
@@ -662,6 +702,7 @@ def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, r
     log = MetricsLog(run.run_dir / "metrics.jsonl", run.step if resume else None) if main else None
     tb = _tensorboard(run.run_dir, tc.tensorboard) if main else None
     bar, summary, consecutive_bad, stop = None, {}, 0, _StopRequest()
+    losses: list[float] = []  # this epoch's step losses, for its end-of-epoch line
     try:
         stop.install()
         while run.step < last:
@@ -685,7 +726,14 @@ def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, r
             bar.update(1)
             if res.ok:
                 bar.set_postfix(loss=f"{res.shown_loss:.2f}", refresh=False)  # this process's mean loss
-            summary = _after_step(run, epoch + 1, lr, res, last, eval_x, log, tb) or summary
+                losses.append(res.shown_loss)
+            rec = _after_step(run, epoch + 1, lr, res, last, eval_x, log, tb)
+            summary = rec or summary
+            if run.step % spe == 0:  # one line per epoch, also where no bar is drawn (a log file)
+                if main and lines:
+                    kind = run.learner.model.log_prob_kind
+                    tqdm.write(epoch_line(epoch + 1, tc.epochs, run.step, losses, rec, kind), file=sys.stderr)
+                losses = []
     finally:
         stop.restore()
         for handle in (bar, log, tb):
