@@ -139,6 +139,15 @@ SPECS = {
         ("--svi-steps", [0, 2], ["-1", "x"], True), (None, [[], ["--mean"]], [], False), SPLIT, SEED,
         ("--json", ["r.json"], ["DIR", "UNDER-FILE"], False), PICTURE,
     ],
+    "score": [
+        ANY_RUN, DATA, SPLIT, ("--n", [1, 5], BAD_INTS, True), ("--k", [1, 3], BAD_INTS, True),
+        ("--batch-size", [1, 7], BAD_INTS, False), SEED, ("--csv", ["s.csv"], ["DIR", "UNDER-FILE"], False),
+        (None, [["--no-progress"]], [], True), ARRAY,
+    ],
+    "fid": [
+        ANY_RUN, DATA, ("--n", [85, 100], ["84", *BAD_INTS], True), SEED,
+        ("--classifier-seed", [0], ["x"], False), JSON,
+    ],
 }  # fmt: skip
 
 
@@ -178,7 +187,7 @@ def resolve(argv: list, world: dict, out: Path) -> tuple[list[str], list[Path]]:
     for i, a in enumerate(argv):
         a = str(a)
         before = argv[i - 1] if i else None
-        if before in ("-o", "--json"):
+        if before in ("-o", "--json", "--csv"):
             path = special.get(a, out / a)
             outputs.append(path)
             args.append(str(path))
