@@ -6,7 +6,9 @@ batch) under the paper's protocol: Adam (eps 1e-4), batch 20, lr 1e-3 * 10^(-i/7
 i = 0..7 (3,280 epochs; ``--scale S`` shrinks every stage in proportion, each keeping at least one
 epoch: ``vaekit.config.burda_stage_epochs``). It then reports the importance-sampled test NLL with
 K = 5000 on the 10,000 test images, binarised once with a fixed seed (``--n-test`` uses the first N,
-``--k`` another K; both are printed), with its standard error over the test images.
+``--k`` another K; both are printed), with its standard error over the test images. ``--fid`` adds
+the Fréchet distance of as many samples to those test images in the features of a LeNet trained on
+MNIST's labels (``vaekit.fid``; its test accuracy beside it).
 
 A row name may carry variants: ``+dreg`` (doubly reparameterised gradients, Tucker et al. 2018; the
 IWAE bound, so k1 rows train the k = 1 IWAE bound, which is the ELBO), ``+stl`` (sticking the
@@ -46,6 +48,7 @@ from vaekit.checkpoint import atomic_write, latest_checkpoint, list_checkpoints 
 from vaekit.config import Config, build_config  # noqa: E402
 from vaekit.data import binarize_dynamic, prepare_data  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
+from vaekit.fid import classifier_for, model_fid  # noqa: E402
 from vaekit.train import train  # noqa: E402
 
 # base cell -> (stochastic layers, objective, k, Table 1 NLL)
@@ -181,6 +184,19 @@ def evaluate_row(run: Path, x_test, k: int, device: str, progress: bool) -> dict
     return res
 
 
+def fid_row(run: Path, x_test, ddir: str, device: str) -> str:
+    """The FID of the trained run's samples against ``x_test`` (as many), kept in ``run`` and reused;
+    as a note for the result line."""
+    out = run / f"fid-n{x_test.shape[0]}.json"
+    if out.is_file():
+        res = json.loads(out.read_text())
+    else:
+        model = vaekit.load(run, device=device)
+        res = model_fid(model, classifier_for("mnist", 0, data_dir=ddir, device=device), x_test, x_test.shape[0])
+        atomic_write(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
+    return f"  FID {res['fid']:.2f} (n {res['n']}, LeNet test accuracy {100 * res['classifier_accuracy']:.2f}%)"
+
+
 def device_name(device: str, threads: int) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
@@ -214,6 +230,7 @@ def main():
     p.add_argument("--n-train", type=int, help="train on the first N images only (smoke tests; not the protocol)")
     p.add_argument("--results", default=str(Path(__file__).parent / "results" / "reproduce.txt"))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--fid", action="store_true", help="also the FID of samples against the n test images (vaekit.fid)")
     args = p.parse_args()
     if args.list or not args.rows:
         for cell, (layers, objective, k, paper) in CELLS.items():
@@ -233,6 +250,8 @@ def main():
         print(f"# {row.name}: {cfg.train.epochs} epochs of {x_train.shape[0]} images -> {run}", flush=True)
         train_s = train_row(cfg, run, x_train, not args.no_progress)
         res = evaluate_row(run, test_ds.x[: args.n_test], args.k, args.device, not args.no_progress)
+        if args.fid:
+            note += fid_row(run, test_ds.x[: args.n_test], ddir, args.device)
         line = result_line(row, cfg, res, train_s, device, note)
         print(COLUMNS + "\n" + line, flush=True)
         if res.get("cached"):  # evaluated before: its line is in the results file already

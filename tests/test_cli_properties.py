@@ -150,6 +150,15 @@ SPECS = {
         (None, ["vae", "gmm", "ckpt"], ["missing", "notes", "empty-run"], True),
         ("-o", ["EXPORT"], ["DIR-FULL", "UNDER-FILE", "file"], True),
     ],
+    "score": [
+        ANY_RUN, DATA, SPLIT, ("--n", [1, 5], BAD_INTS, True), ("--k", [1, 3], BAD_INTS, True),
+        ("--batch-size", [1, 7], BAD_INTS, False), SEED, ("--csv", ["s.csv"], ["DIR", "UNDER-FILE"], False),
+        (None, [["--no-progress"]], [], True), ARRAY,
+    ],
+    "fid": [
+        ANY_RUN, DATA, ("--n", [85, 100], ["84", *BAD_INTS], True), SEED,
+        ("--classifier-seed", [0], ["x"], False), JSON,
+    ],
 }  # fmt: skip
 
 
@@ -191,7 +200,7 @@ def resolve(argv: list, world: dict, out: Path) -> tuple[list[str], list[Path]]:
     for i, a in enumerate(argv):
         a = str(a)
         before = argv[i - 1] if i else None
-        if before in ("-o", "--json", "--markdown"):
+        if before in ("-o", "--json", "--markdown", "--csv"):
             path = special.get(a, out / a)
             if a != "EXPORT":  # vaekit export's output is a folder: check() looks into it
                 outputs.append(path)

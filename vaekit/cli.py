@@ -860,6 +860,90 @@ def _compare(args):
         print(f"wrote {args.markdown}", file=sys.stderr)
     if args.output:
         save_curves(records, args.output)
+
+
+def _score_args(p):
+    _add_run_args(p, "run folder or checkpoint of a model with a density (VAE, flow, Gaussian mixture)")
+    _add_data_args(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        default="scores.npy",
+        help="scores as a float64 array [N, 2] (.npy): column 0 log p(x) in nats (higher: more typical of the "
+        "training data), column 1 bits/dim (NaN where undefined)",
+    )
+    p.add_argument("--csv", help="also write the scores here as CSV: index,log_px,bits_per_dim[,label]")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--n", type=int, help="only the first N examples")
+    p.add_argument(
+        "--k", type=int, default=5000, help="importance samples per example (VAEs; flows and mixtures are exact)"
+    )
+    p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _score(args):
+    from .score import format_summary, score, scores_csv
+    from .viz import save_array
+
+    _at_least(1, {"--k": args.k, "--n": args.n, "--batch-size": args.batch_size})
+    out = _npy_path(args.output)
+    if args.csv and Path(args.csv).is_dir():
+        raise VaekitError(f"cannot write {args.csv}: it is a folder")
+    model, cfg, _ = _load_run(args)
+    if model.log_prob_kind == "none":
+        raise VaekitError(
+            f"vaekit score needs a model with a density (a VAE, flow or mixture); {args.run} is a {cfg.model.kind}"
+        )
+    ds = _model_data(model, cfg, args, args.split)
+    x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
+    scores = score(model, x, k=args.k, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+    save_array(scores.numpy(), out)
+    print(f"{_data_config(cfg, args).name} ({args.split}): {format_summary(scores, model.log_prob_kind, args.k)}")
+    written = [str(out)]
+    if args.csv:
+        _write_text(args.csv, scores_csv(scores, None if ds.y is None else ds.y[: x.shape[0]]))
+        written.append(args.csv)
+    print(f"wrote {' and '.join(written)}", file=sys.stderr)
+    return 0
+
+
+def _fid_args(p):
+    _add_run_args(p, "run folder or checkpoint of a model that samples")
+    _add_data_args(p)
+    p.add_argument(
+        "--n", type=int, default=10000, help="samples, compared with as many test images (default 10000; more than 84)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    p.add_argument(
+        "--classifier-seed", type=int, default=0, help="seed of the feature classifier (trained once, cached per seed)"
+    )
+    p.add_argument("-o", "--output", help="also write the result here as JSON")
+
+
+def _fid(args):
+    from .fid import cache_path, classifier_for, model_fid
+
+    _at_least(1, {"--n": args.n})
+    model, cfg, _ = _load_run(args)
+    ds = _model_data(model, cfg, args, "test")
+    dc = _data_config(cfg, args)
+    if not cache_path(dc.name, args.classifier_seed).is_file():
+        print(
+            f"vaekit: training the FID classifier of {dc.name} (seed {args.classifier_seed}), once; "
+            f"cached in {cache_path(dc.name, args.classifier_seed)}",
+            file=sys.stderr,
+        )
+    clf = classifier_for(dc.name, seed=args.classifier_seed, data_dir=dc.data_dir, device=_model_device(model))
+    res = model_fid(model, clf, _eval_ready(ds, cfg), args.n, seed=args.seed)
+    ref = "binarised " if ds.binarize != "none" else ""
+    print(
+        f"FID {res['fid']:.3f}: {res['n']} samples vs {res['n']} {ref}{dc.name} test images, in the "
+        f"{res['features']}-d features of a LeNet with test accuracy {100 * res['classifier_accuracy']:.2f}%"
+    )
+    if args.output:
+        _write_json(args.output, {"run": str(args.run), "dataset": dc.name, **res})
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -905,6 +989,8 @@ COMMANDS: dict[str, Command] = {
     "complete": Command(_complete_args, _complete, "complete masked images from the posterior over z, completion.png"),
     "compare": Command(_compare_args, _compare, "runs side by side: a table of their evaluations, training curves"),
     "export": Command(_export_args, _export, "weights (safetensors), config.json and a model card; --onnx graphs"),
+    "score": Command(_score_args, _score, "per-example log p(x) and bits/dim (anomaly scores), scores.npy"),
+    "fid": Command(_fid_args, _fid, "Fréchet distance of samples in a LeNet's features, with its test accuracy"),
 }
 
 

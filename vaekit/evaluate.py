@@ -102,6 +102,20 @@ def _per_example_split(
     }
 
 
+@torch.no_grad()
+def per_example_log_prob(
+    model, x: Tensor, k: int = 5000, batch_size: int | None = None, progress: bool = True, seed: int = 0
+) -> Tensor:
+    """log p(x) [N] (float64, nats) of each example of ``x`` [N, *data_shape], in example order:
+    the numbers whose mean :func:`evaluate` reports as -``nll`` for the same (model, x, k, seed),
+    with the same chunks and per-chunk seeds (module docstring). Exact for flows and mixtures,
+    importance-sampled with ``k`` samples for VAEs; the model must have a density
+    (``log_prob_kind`` not ``none``). The caller's random state is left alone."""
+    model.eval()
+    x = x.to(model_device(model))
+    return _per_example_split(model, x, k, batch_size, seed, progress, "score")["log_px"]
+
+
 def _reconstruction_only(model, x: Tensor, batch_size: int) -> dict:
     """Models without a density (autoencoders): the reconstruction term log p(x|z=f(x)) alone."""
     t0 = time.perf_counter()

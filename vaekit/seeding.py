@@ -14,6 +14,7 @@ MASK64 = (1 << 64) - 1
 # the first path element names the stream, so streams never collide for equal indices
 STEP, EPOCH, EVAL_CHUNK, EPOCH_EVAL = 1, 2, 3, 4
 POSTERIOR_MOMENTS = 5  # the fixed noise of Monte-Carlo posterior moments (flow posteriors' encode)
+FID_CLASSIFIER, FID_SAMPLES = 6, 7  # the FID classifier's initialisation and batch order; its samples
 
 
 def _splitmix(x: int) -> int:
