@@ -24,7 +24,7 @@ from PIL import Image
 from vaekit.cli import COMMANDS, main
 from vaekit.viz import PICTURE_FORMATS
 
-EXAMPLES = int(os.environ.get("VAEKIT_CLI_EXAMPLES", "8"))  # per verb; 11 verbs
+EXAMPLES = int(os.environ.get("VAEKIT_CLI_EXAMPLES", "8"))  # per verb; 12 verbs
 PROPERTY = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -138,6 +138,10 @@ SPECS = {
         ("--method", ["importance", "svi"], ["gibbs"], False), ("--k", [1, 5], BAD_INTS, True),
         ("--svi-steps", [0, 2], ["-1", "x"], True), (None, [[], ["--mean"]], [], False), SPLIT, SEED,
         ("--json", ["r.json"], ["DIR", "UNDER-FILE"], False), PICTURE,
+    ],
+    "traverse": [
+        VAE_RUN, DATA, ("--dims", [1, 2, 100], BAD_INTS, False), ("--steps", [3, 5], ["4", "1", *BAD_INTS], False),
+        ("--index", [0, 3, 100000], ["-1", "x"], False), SEED, PICTURE,
     ],
 }  # fmt: skip
 
