@@ -1,6 +1,7 @@
 """The `vaekit` command end to end on the 8x8 digits, and its one-line errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def test_every_registered_command_has_a_parser_and_a_runner():
         assert sub.choices[name].description == command.help
 
 
-@pytest.mark.parametrize("verb", ["gap", "complete"])
+@pytest.mark.parametrize("verb", ["gap", "complete", "traverse"])
 def test_inference_verbs_refuse_a_model_without_latents(verb, tmp_path, capsys):
     import torch
 
@@ -278,6 +279,7 @@ def test_evaluate_of_a_checkpoint_writes_beside_its_run(run, capsys):
         (["interpolate", "--steps", "3", "--pairs", "2"], (2, 3, 1, 8, 8)),
         (["latent-map", "--grid", "3", "--points", "50"], (9, 1, 8, 8)),
         (["complete", "-n", "2", "--completions", "3", "--k", "5"], (2, 3, 1, 8, 8)),
+        (["traverse", "--dims", "2", "--steps", "5"], (2, 5, 1, 8, 8)),
     ],
 )
 def test_picture_commands_write_the_format_the_suffix_names(run, tmp_path, capsys, argv, shape):
@@ -449,3 +451,92 @@ def test_train_prints_one_evaluation_line_per_epoch_and_no_bar_into_a_log(tmp_pa
         assert "it/s" in err  # the bar is drawn on a terminal
     else:
         assert "it/s" not in err and len(lines) <= 3 + 2, err  # the start and done lines, one per epoch
+
+
+# --- temperature, traversals, pictures for people ----------------------------------------------
+
+
+def test_sample_at_temperature_zero_is_the_decoder_mean_at_z_zero(run, tmp_path):
+    import torch
+
+    from vaekit.checkpoint import load_model
+
+    assert main(["sample", str(run), "-n", "3", "--temperature", "0", "-o", str(tmp_path / "s.npy")]) == 0
+    model = load_model(run)[0]
+    expected = model.decode_to_x(torch.zeros(3, 2), mean=True).numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), expected)
+
+
+def test_sample_refuses_what_the_model_cannot_do_in_one_line(tmp_path, capsys):
+    import torch
+
+    from vaekit.config import build_config
+    from vaekit.train import train
+
+    out = tmp_path / "mix"
+    cfg = build_config("dense-digits", overrides={"kind": "mixture", "components": 2, "eval_k": 0})
+    cfg.train.tensorboard = False
+    train(cfg, out, torch.rand(40, 1, 8, 8), progress=False)
+    err = one_error_line(capsys, main(["sample", str(out), "--temperature", "0.5", "-o", str(tmp_path / "s.png")]))
+    assert "temperature=0.5 (--temperature) is not defined for a GaussianMixtureModel" in err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_traverse_rows_follow_unit_activity_and_the_middle_is_the_posterior_mean(run, tmp_path, capsys):
+    import torch
+
+    from vaekit.checkpoint import load_model
+    from vaekit.data import prepare_data
+    from vaekit.evaluate import unit_activity
+
+    out = tmp_path / "t.npy"
+    capsys.readouterr()
+    assert main(["traverse", str(run), "--dims", "2", "--steps", "5", "--index", "3", "-o", str(out)]) == 0
+    arr = np.load(out)
+    model, cfg, _ = load_model(run)
+    x = prepare_data(cfg.data)[1].x
+    mu = model.encode(x)[0]
+    order = torch.argsort(unit_activity(mu), descending=True).tolist()
+    rows = capsys.readouterr().err.split("rows ")[1].strip().split(", ")
+    assert [r.split(" ")[0] for r in rows] == [f"z_{j + 1}" for j in order]
+    assert arr.shape == (2, 5, 1, 8, 8)
+    mean_image = model.decode_to_x(mu[3:4])[0].numpy()
+    for row in arr:
+        np.testing.assert_allclose(row[2], mean_image, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["traverse", "RUN", "--steps", "4"], "--steps must be odd and at least 3"),
+        (["traverse", "RUN", "--dims", "0"], "--dims must be positive; got 0"),
+        (["traverse", "RUN", "--index", "-1"], "--index must be non-negative; got -1"),
+        (["traverse", "RUN", "--index", "299"], "--index 299 is past the 299 test examples (0..298)"),
+        (["sample", "RUN", "--temperature", "nan"], "--temperature must be a positive number; got nan"),
+    ],
+)
+def test_traverse_and_temperature_errors_are_one_line(run, tmp_path, capsys, argv, fragment):
+    argv = [str(run) if a == "RUN" else a for a in argv]
+    err = one_error_line(capsys, main([*argv, "-o", str(tmp_path / "out.png")]))
+    assert fragment in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv, title",
+    [
+        (["sample", "-n", "4", "--mean", "--temperature", "0.5"], "4 samples of dense-digits (vae), decoder means"),
+        (["reconstruct", "-n", "3"], "3 test images of digits and E[x|z] at the posterior mean of each"),
+        (["interpolate", "--steps", "3", "--pairs", "2"], "linear paths between the codes of 2 pairs of test images"),
+        (["latent-map", "--grid", "3", "--points", "50"], "2-D latent space: "),
+        (["traverse", "--dims", "2", "--steps", "3"], "latent traversal around test example 0"),
+    ],
+)
+def test_pictures_carry_their_titles(run, tmp_path, argv, title):
+    out = tmp_path / "p.png"
+    assert main([argv[0], str(run), *argv[1:], "-o", str(out)]) == 0
+    with Image.open(out) as img:
+        assert img.text["Title"].startswith(title), img.text
+        assert max(img.size) >= 500  # readable, not a strip of 8-pixel digits
+    if argv[0] == "latent-map":
+        assert re.search(r": [012] of 2 units active \(50 test points\)$", img.text["Title"]), img.text

@@ -24,7 +24,7 @@ from PIL import Image
 from vaekit.cli import COMMANDS, main
 from vaekit.viz import PICTURE_FORMATS
 
-EXAMPLES = int(os.environ.get("VAEKIT_CLI_EXAMPLES", "8"))  # per verb; 11 verbs
+EXAMPLES = int(os.environ.get("VAEKIT_CLI_EXAMPLES", "8"))  # per verb; 12 verbs
 PROPERTY = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -158,6 +158,10 @@ SPECS = {
     "fid": [
         ANY_RUN, DATA, ("--n", [85, 100], ["84", *BAD_INTS], True), SEED,
         ("--classifier-seed", [0], ["x"], False), JSON,
+    ],
+    "traverse": [
+        VAE_RUN, DATA, ("--dims", [1, 2, 100], BAD_INTS, False), ("--steps", [3, 5], ["4", "1", *BAD_INTS], False),
+        ("--index", [0, 3, 100000], ["-1", "x"], False), SEED, PICTURE,
     ],
 }  # fmt: skip
 

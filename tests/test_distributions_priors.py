@@ -102,3 +102,36 @@ def test_base_prior_bind_is_a_no_op():
     prior = StandardNormalPrior(2)
     assert prior.bind(_FlowLikeEncoder(), (4,)) is prior
     assert not prior.needs_encoder
+
+
+def test_temperature_is_declared_by_the_priors_with_one_spread_to_scale():
+    built = {
+        "normal": build_prior("normal", 3),
+        "flow": build_prior("flow", 3, flow="maf", layers=2, hidden=8, blocks=1),
+        "mixture": build_prior("mixture", 3, n_components=2),
+        "vamp": build_prior("vamp", 3, n_pseudo_inputs=2),
+    }
+    assert {name: p.has_temperature for name, p in built.items()} == {
+        "normal": True,
+        "flow": True,
+        "mixture": False,
+        "vamp": False,
+    }
+    cold = built["normal"].at_temperature(0.25)
+    torch.testing.assert_close(cold.base_dist.scale, torch.full((3,), 0.25))
+    assert cold.log_prob(torch.zeros(3)).item() == pytest.approx(-1.5 * math.log(2 * math.pi * 0.25**2), abs=1e-5)
+    with pytest.raises(NotImplementedError):
+        built["mixture"].at_temperature(0.5)
+
+
+def test_marginal_std_is_exact_for_the_normal_prior_and_monte_carlo_otherwise():
+    torch.testing.assert_close(StandardNormalPrior(4).marginal_std(), torch.ones(4), rtol=0, atol=0)
+    torch.manual_seed(0)
+    prior = MixturePrior(2, n_components=3)
+    with torch.no_grad():
+        prior.log_std.copy_(torch.tensor([[0.0, -1.0], [0.5, 0.0], [-0.5, 0.2]]))
+    w = prior.logits.softmax(0)[:, None]
+    mu, var = prior.means.detach(), prior.log_std.detach().exp() ** 2
+    exact = ((w * (var + mu**2)).sum(0) - (w * mu).sum(0) ** 2).sqrt()  # law of total variance
+    torch.manual_seed(1)
+    torch.testing.assert_close(prior.marginal_std(200_000), exact, rtol=0.01, atol=0)

@@ -117,3 +117,17 @@ def test_evaluate_reports_the_reconstruction_term_and_no_density():
     assert res["log_prob_kind"] == "none" and res["nll"] is None and res["bpd"] is None
     torch.testing.assert_close(torch.tensor(res["rec"]), model.loss(x)["rec"].mean().double().float())
     assert "rec" in format_table(res) and "nll" not in format_table(res)
+
+
+def test_sampling_temperature_scales_the_code_and_zero_decodes_the_origin():
+    ae, _ = small()
+    torch.testing.assert_close(
+        ae.sample(3, temperature=0.0), ae.decode_to_x(torch.zeros(3, 3), mean=True), rtol=0, atol=0
+    )
+    torch.manual_seed(0)
+    warm = ae.sample(3, mean=True, temperature=2.0)
+    torch.manual_seed(0)
+    z = 2.0 * torch.randn(3, 3)
+    torch.testing.assert_close(warm, ae.decode_to_x(z, mean=True))
+    with pytest.raises(VaekitError, match="temperature must be a finite number >= 0"):
+        ae.sample(3, temperature=float("nan"))

@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from vaekit.config import PRESETS, apply_overrides, build_config, get_preset
-from vaekit.errors import ConfigError
+from vaekit.errors import ConfigError, VaekitError
 from vaekit.flows import ActNorm, Shift
 from vaekit.models import build_model
 from vaekit.models.flow import FlowModel
@@ -150,3 +150,16 @@ def test_log_prob_dequantises_with_the_one_data_function():
     expected = model.distribution().log_prob(y) - 4 * math.log(256)
     assert torch.equal(lp, expected)
     assert torch.equal(torch.floor(y * 256), x * 255)  # level k/255 lands in the bin [k, k + 1) / 256
+
+
+def test_sampling_has_the_uniform_signature_and_refuses_a_mean_in_one_line():
+    model = tiny("realnvp-mnist", (1, 8, 8))
+    torch.manual_seed(0)
+    a = model.sample(2, mean=False, temperature=0.5)
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, model.sample(2, temperature=0.5))
+    with pytest.raises(VaekitError) as e:
+        model.sample(2, mean=True)
+    assert "\n" not in str(e.value) and "mean=True (--mean)" in str(e.value) and "FlowModel" in str(e.value)
+    with pytest.raises(VaekitError, match="temperature must be a finite number >= 0"):
+        model.sample(2, temperature=-0.5)

@@ -227,3 +227,14 @@ def test_cli_train_mixture_then_cluster(cli, tmp_path, capsys):
     np.testing.assert_allclose(soft.sum(1), 1, atol=1e-5)
     np.testing.assert_array_equal(soft.argmax(1), hard)
     assert "adjusted Rand" in capsys.readouterr().out
+
+
+def test_sampling_has_the_uniform_signature_and_refuses_a_temperature_in_one_line():
+    m = GaussianMixtureModel(2, (3,), covariance_type="diag", dtype="float64")
+    m.set_parameters(torch.ones(2) / 2, torch.tensor([[1.0, -1.0, 0.0], [0.0, 2.0, 1.0]]), torch.ones(2, 3))
+    torch.manual_seed(0)
+    s, k = m.sample(4, mean=True, temperature=1.0, return_labels=True)
+    torch.testing.assert_close(s, m.means[k].view(4, 3))
+    with pytest.raises(VaekitError) as e:
+        m.sample(4, temperature=0.5)
+    assert "\n" not in str(e.value) and "temperature=0.5 (--temperature)" in str(e.value)

@@ -8,6 +8,7 @@ from vaekit.config import ModelConfig
 from vaekit.distributions import LIKELIHOODS, PRIORS, Encoder
 from vaekit.distributions.base import MOMENT_SAMPLES
 from vaekit.distributions.hierarchy import HierarchicalEncoder, HierarchicalPrior
+from vaekit.errors import VaekitError
 from vaekit.flows import FlowDistribution
 from vaekit.inference import importance_sampled_log_prob
 from vaekit.models.flow_vae import FlowEncoder
@@ -173,3 +174,69 @@ def test_data_mean_bias_init_makes_the_decoder_predict_the_clamped_mean(layers):
     before = zero.decoder.body.net[-1].bias.clone()
     zero.init_from_data(mean)
     torch.testing.assert_close(zero.decoder.body.net[-1].bias, before)
+
+
+# --- sampling temperature ---------------------------------------------------------------------
+
+
+def test_temperature_zero_gives_the_decoder_mean_at_z_zero():
+    vae = _vae()
+    at_zero = vae.decode_to_x(torch.zeros(5, 2), mean=True)
+    for mean in (False, True):  # T = 0: nothing random, the decoder's mean at the prior's mean
+        torch.testing.assert_close(vae.sample(5, mean=mean, temperature=0.0), at_zero, rtol=0, atol=0)
+    assert torch.equal(vae.sample_latents(3, 0.0), torch.zeros(3, 2))
+
+
+def test_temperature_scales_the_spread_of_the_latent_draws():
+    """z ~ N(0, T^2 I): the standard deviation of the latent draws is T, their mean 0."""
+    vae = _vae()
+    n = 40_000
+    torch.manual_seed(0)
+    for t in (0.3, 1.0, 2.5):
+        z = vae.sample_latents(n, t)
+        assert z.shape == (n, 2)
+        torch.testing.assert_close(z.std(0), torch.full((2,), t), rtol=0.02, atol=0)  # s.e. of a std: 1/sqrt(2n)
+        assert (z.mean(0).abs() < 4 * t / n**0.5).all()
+    torch.manual_seed(1)
+    cold = vae.sample_latents(n, 0.5)
+    torch.manual_seed(1)
+    warm = vae.sample_latents(n, 2.0)
+    torch.testing.assert_close(warm, 4 * cold)  # the same noise, scaled by the ratio of temperatures
+
+
+def test_temperature_of_stochastic_layers_scales_every_layer():
+    """Two stochastic layers (NVAE's tempering): at T = 0 the chain of means z_2 = 0,
+    z_1 = mu(z_2); at T the top layer is N(0, T^2 I) and z_1 spreads T sigma_1 around mu_1(z_2)."""
+    vae = _two_layer_vae()
+    z0 = vae.sample_latents(4, 0.0)
+    top = torch.zeros(4, 2)
+    mean_1 = vae.prior_module.layers[0](top).mean
+    torch.testing.assert_close(z0, torch.cat([mean_1, top], dim=1), rtol=0, atol=0)
+    torch.manual_seed(0)
+    z = vae.sample_latents(40_000, 0.5)
+    torch.testing.assert_close(z[:, 3:].std(0), torch.full((2,), 0.5), rtol=0.02, atol=0)
+    cond = vae.prior_module.layers[0](z[:, 3:])
+    residual = (z[:, :3] - cond.mean) / cond.stddev
+    torch.testing.assert_close(residual.std(0), torch.full((3,), 0.5), rtol=0.02, atol=0)
+    torch.testing.assert_close(vae.sample(3, temperature=0.0), vae.decode_to_x(z0[:3], mean=True), rtol=0, atol=0)
+
+
+def test_a_flow_prior_tempers_its_base_and_mixture_priors_refuse_temperature():
+    flow = _vae(prior="flow", prior_flow="realnvp", prior_flow_layers=2, flow_blocks=1)
+    z0 = flow.sample_latents(3, 0.0)
+    assert torch.equal(z0[0], z0[1]) and torch.equal(z0[1], z0[2])
+    base0, _ = flow.prior_module.transform.inverse(torch.zeros(1, 2))
+    torch.testing.assert_close(z0[:1], base0)  # the flow of the base's mean
+    for prior in ("mixture", "vamp"):
+        vae = _vae(prior=prior, components=3)
+        assert vae.sample(2, temperature=1.0).shape == (2, 6)
+        with pytest.raises(VaekitError) as e:
+            vae.sample(2, temperature=0.5)
+        msg = str(e.value)
+        assert "\n" not in msg and "temperature=0.5 (--temperature)" in msg and "Prior" in msg
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_a_temperature_that_is_not_a_finite_non_negative_number_is_refused(bad):
+    with pytest.raises(VaekitError, match="temperature must be a finite number >= 0"):
+        _vae().sample(2, temperature=bad)

@@ -297,3 +297,104 @@ def test_latent_grid_quantiles_order_and_symmetry():
     lin = viz.latent_grid(3, z_range=(-3, 3))
     assert torch.equal(lin[:, 0].unique(), torch.tensor([-3.0, 0.0, 3.0]))
     assert math.isclose(viz.latent_axis(2, (-2, 4))[1].item(), 4.0)
+
+
+# ----------------------------------------------------------------------------------------
+# figures for people: enlarged, titled, labelled
+# ----------------------------------------------------------------------------------------
+def test_small_panels_are_enlarged_pixel_for_pixel_and_titled(tmp_path):
+    images = constant_images([0, 255, 128, 64])
+    fig = viz.samples_figure(images, "four samples", nrow=2)
+    assert viz.figure_text(fig) == ["four samples"]
+    arr = viz.figure_array(fig)
+    grid = viz.image_grid(images, nrow=2)  # 12 x 12 pixels
+    s = viz._enlargement(grid)
+    assert s * grid.shape[0] >= viz.PANEL_MIN_SIDE and (s - 1) * grid.shape[0] < viz.PANEL_MIN_SIDE
+    big = np.repeat(np.repeat(grid, s, 0), s, 1)[..., 0]
+    grey = (arr == 128).all(-1)  # the padding's level: only the grid has long runs of it
+    top = int(np.argmax(grey.sum(1) >= big.shape[1]))
+    left = int(np.argmax(grey.sum(0) >= big.shape[0]))
+    assert np.array_equal(arr[top : top + big.shape[0], left : left + big.shape[1], 0], big)  # no resampling
+    path = viz.save_figure(fig, tmp_path / "s.png")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.text["Title"] == "four samples"
+        assert max(im.size) >= viz.PANEL_MIN_SIDE and np.array_equal(np.asarray(im.convert("RGB")), arr)
+
+
+def test_reconstruction_rows_are_labelled_data_and_reconstruction():
+    orig, recon = constant_images([10, 20, 30, 40, 50]), constant_images([110, 120, 130, 140, 150])
+    fig = viz.reconstructions_figure(orig, recon, "recon", nrow=3)
+    assert viz.figure_text(fig) == ["recon", "data", "reconstruction", "data", "reconstruction"]
+    with pytest.raises(VaekitError, match="differ in shape"):
+        viz.reconstructions_figure(orig, recon[:4], "recon")
+
+
+def test_interpolations_show_their_two_data_images_framed():
+    paths = torch.stack([constant_images([60, 70, 80]), constant_images([90, 100, 110])])  # [2, 3, 1, H, W]
+    starts, ends = constant_images([1, 2]), constant_images([254, 253])
+    fig = viz.interpolation_figure(paths, starts, ends, "paths")
+    texts = viz.figure_text(fig)
+    assert texts[0] == "paths" and texts[1:6] == ["data", "0", "0.5", "1", "data"]
+    assert "framed: the test images themselves" in texts[-1]
+    # the cells: row i is (start, path..., end), and the padding around both ends is orange
+    grid = viz._frame(
+        viz._tile(
+            [list(r) for r in viz._hwc_uint8(torch.cat([starts[:, None], paths, ends[:, None]], 1))], (H, W, 1), 2, 0.5
+        ),
+        [(i, j) for i in range(2) for j in (0, 4)],
+        (H, W),
+        2,
+        viz.MARK_COLOR,
+    )
+    orange = tuple(viz._level(c) for c in viz.MARK_COLOR)
+    assert np.all(cell(grid, 0, 0) == 1) and np.all(cell(grid, 1, 4) == 253) and np.all(cell(grid, 1, 2) == 100)
+    assert tuple(grid[0, 0]) == orange and tuple(grid[2 + H, 2 + 4 * (W + 2) - 1]) == orange  # frame corners
+    assert tuple(grid[2 + H // 2, 2 + 2 * (W + 2) - 1]) == (128, 128, 128)  # between two path cells: grey
+    with pytest.raises(VaekitError, match="starts and ends must be"):
+        viz.interpolation_figure(paths, starts[:1], ends, "paths")
+
+
+def test_traverse_rows_and_columns_are_labelled():
+    images = torch.rand(2, 5, 1, H, W)
+    off = torch.tensor([-3.0, -1.5, 0.0, 1.5, 3.0])
+    fig = viz.traverse_figure(images, ["z_3 (var 1.2)", "z_1 (var 0.01)"], off, "traverse", "offset in prior std")
+    assert viz.figure_text(fig) == [
+        "traverse",
+        "z_3 (var 1.2)",
+        "z_1 (var 0.01)",
+        "-3",
+        "-1.5",
+        "0 (mean)",
+        "+1.5",
+        "+3",
+        "offset in prior std",
+    ]
+    many = viz.traverse_figure(torch.rand(1, 41, 1, H, W), ["z_1"], torch.linspace(-3, 3, 41), "t", "x")
+    cols = viz.figure_text(many)[2:-1]
+    assert len(cols) < 41 and {"-3", "0 (mean)", "+3"} <= set(cols)  # thinned, keeping both ends and the mean
+    with pytest.raises(VaekitError, match="needs 2 row labels and 5 offsets"):
+        viz.traverse_figure(images, ["z_1"], off, "t", "x")
+
+
+def test_numbers_on_axes_keep_their_sign():
+    assert [viz._number(v) for v in (-0.75, 0.75, -3.0, 1e-9, -1e-9, 0.111)] == [
+        "-0.75",
+        "0.75",
+        "-3",
+        "0",
+        "0",
+        "0.11",
+    ]
+
+
+def test_latent_map_names_its_axes_and_carries_its_title(tmp_path):
+    n = 3
+    decoded, pts = torch.rand(n * n, 1, 6, 6), torch.randn(20, 2)
+    fig = viz.latent_map_figure(decoded, n, None, pts, title="2 of 5 units active", axis_names=("PC1", "PC2"))
+    texts = viz.figure_text(fig)
+    assert "2 of 5 units active" in texts and texts.count("PC1") == 2 and texts.count("PC2") == 2
+    assert "z1" not in texts and "z2" not in texts
+    assert viz.figure_text(viz.latent_map_figure(decoded, n, None, pts)).count("z_1") == 2  # the default names
+    path = viz.save_latent_map(decoded, n, None, tmp_path / "m.png", pts, title="2 of 5 units active")
+    with Image.open(path) as im:
+        assert im.text["Title"] == "2 of 5 units active" and im.size == (1100, 500)

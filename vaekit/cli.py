@@ -8,6 +8,7 @@
     vaekit reconstruct runs/a -o recon.png
     vaekit interpolate runs/a --steps 10 [--slerp] -o interp.png
     vaekit latent-map runs/a -o map.png
+    vaekit traverse runs/a --dims 10 --steps 9 --index 0 -o traverse.png
     vaekit encode runs/a --data mnist -o feats.npy
     vaekit compare runs/a runs/b -o curves.png --markdown table.md
     vaekit export runs/a -o models/a [--onnx]
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import inspect
 import math
 import sys
 from collections.abc import Callable
@@ -443,31 +443,35 @@ def _sample_args(p):
     p.add_argument("-n", type=int, default=64, help="number of samples")
     p.add_argument("-o", "--output", default="samples.png", help=_PICTURE_HELP.format("the samples [n, *data_shape]"))
     p.add_argument("--mean", action="store_true", help="show E[x|z] instead of a sample of p(x|z)")
-    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (flows)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="T >= 0 scales the prior's spread, z ~ N(0, T^2 I) (a flow's base); 0: the decoded prior mean",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the draws z ~ p(z) and, without --mean, x ~ p(x|z)")
 
 
 def _sample(args):
-    from .viz import save_grid
+    from .viz import samples_figure, save_figure
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive; got {args.n}")
-    _positive_numbers({"--temperature": args.temperature})
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise VaekitError(
+            f"--temperature must be a positive number; got {args.temperature} (or 0: the prior's mean, decoded)"
+        )
     out = _picture_path(args.output)
     model, cfg, _ = _load_run(args)
     _seed(args)
-    accepts = inspect.signature(model.sample).parameters
-    kw = {}
-    for flag, name, value, default in (
-        ("--mean", "mean", args.mean, False),
-        ("--temperature", "temperature", args.temperature, 1.0),
-    ):
-        if value != default:
-            if name not in accepts:
-                raise VaekitError(f"{flag} is not defined for a {cfg.model.kind} model")
-            kw[name] = value
-    x = model.sample(args.n, **kw)
-    _save_picture(out, x, lambda path: save_grid(x.clamp(0, 1).cpu(), path))
+    x = model.sample(args.n, mean=args.mean, temperature=args.temperature)  # refuses what it cannot do
+    what = [f"{args.n} samples of {cfg.preset} ({cfg.model.kind})"]
+    if model.has_codes and (args.mean or args.temperature == 0):
+        what.append("decoder means E[x|z]")
+    if args.temperature != 1:
+        what.append(f"temperature {args.temperature:g}")
+    title = ", ".join(what)
+    _save_picture(out, x, lambda path: save_figure(samples_figure(x.clamp(0, 1).cpu(), title), path))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -483,7 +487,7 @@ def _reconstruct_args(p):
 
 
 def _reconstruct(args):
-    from .viz import save_reconstructions
+    from .viz import reconstructions_figure, save_figure
 
     _at_least(1, {"-n": args.n})
     out = _picture_path(args.output)
@@ -492,7 +496,9 @@ def _reconstruct(args):
     x = _first(_model_data(model, cfg, args, "test").x, args.n, "-n", "test examples").to(_model_device(model))
     _seed(args)
     r = model.reconstruct(x)
-    _save_picture(out, r, lambda path: save_reconstructions(x.cpu(), r.clamp(0, 1).cpu(), path))
+    code = "the posterior mean" if model.has_latents else "the code"
+    title = f"{x.shape[0]} test images of {_data_config(cfg, args).name} and E[x|z] at {code} of each"
+    _save_picture(out, r, lambda path: save_figure(reconstructions_figure(x.cpu(), r.clamp(0, 1).cpu(), title), path))
     print(
         f"wrote {out}" + (" (originals above, reconstructions below)" if out.suffix != ".npy" else ""), file=sys.stderr
     )
@@ -512,7 +518,7 @@ def _interpolate_args(p):
 
 
 def _interpolate(args):
-    from .viz import interpolate, save_interpolation
+    from .viz import interpolate, interpolation_figure, save_figure
 
     if args.steps < 2:
         raise VaekitError(f"--steps must be at least 2; got {args.steps}")
@@ -530,7 +536,9 @@ def _interpolate(args):
     R, S, D = zs.shape
     _seed(args)
     imgs = model.decode_to_x(zs.reshape(R * S, D)).view(R, S, *model.data_shape)
-    _save_picture(out, imgs, lambda path: save_interpolation(imgs.clamp(0, 1).cpu(), path))
+    title = f"{'spherical' if args.slerp else 'linear'} paths between the codes of {R} pairs of test images"
+    ends = x[:half].cpu(), x[half : 2 * half].cpu()
+    _save_picture(out, imgs, lambda path: save_figure(interpolation_figure(imgs.clamp(0, 1).cpu(), *ends, title), path))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -563,31 +571,48 @@ def _latent_map(args):
         raise VaekitError(f"vaekit latent-map needs at least 2 latent dimensions; {args.run} has {D}")
     grid2 = latent_grid(args.grid).to(dev)  # [n*n, 2], Gaussian quantiles
     if D == 2:
-        z, pts, title = grid2, mu, "latent space"
-    else:  # the plane of the two leading principal directions of the posterior means
+        z, pts, names, where = grid2, mu, ("z_1", "z_2"), "2-D latent space"
+    else:  # the plane of the two leading principal directions of the posterior means, in z units
         centre = mu.mean(0)
         _, s, v = torch.linalg.svd(mu - centre, full_matrices=False)
-        basis = v[:2]  # [2, D]
-        scale = s[:2] / max(1, mu.shape[0] - 1) ** 0.5  # std along each direction
-        if scale.shape[0] < 2 or not bool((scale > 0).all()):
+        basis = v[:2]  # [2, D], orthonormal: a unit step along PC1 is a unit step in z
+        if s.shape[0] < 2 or not bool((s[:2] > 0).all()):
             raise VaekitError(
                 f"the posterior means of the {mu.shape[0]} test point(s) span fewer than 2 directions; "
                 "use more --points"
             )
-        z = centre + (grid2 * scale) @ basis
-        pts = (mu - centre) @ basis.T / scale
-        title = f"top-2 principal plane of {D}-D posterior means (standardised)"
+        # not standardised: a collapsed direction stays flat instead of being stretched to unit spread
+        z, pts = centre + grid2 @ basis, (mu - centre) @ basis.T
+        share = (s[:2] ** 2 / (s**2).sum()).tolist()
+        names = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
+        where = f"top-2 principal plane of {D}-D posterior means, z units"
+    title = f"{where}: {_active_units(mu)} of {D} units active ({mu.shape[0]} test points)"
     imgs = model.decode_to_x(z)
     labels = ds.y[: args.points].numpy() if ds.y is not None else None
     _save_picture(
         out,
         imgs,
         lambda path: save_latent_map(
-            imgs.clamp(0, 1).cpu(), args.grid, None, path, points=pts.cpu(), labels=labels, title=title
+            imgs.clamp(0, 1).cpu(),
+            args.grid,
+            None,
+            path,
+            points=pts.cpu(),
+            labels=labels,
+            title=title,
+            axis_names=names,
         ),
     )
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _active_units(mu) -> str:
+    """How many latent dimensions of posterior means [N, D] are active (the evaluator's statistic,
+    ``vaekit.evaluate.unit_activity`` above ``ACTIVE_UNIT_THRESHOLD``); "?" for fewer than 2 examples."""
+    from .evaluate import ACTIVE_UNIT_THRESHOLD, unit_activity
+
+    return "?" if mu.shape[0] < 2 else str(int((unit_activity(mu) > ACTIVE_UNIT_THRESHOLD).sum()))
 
 
 def _encode_args(p):
@@ -964,6 +989,60 @@ def _export(args):
     doc = export(args.run, args.output, onnx=args.onnx)
     extra = ", encoder.onnx, decoder.onnx" if "onnx" in doc else ""
     print(f"wrote {args.output}: model.safetensors, config.json, README.md{extra}", file=sys.stderr)
+
+
+def _traverse_args(p):
+    _add_run_args(p, "run folder or checkpoint of a VAE")
+    _add_data_args(p)
+    p.add_argument("--dims", type=int, default=10, help="rows: the N most active latent dimensions (default 10)")
+    p.add_argument(
+        "--steps", type=int, default=9, help="columns, odd: offsets from -3 to +3 prior std, 0 (the mean) in the middle"
+    )
+    p.add_argument("--index", type=int, default=0, help="the test example whose posterior mean every row starts from")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="traverse.png",
+        help=_PICTURE_HELP.format("the decodings [dims, steps, *data_shape]"),
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of a Monte-Carlo prior std (priors other than normal)")
+
+
+def _traverse(args):
+    from .traverse import SPAN, latent_traversal
+    from .viz import save_figure, traverse_figure
+
+    _at_least(1, {"--dims": args.dims})
+    _at_least(0, {"--index": args.index})
+    if args.steps < 3 or args.steps % 2 == 0:
+        raise VaekitError(
+            f"--steps must be odd and at least 3 (the middle column is the posterior mean); got {args.steps}"
+        )
+    out = _picture_path(args.output)
+    model, cfg, _ = _load_run(args)
+    if not model.has_latents:
+        raise VaekitError(
+            f"vaekit traverse needs a VAE (a prior to measure offsets in); {args.run} is a {cfg.model.kind}"
+        )
+    x = _model_data(model, cfg, args, "test").x
+    if args.index >= x.shape[0]:
+        raise VaekitError(f"--index {args.index} is past the {x.shape[0]} test examples (0..{x.shape[0] - 1})")
+    if x.shape[0] < 2:
+        raise VaekitError("vaekit traverse needs at least 2 test examples to rank the latent dimensions")
+    _seed(args)
+    tr = latent_traversal(model, x, args.index, args.dims, args.steps)
+    if args.dims > len(tr.dims):
+        print(
+            f"vaekit: --dims {args.dims} is more than the {len(tr.dims)} latent dimensions; using all", file=sys.stderr
+        )
+    rows = [f"z_{j + 1} (var {v:.2g})" for j, v in zip(tr.dims.tolist(), tr.activity.tolist())]
+    title = f"latent traversal around test example {args.index}: one dimension per row, most active first"
+    xlabel = f"offset of z_j from the example's posterior mean, in prior std (±{SPAN:g}); var: Var_x E[z_j|x]"
+    imgs = tr.images.clamp(0, 1).cpu()
+    _save_picture(
+        out, tr.images, lambda path: save_figure(traverse_figure(imgs, rows, tr.offsets, title, xlabel), path)
+    )
+    print(f"wrote {out}: rows " + ", ".join(rows), file=sys.stderr)
     return 0
 
 
@@ -991,6 +1070,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command(_export_args, _export, "weights (safetensors), config.json and a model card; --onnx graphs"),
     "score": Command(_score_args, _score, "per-example log p(x) and bits/dim (anomaly scores), scores.npy"),
     "fid": Command(_fid_args, _fid, "Fréchet distance of samples in a LeNet's features, with its test accuracy"),
+    "traverse": Command(_traverse_args, _traverse, "decode each latent dimension swept ±3 prior std, active first"),
 }
 
 

@@ -174,7 +174,14 @@ def _active(means: Tensor, threshold: float) -> int:
     """Active units from posterior means [N, D]: dimensions with Var_x(E_q[z_u|x]) > threshold."""
     if means.shape[0] < 2:
         return 0
-    return int((means.double().var(0) > threshold).sum())
+    return int((unit_activity(means) > threshold).sum())
+
+
+def unit_activity(means: Tensor) -> Tensor:
+    """The active-units statistic per latent dimension: Var_x(E_q[z_u|x]) [D] (float64) over the
+    posterior means [N, D] of N >= 2 examples (Burda et al. 2015, Sec. 5.2); a unit is active
+    where it exceeds ``ACTIVE_UNIT_THRESHOLD``."""
+    return means.double().var(0)
 
 
 def _finish(model, res: dict, log_px: Tensor, t0: float) -> dict:

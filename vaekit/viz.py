@@ -14,6 +14,16 @@ are needed; no GUI, no pyplot global state):
   posterior means coloured by label (Kingma & Welling 2014, Fig. 4; Fig. 5 of the arXiv
   version for the scatter).
 
+Figures for people (matplotlib ``Figure`` objects: small images enlarged by a whole factor so
+they can be read, a title on each, labels where rows or columns mean something;
+``figure_text`` lists what a figure says, ``save_figure`` writes it, a PNG with its title in
+its ``Title`` text chunk):
+
+- ``samples_figure``; ``reconstructions_figure`` (rows labelled "data" / "reconstruction");
+  ``interpolation_figure`` (each path between its two data images, framed);
+  ``traverse_figure`` (rows "z_j (var ...)", columns the offsets); ``latent_map_figure``
+  (axes "z_1 / z_2", or "PC1 / PC2" for a projection).
+
 Latent-space helpers (pure tensor maths):
 
 - ``lerp`` and ``slerp``: linear and spherical interpolation. Slerp follows the
@@ -177,17 +187,22 @@ def _why(e: Exception) -> str:
     return e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
 
 
-def write_image(array: np.ndarray, path: str | os.PathLike) -> Path:
+def write_image(array: np.ndarray, path: str | os.PathLike, title: str | None = None) -> Path:
     """Write a uint8 image [H, W, 1] (greyscale) or [H, W, 3] (RGB) in the format of the path's
-    suffix (:func:`picture_format`: ``.png``, ``.jpg``, ...)."""
-    from PIL import Image
+    suffix (:func:`picture_format`: ``.png``, ``.jpg``, ...); a PNG also carries ``title`` as its
+    ``Title`` text chunk, so a program can read what the picture shows."""
+    from PIL import Image, PngImagePlugin
 
     fmt = picture_format(path)  # before any folder is made
     path = prepare_output(path)
     mode = {1: "L", 3: "RGB"}[array.shape[-1]]
     img = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array), mode)
+    options = dict(SAVE_OPTIONS.get(fmt, {}))
+    if title and fmt == "PNG":
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        options["pnginfo"].add_text("Title", title)
     try:
-        img.save(path, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+        img.save(path, format=fmt, **options)
     except (OSError, ValueError) as e:
         raise VaekitError(f"cannot write {path}: {_why(e)}") from None
     return path
@@ -320,6 +335,198 @@ def save_completion(
     return write_image(_tile(cells, (h, w, 3), pad, PAD_VALUE), path)
 
 
+# ----------------------------------------------------------------------------------------
+# Figures for people: enlarged, titled, labelled panels (matplotlib's Agg canvas)
+# ----------------------------------------------------------------------------------------
+PANEL_MIN_SIDE = 640  # pixels: a small grid is enlarged by a whole factor until its longer side reaches this
+FIGURE_DPI = 100
+TITLE_PT, LABEL_PT = 12, 9  # font sizes in points
+MARK_COLOR = (1.0, 0.55, 0.0)  # frame around real data images among decodings (orange: no grey level)
+
+
+def _text_px(text: str, pt: float) -> float:
+    """A generous estimate of the width of ``text`` in pixels at ``pt`` points (DejaVu Sans)."""
+    return 0.62 * len(text) * pt * FIGURE_DPI / 72
+
+
+def _enlargement(grid: np.ndarray) -> int:
+    """The whole factor :func:`panel_figure` enlarges a tiled grid by."""
+    return max(1, math.ceil(PANEL_MIN_SIDE / max(grid.shape[:2])))
+
+
+def _frame(grid: np.ndarray, cells: Sequence[tuple[int, int]], hw: tuple[int, int], pad: int, color) -> np.ndarray:
+    """RGB copy of a tiled uint8 grid (``_tile`` geometry) with the padding around each (row, column)
+    cell painted in ``color`` (RGB in [0, 1])."""
+    out = np.repeat(grid, 3, axis=-1) if grid.shape[-1] == 1 else grid.copy()
+    h, w = hw
+    rgb = [_level(c) for c in color]
+    for i, j in cells:
+        top, left = pad + i * (h + pad), pad + j * (w + pad)
+        region = out[top - pad : top + h + pad, left - pad : left + w + pad]
+        inner = region[pad : pad + h, pad : pad + w].copy()
+        region[:] = rgb
+        region[pad : pad + h, pad : pad + w] = inner
+    return out
+
+
+def panel_figure(
+    grid: np.ndarray,
+    hw: tuple[int, int],
+    pad: int,
+    title: str,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str | None] | None = None,
+    xlabel: str | None = None,
+):
+    """A tiled grid (``_tile`` geometry) as a figure people can read: enlarged by a whole factor
+    (nearest neighbour, every pixel a square) until its longer side is at least ``PANEL_MIN_SIDE``
+    pixels, with a title above, a label left of each row of cells, a label under each column
+    (None: unlabelled) and an x-axis label at the bottom.
+
+    Args:
+        grid: uint8 [GH, GW, 1 or 3], cells of ``hw`` = (H, W) pixels with ``pad`` between.
+        title: the figure's title (its suptitle).
+
+    Returns:
+        a matplotlib ``Figure`` with an Agg canvas; :func:`figure_text` lists its texts and
+        :func:`save_figure` writes it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h, w = hw
+    scale = _enlargement(grid)
+    big = np.repeat(np.repeat(grid, scale, 0), scale, 1)
+    big = np.repeat(big, 3, axis=-1) if big.shape[-1] == 1 else big
+    longest = max((_text_px(t, LABEL_PT) for t in row_labels or []), default=0.0)
+    left = 10 + (math.ceil(longest) + 8 if row_labels else 0)
+    top, bottom = 44, 10 + (20 if col_labels else 0) + (22 if xlabel else 0)
+    width = max(left + big.shape[1] + 10, math.ceil(_text_px(title, TITLE_PT)) + 20)
+    left += (width - (left + big.shape[1] + 10)) // 2  # centred under a title wider than the panel
+    height = top + big.shape[0] + bottom
+    fig = Figure(figsize=(width / FIGURE_DPI, height / FIGURE_DPI), dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)
+    fig.figimage(big, xo=left, yo=bottom, origin="upper")  # pixel for pixel, no resampling
+    fig.suptitle(title, fontsize=TITLE_PT, y=1 - 10 / height, va="top")
+    for i, label in enumerate(row_labels or []):
+        y = top + scale * (pad + i * (h + pad) + h / 2)
+        fig.text((left - 8) / width, 1 - y / height, label, ha="right", va="center", fontsize=LABEL_PT)
+    for j, label in enumerate(col_labels or []):
+        if label is not None:
+            x = left + scale * (pad + j * (w + pad) + w / 2)
+            fig.text(x / width, (bottom - 4) / height, label, ha="center", va="top", fontsize=LABEL_PT)
+    if xlabel:
+        fig.text((left + big.shape[1] / 2) / width, 6 / height, xlabel, ha="center", va="bottom", fontsize=LABEL_PT)
+    return fig
+
+
+def figure_text(fig) -> list[str]:
+    """Every text a figure shows: its title, free texts, and each axes' title, axis labels and
+    tick labels (what tests and programs check instead of pixels)."""
+    texts = [t.get_text() for t in fig.texts]  # the title (suptitle) is one of them
+    for ax in fig.axes:
+        texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        texts += [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    return [t for t in texts if t]
+
+
+def figure_array(fig) -> np.ndarray:
+    """The figure drawn: uint8 [H, W, 3] (its white background is opaque, so alpha is dropped)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write ``figure_array(fig)`` in the format the path's suffix names, titled by the figure's title."""
+    picture_format(path)  # before drawing anything
+    return write_image(figure_array(fig), path, title=fig.get_suptitle() or None)
+
+
+def _column_labels(labels: Sequence[str], width_px: float, keep: Sequence[int] = ()) -> list[str | None]:
+    """``labels`` thinned to about one per 48 pixels of ``width_px``, evenly spaced, always
+    keeping the first, the last and the indices in ``keep``."""
+    n = len(labels)
+    shown = min(n, max(2, int(width_px // 48)))
+    picked = set(np.linspace(0, n - 1, shown).round().astype(int).tolist()) | set(keep)
+    return [label if j in picked else None for j, label in enumerate(labels)]
+
+
+def _number(v: float) -> str:
+    """``v`` with at most two decimals and no trailing zeros; "0" for |v| < 0.005 (never "-0")."""
+    return f"{v:.2f}".rstrip("0").rstrip(".") if abs(v) >= 5e-3 else "0"
+
+
+def samples_figure(images, title: str, nrow: int | None = None, pad: int = 2):
+    """Samples [N, C, H, W] in [0, 1] tiled ``nrow`` per row (default ceil(sqrt(N))), titled."""
+    x = _check_images(images, "samples")
+    n, c, h, w = x.shape
+    nrow = _check_nrow(nrow, math.ceil(math.sqrt(n)))
+    return panel_figure(_tile(_chunks(_hwc_uint8(x), nrow), (h, w, c), pad, PAD_VALUE), (h, w), pad, title)
+
+
+def reconstructions_figure(originals, reconstructions, title: str, nrow: int | None = None, pad: int = 2):
+    """Test images and their reconstructions ([N, C, H, W] each, in [0, 1]) in pairs of rows,
+    labelled "data" and "reconstruction" (the layout of :func:`save_reconstructions`)."""
+    x = _check_images(originals, "originals")
+    r = _check_images(reconstructions, "reconstructions")
+    if x.shape != r.shape:
+        raise VaekitError(f"originals {tuple(x.shape)} and reconstructions {tuple(r.shape)} differ in shape")
+    n, c, h, w = x.shape
+    nrow = _check_nrow(nrow, min(n, 8))
+    cells, labels = [], []
+    for top, bottom in zip(_chunks(_hwc_uint8(x), nrow), _chunks(_hwc_uint8(r), nrow)):
+        cells += [top, bottom]
+        labels += ["data", "reconstruction"]
+    return panel_figure(_tile(cells, (h, w, c), pad, PAD_VALUE), (h, w), pad, title, row_labels=labels)
+
+
+def interpolation_figure(rows, starts, ends, title: str, pad: int = 2):
+    """Interpolation paths between pairs of data images, each row framed by its two endpoints.
+
+    Args:
+        rows: [R, S, C, H, W] in [0, 1], the decoded path at t = 0, 1/(S-1), ..., 1.
+        starts, ends: [R, C, H, W] in [0, 1], the data images whose codes the paths join; drawn
+            in the first and last column inside an orange frame (``MARK_COLOR``), labelled "data".
+    """
+    x = _check_images(rows, "interpolation rows", ndim=5)
+    a, b = _check_images(starts, "starts"), _check_images(ends, "ends")
+    R, S, c, h, w = x.shape
+    if a.shape != (R, c, h, w) or b.shape != a.shape:
+        raise VaekitError(
+            f"starts and ends must be [R, C, H, W] = {(R, c, h, w)}; got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    cells = [list(row) for row in _hwc_uint8(torch.cat([a[:, None], x, b[:, None]], dim=1))]
+    ends_at = [(i, j) for i in range(R) for j in (0, S + 1)]
+    grid = _frame(_tile(cells, (h, w, c), pad, PAD_VALUE), ends_at, (h, w), pad, MARK_COLOR)
+    t = ["data", *(_number(v) for v in torch.linspace(0, 1, S).tolist()), "data"]
+    width = grid.shape[1] * _enlargement(grid)
+    xlabel = "t along the path between the two codes; framed: the test images themselves"
+    return panel_figure(grid, (h, w), pad, title, col_labels=_column_labels(t, width), xlabel=xlabel)
+
+
+def traverse_figure(images, row_labels: Sequence[str], offsets, title: str, xlabel: str, pad: int = 2):
+    """A latent traversal: row k decodes one latent dimension swept over ``offsets``.
+
+    Args:
+        images: [K, S, C, H, W] in [0, 1].
+        row_labels: K labels, e.g. "z_3 (var 0.92)".
+        offsets: the S offsets of the columns (their labels; 0 is labelled "0 (mean)" and never
+            thinned away).
+        xlabel: what the offsets are in (e.g. prior standard deviations from the posterior mean).
+    """
+    x = _check_images(images, "traversal", ndim=5)
+    K, S, c, h, w = x.shape
+    off = [float(v) for v in torch.as_tensor(offsets).flatten().tolist()]
+    if len(row_labels) != K or len(off) != S:
+        raise VaekitError(f"a traversal of {K} x {S} images needs {K} row labels and {S} offsets")
+    cells = [list(row) for row in _hwc_uint8(x)]
+    grid = _tile(cells, (h, w, c), pad, PAD_VALUE)
+    labels = [("0 (mean)" if _number(v) == "0" else f"{'+' if v > 0 else ''}{_number(v)}") for v in off]
+    width = grid.shape[1] * _enlargement(grid)
+    cols = _column_labels(labels, width, keep=[j for j, label in enumerate(labels) if label == "0 (mean)"])
+    return panel_figure(grid, (h, w), pad, title, row_labels=list(row_labels), col_labels=cols, xlabel=xlabel)
+
+
 def _axis_values(n: int, z_range) -> Tensor:
     """The n grid coordinates per latent axis: None -> Gaussian quantiles, (lo, hi) -> linear,
     a length-n sequence -> itself."""
@@ -340,7 +547,25 @@ def save_latent_map(
     labels=None,
     dpi: int = 100,
     title: str | None = None,
+    axis_names: tuple[str, str] = ("z_1", "z_2"),
 ) -> Path:
+    """Write :func:`latent_map_figure` (same arguments) in the format the path's suffix names; its
+    size is 1100 x 500 pixels with points, 550 x 500 without (dpi 100)."""
+    picture_format(path)  # before drawing anything
+    fig = latent_map_figure(decoded, n, z_range, points, labels, dpi, title, axis_names)
+    return save_figure(fig, path)
+
+
+def latent_map_figure(
+    decoded,
+    n: int,
+    z_range,
+    points=None,
+    labels=None,
+    dpi: int = 100,
+    title: str | None = None,
+    axis_names: tuple[str, str] = ("z_1", "z_2"),
+):
     """A 2-D latent manifold, beside a scatter of posterior means coloured by label.
 
     Args:
@@ -349,12 +574,15 @@ def save_latent_map(
         n: cells per side.
         z_range: what was given to ``latent_grid``: None (Gaussian quantiles), (lo, hi), or
             the n axis values themselves; used for the axis ticks.
-        path: output picture (format by suffix, as :func:`write_image`); its size is 1100 x 500
-            pixels with points, 550 x 500 without (dpi 100).
         points: [M, 2] posterior means of test data, or None for the manifold panel alone.
         labels: [M] integer labels (legend when there are at most 10 classes, else a colour
             bar), or None.
         title: optional figure title (e.g. which plane of a >2-D latent space is shown).
+        axis_names: the names of the two axes: ("z_1", "z_2") for a 2-D latent space, ("PC1",
+            "PC2") for a plane of principal directions.
+
+    Returns:
+        a matplotlib ``Figure`` (see :func:`figure_text`, :func:`save_figure`).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -366,19 +594,18 @@ def save_latent_map(
     axis = _axis_values(n, z_range)
     pts, labs = _check_points(points, labels)
     fig = Figure(figsize=(11.0 if pts is not None else 5.5, 5.0), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig)
     ax_map = fig.add_subplot(1, 2 if pts is not None else 1, 1)
-    _draw_manifold(ax_map, image_grid(x, nrow=n, pad=0), axis, x.shape[-2:])
+    _draw_manifold(ax_map, image_grid(x, nrow=n, pad=0), axis, x.shape[-2:], axis_names)
     if pts is not None:
         ax = fig.add_subplot(1, 2, 2)
-        _draw_scatter(fig, ax, pts, labs)
+        _draw_scatter(fig, ax, pts, labs, axis_names)
         lo, hi = float(axis.min()), float(axis.max())
         ax.add_patch(Rectangle((lo, lo), hi - lo, hi - lo, fill=False, ls="--", lw=1, ec="0.3", label="manifold panel"))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    canvas.draw()
-    return write_image(np.asarray(canvas.buffer_rgba())[..., :3], path)  # opaque white figure: alpha is 255
+    return fig
 
 
 def _check_points(points, labels) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -397,7 +624,7 @@ def _check_points(points, labels) -> tuple[np.ndarray | None, np.ndarray | None]
     return pts.numpy(), labs.numpy()
 
 
-def _draw_manifold(ax, grid: np.ndarray, axis: Tensor, hw) -> None:
+def _draw_manifold(ax, grid: np.ndarray, axis: Tensor, hw, names: tuple[str, str]) -> None:
     """Show the tiled decodings with ticks at cell centres labelled by their latent coordinates."""
     h, w = int(hw[0]), int(hw[1])
     n = len(axis)
@@ -405,12 +632,12 @@ def _draw_manifold(ax, grid: np.ndarray, axis: Tensor, hw) -> None:
     ticks = sorted(set(np.linspace(0, n - 1, min(n, 5)).round().astype(int).tolist()))
     ax.set_xticks([(j + 0.5) * w - 0.5 for j in ticks], [f"{axis[j]:.2g}" for j in ticks])
     ax.set_yticks([(i + 0.5) * h - 0.5 for i in ticks], [f"{axis[n - 1 - i]:.2g}" for i in ticks])
-    ax.set_xlabel("z1")
-    ax.set_ylabel("z2")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
     ax.set_title("decoded latent grid")
 
 
-def _draw_scatter(fig, ax, pts: np.ndarray, labs: np.ndarray | None) -> None:
+def _draw_scatter(fig, ax, pts: np.ndarray, labs: np.ndarray | None, names: tuple[str, str]) -> None:
     """Posterior means, one colour per class with a legend (<= 10 classes) or a colour bar."""
     if labs is None:
         ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.6)
@@ -423,8 +650,8 @@ def _draw_scatter(fig, ax, pts: np.ndarray, labs: np.ndarray | None) -> None:
     else:
         sc = ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.7, c=labs, cmap="viridis")
         fig.colorbar(sc, ax=ax, label="label")
-    ax.set_xlabel("z1")
-    ax.set_ylabel("z2")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title("posterior means of test data")
 

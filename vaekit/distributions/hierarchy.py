@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, Normal
 
 from .base import MOMENT_CHUNK, MOMENT_SAMPLES, Encoder, moment_noise
 from .gaussian import diagonal_gaussian
@@ -202,6 +202,8 @@ class HierarchicalPrior(Prior):
         sizes: (D_1, ..., D_L), bottom layer first.
     """
 
+    has_temperature = True
+
     def __init__(self, layers: Sequence[ConditionalGaussian], sizes: Sequence[int]):
         super().__init__()
         self.layers, self.sizes = nn.ModuleList(layers), tuple(int(s) for s in sizes)
@@ -212,3 +214,24 @@ class HierarchicalPrior(Prior):
     def forward(self) -> Distribution:
         root = diagonal_gaussian(self.loc, 2 * self.scale.log())
         return ChainDistribution(root, list(self.layers), self.sizes[::-1], reverse=True)
+
+    def at_temperature(self, temperature: float) -> Distribution:
+        """The chain with every layer's standard deviation multiplied by T, as NVAE samples its
+        hierarchy (Vahdat & Kautz 2020, Sec. 5): z_L ~ N(0, T^2 I), z_l ~ N(mu_l(z_{l+1}),
+        T^2 sigma_l^2(z_{l+1})); T = 0 gives the chain of means."""
+        if temperature == 1.0:
+            return self()
+        root = Independent(Normal(self.loc, self.scale * temperature, validate_args=False), 1, validate_args=False)
+        links = [_Tempered(layer, temperature) for layer in self.layers]
+        return ChainDistribution(root, links, self.sizes[::-1], reverse=True)
+
+
+class _Tempered:
+    """A :class:`ConditionalGaussian` link with its standard deviation multiplied by ``temperature``."""
+
+    def __init__(self, layer: ConditionalGaussian, temperature: float):
+        self.layer, self.temperature = layer, temperature
+
+    def __call__(self, h: Tensor) -> Distribution:
+        p = self.layer(h)
+        return Independent(Normal(p.mean, p.stddev * self.temperature, validate_args=False), 1, validate_args=False)

@@ -14,12 +14,17 @@ builder needs to know of it is declared (``needs_encoder``), not probed.
 References: Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018; Papamakarios,
 Pavlakou & Murray, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017;
 Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
+
+Temperature (``Prior.at_temperature``): the normal prior's scale, a flow prior's base scale and
+each Gaussian layer of a hierarchical prior are multiplied by T (Kingma & Dhariwal, "Glow",
+NeurIPS 2018, Sec. 5; Vahdat & Kautz, "NVAE", NeurIPS 2020, Sec. 5); mixture priors have no
+single spread to scale and declare none.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from ..checks import lookup
@@ -38,9 +43,12 @@ class Prior(nn.Module):
     - ``needs_encoder``: p(z) is defined through the VAE's encoder (the VampPrior); the
       builder calls :meth:`bind` with the encoder and the data shape once, before loading
       a state dict.
+    - ``has_temperature``: :meth:`at_temperature` gives p(z) with its spread scaled by T
+      (priors whose noise is one Gaussian to scale); mixtures have no single spread and do not.
     """
 
     needs_encoder: bool = False
+    has_temperature: bool = False
 
     def forward(self) -> Distribution:  # pragma: no cover - interface
         raise NotImplementedError
@@ -49,9 +57,21 @@ class Prior(nn.Module):
         """Attach the encoder (priors with ``needs_encoder``); other priors need nothing."""
         return self
 
+    def at_temperature(self, temperature: float) -> Distribution:
+        """p(z) at temperature T >= 0 (``has_temperature``); T = 1 is ``self()``."""
+        raise NotImplementedError(f"{type(self).__name__} has no temperature")
+
+    @torch.no_grad()
+    def marginal_std(self, n: int = 10000) -> Tensor:
+        """Per-dimension standard deviation [latent_dim] of p(z): a Monte-Carlo estimate from ``n``
+        draws of the caller's random stream, unless the prior knows it in closed form."""
+        return self().sample((n,)).std(0)
+
 
 class StandardNormalPrior(Prior):
     """p(z) = N(0, I) over ``latent_dim`` dimensions (buffers, so it follows ``.to``)."""
+
+    has_temperature = True
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -60,6 +80,14 @@ class StandardNormalPrior(Prior):
 
     def forward(self) -> Distribution:
         return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
+
+    def at_temperature(self, temperature: float) -> Distribution:
+        """N(0, T^2 I), as NVAE samples (Vahdat & Kautz 2020); T = 0 puts every draw at 0."""
+        return Independent(Normal(self.loc, self.scale * temperature, validate_args=False), 1, validate_args=False)
+
+    def marginal_std(self, n: int = 10000) -> Tensor:
+        """The scale itself (ones)."""
+        return self.scale.clone()
 
 
 class MixturePrior(Prior):
@@ -131,6 +159,8 @@ class VampPrior(Prior):
 class FlowPrior(Prior):
     """p(z) = flow(N(0, I)): ``transform`` maps z [B, latent_dim] to the base noise (z -> u)."""
 
+    has_temperature = True
+
     def __init__(self, latent_dim: int, transform: nn.Module):
         super().__init__()
         self.transform = transform
@@ -139,6 +169,12 @@ class FlowPrior(Prior):
 
     def forward(self) -> FlowDistribution:
         base = Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
+        return FlowDistribution(base, self.transform)
+
+    def at_temperature(self, temperature: float) -> FlowDistribution:
+        """The flow of N(0, T^2 I): the base noise is tempered, as Glow samples (Kingma & Dhariwal
+        2018, Sec. 5); T = 0 maps the base's mean u = 0 through the flow."""
+        base = Independent(Normal(self.loc, self.scale * temperature, validate_args=False), 1, validate_args=False)
         return FlowDistribution(base, self.transform)
 
 

@@ -5,7 +5,7 @@ fields) and pass explicit arguments to the nets, likelihoods and priors.
 Every model honours one contract, which is all the training loop and the evaluator use:
 ``loss(x, step) -> dict`` of per-example terms in nats (``loss``; ``elbo``, ``rec``, ``kl``
 where they exist), ``log_prob(x, ...) -> [B]`` (``log_prob_kind`` says exact or
-importance-sampled) and ``sample(n)``.
+importance-sampled) and ``sample(n, mean=False, temperature=1.0)``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, VaekitError
 from ..nets import build_decoder, build_encoder
-from .base import GenerativeModel
+from .base import GenerativeModel, check_temperature
 from .vae import Decoder, DecodeViews, likelihood_from_config, net_spec
 
 NOISE_TYPES = ("gaussian", "mask")
@@ -93,11 +93,13 @@ class Autoencoder(DecodeViews, GenerativeModel):
         )
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = False) -> Tensor:
-        """Decode z ~ N(0, I): [n, *data_shape] (what an unregularised latent space gives)."""
+    def sample(self, n: int, mean: bool = False, temperature: float = 1.0) -> Tensor:
+        """Decode z ~ N(0, T^2 I): [n, *data_shape] (what an unregularised latent space gives);
+        T = 0 decodes z = 0 to its mean."""
+        t = check_temperature(temperature)
         p = next(self.parameters())
-        z = torch.randn(n, self.latent_dim, device=p.device, dtype=p.dtype)
-        return self.decode_to_x(z, mean)
+        z = t * torch.randn(n, self.latent_dim, device=p.device, dtype=p.dtype)
+        return self.decode_to_x(z, mean or t == 0)
 
     # --- the VAE vocabulary, so latent maps / interpolation / reconstruction work -------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -18,6 +18,14 @@ callers test a declared flag instead of probing with ``hasattr``:
   it and is None where bits per dimension mean nothing.
 - ``has_bic``: a maximum-likelihood fit with ``n_parameters()`` free parameters (mixtures): the
   evaluator reports BIC = -2 log L + p log N.
+
+Sampling has one signature for every model, ``sample(n, mean=False, temperature=1.0)``; a model
+refuses a value it cannot honour with a one-line :class:`~vaekit.errors.VaekitError` (raised by
+:func:`refuse_sample_option`), so callers pass what the user asked for and never inspect
+signatures. ``mean=True`` shows E[x|z] (models with a decoder) or the drawn component's mean
+(mixtures). ``temperature`` T >= 0 scales the spread of the latent or base distribution: for
+a standard-normal prior z ~ N(0, T^2 I) (Kingma & Dhariwal 2018, Sec. 5; Vahdat & Kautz 2020,
+NVAE, Sec. 5), and T = 0 is the deterministic draw (the prior's mean, decoded to its mean).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import math
 from torch import Tensor, nn
 
 from ..distributions import N_LEVELS, data_bits_per_dim
+from ..errors import VaekitError
 
 
 class GenerativeModel(nn.Module):
@@ -49,8 +58,9 @@ class GenerativeModel(nn.Module):
         """log p(x) [B] in nats, exact or estimated as ``log_prob_kind`` says."""
         raise NotImplementedError(f"{type(self).__name__} defines no density p(x)")
 
-    def sample(self, n: int) -> Tensor:
-        """n draws x ~ p(x): [n, *data_shape]."""
+    def sample(self, n: int, mean: bool = False, temperature: float = 1.0) -> Tensor:
+        """n draws x ~ p(x): [n, *data_shape]. ``mean``: the mean of p(x|z) instead of a draw;
+        ``temperature`` T >= 0: the latent (or base) spread scaled by T (module docstring)."""
         raise NotImplementedError
 
     def fit(self, x: Tensor, progress=None) -> list[float]:
@@ -71,3 +81,18 @@ class GenerativeModel(nn.Module):
     def n_parameters(self) -> int:
         """Free parameters of a maximum-likelihood fit (``has_bic``), for BIC."""
         raise NotImplementedError(f"{type(self).__name__} declares no BIC")
+
+
+def check_temperature(temperature: float) -> float:
+    """``temperature`` as a float once it is a finite number >= 0; a one-line error otherwise."""
+    t = float(temperature)
+    if not (math.isfinite(t) and t >= 0):
+        raise VaekitError(f"sampling temperature must be a finite number >= 0; got {temperature}")
+    return t
+
+
+def refuse_sample_option(model: GenerativeModel, option: str, why: str) -> None:
+    """The one-line error for a ``sample`` option (``mean=True``, ``temperature=T``) the model cannot
+    honour: names the option, its command-line flag, the model and ``why``."""
+    flag = "--" + option.split("=")[0]
+    raise VaekitError(f"sampling with {option} ({flag}) is not defined for a {type(model).__name__}: {why}")

@@ -52,7 +52,7 @@ from ..flows.base import SCALES, Compose, Logit, Reshape, Shift
 from ..flows.coupling import dense_realnvp, nice
 from ..flows.distribution import FlowDistribution
 from ..flows.multiscale import dense_glow, glow, realnvp
-from .base import GenerativeModel
+from .base import GenerativeModel, check_temperature, refuse_sample_option
 
 
 class Logistic(Distribution):
@@ -132,9 +132,12 @@ class FlowModel(GenerativeModel):
         return {"loss": nll, "nll": nll, "bpd": bits_per_dim(nll, self.num_dims)}
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        """[n, *data_shape]; 8-bit data come back quantised to k/255 in [0, 1]."""
-        y = self.distribution(temperature).sample((n,))
+    def sample(self, n: int, mean: bool = False, temperature: float = 1.0) -> Tensor:
+        """[n, *data_shape]; 8-bit data come back quantised to k/255 in [0, 1]. ``temperature`` T >= 0
+        scales the base density; ``mean=True`` is refused (a flow has no p(x|z) to average)."""
+        if mean:
+            refuse_sample_option(self, "mean=True", "a flow maps its noise to x directly, with no p(x|z) to average")
+        y = self.distribution(check_temperature(temperature)).sample((n,))
         if not self.dequantize:
             return y
         return torch.floor(y * N_LEVELS).clamp(0, N_LEVELS - 1) / (N_LEVELS - 1)

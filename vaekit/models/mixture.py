@@ -48,7 +48,7 @@ from ..distributions.mixture import (
     precision_cholesky,
 )
 from ..errors import ConfigError, DataError, VaekitError
-from .base import GenerativeModel
+from .base import GenerativeModel, check_temperature, refuse_sample_option
 
 INITS = ("kmeans", "kmeans++", "random")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -466,9 +466,15 @@ class GaussianMixtureModel(GenerativeModel):
         return {"loss": -lp, "log_px": lp}
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = False, return_labels: bool = False):
+    def sample(self, n: int, mean: bool = False, temperature: float = 1.0, return_labels: bool = False):
         """x ~ p(x): [n, *data_shape] (and the components [n] with ``return_labels``);
-        ``mean=True`` gives the means of the drawn components instead."""
+        ``mean=True`` gives the means of the drawn components instead. Only ``temperature=1``."""
+        if check_temperature(temperature) != 1.0:
+            refuse_sample_option(
+                self,
+                f"temperature={temperature:g}",
+                "a mixture has no single spread to scale; use --mean for its means",
+            )
         self._check_fitted()
         x, k = self.distribution().sample_with_components((n,))
         if mean:

@@ -34,7 +34,7 @@ from ..distributions import (
 from ..distributions.hierarchy import ConditionalGaussian, HierarchicalEncoder, HierarchicalPrior
 from ..inference.streamed import streamed_log_likelihood
 from ..nets import NetSpec, build_decoder, build_encoder
-from .base import GenerativeModel
+from .base import GenerativeModel, check_temperature, refuse_sample_option
 from .flow_vae import build_flow_encoder
 
 BIAS_INIT_EPS = 1e-3  # the data-mean bias init keeps pixel means in [eps, 1 - eps]: finite logits
@@ -182,10 +182,28 @@ class VAE(DecodeViews, GenerativeModel):
         return importance_sampled_log_prob(self, x, k=k, **kw)["log_px"]
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = False) -> Tensor:
-        """x ~ p(x|z), z ~ p(z): [n, *data_shape]; ``mean=True`` returns E[x|z] instead."""
-        z = self.prior.sample((n,))
-        return self.decode_to_x(z, mean)
+    def sample(self, n: int, mean: bool = False, temperature: float = 1.0) -> Tensor:
+        """x ~ p(x|z), z ~ p_T(z) (:meth:`sample_latents`): [n, *data_shape]; ``mean=True`` returns
+        E[x|z] instead, and so does T = 0, where nothing is random: E[x | z = the prior's mean]."""
+        z = self.sample_latents(n, temperature)
+        return self.decode_to_x(z, mean or temperature == 0)
+
+    @torch.no_grad()
+    def sample_latents(self, n: int, temperature: float = 1.0) -> Tensor:
+        """z ~ p(z) at temperature T: [n, D]. For the standard-normal prior z ~ N(0, T^2 I), as NVAE
+        samples (Vahdat & Kautz 2020); a flow prior tempers its base, stochastic layers each layer's
+        standard deviation (``Prior.at_temperature``). A prior without ``has_temperature``
+        (mixtures, the VampPrior) refuses T != 1 in one line."""
+        t = check_temperature(temperature)
+        if t == 1.0:
+            return self.prior.sample((n,))
+        if not self.prior_module.has_temperature:
+            refuse_sample_option(
+                self,
+                f"temperature={temperature:g}",
+                f"its {type(self.prior_module).__name__} has no single spread to scale",
+            )
+        return self.prior_module.at_temperature(t).sample((n,))
 
     @property
     def density(self) -> bool:
