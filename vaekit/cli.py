@@ -885,6 +885,8 @@ def _compare(args):
         print(f"wrote {args.markdown}", file=sys.stderr)
     if args.output:
         save_curves(records, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
 
 
 def _score_args(p):
@@ -989,6 +991,7 @@ def _export(args):
     doc = export(args.run, args.output, onnx=args.onnx)
     extra = ", encoder.onnx, decoder.onnx" if "onnx" in doc else ""
     print(f"wrote {args.output}: model.safetensors, config.json, README.md{extra}", file=sys.stderr)
+    return 0
 
 
 def _traverse_args(p):
