@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -519,10 +520,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The field types of a config section, read once (``typing.get_type_hints`` parses the annotations
+    anew on every call, and every checkpoint write reads a few configs field by field)."""
+    return typing.get_type_hints(cls)
+
+
 def _set_field(cfg: Config, section: str, name: str, value: Any) -> None:
     if name not in _fields(section):
         resolve_key(f"{section}.{name}")  # raises with a suggestion
-    hints = typing.get_type_hints(type(getattr(cfg, section)))
+    hints = _type_hints(type(getattr(cfg, section)))
     setattr(getattr(cfg, section), name, _coerce(value, hints[name], f"{section}.{name}"))
 
 
