@@ -276,3 +276,18 @@ def test_standardize_reads_yaml_booleans_and_a_config_without_the_new_fields_loa
         del old["data"][key]
     loaded = Config.from_dict(old)
     assert loaded.data.standardize == "auto" and loaded.data.feature_mean is None and loaded.data.feature_std is None
+
+
+def test_reading_a_config_parses_each_sections_type_hints_once(monkeypatch):
+    """Every checkpoint write reads several configs field by field; the annotations are parsed once."""
+    import typing
+
+    from vaekit import config
+
+    config._type_hints.cache_clear()
+    calls, real = [], typing.get_type_hints
+    monkeypatch.setattr(typing, "get_type_hints", lambda cls, *a, **k: calls.append(cls) or real(cls, *a, **k))
+    d = build_config("dense-wine").to_dict()
+    for _ in range(5):
+        assert Config.from_dict(d).to_dict() == d
+    assert sorted(c.__name__ for c in calls) == ["DataConfig", "ModelConfig", "TrainConfig"]
