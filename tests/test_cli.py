@@ -1,6 +1,7 @@
 """The `vaekit` command end to end on the 8x8 digits, and its one-line errors."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -454,6 +455,21 @@ def test_a_csv_trains_with_a_gaussian_and_its_label_column_colours_the_latent_ma
     argv_bern += ["--set", "likelihood=bernoulli", "--set", "standardize=true"]
     err = one_error_line(capsys, main(argv_bern))
     assert "data.standardize=true" in err and "binary data" in err
+
+
+def test_a_flow_or_a_mixture_on_a_table_models_the_standardised_features(tmp_path, capsys):
+    import yaml
+
+    base = ["--data", "wine", "--no-progress", "--set", "tensorboard=false"]
+    assert main(["train", "--model", "flow", *base, "--max-steps", "2", "--out", str(tmp_path / "f")]) == 0
+    model = yaml.safe_load((tmp_path / "f" / "config.yaml").read_text())["model"]
+    assert (model["flow_arch"], model["flow_dequantize"], model["flow_preprocess"]) == ("maf", "none", "none")
+    nll = json.loads(capsys.readouterr().out)["test_nll"]
+    assert math.isfinite(nll)  # a density of continuous vectors: no logit of values outside [0, 1]
+    assert main(["train", "--model", "mixture", *base, "--set", "components=3", "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["cluster", str(tmp_path / "m"), "-o", str(tmp_path / "c.npy")]) == 0
+    assert float(capsys.readouterr().out.split("adjusted Rand ")[1].split(",")[0]) > 0.5  # the cultivars, roughly
 
 
 def test_a_table_output_is_for_vector_data_only(run, tmp_path, capsys):

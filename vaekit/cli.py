@@ -346,11 +346,17 @@ def _train_in_session(args, main: bool):
 
 def _vector_likelihood(cfg, named: set[str], data: str, main: bool) -> None:
     """Vector data (a .csv, a registered table) get a Gaussian p(x|z) with learned variance unless
-    the user named the likelihood: a preset's Bernoulli would binarise features that are not pixels."""
+    the user named the likelihood: a preset's Bernoulli would binarise features that are not pixels.
+    A flow gets MAF, no dequantisation and no logit (its input is a continuous vector, not in [0, 1])."""
     from .data import is_vector_source
     from .models import binary_data
 
-    if is_vector_source(data) and "model.likelihood" not in named and binary_data(cfg.model):
+    if not is_vector_source(data):
+        return
+    for key, value in (("flow_arch", "maf"), ("flow_dequantize", "none"), ("flow_preprocess", "none")):
+        if cfg.model.kind == "flow" and f"model.{key}" not in named:
+            setattr(cfg.model, key, value)
+    if "model.likelihood" not in named and binary_data(cfg.model):
         cfg.model.likelihood = "gaussian"
         if cfg.model.variance == "fixed" and "model.variance" not in named:
             cfg.model.variance = "global"
