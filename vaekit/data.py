@@ -1,7 +1,8 @@
 """Datasets by name or path, their formats, binarisation, 8-bit helpers and splits.
 
 A loaded dataset is one tensor in memory: :class:`Dataset` holds ``x`` [N, C, H, W]
-float32 in [0, 1] and optional labels ``y`` [N] int64. Training batches are index
+float32 (images in [0, 1]; vectors of features [N, 1, 1, D] in their own units) and optional
+labels ``y`` [N] int64. Training batches are index
 slices of that tensor (the training loop binarises them when ``ds.binarize`` says so);
 there is no torch ``Dataset``/``DataLoader`` on the hot path.
 
@@ -30,12 +31,23 @@ Datasets (the ``DATASETS`` registry; ``describe_datasets()`` lists them):
   key ``faces`` (1965, 28, 20) uint8. The frames are a video, so neighbouring frames
   are near-duplicates: the split is contiguous (first 1,765 train, last 200 test),
   not random, so that the test set does not leak into training.
+- ``wine``, ``breast-cancer``: scikit-learn's tables (UCI; 178 x 13 and 569 x 30 features,
+  3 and 2 classes), vectors in their own units, split 80 / 20 stratified with a fixed seed.
 - a path: ``.npz`` (key ``{split}``/``x_{split}``, else ``x`` or the first array; labels
-  from ``y_{split}``/``y``), ``.npy`` (an array [N,H,W], [N,C,H,W], [N,H,W,C] or
-  [N,D]), or a folder of images (PNG, or anything Pillow reads; all the same size;
-  greyscale or RGB). A file or folder holding a single set is split 90 / 10 with a
-  fixed seed. Integer data must lie in 0..255 (scaled by 1/255; integer data that is
-  all 0 / 1 is taken as binary), floats in [0, 1].
+  from ``y_{split}``/``y``/``labels``), ``.npy`` (an array [N,H,W], [N,C,H,W], [N,H,W,C] or
+  [N,D]; labels from ``NAME.labels.npy`` beside it), ``.csv`` (a table with a header: numeric
+  feature columns and an optional label column), or a folder of images (PNG, or anything
+  Pillow reads; all the same size; greyscale or RGB). A file or folder holding a single set
+  is split 90 / 10 with a fixed seed. Image integers must lie in 0..255 (scaled by 1/255;
+  integer data that is all 0 / 1 is taken as binary), image floats in [0, 1]. With
+  ``vectors=True`` (what ``prepare_data`` asks when nothing binarises the data) an [N, D]
+  array is a table of vectors in its own units unless it is flattened images
+  (:func:`is_table_array`).
+
+Vector data (Kingma & Welling 2014 model continuous data with a Gaussian p(x|z)) are
+standardised per feature, x' = (x - mean) / std, with the statistics of the training split
+only (:class:`Standardization`, :func:`resolve_standardize`); the config records them, and
+every output is turned back into data units with ``Standardization.invert``.
 
 Binarisation (Salakhutdinov & Murray 2008; Burda et al. 2015, Sec. 5): ``dynamic`` draws
 a fresh b ~ Bernoulli(x) per batch during training (``binarize_dynamic``); ``static``
