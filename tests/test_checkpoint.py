@@ -268,3 +268,29 @@ def test_a_damaged_export_folder_is_a_one_line_error(tmp_path, damage):
     with pytest.raises(CheckpointError) as e:
         ckpt.load_model(folder)
     assert "\n" not in str(e.value) and str(folder) in str(e.value)
+
+
+def test_a_runs_standardisation_survives_its_checkpoints_and_vaekit_load(tmp_path):
+    """The statistics live in the saved config, not in the weights: vaekit.load (and every verb, which
+    loads the same way) gets them back as model.data_transform; older checkpoints load as the identity."""
+    import vaekit
+
+    stats = ["standardize=true", "feature_mean=[1.0, -2.0, 30.0]", "feature_std=[0.5, 2.0, 10.0]"]
+    small = ["hidden=[8]", "latent_dim=2", "epochs=1", "eval_k=0", "tensorboard=false", *stats]
+    cfg = build_config("dense-tabular", overrides=small)
+    x = torch.randn(40, 1, 1, 3)
+    train(cfg, tmp_path / "r", x, None, progress=False)
+    model = vaekit.load(tmp_path / "r")
+    t = model.data_transform
+    assert t.mean.tolist() == [1.0, -2.0, 30.0] and t.std.tolist() == [0.5, 2.0, 10.0]
+    z = torch.randn(4, 1, 1, 3)
+    assert torch.allclose(t.invert(z), z * torch.tensor([0.5, 2.0, 10.0]) + torch.tensor([1.0, -2.0, 30.0]))
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["data"]["feature_std"] == [0.5, 2.0, 10.0]
+    path, state = ckpt.latest_checkpoint(tmp_path / "r")
+    plain = build_model(build_config("dense-tabular", overrides=small[:-3]), (1, 1, 3))
+    assert state["model"].keys() == plain.state_dict().keys()  # the weights are the same either way
+    assert plain.data_transform.identity
+    for key in ("standardize", "feature_mean", "feature_std", "label_column"):  # as an older vaekit saved it
+        del state["config"]["data"][key]
+    old, cfg_old = ckpt.model_from_state(state)
+    assert old.data_transform.identity and old.data_transform.invert(z) is z and cfg_old.data.standardize == "auto"

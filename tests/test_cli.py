@@ -1,6 +1,7 @@
 """The `vaekit` command end to end on the 8x8 digits, and its one-line errors."""
 
 import json
+import math
 import re
 
 import numpy as np
@@ -540,3 +541,178 @@ def test_pictures_carry_their_titles(run, tmp_path, argv, title):
         assert max(img.size) >= 500  # readable, not a strip of 8-pixel digits
     if argv[0] == "latent-map":
         assert re.search(r": [012] of 2 units active \(50 test points\)$", img.text["Title"]), img.text
+
+
+# --- vector (tabular) data ---------------------------------------------------------------------
+SMALL_TABLE = ["--set", "hidden=[8]", "--set", "latent_dim=2", "--set", "eval_k=0", "--set", "tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def wine_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wine") / "run"
+    argv = ["train", "--preset", "dense-wine", "--max-steps", "6", "--out", str(out), "--no-progress", *SMALL_TABLE]
+    assert main(argv) == 0
+    return out
+
+
+def test_the_tabular_preset_trains_a_gaussian_on_standardised_unbinarised_features(wine_run):
+    import torch
+    import yaml
+
+    from vaekit import data
+    from vaekit.checkpoint import load_model
+
+    doc = yaml.safe_load((wine_run / "config.yaml").read_text())
+    assert doc["model"]["likelihood"] == "gaussian" and doc["data"]["binarize"] == "none"
+    assert doc["data"]["standardize"] is True and doc["data"]["levels"] is None  # the resolved values recorded
+    train = data.load_dataset("wine", "train").x[:, 0, 0].double()
+    assert np.allclose(doc["data"]["feature_mean"], train.mean(0).numpy(), rtol=1e-12)  # the training split's
+    assert np.allclose(doc["data"]["feature_std"], train.std(0, correction=0).numpy(), rtol=1e-12)
+    model, cfg, state = load_model(wine_run)
+    assert state["step"] == 6 and model.data_shape == (1, 1, 13) and not model.data_transform.identity
+    seen, _ = data.prepare_data(cfg.data)  # what the model was trained on: zero mean, unit variance per feature
+    assert torch.allclose(seen.x[:, 0, 0].double().mean(0), torch.zeros(13, dtype=torch.float64), atol=1e-5)
+    assert len(torch.unique(seen.x)) > 1000  # continuous values, never binarised
+
+
+def test_samples_reconstructions_and_interpolations_come_back_in_data_units(wine_run, tmp_path):
+    import csv
+
+    import torch
+
+    from vaekit import data
+    from vaekit.checkpoint import load_model
+
+    assert main(["sample", str(wine_run), "-n", "400", "--seed", "3", "-o", str(tmp_path / "s.npy")]) == 0
+    model, cfg, _ = load_model(wine_run)
+    torch.manual_seed(3)
+    want = model.data_transform.invert(model.sample(400))
+    got = np.load(tmp_path / "s.npy")
+    assert got.shape == (400, 1, 1, 13) and np.allclose(got, want.numpy(), rtol=1e-5, atol=1e-4)
+    proline = data.load_dataset("wine", "train").columns.index("proline")
+    assert 100 < got[:, 0, 0, proline].mean() < 2000  # the data's units (mean about 750), not standardised ones
+    assert main(["reconstruct", str(wine_run), "-n", "5", "-o", str(tmp_path / "r.png")]) == 0
+    with open(tmp_path / "r.csv", newline="") as f:  # the table beside the picture
+        rows = list(csv.reader(f))
+    test = data.load_dataset("wine", "test")
+    assert rows[0] == ["example", "row", *test.columns] and len(rows) == 1 + 2 * 5
+    originals = np.array([[float(v) for v in r[2:]] for r in rows[1::2]])
+    assert np.allclose(originals, test.x[:5, 0, 0].numpy(), rtol=1e-4, atol=1e-4)  # data units, 6 digits
+    assert [r[1] for r in rows[1:3]] == ["data", "reconstruction"]
+    with Image.open(tmp_path / "r.png") as im:
+        assert im.format == "PNG"
+    assert main(["interpolate", str(wine_run), "--pairs", "2", "--steps", "4", "-o", str(tmp_path / "i.npy")]) == 0
+    paths = np.load(tmp_path / "i.npy")
+    assert paths.shape == (2, 4, 1, 1, 13) and 100 < paths[..., proline].mean() < 2000
+    assert main(["sample", str(wine_run), "-n", "50", "-o", str(tmp_path / "s.csv")]) == 0
+    with open(tmp_path / "s.csv", newline="") as f:
+        assert next(csv.reader(f)) == list(test.columns)
+    for picture in ("s.png", "i.png"):
+        verb = "sample" if picture == "s.png" else "interpolate"
+        assert main([verb, str(wine_run), "-o", str(tmp_path / picture)]) == 0
+
+
+def test_evaluate_adds_the_nll_in_data_units(wine_run, tmp_path, capsys):
+    assert main(["evaluate", str(wine_run), "--k", "10", "--no-progress", "-o", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    std = json.loads(json.dumps(__import__("yaml").safe_load((wine_run / "config.yaml").read_text())))["data"]
+    log_scale = float(np.log(std["feature_std"]).sum())  # -log p(x) = -log p'(x') + sum_d log std_d
+    assert res["standardized"] is True and res["log_scale"] == pytest.approx(log_scale)
+    assert res["nll_data_units"] == pytest.approx(res["nll"] + log_scale) and res["bpd"] is None
+    assert "own units" in capsys.readouterr().out
+
+
+def test_a_csv_trains_with_a_gaussian_and_its_label_column_colours_the_latent_map(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from vaekit import viz
+
+    g = np.random.default_rng(0)
+    lines = ["height_cm,weight_kg,species"] + [
+        f"{150 + 20 * (i % 2) + g.normal():.3f},{60 + 15 * (i % 2) + g.normal():.3f},{['cat', 'dog'][i % 2]}"
+        for i in range(60)
+    ]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "t.csv"),
+        "--max-steps",
+        "3",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    ]
+    assert main([*argv, "--set", "label_column=species", *SMALL_TABLE]) == 0
+    assert "holds vectors: likelihood gaussian" in capsys.readouterr().err  # the base preset's Bernoulli replaced
+    doc = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert doc["model"]["likelihood"] == "gaussian" and doc["data"]["binarize"] == "none"
+    seen = {}
+    monkeypatch.setattr(
+        viz, "save_latent_scatter", lambda pts, path, labels=None, title=None, **kw: seen.update(l=labels)
+    )
+    assert main(["latent-map", str(tmp_path / "r"), "-o", str(tmp_path / "m.png")]) == 0
+    from vaekit import data
+
+    test = data.load_dataset(str(tmp_path / "t.csv"), "test", label_column="species")
+    assert seen["l"].tolist() == test.y.tolist() and set(seen["l"].tolist()) <= {0, 1}  # cat 0, dog 1
+    capsys.readouterr()
+    argv_bern = [*argv[:-3], "--out", str(tmp_path / "b"), "--set", "label_column=species"]
+    argv_bern += ["--set", "likelihood=bernoulli", "--set", "standardize=true"]
+    err = one_error_line(capsys, main(argv_bern))
+    assert "data.standardize=true" in err and "binary data" in err
+
+
+def test_a_flow_or_a_mixture_on_a_table_models_the_standardised_features(tmp_path, capsys):
+    import yaml
+
+    base = ["--data", "wine", "--no-progress", "--set", "tensorboard=false"]
+    assert main(["train", "--model", "flow", *base, "--max-steps", "2", "--out", str(tmp_path / "f")]) == 0
+    model = yaml.safe_load((tmp_path / "f" / "config.yaml").read_text())["model"]
+    assert (model["flow_arch"], model["flow_dequantize"], model["flow_preprocess"]) == ("maf", "none", "none")
+    nll = json.loads(capsys.readouterr().out)["test_nll"]
+    assert math.isfinite(nll)  # a density of continuous vectors: no logit of values outside [0, 1]
+    assert main(["train", "--model", "mixture", *base, "--set", "components=3", "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["cluster", str(tmp_path / "m"), "-o", str(tmp_path / "c.npy")]) == 0
+    assert float(capsys.readouterr().out.split("adjusted Rand ")[1].split(",")[0]) > 0.5  # the cultivars, roughly
+
+
+def test_a_table_output_is_for_vector_data_only(run, tmp_path, capsys):
+    for verb in ("sample", "reconstruct"):
+        err = one_error_line(capsys, main([verb, str(run), "-o", str(tmp_path / "t.csv")]))
+        assert "a .csv table is written for vector data" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cluster_a_features_file_finds_well_separated_clusters(tmp_path, capsys):
+    g = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 50)
+    feats = np.eye(4)[y] * 8 + g.normal(size=(200, 4))
+    feats[:, 1] *= 500  # units differ: the features are standardised before EM
+    np.save(tmp_path / "f.npy", feats.astype(np.float32))
+    np.save(tmp_path / "f.labels.npy", y)  # as `vaekit encode` writes them
+    assert main(["cluster", str(tmp_path / "f.npy"), "-o", str(tmp_path / "c.npy")]) == 0
+    out = capsys.readouterr().out
+    ari = float(out.split("adjusted Rand ")[1].split(",")[0])
+    assert ari > 0.9 and "into 4 components" in out  # K from the labels' classes
+    from vaekit.models.mixture import agreement
+
+    assert agreement(y, np.load(tmp_path / "c.npy"))["ari"] == pytest.approx(ari, abs=1e-3)
+    assert np.load(tmp_path / "c.soft.npy").shape == (200, 4)
+    np.save(tmp_path / "other.npy", (y + 1) % 4)
+    argv = ["cluster", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "other.npy"), "--components", "6"]
+    assert main([*argv, "--covariance", "diag", "-o", str(tmp_path / "c6.npy")]) == 0
+    assert "into 6 components" in capsys.readouterr().out and np.load(tmp_path / "c6.npy").max() < 6
+
+
+def test_cluster_options_of_a_features_file_are_refused_for_a_run(run, tmp_path, capsys):
+    err = one_error_line(capsys, main(["cluster", str(run), "--components", "3", "-o", str(tmp_path / "c.npy")]))
+    assert "--components applies to a features file (.npy)" in err
+    err = one_error_line(capsys, main(["cluster", str(tmp_path / "none.npy"), "-o", str(tmp_path / "c.npy")]))
+    assert "none.npy: file not found" in err
+    np.save(tmp_path / "f.npy", np.zeros((5, 2)))
+    err = one_error_line(
+        capsys, main(["cluster", str(tmp_path / "f.npy"), "--data", "digits", "-o", str(tmp_path / "c.npy")])
+    )
+    assert "holds 5 feature vectors but the test split of digits" in err

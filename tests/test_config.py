@@ -238,3 +238,56 @@ def test_a_config_file_with_only_a_preset_is_enough(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("preset: dense-digits\n")
     assert build_config(config_file=str(f)) == get_preset("dense-digits")
+
+
+def test_the_tabular_presets_model_standardised_continuous_features():
+    cfg = get_preset("dense-wine")
+    assert preset_chain("dense-wine") == ["base", "dense-tabular", "dense-wine"]
+    assert (cfg.data.name, cfg.data.binarize, cfg.data.standardize) == ("wine", "none", "auto")
+    assert (cfg.model.likelihood, cfg.model.variance) == ("gaussian", "pixel")  # a learned variance per feature
+    assert cfg.data.feature_mean is None and cfg.data.label_column is None  # recorded by `vaekit train`
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["standardize=maybe"], "data.standardize must be auto, true or false; got 'maybe'"),
+        (["feature_mean=[0, 1]"], "data.feature_mean and data.feature_std must be given together"),
+        (["feature_mean=[0, 1]", "feature_std=[1]"], "as lists of one length"),
+        (["feature_mean=[0]", "feature_std=[0]"], "data.feature_std finite and positive"),
+        (["feature_mean=[.nan]", "feature_std=[1]"], "data.feature_mean must be finite"),
+        (["label_column=[1]"], "data.label_column' wants a string"),
+    ],
+)
+def test_standardisation_fields_refuse_what_cannot_be_applied(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        build_config("dense-tabular", overrides=overrides)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_standardize_reads_yaml_booleans_and_a_config_without_the_new_fields_loads():
+    assert build_config("base", overrides=["standardize=true"]).data.standardize is True
+    assert build_config("base", overrides=["data.standardize=false"]).data.standardize is False
+    cfg = build_config("base", overrides=["feature_mean=[1.5, -2]", "feature_std=[0.25, 3]", "label_column=kind"])
+    again = Config.from_dict(cfg.to_dict())
+    assert again == cfg and again.data.feature_std == [0.25, 3.0]
+    old = cfg.to_dict()
+    for key in ("label_column", "standardize", "feature_mean", "feature_std"):  # a checkpoint of an older vaekit
+        del old["data"][key]
+    loaded = Config.from_dict(old)
+    assert loaded.data.standardize == "auto" and loaded.data.feature_mean is None and loaded.data.feature_std is None
+
+
+def test_reading_a_config_parses_each_sections_type_hints_once(monkeypatch):
+    """Every checkpoint write reads several configs field by field; the annotations are parsed once."""
+    import typing
+
+    from vaekit import config
+
+    config._type_hints.cache_clear()
+    calls, real = [], typing.get_type_hints
+    monkeypatch.setattr(typing, "get_type_hints", lambda cls, *a, **k: calls.append(cls) or real(cls, *a, **k))
+    d = build_config("dense-wine").to_dict()
+    for _ in range(5):
+        assert Config.from_dict(d).to_dict() == d
+    assert sorted(c.__name__ for c in calls) == ["DataConfig", "ModelConfig", "TrainConfig"]

@@ -492,8 +492,8 @@ def test_bad_files_and_folders(tmp_path):
     cases.append((tmp_path / "nothing.npz", "empty .npz archive"))
     (tmp_path / "text.npy").write_text("hello")
     cases.append((tmp_path / "text.npy", "cannot read the .npy file"))
-    (tmp_path / "data.csv").write_text("1,2")
-    cases.append((tmp_path / "data.csv", "unsupported file type '.csv'"))
+    (tmp_path / "data.txt").write_text("1,2")
+    cases.append((tmp_path / "data.txt", "unsupported file type '.txt'"))
     cases.append((tmp_path / "missing.npz", "file or folder not found"))
     (tmp_path / "emptydir").mkdir()
     cases.append((tmp_path / "emptydir", "empty folder"))
@@ -662,3 +662,169 @@ def test_download_helpers_are_re_exported():
 
     assert data.file_checksum is download.file_checksum and data.fetch_checked is download.fetch_checked
     assert data.DOWNLOAD_TIMEOUT_S == download.DOWNLOAD_TIMEOUT_S
+
+
+# ----------------------------------------------------------------------------------------
+# vector (tabular) data: CSV, tables in .npy / .npz, the registered tables, standardisation
+# ----------------------------------------------------------------------------------------
+IRIS_LIKE = "sepal length,sepal width,Species\n" + "".join(
+    f"{5 + 0.1 * i},{3 - 0.05 * i},{['setosa', 'versicolor', 'virginica'][i % 3]}\n" for i in range(30)
+)
+
+
+def test_a_csv_with_a_header_and_a_label_column_loads_as_vectors_with_labels(tmp_path):
+    (tmp_path / "t.csv").write_text(IRIS_LIKE)
+    feats, names, labels = data.read_csv_table(tmp_path / "t.csv", label_column="Species")
+    assert feats.shape == (30, 2) and names == ("sepal length", "sepal width")
+    assert feats[3].tolist() == [5.3, 2.85] and labels.tolist() == [0, 1, 2] * 10  # sorted class names -> 0, 1, 2
+    train = data.load_dataset(str(tmp_path / "t.csv"), "train", label_column="Species")
+    test = data.load_dataset(str(tmp_path / "t.csv"), "test", label_column="Species")
+    assert (len(train), len(test)) == (27, 3) and train.shape == (1, 1, 2) and data.is_vector_shape(train.shape)
+    assert train.columns == names and train.levels is None and train.y.dtype == torch.int64
+    rows = {tuple(r) for ds in (train, test) for r in torch.cat([ds.x[:, 0, 0].double(), ds.y[:, None]], 1).tolist()}
+    want = {(f[0], f[1], float(y)) for f, y in zip(feats.astype(np.float32).astype(np.float64).tolist(), labels)}
+    assert rows == want  # every row once, its label with it, values in their own units
+    (tmp_path / "d.csv").write_text("a,b,target\n1,2,7\n3,4,9\n5,6,7\n")
+    feats, names, labels = data.read_csv_table(tmp_path / "d.csv")  # "target" found by its name; integers kept
+    assert names == ("a", "b") and labels.tolist() == [7, 9, 7] and feats.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+CSV_PROBLEMS = {
+    "text_feature": ("x,colour,label\n1,red,0\n2,blue,1\n", "column 'colour' is not numeric (line 2: 'red')"),
+    "missing_value": ("x,y\n1,2\n3,\n", "column 'y' is not numeric (line 3: a missing value)"),
+    "nan": ("x,y\n1,2\n3,nan\n", "NaN or infinite"),
+    "no_header": ("1,2\n3,4\n", "must be a header"),
+    "ragged": ("x,y\n1,2\n3\n", "line 3 has 1 fields; the header has 2"),
+    "only_header": ("x,y\n", "a header but no rows"),
+    "empty": ("", "empty CSV file"),
+    "duplicate_names": ("x,x\n1,2\n", "distinct, non-empty column names"),
+    "only_labels": ("label\n1\n2\n", "no feature columns"),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_PROBLEMS))
+def test_bad_csv_files_are_one_line_errors_naming_the_problem(tmp_path, case):
+    text, problem = CSV_PROBLEMS[case]
+    (tmp_path / f"{case}.csv").write_text(text)
+    with pytest.raises(DataError) as e:
+        data.load_dataset(str(tmp_path / f"{case}.csv"), "train")
+    assert_one_line(e, f"{case}.csv", problem)
+
+
+def test_csv_label_column_must_exist_and_belongs_to_csv_files(tmp_path):
+    (tmp_path / "t.csv").write_text(IRIS_LIKE)
+    with pytest.raises(DataError) as e:
+        data.load_dataset(str(tmp_path / "t.csv"), "train", label_column="kind")
+    assert_one_line(e, "no column 'kind'", "columns: sepal length, sepal width, Species")
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    for name in (str(tmp_path / "a.npy"), "wine"):
+        with pytest.raises(DataError) as e:
+            data.load_dataset(name, "train", label_column="Species")
+        assert_one_line(e, "data.label_column names a column of a .csv file")
+
+
+def test_tables_in_npy_and_npz_are_vectors_in_their_own_units_when_nothing_binarises(tmp_path):
+    rng = np.random.default_rng(0)
+    table = rng.normal(50.0, 20.0, size=(40, 4))  # 4 = 2 x 2, but a table: not an image
+    np.save(tmp_path / "t.npy", table)
+    np.save(tmp_path / "t.labels.npy", np.arange(40) % 3)  # the labels file beside it, as `vaekit encode` writes
+    ds = data.load_dataset(str(tmp_path / "t.npy"), "train", vectors=True)
+    assert ds.shape == (1, 1, 4) and ds.levels is None and len(ds) == 36
+    rows = {
+        tuple(r) for s in ("train", "test") for r in data.load_path(tmp_path / "t.npy", s, True).x[:, 0, 0].tolist()
+    }
+    assert rows == {tuple(r) for r in table.astype(np.float32).tolist()}
+    assert set(ds.y.tolist()) == {0, 1, 2}
+    np.savez(tmp_path / "t.npz", x=table, labels=np.arange(40) % 2)
+    ds = data.load_dataset(str(tmp_path / "t.npz"), "test", vectors=True)
+    assert ds.shape == (1, 1, 4) and set(ds.y.tolist()) <= {0, 1}
+    with pytest.raises(DataError) as e:  # read as images (the default) the same table is refused, with a hint
+        data.load_dataset(str(tmp_path / "t.npy"), "train")
+    assert_one_line(e, "must be in [0, 1]", "likelihood=gaussian")
+    flat = rng.random((20, 64)).astype(np.float32)  # flattened 8x8 images stay images
+    np.save(tmp_path / "img.npy", flat)
+    assert data.load_dataset(str(tmp_path / "img.npy"), "train", vectors=True).shape == (1, 8, 8)
+    for cfg_binarize, shape in (("none", (1, 1, 4)), ("dynamic", (1, 2, 2))):  # prepare_data: nothing binarises
+        np.save(tmp_path / "u.npy", rng.random((20, 4)).astype(np.float32))
+        train, _ = data.prepare_data(DataConfig(name=str(tmp_path / "u.npy"), binarize=cfg_binarize))
+        assert train.shape == shape
+
+
+@pytest.mark.parametrize("name,n,d,classes", [("wine", 178, 13, 3), ("breast-cancer", 569, 30, 2)])
+def test_the_registered_tables_are_stratified_vectors_with_feature_names(name, n, d, classes):
+    train, test = data.load_dataset(name, "train"), data.load_dataset(name, "test")
+    assert len(train) + len(test) == n and train.shape == test.shape == (1, 1, d) and len(train.columns) == d
+    assert train.levels is None and data.is_vector_source(name) and data.is_vector_source("x/y.CSV")
+    assert not data.is_vector_source("mnist5k") and not data.is_vector_source("feats.npy")
+    for c in range(classes):  # 20% of every class held out
+        total = int((train.y == c).sum() + (test.y == c).sum())
+        assert int((test.y == c).sum()) == round(0.2 * total)
+
+
+def test_standardisation_round_trip_with_statistics_from_the_training_split_only(tmp_path):
+    rng = np.random.default_rng(1)
+    table = np.concatenate([rng.normal([100.0, -3.0, 0.5], [30.0, 0.1, 2.0], size=(60, 3)), np.ones((60, 1))], 1)
+    header = "a,b,c,const\n" + "".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in table)
+    (tmp_path / "t.csv").write_text(header)
+    cfg = DataConfig(name=str(tmp_path / "t.csv"), binarize="none")
+    raw_train, raw_test = data.prepare_data(cfg)
+    t = data.resolve_standardize(cfg, raw_train, binary_model=False)
+    assert cfg.standardize is True and len(cfg.feature_mean) == 4
+    flat = raw_train.x[:, 0, 0].double()
+    assert np.allclose(cfg.feature_mean, flat.mean(0).numpy(), rtol=0, atol=1e-9)  # the training split's
+    assert np.allclose(cfg.feature_std[:3], flat.std(0, correction=0)[:3].numpy(), rtol=1e-12)
+    assert cfg.feature_std[3] == 1.0  # a constant feature is only centred
+    train, test = data.prepare_data(cfg)  # what every later command reads: standardised as recorded
+    z = train.x[:, 0, 0].double()
+    assert torch.allclose(z.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(z[:, :3].std(0, correction=0), torch.ones(3, dtype=torch.float64), atol=1e-5)
+    assert train.levels is None and test.x.shape == raw_test.x.shape
+    assert not torch.allclose(test.x[:, 0, 0].double().mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-3)
+    for raw, std in ((raw_train, train), (raw_test, test)):  # invert(apply(x)) = x, in float32
+        assert torch.allclose(t.invert(std.x), raw.x, rtol=1e-6, atol=1e-4)
+        assert torch.allclose(t.apply(raw.x), std.x)
+    paths = std.x[:2, None].expand(2, 5, 1, 1, 4)  # any leading dims: [R, S, *example shape]
+    assert torch.allclose(t.invert(paths)[:, 3], raw.x[:2], rtol=1e-6, atol=1e-4)
+    assert t.log_scale == pytest.approx(float(np.log(cfg.feature_std).sum()))
+    again = data.standardization_of(cfg)
+    assert torch.equal(again.mean, t.mean) and torch.equal(again.std, t.std)  # what a config records is exact
+    with pytest.raises(DataError) as e:
+        t.apply(torch.zeros(3, 1, 1, 5))
+    assert_one_line(e, "standardisation is for 4 features", "(1, 1, 5)")
+
+
+def test_standardize_auto_is_on_for_continuous_vectors_only():
+    vec = data.Dataset(torch.randn(20, 1, 1, 3) * 5, None, "vec", levels=None)
+    binary = data.Dataset(torch.randint(0, 2, (20, 1, 1, 3)).float(), None, "bin", levels=2)
+    img = data.Dataset(torch.rand(20, 1, 4, 4), None, "img", levels=None)
+    for ds, binary_model, want in ((vec, False, True), (vec, True, False), (binary, False, False), (img, False, False)):
+        cfg = DataConfig(standardize="auto")
+        t = data.resolve_standardize(cfg, ds, binary_model)
+        assert cfg.standardize is want and t.identity is not want and (cfg.feature_mean is None) is not want
+    cfg = DataConfig(standardize=True)  # asked for: any data, here images (per pixel)
+    assert not data.resolve_standardize(cfg, img, False).identity and cfg.standardize is True
+    cfg = DataConfig(standardize=False)
+    assert data.resolve_standardize(cfg, vec, False).identity and cfg.feature_std is None
+    with pytest.raises(ConfigError) as e:
+        data.resolve_standardize(DataConfig(standardize=True), vec, binary_model=True)
+    assert_one_line(e, "data.standardize=true", "binary data")
+    ident = data.standardization_of(DataConfig())  # configs without statistics (older runs): the identity
+    x = torch.randn(3, 1, 1, 3)
+    assert ident.identity and ident.invert(x) is x and ident.apply(x) is x and ident.log_scale == 0.0
+
+
+def test_features_and_labels_files(tmp_path):
+    np.save(tmp_path / "f.npy", np.arange(12, dtype=np.float32).reshape(6, 2))
+    np.save(tmp_path / "l.npy", np.arange(6))
+    assert data.load_features(tmp_path / "f.npy").shape == (6, 2)
+    assert data.load_labels(tmp_path / "l.npy", 6).tolist() == list(range(6))
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 4)))
+    for call, needle in (
+        (lambda: data.load_features(tmp_path / "bad.npy"), "must be [N, D]"),
+        (lambda: data.load_features(tmp_path / "f.csv"), "must be an .npy array"),
+        (lambda: data.load_features(tmp_path / "no.npy"), "file not found"),
+        (lambda: data.load_labels(tmp_path / "l.npy", 5), "5 images but labels of shape (6,)"),
+    ):
+        with pytest.raises(DataError) as e:
+            call()
+        assert_one_line(e, needle)

@@ -238,3 +238,25 @@ def test_sampling_has_the_uniform_signature_and_refuses_a_temperature_in_one_lin
     with pytest.raises(VaekitError) as e:
         m.sample(4, temperature=0.5)
     assert "\n" not in str(e.value) and "temperature=0.5 (--temperature)" in str(e.value)
+
+
+def test_cluster_features_recovers_well_separated_clusters_in_any_units():
+    """Three Gaussian clusters 6 sd apart, one feature in units a thousand times larger and another of
+    pure noise: EM on the standardised features recovers the clusters (ARI, NMI near 1)."""
+    from vaekit.models.mixture import agreement, cluster_features
+
+    g = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 60)
+    centres = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+    x = centres[y] + g.normal(size=(180, 2))
+    x = np.concatenate([x * [1.0, 1000.0], g.normal(size=(180, 1))], 1)  # feature 2 in other units; noise
+    soft, hard, model = cluster_features(x, 3, seed=0)
+    assert soft.shape == (180, 3) and torch.allclose(soft.sum(1), torch.ones(180, dtype=soft.dtype))
+    score = agreement(y, hard.numpy())
+    assert score["ari"] > 0.9 and score["nmi"] > 0.9
+    means = model.means.numpy()  # in standardised units: every feature of the means within a few sd
+    assert np.abs(means).max() < 3
+    renamed = (y + 1) % 3  # the scores do not depend on the clusters' names
+    assert agreement(y, renamed) == {"ari": 1.0, "nmi": 1.0}
+    with pytest.raises(VaekitError, match="between 1 and the 180 examples"):
+        cluster_features(x, 181)

@@ -398,3 +398,71 @@ def test_latent_map_names_its_axes_and_carries_its_title(tmp_path):
     path = viz.save_latent_map(decoded, n, None, tmp_path / "m.png", pts, title="2 of 5 units active")
     with Image.open(path) as im:
         assert im.text["Title"] == "2 of 5 units active" and im.size == (1100, 500)
+
+
+# vector data: pair plots, histograms, tables, paths, a latent scatter
+# ----------------------------------------------------------------------------------------
+def _has_color(rgb: np.ndarray, color, tol: int = 40) -> bool:
+    """Whether any pixel is within ``tol`` of ``color`` (RGB 0..255) in every channel."""
+    return bool((np.abs(rgb[..., :3].astype(int) - np.array(color)) <= tol).all(-1).any())
+
+
+# histograms at alpha 0.45 on white: samples tab:orange (255, 127, 14), data grey 0.45 (115, 115, 115)
+ORANGE_ON_WHITE, GREY_ON_WHITE = (255, 197, 146), (192, 192, 192)
+
+
+def test_vector_samples_pair_plot_up_to_6_features_then_histograms(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    for d, size in ((3, (700, 660)), (6, (1300, 1260)), (13, (1440, 660)), (60, (1440, 1660))):
+        samples, data = torch.randn(50, d, generator=g), torch.randn(40, 1, 1, d, generator=g) * 3
+        mode, got, rgb = read_png(viz.save_vector_samples(samples, data, tmp_path / f"s{d}.png"))
+        assert mode == "RGB" and got == size  # pair plot D x D panels; histograms 6 per row, the first 48
+        assert _has_color(rgb, ORANGE_ON_WHITE, tol=8) and _has_color(rgb, GREY_ON_WHITE, tol=8)  # samples and data
+    _, _, rgb = read_png(viz.save_vector_samples(torch.randn(20, 2), None, tmp_path / "alone.png", ["a", "b"]))
+    assert _has_color(rgb, ORANGE_ON_WHITE, tol=8)
+    for args, needle in (
+        ((torch.randn(5, 3), torch.randn(5, 4)), "samples have 3 features and data 4"),
+        ((torch.randn(5, 2, 3), None), "must be vectors [N, D] or [N, 1, 1, D]"),
+        ((torch.full((5, 2), float("nan")), None), "NaN or infinite"),
+    ):
+        with pytest.raises(VaekitError) as e:
+            viz.save_vector_samples(*args, tmp_path / "bad.png")
+        assert_one_line(e, needle)
+    with pytest.raises(VaekitError) as e:
+        viz.save_vector_samples(torch.randn(5, 2), None, tmp_path / "bad.png", names=["only one"])
+    assert_one_line(e, "1 feature names for 2 features")
+
+
+def test_reconstruction_table_rows_csv_and_picture(tmp_path):
+    import csv
+
+    x = torch.tensor([[1.0, 250.5, -3.25], [0.0, 1e-4, 7.0]]).view(2, 1, 1, 3)
+    r = x + 0.5
+    header, rows = viz.vector_table(x, r, ["a", "b", "c"])
+    assert header == ["example", "row", "a", "b", "c"]
+    assert [row[:2] for row in rows] == [[0, "data"], [0, "reconstruction"], [1, "data"], [1, "reconstruction"]]
+    assert rows[1][2:] == pytest.approx([1.5, 251.0, -2.75]) and rows[2][2:] == pytest.approx([0.0, 1e-4, 7.0])
+    with open(viz.write_csv(header, rows, tmp_path / "t" / "r.csv"), newline="") as f:
+        back = list(csv.reader(f))
+    assert back[0] == header and back[2] == ["0", "reconstruction", "1.5", "251", "-2.75"] and len(back) == 5
+    mode, size, rgb = read_png(viz.save_table(header, rows, tmp_path / "r.png", "reconstructions"))
+    assert mode == "RGB" and size == (round(100 * (1.2 + 1.1 * 5)), round(100 * (0.9 + 0.3 * 4)))
+    wide = [["example", "row", *[f"f{i}" for i in range(30)]], [[i, "data", *[1.0] * 30] for i in range(40)]]
+    assert read_png(viz.save_table(*wide, tmp_path / "wide.png"))[1][0] == round(100 * (1.2 + 1.1 * 13))  # 10 shown
+    with pytest.raises(VaekitError) as e:
+        viz.vector_table(x, r[:1])
+    assert_one_line(e, "differ in shape")
+
+
+def test_vector_paths_and_latent_scatter(tmp_path):
+    mode, size, _ = read_png(viz.save_vector_paths(torch.randn(3, 5, 1, 1, 4), tmp_path / "p.png", list("abcd")))
+    assert mode == "RGB" and size[0] > size[1] > 0
+    with pytest.raises(VaekitError) as e:
+        viz.save_vector_paths(torch.randn(3, 5), tmp_path / "p.png")
+    assert_one_line(e, "interpolation paths must be finite [R, steps, D]")
+    pts, labels = torch.randn(30, 2), np.arange(30) % 3
+    mode, size, rgb = read_png(viz.save_latent_scatter(pts, tmp_path / "m.png", labels=labels, title="map"))
+    assert size == (650, 550) and _has_color(rgb, (31, 119, 180)) and _has_color(rgb, (44, 160, 44))  # tab10 classes
+    with pytest.raises(VaekitError) as e:
+        viz.save_latent_scatter(torch.randn(30, 3), tmp_path / "m.png")
+    assert_one_line(e, "points must be [M, 2]")

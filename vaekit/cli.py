@@ -158,6 +158,39 @@ def _save_picture(path: Path, array, draw: Callable[[Path], object]) -> None:
         draw(path)
 
 
+def _data_units(model, x):
+    """Model outputs or model-ready data [..., *data_shape] in data units: the run's standardisation
+    inverted (``model.data_transform``; the identity for runs that did not standardise)."""
+    return model.data_transform.invert(x)
+
+
+def _vector_data(model) -> bool:
+    """Whether the model's examples are vectors of features (``vaekit.data.is_vector_shape``), drawn
+    as plots and tables rather than as pictures of pixels."""
+    from .data import is_vector_shape
+
+    return is_vector_shape(model.data_shape)
+
+
+def _output_path(path: str) -> Path:
+    """``_picture_path(path)``, or a ``.csv`` table (written for vector data only: ``_table_for``)."""
+    if Path(path).suffix.lower() == ".csv" and not Path(path).is_dir():
+        return Path(path)
+    return _picture_path(path)
+
+
+def _table_for(model, out: Path, run: str) -> bool:
+    """Whether ``out`` is a ``.csv`` table; a one-line error when the model's data are not vectors."""
+    if out.suffix.lower() != ".csv":
+        return False
+    if not _vector_data(model):
+        raise VaekitError(
+            f"cannot write {out}: a .csv table is written for vector data; {run} models examples of shape "
+            f"{tuple(model.data_shape)} (use a picture suffix or .npy)"
+        )
+    return True
+
+
 def _write_text(path: str | Path, text: str) -> None:
     """``text`` written atomically; a one-line error where ``path`` cannot be written."""
     from .checkpoint import atomic_write
@@ -301,6 +334,7 @@ def _train_in_session(args, main: bool):
         model_kind = [f"model.kind={args.model}"] if args.model else []
         cfg = build_config(args.preset, args.config, model_kind + list(args.overrides) + _seed_override(args))
         named = named_keys(args.config, model_kind + list(args.overrides))  # what the user set explicitly
+        _vector_likelihood(cfg, named, args.data or cfg.data.name, main)
         # binarisation follows the likelihood; the resolved mode is what the run's config records
         cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), "data.binarize" in named)
         if args.data:
@@ -314,6 +348,8 @@ def _train_in_session(args, main: bool):
         cfg.train.device = args.device
     validate(cfg)
     train_ds, test_ds = prepare_data(cfg.data)
+    if not args.resume:  # fitted on the training split; the config records it, so resumes reuse it
+        train_ds, test_ds = _standardize(cfg, train_ds, test_ds, main)
     if not args.resume and "data.levels" not in named:  # the model's bits/dim follow them (build_model)
         cfg.data.levels = train_ds.levels
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
@@ -383,6 +419,48 @@ def _seed_override(args) -> list[str]:
     return [f"train.seed={args.seed}"]
 
 
+def _vector_likelihood(cfg, named: set[str], data: str, main: bool) -> None:
+    """Vector data (a .csv, a registered table) get a Gaussian p(x|z) with learned variance unless
+    the user named the likelihood: a preset's Bernoulli would binarise features that are not pixels.
+    A flow gets MAF, no dequantisation and no logit (its input is a continuous vector, not in [0, 1])."""
+    from .data import is_vector_source
+    from .models import binary_data
+
+    if not is_vector_source(data):
+        return
+    for key, value in (("flow_arch", "maf"), ("flow_dequantize", "none"), ("flow_preprocess", "none")):
+        if cfg.model.kind == "flow" and f"model.{key}" not in named:
+            setattr(cfg.model, key, value)
+    if "model.likelihood" not in named and binary_data(cfg.model):
+        cfg.model.likelihood = "gaussian"
+        if cfg.model.variance == "fixed" and "model.variance" not in named:
+            cfg.model.variance = "global"
+        if main:
+            print(
+                f"vaekit: note: {data} holds vectors: likelihood gaussian (variance {cfg.model.variance}); "
+                "name another with --set likelihood=...",
+                file=sys.stderr,
+            )
+
+
+def _standardize(cfg, train_ds, test_ds, main: bool):
+    """``(train, test)`` standardised as ``data.standardize`` resolves for a fresh run, the statistics
+    of the training split recorded in ``cfg.data`` (``vaekit.data.resolve_standardize``)."""
+    from .data import resolve_standardize, standardize_dataset
+    from .models import binary_data
+
+    t = resolve_standardize(cfg.data, train_ds, binary_data(cfg.model))
+    if t.identity:
+        return train_ds, test_ds
+    if main:
+        print(
+            f"vaekit: standardising {len(t.mean)} features with the training split's mean and std; "
+            "samples, reconstructions and interpolations come back in data units",
+            file=sys.stderr,
+        )
+    return standardize_dataset(train_ds, t), standardize_dataset(test_ds, t)
+
+
 def _keep_extension(cfg, run: Path, main: bool) -> None:
     """Resume to the epochs the run folder's ``config.yaml`` asks for when they exceed the
     checkpoint's own: an earlier ``--resume --epochs N`` whose newer checkpoints were lost (corrupt,
@@ -432,16 +510,37 @@ def _evaluate(args):
             return 0
     res.update(dataset=_data_config(cfg, args).name, split=args.split, step=int(state["step"]), seed=args.seed)
     print(format_table(res))
+    _data_unit_nll(res, model.data_transform)
     out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
     _write_json(out, res)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
+def _data_unit_nll(res: dict, t) -> None:
+    """For a standardised run, add the NLL of the data in their own units to ``res`` and print it:
+    -log p(x) = -log p'(x') + sum_d log std_d (``Standardization.log_scale``, the map's Jacobian)."""
+    if t.identity:
+        return
+    res.update(standardized=True, log_scale=t.log_scale)
+    if res.get("nll") is not None:
+        res["nll_data_units"] = res["nll"] + t.log_scale
+        print(
+            f"nll of the data in their own units: {res['nll_data_units']:.3f} "
+            f"(the standardised data's {res['nll']:.3f} + sum log std {t.log_scale:.3f})"
+        )
+
+
 def _sample_args(p):
     _add_run_args(p)
     p.add_argument("-n", type=int, default=64, help="number of samples")
-    p.add_argument("-o", "--output", default="samples.png", help=_PICTURE_HELP.format("the samples [n, *data_shape]"))
+    p.add_argument(
+        "-o",
+        "--output",
+        default="samples.png",
+        help=_PICTURE_HELP.format("the samples [n, *data_shape]")
+        + "; vector data: a pair plot (histograms beyond 6 features) against the test data, or .csv",
+    )
     p.add_argument("--mean", action="store_true", help="show E[x|z] instead of a sample of p(x|z)")
     p.add_argument(
         "--temperature",
@@ -461,10 +560,14 @@ def _sample(args):
         raise VaekitError(
             f"--temperature must be a positive number; got {args.temperature} (or 0: the prior's mean, decoded)"
         )
-    out = _picture_path(args.output)
+    out = _output_path(args.output)
     model, cfg, _ = _load_run(args)
+    table = _table_for(model, out, args.run)
     _seed(args)
-    x = model.sample(args.n, mean=args.mean, temperature=args.temperature)  # refuses what it cannot do
+    x = _data_units(model, model.sample(args.n, mean=args.mean, temperature=args.temperature))  # or refuses
+    if _vector_data(model):
+        _save_vector_samples(out, x, model, cfg, table)
+        return 0
     what = [f"{args.n} samples of {cfg.preset} ({cfg.model.kind})"]
     if model.has_codes and (args.mean or args.temperature == 0):
         what.append("decoder means E[x|z]")
@@ -476,12 +579,40 @@ def _sample(args):
     return 0
 
 
+def _save_vector_samples(out: Path, x, model, cfg, table: bool) -> None:
+    """Samples of vector data [n, 1, 1, D] in data units: a table (.csv), the array (.npy), or a pair
+    plot / histograms against the run's test data (drawn without them where they cannot be read)."""
+    from .data import prepare_data
+    from .viz import save_array, save_vector_samples, write_csv
+
+    if out.suffix.lower() == ".npy":
+        save_array(x, out)
+        return
+    try:
+        test = prepare_data(cfg.data)[1]
+    except DataError as e:
+        test = None
+        print(f"vaekit: note: samples drawn without the data ({e})", file=sys.stderr)
+    names = test.columns if test is not None else None
+    flat = x.reshape(x.shape[0], -1).cpu()
+    if table:
+        header = list(names or [f"x{i}" for i in range(flat.shape[1])])
+        write_csv(header, flat.double().tolist(), out)
+    else:
+        data = None if test is None else _data_units(model, test.x)
+        save_vector_samples(flat, data, out, names)
+
+
 def _reconstruct_args(p):
     _add_run_args(p)
     _add_data_args(p)
     p.add_argument("-n", type=int, default=16, help="number of test images")
     p.add_argument(
-        "-o", "--output", default="recon.png", help=_PICTURE_HELP.format("the reconstructions [n, *data_shape]")
+        "-o",
+        "--output",
+        default="recon.png",
+        help=_PICTURE_HELP.format("the reconstructions [n, *data_shape]")
+        + "; vector data: a table, as .csv (and pictured, with the .csv beside the picture)",
     )
     p.add_argument("--seed", type=int, default=0, help=_DECODE_SEED_HELP)
 
@@ -490,18 +621,37 @@ def _reconstruct(args):
     from .viz import reconstructions_figure, save_figure
 
     _at_least(1, {"-n": args.n})
-    out = _picture_path(args.output)
+    out = _output_path(args.output)
     model, cfg, _ = _load_run(args)
     _needs_codes(model, cfg, args, "reconstruct")
-    x = _first(_model_data(model, cfg, args, "test").x, args.n, "-n", "test examples").to(_model_device(model))
+    table = _table_for(model, out, args.run)
+    ds = _model_data(model, cfg, args, "test")
+    x = _first(ds.x, args.n, "-n", "test examples").to(_model_device(model))
     _seed(args)
-    r = model.reconstruct(x)
+    x, r = _data_units(model, x), _data_units(model, model.reconstruct(x))
+    if _vector_data(model) and out.suffix.lower() != ".npy":
+        return _write_vector_table(out, x, r, ds.columns, table)
     code = "the posterior mean" if model.has_latents else "the code"
     title = f"{x.shape[0]} test images of {_data_config(cfg, args).name} and E[x|z] at {code} of each"
     _save_picture(out, r, lambda path: save_figure(reconstructions_figure(x.cpu(), r.clamp(0, 1).cpu(), title), path))
     print(
         f"wrote {out}" + (" (originals above, reconstructions below)" if out.suffix != ".npy" else ""), file=sys.stderr
     )
+    return 0
+
+
+def _write_vector_table(out: Path, x, r, names, table: bool) -> int:
+    """Reconstructions of vector data as a table in data units (``vaekit.viz.vector_table``): ``out``
+    itself when it is a .csv, else the picture ``out`` of its first rows and the .csv beside it."""
+    from .viz import save_table, vector_table, write_csv
+
+    header, rows = vector_table(x.cpu(), r.cpu(), names)
+    csv_path = out if table else out.with_suffix(".csv")
+    write_csv(header, rows, csv_path)
+    if not table:
+        save_table(header, rows, out, title="test examples (data) and their reconstructions, in data units")
+    also = "" if table else f" and {csv_path}"
+    print(f"wrote {out}{also} (each example: data, reconstruction)", file=sys.stderr)
     return 0
 
 
@@ -518,7 +668,7 @@ def _interpolate_args(p):
 
 
 def _interpolate(args):
-    from .viz import interpolate, interpolation_figure, save_figure
+    from .viz import interpolate, interpolation_figure, save_figure, save_vector_paths
 
     if args.steps < 2:
         raise VaekitError(f"--steps must be at least 2; got {args.steps}")
@@ -526,7 +676,8 @@ def _interpolate(args):
     out = _picture_path(args.output)
     model, cfg, _ = _load_run(args)
     _needs_codes(model, cfg, args, "interpolate")
-    x = _model_data(model, cfg, args, "test").x[: 2 * args.pairs].to(_model_device(model))
+    ds = _model_data(model, cfg, args, "test")
+    x = ds.x[: 2 * args.pairs].to(_model_device(model))
     if x.shape[0] < 2:
         raise VaekitError("interpolation needs at least two test images")
     half = x.shape[0] // 2
@@ -535,10 +686,15 @@ def _interpolate(args):
     zs = interpolate(z0, z1, args.steps, slerp=args.slerp)  # [R, steps, D]
     R, S, D = zs.shape
     _seed(args)
-    imgs = model.decode_to_x(zs.reshape(R * S, D)).view(R, S, *model.data_shape)
-    title = f"{'spherical' if args.slerp else 'linear'} paths between the codes of {R} pairs of test images"
-    ends = x[:half].cpu(), x[half : 2 * half].cpu()
-    _save_picture(out, imgs, lambda path: save_figure(interpolation_figure(imgs.clamp(0, 1).cpu(), *ends, title), path))
+    imgs = _data_units(model, model.decode_to_x(zs.reshape(R * S, D)).view(R, S, *model.data_shape))
+    if _vector_data(model):
+        _save_picture(out, imgs, lambda path: save_vector_paths(imgs.cpu(), path, ds.columns))
+    else:
+        title = f"{'spherical' if args.slerp else 'linear'} paths between the codes of {R} pairs of test images"
+        ends = x[:half].cpu(), x[half : 2 * half].cpu()
+        _save_picture(
+            out, imgs, lambda path: save_figure(interpolation_figure(imgs.clamp(0, 1).cpu(), *ends, title), path)
+        )
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -556,7 +712,7 @@ def _latent_map_args(p):
 def _latent_map(args):
     import torch
 
-    from .viz import latent_grid, save_latent_map
+    from .viz import latent_grid, save_latent_map, save_latent_scatter
 
     _at_least(1, {"--grid": args.grid, "--points": args.points})
     out = _picture_path(args.output)
@@ -587,22 +743,27 @@ def _latent_map(args):
         names = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%} of variance)")
         where = f"top-2 principal plane of {D}-D posterior means, z units"
     title = f"{where}: {_active_units(mu)} of {D} units active ({mu.shape[0]} test points)"
-    imgs = model.decode_to_x(z)
+    imgs = _data_units(model, model.decode_to_x(z))
     labels = ds.y[: args.points].numpy() if ds.y is not None else None
-    _save_picture(
-        out,
-        imgs,
-        lambda path: save_latent_map(
-            imgs.clamp(0, 1).cpu(),
-            args.grid,
-            None,
-            path,
-            points=pts.cpu(),
-            labels=labels,
-            title=title,
-            axis_names=names,
-        ),
-    )
+    if _vector_data(model):  # decoded vectors are no pictures: the coloured scatter alone
+        _save_picture(
+            out, imgs, lambda path: save_latent_scatter(pts.cpu(), path, labels=labels, title=title, axis_names=names)
+        )
+    else:
+        _save_picture(
+            out,
+            imgs,
+            lambda path: save_latent_map(
+                imgs.clamp(0, 1).cpu(),
+                args.grid,
+                None,
+                path,
+                points=pts.cpu(),
+                labels=labels,
+                title=title,
+                axis_names=names,
+            ),
+        )
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -669,7 +830,9 @@ def _eval_ready(ds, cfg):
 
 
 def _cluster_args(p):
-    _add_run_args(p, "run folder or checkpoint of a Gaussian mixture")
+    _add_run_args(
+        p, "run folder or checkpoint of a Gaussian mixture, or a features file [N, D] (.npy, e.g. from vaekit encode)"
+    )
     _add_data_args(p)
     p.add_argument(
         "-o",
@@ -678,39 +841,104 @@ def _cluster_args(p):
         help="hard labels [N] (.npy); soft assignments [N, K] go beside it as *.soft.npy",
     )
     p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument(
+        "--labels",
+        help="true labels [N] (.npy) for the adjusted Rand index and NMI (features file: default "
+        "FEATURES.labels.npy beside it, or the labels of --data)",
+    )
+    p.add_argument("--components", type=int, help="features file: K (default: the labels' classes, else 10)")
+    p.add_argument("--covariance", choices=("full", "diag", "spherical"), help="features file: default full")
+    p.add_argument("--restarts", type=int, help="features file: EM restarts, the best kept (default 3)")
+    p.add_argument("--seed", type=int, help="features file: seed of the EM initialisation (default 0)")
 
 
 def _cluster(args):
-    import numpy as np
-
     from .models.mixture import GaussianMixtureModel, cluster
-    from .viz import save_array
 
     out = _npy_path(args.output)
+    _at_least(1, {"--components": args.components, "--restarts": args.restarts})
+    if Path(args.run).suffix.lower() == ".npy":
+        return _cluster_features(args, out)
+    given = [f for f, v in (("--components", args.components), ("--covariance", args.covariance),
+                            ("--restarts", args.restarts), ("--seed", args.seed)) if v is not None]  # fmt: skip
+    if given:
+        raise VaekitError(f"{given[0]} applies to a features file (.npy); {args.run} is a run, fitted already")
     model, cfg, _ = _load_run(args)
     if not isinstance(model, GaussianMixtureModel):
         raise VaekitError(
-            f"vaekit cluster needs a Gaussian mixture run (model.kind=mixture); {args.run} is a {cfg.model.kind}"
+            f"vaekit cluster needs a Gaussian mixture run (model.kind=mixture) or a features file (.npy); "
+            f"{args.run} is a {cfg.model.kind}"
         )
     ds = _model_data(model, cfg, args, args.split)
+    y = _labels_file(args.labels, ds.x.shape[0]) if args.labels else (None if ds.y is None else ds.y.numpy())
     soft, hard = cluster(model, ds.x)
-    save_array(hard.cpu().numpy(), out)
+    _report_clusters(out, soft, hard, model.K, y, "the given labels" if args.labels else "the dataset's labels")
+    return 0
+
+
+def _labels_file(path: str, n: int):
+    from .data import load_labels
+
+    return load_labels(path, n)
+
+
+def _feature_labels(args, n: int):
+    """(labels [N] or None, where they come from) for a features file: --labels, the labels of
+    --data (its --split), or FEATURES.labels.npy beside the file (``vaekit encode`` writes it)."""
+    from .data import labels_path, load_dataset
+
+    if args.labels:
+        return _labels_file(args.labels, n), args.labels
+    if args.data:
+        ds = load_dataset(args.data, args.split, args.data_dir, vectors=True)
+        if ds.y is None:
+            raise VaekitError(f"--data {args.data} has no labels to compare the clusters with")
+        if len(ds) != n:
+            raise VaekitError(
+                f"{args.run} holds {n} feature vectors but the {args.split} split of {args.data} {len(ds)} examples"
+            )
+        return ds.y.numpy(), f"the labels of {args.data} ({args.split})"
+    side = labels_path(args.run)
+    return (_labels_file(side, n), str(side)) if side.is_file() else (None, None)
+
+
+def _cluster_features(args, out: Path) -> int:
+    """``vaekit cluster FEATURES.npy``: a Gaussian mixture on the standardised features
+    (``vaekit.models.mixture.cluster_features``), scored against labels where there are some."""
+    import numpy as np
+
+    from .data import load_features
+    from .models.mixture import cluster_features
+
+    feats = load_features(args.run)
+    y, where = _feature_labels(args, feats.shape[0])
+    k = args.components or (len(np.unique(y)) if y is not None else 10)
+    print(f"vaekit cluster: {feats.shape[0]} x {feats.shape[1]} features, K={k}", file=sys.stderr)
+    soft, hard, _ = cluster_features(
+        feats, k, covariance=args.covariance or "full", restarts=args.restarts or 3, seed=args.seed or 0
+    )
+    _report_clusters(out, soft, hard, k, y, where)
+    return 0
+
+
+def _report_clusters(out: Path, soft, hard, k: int, y, where: str | None) -> None:
+    """Write the hard [N] and soft [N, K] assignments, print the cluster sizes and, with labels y,
+    the adjusted Rand index and NMI against them."""
+    import numpy as np
+
+    from .models.mixture import agreement
+    from .viz import save_array
+
+    h = hard.cpu().numpy()
+    save_array(h, out)
     soft_path = out.with_name(out.stem + ".soft.npy")
     save_array(soft.float().cpu().numpy(), soft_path)
-    counts = np.bincount(hard.cpu().numpy(), minlength=model.K)
-    print(
-        f"clustered {hard.shape[0]} examples into {model.K} components; sizes: " + " ".join(str(int(c)) for c in counts)
-    )
-    if ds.y is not None:
-        from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-        y, h = ds.y.numpy(), hard.cpu().numpy()
-        print(
-            f"against the dataset's labels: adjusted Rand {adjusted_rand_score(y, h):.3f}, "
-            f"NMI {normalized_mutual_info_score(y, h):.3f}"
-        )
+    counts = np.bincount(h, minlength=k)
+    print(f"clustered {h.shape[0]} examples into {k} components; sizes: " + " ".join(str(int(c)) for c in counts))
+    if y is not None:
+        score = agreement(y, h)
+        print(f"against {where}: adjusted Rand {score['ari']:.3f}, NMI {score['nmi']:.3f}")
     print(f"wrote {out} (hard) and {soft_path} (soft)", file=sys.stderr)
-    return 0
 
 
 def _gap_args(p):
@@ -845,7 +1073,7 @@ def _complete(args):
         mean=args.mean,
     )
     print(format_completion_summary(res["summary"]))
-    comp = res["completions"]
+    comp, x = _data_units(model, res["completions"]), _data_units(model, x)
     _save_picture(out, comp, lambda path: save_completion(x.cpu(), res["mask"].cpu(), comp.clamp(0, 1).cpu(), path))
     print(f"wrote {out} (each row: masked input, {args.completions} completions, original)", file=sys.stderr)
     if args.json:

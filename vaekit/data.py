@@ -1,7 +1,8 @@
 """Datasets by name or path, their formats, binarisation, 8-bit helpers and splits.
 
 A loaded dataset is one tensor in memory: :class:`Dataset` holds ``x`` [N, C, H, W]
-float32 in [0, 1] and optional labels ``y`` [N] int64. Training batches are index
+float32 (images in [0, 1]; vectors of features [N, 1, 1, D] in their own units) and optional
+labels ``y`` [N] int64. Training batches are index
 slices of that tensor (the training loop binarises them when ``ds.binarize`` says so);
 there is no torch ``Dataset``/``DataLoader`` on the hot path.
 
@@ -30,15 +31,26 @@ Datasets (the ``DATASETS`` registry; ``describe_datasets()`` lists them):
   key ``faces`` (1965, 28, 20) uint8. The frames are a video, so neighbouring frames
   are near-duplicates: the split is contiguous (first 1,765 train, last 200 test),
   not random, so that the test set does not leak into training.
+- ``wine``, ``breast-cancer``: scikit-learn's tables (UCI; 178 x 13 and 569 x 30 features,
+  3 and 2 classes), vectors in their own units, split 80 / 20 stratified with a fixed seed.
 - a path: ``.npz`` (key ``{split}``/``x_{split}``, else ``x`` or the first array; labels
-  from ``y_{split}``/``y``), ``.npy`` (an array [N,H,W], [N,C,H,W], [N,H,W,C] or
-  [N,D]), or a folder of images (PNG, or anything Pillow reads; all the same size;
-  greyscale or RGB). A folder whose images lie in class subfolders (``DIR/CLASS/*.png``,
-  no image files directly in ``DIR``) is labelled: label i is the i-th class name in
-  sorted order, and ``Dataset.classes`` keeps the names. A file or folder holding a
-  single set is split 90 / 10 with a fixed seed (stratified by class for class folders).
-  Integer data must lie in 0..255 (scaled by 1/255; integer data that is all 0 / 1 is
-  taken as binary), floats in [0, 1].
+  from ``y_{split}``/``y``/``labels``), ``.npy`` (an array [N,H,W], [N,C,H,W], [N,H,W,C] or
+  [N,D]; labels from ``NAME.labels.npy`` beside it), ``.csv`` (a table with a header: numeric
+  feature columns and an optional label column), or a folder of images (PNG, or anything
+  Pillow reads; all the same size; greyscale or RGB). A folder whose images lie in class
+  subfolders (``DIR/CLASS/*.png``, no image files directly in ``DIR``) is labelled: label i is
+  the i-th class name in sorted order, and ``Dataset.classes`` keeps the names. A file or
+  folder holding a single set is split 90 / 10 with a fixed seed (stratified by class for
+  class folders). Image integers must lie in 0..255 (scaled by 1/255;
+  integer data that is all 0 / 1 is taken as binary), image floats in [0, 1]. With
+  ``vectors=True`` (what ``prepare_data`` asks when nothing binarises the data) an [N, D]
+  array is a table of vectors in its own units unless it is flattened images
+  (:func:`is_table_array`).
+
+Vector data (Kingma & Welling 2014 model continuous data with a Gaussian p(x|z)) are
+standardised per feature, x' = (x - mean) / std, with the statistics of the training split
+only (:class:`Standardization`, :func:`resolve_standardize`); the config records them, and
+every output is turned back into data units with ``Standardization.invert``.
 
 Binarisation (Salakhutdinov & Murray 2008; Burda et al. 2015, Sec. 5): ``dynamic`` draws
 a fresh b ~ Bernoulli(x) per batch during training (``binarize_dynamic``); ``static``
@@ -69,6 +81,8 @@ References:
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import functools
 import gzip
 import http.client
@@ -119,6 +133,8 @@ class Dataset:
             None (float data: continuous values). Bits per dimension are defined for 2 and 256 only.
         classes: the name of each label (label i is ``classes[i]``), e.g. the class subfolders of an
             image folder, for legends; None where the labels are bare integers or absent.
+        columns: the feature names of vector data (x [N, 1, 1, D]: D names, e.g. a CSV header),
+            or None.
     """
 
     x: Tensor
@@ -127,12 +143,15 @@ class Dataset:
     binarize: str = "none"
     levels: int | None = LEVELS_8BIT
     classes: tuple[str, ...] | None = None
+    columns: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.x.dim() != 4:
             raise DataError(f"{self.name}: images must be [N, C, H, W]; got shape {tuple(self.x.shape)}")
         if self.y is not None and self.y.shape != (self.x.shape[0],):
             raise DataError(f"{self.name}: {self.x.shape[0]} images but labels of shape {tuple(self.y.shape)}")
+        if self.columns is not None and len(self.columns) != math.prod(self.x.shape[1:]):
+            raise DataError(f"{self.name}: {len(self.columns)} column names for examples of shape {self.shape}")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -304,6 +323,151 @@ def labels_from_array(arr: np.ndarray, n: int, source: str) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------
+# Vector (tabular) data: tables of N examples of D features
+# ----------------------------------------------------------------------------------------
+MIN_IMAGE_SIDE = 8  # read as vectors, an [N, D] array is still N images when D = s * s with s >= this
+
+
+def is_vector_shape(shape) -> bool:
+    """Whether examples of ``shape`` are vectors of features: (1, 1, D), the shape vector data are stored
+    in (a single row of D "pixels"), so every model and check that takes [C, H, W] takes them too."""
+    return len(shape) == 3 and shape[0] == 1 and shape[1] == 1
+
+
+def _image_valued(arr: np.ndarray) -> bool:
+    """Whether :func:`images_from_array` accepts the values: bool, integers 0..255, finite floats in [0, 1]."""
+    if arr.dtype == np.bool_:
+        return True
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.size > 0 and int(arr.min()) >= 0 and int(arr.max()) <= 255
+    if np.issubdtype(arr.dtype, np.floating):
+        return bool(np.isfinite(arr).all()) and arr.size > 0 and float(arr.min()) >= 0 and float(arr.max()) <= 1
+    return False
+
+
+def is_table_array(arr: np.ndarray) -> bool:
+    """Whether an array is read as a table of N vectors when vectors are allowed: any 2-D [N, D] array
+    except flattened images, those with D = s * s (s >= ``MIN_IMAGE_SIDE``) and image values."""
+    if arr.ndim != 2:
+        return False
+    s = math.isqrt(arr.shape[1])
+    return not (s * s == arr.shape[1] and s >= MIN_IMAGE_SIDE and _image_valued(arr))
+
+
+def vectors_from_array(arr: np.ndarray, source: str) -> Tensor:
+    """Check a table [N, D] (bool, integer or float; any finite values, in their own units) and return
+    it as float32 [N, 1, 1, D] with the values as they are (no scaling)."""
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise DataError(f"{source}: a table of vectors must be [N, D]; got shape {arr.shape}")
+    if arr.size == 0:
+        raise DataError(f"{source}: empty dataset (shape {arr.shape})")
+    if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"{source}: unsupported feature dtype {arr.dtype}")
+    x = arr.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{source}: {int((~np.isfinite(x)).sum())} NaN or infinite feature values")
+    return torch.from_numpy(np.ascontiguousarray(x)).view(arr.shape[0], 1, 1, arr.shape[1])
+
+
+def table_levels(x: Tensor) -> int | None:
+    """``Dataset.levels`` of vector data: 2 when every value is 0 or 1 (binary features), else None
+    (continuous values)."""
+    return 2 if bool(((x == 0) | (x == 1)).all()) else None
+
+
+def _array_x(arr: np.ndarray, source: str, vectors: bool) -> tuple[Tensor, int | None]:
+    """``(x, levels)`` of an array: a table of vectors (``vectors`` and :func:`is_table_array`), else images."""
+    if vectors and is_table_array(arr):
+        x = vectors_from_array(arr, source)
+        return x, table_levels(x)
+    try:
+        return images_from_array(arr, source), array_levels(arr)
+    except DataError as e:
+        if arr.ndim != 2 or vectors or "values must be in" not in str(e):
+            raise
+        raise DataError(
+            f"{e} (a table of features is read in its own units by a model of continuous data, "
+            "e.g. --set likelihood=gaussian)"
+        ) from None
+
+
+LABEL_COLUMNS = ("label", "target", "class")  # CSV columns (any case) taken as the labels unless one is named
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, fields)]) of a CSV file; blank lines skipped, every row as wide as the header."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read the CSV file ({one_line(e)})") from None
+    if not rows:
+        raise DataError(f"{path}: empty CSV file")
+    header = [c.strip() for c in rows[0][1]]
+    if not all(header) or len(set(header)) != len(header):
+        raise DataError(f"{path}: the first row must be a header of distinct, non-empty column names; got {header}")
+    if all(_is_number(c) for c in header):
+        raise DataError(f"{path}: the first row must be a header of column names; it holds numbers {header[:5]}")
+    for line, r in rows[1:]:
+        if len(r) != len(header):
+            raise DataError(f"{path}: line {line} has {len(r)} fields; the header has {len(header)}")
+    if len(rows) == 1:
+        raise DataError(f"{path}: a header but no rows")
+    return header, rows[1:]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _label_codes(values: list[str]) -> np.ndarray:
+    """Labels as int64: the integers themselves when every value is one, else the index of each value
+    among the sorted distinct values (class names such as 'setosa')."""
+    if all(_is_number(v) and float(v).is_integer() for v in values):
+        return np.array([int(float(v)) for v in values], dtype=np.int64)
+    names = sorted(set(values))
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[v] for v in values], dtype=np.int64)
+
+
+def read_csv_table(path: str | os.PathLike, label_column: str | None = None):
+    """A CSV file with a header as ``(features float64 [N, D], feature names, labels int64 [N] or None)``.
+
+    The label column is ``label_column`` when given, else a column named label, target or class (any
+    case); it is left out of the features. Every other column must be numeric.
+    """
+    path = Path(path)
+    header, rows = _csv_rows(path)
+    if label_column is not None and label_column not in header:
+        raise DataError(f"{path}: no column '{label_column}' (data.label_column); columns: {', '.join(header)}")
+    lab = label_column or next((c for c in header if c.lower() in LABEL_COLUMNS), None)
+    names = [c for c in header if c != lab]
+    if not names:
+        raise DataError(f"{path}: no feature columns besides the label column '{lab}'")
+    cells = np.array([[c.strip() for c in r] for _, r in rows], dtype=str)
+    features = np.empty((len(rows), len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        col = cells[:, header.index(name)]
+        try:
+            features[:, j] = col.astype(np.float64)
+        except ValueError:
+            i = next(i for i, c in enumerate(col) if not _is_number(c))
+            what = "a missing value" if not col[i] else f"'{col[i]}'"
+            raise DataError(
+                f"{path}: column '{name}' is not numeric (line {rows[i][0]}: {what}); features must be numbers "
+                f"(a label column is named with --set data.label_column=NAME)"
+            ) from None
+    labels = None if lab is None else _label_codes(list(cells[:, header.index(lab)]))
+    return features, tuple(names), labels
+
+
+# ----------------------------------------------------------------------------------------
 # Splits
 # ----------------------------------------------------------------------------------------
 def _permutation(n: int, seed: int) -> Tensor:
@@ -401,6 +565,38 @@ def load_digits(split: str, data_dir: str | None = None, download: bool = False)
     x = torch.from_numpy((bunch.images / 16.0).astype(np.float32))[:, None]
     y = torch.from_numpy(bunch.target.astype(np.int64))
     return _pick_split(x, y, split, stratified_split(y, DIGITS_TEST_FRACTION), "digits", DIGITS_LEVELS)
+
+
+# ----------------------------------------------------------------------------------------
+# Embedded tables: wine, breast-cancer (scikit-learn)
+# ----------------------------------------------------------------------------------------
+TABLE_TEST_FRACTION = 0.2  # of every class
+
+
+@functools.lru_cache(maxsize=2)
+def _sklearn_table(name: str):
+    from sklearn import datasets as sk  # slow import: only when asked
+
+    return {"wine": sk.load_wine, "breast-cancer": sk.load_breast_cancer}[name]()
+
+
+def _load_table(name: str, split: str) -> Dataset:
+    _check_split(split, SPLITS, name)
+    bunch = _sklearn_table(name)
+    x = vectors_from_array(bunch.data, name)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    ds = _pick_split(x, y, split, stratified_split(y, TABLE_TEST_FRACTION), name, None)
+    return dataclasses.replace(ds, columns=tuple(str(c) for c in bunch.feature_names))
+
+
+def load_wine(split: str, data_dir: str | None = None, download: bool = False) -> Dataset:
+    """scikit-learn's wine recognition data (UCI): 178 wines x 13 chemical features, 3 cultivars; 80 / 20 split."""
+    return _load_table("wine", split)
+
+
+def load_breast_cancer(split: str, data_dir: str | None = None, download: bool = False) -> Dataset:
+    """scikit-learn's breast cancer Wisconsin (diagnostic) data: 569 x 30 features, 2 classes; 80 / 20 split."""
+    return _load_table("breast-cancer", split)
 
 
 # ----------------------------------------------------------------------------------------
@@ -758,9 +954,10 @@ def _split_single(x: Tensor, y: Tensor | None, split: str, name: str, levels: in
     return _pick_split(x, y, split, random_split(len(x), PATH_TEST_FRACTION), name, levels)
 
 
-def load_npz(path: str | os.PathLike, split: str) -> Dataset:
+def load_npz(path: str | os.PathLike, split: str, vectors: bool = False) -> Dataset:
     """An .npz: arrays ``{split}`` or ``x_{split}`` (labels ``y_{split}``) if present, else
-    ``x`` (or the first array; labels ``y``), split 90 / 10."""
+    ``x`` (or the first array; labels ``y`` or ``labels``), split 90 / 10. With ``vectors``, a
+    2-D array is a table of vectors (:func:`is_table_array`)."""
     path = Path(path)
     _check_split(split, SPLITS, str(path))
     names, arrays = _read_npz(path, lambda names: _npz_keys(names, split))
@@ -768,30 +965,72 @@ def load_npz(path: str | os.PathLike, split: str) -> Dataset:
         raise DataError(f"{path}: empty .npz archive")
     for key in (split, f"x_{split}"):
         if key in arrays:
-            x = images_from_array(arrays[key], f"{path}[{key}]")
+            x, levels = _array_x(arrays[key], f"{path}[{key}]", vectors)
             y_key = f"y_{split}"
             y = labels_from_array(arrays[y_key], len(x), f"{path}[{y_key}]") if y_key in arrays else None
-            return Dataset(x, y, str(path), levels=array_levels(arrays[key]))
+            return Dataset(x, y, str(path), levels=levels)
     key = "x" if "x" in names else names[0]
-    x = images_from_array(arrays[key], f"{path}[{key}]")
-    y = labels_from_array(arrays["y"], len(x), f"{path}[y]") if "y" in arrays and key != "y" else None
-    return _split_single(x, y, split, str(path), array_levels(arrays[key]))
+    x, levels = _array_x(arrays[key], f"{path}[{key}]", vectors)
+    y_key = next((k for k in ("y", "labels") if k in arrays and k != key), None)
+    y = labels_from_array(arrays[y_key], len(x), f"{path}[{y_key}]") if y_key else None
+    return _split_single(x, y, split, str(path), levels)
 
 
 def _npz_keys(names: list[str], split: str) -> list[str]:
-    """The arrays ``load_npz`` may use: per-split ones if present, else x (or the first) and y."""
+    """The arrays ``load_npz`` may use: per-split ones if present, else x (or the first) and y / labels."""
     for key in (split, f"x_{split}"):
         if key in names:
             return [key, f"y_{split}"]
-    return ["x" if "x" in names else names[0], "y"] if names else []
+    return ["x" if "x" in names else names[0], "y", "labels"] if names else []
 
 
-def load_npy(path: str | os.PathLike, split: str) -> Dataset:
-    """An .npy image array ([N,D], [N,H,W], [N,C,H,W] or [N,H,W,C]), split 90 / 10."""
+def labels_path(path: str | os.PathLike) -> Path:
+    """The labels file beside an array file: ``feats.npy`` -> ``feats.labels.npy`` (as ``vaekit encode``
+    writes them)."""
+    return Path(path).with_suffix(".labels.npy")
+
+
+def load_npy(path: str | os.PathLike, split: str, vectors: bool = False) -> Dataset:
+    """An .npy array ([N,D], [N,H,W], [N,C,H,W] or [N,H,W,C]), with the labels [N] of
+    :func:`labels_path` when that file exists, split 90 / 10. With ``vectors``, a 2-D array is a
+    table of vectors (:func:`is_table_array`)."""
     path = Path(path)
     _check_split(split, SPLITS, str(path))
     arr = _load_npy(path)
-    return _split_single(images_from_array(arr, str(path)), None, split, str(path), array_levels(arr))
+    x, levels = _array_x(arr, str(path), vectors)
+    side = labels_path(path)
+    y = labels_from_array(_load_npy(side), len(x), str(side)) if side.is_file() and side != path else None
+    return _split_single(x, y, split, str(path), levels)
+
+
+def load_features(path: str | os.PathLike) -> np.ndarray:
+    """A features file (.npy [N, D], e.g. posterior means from ``vaekit encode``) as finite float64 [N, D]."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise DataError(f"{path}: a features file must be an .npy array [N, D]")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return vectors_from_array(_load_npy(path), str(path))[:, 0, 0].double().numpy()
+
+
+def load_labels(path: str | os.PathLike, n: int) -> np.ndarray:
+    """Integer labels [n] from an .npy file (e.g. the ``*.labels.npy`` of ``vaekit encode``) as int64."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return labels_from_array(_load_npy(path), n, str(path)).numpy()
+
+
+def load_csv(path: str | os.PathLike, split: str, label_column: str | None = None) -> Dataset:
+    """A CSV table with a header (:func:`read_csv_table`): vectors [N, 1, 1, D] in their own units,
+    the label column as labels, the feature names as ``columns``; split 90 / 10."""
+    path = Path(path)
+    _check_split(split, SPLITS, str(path))
+    features, names, labels = read_csv_table(path, label_column)
+    x = vectors_from_array(features, str(path))
+    y = None if labels is None else torch.from_numpy(labels)
+    ds = _split_single(x, y, split, str(path), table_levels(x))
+    return dataclasses.replace(ds, columns=names)
 
 
 GREY_MODES = ("1", "L", "LA", "I;16", "I")
@@ -874,23 +1113,28 @@ def load_image_folder(path: str | os.PathLike, split: str) -> Dataset:
     return replace(ds, classes=tuple(folder.name for folder in folders))
 
 
-PATH_LOADERS: dict[str, Callable[[Path, str], Dataset]] = {  # suffix -> loader of a file
-    ".npz": load_npz,
-    ".npy": load_npy,
+# suffix -> loader of a file: (path, split, vectors, label_column) -> Dataset
+PATH_LOADERS: dict[str, Callable[[Path, str, bool, str | None], Dataset]] = {
+    ".npz": lambda path, split, vectors, label_column: load_npz(path, split, vectors),
+    ".npy": lambda path, split, vectors, label_column: load_npy(path, split, vectors),
+    ".csv": lambda path, split, vectors, label_column: load_csv(path, split, label_column),
 }
 
 
-def load_path(path: str | os.PathLike, split: str) -> Dataset:
-    """A dataset from a file (``PATH_LOADERS`` by suffix) or an image folder."""
+def load_path(path: str | os.PathLike, split: str, vectors: bool = False, label_column: str | None = None) -> Dataset:
+    """A dataset from a file (``PATH_LOADERS`` by suffix) or an image folder; ``vectors`` and
+    ``label_column`` as for :func:`load_dataset`."""
     path = Path(path).expanduser()
+    if label_column is not None and path.suffix.lower() != ".csv":
+        raise DataError(f"{path}: data.label_column names a column of a .csv file; this is not one")
     if path.is_dir():
         return load_image_folder(path, split)
     if not path.exists():
         raise DataError(f"{path}: file or folder not found")
     loader = PATH_LOADERS.get(path.suffix.lower())
     if loader is None:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use .npz, .npy or a folder of images")
-    return loader(path, split)
+        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use .csv, .npz, .npy or a folder of images")
+    return loader(path, split, vectors, label_column)
 
 
 # ----------------------------------------------------------------------------------------
@@ -906,7 +1150,10 @@ DATASETS: dict[str, Loader] = {
     "binarized-mnist": load_binarized_mnist,
     "frey": load_frey,
     "cifar10": load_cifar,
+    "wine": load_wine,
+    "breast-cancer": load_breast_cancer,
 }
+VECTOR_DATASETS = ("wine", "breast-cancer")  # registered datasets of vectors (tables of features)
 
 ALIASES = {
     "fashion_mnist": "fashion-mnist",
@@ -915,6 +1162,7 @@ ALIASES = {
     "binarised-mnist": "binarized-mnist",
     "frey-faces": "frey",
     "frey_faces": "frey",
+    "breast_cancer": "breast-cancer",
 }
 
 
@@ -928,29 +1176,160 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load_dataset(
-    name_or_path: str | os.PathLike, split: str = "train", data_dir: str | None = None, download: bool = False
+    name_or_path: str | os.PathLike,
+    split: str = "train",
+    data_dir: str | None = None,
+    download: bool = False,
+    vectors: bool = False,
+    label_column: str | None = None,
 ) -> Dataset:
     """Load one split of a registered dataset or of a file/folder.
 
     Args:
-        name_or_path: a name in ``DATASETS`` (or ``ALIASES``), or a path to an .npz, an .npy
-            or a folder of images.
+        name_or_path: a name in ``DATASETS`` (or ``ALIASES``), or a path to a .csv, an .npz, an
+            .npy or a folder of images.
         split: "train" or "test" ("valid" too for binarized-mnist).
         data_dir: folder holding the dataset files (default $VAEKIT_DATA, then the cache).
         download: fetch missing files (mnist, fashion-mnist), checksum-verified.
+        vectors: read a 2-D array of an .npz / .npy as a table of vectors in its own units
+            (:func:`is_table_array`) rather than as images with values in [0, 1]; what a model of
+            continuous data reads (``prepare_data`` asks for it when nothing binarises the data).
+        label_column: the label column of a .csv (default: one named label, target or class).
 
     Returns:
-        Dataset with x [N, C, H, W] float32 in [0, 1], y [N] int64 or None.
+        Dataset with x [N, C, H, W] float32, y [N] int64 or None: images in [0, 1], or vectors
+        [N, 1, 1, D] in their own units (.csv files, the ``VECTOR_DATASETS``, tables read with
+        ``vectors``).
     """
     name = str(name_or_path)
     key = ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS and _looks_like_path(name):  # a registered name wins over a same-named folder
-        return load_path(name, split)
+        return load_path(name, split, vectors, label_column)
     try:
         loader = lookup(DATASETS, key, "dataset")
     except ConfigError as e:  # a missing dataset is a data problem, and a path is a valid answer too
-        raise DataError(f"{e}, or a path to .npz / .npy / an image folder") from None
+        raise DataError(f"{e}, or a path to .csv / .npz / .npy / an image folder") from None
+    if label_column is not None:
+        raise DataError(f"{name}: data.label_column names a column of a .csv file; {name} is a registered dataset")
     return loader(split, data_dir, download)
+
+
+def is_vector_source(name: str) -> bool:
+    """Whether a dataset name or path is known to hold vectors before it is read: a .csv file or one
+    of the ``VECTOR_DATASETS`` (an .npy / .npz may hold either)."""
+    name = str(name)
+    return ALIASES.get(name.lower(), name.lower()) in VECTOR_DATASETS or Path(name).suffix.lower() == ".csv"
+
+
+# ----------------------------------------------------------------------------------------
+# Standardisation of features
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Standardization:
+    """Per-feature standardisation x' = (x - mean) / std and its inverse x = x' std + mean.
+
+    The statistics are those of the training split (:meth:`fit`); the model sees x', every output
+    meant for people is turned back into data units with :meth:`invert`. A density changes by the
+    Jacobian of the map: log p(x) = log p'(x') - sum_d log std_d (:attr:`log_scale`).
+
+    Attributes:
+        mean, std: float64 [D] over the D = prod(data_shape) features of one example (flattened in
+            C order), std > 0; both None for the identity (data used as they are).
+    """
+
+    mean: Tensor | None = None
+    std: Tensor | None = None
+
+    @property
+    def identity(self) -> bool:
+        return self.mean is None
+
+    @property
+    def log_scale(self) -> float:
+        """sum_d log std_d in nats: what -log p(x) adds to -log p'(x') (0 for the identity)."""
+        return 0.0 if self.identity else float(self.std.log().sum())
+
+    @classmethod
+    def fit(cls, x: Tensor) -> Standardization:
+        """Mean and standard deviation (population, ddof 0) of each feature of ``x`` [N, *shape] in
+        float64; a constant feature gets std 1 (it is only centred)."""
+        flat = x.reshape(x.shape[0], -1).double()
+        std = flat.std(0, correction=0)
+        return cls(flat.mean(0), torch.where(std > 0, std, torch.ones_like(std)))
+
+    @classmethod
+    def from_lists(cls, mean, std) -> Standardization:
+        """From the lists a config records (None: the identity)."""
+        if mean is None or std is None:
+            return cls()
+        return cls(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
+
+    def lists(self) -> tuple[list[float] | None, list[float] | None]:
+        """(mean, std) as plain lists, what a config records (None, None for the identity)."""
+        return (None, None) if self.identity else (self.mean.tolist(), self.std.tolist())
+
+    def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """mean and std shaped like the trailing dims of ``x`` that hold one example's D features."""
+        d = len(self.mean)
+        size, k = 1, x.dim()
+        while k > 0 and size < d:
+            k -= 1
+            size *= x.shape[k]
+        if size != d:
+            raise DataError(f"the standardisation is for {d} features; got examples of shape {tuple(x.shape[1:])}")
+        shape = x.shape[k:]
+        as_x = {"device": x.device, "dtype": x.dtype}
+        return self.mean.to(**as_x).view(shape), self.std.to(**as_x).view(shape)
+
+    def apply(self, x: Tensor) -> Tensor:
+        """x' = (x - mean) / std, for x [..., *example shape]; ``x`` itself for the identity."""
+        if self.identity:
+            return x
+        mean, std = self._params(x)
+        return (x - mean) / std
+
+    def invert(self, x: Tensor) -> Tensor:
+        """x = x' std + mean (data units), for x' [..., *example shape]; ``x`` itself for the identity."""
+        if self.identity:
+            return x
+        mean, std = self._params(x)
+        return x * std + mean
+
+
+def standardization_of(cfg) -> Standardization:
+    """The standardisation a ``DataConfig`` records (``feature_mean``, ``feature_std``); the identity for
+    configs without one (image data, runs of an older vaekit)."""
+    return Standardization.from_lists(cfg.feature_mean, cfg.feature_std)
+
+
+def resolve_standardize(cfg, train: Dataset, binary_model: bool) -> Standardization:
+    """Decide and fit the standardisation of a fresh run, and record both in ``cfg`` (a ``DataConfig``):
+    ``standardize`` becomes true or false, ``feature_mean`` / ``feature_std`` the statistics of ``train``
+    (the training split only) or None.
+
+    ``standardize=auto`` is on for vector data (``is_vector_shape``) that are not binary (``levels`` 2)
+    and not modelled as binary (``binary_model``: a Bernoulli likelihood wants x in {0, 1}); ``true``
+    standardises any data, except for a model of binary data (a ``ConfigError``); ``false`` never.
+    """
+    if cfg.standardize is True and binary_model:
+        raise ConfigError(
+            "data.standardize=true moves the data out of [0, 1], but this model is of binary data "
+            "(likelihood bernoulli); use a continuous likelihood (e.g. --set likelihood=gaussian)"
+        )
+    on = cfg.standardize is True or (
+        cfg.standardize == "auto" and is_vector_shape(train.shape) and train.levels != 2 and not binary_model
+    )
+    t = Standardization.fit(train.x) if on else Standardization()
+    cfg.standardize = on
+    cfg.feature_mean, cfg.feature_std = t.lists()
+    return t
+
+
+def standardize_dataset(ds: Dataset, t: Standardization) -> Dataset:
+    """``ds`` with x replaced by ``t.apply(x)``; standardised values are continuous (``levels`` None)."""
+    if t.identity:
+        return ds
+    return dataclasses.replace(ds, x=t.apply(ds.x).to(ds.x.dtype), levels=None)
 
 
 # The binarisation of (train, evaluation) splits for each DataConfig.binarize mode; the
@@ -1001,15 +1380,19 @@ def apply_binarization(ds: Dataset, mode: str, seed: int) -> Dataset:
 
 
 def prepare_data(cfg) -> tuple[Dataset, Dataset]:
-    """``(train, test)`` for a ``DataConfig``, binarised as ``cfg.binarize`` says.
+    """``(train, test)`` for a ``DataConfig``, binarised as ``cfg.binarize`` says and standardised
+    as it records (:func:`standardization_of`): what the model sees.
 
     Static binarisation uses seed ``cfg.binarize_seed`` for test and +1 for train, so test
-    data is identical across configs with the same seed.
+    data is identical across configs with the same seed. Data nothing binarises (``binarize=none``)
+    are read with ``vectors=True``: a 2-D array may be a table of features in its own units.
     """
     train_mode, eval_mode = lookup(BINARIZE_MODES, cfg.binarize, "data.binarize")
-    train = load_dataset(cfg.name, "train", cfg.data_dir, cfg.download)
-    test = load_dataset(cfg.name, "test", cfg.data_dir, cfg.download)
+    how = {"vectors": cfg.binarize == "none", "label_column": cfg.label_column}
+    train = load_dataset(cfg.name, "train", cfg.data_dir, cfg.download, **how)
+    test = load_dataset(cfg.name, "test", cfg.data_dir, cfg.download, **how)
     seed = cfg.binarize_seed
     train = apply_binarization(train, train_mode, seed + SEED_OFFSETS["train"])
     test = apply_binarization(test, eval_mode, seed + SEED_OFFSETS["test"])
-    return train, test
+    t = standardization_of(cfg)
+    return standardize_dataset(train, t), standardize_dataset(test, t)

@@ -24,6 +24,13 @@ its ``Title`` text chunk):
   ``traverse_figure`` (rows "z_j (var ...)", columns the offsets); ``latent_map_figure``
   (axes "z_1 / z_2", or "PC1 / PC2" for a projection).
 
+Vector data (examples [1, 1, D]: tables of features, in data units):
+
+- ``save_vector_samples``: samples against data, as a pair plot (D <= 6) or one histogram per
+  feature; ``vector_table`` / ``write_csv`` / ``save_table``: reconstructions as a table, in a
+  CSV and as a picture of its first rows; ``save_vector_paths``: interpolation paths as heat
+  maps; ``save_latent_scatter``: posterior means coloured by label, without a decoded manifold.
+
 Latent-space helpers (pure tensor maths):
 
 - ``lerp`` and ``slerp``: linear and spherical interpolation. Slerp follows the
@@ -660,6 +667,231 @@ def _tab10():
     from matplotlib import colormaps
 
     return colormaps["tab10"]
+
+
+# ----------------------------------------------------------------------------------------
+# Vector data: pair plots, histograms, tables
+# ----------------------------------------------------------------------------------------
+PAIR_PLOT_MAX = 6  # features drawn as a pair plot; more get one histogram each
+HISTOGRAMS_MAX = 48  # features drawn as histograms; the rest are left out (the title says so)
+TABLE_ROWS = 8  # examples a table picture shows (the CSV holds them all)
+TABLE_COLUMNS = 10  # features a table picture shows
+SAMPLE_COLOR, DATA_COLOR = "tab:orange", "0.45"
+
+
+def _vectors(x, what: str) -> np.ndarray:
+    """``x`` [N, D] or [N, 1, 1, D] (vector data) as a finite float64 array [N, D]."""
+    t = _as_tensor(x, what)
+    if t.dim() == 4 and t.shape[1:3] == (1, 1):
+        t = t[:, 0, 0]
+    if t.dim() != 2 or t.numel() == 0:
+        raise VaekitError(f"{what} must be vectors [N, D] or [N, 1, 1, D]; got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise VaekitError(f"{what} contains NaN or infinite values")
+    return t.double().numpy()
+
+
+def _names(names, d: int) -> list[str]:
+    """Feature names, ``x0 .. x{d-1}`` when None; a one-line error when they do not number d."""
+    if names is None:
+        return [f"x{i}" for i in range(d)]
+    if len(names) != d:
+        raise VaekitError(f"{len(names)} feature names for {d} features")
+    return [str(n) for n in names]
+
+
+def _figure(width: float, height: float, dpi: int = 100):
+    """A matplotlib Figure on an Agg canvas (no pyplot state): (figure, canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    return fig, FigureCanvasAgg(fig)
+
+
+def _write_figure(fig, canvas, path: str | os.PathLike) -> Path:
+    canvas.draw()
+    return write_image(np.asarray(canvas.buffer_rgba())[..., :3], path)  # opaque white figure: alpha is 255
+
+
+def _bins(*columns: np.ndarray, n: int = 20) -> np.ndarray:
+    """Shared histogram edges over the central 99% of the values (a sample's far tail would squash the rest)."""
+    values = np.concatenate(columns)
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    return np.linspace(lo, hi if hi > lo else lo + 1.0, n + 1)
+
+
+def save_vector_samples(samples, data, path: str | os.PathLike, names=None, title: str | None = None) -> Path:
+    """Samples against data, feature by feature, in data units.
+
+    D <= ``PAIR_PLOT_MAX``: a pair plot (a histogram of each feature on the diagonal, a scatter of
+    each pair of features off it); larger D: one histogram per feature (the first
+    ``HISTOGRAMS_MAX``). Data in grey, samples in orange, histograms as densities.
+
+    Args:
+        samples: [n, D] or [n, 1, 1, D] model samples.
+        data: [m, D] or [m, 1, 1, D] examples of the data (e.g. the test split), or None.
+        path: output picture (format by suffix, as :func:`write_image`): (100 + 200 D) x (60 + 200 D)
+            pixels for a pair plot, 240 per column (at most 6) by 60 + 200 per row for histograms.
+        names: D feature names (default x0, x1, ...).
+    """
+    s = _vectors(samples, "samples")
+    x = _vectors(data, "data") if data is not None else None
+    d = s.shape[1]
+    if x is not None and x.shape[1] != d:
+        raise VaekitError(f"samples have {d} features and data {x.shape[1]}")
+    names = _names(names, d)
+    cols = [s] if x is None else [x, s]
+    if d <= PAIR_PLOT_MAX:
+        fig, canvas = _figure(1.0 + 2.0 * d, 0.6 + 2.0 * d)
+        axes = fig.subplots(d, d, squeeze=False)
+        for i in range(d):
+            for j in range(d):
+                _pair_panel(axes[i][j], [c[:, j] for c in cols], [c[:, i] for c in cols], i == j)
+                axes[i][j].set_xlabel(names[j] if i == d - 1 else "")
+                axes[i][j].set_ylabel(names[i] if j == 0 else "")
+    else:
+        shown = min(d, HISTOGRAMS_MAX)
+        ncol = min(shown, 6)
+        nrow = math.ceil(shown / ncol)
+        fig, canvas = _figure(2.4 * ncol, 0.6 + 2.0 * nrow)
+        axes = fig.subplots(nrow, ncol, squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            if k >= shown:
+                ax.set_visible(False)
+                continue
+            _pair_panel(ax, [c[:, k] for c in cols], None, True)
+            ax.set_title(names[k][:24], fontsize="small")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, alpha=0.6) for c in [DATA_COLOR, SAMPLE_COLOR][-len(cols) :]]
+    fig.legend(handles, ["data", "samples"][-len(cols) :], loc="upper right", fontsize="small")
+    more = f" (first {HISTOGRAMS_MAX} of {d} features)" if d > HISTOGRAMS_MAX else ""
+    fig.suptitle((title or f"{s.shape[0]} samples" + (" against the data" if x is not None else "")) + more)
+    fig.tight_layout(rect=(0, 0, 0.97, 0.97))
+    return _write_figure(fig, canvas, path)
+
+
+def _pair_panel(ax, xs: list[np.ndarray], ys: list[np.ndarray] | None, diagonal: bool) -> None:
+    """One panel: overlaid density histograms of ``xs`` (diagonal) or a scatter of ``ys`` against ``xs``;
+    the last column is the samples, a first one the data."""
+    colors = [DATA_COLOR, SAMPLE_COLOR][-len(xs) :]
+    if diagonal:
+        bins = _bins(*xs)
+        for v, c in zip(xs, colors):
+            ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.45, color=c)
+    else:
+        for v, w, c in zip(xs, ys, colors):
+            ax.scatter(v, w, s=3, alpha=0.5, color=c, linewidths=0)
+    ax.tick_params(labelsize="x-small")
+
+
+def vector_table(originals, reconstructions, names=None) -> tuple[list[str], list[list]]:
+    """(header, rows) of a reconstruction table: for each example i a row ``i, data, x...`` and a row
+    ``i, reconstruction, x'...`` (values in data units).
+
+    Args:
+        originals, reconstructions: [n, D] or [n, 1, 1, D], same shape.
+        names: D feature names (the header after ``example, row``).
+    """
+    x = _vectors(originals, "originals")
+    r = _vectors(reconstructions, "reconstructions")
+    if x.shape != r.shape:
+        raise VaekitError(f"originals {x.shape} and reconstructions {r.shape} differ in shape")
+    rows = []
+    for i in range(x.shape[0]):
+        rows += [[i, "data", *x[i].tolist()], [i, "reconstruction", *r[i].tolist()]]
+    return ["example", "row", *_names(names, x.shape[1])], rows
+
+
+def write_csv(header: Sequence[str], rows: Sequence[Sequence], path: str | os.PathLike) -> Path:
+    """A CSV file: the header, then the rows (floats with 6 significant digits)."""
+    import csv
+
+    path = prepare_output(path)
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows([f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows)
+    except OSError as e:
+        raise VaekitError(f"cannot write {path}: {_why(e)}") from None
+    return path
+
+
+def save_table(header: Sequence[str], rows: Sequence[Sequence], path: str | os.PathLike, title: str = "") -> Path:
+    """A picture of the first ``TABLE_ROWS`` pairs of rows and ``TABLE_COLUMNS`` value columns of a
+    table (as :func:`vector_table` makes), values with 4 significant digits, reconstruction rows shaded."""
+    keep = 2 + TABLE_COLUMNS
+    head = list(header[:keep]) + (["..."] if len(header) > keep else [])
+    body = [
+        [str(v) if not isinstance(v, float) else f"{v:.4g}" for v in row[:keep]] + (["..."] if len(row) > keep else [])
+        for row in rows[: 2 * TABLE_ROWS]
+    ]
+    if not body:
+        raise VaekitError("the table has no rows")
+    fig, canvas = _figure(1.2 + 1.1 * len(head), 0.9 + 0.3 * len(body))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.axis("off")
+    shade = [["#f2f2f2" if r[1] != "data" else "white"] * len(head) for r in body]
+    table = ax.table(cellText=body, colLabels=[h[:14] for h in head], cellColours=shade, loc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1.0, 1.2)
+    more = len(rows) // 2 - len(body) // 2
+    ax.set_title(title + (f" (first {len(body) // 2} examples; {more} more in the CSV)" if more > 0 else ""))
+    fig.tight_layout()
+    return _write_figure(fig, canvas, path)
+
+
+def save_vector_paths(paths, path: str | os.PathLike, names=None) -> Path:
+    """Interpolation paths of vector data: one heat map per path, a row per feature and a column per
+    step, coloured by the feature's value scaled to [0, 1] over all paths (each feature its own scale:
+    features in different units stay readable); the endpoints are the two encoded examples' decodings.
+
+    Args:
+        paths: [R, steps, D] or [R, steps, 1, 1, D], values in data units.
+        names: D feature names.
+    """
+    t = _as_tensor(paths, "interpolation paths")
+    if t.dim() == 5 and t.shape[2:4] == (1, 1):
+        t = t[:, :, 0, 0]
+    if t.dim() != 3 or t.numel() == 0 or not torch.isfinite(t).all():
+        raise VaekitError(f"interpolation paths must be finite [R, steps, D]; got shape {tuple(t.shape)}")
+    v = t.double().numpy()
+    r, steps, d = v.shape
+    names = _names(names, d)
+    lo, hi = v.min(axis=(0, 1)), v.max(axis=(0, 1))
+    scaled = (v - lo) / np.where(hi > lo, hi - lo, 1.0)
+    ncol = min(r, 4)
+    nrow = math.ceil(r / ncol)
+    fig, canvas = _figure(1.5 + 0.35 * steps * ncol, 0.8 + (0.5 + 0.18 * d) * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= r:
+            ax.set_visible(False)
+            continue
+        im = ax.imshow(scaled[k].T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(d), names if k % ncol == 0 else [""] * d, fontsize="x-small")
+        ax.set_xticks([0, steps - 1], ["start", "end"], fontsize="x-small")
+        ax.set_title(f"path {k}", fontsize="small")
+    fig.colorbar(im, ax=list(axes.flat), label="feature value (its own min to max)", shrink=0.8)
+    return _write_figure(fig, canvas, path)
+
+
+def save_latent_scatter(
+    points, path: str | os.PathLike, labels=None, title: str | None = None, axis_names: tuple[str, str] = ("z_1", "z_2")
+) -> Path:
+    """Posterior means [M, 2] of test data coloured by label (a legend for at most 10 classes, else
+    a colour bar): the latent map of a model whose decodings are not pictures (vector data)."""
+    pts, labs = _check_points(points, labels)
+    fig, canvas = _figure(6.5, 5.5)
+    ax = fig.add_subplot(1, 1, 1)
+    _draw_scatter(fig, ax, pts, labs, axis_names)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _write_figure(fig, canvas, path)
 
 
 # ----------------------------------------------------------------------------------------

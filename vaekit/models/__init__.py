@@ -15,6 +15,7 @@ import itertools
 import torch
 
 from ..checks import lookup
+from ..data import standardization_of
 from .autoencoder import Autoencoder, build_autoencoder
 from .flow import FlowModel, build_flow_model
 from .mixture import GaussianMixtureModel, build_mixture
@@ -52,9 +53,11 @@ def model_device(model) -> torch.device:
 
 def build_model(cfg, data_shape):
     """Build the model named by ``cfg.model.kind`` for data of ``data_shape``, with its ``data_levels``
-    (what its bits per dimension follow) from ``cfg.data.levels``."""
+    (what its bits per dimension follow) from ``cfg.data.levels`` and its ``data_transform`` from the
+    standardisation ``cfg.data`` records."""
     model = lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
     model.data_levels = cfg.data.levels
+    model.data_transform = standardization_of(cfg.data)  # what its outputs invert (GenerativeModel)
     return model
 
 

@@ -18,6 +18,11 @@ callers test a declared flag instead of probing with ``hasattr``:
   it and is None where bits per dimension mean nothing.
 - ``has_bic``: a maximum-likelihood fit with ``n_parameters()`` free parameters (mixtures): the
   evaluator reports BIC = -2 log L + p log N.
+- ``data_transform``: the per-feature standardisation the model's data went through
+  (``vaekit.data.Standardization``; the identity unless the run standardised), set by
+  ``build_model`` from the config: the model sees and outputs x' = (x - mean) / std, and
+  ``data_transform.invert`` turns its outputs back into data units. It is not model state (the
+  config records it), so ``state_dict`` is the same either way.
 
 Sampling has one signature for every model, ``sample(n, mean=False, temperature=1.0)``; a model
 refuses a value it cannot honour with a one-line :class:`~vaekit.errors.VaekitError` (raised by
@@ -34,6 +39,7 @@ import math
 
 from torch import Tensor, nn
 
+from ..data import Standardization
 from ..distributions import N_LEVELS, data_bits_per_dim
 from ..errors import VaekitError
 
@@ -49,6 +55,7 @@ class GenerativeModel(nn.Module):
     density: bool = False
     data_levels: int | None = N_LEVELS
     has_bic: bool = False
+    data_transform: Standardization = Standardization()
 
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
         """Per-example terms [B] in nats: ``loss`` (minimised) and, where they exist, ``elbo``, ``rec``, ``kl``."""

@@ -27,6 +27,12 @@ Implementation notes:
   mixture of diagonal Gaussians, and the VampPrior of Tomczak & Welling 2018).
 
 Model selection: BIC = -2 log L + p log N (Schwarz 1978), p the number of free parameters.
+
+Clustering: :func:`cluster` assigns examples to a fitted mixture's components;
+:func:`cluster_features` fits one on standardised feature vectors (encode, then cluster);
+:func:`agreement` scores assignments against labels by the adjusted Rand index (Hubert & Arabie,
+"Comparing partitions", J. Classification 1985) and the normalised mutual information (Strehl &
+Ghosh, "Cluster ensembles", JMLR 2002).
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..checks import lookup
+from ..data import Standardization
 from ..distributions.mixture import (
     COVARIANCE_TYPES,
     LOG_2PI,
@@ -507,6 +515,48 @@ def cluster(model: GaussianMixtureModel, x) -> tuple[Tensor, Tensor]:
     return soft, soft.argmax(-1)
 
 
+def cluster_features(
+    x, k: int, covariance: str = "full", restarts: int = 3, seed: int = 0, reg_covar: float = 1e-6
+) -> tuple[Tensor, Tensor, GaussianMixtureModel]:
+    """Cluster feature vectors (e.g. a VAE's posterior means) with a Gaussian mixture fitted by EM on
+    the standardised features (each feature centred and scaled to unit variance, so that no feature
+    dominates the distances of the k-means++ seeding or the covariances by its units alone).
+
+    Args:
+        x: features [N, D] (tensor or array).
+        k: mixture components K (at most N).
+        covariance: full | diag | spherical.
+        restarts: EM restarts; the best log-likelihood is kept.
+        seed: seed of the initialisation.
+        reg_covar: added to every covariance diagonal (in standardised units).
+
+    Returns:
+        (p(z=k|x) [N, K], argmax_k [N], the fitted mixture over the standardised features).
+    """
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise DataError(f"features must be [N, D] with N >= 2; got shape {tuple(x.shape)}")
+    if not 1 <= k <= x.shape[0]:
+        raise VaekitError(f"the number of components must be between 1 and the {x.shape[0]} examples; got {k}")
+    z = Standardization.fit(x).apply(x)
+    model = GaussianMixtureModel(
+        k, (x.shape[1],), covariance_type=covariance, reg_covar=reg_covar, n_init=restarts, seed=seed, dtype="float64"
+    )
+    model.fit(z)
+    soft, hard = cluster(model, z)
+    return soft, hard, model
+
+
+def agreement(labels, assignments) -> dict[str, float]:
+    """How well clusters match known labels (both [N] integers): the adjusted Rand index (Hubert &
+    Arabie 1985; 1 for identical partitions, about 0 for chance) and the normalised mutual
+    information (arithmetic normalisation, as scikit-learn), both invariant to renaming the clusters."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    y, h = np.asarray(labels), np.asarray(assignments)
+    return {"ari": float(adjusted_rand_score(y, h)), "nmi": float(normalized_mutual_info_score(y, h))}
+
+
 def build_mixture(cfg, data_shape: tuple[int, ...], train_cfg=None) -> GaussianMixtureModel:
     """Registry constructor: a ``GaussianMixtureModel`` from ``ModelConfig`` fields."""
     return GaussianMixtureModel(
@@ -536,8 +586,10 @@ __all__ = [
     "precision_cholesky",
     # EM
     "GaussianMixtureModel",
+    "agreement",
     "build_mixture",
     "cluster",
+    "cluster_features",
     "kmeans_plusplus",
     "lloyd",
 ]
