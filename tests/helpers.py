@@ -104,3 +104,11 @@ def jacobian_test(cases):
         torch.testing.assert_close(ld, torch.linalg.slogdet(blocks).logabsdet, atol=1e-6, rtol=1e-6)
 
     return test_logabsdet_matches_autograd_jacobian
+
+
+def tiny_digits_vae_args(run) -> list[str]:
+    """``vaekit train`` arguments of a tiny dense VAE (16 hidden units, 2 latents, 1 epoch) on the 8x8
+    digits into ``run``, without end-of-epoch evaluation or TensorBoard: the run the CLI tests use."""
+    sets = ["hidden=[16]", "latent_dim=2", "eval_k=0", "tensorboard=false"]
+    return ["train", "--preset", "dense-digits", "--epochs", "1", *[a for s in sets for a in ("--set", s)],
+            "--out", str(run), "--no-progress"]  # fmt: skip

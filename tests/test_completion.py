@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import tiny_digits_vae_args
 from vaekit.completion import complete, format_completion_summary, parse_mask
 from vaekit.config import build_config
 from vaekit.errors import DataError, VaekitError
@@ -111,29 +112,7 @@ def test_cli_complete_writes_png(tmp_path, capsys):
     from vaekit.cli import main
 
     run = tmp_path / "vae"
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "dense-digits",
-                "--epochs",
-                "1",
-                "--set",
-                "hidden=[16]",
-                "--set",
-                "latent_dim=2",
-                "--set",
-                "eval_k=0",
-                "--set",
-                "tensorboard=false",
-                "--out",
-                str(run),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_digits_vae_args(run)) == 0
     out = tmp_path / "completion.png"
     assert (
         main(

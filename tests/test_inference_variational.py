@@ -4,6 +4,7 @@ masked decoder (vaekit.inference.variational), and the VAE mixture priors."""
 import pytest
 import torch
 
+from tests.helpers import tiny_digits_vae_args
 from vaekit.config import build_config
 from vaekit.distributions import MixturePrior, VampPrior
 from vaekit.errors import ConfigError, VaekitError
@@ -176,29 +177,7 @@ def test_cli_gap_writes_json(tmp_path, capsys):
     from vaekit.cli import main
 
     run = tmp_path / "vae"
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "dense-digits",
-                "--epochs",
-                "1",
-                "--set",
-                "hidden=[16]",
-                "--set",
-                "latent_dim=2",
-                "--set",
-                "eval_k=0",
-                "--set",
-                "tensorboard=false",
-                "--out",
-                str(run),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_digits_vae_args(run)) == 0
     assert main(["gap", str(run), "--k", "20", "--n", "8", "--svi-steps", "5"]) == 0
     doc = json.loads((run / "gap.json").read_text())
     assert set(doc["splits"]) == {"test", "train"}
