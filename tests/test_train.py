@@ -17,6 +17,7 @@ from vaekit.train import (
     LogWindow,
     ShardedData,
     TrainingDiverged,
+    adam_step,
     batch_preparer,
     build_learner,
     burda_learning_rate,
@@ -398,3 +399,40 @@ def test_train_ends_every_epoch_with_one_line_on_stderr(tmp_path, capsys):
     assert all("(K=3)" in l and l.endswith("nats on 10 examples") for l in lines)
     nll = [r["test_nll"] for r in read_metrics(tmp_path / "r") if "test_nll" in r]
     assert [f"test NLL {v:.2f} (K=3)" in l for v, l in zip(nll, lines)] == [True, True]  # the logged numbers
+
+
+def test_adam_step_is_the_optimiser_step():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opts = [torch.optim.AdamW(ps, lr=1e-2, eps=1e-4, weight_decay=0.1, fused=True) for ps in (params, twins)]
+    for _ in range(4):
+        grads = [torch.randn_like(p) for p in params]
+        for ps in (params, twins):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+        opts[0].step()
+        adam_step(opts[1])  # the first call initialises the state through opt.step()
+    for a, b in zip(params, twins):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    for a, b in zip(params, twins):
+        sa, sb = opts[0].state[a], opts[1].state[b]
+        assert float(sa["step"]) == float(sb["step"]) == 4
+        torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("objective, gradient, k", [("elbo", "reparam", 1), ("iwae", "dreg", 3)])
+def test_hand_derived_training_gives_the_autograd_run(tmp_path, objective, gradient, k):
+    xtr, xte = digits()
+    runs = {}
+    for fused in (True, False):
+        cfg = cfg_for(epochs=1, fused=fused, objective=objective, gradient=gradient, k=k, activation="tanh", ema=0.9)
+        learner = build_learner(build_model(cfg, (1, 8, 8)), cfg.train, torch.device("cpu"))
+        assert (learner.fused is not None) == fused
+        out = train(cfg, tmp_path / f"run-{fused}", xtr[:500], xte, transform=binarize, progress=False)
+        runs[fused] = (out, ckpt.latest_checkpoint(tmp_path / f"run-{fused}")[1])
+    (a, ca), (b, cb) = runs[True], runs[False]
+    assert a["step"] == b["step"] == 10
+    assert a["test_nll"] == pytest.approx(b["test_nll"], abs=1e-3)
+    for name, w in ca["model"].items():
+        torch.testing.assert_close(w, cb["model"][name], rtol=1e-4, atol=1e-5, msg=name)

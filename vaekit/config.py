@@ -135,6 +135,9 @@ class TrainConfig:
     # gradient estimator: reparam | stl (sticking the landing, Roeder et al. 2017; objective=elbo) |
     # dreg (doubly reparameterised, Tucker et al. 2018; objective=iwae)
     gradient: str = "reparam"
+    # dense Gaussian VAEs with a Bernoulli decoder: the hand-derived gradient (models.dense_step), same
+    # numbers without autograd's per-operation cost; false: autograd, as every other model
+    fused: bool = True
     lr_warmup_steps: int = 0  # linear lr warm-up steps
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 0.0  # clip global gradient norm at this value (0: off)

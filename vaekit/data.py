@@ -183,6 +183,9 @@ class Dataset:
 def binarize_dynamic(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """A fresh binarisation b ~ Bernoulli(x), so E[b] = x; call once per training batch.
 
+    Drawn as b = [u < x], u ~ U[0, 1): the same distribution as ``torch.bernoulli(x)`` at about half
+    its cost on the CPU, where at a batch of 20 MNIST images it was a tenth of a training step.
+
     Args:
         x: grey levels in [0, 1], any shape, any device.
         generator: torch.Generator on x's device, or None for the global RNG.
@@ -190,7 +193,7 @@ def binarize_dynamic(x: Tensor, generator: torch.Generator | None = None) -> Ten
     Returns:
         b: same shape and dtype as x, values in {0, 1}.
     """
-    return torch.bernoulli(x, generator=generator)
+    return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device).lt_(x)
 
 
 def binarize_static(x: Tensor, seed: int) -> Tensor:

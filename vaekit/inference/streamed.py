@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributions import BernoulliLikelihood
-from ..nets.mlp import MLP
+from ..nets.mlp import dense_layers
 
 BLOCK = 256  # codes per block: a block's logits and terms (3 x 256 x 784 floats) fit in L2/L3
 
@@ -65,26 +65,6 @@ class Workspace:
 
 
 _WORKSPACE = Workspace()
-
-
-def _dense_layers(body: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] | None:
-    """An MLP body as [(linear, activation or None)], or None if it is not a plain MLP."""
-    if type(body) is not MLP:
-        return None
-    mods = list(body.net)
-    if not mods or not isinstance(mods[0], nn.Flatten):
-        return None
-    layers, i = [], 1
-    while i < len(mods):
-        lin = mods[i]
-        if type(lin) is not nn.Linear:
-            return None
-        act = mods[i + 1] if i + 1 < len(mods) else None
-        if act is not None and type(act) is nn.Linear:
-            return None
-        layers.append((lin, act))
-        i += 2
-    return layers if layers and layers[-1][1] is None else None
 
 
 def dense_forward_into(layers, z: Tensor, ws: Workspace) -> Tensor:
@@ -128,7 +108,7 @@ def streamed_log_likelihood(decoder, z: Tensor, x: Tensor, block: int = BLOCK) -
     # exact types, not isinstance: a subclass may change forward or log_prob, which the kernel re-implements
     if torch.is_grad_enabled() or z.device.type != "cpu" or type(decoder.likelihood) is not BernoulliLikelihood:
         return None
-    layers = _dense_layers(decoder.body)
+    layers = dense_layers(decoder.body)
     if layers is None or z.dim() != 2:
         return None
     N = z.shape[0]

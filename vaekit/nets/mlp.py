@@ -62,6 +62,28 @@ class MLP(NetBody):
         out.bias.copy_(bias.to(out.bias))
 
 
+def dense_layers(body: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] | None:
+    """An :class:`MLP` ``body`` as [(linear, activation or None)] (the last pair has no activation),
+    or None if it is not exactly an MLP (a subclass may change ``forward``): for kernels that
+    re-implement its forward pass (``inference.streamed``, ``models.dense_step``)."""
+    if type(body) is not MLP:
+        return None
+    mods = list(body.net)
+    if not mods or not isinstance(mods[0], nn.Flatten):
+        return None
+    layers, i = [], 1
+    while i < len(mods):
+        lin = mods[i]
+        if type(lin) is not nn.Linear:
+            return None
+        act = mods[i + 1] if i + 1 < len(mods) else None
+        if act is not None and type(act) is nn.Linear:
+            return None
+        layers.append((lin, act))
+        i += 2
+    return layers if layers and layers[-1][1] is None else None
+
+
 def mlp_encoder(data_shape: tuple[int, ...], out_features: int, spec: NetSpec) -> nn.Module:
     """x [B, *data_shape] -> [B, out_features] (e.g. 2*latent_dim for mean and log-variance);
     reads ``spec.hidden`` and ``spec.activation``."""
