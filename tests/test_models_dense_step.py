@@ -73,6 +73,11 @@ def test_fused_step_grads_reach_every_weight():
     fused = dense_vae_step(model)
     fused(torch.bernoulli(torch.full((5, 1, 4, 5), 0.4)), 0, 0.2)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    want = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+    torch.testing.assert_close(fused.grad_norm(), want)
+    model.zero_grad(set_to_none=True)  # as after a skipped step: the next call writes the gradients again
+    fused(torch.bernoulli(torch.full((5, 1, 4, 5), 0.4)), 0, 0.2)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 @pytest.mark.parametrize(

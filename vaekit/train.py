@@ -346,7 +346,8 @@ def train_step(
     if not bad:
         if grads.loss is not None:
             grads.loss.backward()  # on every process or none: DDP all-reduces the gradients here
-        grad_norm = float(_grad_norm(model, tc.grad_clip))  # the same on every process
+        fused_norm = learner.fused.grad_norm() if grads.loss is None and tc.grad_clip <= 0 else None
+        grad_norm = float(_grad_norm(model, tc.grad_clip) if fused_norm is None else fused_norm)  # same everywhere
         bad = not math.isfinite(grad_norm)
     if bad:
         opt.zero_grad(set_to_none=True)

@@ -91,15 +91,12 @@ def _forward(layers, h: Tensor) -> list[Tensor]:
 
 
 def _backward(layers, hs: list[Tensor], g: Tensor, input_grad: bool) -> Tensor | None:
-    """Write dL/dW, dL/db of every layer into ``.grad`` from g = dL/d(last output) [N, out];
+    """Write dL/dW, dL/db of every layer into their ``.grad`` (which exist) from g = dL/d(last output) [N, out];
     returns dL/d(input) [N, in] when ``input_grad``, else None."""
     for i in range(len(layers) - 1, -1, -1):
         lin, act = layers[i]
         if act is not None:
             g = ACT_BACKWARD[type(act)](g, hs[i + 1])
-        for p in (lin.weight, lin.bias):
-            if p.grad is None:
-                p.grad = torch.empty_like(p)
         torch.mm(g.t(), hs[i], out=lin.weight.grad)
         torch.sum(g, 0, out=lin.bias.grad)
         if i > 0 or input_grad:
@@ -119,6 +116,12 @@ class DenseVAEStep:
 
     def __init__(self, encoder, decoder, latent_dim: int, objective: dict):
         self.encoder, self.decoder, self.D = encoder, decoder, latent_dim
+        self.params = [p for lin, _ in encoder + decoder for p in (lin.weight, lin.bias)]
+        # every .grad is a view of one buffer: the global norm is one reduction, not one per tensor
+        self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype)
+        self.flat_grad = self.flat_grad.to(self.params[0].device)
+        sizes = [p.numel() for p in self.params]
+        self.grads = [g.view_as(p) for g, p in zip(self.flat_grad.split(sizes), self.params)]
         self.objective, self.k, self.gradient = objective["objective"], objective["k"], objective["gradient"]
         self.beta, self.warmup_steps = objective["beta"], objective["warmup_steps"]
 
@@ -132,6 +135,9 @@ class DenseVAEStep:
             step: the global step (the KL warm-up).
             scale: the factor of the summed loss (1 / global batch for a mean).
         """
+        for p, g in zip(self.params, self.grads):
+            if p.grad is not g:  # e.g. set to None after a skipped step
+                p.grad = g
         k, B, D = self.k, x.shape[0], self.D
         xf = x.reshape(B, -1)
         he = _forward(self.encoder, xf)
@@ -159,6 +165,10 @@ class DenseVAEStep:
             g_lv = g_lv + up.lv
         _backward(self.encoder, he, torch.cat([g_mu, g_lv], 1), input_grad=False)
         return out
+
+    def grad_norm(self) -> Tensor:
+        """The Euclidean norm of all the gradients the last call wrote (a 0-d tensor)."""
+        return torch.linalg.vector_norm(self.flat_grad)
 
     def _elbo(self, log_px, mu, lv, s, z, eps, step, c) -> tuple[dict[str, Tensor], Upstream]:
         """The ELBO's terms and what its gradient sends upstream (module docstring)."""
