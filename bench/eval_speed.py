@@ -15,6 +15,7 @@ extrapolated to the full test set (stated as such); vaekit runs the complete eva
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -25,8 +26,13 @@ import vaekit  # noqa: E402
 from bench.common import Timer, data_dir, header, parser  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
 from vaekit.data import binarize_static, load_dataset  # noqa: E402
-from vaekit.inference import importance_sampled_log_prob, mean_and_stderr, release_large_blocks  # noqa: E402
+from vaekit.inference import importance_sampled_log_prob, mean_and_stderr  # noqa: E402
 from vaekit.models import build_model  # noqa: E402
+
+
+def resident_mib() -> float:
+    """This process's resident memory now (Linux /proc), MiB."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @torch.no_grad()
@@ -59,21 +65,15 @@ def main():
         torch.manual_seed(0)
         model = build_model(build_config("dense-mnist"), (1, 28, 28)).to(args.device).eval()
         name = "dense-mnist (untrained weights; the cost is the same)"
-    # The reference twice, first: its speed depends on glibc's allocator settings, which vaekit
-    # changes for the whole process (inference.release_large_blocks pins the mmap threshold so
-    # that memory stays bounded): once as a fresh script runs it (dynamic threshold), then with
-    # the pin, as it runs in the same process after vaekit.
     m = min(args.ref_n, x.shape[0])
-    torch.manual_seed(0)
-    with Timer() as tr_fresh:
-        per_datapoint_loop(model, x[:m], args.k)
-    release_large_blocks()
     torch.manual_seed(0)
     with Timer() as tr:
         ref = per_datapoint_loop(model, x[:m], args.k)
     torch.manual_seed(0)
+    rss_before = resident_mib()
     with Timer() as tv:
         res = importance_sampled_log_prob(model, x, k=args.k)
+    rss_after = resident_mib()
     nll, se = mean_and_stderr(-res["log_px"])
     ref_full = tr.seconds / m * x.shape[0]
     agree = (res["log_px"][:m] - ref).mean().item()  # both estimate the same log p(x)
@@ -81,16 +81,12 @@ def main():
     print(f"model: {name}; {x.shape[0]} images, K={args.k}")
     print(
         f"vaekit chunked, vectorised: {tv.seconds:8.1f} s for {x.shape[0]} images "
-        f"({tv.seconds / x.shape[0] * 1000:.1f} ms/image); NLL {nll:.2f} ± {se:.2f}"
+        f"({tv.seconds / x.shape[0] * 1000:.1f} ms/image); NLL {nll:.2f} ± {se:.2f}; resident memory "
+        f"{rss_before:.0f} MiB before, {rss_after:.0f} MiB after"
     )
     print(
         f"per-datapoint loop:         {ref_full:8.1f} s extrapolated from {m} images "
-        f"({tr.seconds / m * 1000:.1f} ms/image), allocator as vaekit sets it"
-    )
-    print(
-        f"per-datapoint loop, fresh:  {tr_fresh.seconds / m * x.shape[0]:8.1f} s extrapolated from {m} images "
-        f"({tr_fresh.seconds / m * 1000:.1f} ms/image), glibc's default dynamic mmap threshold "
-        f"(memory unbounded over a long run)"
+        f"({tr.seconds / m * 1000:.1f} ms/image)"
     )
     import resource
 
@@ -98,8 +94,7 @@ def main():
     print(f"peak resident memory of this process: {peak:.0f} MiB (target: under 2 GiB)")
     how = "measured" if x.shape[0] == 10000 else f"extrapolated from {x.shape[0]} images"
     print(
-        f"ratio loop/vaekit: {ref_full / tv.seconds:.2f}x (fresh loop: "
-        f"{tr_fresh.seconds / m * x.shape[0] / tv.seconds:.2f}x); K={args.k} over all 10,000 test images: "
+        f"ratio loop/vaekit: {ref_full / tv.seconds:.2f}x; K={args.k} over all 10,000 test images: "
         f"{full / 60:.1f} min ({how}), {'under' if full < 600 else 'OVER'} the 10-minute target; "
         f"mean log p(x) difference vaekit - loop on the shared {m} images: {agree:+.3f} nats "
         f"(Monte-Carlo noise)"

@@ -15,6 +15,7 @@ from vaekit.inference import (
     effective_sample_size,
     importance_sampled_log_prob,
     mean_and_stderr,
+    widest_activation,
 )
 from vaekit.models import build_model
 from vaekit.objectives import elbo_terms
@@ -167,3 +168,13 @@ def test_a_float64_model_gets_float64_estimates():
     assert all(v.dtype == torch.float64 for v in out.values())
     assert torch.isfinite(out["log_px"]).all() and (out["log_px"] >= out["elbo"]).all()  # Jensen, same draws
     assert importance_sampled_log_prob(small_vae(), binary_data(2), k=3)["log_px"].dtype == torch.float32
+
+
+def test_decoder_numel_counts_a_conv_decoders_widest_feature_map():
+    cfg = build_config("conv-mnist", overrides={"channels": [4, 8]})
+    model = build_model(cfg, (1, 28, 28))
+    # the decoder's last hidden feature maps: 4 channels of 28 x 28, wider than its 784 logits
+    assert widest_activation(model.decoder, model.latent_dim) == 4 * 28 * 28
+    assert decoder_numel(model, (1, 28, 28)) == 4 * 28 * 28
+    b, s = chunk_sizes(10, 5000, decoder_numel(model, (1, 28, 28)))
+    assert (b, s) == (1, DEFAULT_ELEMENT_BUDGET // (4 * 28 * 28))

@@ -5,13 +5,11 @@
 - :mod:`~vaekit.inference.variational`: per-datapoint SVI and the approximation / amortisation gap
   decomposition (Cremer et al. 2018), and :class:`PosteriorModel`, a given q(z) with a trained
   decoder (optionally masked to observed dimensions) for the objectives and the sampler;
-- :mod:`~vaekit.inference.streamed`: the decoder log-likelihood computed block by block on the CPU;
-- :mod:`~vaekit.inference.allocator`: the glibc allocator setting that keeps its memory flat.
+- :mod:`~vaekit.inference.streamed`: the decoder log-likelihood computed block by block on the CPU.
 
 Every public name is re-exported here.
 """
 
-from .allocator import release_large_blocks
 from .importance import (
     DEFAULT_ELEMENT_BUDGET,
     chunk_sizes,
@@ -19,6 +17,7 @@ from .importance import (
     effective_sample_size,
     importance_sampled_log_prob,
     mean_and_stderr,
+    widest_activation,
 )
 from .streamed import streamed_log_likelihood
 from .variational import (
@@ -43,6 +42,8 @@ __all__ = [
     "PosteriorModel",
     "chunk_sizes",
     "decoder_numel",
+    "widest_activation",
+    "widest_activation",
     "effective_sample_size",
     "format_gap_table",
     "gap_decomposition",
@@ -50,7 +51,6 @@ __all__ = [
     "mean_and_stderr",
     "posterior_log_prob",
     "proposal_log_prob",
-    "release_large_blocks",
     "streamed_log_likelihood",
     "svi",
 ]

@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..objectives import log_importance_weights
-from .allocator import release_large_blocks
 
-DEFAULT_ELEMENT_BUDGET = 1 << 22  # decoder outputs per chunk (~16 MiB of float32 per tensor)
+DEFAULT_ELEMENT_BUDGET = 1 << 22  # numbers per chunk in the decoder's widest tensor (~16 MiB of float32)
 
 
 def chunk_sizes(n_examples: int, k: int, data_numel: int, budget: int = DEFAULT_ELEMENT_BUDGET) -> tuple[int, int]:
@@ -43,9 +42,40 @@ def chunk_sizes(n_examples: int, k: int, data_numel: int, budget: int = DEFAULT_
 def decoder_numel(model, data_shape: tuple[int, ...]) -> int:
     """Numbers the decoder of ``model`` keeps alive per code for one example of ``data_shape``.
 
-    Its output, times the likelihood's ``activation_factor``: more than 1 for decoders that are deep
-    nets over x itself (PixelCNN), whose activations, not the output, bound the memory."""
-    return math.prod(data_shape) * model.decoder.likelihood.activation_factor
+    The widest of its output times the likelihood's ``activation_factor`` (more than 1 for
+    decoders that are deep nets over x itself, PixelCNN) and its body's widest hidden activation
+    (a conv decoder's 32 x 28 x 28 feature maps are 32 times its 784 logits): chunks of codes sized
+    by the widest tensor keep every intermediate within the budget, and in cache, instead of
+    hundreds of megabytes per tensor."""
+    output = math.prod(data_shape) * model.decoder.likelihood.activation_factor
+    return max(output, widest_activation(model.decoder, model.prior.event_shape[0]))
+
+
+@torch.no_grad()
+def widest_activation(decoder, latent_dim: int) -> int:
+    """The most elements any module of ``decoder.body`` outputs when the decoder decodes one code
+    [1, latent_dim] (one forward pass in eval mode, with hooks; outputs that are not tensors are
+    skipped)."""
+    widest = 0
+
+    def hook(mod, args, out):
+        nonlocal widest
+        if isinstance(out, Tensor):
+            widest = max(widest, out.numel())
+
+    body: nn.Module = decoder.body
+    p = next(body.parameters(), None)
+    kw = {} if p is None else {"device": p.device, "dtype": p.dtype}
+    handles = [m.register_forward_hook(hook) for m in body.modules()]
+    training = body.training
+    body.eval()  # the probe must not move batch-norm statistics
+    try:
+        decoder(torch.zeros(1, latent_dim, **kw))
+    finally:
+        body.train(training)
+        for h in handles:
+            h.remove()
+    return widest
 
 
 def effective_sample_size(log_w: Tensor, dim: int = 0) -> Tensor:
@@ -80,7 +110,6 @@ def importance_sampled_log_prob(
         from the same samples) and ``ess`` (effective sample size (sum w)^2 / sum w^2, a
         diagnostic of the proposal).
     """
-    release_large_blocks()
     N = x.shape[0]
     auto_b, auto_s = chunk_sizes(N, k, decoder_numel(model, x.shape[1:]), element_budget)
     B = batch_size or auto_b

@@ -8,8 +8,7 @@ decoder's log-likelihood: for a dense Bernoulli VAE on MNIST that is, per test i
 
 (the Bernoulli log-mass with logits, exact for x in [0, 1]). Computed the plain way, every
 intermediate is a fresh 16 MB tensor: the CPU spends its time in page faults and memory
-traffic, not arithmetic (glibc hands such blocks out by mmap; see
-``vaekit.inference.allocator`` for why that threshold is pinned). This module evaluates
+traffic, not arithmetic (glibc hands such blocks out by mmap). This module evaluates
 the decoder body and the likelihood *block by block* (``BLOCK`` codes at a time) into scratch
 buffers that are allocated once and reused, so each block's hidden units, logits and terms stay
 in cache and the loop allocates nothing. The result is the same number as
