@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean peers
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# The peer libraries (normflows, Pythae) for bench/peer_speed.py, in their own venv, never in .venv.
+# setuptools is installed pinned first and the build is not isolated, so building normflows'
+# source archive pulls no unpinned build tools either.
+PEERS_VENV ?= .venv-peers
+$(PEERS_VENV)/.installed: pyproject.toml constraints.txt bench/peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q -c constraints.txt -c bench/peers.txt setuptools
+	$(PEERS_VENV)/bin/python -m pip install -q --no-build-isolation -c constraints.txt -e . -r bench/peers.txt
+	touch $@
+
+peers: $(PEERS_VENV)/.installed
 
 # Train dense-mnist on the 5,000 embedded MNIST digits, evaluate, draw the pictures.
 demo: install
