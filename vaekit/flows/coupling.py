@@ -117,7 +117,7 @@ class AdditiveCoupling(Transform):
         self.net = net
 
     def _shift(self, x, context):
-        return (1 - self.mask) * self.net(x * self.mask, context)
+        return (1 - self.mask) * self.net(x * self.mask, context).to(x.dtype)
 
     def forward(self, x, context=None):
         return x + self._shift(x, context), x.new_zeros(x.shape[0])
@@ -141,7 +141,7 @@ class AffineCoupling(Transform):
         self.scale = scale
 
     def _params(self, x, context):
-        raw_s, t = self.net(x * self.mask, context).chunk(2, dim=1)
+        raw_s, t = self.net(x * self.mask, context).to(x.dtype).chunk(2, dim=1)  # bf16 under autocast
         keep = 1 - self.mask
         return log_scale(raw_s, self.scale) * keep, t * keep
 
