@@ -106,6 +106,26 @@ def jacobian_test(cases):
     return test_logabsdet_matches_autograd_jacobian
 
 
+def autocast_test(cases):
+    """A test, parametrised by the names of ``cases`` like :func:`inverse_test`: under bf16 autocast on
+    the CPU the data path and the log-determinants stay float32 (the conditioner nets may compute in
+    bf16), so inverse(forward(x)) == x to float32 rounding and the log-determinants cancel. Bind it to a
+    ``test_`` name."""
+
+    @pytest.mark.parametrize("name", sorted(cases))
+    def test_bf16_autocast_keeps_the_data_path_and_logdets_float32(name):
+        t, x, ctx = perturbed(cases[name]())
+        t, x, ctx = t.float(), x.float(), None if ctx is None else ctx.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, ld = t(x, context=ctx)
+            x_back, ld_inv = t.inverse(y, context=ctx)
+        assert {y.dtype, ld.dtype, x_back.dtype, ld_inv.dtype} == {torch.float32}
+        torch.testing.assert_close(x_back, x, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ld + ld_inv, torch.zeros_like(ld), atol=1e-4, rtol=0)
+
+    return test_bf16_autocast_keeps_the_data_path_and_logdets_float32
+
+
 def tiny_digits_vae_args(run) -> list[str]:
     """``vaekit train`` arguments of a tiny dense VAE (16 hidden units, 2 latents, 1 epoch) on the 8x8
     digits into ``run``, without end-of-epoch evaluation or TensorBoard: the run the CLI tests use."""

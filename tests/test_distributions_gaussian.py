@@ -55,3 +55,12 @@ def test_distribution_mean_falls_back_to_a_sample():
             return torch.full((2,), 7.0)
 
     assert torch.equal(distribution_mean(NoMean(validate_args=False)), torch.full((2,), 7.0))
+
+
+def test_diagonal_gaussian_of_bf16_parameters_is_float32():
+    """A posterior whose parameters came out of bf16 autocast draws and scores in float32."""
+    mean, log_var = torch.randn(3, 2).bfloat16(), torch.randn(3, 2).bfloat16()
+    q = diagonal_gaussian(mean, log_var)
+    z = q.rsample()
+    assert z.dtype == q.log_prob(z).dtype == torch.float32
+    torch.testing.assert_close(q.log_prob(z), diagonal_gaussian(mean.float(), log_var.float()).log_prob(z))

@@ -66,3 +66,17 @@ def test_binary_is_declared_by_each_likelihood_and_answerable_before_building():
         assert LIKELIHOODS["pixelcnn"].binary_for(output=head) is binary
         lik = build_likelihood("pixelcnn", (1, 4, 4), output=head, channels=4, layers=1, cond_channels=2)
         assert lik.binary is binary
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: BernoulliLikelihood((1, 2, 2)), lambda: GaussianLikelihood((1, 2, 2), "pixel")]
+)
+def test_likelihoods_of_bf16_decoder_outputs_are_float32(make):
+    """Parameters that came out of a bf16-autocast decoder give float32 log-probabilities: those of the
+    same values in float32."""
+    lik = make()
+    params = torch.randn(3, *lik.param_shape).bfloat16()
+    x = torch.randint(0, 2, (3, 1, 2, 2)).float()
+    out = lik(params).log_prob(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, lik(params.float()).log_prob(x))

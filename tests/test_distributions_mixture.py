@@ -57,3 +57,17 @@ def test_bad_covariances_are_one_line_errors():
         MixtureOfGaussians(torch.zeros(2), torch.zeros(2, 3), torch.ones(2, 3), "tied")
     with pytest.raises(VaekitError, match="not positive"):
         precision_cholesky(torch.tensor([[1.0, -1.0]]), "diag")
+
+
+@pytest.mark.parametrize("covariance_type, n", [("diag", 4096), ("spherical", 64)])
+def test_component_densities_keep_float32_products_under_bf16_autocast(covariance_type, n):
+    """|x|^2 - 2 mu.x + |mu|^2 cancels: under bf16 autocast (mixed-precision training of a mixture or Vamp
+    prior) the densities are still the float32 ones, also where they are computed as matrix products."""
+    K, D = 32, 16
+    x, means = 3 + torch.randn(n, D), 3 + torch.randn(K, D)
+    prec = torch.rand(K, D) + 0.5 if covariance_type == "diag" else torch.rand(K) + 0.5
+    ref = component_log_prob(x, means, prec, covariance_type)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = component_log_prob(x, means, prec, covariance_type)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-3)

@@ -5,7 +5,7 @@ Jacobian (float64)."""
 import pytest
 import torch
 
-from tests.helpers import FLOW_B, FLOW_CTX, FLOW_D, inverse_test, jacobian_test, vec
+from tests.helpers import FLOW_B, FLOW_CTX, FLOW_D, autocast_test, inverse_test, jacobian_test, vec
 from vaekit.flows import IAF, MADE, MaskedAffineAutoregressive, iaf, maf
 
 D, CTX = 6, 3
@@ -79,3 +79,4 @@ CASES = {
 
 test_inverse_of_forward_is_identity_and_logdets_cancel = inverse_test(CASES)
 test_logabsdet_matches_autograd_jacobian = jacobian_test(CASES)
+test_bf16_autocast_keeps_the_data_path_and_logdets_float32 = autocast_test(CASES)

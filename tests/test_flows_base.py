@@ -3,7 +3,7 @@ cancelling log-determinants equal to log|det| of the autograd Jacobian (float64)
 
 import torch
 
-from tests.helpers import FLOW_D, FLOW_IMG, img, inverse_test, jacobian_test, perturbed, unit_img, vec
+from tests.helpers import FLOW_D, FLOW_IMG, autocast_test, img, inverse_test, jacobian_test, perturbed, unit_img, vec
 from vaekit.flows import AffineCoupling, Inverse, Logit, Planar, Reshape, Reverse, Shift
 from vaekit.flows.coupling import MLPConditioner, alternating_mask
 
@@ -19,6 +19,7 @@ CASES = {
 
 test_inverse_of_forward_is_identity_and_logdets_cancel = inverse_test(CASES)
 test_logabsdet_matches_autograd_jacobian = jacobian_test(CASES)
+test_bf16_autocast_keeps_the_data_path_and_logdets_float32 = autocast_test(CASES)
 
 
 def test_inverse_object_swaps_directions():

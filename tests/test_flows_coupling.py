@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from tests.helpers import FLOW_B, FLOW_CTX, FLOW_D, FLOW_IMG, img, inverse_test, jacobian_test, vec
+from tests.helpers import FLOW_B, FLOW_CTX, FLOW_D, FLOW_IMG, autocast_test, img, inverse_test, jacobian_test, vec
 from vaekit.flows import AdditiveCoupling, AffineCoupling, DiagonalScaling, dense_realnvp, nice, realnvp
 from vaekit.flows.coupling import ConvConditioner, MLPConditioner, alternating_mask, channel_mask, checkerboard_mask
 from vaekit.flows.multiscale import glow_step
@@ -52,6 +52,7 @@ CASES = {
 
 test_inverse_of_forward_is_identity_and_logdets_cancel = inverse_test(CASES)
 test_logabsdet_matches_autograd_jacobian = jacobian_test(CASES)
+test_bf16_autocast_keeps_the_data_path_and_logdets_float32 = autocast_test(CASES)
 
 
 def test_extreme_conditioner_outputs_give_finite_float32_logdets():

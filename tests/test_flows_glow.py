@@ -3,7 +3,7 @@ convolution invert with cancelling log-determinants equal to log|det| of the aut
 
 import torch
 
-from tests.helpers import FLOW_D, img, inverse_test, jacobian_test, vec
+from tests.helpers import FLOW_D, autocast_test, img, inverse_test, jacobian_test, vec
 from vaekit.flows import ActNorm, InvConv1x1
 
 # name -> () -> (transform, x, context or None)
@@ -17,6 +17,7 @@ CASES = {
 
 test_inverse_of_forward_is_identity_and_logdets_cancel = inverse_test(CASES)
 test_logabsdet_matches_autograd_jacobian = jacobian_test(CASES)
+test_bf16_autocast_keeps_the_data_path_and_logdets_float32 = autocast_test(CASES)
 
 
 def test_actnorm_initialises_from_first_batch_only():

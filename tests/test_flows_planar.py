@@ -3,7 +3,7 @@ log-determinants equal to log|det| of the autograd Jacobian; u_hat keeps every l
 
 import torch
 
-from tests.helpers import FLOW_B, FLOW_CTX, FLOW_D, inverse_test, jacobian_test, vec
+from tests.helpers import FLOW_B, FLOW_CTX, FLOW_D, autocast_test, inverse_test, jacobian_test, vec
 from vaekit.flows import Planar, planar_flow
 
 # name -> () -> (transform, x, context or None)
@@ -16,6 +16,7 @@ CASES = {
 
 test_inverse_of_forward_is_identity_and_logdets_cancel = inverse_test(CASES)
 test_logabsdet_matches_autograd_jacobian = jacobian_test(CASES)
+test_bf16_autocast_keeps_the_data_path_and_logdets_float32 = autocast_test(CASES)
 
 
 def test_planar_respects_invertibility_constraint():

@@ -22,3 +22,24 @@ def test_every_registered_body_is_a_net_body():
 
 def test_the_base_adds_no_parameters_or_state():
     assert not list(NetBody().state_dict()) and not list(NetBody().parameters())
+
+
+def test_bodies_compute_in_bf16_under_autocast_and_return_float32():
+    """Under bf16 autocast a body's layers run in bf16, but what it returns (likelihood parameters, posterior
+    parameters) is float32, close to the float32 body's output."""
+    spec = NetSpec(hidden=(8,), channels=(4,), resnet_blocks=1)
+    bodies = [(make((1, 4, 4), 3, spec), torch.rand(2, 1, 4, 4)) for make in ENCODERS.values()]
+    bodies += [(make(3, (2, 4, 4), spec), torch.randn(2, 3)) for make in DECODERS.values()]
+    bodies.append((GatedPixelCNN(1, 2, 4, 2, 3, 2), torch.rand(2, 1, 4, 4)))
+    for body, x in bodies:
+        inner = []
+        for m in body.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.register_forward_hook(lambda m, i, out: inner.append(out.dtype))
+        ref = body(x)
+        inner.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = body(x)
+        assert torch.bfloat16 in inner, type(body).__name__
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)

@@ -156,7 +156,7 @@ def test_channels_last_training_matches_the_default_layout(tmp_path):
     over = dict(encoder="conv", decoder="conv", channels=[8, 16], hidden=[32], eval_k=0)
     train(cfg_for(**over), tmp_path / "a", tr, te, transform=binarize, progress=False, max_steps=5)
     train(
-        cfg_for(**over, channels_last=True, amp=True),
+        cfg_for(**over, channels_last=True),  # amp left off: it is bf16 on the CPU too, not a layout
         tmp_path / "b",
         tr,
         te,

@@ -152,7 +152,7 @@ class TrainConfig:
     )
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
     tensorboard: bool = True  # write TensorBoard event files in the run folder
-    amp: bool = False  # bf16 autocast of the nets on CUDA (likelihoods stay float32); no effect on CPU
+    amp: bool = False  # bf16 autocast of the nets (CUDA and CPU); likelihoods, log-dets and losses stay float32
 
 
 @dataclass

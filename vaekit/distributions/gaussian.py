@@ -11,10 +11,13 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from ..flows.distribution import FlowDistribution
+from ..nets import full_precision
 
 
 def diagonal_gaussian(mean: Tensor, log_var: Tensor) -> Distribution:
-    """q(z|x) = N(mean, diag(exp(log_var))), batch [B], event [D]; reparameterisable."""
+    """q(z|x) = N(mean, diag(exp(log_var))), batch [B], event [D]; reparameterisable. In float32
+    when the parameters came out of bf16 autocast."""
+    mean, log_var = full_precision(mean), full_precision(log_var)
     return Independent(Normal(mean, (0.5 * log_var).exp(), validate_args=False), 1, validate_args=False)
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from ..checks import lookup
+from ..nets import full_precision
 from .base import LOG_STD_MIN, Likelihood
 from .image import CategoricalLikelihood, LogisticMixtureLikelihood
 from .pixelcnn import PixelCNNLikelihood
@@ -53,9 +54,9 @@ class BernoulliLikelihood(Likelihood):
         self.param_shape = self.data_shape
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(
-            LogitBernoulli(logits=params, validate_args=False), len(self.data_shape), validate_args=False
-        )
+        """logits [B, *data_shape] -> p(x|z), in float32 when the logits came out of bf16 autocast."""
+        bernoulli = LogitBernoulli(logits=full_precision(params), validate_args=False)
+        return Independent(bernoulli, len(self.data_shape), validate_args=False)
 
 
 class GaussianLikelihood(Likelihood):
@@ -84,6 +85,8 @@ class GaussianLikelihood(Likelihood):
             self.register_buffer("log_std", torch.tensor(math.log(fixed_std)))
 
     def forward(self, params: Tensor) -> Distribution:
+        """params [B, *param_shape] -> p(x|z), in float32 when they came out of bf16 autocast."""
+        params = full_precision(params)
         if self.variance == "pixel":
             mean, log_std = params.chunk(2, dim=1)
         else:

@@ -23,6 +23,7 @@ from torch.distributions import Categorical, Distribution, constraints
 
 from ..checks import lookup
 from ..errors import VaekitError
+from ..flows.base import full_precision_region
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 LOG_2PI = math.log(2 * math.pi)
@@ -44,7 +45,15 @@ def component_log_prob_t(
     x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str, x_sq: Tensor | None = None
 ) -> Tensor:
     """:func:`component_log_prob` transposed, [K, N]: the layout EM works in (products of a
-    [K, D] matrix with x^T run about twice as fast as x times a [D, K] one on CPUs)."""
+    [K, D] matrix with x^T run about twice as fast as x times a [D, K] one on CPUs).
+
+    The products run with autocast off: |x|^2 - 2 mu.x + |mu|^2 cancels, so bf16 products would
+    cost the density its precision (a mixture or VampPrior's log p(z) in mixed-precision training)."""
+    with full_precision_region(x):
+        return _component_log_prob_t(x, means, prec_chol, covariance_type, x_sq)
+
+
+def _component_log_prob_t(x, means, prec_chol, covariance_type, x_sq):
     D = x.shape[-1]
     if covariance_type == "full":
         log_det = torch.diagonal(prec_chol, dim1=-2, dim2=-1).log().sum(-1)  # [K]

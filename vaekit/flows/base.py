@@ -14,11 +14,15 @@ Sampling runs ``inverse``. A layer whose cheap direction is the generative one (
 flows, IAF) is used through :class:`Inverse`; IAF *is* ``Inverse(MADE-flow)``.
 
 Numerics. Log-determinants are summed per example in the input's dtype (float32 in
-training). Every learned log-scale of a coupling or autoregressive layer is bounded
-before it is exponentiated (:func:`log_scale`: a soft clamp ``c tanh(s / c)``, c = 2, of
-the raw output or of Glow's ``log sigmoid(s + 2)``), so no factor can overflow or
-underflow to 0 and a layer's log-determinant stays within D * c; the soft clamp keeps
-gradients non-zero where a hard clamp would cut them.
+training). Under mixed-precision autocast (``vaekit.nets.speed.autocast``) the conditioner
+nets compute in bf16 but their outputs are cast back to the data path's dtype before they
+become log-scales and shifts, and the linear maps on the data path itself (the invertible
+1x1 convolution) run with autocast off (:func:`full_precision_region`): the map stays
+exactly invertible and its log-determinant float32. Every learned log-scale of a coupling
+or autoregressive layer is bounded before it is exponentiated (:func:`log_scale`: a soft
+clamp ``c tanh(s / c)``, c = 2, of the raw output or of Glow's ``log sigmoid(s + 2)``), so
+no factor can overflow or underflow to 0 and a layer's log-determinant stays within D * c;
+the soft clamp keeps gradients non-zero where a hard clamp would cut them.
 
 References:
 - Dinh, Krueger & Bengio, "NICE: Non-linear Independent Components Estimation", 2014.
@@ -43,6 +47,11 @@ SCALES = ("tanh", "sigmoid")
 def sum_except_batch(x: Tensor) -> Tensor:
     """Sum over every axis but the first: [B, ...] -> [B]."""
     return x.reshape(x.shape[0], -1).sum(1)
+
+
+def full_precision_region(x: Tensor):
+    """Context with autocast off on ``x``'s device: products inside run in ``x``'s own dtype."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def log_scale(raw: Tensor, kind: str = "tanh") -> Tensor:

@@ -213,7 +213,7 @@ class AdditiveCoupling(_Coupling):
     ``split`` (default): evaluate a ``Conditioner`` on the kept part only where the mask allows."""
 
     def _shift(self, x, context):
-        return (1 - self.mask) * self.net(x * self.mask, context)
+        return (1 - self.mask) * self.net(x * self.mask, context).to(x.dtype)
 
     def forward(self, x, context=None):
         if self.split:
@@ -244,7 +244,7 @@ class AffineCoupling(_Coupling):
         self.scale = scale
 
     def _params(self, x, context):
-        raw_s, t = self.net(x * self.mask, context).chunk(2, dim=1)
+        raw_s, t = self.net(x * self.mask, context).to(x.dtype).chunk(2, dim=1)  # bf16 under autocast
         keep = 1 - self.mask
         return log_scale(raw_s, self.scale) * keep, t * keep
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Transform
+from .base import Transform, full_precision_region
 
 
 def _per_channel(p: Tensor, x: Tensor) -> Tensor:
@@ -98,7 +98,9 @@ class InvConv1x1(Transform):
         return F.conv2d(x, w.view(*w.shape, 1, 1))
 
     def forward(self, x, context=None):
-        return self._mix(x, self.weight()), (_spatial(x) * self.log_s.sum()).expand(x.shape[0])
+        with full_precision_region(x):  # the data path: no bf16 rounding between the layers of a flow
+            return self._mix(x, self.weight()), (_spatial(x) * self.log_s.sum()).expand(x.shape[0])
 
     def inverse(self, y, context=None):
-        return self._mix(y, self.inverse_weight()), (-_spatial(y) * self.log_s.sum()).expand(y.shape[0])
+        with full_precision_region(y):
+            return self._mix(y, self.inverse_weight()), (-_spatial(y) * self.log_s.sum()).expand(y.shape[0])

@@ -49,7 +49,7 @@ class Planar(Transform):
             self.params = nn.Parameter(init)
 
     def _params(self, batch: int, context: Tensor | None):
-        p = self.hyper(context) if self.context_dim else self.params.expand(batch, -1)
+        p = self.hyper(context).to(self.hyper.bias.dtype) if self.context_dim else self.params.expand(batch, -1)
         u, w, b = p[:, : self.dim], p[:, self.dim : 2 * self.dim], p[:, 2 * self.dim]
         wu = (w * u).sum(1, keepdim=True)
         w_sq = (w * w).sum(1, keepdim=True).clamp_min(1e-12)

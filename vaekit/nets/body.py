@@ -4,15 +4,35 @@ A model's encoder and decoder return distributions and the model is driven throu
 ``loss`` / ``log_prob`` / ``sample``, so what can be compiled (``vaekit.nets.speed``) are
 the bodies inside it. A body declares itself by deriving from :class:`NetBody`; nothing
 else about it changes (no parameters, buffers or ``state_dict`` keys of its own).
+
+Precision: under mixed-precision autocast (``vaekit.nets.speed.autocast``) a body's hidden
+layers compute in bf16, but what it returns is float32 (:func:`full_precision`), so the
+likelihoods, posteriors and priors it parameterises, and every loss term, stay float32.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)  # the dtypes autocast computes in
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is a bf16/fp16 tensor (an output of autocast), else ``t`` itself
+    (float32 and float64 tensors keep their dtype)."""
+    return t.float() if t.dtype in LOW_PRECISION else t
 
 
 class NetBody(nn.Module):
-    """Base of the encoder/decoder bodies and the gated PixelCNN: tensors in, tensors out."""
+    """Base of the encoder/decoder bodies and the gated PixelCNN: tensors in, tensors out.
+
+    Calling a body returns its ``forward`` output in full precision (:func:`full_precision`):
+    float32 even when autocast ran its layers in bf16.
+    """
+
+    def __call__(self, *args, **kwargs) -> Tensor:
+        return full_precision(super().__call__(*args, **kwargs))
 
     def set_output_bias(self, bias: Tensor) -> None:
         """Set the bias of the output layer to ``bias`` [out_features] (outputs flattened), e.g. a

@@ -242,12 +242,21 @@ class GatedPixelCNN(NetBody):
         return [tuple(t.chunk(2, dim=1)) for t in terms]  # type: ignore[misc]
 
     def features(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """The horizontal stack's output [B, F, H, W]; feature f is in colour group f mod C."""
+        """The horizontal stack's output [B, F, H, W]; feature f is in colour group f mod C.
+
+        When x is one image repeated (a stride-0 batch, as importance sampling passes the K codes of
+        one image), the first layer's convolutions of x (vertical, link, horizontal), which do not
+        see c(z), run once on that image and broadcast over the batch where c(z) enters: the same
+        numbers up to float rounding, without the B-fold work of the first layer.
+        """
+        B = x.shape[0]
+        if B > 1 and x.stride(0) == 0:  # every row is the same memory: one image
+            x = x[:1]
         v = h = 2 * x - 1
         for layer, (cv, ch) in zip(self.layers, self._cond_terms(cond)):
-            v_pre, v = layer.vertical(v, cv)
+            v_pre, v = layer.vertical(v, cv)  # broadcasts [1] + [B] where x is shared
             h = layer.horizontal(h, layer.link(shift_down(v_pre)), ch)
-        return h
+        return h.expand(B, *h.shape[1:])  # a view; batch 1 only when nothing depended on c(z)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """One parallel masked pass: x [B, C, H, W] -> [B, n_out, C, H, W]."""

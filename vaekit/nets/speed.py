@@ -2,8 +2,10 @@
 
 None of them changes a number beyond float rounding or a ``state_dict`` key: ``torch.compile``
 is applied to the tensor-to-tensor bodies in place, channels-last is a memory layout, and
-autocast leaves the likelihoods in float32. Measure before switching one on
-(``bench/arch_speed.py``).
+autocast runs the nets' matrix products and convolutions in bf16 (on CUDA and on the CPU,
+where oneDNN has bf16 kernels for CPUs with AVX512-BF16 or AMX) while the bodies return float32
+(``NetBody``), so the likelihoods, log-determinants, logsumexps and loss terms stay float32.
+Measure before switching one on (``bench/arch_speed.py``, ``bench/amp_speed.py``).
 """
 
 from __future__ import annotations
@@ -57,12 +59,18 @@ def channels_last_input(x: Tensor, enabled: bool = True) -> Tensor:
     return x
 
 
-def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype = torch.bfloat16):
-    """Mixed-precision context: ``torch.autocast('cuda', dtype)`` on CUDA when ``enabled``, else a no-op.
+AUTOCAST_DEVICES = ("cuda", "cpu")  # device types whose autocast vaekit switches on
 
-    Likelihoods compute their log-probabilities in float32 whatever the decoder's dtype.
+
+def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype = torch.bfloat16):
+    """Mixed-precision context: ``torch.autocast(device.type, dtype)`` on CUDA and CPU devices when
+    ``enabled``, else a no-op.
+
+    Inside it, matrix products and convolutions run in ``dtype``; every net body returns float32
+    (``NetBody``), flows keep their invertible data path and log-determinants in float32, and
+    likelihoods compute their log-probabilities in float32 whatever the decoder's dtype.
     """
     device = torch.device(device)
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=dtype)
+    if enabled and device.type in AUTOCAST_DEVICES:
+        return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
