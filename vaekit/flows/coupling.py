@@ -218,13 +218,13 @@ class AdditiveCoupling(_Coupling):
     def forward(self, x, context=None):
         if self.split:
             kept, changed = self._parts(x)
-            return self._merge(kept, changed + self.net(kept, context)), x.new_zeros(x.shape[0])
+            return self._merge(kept, changed + self.net(kept, context).to(x.dtype)), x.new_zeros(x.shape[0])
         return x + self._shift(x, context), x.new_zeros(x.shape[0])
 
     def inverse(self, y, context=None):
         if self.split:
             kept, changed = self._parts(y)
-            return self._merge(kept, changed - self.net(kept, context)), y.new_zeros(y.shape[0])
+            return self._merge(kept, changed - self.net(kept, context).to(y.dtype)), y.new_zeros(y.shape[0])
         return y - self._shift(y, context), y.new_zeros(y.shape[0])
 
 
@@ -249,7 +249,7 @@ class AffineCoupling(_Coupling):
         return log_scale(raw_s, self.scale) * keep, t * keep
 
     def _split_params(self, kept, context):
-        raw_s, t = self.net(kept, context).chunk(2, dim=1)
+        raw_s, t = self.net(kept, context).to(kept.dtype).chunk(2, dim=1)  # bf16 under autocast
         return log_scale(raw_s, self.scale), t
 
     def forward(self, x, context=None):
