@@ -436,3 +436,24 @@ def test_hand_derived_training_gives_the_autograd_run(tmp_path, objective, gradi
     assert a["test_nll"] == pytest.approx(b["test_nll"], abs=1e-3)
     for name, w in ca["model"].items():
         torch.testing.assert_close(w, cb["model"][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_binarised_run_refuses_data_outside_the_unit_interval(tmp_path):
+    xtr, _ = digits()
+    with pytest.raises(VaekitError, match=r"needs training data in \[0, 1\]; found 0\.\.16"):
+        train(cfg_for(), tmp_path / "run", xtr * 16, None, transform=binarize, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_hand_derived_path_clips_and_resumes_exactly(tmp_path):
+    xtr, _ = digits()
+    cfg = cfg_for(epochs=2, grad_clip=5.0, activation="tanh", eval_k=0)
+    full = train(cfg, tmp_path / "full", xtr[:500], None, transform=binarize, progress=False)
+    train(cfg, tmp_path / "cut", xtr[:500], None, transform=binarize, progress=False, max_steps=13)
+    cut = train(cfg, tmp_path / "cut", xtr[:500], None, transform=binarize, progress=False, resume=True)
+    assert full["step"] == cut["step"] == 20
+    a, b = (ckpt.latest_checkpoint(tmp_path / r)[1] for r in ("full", "cut"))
+    for name, w in a["model"].items():
+        torch.testing.assert_close(b["model"][name], w, rtol=0, atol=0, msg=name)
+    steps = [float(s["step"]) for s in b["optimizer"]["state"].values()]
+    assert steps == [20.0] * len(steps)  # the shared step counter went through the checkpoint

@@ -51,7 +51,8 @@ def _per_example_split(
     N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
     # the memory budget of importance_sampled_log_prob, with its decoder activation factor
-    B = batch_size or (chunk_sizes(N, k, decoder_numel(model, x.shape[1:]))[0] if sampled else 1000)
+    numel = decoder_numel(model, x.shape[1:]) if sampled else None
+    B = batch_size or (chunk_sizes(N, k, numel)[0] if sampled else 1000)
     B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
     n_chunks = math.ceil(N / B)
     W, r = distributed.world_size(), distributed.rank()
@@ -68,7 +69,7 @@ def _per_example_split(
             xc = x[c * B : (c + 1) * B]
             torch.manual_seed(derive_seed(seed, EVAL_CHUNK, c))
             if sampled:
-                out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0])
+                out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0], data_numel=numel)
                 t = elbo_terms(model, xc, 1)
                 cols = [out["log_px"], out["ess"], t["elbo"], t["rec"], t["kl"]]
                 feats = torch.cat([torch.stack(cols, 1), model.encode(xc)[0]], 1)

@@ -452,8 +452,8 @@ def adam_step(opt: torch.optim.Optimizer) -> None:
     (checkpoints are unchanged); the first step, parameters without a gradient or state, and
     every other optimiser go through ``opt.step()``.
     """
-    group = opt.param_groups[0] if len(opt.param_groups) == 1 else None
-    if group is None or not group.get("fused") or group["amsgrad"] or group["maximize"] or group["capturable"]:
+    group = opt.param_groups[0] if isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1 else None
+    if group is None or not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]:
         opt.step()
         return
     params = group["params"]
@@ -780,6 +780,13 @@ def _train(
     data_shape = tuple(data_shape or train_x.shape[1:])
     if train_x.shape[0] == 0:
         raise VaekitError("the training set is empty")
+    if transform is not None:  # binarisation and dequantisation draw from x in [0, 1] and would not notice
+        lo, hi = float(train_x.min()), float(train_x.max())
+        if not (0.0 <= lo and hi <= 1.0):
+            raise VaekitError(
+                f"the per-batch transform (binarisation or dequantisation) needs training data in [0, 1]; "
+                f"found {lo:g}..{hi:g}"
+            )
     state = _resume_state(run_dir, resume)
     if state is not None:
         _check_resume(cfg, state, run_dir, train_x.shape[0], max_steps)

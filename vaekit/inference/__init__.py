@@ -43,7 +43,6 @@ __all__ = [
     "chunk_sizes",
     "decoder_numel",
     "widest_activation",
-    "widest_activation",
     "effective_sample_size",
     "format_gap_table",
     "gap_decomposition",

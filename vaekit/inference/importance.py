@@ -92,6 +92,7 @@ def importance_sampled_log_prob(
     sample_chunk: int | None = None,
     element_budget: int = DEFAULT_ELEMENT_BUDGET,
     progress=None,
+    data_numel: int | None = None,
 ) -> dict[str, Tensor]:
     """log p(x) by importance sampling with q(z|x) as proposal.
 
@@ -103,6 +104,8 @@ def importance_sampled_log_prob(
         batch_size, sample_chunk: examples per pass and samples per chunk; by default chosen so
             that one chunk's decoder output holds at most ``element_budget`` numbers.
         progress: optional callable(n_done_examples) for progress bars.
+        data_numel: numbers the decoder keeps alive per code (:func:`decoder_numel`, computed when
+            not given and needed): callers that evaluate chunk after chunk pass it once.
 
     Returns:
         dict of [N] tensors in nats, in the model's dtype (float32 at least; sums are float64):
@@ -111,9 +114,12 @@ def importance_sampled_log_prob(
         diagnostic of the proposal).
     """
     N = x.shape[0]
-    auto_b, auto_s = chunk_sizes(N, k, decoder_numel(model, x.shape[1:]), element_budget)
-    B = batch_size or auto_b
-    S = min(k, sample_chunk or auto_s)
+    if batch_size and sample_chunk:
+        B, S = batch_size, min(k, sample_chunk)
+    else:
+        numel = data_numel or decoder_numel(model, x.shape[1:])
+        auto_b, auto_s = chunk_sizes(N, k, numel, element_budget)
+        B, S = batch_size or auto_b, min(k, sample_chunk or auto_s)
     out = {"log_px": [], "elbo": [], "ess": []}
     for i in range(0, N, B):
         xb = x[i : i + B]

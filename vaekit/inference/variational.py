@@ -27,7 +27,6 @@ decoder (optionally restricted to observed dimensions by :class:`MaskedDecoder`)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -39,7 +38,13 @@ from ..checks import lookup
 from ..distributions import diagonal_gaussian
 from ..errors import VaekitError
 from ..objectives import elbo_terms
-from .importance import DEFAULT_ELEMENT_BUDGET, chunk_sizes, importance_sampled_log_prob, mean_and_stderr
+from .importance import (
+    DEFAULT_ELEMENT_BUDGET,
+    chunk_sizes,
+    decoder_numel,
+    importance_sampled_log_prob,
+    mean_and_stderr,
+)
 
 
 class MaskedLikelihood(Distribution):
@@ -311,8 +316,7 @@ def proposal_log_prob(
 
     Returns [N] tensors ``log_px``, ``elbo``, ``ess`` as ``importance_sampled_log_prob``."""
     N = x.shape[0]
-    # chunks sized by the decoder's output alone (its activation factor is not counted here)
-    auto_b, auto_s = chunk_sizes(N, k, math.prod(x.shape[1:]), DEFAULT_ELEMENT_BUDGET)
+    auto_b, auto_s = chunk_sizes(N, k, decoder_numel(model, x.shape[1:]), DEFAULT_ELEMENT_BUDGET)
     B = batch_size or max(1, auto_b)
     out: dict[str, list] = {}
     for i in range(0, N, B):
