@@ -374,6 +374,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "flow_blocks": 4,
             "flow_preprocess": "logit",
             "flow_alpha": 0.05,
+            "channels_last": True,
             "batch_size": 64,
             "lr": 1e-3,
             "grad_clip": 100.0,
@@ -393,6 +394,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "flow_hidden": 128,
             "flow_scale": "sigmoid",
             "flow_preprocess": "unit",
+            "channels_last": True,
             "batch_size": 64,
             "lr": 1e-3,
             "lr_warmup_steps": 500,
@@ -403,12 +405,12 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     ),
     "realnvp-cifar": (
         "realnvp-mnist",
-        {"data.name": "cifar10", "flow_levels": 3, "flow_blocks": 8},
+        {"data.name": "cifar10", "flow_levels": 3, "flow_blocks": 8, "channels_last": False},
         "Dinh et al. 2016 on CIFAR-10: 3 scales, 8 residual blocks of 64 channels per coupling",
     ),
     "glow-cifar": (
         "glow-mnist",
-        {"data.name": "cifar10", "flow_levels": 3, "flow_steps": 32, "flow_hidden": 512},
+        {"data.name": "cifar10", "flow_levels": 3, "flow_steps": 32, "flow_hidden": 512, "channels_last": False},
         "Kingma & Dhariwal 2018 on CIFAR-10: L=3, K=32, 512-channel coupling nets",
     ),
     # --- mixture / autoencoder presets ---
