@@ -346,8 +346,8 @@ def train_step(
     if not bad:
         if grads.loss is not None:
             grads.loss.backward()  # on every process or none: DDP all-reduces the gradients here
-        fused_norm = learner.fused.grad_norm() if grads.loss is None and tc.grad_clip <= 0 else None
-        grad_norm = float(_grad_norm(model, tc.grad_clip) if fused_norm is None else fused_norm)  # same everywhere
+        fused = learner.fused if grads.loss is None else None  # the gradients it wrote, if it ran
+        grad_norm = float(_grad_norm(model, tc.grad_clip, fused))  # the same on every process
         bad = not math.isfinite(grad_norm)
     if bad:
         opt.zero_grad(set_to_none=True)
@@ -363,11 +363,14 @@ def train_step(
     return StepResult(not bad, grad_norm, sums, sorted(bad_keys), grads.shown / max(grads.n_local, 1))
 
 
-def _grad_norm(model: nn.Module, clip: float) -> Tensor:
+def _grad_norm(model: nn.Module, clip: float, fused: DenseVAEStep | None = None) -> Tensor:
     """The global gradient norm (before clipping), clipping the gradients to ``clip`` when > 0
-    (without clipping, the norm alone: ``clip_grad_norm_`` would rescale every gradient by 1)."""
+    (without clipping, the norm alone: ``clip_grad_norm_`` would rescale every gradient by 1); from
+    the hand-derived step's flat buffer (one reduction) when ``fused`` wrote the gradients."""
     if clip > 0:
         return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if fused is not None:
+        return fused.grad_norm()
     return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 

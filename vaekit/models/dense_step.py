@@ -118,9 +118,8 @@ class DenseVAEStep:
         self.encoder, self.decoder, self.D = encoder, decoder, latent_dim
         self.params = [p for lin, _ in encoder + decoder for p in (lin.weight, lin.bias)]
         # every .grad is a view of one buffer: the global norm is one reduction, not one per tensor
-        self.flat_grad = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype)
-        self.flat_grad = self.flat_grad.to(self.params[0].device)
         sizes = [p.numel() for p in self.params]
+        self.flat_grad = torch.zeros(sum(sizes), dtype=self.params[0].dtype, device=self.params[0].device)
         self.grads = [g.view_as(p) for g, p in zip(self.flat_grad.split(sizes), self.params)]
         self.objective, self.k, self.gradient = objective["objective"], objective["k"], objective["gradient"]
         self.beta, self.warmup_steps = objective["beta"], objective["warmup_steps"]
