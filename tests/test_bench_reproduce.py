@@ -29,3 +29,15 @@ def test_every_cell_and_allowed_variant_builds_the_papers_protocol(cell):
             assert cfg.model.stochastic_layers == ([] if layers == 1 else [100, 50]) and row.paper == paper
             assert cfg.train.k == k and (cfg.train.objective == objective or "dreg" in variants)
     assert set(REFERENCES) <= {parse_row(r).name for r in REFERENCES}
+
+
+def test_another_batch_size_is_applied_and_stated_on_the_result_line():
+    from bench.reproduce import result_line
+
+    row = parse_row("1l-k1")
+    cfg = row_config(row, 0.1, "cpu", "/nowhere", batch_size=100)
+    assert cfg.train.batch_size == 100 and cfg.train.epochs == 330 and cfg.train.schedule == "burda"
+    res = {"nll": 89.0, "nll_stderr": 0.2, "k": 5000, "n": 10000, "eval_seconds": 60.0}
+    assert "[batch 100, not the paper's 20]" in result_line(row, cfg, res, 3600.0, "CPU", "")
+    paper = row_config(row, 0.1, "cpu", "/nowhere")
+    assert "batch" not in result_line(row, paper, res, 3600.0, "CPU", "").split("|")[0].split("CPU")[1]
