@@ -448,12 +448,11 @@ def _autograd_gradient(learner: Learner, batches, global_batch: int, step: int, 
 def adam_step(opt: torch.optim.Optimizer) -> None:
     """``opt.step()``; for a fused AdamW whose state exists, the fused kernel called directly.
 
-    ``Optimizer.step`` spends about 0.2 ms per call in Python (hooks, grouping tensors by device,
-    scalar checks) around a kernel that updates a 1M-weight dense VAE in about 0.3 ms on this
-    CPU: at the batch of 20 of Burda et al. that is a sixth of a step. The direct call does what
-    ``torch.optim.adam._fused_adam`` does for one device and dtype, on the optimiser's own state
-    (checkpoints are unchanged); the first step, parameters without a gradient or state, and
-    every other optimiser go through ``opt.step()``.
+    ``Optimizer.step`` wraps the kernel in Python work (hooks, grouping tensors by device, scalar
+    checks) that costs a large fraction of the kernel's own time for a small dense VAE at the batch
+    of 20 of Burda et al. The direct call does what ``torch.optim.adam._fused_adam`` does for one
+    device and dtype, on the optimiser's own state (checkpoints are unchanged); the first step,
+    parameters without a gradient or state, and every other optimiser go through ``opt.step()``.
     """
     group = opt.param_groups[0] if isinstance(opt, torch.optim.Adam) and len(opt.param_groups) == 1 else None
     if group is None or not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]:
