@@ -33,8 +33,8 @@ class LogitBernoulli(Bernoulli):
     """torch's ``Bernoulli(logits=...)`` with a cheaper exact ``log_prob``.
 
     log p(x) = x * l - softplus(l): one transcendental per element instead of the several
-    passes of ``binary_cross_entropy_with_logits`` (about 2x faster on CPU; the decoder's
-    log-likelihood dominates importance sampling with K = 5000). Valid for x in [0, 1].
+    passes of ``binary_cross_entropy_with_logits`` (fewer passes over memory matter: the
+    decoder's log-likelihood dominates importance sampling with K = 5000). Valid for x in [0, 1].
     """
 
     def log_prob(self, value: Tensor) -> Tensor:
