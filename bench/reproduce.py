@@ -187,17 +187,18 @@ def evaluate_row(run: Path, x_test, k: int, device: str, progress: bool) -> dict
     return res
 
 
-def fid_row(run: Path, x_test, ddir: str, device: str) -> str:
+def fid_row(run: Path, x_test, ddir: str, device: str) -> tuple[str, bool]:
     """The FID of the trained run's samples against ``x_test`` (as many), kept in ``run`` and reused;
-    as a note for the result line."""
+    as a note for the result line, and whether it was read from ``run`` (not computed now)."""
     out = run / f"fid-n{x_test.shape[0]}.json"
-    if out.is_file():
+    cached = out.is_file()
+    if cached:
         res = json.loads(out.read_text())
     else:
         model = vaekit.load(run, device=device)
         res = model_fid(model, classifier_for("mnist", 0, data_dir=ddir, device=device), x_test, x_test.shape[0])
         atomic_write(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
-    return f"  FID {res['fid']:.2f} (n {res['n']}, LeNet test accuracy {100 * res['classifier_accuracy']:.2f}%)"
+    return f"  FID {res['fid']:.2f} (n {res['n']}, LeNet test accuracy {100 * res['classifier_accuracy']:.2f}%)", cached
 
 
 def device_name(device: str, threads: int) -> str:
@@ -263,11 +264,13 @@ def main():
         print(f"# {row.name}: {cfg.train.epochs} epochs of {x_train.shape[0]} images -> {run}", flush=True)
         train_s = train_row(cfg, run, x_train, not args.no_progress)
         res = evaluate_row(run, test_ds.x[: args.n_test], args.k, args.device, not args.no_progress)
+        fid_cached = True
         if args.fid:
-            note += fid_row(run, test_ds.x[: args.n_test], ddir, args.device)
+            fid_note, fid_cached = fid_row(run, test_ds.x[: args.n_test], ddir, args.device)
+            note += fid_note
         line = result_line(row, cfg, res, train_s, device, note)
         print(COLUMNS + "\n" + line, flush=True)
-        if res.get("cached"):  # evaluated before: its line is in the results file already
+        if res.get("cached") and fid_cached:  # nothing new: its line is in the results file already
             print(f"# {row.name}: evaluation read from {run}, not appended again", flush=True)
             continue
         results = Path(args.results)

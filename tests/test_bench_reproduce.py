@@ -41,3 +41,38 @@ def test_another_batch_size_is_applied_and_stated_on_the_result_line():
     assert "[batch 100, not the paper's 20]" in result_line(row, cfg, res, 3600.0, "CPU", "")
     paper = row_config(row, 0.1, "cpu", "/nowhere")
     assert "batch" not in result_line(row, paper, res, 3600.0, "CPU", "").split("|")[0].split("CPU")[1]
+
+
+def test_a_row_trains_evaluates_and_appends_once_and_a_new_fid_is_appended(tmp_path, monkeypatch, capsys):
+    """End to end on 40 training images: the row's line is appended once; running it again reuses
+    the run folder's evaluation and appends nothing, unless --fid computes a distance not kept yet."""
+    import sys
+
+    import torch
+
+    import bench.reproduce as rp
+
+    pytest.importorskip("scipy")
+    try:
+        rp.data_dir("mnist")
+    except SystemExit:
+        pytest.skip("MNIST is not in ../shared/datasets")
+    fids = []
+    monkeypatch.setattr(rp, "classifier_for", lambda *a, **k: "classifier")
+    monkeypatch.setattr(
+        rp, "model_fid", lambda model, net, x, n: fids.append(n) or {"fid": 12.5, "n": n, "classifier_accuracy": 0.99}
+    )
+    results, threads = tmp_path / "results.txt", torch.get_num_threads()
+    argv = ["reproduce.py", "1l-k1", "--scale", "0.001", "--n-train", "40", "--n-test", "4", "--k", "3"]
+    argv += ["--runs", str(tmp_path / "runs"), "--results", str(results), "--no-progress", "--threads", "1"]
+    try:
+        for extra in ([], [], ["--fid"], ["--fid"]):
+            monkeypatch.setattr(sys, "argv", argv + extra)
+            rp.main()
+    finally:
+        torch.set_num_threads(threads)
+    lines = results.read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("row")  # header, the first run, the run with a new FID
+    assert "FID" not in lines[1] and "FID 12.50 (n 4" in lines[2] and fids == [4]
+    assert "not appended again" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "1l-k1" / "fid-n4.json").is_file()
