@@ -31,6 +31,7 @@ conditioner of channel couplings seeing half the channels), the table's notes sa
     .venv-peers/bin/python bench/peer_speed.py --threads 1              # all four, 3 rounds
     .venv-peers/bin/python bench/peer_speed.py --threads 1 --only glow nice
     .venv-peers/bin/python bench/peer_speed.py --threads 1 --channels-last  # vaekit in NHWC
+    .venv-peers/bin/python bench/peer_speed.py --threads 1 --amp  # vaekit bf16; peers fp32 and bf16
     .venv-peers/bin/python bench/peer_speed.py --quick                  # seconds: smoke run
     python bench/peer_speed.py --quick --no-peers                       # vaekit's half only
 
@@ -255,12 +256,14 @@ class Side:
     times: list[float] | None = None
 
 
-def vaekit_side(preset: str, batch: int, channels_last: bool = False) -> Side:
+def vaekit_side(preset: str, batch: int, channels_last: bool = False, amp: bool = False) -> Side:
     """The preset's model, trained by ``vaekit.train.train_step`` as ``vaekit train`` runs it;
-    ``channels_last`` turns the preset's NHWC layout on (``--set channels_last=true``)."""
+    ``channels_last`` turns the preset's NHWC layout on (``--set channels_last=true``), ``amp`` its
+    bf16 autocast (``--set amp=true``)."""
     cfg = get_preset(preset)
     cfg.train.batch_size = batch
     cfg.model.channels_last = cfg.model.channels_last or channels_last
+    cfg.train.amp = cfg.train.amp or amp
     device = torch.device("cpu")
     model = build_model(cfg, (1, 28, 28))
     to_channels_last(model, cfg.model.channels_last)
@@ -272,7 +275,8 @@ def vaekit_side(preset: str, batch: int, channels_last: bool = False) -> Side:
         train_step(learner, [(0, x)], x.shape[0], count[0], cfg.train.lr, cfg.train, prepare)
         count[0] += 1
 
-    return Side(f"vaekit {preset}" + (" NHWC" if cfg.model.channels_last else ""), model, step)
+    name = f"vaekit {preset}" + (" NHWC" if cfg.model.channels_last else "") + (" bf16" if cfg.train.amp else "")
+    return Side(name, model, step)
 
 
 def _optimiser(model: nn.Module, preset: str):
@@ -281,61 +285,72 @@ def _optimiser(model: nn.Module, preset: str):
     return opt, (tc.grad_clip if tc.grad_clip > 0 else None)
 
 
-def flow_peer_side(name: str, model: nn.Module, log_prob: Callable, preset: str, prep: Callable, note: str) -> Side:
-    """A normflows model trained on dequantised batches: -mean log p(y), clip as the preset does, AdamW."""
+def flow_peer_side(
+    name: str, model: nn.Module, log_prob: Callable, preset: str, prep: Callable, note: str, amp: bool = False
+) -> Side:
+    """A normflows model trained on dequantised batches: -mean log p(y), clip as the preset does, AdamW;
+    with ``amp``, the forward under ``torch.autocast`` in bf16 (the peer's own ops, cast as torch casts them)."""
     opt, clip = _optimiser(model, preset)
 
     def step(x):
         y = prep((x * 255 + torch.rand_like(x)) / 256)
         opt.zero_grad(set_to_none=True)
-        (-log_prob(y).mean()).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = -log_prob(y).float().mean()
+        loss.backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
 
-    return Side(name, model, step, note)
+    return Side(name + (" bf16 autocast" if amp else ""), model, step, note)
 
 
-def pythae_side(name: str, model: nn.Module, note: str) -> Side:
-    """Pythae's VAE on dynamically binarised batches: its own loss (BCE + KL, batch mean), AdamW."""
+def pythae_side(name: str, model: nn.Module, note: str, amp: bool = False) -> Side:
+    """Pythae's VAE on dynamically binarised batches: its own loss (BCE + KL, batch mean), AdamW;
+    with ``amp``, the forward under ``torch.autocast`` in bf16."""
     opt, _ = _optimiser(model, "conv-mnist")
 
     def step(x):
         opt.zero_grad(set_to_none=True)
-        model({"data": binarize_dynamic(x)}).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = model({"data": binarize_dynamic(x)}).loss.float()
+        loss.backward()
         opt.step()
 
-    return Side(name, model, step, note)
+    return Side(name + (" bf16 autocast" if amp else ""), model, step, note)
 
 
-def build_sides(which: str, batch: int, peers, channels_last: bool = False) -> list[Side]:
-    """[vaekit's side, the peer sides...] of one comparison (vaekit's alone when ``peers`` is None)."""
-    sides = [vaekit_side(PRESET[which], batch, channels_last)]
+def build_sides(which: str, batch: int, peers, channels_last: bool = False, amp: bool = False) -> list[Side]:
+    """[vaekit's side, the peer sides...] of one comparison (vaekit's alone when ``peers`` is None);
+    with ``amp``, vaekit in bf16 and each flow peer twice: in float32 and under bf16 autocast."""
+    sides = [vaekit_side(PRESET[which], batch, channels_last, amp)]
     if peers is None:
         return sides
     nf, pythae_mods = peers
-    if which == "realnvp":
-        m = peer_realnvp(nf)
-        note = "same layers and conditioner nets; normflows' exp scale is not soft-clamped"
-        sides.append(
-            flow_peer_side("normflows RealNVP", m, lambda y: m.log_prob(y, None), "realnvp-mnist", lambda y: y, note)
-        )
-    elif which == "glow":
-        m = peer_glow(nf)
-        note = "GlowBlock with the same coupling nets (3x3, 1x1, 3x3); N(0, I) on both levels, as vaekit's"
-        sides.append(
-            flow_peer_side("normflows Glow", m, lambda y: m.log_prob(y, None), "glow-mnist", lambda y: y, note)
-        )
-    elif which == "nice":
-        m = peer_nice(nf)
-        note = "MLPs from one half of the pixels (392) to the other, as vaekit's"
-        sides.append(flow_peer_side("normflows NICE", m, m.log_prob, "nice-mnist", lambda y: y.flatten(1) - 0.5, note))
-    else:
+    for peer_amp in (False, True) if amp else (False,):
+        if which == "realnvp":
+            m = peer_realnvp(nf)
+            note = "same layers and conditioner nets; normflows' exp scale is not soft-clamped"
+            lp = lambda y, m=m: m.log_prob(y, None)  # noqa: E731
+            sides.append(flow_peer_side("normflows RealNVP", m, lp, "realnvp-mnist", lambda y: y, note, peer_amp))
+        elif which == "glow":
+            m = peer_glow(nf)
+            note = "GlowBlock with the same coupling nets (3x3, 1x1, 3x3); N(0, I) on both levels, as vaekit's"
+            lp = lambda y, m=m: m.log_prob(y, None)  # noqa: E731
+            sides.append(flow_peer_side("normflows Glow", m, lp, "glow-mnist", lambda y: y, note, peer_amp))
+        elif which == "nice":
+            m = peer_nice(nf)
+            note = "MLPs from one half of the pixels (392) to the other, as vaekit's"
+            prep = lambda y: y.flatten(1) - 0.5  # noqa: E731
+            sides.append(flow_peer_side("normflows NICE", m, m.log_prob, "nice-mnist", prep, note, peer_amp))
+    if which == "conv":
         latent = get_preset("conv-mnist").model.latent_dim
         note = "Pythae's MNIST benchmark nets: 4x4 convs 128-256-512-1024 + batch norm, transposed-conv decoder"
         sides.append(pythae_side("Pythae VAE, its MNIST conv nets", pythae_vae(pythae_mods, latent, False), note))
         note = "vaekit's conv nets (32, 64) inside Pythae's VAE: the same nets, Pythae's loss and layout"
-        sides.append(pythae_side("Pythae VAE, vaekit's conv nets", pythae_vae(pythae_mods, latent, True), note))
+        for peer_amp in (False, True) if amp else (False,):
+            own = pythae_vae(pythae_mods, latent, True)
+            sides.append(pythae_side("Pythae VAE, vaekit's conv nets", own, note, peer_amp))
     return sides
 
 
@@ -349,7 +364,7 @@ def run_comparison(which: str, images: torch.Tensor, args, peers) -> list[Side]:
     """Interleaved rounds: every side runs ``steps`` steps per round, in turn; warm-up steps first
     (ActNorm's data-dependent initialisation, the allocator, oneDNN's kernel choice)."""
     torch.manual_seed(0)
-    sides = build_sides(which, args.batch_size, peers, args.channels_last)
+    sides = build_sides(which, args.batch_size, peers, args.channels_last, args.amp)
     steps = args.steps or {"realnvp": 1, "glow": 2, "nice": 3, "conv": 3}[which]
     batches = images.split(args.batch_size)[: max(1, len(images) // args.batch_size)]
     k = 0
@@ -394,6 +409,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps per side (the first counts FLOPs)")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 4, one step per round")
     p.add_argument("--channels-last", action="store_true", help="vaekit's side with channels_last=true")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="vaekit with bf16 autocast; each flow peer in float32 and under bf16 autocast",
+    )
     p.add_argument("--no-peers", action="store_true", help="time vaekit's side alone (no peer libraries needed)")
     args = p.parse_args(argv)
     peers = None
