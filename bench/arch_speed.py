@@ -29,12 +29,24 @@ With --compare, every preset is timed with the option off and on side by side in
 the ratios (on/off images/s, training and evaluation) are printed: the evidence behind the config
 defaults of ``compile``, ``channels_last`` and ``amp``.
 
+With --eval-amp RUN ..., trained runs (folders or checkpoint files; no training is timed) are
+evaluated with K=--target-k on their first --eval-images test images twice, float32 and with the
+nets under bf16 autocast (``evaluate(..., amp=True)``, ``vaekit evaluate --amp``), interleaved
+image by image (the order alternates) in one process. Image i draws its samples after
+``derive_seed(--eval-seed, EVAL_CHUNK, i)`` in both, as ``vaekit evaluate --n N`` does for N <= 64,
+so the two estimates are paired: the script prints the per-image difference of -log p(x) (mean,
+its standard error, the largest), the median seconds per image of each and the median per-image
+speed ratio, with the decoder's FLOPs per sample as a share of the fp32 and the bf16 peaks:
+
+    python bench/arch_speed.py --threads 1 --eval-amp runs/conv-mnist --eval-images 30
+
 Never run by the test suite (``bench/gpu.sh --quick``, which the suite runs, calls it in --quick).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -47,10 +59,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from vaekit.checkpoint import load_shared  # noqa: E402
 from vaekit.config import get_preset  # noqa: E402
-from vaekit.inference import importance_sampled_log_prob  # noqa: E402
+from vaekit.data import prepare_data  # noqa: E402
+from vaekit.inference import decoder_numel, importance_sampled_log_prob  # noqa: E402
 from vaekit.models import binary_data, build_model  # noqa: E402
 from vaekit.nets import autocast, channels_last_input, maybe_compile, to_channels_last  # noqa: E402
+from vaekit.seeding import EVAL_CHUNK, derive_seed  # noqa: E402
 
 PRESETS = [
     "dense-mnist",
@@ -353,6 +368,62 @@ def run_presets(args, device, peaks: dict, t_start: float) -> list[dict]:
     return rows
 
 
+def paired_amp(run: str, device, args) -> dict:
+    """Per-image -log p(x) and seconds of a trained run's K=``args.target_k`` estimate, float32 against
+    bf16 autocast on the same samples (module docstring); the order alternates image by image."""
+    model, cfg, state = load_shared(run, device=device)
+    model.eval()
+    data = cfg.data if args.data_dir is None else dataclasses.replace(cfg.data, data_dir=args.data_dir)
+    x = prepare_data(data)[1].x[: args.eval_images].to(device)
+    numel = decoder_numel(model, x.shape[1:])
+    nll = {False: [], True: []}
+    secs = {False: [], True: []}
+    for i in range(x.shape[0]):
+        for amp in (False, True) if i % 2 == 0 else (True, False):
+            torch.manual_seed(derive_seed(args.eval_seed, EVAL_CHUNK, i))
+            sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = importance_sampled_log_prob(model, x[i : i + 1], k=args.target_k, data_numel=numel, amp=amp)
+            sync(device)
+            secs[amp].append(time.perf_counter() - t0)
+            nll[amp].append(-out["log_px"].double().item())
+    delta = torch.tensor(nll[True], dtype=torch.float64) - torch.tensor(nll[False], dtype=torch.float64)
+    n = delta.numel()
+    return {
+        "run": run,
+        "preset": cfg.preset,
+        "step": int(state["step"]),
+        "images": n,
+        "k": args.target_k,
+        "nll_fp32": statistics.fmean(nll[False]),
+        "nll_bf16": statistics.fmean(nll[True]),
+        "delta_mean": delta.mean().item(),
+        "delta_stderr": delta.std().item() / n**0.5 if n > 1 else float("nan"),
+        "delta_max_abs": delta.abs().max().item(),
+        "s_fp32": statistics.median(secs[False]),
+        "s_bf16": statistics.median(secs[True]),
+        "speedup": statistics.median(a / b for a, b in zip(secs[False], secs[True])),
+        "mflop_per_sample": decoder_flops_per_sample(model, x[:1]) / 1e6,
+    }
+
+
+def paired_line(r: dict, peaks: dict) -> str:
+    """One line of :func:`paired_amp`: the NLL difference, then the speed and the shares of the peaks."""
+    flops_s = {key: r["mflop_per_sample"] * 1e6 * r["k"] / r[f"s_{key}"] for key in ("fp32", "bf16")}
+    shares = ", ".join(
+        f"{key} {r[f's_{key}']:.3g} s/img = {100 * flops_s[key] / (peaks['fp32'] * 1e9):.1f}% of the fp32 peak"
+        + (f", {100 * flops_s[key] / (peaks['bf16'] * 1e9):.1f}% of the bf16 peak" if key == "bf16" else "")
+        for key in ("fp32", "bf16")
+    )
+    return (
+        f"{r['preset']:15s} step {r['step']} K={r['k']} on {r['images']} test images:"
+        f" NLL fp32 {r['nll_fp32']:.4f}, bf16 {r['nll_bf16']:.4f};"
+        f" paired bf16 - fp32 {r['delta_mean']:+.4f} ± {r['delta_stderr']:.4f} nats (s.e.), max |.| {r['delta_max_abs']:.4f}"
+        f" | {shares}; speed-up bf16/fp32 {r['speedup']:.2f}x (median per image), {r['mflop_per_sample']:.4g} MFLOP/sample"
+    )
+
+
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=None, help=f"default: {' '.join(PRESETS)}")
@@ -382,6 +453,17 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (vaekit.nets.autocast)")
     ap.add_argument("--sample", type=int, default=0, help="also time sampling N images (PixelCNN: the loop)")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
+    ap.add_argument(
+        "--eval-amp",
+        nargs="+",
+        metavar="RUN",
+        default=None,
+        help="instead of the presets: trained runs (folders or checkpoints), evaluated float32 and bf16 on the"
+        " same samples, interleaved; prints the paired NLL difference and both speeds",
+    )
+    ap.add_argument("--eval-images", type=int, default=30, help="--eval-amp: the first N test images")
+    ap.add_argument("--eval-seed", type=int, default=0, help="--eval-amp: seed of the importance samples")
+    ap.add_argument("--data-dir", default=None, help="--eval-amp: folder of the runs' dataset files")
     ap.add_argument(
         "--compare",
         nargs="+",
@@ -422,6 +504,23 @@ def print_method(args, device, peaks: dict) -> None:
         )
 
 
+def print_paired_method(args, device, peaks: dict) -> None:
+    print(
+        f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads,"
+        f" {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"# peak: torch.mm {args.peak_size} x {args.peak_size}, median of {args.peak_repeats}: "
+        + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
+    )
+    print(
+        f"# paired: importance_sampled_log_prob with K={args.target_k} of each of the first {args.eval_images} test"
+        f" images, float32 and amp (bf16 autocast of the nets) on the same samples (seed"
+        f" derive_seed({args.eval_seed}, EVAL_CHUNK, i)), interleaved with alternating order; s/img: median over the"
+        " images; FLOPs = decoder log p(x|z) per sample (FlopCounterMode)"
+    )
+
+
 def main(argv=None):
     args = parse(argv)
     t_start = time.perf_counter()
@@ -432,8 +531,16 @@ def main(argv=None):
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(dev)
     peaks = {"fp32": matmul_peak(device, n=args.peak_size, repeats=args.peak_repeats)}
-    if args.amp or "amp" in (args.compare or []):
+    if args.amp or "amp" in (args.compare or []) or args.eval_amp:
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, n=args.peak_size, repeats=args.peak_repeats)
+    if args.eval_amp:
+        print_paired_method(args, device, peaks)
+        rows = []
+        for run in args.eval_amp:
+            rows.append(paired_amp(run, device, args))
+            print(paired_line(rows[-1], peaks), flush=True)
+        write_json(args.json, [{**r, "peak_gflops": peaks} for r in rows], device)
+        return
     print_method(args, device, peaks)
     rows = run_presets(args, device, peaks, t_start)
     write_json(args.json, [{**r, "peak_gflops": peaks} for r in rows], device)

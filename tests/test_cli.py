@@ -264,6 +264,25 @@ def test_evaluate_names_its_file_by_split_and_records_what_it_ran(run, capsys):
         assert json.loads((run / "eval-test.json").read_text())["split"] == "test"
 
 
+def test_evaluate_amp_runs_the_nets_in_bf16_and_records_it(run, tmp_path, capsys, monkeypatch):
+    import vaekit.evaluate
+
+    seen = []
+    real = vaekit.evaluate.importance_sampled_log_prob
+    monkeypatch.setattr(
+        vaekit.evaluate, "importance_sampled_log_prob", lambda *a, **kw: seen.append(kw["amp"]) or real(*a, **kw)
+    )
+    for flag, out in (["--amp"], tmp_path / "bf16.json"), ([], tmp_path / "fp32.json"):
+        argv = ["evaluate", str(run), "--n", "3", "--k", "5", "--no-progress", "-o", str(out)]
+        assert main(argv + flag) == 0
+    assert seen == [True] * 3 + [False] * 3  # one chunk per example, each with the flag it was given
+    bf16, fp32 = (json.loads((tmp_path / f).read_text()) for f in ("bf16.json", "fp32.json"))
+    assert (bf16["amp"], fp32["amp"]) == (True, False) and math.isfinite(bf16["nll"])
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "off by default" in " ".join(capsys.readouterr().out.split())
+
+
 def test_evaluate_of_a_checkpoint_writes_beside_its_run(run, capsys):
     from vaekit.checkpoint import list_checkpoints
 

@@ -178,3 +178,29 @@ def test_decoder_numel_counts_a_conv_decoders_widest_feature_map():
     assert decoder_numel(model, (1, 28, 28)) == 4 * 28 * 28
     b, s = chunk_sizes(10, 5000, decoder_numel(model, (1, 28, 28)))
     assert (b, s) == (1, DEFAULT_ELEMENT_BUDGET // (4 * 28 * 28))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_amp_runs_the_conv_bodies_in_bf16_and_keeps_the_log_weights_float32(monkeypatch, amp):
+    """``amp``: the decoder's convolutions compute in bf16 under autocast, the log-weights the
+    estimator folds are float32 and so is every estimate; without it nothing is bf16."""
+    import vaekit.inference.importance as importance
+
+    torch.manual_seed(0)
+    model = build_model(build_config("conv-mnist", overrides={"channels": [4, 8], "latent_dim": 3}), (1, 6, 6)).eval()
+    seen = {"log_w": [], "conv": []}
+
+    def spy(*args, **kwargs):
+        log_w = log_importance_weights(*args, **kwargs)
+        seen["log_w"].append((log_w.dtype, torch.is_autocast_enabled("cpu")))
+        return log_w
+
+    log_importance_weights = importance.log_importance_weights
+    monkeypatch.setattr(importance, "log_importance_weights", spy)
+    hook = model.decoder.body.features[0].register_forward_hook(lambda m, a, out: seen["conv"].append(out.dtype))
+    out = importance_sampled_log_prob(model, binary_data(3), k=10, sample_chunk=4, batch_size=3, amp=amp)
+    hook.remove()
+    assert seen["log_w"] == [(torch.float32, amp)] * 3  # chunks of 4 + 4 + 2 samples
+    assert set(seen["conv"]) == {torch.bfloat16 if amp else torch.float32}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in out.values())
+    assert not torch.is_autocast_enabled("cpu")  # switched off again after the call

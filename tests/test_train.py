@@ -457,3 +457,22 @@ def test_the_hand_derived_path_clips_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(b["model"][name], w, rtol=0, atol=0, msg=name)
     steps = [float(s["step"]) for s in b["optimizer"]["state"].values()]
     assert steps == [20.0] * len(steps)  # the shared step counter went through the checkpoint
+
+
+@pytest.mark.parametrize("eval_amp", [False, True])
+def test_the_end_of_epoch_evaluation_runs_under_bf16_only_when_eval_amp_says_so(tmp_path, monkeypatch, eval_amp):
+    import vaekit.train
+
+    seen = []
+    real = vaekit.train.evaluate
+    monkeypatch.setattr(vaekit.train, "evaluate", lambda *a, **kw: seen.append(kw["amp"]) or real(*a, **kw))
+    tr, te = digits()
+    train(
+        cfg_for(epochs=1, batch_size=500, eval_k=3, eval_n=10, eval_amp=eval_amp),
+        tmp_path / "r",
+        tr,
+        te,
+        progress=False,
+    )
+    assert seen == [eval_amp]
+    assert build_config("dense-digits").train.eval_amp is False  # off unless asked for

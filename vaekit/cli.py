@@ -487,6 +487,13 @@ def _evaluate_args(p):
     p.add_argument("--n", type=int, help="evaluate only the first N examples")
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="run the encoder and decoder nets under bf16 autocast (faster on CPUs with AVX512-BF16/AMX and on "
+        "GPUs); log-likelihoods, log-weights and the logsumexp stay float32, so the NLL moves only by the "
+        "nets' bf16 rounding (off by default: float32 throughout)",
+    )
     p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval-SPLIT.json)")
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
@@ -505,7 +512,9 @@ def _evaluate(args):
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
         x = _first(_model_data(model, cfg, args, args.split).x, args.n, "--n", f"{args.split} examples")
-        res = evaluate(model, x, k=args.k, batch_size=args.batch_size, progress=_progress(args), seed=args.seed)
+        res = evaluate(
+            model, x, k=args.k, batch_size=args.batch_size, progress=_progress(args), seed=args.seed, amp=args.amp
+        )
         if not distributed.is_main():
             return 0
     res.update(dataset=_data_config(cfg, args).name, split=args.split, step=int(state["step"]), seed=args.seed)

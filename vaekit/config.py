@@ -151,6 +151,7 @@ class TrainConfig:
         100  # importance samples of the quick end-of-epoch test NLL (0: skip); `vaekit evaluate` is the full one
     )
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
+    eval_amp: bool = False  # end-of-epoch evaluation with the nets under bf16 autocast (log-weights stay float32)
     tensorboard: bool = True  # write TensorBoard event files in the run folder
     amp: bool = False  # bf16 autocast of the nets (CUDA and CPU); likelihoods, log-dets and losses stay float32
 

@@ -23,6 +23,13 @@ chunk ``c`` draws its importance samples after
 are dealt round-robin over the processes and the per-example results (log mean importance
 weight, ESS, ELBO terms, posterior means) are all-gathered in example order: the estimate is a
 pure function of (model, x, k, seed), the same on one process or many.
+
+With ``amp`` (off by default; ``vaekit evaluate --amp``, ``train.eval_amp`` for the end-of-epoch
+evaluation) the net bodies run under bf16 autocast (``vaekit.nets.autocast``) while every
+log-likelihood, log-weight and logsumexp stays in float32 or float64
+(``inference.importance_sampled_log_prob``): faster where oneDNN or CUDA has bf16 kernels, and a
+different number from the float32 one by the bodies' rounding, which ``bench/arch_speed.py
+--eval-amp`` measures on a trained model. The result records ``amp``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from torch import Tensor
 from . import distributed
 from .inference import chunk_sizes, decoder_numel, importance_sampled_log_prob, mean_and_stderr
 from .models import model_device
+from .nets import autocast
 from .objectives import elbo_terms
 from .seeding import EVAL_CHUNK, derive_seed
 
@@ -45,7 +53,14 @@ SPLIT_MIN_CHUNKS = 64  # evaluation cuts the examples into at least this many ch
 
 @torch.no_grad()
 def _per_example_split(
-    model, x: Tensor, k: int, batch_size: int | None, seed: int, progress: bool, desc: str = "evaluate"
+    model,
+    x: Tensor,
+    k: int,
+    batch_size: int | None,
+    seed: int,
+    progress: bool,
+    desc: str = "evaluate",
+    amp: bool = False,
 ) -> dict:
     """Per-example results in example order: this process's chunks, then an all-gather."""
     N = x.shape[0]
@@ -69,12 +84,15 @@ def _per_example_split(
             xc = x[c * B : (c + 1) * B]
             torch.manual_seed(derive_seed(seed, EVAL_CHUNK, c))
             if sampled:
-                out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0], data_numel=numel)
-                t = elbo_terms(model, xc, 1)
+                out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0], data_numel=numel, amp=amp)
+                with autocast(x.device, amp):  # the bodies in bf16; the terms they parameterise in float32
+                    t = elbo_terms(model, xc, 1)
+                    means = model.encode(xc)[0]
                 cols = [out["log_px"], out["ess"], t["elbo"], t["rec"], t["kl"]]
-                feats = torch.cat([torch.stack(cols, 1), model.encode(xc)[0]], 1)
+                feats = torch.cat([torch.stack(cols, 1), means], 1)
             else:
-                feats = model.log_prob(xc).unsqueeze(1)
+                with autocast(x.device, amp):
+                    feats = model.log_prob(xc).unsqueeze(1)
             rows.append(feats.double())
             if bar:
                 bar.update(xc.shape[0])
@@ -105,23 +123,31 @@ def _per_example_split(
 
 @torch.no_grad()
 def per_example_log_prob(
-    model, x: Tensor, k: int = 5000, batch_size: int | None = None, progress: bool = True, seed: int = 0
+    model,
+    x: Tensor,
+    k: int = 5000,
+    batch_size: int | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    amp: bool = False,
 ) -> Tensor:
     """log p(x) [N] (float64, nats) of each example of ``x`` [N, *data_shape], in example order:
     the numbers whose mean :func:`evaluate` reports as -``nll`` for the same (model, x, k, seed),
     with the same chunks and per-chunk seeds (module docstring). Exact for flows and mixtures,
     importance-sampled with ``k`` samples for VAEs; the model must have a density
-    (``log_prob_kind`` not ``none``). The caller's random state is left alone."""
+    (``log_prob_kind`` not ``none``). The caller's random state is left alone. ``amp``: the net
+    bodies under bf16 autocast, as in :func:`evaluate`."""
     model.eval()
     x = x.to(model_device(model))
-    return _per_example_split(model, x, k, batch_size, seed, progress, "score")["log_px"]
+    return _per_example_split(model, x, k, batch_size, seed, progress, "score", amp)["log_px"]
 
 
-def _reconstruction_only(model, x: Tensor, batch_size: int) -> dict:
+def _reconstruction_only(model, x: Tensor, batch_size: int, amp: bool) -> dict:
     """Models without a density (autoencoders): the reconstruction term log p(x|z=f(x)) alone."""
     t0 = time.perf_counter()
-    rec = torch.cat([model.loss(x[i : i + batch_size])["rec"] for i in range(0, x.shape[0], batch_size)])
-    res = {"log_prob_kind": "none", "n": x.shape[0], "k": None}
+    with autocast(x.device, amp):
+        rec = torch.cat([model.loss(x[i : i + batch_size])["rec"] for i in range(0, x.shape[0], batch_size)])
+    res = {"log_prob_kind": "none", "n": x.shape[0], "k": None, "amp": amp}
     res.update({key: None for key in ("nll", "nll_stderr", "elbo", "kl", "bpd", "active_units")})
     res["rec"], res["rec_stderr"] = mean_and_stderr(rec)
     res["seconds"] = time.perf_counter() - t0
@@ -137,6 +163,7 @@ def evaluate(
     progress: bool = True,
     desc: str = "evaluate",
     seed: int = 0,
+    amp: bool = False,
 ) -> dict:
     """Metrics of ``model`` on data ``x`` [N, *data_shape]; keys as in ``eval.json``.
 
@@ -146,15 +173,17 @@ def evaluate(
         seed: seeds the noise per chunk of examples (module docstring): the numbers are a pure
             function of (model, x, k, seed), the same on one process or many (under torchrun the
             examples are split over the processes), and the caller's random state is left alone.
+        amp: run the net bodies under bf16 autocast (module docstring); log-likelihoods, log-weights
+            and logsumexps stay float32 or wider. Default off; recorded as ``amp`` in the result.
     """
     model.eval()
     x = x.to(model_device(model))
     N = x.shape[0]
     if model.log_prob_kind == "none":
-        return _reconstruction_only(model, x, batch_size or 1000)
+        return _reconstruction_only(model, x, batch_size or 1000, amp)
     t0 = time.perf_counter()
-    per = _per_example_split(model, x, k, batch_size, seed, progress, desc)
-    res: dict = {"log_prob_kind": model.log_prob_kind, "n": N}
+    per = _per_example_split(model, x, k, batch_size, seed, progress, desc, amp)
+    res: dict = {"log_prob_kind": model.log_prob_kind, "n": N, "amp": amp}
     if model.log_prob_kind == "importance-sampled":
         res["k"] = k
         res["ess_mean"] = float(per["ess"].mean())

@@ -647,7 +647,8 @@ def _epoch_eval(model, test_x: Tensor, tc: TrainConfig, step: int, epoch: int, l
     noise seeded per chunk of examples, so every process count reports the same numbers.
     """
     model.eval()
-    res = evaluate(model, test_x, k=tc.eval_k, progress=False, seed=derive_seed(tc.seed, EPOCH_EVAL, step))
+    seed = derive_seed(tc.seed, EPOCH_EVAL, step)
+    res = evaluate(model, test_x, k=tc.eval_k, progress=False, seed=seed, amp=tc.eval_amp)
     rec = {
         "step": step,
         "epoch": epoch,

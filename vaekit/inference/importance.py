@@ -10,6 +10,13 @@ is the ELBO; the estimate increases in expectation with K and is consistent as K
 The effective sample size (sum w)^2 / sum w^2 of the weights (Kong 1992; Owen 2013, Sec. 9.3)
 diagnoses the proposal: near K when q(z|x) is close to the posterior, near 1 when one sample
 dominates.
+
+Precision: with ``amp`` the encoder's and decoder's net bodies run under bf16 autocast
+(``vaekit.nets.autocast``; oneDNN's bf16 kernels on CPUs with AVX512-BF16 or AMX, tensor cores on
+CUDA). The bodies return float32 (``NetBody``), so every log p(x|z), log p(z), log q(z|x) and
+log-weight is float32 and the running logsumexp is float64: only the hidden layers are rounded to
+bf16. That moves the estimate by the bodies' rounding, not by the arithmetic of the estimator;
+``bench/arch_speed.py --eval-amp`` measures by how much on a trained model.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..nets import autocast
 from ..objectives import log_importance_weights
 
 DEFAULT_ELEMENT_BUDGET = 1 << 22  # numbers per chunk in the decoder's widest tensor (~16 MiB of float32)
@@ -93,6 +101,7 @@ def importance_sampled_log_prob(
     element_budget: int = DEFAULT_ELEMENT_BUDGET,
     progress=None,
     data_numel: int | None = None,
+    amp: bool = False,
 ) -> dict[str, Tensor]:
     """log p(x) by importance sampling with q(z|x) as proposal.
 
@@ -106,6 +115,8 @@ def importance_sampled_log_prob(
         progress: optional callable(n_done_examples) for progress bars.
         data_numel: numbers the decoder keeps alive per code (:func:`decoder_numel`, computed when
             not given and needed): callers that evaluate chunk after chunk pass it once.
+        amp: run the encoder and decoder bodies under bf16 autocast (module docstring); the
+            log-weights [s, b] stay float32 and their logsumexp float64. Default off.
 
     Returns:
         dict of [N] tensors in nats, in the model's dtype (float32 at least; sums are float64):
@@ -123,7 +134,8 @@ def importance_sampled_log_prob(
     out = {"log_px": [], "elbo": [], "ess": []}
     for i in range(0, N, B):
         xb = x[i : i + B]
-        q = model.encoder(xb)
+        with autocast(x.device, amp):
+            q = model.encoder(xb)
         # running logsumexp of w and of w^2 and the sum of log w, per example, in float64
         lse = torch.full((xb.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
         lse2 = torch.full_like(lse, -math.inf)
@@ -131,7 +143,8 @@ def importance_sampled_log_prob(
         done, dtype = 0, torch.float32
         while done < k:
             s = min(S, k - done)
-            log_w = log_importance_weights(model, xb, s, q=q)  # [s, b]
+            with autocast(x.device, amp):  # the bodies in bf16; they return float32
+                log_w = log_importance_weights(model, xb, s, q=q)  # [s, b]
             dtype = torch.promote_types(log_w.dtype, torch.float32)  # the model's dtype, at least float32
             log_w = log_w.double()
             lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0).to(lse.dtype))

@@ -1,0 +1,37 @@
+"""bench/arch_speed.py --eval-amp on a small trained conv run, so that it cannot rot: its paired
+per-image estimates are those of ``vaekit evaluate --n N`` with and without ``--amp``."""
+
+import json
+
+import pytest
+import torch
+
+from bench.arch_speed import main
+from vaekit.checkpoint import load_model
+from vaekit.cli import main as vaekit
+from vaekit.data import prepare_data
+from vaekit.evaluate import evaluate
+
+
+def test_eval_amp_pairs_float32_and_bf16_on_the_samples_vaekit_evaluate_draws(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = ["--set", "channels=[4,8]", "--set", "latent_dim=3", "--set", "eval_k=0", "--set", "tensorboard=false"]
+    argv = ["train", "--preset", "conv-mnist", "--data", "digits", "--epochs", "1", "--out", str(run)]
+    assert vaekit(argv + sets + ["--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "rows.jsonl"
+    small = ["--eval-images", "3", "--target-k", "8", "--peak-size", "64", "--peak-repeats", "1", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        main(["--eval-amp", str(run), "--json", str(out)] + small)
+    finally:
+        torch.set_num_threads(threads)  # the bench sets the process's threads
+    line = [r for r in capsys.readouterr().out.splitlines() if not r.startswith("#")]
+    assert len(line) == 1 and "paired bf16 - fp32" in line[0] and "speed-up bf16/fp32" in line[0]
+    row = json.loads(out.read_text())
+    assert (row["images"], row["k"], row["preset"]) == (3, 8, "conv-mnist")
+    model, cfg, _ = load_model(run)
+    x = prepare_data(cfg.data)[1].x[:3]
+    fp32, bf16 = (evaluate(model, x, k=8, progress=False, seed=0, amp=amp)["nll"] for amp in (False, True))
+    assert row["nll_fp32"] == pytest.approx(fp32, rel=1e-6) and row["nll_bf16"] == pytest.approx(bf16, rel=1e-6)
+    assert row["delta_mean"] == pytest.approx(bf16 - fp32, abs=1e-6) and row["delta_max_abs"] > 0
