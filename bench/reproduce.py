@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vaekit  # noqa: E402
 from bench.common import data_dir, header, parser  # noqa: E402
-from vaekit.checkpoint import atomic_write, latest_checkpoint, list_checkpoints  # noqa: E402
+from vaekit.checkpoint import atomic_write, latest_checkpoint, list_checkpoints, run_identity  # noqa: E402
 from vaekit.config import Config, build_config  # noqa: E402
 from vaekit.data import binarize_dynamic, prepare_data  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
@@ -133,12 +133,14 @@ def row_config(row: Row, scale: float, device: str, ddir: str, batch_size: int =
     return build_config("iwae-1l" if row.layers == 1 else "iwae-2l", overrides=sets)
 
 
-def _comparable(d: dict) -> dict:
-    """A config dict without what may change between sessions of one run (device, data folder)."""
-    d = json.loads(json.dumps(d))
-    d["train"].pop("device", None)
-    d["data"].pop("data_dir", None)
-    return d
+def _comparable(d: dict) -> dict | None:
+    """What must match between a run folder's config and this session's: the config resolved as a
+    checkpoint's is on load (``checkpoint.run_identity``: keys of older versions dropped, fields added
+    since at their defaults, the resumable ones left out), less the data folder; None if invalid."""
+    ident = run_identity(d)
+    if ident is not None:
+        ident["data"].pop("data_dir", None)
+    return ident
 
 
 def check_run_folder(run: Path, cfg: Config) -> bool:

@@ -76,3 +76,18 @@ def test_a_row_trains_evaluates_and_appends_once_and_a_new_fid_is_appended(tmp_p
     assert "FID" not in lines[1] and "FID 12.50 (n 4" in lines[2] and fids == [4]
     assert "not appended again" in capsys.readouterr().out
     assert (tmp_path / "runs" / "1l-k1" / "fid-n4.json").is_file()
+
+
+def test_a_run_folder_from_before_a_config_field_was_added_still_resumes():
+    """A row's run folder outlives sessions; a config field added since (at its default) or another
+    device or data folder must not make it "another config", while a changed protocol does."""
+    from bench.reproduce import _comparable
+
+    cfg = row_config(parse_row("1l-k1"), 0.1, "cpu", "/data/here")
+    old = cfg.to_dict()
+    old["train"].pop("eval_amp")  # as saved before the field existed
+    old["train"]["device"], old["data"]["data_dir"] = "cuda", "/data/elsewhere"
+    assert _comparable(old) == _comparable(cfg.to_dict())
+    other = row_config(parse_row("1l-k1"), 0.03, "cpu", "/data/here").to_dict()
+    assert _comparable(other) != _comparable(cfg.to_dict())
+    assert _comparable({"train": "not a config"}) is None
