@@ -204,3 +204,37 @@ def test_amp_runs_the_conv_bodies_in_bf16_and_keeps_the_log_weights_float32(monk
     assert set(seen["conv"]) == {torch.bfloat16 if amp else torch.float32}
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in out.values())
     assert not torch.is_autocast_enabled("cpu")  # switched off again after the call
+
+
+@pytest.mark.parametrize(
+    "preset, over",
+    [
+        ("dense-mnist", {"hidden": [32], "latent_dim": 4}),
+        ("iwae-2l", {"hidden": [16], "latent_dim": 6, "stochastic_layers": [4, 2], "layer_hidden": [8]}),
+        ("dense-mnist", {"hidden": [16], "latent_dim": 3, "posterior_flow": "iaf", "posterior_flow_layers": 2}),
+        ("pixelvae-mnist", {"channels": [4, 8], "latent_dim": 3, "pixelcnn_layers": 2, "pixelcnn_channels": 8}),
+    ],
+)
+def test_amp_rounds_every_decoder_layer_to_bf16_and_keeps_the_estimate_float32(preset, over):
+    """For every decoder kind (the dense one leaves its float32 streamed kernel), amp computes the
+    decoder's linear and conv layers in bf16, the estimates stay float32, finite and close to float32's."""
+    torch.manual_seed(0)
+    model = build_model(build_config(preset, overrides=over), (1, 6, 6)).eval()
+    numel = decoder_numel(model, (1, 6, 6))  # its float32 shape probe runs before the hooks
+    layers = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    seen = set()
+    hooks = [m.register_forward_hook(lambda m, a, out: seen.add(out.dtype)) for m in layers]
+    x = binary_data(3)
+    runs = {}
+    for amp in (False, True):
+        seen.clear()
+        torch.manual_seed(1)
+        runs[amp] = importance_sampled_log_prob(model, x, k=8, amp=amp, data_numel=numel)
+        # float32: no bf16 anywhere (a dense decoder's streamed kernel calls no module at all)
+        assert seen == {torch.bfloat16} if amp else seen <= {torch.float32}, (amp, seen)
+    for h in hooks:
+        h.remove()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in runs[True].values())
+    # the same draws, rounded nets: close, on an untrained model with a few hundred nats per image
+    assert torch.allclose(runs[True]["log_px"], runs[False]["log_px"], rtol=0.02)
+    assert not torch.is_autocast_enabled("cpu")

@@ -490,9 +490,10 @@ def _evaluate_args(p):
     p.add_argument(
         "--amp",
         action="store_true",
-        help="run the encoder and decoder nets under bf16 autocast (faster on CPUs with AVX512-BF16/AMX and on "
-        "GPUs); log-likelihoods, log-weights and the logsumexp stay float32, so the NLL moves only by the "
-        "nets' bf16 rounding (off by default: float32 throughout)",
+        help="run every layer of the encoder and decoder nets in bf16 (autocast; faster for conv, ResNet and "
+        "PixelCNN decoders on CPUs with AVX512-BF16/AMX and on GPUs, not for dense MLPs); log-likelihoods, "
+        "log-weights and the logsumexp stay float32, so the NLL moves only by the nets' bf16 rounding "
+        "(off by default: float32 throughout)",
     )
     p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval-SPLIT.json)")
     p.add_argument(

@@ -25,8 +25,9 @@ weight, ESS, ELBO terms, posterior means) are all-gathered in example order: the
 pure function of (model, x, k, seed), the same on one process or many.
 
 With ``amp`` (off by default; ``vaekit evaluate --amp``, ``train.eval_amp`` for the end-of-epoch
-evaluation) the net bodies run under bf16 autocast (``vaekit.nets.autocast``) while every
-log-likelihood, log-weight and logsumexp stays in float32 or float64
+evaluation) every layer of the net bodies, the output layers included, computes in bf16 under
+autocast (``vaekit.nets.autocast``; dense decoders leave their streamed float32 kernel for the
+generic path) while every log-likelihood, log-weight and logsumexp stays in float32 or float64
 (``inference.importance_sampled_log_prob``): faster where oneDNN or CUDA has bf16 kernels, and a
 different number from the float32 one by the bodies' rounding, which ``bench/arch_speed.py
 --eval-amp`` measures on a trained model. The result records ``amp``.

@@ -13,10 +13,11 @@ dominates.
 
 Precision: with ``amp`` the encoder's and decoder's net bodies run under bf16 autocast
 (``vaekit.nets.autocast``; oneDNN's bf16 kernels on CPUs with AVX512-BF16 or AMX, tensor cores on
-CUDA). The bodies return float32 (``NetBody``), so every log p(x|z), log p(z), log q(z|x) and
-log-weight is float32 and the running logsumexp is float64: only the hidden layers are rounded to
-bf16. That moves the estimate by the bodies' rounding, not by the arithmetic of the estimator;
-``bench/arch_speed.py --eval-amp`` measures by how much on a trained model.
+CUDA). Every layer of a body computes in bf16, the last one (which gives the likelihood's and the
+posterior's parameters) included, and the body returns its output cast to float32 (``NetBody``);
+from there every log p(x|z), log p(z), log q(z|x) and log-weight is float32 and the running
+logsumexp is float64. That moves the estimate by the bodies' rounding, not by the arithmetic of
+the estimator; ``bench/arch_speed.py --eval-amp`` measures by how much on a trained model.
 """
 
 from __future__ import annotations

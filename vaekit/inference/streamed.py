@@ -107,6 +107,8 @@ def streamed_log_likelihood(decoder, z: Tensor, x: Tensor, block: int = BLOCK) -
     # exact types, not isinstance: a subclass may change forward or log_prob, which the kernel re-implements
     if torch.is_grad_enabled() or z.device.type != "cpu" or type(decoder.likelihood) is not BernoulliLikelihood:
         return None
+    if torch.is_autocast_enabled("cpu"):  # the kernel's out= products bypass autocast: bf16 was asked for
+        return None
     layers = dense_layers(decoder.body)
     if layers is None or z.dim() != 2:
         return None
