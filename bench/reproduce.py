@@ -45,7 +45,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vaekit  # noqa: E402
 from bench.common import data_dir, header, parser  # noqa: E402
-from vaekit.checkpoint import atomic_write, latest_checkpoint, list_checkpoints, run_identity  # noqa: E402
+from vaekit.checkpoint import (  # noqa: E402
+    atomic_write,
+    config_differences,
+    latest_checkpoint,
+    list_checkpoints,
+    run_identity,
+)
 from vaekit.config import Config, build_config  # noqa: E402
 from vaekit.data import binarize_dynamic, prepare_data  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
@@ -151,7 +157,11 @@ def check_run_folder(run: Path, cfg: Config) -> bool:
     if found is None:
         fail(f"{run} has checkpoints but none is readable")
     if _comparable(found[1]["config"]) != _comparable(cfg.to_dict()):
-        fail(f"{run} holds a run of another config (scale?); use another --runs")
+        saved = {**found[1]["config"], "data": {**found[1]["config"]["data"], "data_dir": None}}
+        ours = cfg.to_dict()
+        ours["data"]["data_dir"] = None  # may differ between sessions
+        diff = "; ".join(config_differences(saved, ours))
+        fail(f"{run} holds a run of another config ({diff}: the folder's vs this command's); use another --runs")
     return True
 
 

@@ -76,6 +76,14 @@ def test_a_row_trains_evaluates_and_appends_once_and_a_new_fid_is_appended(tmp_p
     assert "FID" not in lines[1] and "FID 12.50 (n 4" in lines[2] and fids == [4]
     assert "not appended again" in capsys.readouterr().out
     assert (tmp_path / "runs" / "1l-k1" / "fid-n4.json").is_file()
+    monkeypatch.setattr(sys, "argv", argv + ["--batch-size", "10"])  # the same folder, another protocol
+    try:
+        with pytest.raises(SystemExit) as e:
+            rp.main()
+    finally:
+        torch.set_num_threads(threads)
+    assert e.value.code == 2
+    assert "train.batch_size: 20 vs 10" in capsys.readouterr().err
 
 
 def test_a_run_folder_from_before_a_config_field_was_added_still_resumes():
