@@ -145,6 +145,20 @@ def test_cli_writes_an_n_by_2_array_whose_mean_is_evaluates_nll(runs, tmp_path, 
     assert float(rows[1].split(",")[1]) == s[0, 0]
 
 
+def test_cli_amp_scores_equal_evaluate_amp_and_differ_from_float32_by_rounding(runs, tmp_path):
+    """``score --amp`` gives the per-example numbers whose mean ``evaluate --amp`` reports; bf16 nets
+    move them by rounding only."""
+    argv = ["--k", "5", "--n", "20", "--seed", "3", "--no-progress"]
+    for flag in ([], ["--amp"]):
+        assert main(["score", str(runs / "vae"), *argv, *flag, "-o", str(tmp_path / f"s{len(flag)}.npy")]) == 0
+    ev = tmp_path / "eval.json"
+    assert main(["evaluate", str(runs / "vae"), *argv, "--amp", "-o", str(ev)]) == 0
+    fp32, bf16 = np.load(tmp_path / "s0.npy"), np.load(tmp_path / "s1.npy")
+    assert -bf16[:, 0].mean() == pytest.approx(json.loads(ev.read_text())["nll"], rel=1e-12)
+    assert not np.array_equal(fp32[:, 0], bf16[:, 0])  # bf16 really ran
+    assert np.allclose(fp32[:, 0], bf16[:, 0], rtol=0.02)
+
+
 def test_cli_scores_a_mixture_on_the_train_split(runs, tmp_path):
     out = tmp_path / "g.npy"
     assert main(["score", str(runs / "gmm"), "--split", "train", "--n", "7", "-o", str(out), "--no-progress"]) == 0

@@ -36,6 +36,14 @@ from .errors import DataError, Interrupted, VaekitError, one_line
 
 # --- shared helpers ------------------------------------------------------------------------
 
+# vaekit evaluate / score --amp
+AMP_HELP = (
+    "run every layer of the encoder and decoder nets in bf16 (autocast; faster for conv, ResNet and "
+    "PixelCNN decoders on CPUs with AVX512-BF16/AMX and on GPUs, not for dense MLPs); log-likelihoods, "
+    "log-weights and the logsumexp stay float32, so the NLL moves only by the nets' bf16 rounding "
+    "(off by default: float32 throughout)"
+)
+
 
 def _load_run(args):
     """(model, cfg, state) of the run folder or checkpoint ``args.run`` on ``args.device``."""
@@ -487,14 +495,7 @@ def _evaluate_args(p):
     p.add_argument("--n", type=int, help="evaluate only the first N examples")
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
-    p.add_argument(
-        "--amp",
-        action="store_true",
-        help="run every layer of the encoder and decoder nets in bf16 (autocast; faster for conv, ResNet and "
-        "PixelCNN decoders on CPUs with AVX512-BF16/AMX and on GPUs, not for dense MLPs); log-likelihoods, "
-        "log-weights and the logsumexp stay float32, so the NLL moves only by the nets' bf16 rounding "
-        "(off by default: float32 throughout)",
-    )
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
     p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval-SPLIT.json)")
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
@@ -1145,6 +1146,7 @@ def _score_args(p):
     )
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -1163,7 +1165,8 @@ def _score(args):
         )
     ds = _model_data(model, cfg, args, args.split)
     x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
-    scores = score(model, x, k=args.k, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+    progress = not args.no_progress
+    scores = score(model, x, k=args.k, batch_size=args.batch_size, seed=args.seed, progress=progress, amp=args.amp)
     save_array(scores.numpy(), out)
     print(f"{_data_config(cfg, args).name} ({args.split}): {format_summary(scores, model.log_prob_kind, args.k)}")
     written = [str(out)]

@@ -35,7 +35,13 @@ SCORE_COLUMNS = ("log_px", "bits_per_dim")  # the columns of score()'s array, in
 
 
 def score(
-    model, x: Tensor, k: int = 5000, batch_size: int | None = None, seed: int = 0, progress: bool = True
+    model,
+    x: Tensor,
+    k: int = 5000,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    amp: bool = False,
 ) -> Tensor:
     """Per-example scores of ``x`` [N, *data_shape] under ``model``.
 
@@ -44,6 +50,7 @@ def score(
         batch_size: examples per pass (default: memory-bounded, as ``evaluate``).
         seed: seeds the importance samples per chunk of examples; the scores are a pure function
             of (model, x, k, seed) and the caller's random state is left alone.
+        amp: the nets' layers in bf16, log-densities in float32 (``evaluate.per_example_log_prob``).
 
     Returns:
         [N, 2] float64 on the CPU, columns ``SCORE_COLUMNS``: log p(x) in nats, and bits per
@@ -53,7 +60,7 @@ def score(
     """
     if model.log_prob_kind == "none":
         raise VaekitError(f"a {type(model).__name__} defines no density p(x), so it gives no likelihood scores")
-    log_px = per_example_log_prob(model, x, k=k, batch_size=batch_size, progress=progress, seed=seed).cpu()
+    log_px = per_example_log_prob(model, x, k=k, batch_size=batch_size, progress=progress, seed=seed, amp=amp).cpu()
     bpd = model.bits_per_dim(-log_px)
     bpd = torch.full_like(log_px, math.nan) if bpd is None else bpd.double()
     return torch.stack([log_px, bpd], 1)
