@@ -214,7 +214,8 @@ class ShardedData:
             }
             self._epoch = epoch
         bounds = [shard_slice(n, self.steps_per_epoch, i) for n in self.sizes]
-        mine = [(s, x[self._perms[s][bounds[s][0] : bounds[s][1]]]) for s, x in self.x.items()]
+        # index_select copies whole rows; advanced indexing x[idx] goes element by element
+        mine = [(s, torch.index_select(x, 0, self._perms[s][bounds[s][0] : bounds[s][1]])) for s, x in self.x.items()]
         return mine, sum(hi - lo for lo, hi in bounds)
 
 
