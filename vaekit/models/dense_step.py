@@ -310,7 +310,8 @@ class DenseTwoLayerStep(DenseVAEStep):
         z2 = torch.addcmul(hq[-1][:, :D2], e2, t2)
         hp = _forward(self.down, z2)
         plv = hp[-1][:, D1:]
-        u = (z1 - hp[-1][:, :D1]).mul_(torch.exp(-0.5 * plv))  # (z_1 - pm) / ps
+        pinv = torch.exp(-0.5 * plv)  # 1 / ps
+        u = (z1 - hp[-1][:, :D1]).mul_(pinv)  # (z_1 - pm) / ps
         hd = _forward(self.decoder, z1)
         xr = xf if k == 1 else xf.repeat(k, 1)  # row j B + b is example b
         log_px = -F.binary_cross_entropy_with_logits(hd[-1], xr, reduction="none").sum(1).view(k, B)
@@ -327,7 +328,7 @@ class DenseTwoLayerStep(DenseVAEStep):
             e2=e2,
             z2=z2,
             u=u,
-            plv=plv,
+            pinv=pinv,
             log_px=log_px,
             log_q1=(-0.5 * e1 * e1).sum(-1) - 0.5 * lv1.sum(-1) - c1,
             log_q2=(-0.5 * e2 * e2 - 0.5 * lq2).sum(1) - c2,
@@ -342,7 +343,7 @@ class DenseTwoLayerStep(DenseVAEStep):
         B = f["he"][0].shape[0]
         gl = torch.sigmoid(f["hd"][-1]).sub_(f["xr"]).mul_(rho)
         gz1 = _backward(self.decoder, f["hd"], gl, input_grad=True)
-        u, pinv = f["u"], torch.exp(-0.5 * f["plv"])
+        u, pinv = f["u"], f["pinv"]
         # log p(z_1|z_2): d/dpm = u / ps, d/dplv = (u^2 - 1) / 2, d/dz_1 = -u / ps
         g_pm = (u * pinv).mul_(kappa)
         gz1 = gz1 + g_pm
