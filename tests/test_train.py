@@ -421,12 +421,24 @@ def test_adam_step_is_the_optimiser_step():
         torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize("objective, gradient, k", [("elbo", "reparam", 1), ("iwae", "dreg", 3)])
-def test_hand_derived_training_gives_the_autograd_run(tmp_path, objective, gradient, k):
+TWO_LAYERS = {"stochastic_layers": [6, 3], "latent_dim": 9, "layer_hidden": [8]}
+
+
+@pytest.mark.parametrize(
+    "objective, gradient, k, layers",
+    [
+        ("elbo", "reparam", 1, {}),
+        ("iwae", "dreg", 3, {}),
+        ("elbo", "reparam", 1, TWO_LAYERS),
+        ("iwae", "reparam", 3, TWO_LAYERS),
+    ],
+)
+def test_hand_derived_training_gives_the_autograd_run(tmp_path, objective, gradient, k, layers):
     xtr, xte = digits()
     runs = {}
     for fused in (True, False):
-        cfg = cfg_for(epochs=1, fused=fused, objective=objective, gradient=gradient, k=k, activation="tanh", ema=0.9)
+        over = dict(fused=fused, objective=objective, gradient=gradient, k=k, activation="tanh", ema=0.9, **layers)
+        cfg = cfg_for(epochs=1, **over)
         learner = build_learner(build_model(cfg, (1, 8, 8)), cfg.train, torch.device("cpu"))
         assert (learner.fused is not None) == fused
         out = train(cfg, tmp_path / f"run-{fused}", xtr[:500], xte, transform=binarize, progress=False)
