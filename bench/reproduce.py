@@ -193,7 +193,7 @@ def evaluate_row(run: Path, x_test, k: int, device: str, progress: bool) -> dict
         return {**json.loads(out.read_text()), "cached": True}
     model = vaekit.load(run, device=device)
     t0 = time.perf_counter()
-    res = evaluate(model, x_test, k=k, progress=progress, seed=0)
+    res = evaluate(model, x_test, k=k, progress=progress, seed=0, journal_dir=run)  # resumable
     res["eval_seconds"] = time.perf_counter() - t0
     atomic_write(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
     return res

@@ -283,6 +283,37 @@ def test_evaluate_amp_runs_the_nets_in_bf16_and_records_it(run, tmp_path, capsys
     assert "off by default" in " ".join(capsys.readouterr().out.split())
 
 
+def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, capsys, monkeypatch):
+    import vaekit.evaluate
+
+    argv = ["evaluate", str(run), "--n", "6", "--k", "4", "--no-progress"]
+    assert main(argv + ["-o", str(tmp_path / "whole.json")]) == 0
+    real, calls = vaekit.evaluate.importance_sampled_log_prob, []
+
+    def killed_after_two(*a, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C would stop it
+        calls.append(1)
+        return real(*a, **kw)
+
+    out = tmp_path / "resumed" / "eval.json"
+    with monkeypatch.context() as m:
+        m.setattr(vaekit.evaluate, "importance_sampled_log_prob", killed_after_two)
+        try:
+            main(argv + ["-o", str(out)])
+        except (KeyboardInterrupt, SystemExit):
+            pass
+    assert not out.exists() and len(list(out.parent.glob("eval-*.partial.jsonl"))) == 1
+    capsys.readouterr()
+    assert main(argv + ["-o", str(out)]) == 0
+    assert "2 of the 6 examples were read back" in capsys.readouterr().err
+    whole, resumed = (json.loads(p.read_text()) for p in (tmp_path / "whole.json", out))
+    assert (resumed["resumed"], whole["resumed"]) == (2, 0)
+    for key in ("nll", "nll_stderr", "elbo", "kl", "rec", "active_units"):
+        assert resumed[key] == whole[key]
+    assert not list(out.parent.glob("eval-*.partial.jsonl"))  # removed once the result is written
+
+
 def test_evaluate_of_a_checkpoint_writes_beside_its_run(run, capsys):
     from vaekit.checkpoint import list_checkpoints
 

@@ -514,18 +514,43 @@ def _evaluate(args):
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
         x = _first(_model_data(model, cfg, args, args.split).x, args.n, "--n", f"{args.split} examples")
+        out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
         res = evaluate(
-            model, x, k=args.k, batch_size=args.batch_size, progress=_progress(args), seed=args.seed, amp=args.amp
+            model,
+            x,
+            k=args.k,
+            batch_size=args.batch_size,
+            progress=_progress(args),
+            seed=args.seed,
+            amp=args.amp,
+            journal_dir=_journal_dir(out),
         )
         if not distributed.is_main():
             return 0
+    _note_resumed(res["resumed"], res["n"])
     res.update(dataset=_data_config(cfg, args).name, split=args.split, step=int(state["step"]), seed=args.seed)
     print(format_table(res))
     _data_unit_nll(res, model.data_transform)
-    out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
     _write_json(out, res)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _journal_dir(out: Path) -> Path | None:
+    """Where a long evaluation keeps its finished chunks (``vaekit.journal``), so that the same command
+    after a kill resumes it: beside its output, on one process (under torchrun: none)."""
+    from . import distributed
+
+    return out.parent if distributed.world_size() == 1 else None
+
+
+def _note_resumed(resumed: int, n: int) -> None:
+    if resumed:
+        print(
+            f"vaekit: note: {resumed} of the {n} examples were read back from the journal of an earlier, "
+            "interrupted run of this same evaluation",
+            file=sys.stderr,
+        )
 
 
 def _data_unit_nll(res: dict, t) -> None:
@@ -1166,7 +1191,16 @@ def _score(args):
     ds = _model_data(model, cfg, args, args.split)
     x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
     progress = not args.no_progress
-    scores = score(model, x, k=args.k, batch_size=args.batch_size, seed=args.seed, progress=progress, amp=args.amp)
+    scores = score(
+        model,
+        x,
+        k=args.k,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=progress,
+        amp=args.amp,
+        journal_dir=_journal_dir(out),
+    )
     save_array(scores.numpy(), out)
     print(f"{_data_config(cfg, args).name} ({args.split}): {format_summary(scores, model.log_prob_kind, args.k)}")
     written = [str(out)]

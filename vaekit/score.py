@@ -42,6 +42,7 @@ def score(
     seed: int = 0,
     progress: bool = True,
     amp: bool = False,
+    journal_dir=None,
 ) -> Tensor:
     """Per-example scores of ``x`` [N, *data_shape] under ``model``.
 
@@ -51,6 +52,7 @@ def score(
         seed: seeds the importance samples per chunk of examples; the scores are a pure function
             of (model, x, k, seed) and the caller's random state is left alone.
         amp: the nets' layers in bf16, log-densities in float32 (``evaluate.per_example_log_prob``).
+        journal_dir: a folder that makes the scoring resumable after a kill (``evaluate.evaluate``).
 
     Returns:
         [N, 2] float64 on the CPU, columns ``SCORE_COLUMNS``: log p(x) in nats, and bits per
@@ -60,7 +62,9 @@ def score(
     """
     if model.log_prob_kind == "none":
         raise VaekitError(f"a {type(model).__name__} defines no density p(x), so it gives no likelihood scores")
-    log_px = per_example_log_prob(model, x, k=k, batch_size=batch_size, progress=progress, seed=seed, amp=amp).cpu()
+    log_px = per_example_log_prob(
+        model, x, k=k, batch_size=batch_size, progress=progress, seed=seed, amp=amp, journal_dir=journal_dir
+    ).cpu()
     bpd = model.bits_per_dim(-log_px)
     bpd = torch.full_like(log_px, math.nan) if bpd is None else bpd.double()
     return torch.stack([log_px, bpd], 1)

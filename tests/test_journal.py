@@ -1,0 +1,152 @@
+"""The journal of a long evaluation: finished chunks survive a kill, and the evaluation started again
+computes only the missing ones and returns, bit for bit, what an uninterrupted run returns."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import vaekit.evaluate
+from vaekit.config import build_config
+from vaekit.errors import CheckpointError
+from vaekit.evaluate import evaluate, per_example_log_prob
+from vaekit.journal import Journal, key_digest, tensor_digest
+from vaekit.models import build_model
+
+KEY = {"what": "test", "k": 5, "seed": 0}
+
+
+def test_appended_units_read_back_exactly(tmp_path):
+    path = tmp_path / "j.jsonl"
+    j = Journal(path, KEY)
+    a = torch.tensor([[1 / 3, -math.inf], [math.nan, 2.0**-1074]], dtype=torch.float64)
+    j.append(4, a, 1.5)
+    j.append(0, a[:1] * 7, 0.25)
+    back = Journal(path, KEY).done
+    assert sorted(back) == [0, 4]
+    rows, seconds = back[4]
+    assert seconds == 1.5
+    assert torch.equal(rows.isnan(), a.isnan())
+    assert torch.equal(rows.nan_to_num(), a.nan_to_num())  # float64 repr round-trips, inf and subnormals too
+    assert torch.equal(back[0][0], a[:1] * 7)
+
+
+def test_a_killed_write_leaves_a_partial_line_that_is_dropped_and_cut_off(tmp_path):
+    path = tmp_path / "j.jsonl"
+    j = Journal(path, KEY)
+    j.append(0, torch.ones(2, 3), 1.0)
+    whole = path.read_bytes()
+    for partial in (b'{"unit": 1, "seconds": 1.0, "rows": [[1.0, 2', b'{"unit": 1, "seconds": 1.0, "rows": [[1.0]]}'):
+        path.write_bytes(whole + partial)  # a kill before the newline: even a line that parses is not whole
+        k = Journal(path, KEY)
+        assert sorted(k.done) == [0]
+        assert path.read_bytes() == whole
+    k.append(1, torch.zeros(1, 3), 2.0)  # appends after the cut start on a line of their own
+    assert sorted(Journal(path, KEY).done) == [0, 1]
+
+
+def test_a_header_cut_short_is_written_again(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b'{"vaekit_journal": 1, "key": {"wh')
+    assert Journal(path, KEY).done == {}
+    assert json.loads(path.read_text().splitlines()[0])["key"] == KEY
+
+
+def test_another_computations_journal_is_refused_by_name(tmp_path):
+    path = tmp_path / "j.jsonl"
+    Journal(path, KEY).append(0, torch.ones(1, 1), 1.0)
+    with pytest.raises(CheckpointError, match=r"records a different computation \(differing: k, seed\)"):
+        Journal(path, {**KEY, "k": 6, "seed": 1})
+    other = tmp_path / "notes.txt"
+    other.write_text("my notes, no newline")
+    with pytest.raises(CheckpointError, match="is not a vaekit journal"):
+        Journal(other, KEY)
+    assert other.read_text() == "my notes, no newline"  # never overwritten
+
+
+def test_digests_tell_apart_what_differs():
+    a = {"w": torch.arange(6.0).reshape(2, 3)}
+    assert tensor_digest(a) == tensor_digest({"w": torch.arange(6.0).reshape(2, 3)})
+    assert tensor_digest(a) != tensor_digest({"w": torch.arange(6.0).reshape(3, 2)})  # shape
+    assert tensor_digest(a) != tensor_digest({"w": torch.arange(6.0, dtype=torch.float64).reshape(2, 3)})  # dtype
+    assert tensor_digest(a) != tensor_digest({"v": torch.arange(6.0).reshape(2, 3)})  # name
+    assert tensor_digest({"s": torch.tensor(1.0, dtype=torch.bfloat16)})  # 0-d and bf16 tensors hash too
+    assert key_digest({"a": 1, "b": 2}) == key_digest({"b": 2, "a": 1}) != key_digest({"a": 1, "b": 3})
+
+
+@pytest.fixture(scope="module")
+def vae_and_data():
+    torch.manual_seed(0)
+    model = build_model(build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 3}), (1, 4, 4)).eval()
+    x = torch.bernoulli(torch.full((12, 1, 4, 4), 0.3), generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(monkeypatch, n: int) -> list:
+    """Make the evaluator's importance sampler raise on its (n+1)-th call, as a kill would stop it;
+    returns the list of calls made."""
+    real = vaekit.evaluate.importance_sampled_log_prob
+    calls = []
+
+    def sampler(*a, **kw):
+        if len(calls) == n:
+            raise Killed
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(vaekit.evaluate, "importance_sampled_log_prob", sampler)
+    return calls
+
+
+def test_an_evaluation_killed_and_run_again_gives_the_uninterrupted_numbers(vae_and_data, tmp_path, monkeypatch):
+    model, x = vae_and_data
+    whole = evaluate(model, x, k=7, progress=False, seed=3)
+    with monkeypatch.context() as m:
+        _kill_after(m, 5)
+        with pytest.raises(Killed):
+            evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)
+    (journal,) = tmp_path.glob("eval-*.partial.jsonl")
+    assert len(journal.read_text().splitlines()) == 1 + 5  # the header and the 5 finished chunks
+    with monkeypatch.context() as m:
+        calls = _kill_after(m, 10**9)
+        again = evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)
+    assert len(calls) == x.shape[0] - 5  # one example per chunk here: only the 7 missing ones
+    assert again["resumed"] == 5 and whole["resumed"] == 0
+    for key in ("nll", "nll_stderr", "elbo", "rec", "kl", "ess_mean", "active_units", "bpd"):
+        assert again[key] == whole[key]  # bit for bit
+    assert not journal.exists()  # removed once complete
+    assert again["seconds"] > 0
+
+
+def test_a_journal_is_found_only_by_the_same_evaluation(vae_and_data, tmp_path, monkeypatch):
+    model, x = vae_and_data
+    with monkeypatch.context() as m:
+        _kill_after(m, 4)
+        with pytest.raises(Killed):
+            evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)
+    # another seed, K, data or model: another journal, and the first one is left for its own evaluation
+    assert evaluate(model, x, k=7, progress=False, seed=4, journal_dir=tmp_path)["resumed"] == 0
+    assert evaluate(model, x, k=8, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 0
+    assert evaluate(model, x[:-1], k=7, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 0
+    torch.manual_seed(123)
+    other = build_model(build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 3}), (1, 4, 4))
+    assert tensor_digest(other.state_dict()) != tensor_digest(model.state_dict())
+    other.eval()
+    assert evaluate(other, x, k=7, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 0
+    assert len(list(tmp_path.glob("eval-*.partial.jsonl"))) == 1
+    assert evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 4
+
+
+def test_per_example_log_prob_resumes_the_same_way(vae_and_data, tmp_path, monkeypatch):
+    model, x = vae_and_data
+    whole = per_example_log_prob(model, x, k=6, progress=False, seed=1)
+    with monkeypatch.context() as m:
+        _kill_after(m, 3)
+        with pytest.raises(Killed):
+            per_example_log_prob(model, x, k=6, progress=False, seed=1, journal_dir=tmp_path)
+    assert torch.equal(per_example_log_prob(model, x, k=6, progress=False, seed=1, journal_dir=tmp_path), whole)

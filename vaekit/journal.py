@@ -1,0 +1,122 @@
+"""A crash-safe, append-only record of finished units of a long computation.
+
+A K=5000 importance-sampled evaluation of an image VAE on 10,000 test images takes hours on a
+CPU. Its examples are cut into chunks, and each chunk is a pure function of (model weights, data,
+K, seed, chunk size, precision) (``vaekit.evaluate``), so a chunk finished once never needs
+computing again. The journal keeps every finished chunk's rows; an evaluation killed at any
+moment and started again with the same arguments computes only the missing chunks and reports
+the same numbers, to the last bit, as one uninterrupted run.
+
+Format: JSON lines. The first line is the header ``{"vaekit_journal": 1, "key": {...}}``, the key
+naming everything the rows are a function of. Every later line is one finished unit,
+``{"unit": c, "seconds": s, "rows": [[float, ...], ...]}``: Python's ``repr`` of a float64
+round-trips exactly, and JSON's ``NaN``/``-Infinity`` spellings carry the non-finite values. Each
+line is written whole, flushed and fsync'ed before the next unit starts, so a kill leaves at most
+one partial last line; reading drops it and cuts the file back to the last whole line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError, one_line
+
+FORMAT = 1
+
+
+def tensor_digest(named: dict[str, Tensor]) -> str:
+    """SHA-256 (hex) of named tensors, in name order: names, dtypes, shapes and bytes, so that two
+    models (a ``state_dict``) or two data sets agree exactly when their digests do."""
+    h = hashlib.sha256()
+    for name in sorted(named):
+        t = named[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def key_digest(key: dict) -> str:
+    """A short name (12 hex digits) for a journal key: the journal of one computation is found again
+    under ``<stem>-<digest>.partial.jsonl`` by the same arguments, and differing ones never meet."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Journal:
+    """The finished units of one computation, on disk at ``path``.
+
+    Args:
+        path: the journal file; created with ``key`` as its header when absent.
+        key: JSON-able description of what the units are a function of. An existing journal whose
+            header holds another key raises :class:`vaekit.errors.CheckpointError` naming the
+            differing fields: its rows belong to a different computation.
+
+    Attributes:
+        done: unit -> (rows [n, F] float64 tensor, seconds it took), read from the file.
+    """
+
+    def __init__(self, path: str | Path, key: dict):
+        self.path = Path(path)
+        self.key = json.loads(json.dumps(key))  # as it reads back: tuples become lists
+        self.done: dict[int, tuple[Tensor, float]] = {}
+        try:
+            raw = self.path.read_bytes() if self.path.exists() else b""
+        except OSError as e:
+            raise CheckpointError(f"cannot read the journal {self.path}: {one_line(e)}") from None
+        if raw and not raw.startswith(b'{"vaekit_journal"'):
+            raise CheckpointError(f"{self.path} is not a vaekit journal; name another file for it")
+        lines = raw.split(b"\n")  # every piece but the last ended in a newline: a whole line
+        if len(lines) > 1:
+            self._read(raw, lines)
+        else:  # absent, or killed before its header was whole
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "w") as f:
+                f.write(json.dumps({"vaekit_journal": FORMAT, "key": self.key}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _read(self, raw: bytes, lines: list[bytes]) -> None:
+        try:
+            head = json.loads(lines[0])
+            theirs = head["key"]
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{self.path} is not a vaekit journal (its first line is no header)") from None
+        if theirs != self.key:
+            fields = sorted(k for k in set(theirs) | set(self.key) if theirs.get(k) != self.key.get(k))
+            raise CheckpointError(
+                f"the journal {self.path} records a different computation (differing: {', '.join(fields)}); "
+                "delete it or write the journal elsewhere"
+            )
+        good = len(lines[0]) + 1
+        for line in lines[1:-1]:
+            try:
+                doc = json.loads(line)
+                rows = torch.tensor(doc["rows"], dtype=torch.float64)
+                unit, seconds = int(doc["unit"]), float(doc["seconds"])
+            except (ValueError, KeyError, TypeError):
+                break  # a damaged line: it and everything after it are computed again
+            self.done[unit] = (rows, seconds)
+            good += len(line) + 1
+        if good < len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def append(self, unit: int, rows: Tensor, seconds: float) -> None:
+        """Record unit ``unit`` as finished with ``rows`` [n, F] (stored as float64) after ``seconds``."""
+        doc = {"unit": int(unit), "seconds": float(seconds), "rows": rows.detach().double().cpu().tolist()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(doc) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[int(unit)] = (rows.detach().double().cpu(), float(seconds))
+
+    def remove(self) -> None:
+        """Delete the journal file (the computation is complete and its result kept elsewhere)."""
+        self.path.unlink(missing_ok=True)
