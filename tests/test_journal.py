@@ -23,6 +23,7 @@ def test_appended_units_read_back_exactly(tmp_path):
     a = torch.tensor([[1 / 3, -math.inf], [math.nan, 2.0**-1074]], dtype=torch.float64)
     j.append(4, a, 1.5)
     j.append(0, a[:1] * 7, 0.25)
+    j.close()
     back = Journal(path, KEY).done
     assert sorted(back) == [0, 4]
     rows, seconds = back[4]
@@ -36,26 +37,34 @@ def test_a_killed_write_leaves_a_partial_line_that_is_dropped_and_cut_off(tmp_pa
     path = tmp_path / "j.jsonl"
     j = Journal(path, KEY)
     j.append(0, torch.ones(2, 3), 1.0)
+    j.close()
     whole = path.read_bytes()
     for partial in (b'{"unit": 1, "seconds": 1.0, "rows": [[1.0, 2', b'{"unit": 1, "seconds": 1.0, "rows": [[1.0]]}'):
         path.write_bytes(whole + partial)  # a kill before the newline: even a line that parses is not whole
         k = Journal(path, KEY)
         assert sorted(k.done) == [0]
         assert path.read_bytes() == whole
+        k.close()
+    k = Journal(path, KEY)
     k.append(1, torch.zeros(1, 3), 2.0)  # appends after the cut start on a line of their own
+    k.close()
     assert sorted(Journal(path, KEY).done) == [0, 1]
 
 
 def test_a_header_cut_short_is_written_again(tmp_path):
     path = tmp_path / "j.jsonl"
     path.write_bytes(b'{"vaekit_journal": 1, "key": {"wh')
-    assert Journal(path, KEY).done == {}
+    j = Journal(path, KEY)
+    assert j.done == {}
+    j.close()
     assert json.loads(path.read_text().splitlines()[0])["key"] == KEY
 
 
 def test_another_computations_journal_is_refused_by_name(tmp_path):
     path = tmp_path / "j.jsonl"
-    Journal(path, KEY).append(0, torch.ones(1, 1), 1.0)
+    j = Journal(path, KEY)
+    j.append(0, torch.ones(1, 1), 1.0)
+    j.close()
     with pytest.raises(CheckpointError, match=r"records a different computation \(differing: k, seed\)"):
         Journal(path, {**KEY, "k": 6, "seed": 1})
     other = tmp_path / "notes.txt"
@@ -63,6 +72,17 @@ def test_another_computations_journal_is_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="is not a vaekit journal"):
         Journal(other, KEY)
     assert other.read_text() == "my notes, no newline"  # never overwritten
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="advisory locks are POSIX")
+def test_a_journal_in_use_is_refused_to_a_second_writer(tmp_path):
+    path = tmp_path / "j.jsonl"
+    first = Journal(path, KEY)
+    with pytest.raises(CheckpointError, match="held by another running evaluation"):
+        Journal(path, KEY)
+    first.append(0, torch.ones(1, 2), 1.0)
+    first.close()
+    assert sorted(Journal(path, KEY).done) == [0]  # free again once closed
 
 
 def test_digests_tell_apart_what_differs():

@@ -102,31 +102,11 @@ def _per_example_split(
             leave=False,
             dynamic_ncols=True,
         )
-    rows = []
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # leave the caller's random state alone
-        for c in mine:
-            if c in resumed:
-                rows.append(done[c][0].to(x.device))
-                continue
-            t0 = time.perf_counter()
-            xc = x[c * B : (c + 1) * B]
-            torch.manual_seed(derive_seed(seed, EVAL_CHUNK, c))
-            if sampled:
-                out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0], data_numel=numel, amp=amp)
-                with autocast(x.device, amp):  # the bodies in bf16; the terms they parameterise in float32
-                    t = elbo_terms(model, xc, 1)
-                    means = model.encode(xc)[0]
-                cols = [out["log_px"], out["ess"], t["elbo"], t["rec"], t["kl"]]
-                feats = torch.cat([torch.stack(cols, 1), means], 1)
-            else:
-                with autocast(x.device, amp):
-                    feats = model.log_prob(xc).unsqueeze(1)
-            rows.append(feats.double())
-            if journal is not None:
-                journal.append(c, rows[-1], time.perf_counter() - t0)
-            if bar:
-                bar.update(xc.shape[0])
+    try:
+        rows = _chunk_rows(model, x, k, seed, B, amp, numel, mine, journal, resumed, bar)
+    finally:
+        if journal is not None:
+            journal.close()  # released on a kill too; its finished chunks stay
     if bar:
         bar.close()
     local = torch.cat(rows) if rows else torch.zeros((0, F), dtype=torch.float64, device=x.device)
@@ -154,6 +134,39 @@ def _per_example_split(
         "kl": table[:, 4],
         "means": table[:, 5:],
     }
+
+
+def _chunk_rows(model, x, k, seed, B, amp, numel, mine, journal, resumed, bar) -> list[Tensor]:
+    """The rows [n_c, F] (float64) of this process's chunks ``mine``: read back from the journal for
+    the ``resumed`` ones, computed (and journalled) for the others."""
+    sampled = numel is not None
+    done = {} if journal is None else journal.done
+    rows = []
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # leave the caller's random state alone
+        for c in mine:
+            if c in resumed:
+                rows.append(done[c][0].to(x.device))
+                continue
+            t0 = time.perf_counter()
+            xc = x[c * B : (c + 1) * B]
+            torch.manual_seed(derive_seed(seed, EVAL_CHUNK, c))
+            if sampled:
+                out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0], data_numel=numel, amp=amp)
+                with autocast(x.device, amp):  # the bodies in bf16; the terms they parameterise in float32
+                    t = elbo_terms(model, xc, 1)
+                    means = model.encode(xc)[0]
+                cols = [out["log_px"], out["ess"], t["elbo"], t["rec"], t["kl"]]
+                feats = torch.cat([torch.stack(cols, 1), means], 1)
+            else:
+                with autocast(x.device, amp):
+                    feats = model.log_prob(xc).unsqueeze(1)
+            rows.append(feats.double())
+            if journal is not None:
+                journal.append(c, rows[-1], time.perf_counter() - t0)
+            if bar:
+                bar.update(xc.shape[0])
+    return rows
 
 
 def _open_journal(journal_dir, model, x: Tensor, k: int, seed: int, B: int, amp: bool, F: int, W: int) -> Journal:

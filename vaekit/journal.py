@@ -12,7 +12,9 @@ naming everything the rows are a function of. Every later line is one finished u
 ``{"unit": c, "seconds": s, "rows": [[float, ...], ...]}``: Python's ``repr`` of a float64
 round-trips exactly, and JSON's ``NaN``/``-Infinity`` spellings carry the non-finite values. Each
 line is written whole, flushed and fsync'ed before the next unit starts, so a kill leaves at most
-one partial last line; reading drops it and cuts the file back to the last whole line.
+one partial last line; reading drops it and cuts the file back to the last whole line. The file is
+held under an exclusive advisory lock (``flock``) while open, so a second process running the same
+computation at the same time is refused rather than appending the same units again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError, one_line
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 FORMAT = 1
 
@@ -65,20 +72,45 @@ class Journal:
         self.key = json.loads(json.dumps(key))  # as it reads back: tuples become lists
         self.done: dict[int, tuple[Tensor, float]] = {}
         try:
-            raw = self.path.read_bytes() if self.path.exists() else b""
-        except OSError as e:
-            raise CheckpointError(f"cannot read the journal {self.path}: {one_line(e)}") from None
-        if raw and not raw.startswith(b'{"vaekit_journal"'):
-            raise CheckpointError(f"{self.path} is not a vaekit journal; name another file for it")
-        lines = raw.split(b"\n")  # every piece but the last ended in a newline: a whole line
-        if len(lines) > 1:
-            self._read(raw, lines)
-        else:  # absent, or killed before its header was whole
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w") as f:
-                f.write(json.dumps({"vaekit_journal": FORMAT, "key": self.key}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            self._file = open(self.path, "a+b")  # held, and locked, for the journal's life
+        except OSError as e:
+            raise CheckpointError(f"cannot open the journal {self.path}: {one_line(e)}") from None
+        try:
+            self._lock()
+            self._file.seek(0)
+            raw = self._file.read()
+            if raw and not raw.startswith(b'{"vaekit_journal"'):
+                raise CheckpointError(f"{self.path} is not a vaekit journal; name another file for it")
+            lines = raw.split(b"\n")  # every piece but the last ended in a newline: a whole line
+            if len(lines) > 1:
+                self._read(raw, lines)
+            else:  # new, or killed before its header was whole
+                self._file.truncate(0)
+                self._write(json.dumps({"vaekit_journal": FORMAT, "key": self.key}))
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _lock(self) -> None:
+        """An exclusive advisory lock: two processes running the same evaluation at once would append
+        the same chunks twice; the second is refused instead."""
+        if fcntl is None:  # not POSIX: no advisory locks to take
+            return
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"the journal {self.path} is held by another running evaluation of the same thing; "
+                "let it finish, or stop it first"
+            ) from None
+        except OSError:
+            pass  # a filesystem without locks (some network mounts): proceed unlocked
+
+    def _write(self, line: str) -> None:
+        self._file.write(line.encode() + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def _read(self, raw: bytes, lines: list[bytes]) -> None:
         try:
@@ -103,20 +135,21 @@ class Journal:
             self.done[unit] = (rows, seconds)
             good += len(line) + 1
         if good < len(raw):
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-                f.flush()
-                os.fsync(f.fileno())
+            self._file.truncate(good)  # appends (mode "a") then start at the new end
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def append(self, unit: int, rows: Tensor, seconds: float) -> None:
         """Record unit ``unit`` as finished with ``rows`` [n, F] (stored as float64) after ``seconds``."""
         doc = {"unit": int(unit), "seconds": float(seconds), "rows": rows.detach().double().cpu().tolist()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(doc) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._write(json.dumps(doc))
         self.done[int(unit)] = (rows.detach().double().cpu(), float(seconds))
+
+    def close(self) -> None:
+        """Release the file and its lock; what was appended stays for the next run."""
+        self._file.close()
 
     def remove(self) -> None:
         """Delete the journal file (the computation is complete and its result kept elsewhere)."""
         self.path.unlink(missing_ok=True)
+        self.close()
