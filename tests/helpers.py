@@ -132,3 +132,15 @@ def tiny_digits_vae_args(run) -> list[str]:
     sets = ["hidden=[16]", "latent_dim=2", "eval_k=0", "tensorboard=false"]
     return ["train", "--preset", "dense-digits", "--epochs", "1", *[a for s in sets for a in ("--set", s)],
             "--out", str(run), "--no-progress"]  # fmt: skip
+
+
+def tiny_vae_and_data(n: int = 10):
+    """A dense-digits VAE on 1x4x4 images (16 hidden units, 3 latents; weights from seed 0, in eval
+    mode) and n fixed binary examples [n, 1, 4, 4]: the smallest model the evaluator's tests need."""
+    from vaekit.config import build_config
+    from vaekit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 3}), (1, 4, 4)).eval()
+    x = torch.bernoulli(torch.full((n, 1, 4, 4), 0.3), generator=torch.Generator().manual_seed(1))
+    return model, x

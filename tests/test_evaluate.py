@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import digits
+from helpers import digits, tiny_vae_and_data
 
 from vaekit.config import build_config
 from vaekit.evaluate import SPLIT_MIN_CHUNKS, evaluate, format_table, per_example_log_prob
@@ -18,10 +18,7 @@ from vaekit.seeding import EVAL_CHUNK, derive_seed
 
 @pytest.fixture(scope="module")
 def vae_and_data():
-    torch.manual_seed(0)
-    model = build_model(build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 3}), (1, 4, 4)).eval()
-    x = torch.bernoulli(torch.full((10, 1, 4, 4), 0.3), generator=torch.Generator().manual_seed(1))
-    return model, x
+    return tiny_vae_and_data(10)
 
 
 def test_chunk_c_draws_after_derive_seed(vae_and_data):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_vae_and_data
 
 import vaekit.evaluate
 from vaekit.config import build_config
@@ -97,10 +98,7 @@ def test_digests_tell_apart_what_differs():
 
 @pytest.fixture(scope="module")
 def vae_and_data():
-    torch.manual_seed(0)
-    model = build_model(build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 3}), (1, 4, 4)).eval()
-    x = torch.bernoulli(torch.full((12, 1, 4, 4), 0.3), generator=torch.Generator().manual_seed(1))
-    return model, x
+    return tiny_vae_and_data(12)
 
 
 class Killed(Exception):
@@ -123,13 +121,18 @@ def _kill_after(monkeypatch, n: int) -> list:
     return calls
 
 
+def _killed(monkeypatch, n: int, run) -> None:
+    """``run()`` stopped, as by a kill, when the importance sampler is called for the (n+1)-th time."""
+    with monkeypatch.context() as m:
+        _kill_after(m, n)
+        with pytest.raises(Killed):
+            run()
+
+
 def test_an_evaluation_killed_and_run_again_gives_the_uninterrupted_numbers(vae_and_data, tmp_path, monkeypatch):
     model, x = vae_and_data
     whole = evaluate(model, x, k=7, progress=False, seed=3)
-    with monkeypatch.context() as m:
-        _kill_after(m, 5)
-        with pytest.raises(Killed):
-            evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)
+    _killed(monkeypatch, 5, lambda: evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path))
     (journal,) = tmp_path.glob("eval-*.partial.jsonl")
     assert len(journal.read_text().splitlines()) == 1 + 5  # the header and the 5 finished chunks
     with monkeypatch.context() as m:
@@ -145,10 +148,7 @@ def test_an_evaluation_killed_and_run_again_gives_the_uninterrupted_numbers(vae_
 
 def test_a_journal_is_found_only_by_the_same_evaluation(vae_and_data, tmp_path, monkeypatch):
     model, x = vae_and_data
-    with monkeypatch.context() as m:
-        _kill_after(m, 4)
-        with pytest.raises(Killed):
-            evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)
+    _killed(monkeypatch, 4, lambda: evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path))
     # another seed, K, data or model: another journal, and the first one is left for its own evaluation
     assert evaluate(model, x, k=7, progress=False, seed=4, journal_dir=tmp_path)["resumed"] == 0
     assert evaluate(model, x, k=8, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 0
@@ -165,8 +165,5 @@ def test_a_journal_is_found_only_by_the_same_evaluation(vae_and_data, tmp_path, 
 def test_per_example_log_prob_resumes_the_same_way(vae_and_data, tmp_path, monkeypatch):
     model, x = vae_and_data
     whole = per_example_log_prob(model, x, k=6, progress=False, seed=1)
-    with monkeypatch.context() as m:
-        _kill_after(m, 3)
-        with pytest.raises(Killed):
-            per_example_log_prob(model, x, k=6, progress=False, seed=1, journal_dir=tmp_path)
+    _killed(monkeypatch, 3, lambda: per_example_log_prob(model, x, k=6, progress=False, seed=1, journal_dir=tmp_path))
     assert torch.equal(per_example_log_prob(model, x, k=6, progress=False, seed=1, journal_dir=tmp_path), whole)

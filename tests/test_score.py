@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_vae_and_data
 
 from vaekit.cli import main
 from vaekit.config import apply_overrides, build_config, get_preset
@@ -22,10 +23,7 @@ from vaekit.seeding import EVAL_CHUNK, derive_seed
 
 @pytest.fixture(scope="module")
 def vae_and_data():
-    torch.manual_seed(0)
-    model = build_model(build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 3}), (1, 4, 4)).eval()
-    x = torch.bernoulli(torch.full((10, 1, 4, 4), 0.3), generator=torch.Generator().manual_seed(1))
-    return model, x
+    return tiny_vae_and_data(10)
 
 
 def test_vae_scores_are_evaluates_per_example_log_px(vae_and_data):
