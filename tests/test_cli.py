@@ -297,13 +297,11 @@ def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, c
         return real(*a, **kw)
 
     out = tmp_path / "resumed" / "eval.json"
+    journal = tmp_path / "resumed" / "eval.json.journal"
     with monkeypatch.context() as m:
         m.setattr(vaekit.evaluate, "importance_sampled_log_prob", killed_after_two)
-        try:
-            main(argv + ["-o", str(out)])
-        except (KeyboardInterrupt, SystemExit):
-            pass
-    assert not out.exists() and len(list(out.parent.glob("eval-*.partial.jsonl"))) == 1
+        assert main(argv + ["-o", str(out)]) == 130  # the Ctrl-C exit status
+    assert not out.exists() and len(list(journal.glob("eval-*.partial.jsonl"))) == 1
     capsys.readouterr()
     assert main(argv + ["-o", str(out)]) == 0
     assert "2 of the 6 examples were read back" in capsys.readouterr().err
@@ -311,7 +309,25 @@ def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, c
     assert (resumed["resumed"], whole["resumed"]) == (2, 0)
     for key in ("nll", "nll_stderr", "elbo", "kl", "rec", "active_units"):
         assert resumed[key] == whole[key]
-    assert not list(out.parent.glob("eval-*.partial.jsonl"))  # removed once the result is written
+    assert not journal.exists()  # removed once the result is written
+
+
+def test_evaluate_refuses_a_folder_as_output_before_evaluating(run, tmp_path, capsys, monkeypatch):
+    import vaekit.evaluate
+
+    monkeypatch.setattr(vaekit.evaluate, "importance_sampled_log_prob", lambda *a, **kw: pytest.fail("evaluated"))
+    assert main(["evaluate", str(run), "--n", "2", "--k", "2", "--no-progress", "-o", str(tmp_path)]) == 2
+    assert f"cannot write {tmp_path}: it is a folder" in capsys.readouterr().err
+
+
+def test_evaluate_of_an_autoencoder_reports_its_reconstruction(tmp_path, capsys):
+    run = tmp_path / "ae"
+    argv = ["train", "--preset", "dense-digits", "--model", "autoencoder", "--epochs", "1", "--out", str(run)]
+    assert main(argv + ["--max-steps", "2", "--no-progress", "--set", "tensorboard=false"]) == 0
+    assert main(["evaluate", str(run), "--n", "5", "--no-progress"]) == 0
+    res = json.loads((run / "eval-test.json").read_text())
+    assert res["log_prob_kind"] == "none" and res["nll"] is None and res["resumed"] == 0
+    assert math.isfinite(res["rec"]) and res["rec"] < 0
 
 
 def test_evaluate_of_a_checkpoint_writes_beside_its_run(run, capsys):

@@ -9,10 +9,11 @@ import torch
 from helpers import tiny_vae_and_data
 
 import vaekit.evaluate
+import vaekit.journal
 from vaekit.config import build_config
 from vaekit.errors import CheckpointError
 from vaekit.evaluate import evaluate, per_example_log_prob
-from vaekit.journal import Journal, key_digest, tensor_digest
+from vaekit.journal import Journal, key_digest, module_digest, tensor_digest
 from vaekit.models import build_model
 
 KEY = {"what": "test", "k": 5, "seed": 0}
@@ -75,7 +76,7 @@ def test_another_computations_journal_is_refused_by_name(tmp_path):
     assert other.read_text() == "my notes, no newline"  # never overwritten
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="advisory locks are POSIX")
+@pytest.mark.skipif(vaekit.journal.fcntl is None, reason="advisory locks are POSIX")
 def test_a_journal_in_use_is_refused_to_a_second_writer(tmp_path):
     path = tmp_path / "j.jsonl"
     first = Journal(path, KEY)
@@ -94,6 +95,21 @@ def test_digests_tell_apart_what_differs():
     assert tensor_digest(a) != tensor_digest({"v": torch.arange(6.0).reshape(2, 3)})  # name
     assert tensor_digest({"s": torch.tensor(1.0, dtype=torch.bfloat16)})  # 0-d and bf16 tensors hash too
     assert key_digest({"a": 1, "b": 2}) == key_digest({"b": 2, "a": 1}) != key_digest({"a": 1, "b": 3})
+
+
+def test_the_model_digest_sees_settings_that_no_tensor_holds():
+    """Two NICE flows with the same weights and another base distribution compute another log p(x):
+    their journals must not meet."""
+    flows = []
+    for base in ("logistic", "normal"):
+        torch.manual_seed(0)
+        flows.append(build_model(build_config("nice-mnist", overrides={"flow_base": base}), (1, 4, 4)))
+    a, b = flows
+    assert tensor_digest(a.state_dict()) == tensor_digest(b.state_dict())
+    assert module_digest(a) != module_digest(b)
+    torch.manual_seed(0)
+    again = build_model(build_config("nice-mnist", overrides={"flow_base": "logistic"}), (1, 4, 4))
+    assert module_digest(again) == module_digest(a)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +158,12 @@ def test_an_evaluation_killed_and_run_again_gives_the_uninterrupted_numbers(vae_
     assert again["resumed"] == 5 and whole["resumed"] == 0
     for key in ("nll", "nll_stderr", "elbo", "rec", "kl", "ess_mean", "active_units", "bpd"):
         assert again[key] == whole[key]  # bit for bit
-    assert not journal.exists()  # removed once complete
     assert again["seconds"] > 0
+    assert journal.exists()  # kept until the caller has kept the result: a call before that is instant
+    with monkeypatch.context() as m:
+        calls = _kill_after(m, 10**9)
+        assert evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)["nll"] == whole["nll"]
+    assert calls == []
 
 
 def test_a_journal_is_found_only_by_the_same_evaluation(vae_and_data, tmp_path, monkeypatch):
@@ -158,7 +178,7 @@ def test_a_journal_is_found_only_by_the_same_evaluation(vae_and_data, tmp_path, 
     assert tensor_digest(other.state_dict()) != tensor_digest(model.state_dict())
     other.eval()
     assert evaluate(other, x, k=7, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 0
-    assert len(list(tmp_path.glob("eval-*.partial.jsonl"))) == 1
+    assert len(list(tmp_path.glob("eval-*.partial.jsonl"))) == 5
     assert evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 4
 
 

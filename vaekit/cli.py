@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import errno
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -496,7 +497,12 @@ def _evaluate_args(p):
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("--amp", action="store_true", help=AMP_HELP)
-    p.add_argument("-o", "--output", help="where to write the JSON (default RUN/eval-SPLIT.json)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="where to write the JSON (default RUN/eval-SPLIT.json); until it is written, finished chunks "
+        "wait in OUTPUT.journal/, from which the same command resumes after a kill",
+    )
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
     )
@@ -515,6 +521,8 @@ def _evaluate(args):
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
         x = _first(_model_data(model, cfg, args, args.split).x, args.n, "--n", f"{args.split} examples")
         out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
+        if out.is_dir():  # refused before hours of evaluation, not after
+            raise VaekitError(f"cannot write {out}: it is a folder")
         res = evaluate(
             model,
             x,
@@ -532,16 +540,24 @@ def _evaluate(args):
     print(format_table(res))
     _data_unit_nll(res, model.data_transform)
     _write_json(out, res)
+    _drop_journal(_journal_dir(out))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 def _journal_dir(out: Path) -> Path | None:
     """Where a long evaluation keeps its finished chunks (``vaekit.journal``), so that the same command
-    after a kill resumes it: beside its output, on one process (under torchrun: none)."""
+    after a kill resumes it: ``OUT.journal/`` beside its output, deleted once the output is written
+    (:func:`_drop_journal`); none under torchrun, whose processes split the chunks between them."""
     from . import distributed
 
-    return out.parent if distributed.world_size() == 1 else None
+    return None if distributed.launched() else out.with_name(out.name + ".journal")
+
+
+def _drop_journal(folder: Path | None) -> None:
+    """Delete a finished evaluation's journal folder: its output now holds the result."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _note_resumed(resumed: int, n: int) -> None:
@@ -1207,6 +1223,7 @@ def _score(args):
     if args.csv:
         _write_text(args.csv, scores_csv(scores, None if ds.y is None else ds.y[: x.shape[0]]))
         written.append(args.csv)
+    _drop_journal(_journal_dir(out))
     print(f"wrote {' and '.join(written)}", file=sys.stderr)
     return 0
 

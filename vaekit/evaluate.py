@@ -25,11 +25,12 @@ weight, ESS, ELBO terms, posterior means) are all-gathered in example order: the
 pure function of (model, x, k, seed), the same on one process or many.
 
 A long evaluation is resumable (``journal_dir``; ``vaekit evaluate`` and ``vaekit score`` keep it
-beside their output): every finished chunk's rows are appended to a :class:`~vaekit.journal.Journal`
-named by a digest of the weights, the data, K, the seed, the chunk size and the precision, so the
-same call after a kill computes only the missing chunks and returns the same numbers, bit for bit,
-as an uninterrupted run. A K=5000 evaluation of a conv decoder on 10,000 test images takes hours
-on a CPU; this is what lets it span sessions.
+in a folder beside their output until the output is written): every finished chunk's rows are
+appended to a :class:`~vaekit.journal.Journal` named by a digest of the model, the data, K, the
+seed, the chunk size, the precision, the device and the torch version, so the same call after a
+kill computes only the missing chunks and returns the same numbers, bit for bit, as an
+uninterrupted run. An image decoder's K=5000 evaluation of a full test set can take hours on a
+CPU; this lets it outlive the process that started it.
 
 With ``amp`` (off by default; ``vaekit evaluate --amp``, ``train.eval_amp`` for the end-of-epoch
 evaluation) every layer of the net bodies, the output layers included, computes in bf16 under
@@ -52,7 +53,7 @@ from torch import Tensor
 from . import distributed
 from .errors import ConfigError
 from .inference import chunk_sizes, decoder_numel, importance_sampled_log_prob, mean_and_stderr
-from .journal import Journal, key_digest, tensor_digest
+from .journal import Journal, key_digest, module_digest, tensor_digest
 from .models import model_device
 from .nets import autocast
 from .objectives import elbo_terms
@@ -76,7 +77,7 @@ def _per_example_split(
 ) -> dict:
     """Per-example results in example order: this process's chunks, then an all-gather. With
     ``journal_dir``, finished chunks are read from and written to a :class:`~vaekit.journal.Journal`
-    there (module docstring), removed once every chunk is done."""
+    there (module docstring), which stays until the caller deletes it."""
     N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
     # the memory budget of importance_sampled_log_prob, with its decoder activation factor
@@ -89,26 +90,26 @@ def _per_example_split(
     F = (5 + int(model.latent_dim)) if sampled else 1
     journal = _open_journal(journal_dir, model, x, k, seed, B, amp, F, W) if journal_dir is not None else None
     done = {} if journal is None else journal.done
-    resumed = [c for c in mine if c in done and done[c][0].shape == (min(B, N - c * B), F)]
+    resumed = {c for c in mine if c in done and done[c][0].shape == (min(B, N - c * B), F)}
     bar = None
-    if progress and distributed.is_main():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=sum(min(B, N - c * B) for c in mine),
-            initial=sum(min(B, N - c * B) for c in resumed),
-            desc=desc,
-            unit="ex",
-            leave=False,
-            dynamic_ncols=True,
-        )
     try:
+        if progress and distributed.is_main():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=sum(min(B, N - c * B) for c in mine),
+                initial=sum(min(B, N - c * B) for c in resumed),
+                desc=desc,
+                unit="ex",
+                leave=False,
+                dynamic_ncols=True,
+            )
         rows = _chunk_rows(model, x, k, seed, B, amp, numel, mine, journal, resumed, bar)
     finally:
         if journal is not None:
             journal.close()  # released on a kill too; its finished chunks stay
-    if bar:
-        bar.close()
+        if bar:
+            bar.close()
     local = torch.cat(rows) if rows else torch.zeros((0, F), dtype=torch.float64, device=x.device)
     parts = distributed.all_gather_rows(local)
     # rank q holds chunks q, q+W, ...: put every chunk back at its place
@@ -122,7 +123,6 @@ def _per_example_split(
     extra = {"resumed": sum(min(B, N - c * B) for c in resumed)}
     if journal is not None:
         extra["journal_seconds"] = sum(done[c][1] for c in resumed)
-        journal.remove()
     if not sampled:
         return {"log_px": table[:, 0], **extra}
     return {
@@ -176,7 +176,7 @@ def _open_journal(journal_dir, model, x: Tensor, k: int, seed: int, B: int, amp:
         raise ConfigError("a resumable evaluation (a journal) runs on one process; drop the journal under torchrun")
     key = {
         "what": "vaekit.evaluate per-example rows",
-        "model": tensor_digest(model.state_dict()),
+        "model": module_digest(model),
         "data": tensor_digest({"x": x}),
         "n": int(x.shape[0]),
         "k": int(k),
@@ -184,7 +184,8 @@ def _open_journal(journal_dir, model, x: Tensor, k: int, seed: int, B: int, amp:
         "chunk": int(B),
         "amp": bool(amp),
         "columns": int(F),
-        "device": x.device.type,
+        "device": torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type,
+        "torch": torch.__version__,  # another build may round differently: no mixing of chunks
     }
     return Journal(Path(journal_dir) / f"eval-{key_digest(key)}.partial.jsonl", key)
 
@@ -216,7 +217,7 @@ def _reconstruction_only(model, x: Tensor, batch_size: int, amp: bool) -> dict:
     t0 = time.perf_counter()
     with autocast(x.device, amp):
         rec = torch.cat([model.loss(x[i : i + batch_size])["rec"] for i in range(0, x.shape[0], batch_size)])
-    res = {"log_prob_kind": "none", "n": x.shape[0], "k": None, "amp": amp}
+    res = {"log_prob_kind": "none", "n": x.shape[0], "k": None, "amp": amp, "resumed": 0}
     res.update({key: None for key in ("nll", "nll_stderr", "elbo", "kl", "bpd", "active_units")})
     res["rec"], res["rec_stderr"] = mean_and_stderr(rec)
     res["seconds"] = time.perf_counter() - t0
@@ -246,11 +247,13 @@ def evaluate(
         amp: run the net bodies under bf16 autocast (module docstring); log-likelihoods, log-weights
             and logsumexps stay float32 or wider. Default off; recorded as ``amp`` in the result.
         journal_dir: make the evaluation resumable: every finished chunk is appended to a journal
-            in this folder (``vaekit.journal``; one process only), named by a digest of the
-            weights, the data, ``k``, ``seed``, the chunk size and ``amp``. The same call after a
-            kill computes only the missing chunks and returns the same numbers as an uninterrupted
-            run; the journal is deleted when the evaluation completes. The result's ``resumed``
-            counts the examples read back, and ``seconds`` includes the time they took then.
+            in this folder (``vaekit.journal``; one process only), named by a digest of the model
+            (its modules, settings and weights), the data, ``k``, ``seed``, the chunk size,
+            ``amp``, the device and the torch version. The same call after a kill computes only
+            the missing chunks and returns the same numbers as an uninterrupted run. The journal
+            stays until the caller deletes the folder, once the result is safely kept (a call
+            before that reads every chunk back at once). The result's ``resumed`` counts the
+            examples read back, and ``seconds`` includes the time they took then.
     """
     model.eval()
     x = x.to(model_device(model))

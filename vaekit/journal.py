@@ -1,6 +1,6 @@
 """A crash-safe, append-only record of finished units of a long computation.
 
-A K=5000 importance-sampled evaluation of an image VAE on 10,000 test images takes hours on a
+A K=5000 importance-sampled evaluation of an image VAE on a full test set can take hours on a
 CPU. Its examples are cut into chunks, and each chunk is a pure function of (model weights, data,
 K, seed, chunk size, precision) (``vaekit.evaluate``), so a chunk finished once never needs
 computing again. The journal keeps every finished chunk's rows; an evaluation killed at any
@@ -19,13 +19,14 @@ computation at the same time is refused rather than appending the same units aga
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import CheckpointError, one_line
 
@@ -46,6 +47,24 @@ def tensor_digest(named: dict[str, Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 (hex) of what a model computes: every submodule's name, class and plain settings (its
+    public attributes that are numbers, strings, booleans or tuples of them, such as a flow's base
+    distribution or a likelihood's bit depth, which live in no tensor), then its ``state_dict``."""
+    h = hashlib.sha256()
+    for name, m in module.named_modules():
+        settings = {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training" and _plain(v)}
+        h.update(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{json.dumps(settings, sort_keys=True)}|".encode())
+    h.update(tensor_digest(module.state_dict()).encode())
+    return h.hexdigest()
+
+
+def _plain(v) -> bool:
+    if isinstance(v, (tuple, list)):
+        return all(_plain(u) for u in v)
+    return v is None or isinstance(v, (bool, int, float, str))
 
 
 def key_digest(key: dict) -> str:
@@ -108,16 +127,21 @@ class Journal:
             pass  # a filesystem without locks (some network mounts): proceed unlocked
 
     def _write(self, line: str) -> None:
-        self._file.write(line.encode() + b"\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(line.encode() + b"\n")
+            self._file.flush()
+        except OSError as e:  # a full disk, a lost mount: the units so far stay readable
+            raise CheckpointError(f"cannot append to the journal {self.path}: {one_line(e)}") from None
+        _sync(self._file)
 
     def _read(self, raw: bytes, lines: list[bytes]) -> None:
         try:
             head = json.loads(lines[0])
-            theirs = head["key"]
+            theirs, version = head["key"], head["vaekit_journal"]
         except (ValueError, KeyError, TypeError):
             raise CheckpointError(f"{self.path} is not a vaekit journal (its first line is no header)") from None
+        if version != FORMAT or not isinstance(theirs, dict):
+            raise CheckpointError(f"{self.path} is a journal of another format ({version!r}); delete it to start over")
         if theirs != self.key:
             fields = sorted(k for k in set(theirs) | set(self.key) if theirs.get(k) != self.key.get(k))
             raise CheckpointError(
@@ -137,7 +161,7 @@ class Journal:
         if good < len(raw):
             self._file.truncate(good)  # appends (mode "a") then start at the new end
             self._file.flush()
-            os.fsync(self._file.fileno())
+            _sync(self._file)
 
     def append(self, unit: int, rows: Tensor, seconds: float) -> None:
         """Record unit ``unit`` as finished with ``rows`` [n, F] (stored as float64) after ``seconds``."""
@@ -149,7 +173,12 @@ class Journal:
         """Release the file and its lock; what was appended stays for the next run."""
         self._file.close()
 
-    def remove(self) -> None:
-        """Delete the journal file (the computation is complete and its result kept elsewhere)."""
-        self.path.unlink(missing_ok=True)
-        self.close()
+
+def _sync(f) -> None:
+    """fsync ``f``, where the filesystem can: some (FUSE, some network mounts) cannot, and there the
+    journal is as durable as their writes are."""
+    try:
+        os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise CheckpointError(f"cannot sync the journal {f.name}: {one_line(e)}") from None

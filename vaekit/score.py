@@ -23,6 +23,7 @@ References:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -42,7 +43,7 @@ def score(
     seed: int = 0,
     progress: bool = True,
     amp: bool = False,
-    journal_dir=None,
+    journal_dir: str | Path | None = None,
 ) -> Tensor:
     """Per-example scores of ``x`` [N, *data_shape] under ``model``.
 
@@ -52,7 +53,8 @@ def score(
         seed: seeds the importance samples per chunk of examples; the scores are a pure function
             of (model, x, k, seed) and the caller's random state is left alone.
         amp: the nets' layers in bf16, log-densities in float32 (``evaluate.per_example_log_prob``).
-        journal_dir: a folder that makes the scoring resumable after a kill (``evaluate.evaluate``).
+        journal_dir: a folder that makes the scoring resumable after a kill; the caller deletes it once
+            the scores are kept (``evaluate.evaluate``).
 
     Returns:
         [N, 2] float64 on the CPU, columns ``SCORE_COLUMNS``: log p(x) in nats, and bits per
