@@ -197,3 +197,12 @@ def test_bf16_bodies_move_the_is_nll_of_a_trained_conv_vae_by_less_than_a_hundre
     b = evaluate(model, x[:8], k=20, progress=False, seed=3, amp=True)
     assert a["amp"] is False and b["amp"] is True  # the result says how it was computed
     assert b["nll"] == pytest.approx(a["nll"], abs=0.05) and b["elbo"] == pytest.approx(a["elbo"], abs=0.05)
+
+
+def test_a_launched_process_outside_a_process_group_evaluates_every_chunk(vae_and_data, monkeypatch):
+    """torchrun sets RANK for every process; without an open group each one computes all the chunks
+    (not only its round-robin share) and gets the whole answer."""
+    model, x = vae_and_data
+    whole = per_example_log_prob(model, x, k=4, progress=False, seed=2)
+    monkeypatch.setenv("RANK", "1")
+    assert torch.equal(per_example_log_prob(model, x, k=4, progress=False, seed=2), whole)

@@ -1192,31 +1192,37 @@ def _score_args(p):
 
 
 def _score(args):
+    from . import distributed
+    from .checkpoint import load_shared
     from .score import format_summary, score, scores_csv
+    from .train import resolve_device
     from .viz import save_array
 
     _at_least(1, {"--k": args.k, "--n": args.n, "--batch-size": args.batch_size})
     out = _npy_path(args.output)
     if args.csv and Path(args.csv).is_dir():
         raise VaekitError(f"cannot write {args.csv}: it is a folder")
-    model, cfg, _ = _load_run(args)
-    if model.log_prob_kind == "none":
-        raise VaekitError(
-            f"vaekit score needs a model with a density (a VAE, flow or mixture); {args.run} is a {cfg.model.kind}"
+    with distributed.session():  # under torchrun the examples are split over the processes
+        model, cfg, _ = load_shared(args.run, device=resolve_device(args.device or "cpu"))
+        if model.log_prob_kind == "none":
+            raise VaekitError(
+                f"vaekit score needs a model with a density (a VAE, flow or mixture); {args.run} is a {cfg.model.kind}"
+            )
+        ds = _model_data(model, cfg, args, args.split)
+        x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
+        progress = not args.no_progress
+        scores = score(
+            model,
+            x,
+            k=args.k,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=progress,
+            amp=args.amp,
+            journal_dir=_journal_dir(out),
         )
-    ds = _model_data(model, cfg, args, args.split)
-    x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
-    progress = not args.no_progress
-    scores = score(
-        model,
-        x,
-        k=args.k,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=progress,
-        amp=args.amp,
-        journal_dir=_journal_dir(out),
-    )
+        if not distributed.is_main():
+            return 0
     save_array(scores.numpy(), out)
     print(f"{_data_config(cfg, args).name} ({args.split}): {format_summary(scores, model.log_prob_kind, args.k)}")
     written = [str(out)]

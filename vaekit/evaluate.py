@@ -85,7 +85,8 @@ def _per_example_split(
     B = batch_size or (chunk_sizes(N, k, numel)[0] if sampled else 1000)
     B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
     n_chunks = math.ceil(N / B)
-    W, r = distributed.world_size(), distributed.rank()
+    W = distributed.world_size()
+    r = distributed.rank() if W > 1 else 0  # a launched process outside a group does every chunk
     mine = list(range(r, n_chunks, W))
     F = (5 + int(model.latent_dim)) if sampled else 1
     journal = _open_journal(journal_dir, model, x, k, seed, B, amp, F, W) if journal_dir is not None else None
