@@ -3,6 +3,12 @@ computes only the missing ones and returns, bit for bit, what an uninterrupted r
 
 import json
 import math
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +193,42 @@ def test_per_example_log_prob_resumes_the_same_way(vae_and_data, tmp_path, monke
     whole = per_example_log_prob(model, x, k=6, progress=False, seed=1)
     _killed(monkeypatch, 3, lambda: per_example_log_prob(model, x, k=6, progress=False, seed=1, journal_dir=tmp_path))
     assert torch.equal(per_example_log_prob(model, x, k=6, progress=False, seed=1, journal_dir=tmp_path), whole)
+
+
+EVAL_SCRIPT = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[2])
+from helpers import tiny_vae_and_data
+import vaekit.evaluate as ev
+real = ev.importance_sampled_log_prob
+def slow(*a, **kw):  # each chunk takes a while, so that a kill lands inside one
+    time.sleep(0.04)
+    return real(*a, **kw)
+ev.importance_sampled_log_prob = slow
+model, x = tiny_vae_and_data(40)
+print("ready", file=sys.stderr, flush=True)
+res = ev.evaluate(model, x, k=5, progress=False, seed=1, journal_dir=sys.argv[1])
+print(repr(res["nll"]), res["resumed"])
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_an_evaluation_killed_by_sigkill_at_random_moments_ends_with_the_uninterrupted_numbers(tmp_path):
+    script = tmp_path / "evaluate_slowly.py"
+    script.write_text(EVAL_SCRIPT)
+    argv = [sys.executable, str(script), str(tmp_path / "journal"), str(Path(__file__).parent)]
+    rng = random.Random(0)
+    for _ in range(3):
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stderr.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.2, 0.4))  # at most about 10 of the 40 chunks per run
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    nll, resumed = done.stdout.split()
+    model, x = tiny_vae_and_data(40)
+    assert float(nll) == evaluate(model, x, k=5, progress=False, seed=1)["nll"]  # bit for bit
+    assert 0 < int(resumed) < 40  # the kills left finished chunks, and killed runs did not finish
