@@ -193,11 +193,11 @@ def evaluate_row(run: Path, x_test, k: int, device: str, progress: bool) -> dict
     if out.is_file():
         return {**json.loads(out.read_text()), "cached": True}
     model = vaekit.load(run, device=device)
-    journal = out.with_name(out.name + ".journal")  # resumable; kept until the result is
-    res = evaluate(model, x_test, k=k, progress=progress, seed=0, journal_dir=journal)
+    journal_dir = out.with_name(out.name + ".journal")  # resumable; kept until the result is
+    res = evaluate(model, x_test, k=k, progress=progress, seed=0, journal_dir=journal_dir)
     res["eval_seconds"] = res["seconds"]  # with the time of chunks read back from the journal
     atomic_write(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
-    shutil.rmtree(journal, ignore_errors=True)
+    shutil.rmtree(journal_dir, ignore_errors=True)  # this row's own folder: one evaluation
     return res
 
 

@@ -302,6 +302,9 @@ def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, c
         m.setattr(vaekit.evaluate, "importance_sampled_log_prob", killed_after_two)
         assert main(argv + ["-o", str(out)]) == 130  # the Ctrl-C exit status
     assert not out.exists() and len(list(journal.glob("eval-*.partial.jsonl"))) == 1
+    other = ["evaluate", str(run), "--n", "3", "--k", "2", "--no-progress", "-o", str(out)]
+    assert main(other) == 0  # another evaluation to the same output: it leaves the unfinished one's journal
+    assert len(list(journal.glob("eval-*.partial.jsonl"))) == 1
     capsys.readouterr()
     assert main(argv + ["-o", str(out)]) == 0
     assert "2 of the 6 examples were read back" in capsys.readouterr().err

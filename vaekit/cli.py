@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import errno
 import math
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -523,6 +522,7 @@ def _evaluate(args):
         out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
         if out.is_dir():  # refused before hours of evaluation, not after
             raise VaekitError(f"cannot write {out}: it is a folder")
+        journal_dir = _journal_dir(out)
         res = evaluate(
             model,
             x,
@@ -531,7 +531,7 @@ def _evaluate(args):
             progress=_progress(args),
             seed=args.seed,
             amp=args.amp,
-            journal_dir=_journal_dir(out),
+            journal_dir=journal_dir,
         )
         if not distributed.is_main():
             return 0
@@ -540,7 +540,7 @@ def _evaluate(args):
     print(format_table(res))
     _data_unit_nll(res, model.data_transform)
     _write_json(out, res)
-    _drop_journal(_journal_dir(out))
+    _drop_journal(journal_dir, model, x, args)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -554,10 +554,19 @@ def _journal_dir(out: Path) -> Path | None:
     return None if distributed.launched() else out.with_name(out.name + ".journal")
 
 
-def _drop_journal(folder: Path | None) -> None:
-    """Delete a finished evaluation's journal folder: its output now holds the result."""
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+def _drop_journal(journal_dir: Path | None, model, x, args) -> None:
+    """Delete the journal of the evaluation that ``args`` ran of ``model`` on ``x``
+    (``evaluate.journal_file``), its output now holding the result, and ``journal_dir`` once no
+    other evaluation's unfinished journal is left in it."""
+    from .evaluate import journal_file
+
+    if journal_dir is None:
+        return
+    journal_file(journal_dir, model, x, k=args.k, batch_size=args.batch_size, seed=args.seed, amp=args.amp).unlink(
+        missing_ok=True
+    )
+    with contextlib.suppress(OSError):  # not empty: another evaluation's journal waits there
+        journal_dir.rmdir()
 
 
 def _note_resumed(resumed: int, n: int) -> None:
@@ -1180,6 +1189,7 @@ def _score_args(p):
         "training data), column 1 bits/dim (NaN where undefined)",
     )
     p.add_argument("--csv", help="also write the scores here as CSV: index,log_px,bits_per_dim[,label]")
+    # until the output is written, finished chunks wait in OUTPUT.journal/ (see vaekit evaluate -h)
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--n", type=int, help="only the first N examples")
     p.add_argument(
@@ -1211,6 +1221,7 @@ def _score(args):
         ds = _model_data(model, cfg, args, args.split)
         x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
         progress = not args.no_progress
+        journal_dir = _journal_dir(out)
         scores = score(
             model,
             x,
@@ -1219,7 +1230,7 @@ def _score(args):
             seed=args.seed,
             progress=progress,
             amp=args.amp,
-            journal_dir=_journal_dir(out),
+            journal_dir=journal_dir,
         )
         if not distributed.is_main():
             return 0
@@ -1229,7 +1240,7 @@ def _score(args):
     if args.csv:
         _write_text(args.csv, scores_csv(scores, None if ds.y is None else ds.y[: x.shape[0]]))
         written.append(args.csv)
-    _drop_journal(_journal_dir(out))
+    _drop_journal(journal_dir, model, x, args)
     print(f"wrote {' and '.join(written)}", file=sys.stderr)
     return 0
 

@@ -27,9 +27,9 @@ pure function of (model, x, k, seed), the same on one process or many.
 A long evaluation is resumable (``journal_dir``; ``vaekit evaluate`` and ``vaekit score`` keep it
 in a folder beside their output until the output is written): every finished chunk's rows are
 appended to a :class:`~vaekit.journal.Journal` named by a digest of the model, the data, K, the
-seed, the chunk size, the precision, the device and the torch version, so the same call after a
-kill computes only the missing chunks and returns the same numbers, bit for bit, as an
-uninterrupted run. An image decoder's K=5000 evaluation of a full test set can take hours on a
+seed, the chunk size, the precision, the device and the versions of torch and vaekit, so the same
+call after a kill computes only the missing chunks and returns the same numbers, bit for bit on
+the same number of threads, as an uninterrupted run. An image decoder's K=5000 evaluation of a full test set can take hours on a
 CPU; this lets it outlive the process that started it.
 
 With ``amp`` (off by default; ``vaekit evaluate --amp``, ``train.eval_amp`` for the end-of-epoch
@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import distributed
+from . import __version__, distributed
 from .errors import ConfigError
 from .inference import chunk_sizes, decoder_numel, importance_sampled_log_prob, mean_and_stderr
 from .journal import Journal, key_digest, module_digest, tensor_digest
@@ -80,16 +80,14 @@ def _per_example_split(
     there (module docstring), which stays until the caller deletes it."""
     N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
-    # the memory budget of importance_sampled_log_prob, with its decoder activation factor
-    numel = decoder_numel(model, x.shape[1:]) if sampled else None
-    B = batch_size or (chunk_sizes(N, k, numel)[0] if sampled else 1000)
-    B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
+    numel, B, F = _chunking(model, x, k, batch_size)
     n_chunks = math.ceil(N / B)
     W = distributed.world_size()
     r = distributed.rank() if W > 1 else 0  # a launched process outside a group does every chunk
     mine = list(range(r, n_chunks, W))
-    F = (5 + int(model.latent_dim)) if sampled else 1
-    journal = _open_journal(journal_dir, model, x, k, seed, B, amp, F, W) if journal_dir is not None else None
+    if journal_dir is not None and W > 1:
+        raise ConfigError("a resumable evaluation (a journal) runs on one process; drop the journal under torchrun")
+    journal = None if journal_dir is None else Journal(*_journal_file_and_key(journal_dir, model, x, k, seed, B, amp))
     done = {} if journal is None else journal.done
     resumed = {c for c in mine if c in done and done[c][0].shape == (min(B, N - c * B), F)}
     bar = None
@@ -170,11 +168,22 @@ def _chunk_rows(model, x, k, seed, B, amp, numel, mine, journal, resumed, bar) -
     return rows
 
 
-def _open_journal(journal_dir, model, x: Tensor, k: int, seed: int, B: int, amp: bool, F: int, W: int) -> Journal:
-    """The journal of this evaluation in ``journal_dir``, named by the digest of what its chunks are
-    a function of: the weights, the data, K, the seed, the chunk size and the precision."""
-    if W > 1:
-        raise ConfigError("a resumable evaluation (a journal) runs on one process; drop the journal under torchrun")
+def _chunking(model, x: Tensor, k: int, batch_size: int | None) -> tuple[int | None, int, int]:
+    """(decoder numbers per code or None, examples per chunk B, columns per example F) of an
+    evaluation of x [N, ...]: B from the memory budget of importance_sampled_log_prob (with its
+    decoder activation factor), capped so that there are at least SPLIT_MIN_CHUNKS chunks."""
+    sampled = model.log_prob_kind == "importance-sampled"
+    numel = decoder_numel(model, x.shape[1:]) if sampled else None
+    N = x.shape[0]
+    B = batch_size or (chunk_sizes(N, k, numel)[0] if sampled else 1000)
+    B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
+    return numel, B, (5 + int(model.latent_dim)) if sampled else 1
+
+
+def _journal_file_and_key(journal_dir, model, x: Tensor, k: int, seed: int, B: int, amp: bool) -> tuple[Path, dict]:
+    """The journal of an evaluation in ``journal_dir``, named by the digest of what its chunks are a
+    function of: the model (modules, settings, weights), the data, K, the seed, the chunk size, the
+    precision, the device, and the versions of torch and vaekit."""
     key = {
         "what": "vaekit.evaluate per-example rows",
         "model": module_digest(model),
@@ -184,11 +193,27 @@ def _open_journal(journal_dir, model, x: Tensor, k: int, seed: int, B: int, amp:
         "seed": int(seed),
         "chunk": int(B),
         "amp": bool(amp),
-        "columns": int(F),
         "device": torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type,
         "torch": torch.__version__,  # another build may round differently: no mixing of chunks
+        "vaekit": __version__,
     }
-    return Journal(Path(journal_dir) / f"eval-{key_digest(key)}.partial.jsonl", key)
+    return Path(journal_dir) / f"eval-{key_digest(key)}.partial.jsonl", key
+
+
+def journal_file(
+    journal_dir: str | Path,
+    model,
+    x: Tensor,
+    k: int = 5000,
+    batch_size: int | None = None,
+    seed: int = 0,
+    amp: bool = False,
+) -> Path:
+    """The journal file that :func:`evaluate` or :func:`per_example_log_prob` with these arguments
+    keeps in ``journal_dir``: the one to delete once their result is safely kept (other evaluations'
+    journals in the same folder are left alone)."""
+    x = x.to(model_device(model))
+    return _journal_file_and_key(journal_dir, model, x, k, seed, _chunking(model, x, k, batch_size)[1], amp)[0]
 
 
 @torch.no_grad()
@@ -250,10 +275,10 @@ def evaluate(
         journal_dir: make the evaluation resumable: every finished chunk is appended to a journal
             in this folder (``vaekit.journal``; one process only), named by a digest of the model
             (its modules, settings and weights), the data, ``k``, ``seed``, the chunk size,
-            ``amp``, the device and the torch version. The same call after a kill computes only
+            ``amp``, the device and the versions of torch and vaekit. The same call after a kill computes only
             the missing chunks and returns the same numbers as an uninterrupted run. The journal
-            stays until the caller deletes the folder, once the result is safely kept (a call
-            before that reads every chunk back at once). The result's ``resumed`` counts the
+            stays until the caller deletes it (:func:`journal_file` names it) once the result is
+            safely kept; a call before that reads every chunk back at once. The result's ``resumed`` counts the
             examples read back, and ``seconds`` includes the time they took then.
     """
     model.eval()

@@ -36,6 +36,7 @@ except ImportError:  # Windows
     fcntl = None
 
 FORMAT = 1
+HEADER = b'{"vaekit_journal"'  # how every journal's first line starts
 
 
 def tensor_digest(named: dict[str, Tensor]) -> str:
@@ -99,9 +100,10 @@ class Journal:
             self._lock()
             self._file.seek(0)
             raw = self._file.read()
-            if raw and not raw.startswith(b'{"vaekit_journal"'):
-                raise CheckpointError(f"{self.path} is not a vaekit journal; name another file for it")
             lines = raw.split(b"\n")  # every piece but the last ended in a newline: a whole line
+            torn = len(lines) == 1 and (HEADER.startswith(raw) or raw.startswith(HEADER) or not raw.strip(b"\0"))
+            if raw and not torn and not raw.startswith(HEADER):
+                raise CheckpointError(f"{self.path} is not a vaekit journal; name another file for it")
             if len(lines) > 1:
                 self._read(raw, lines)
             else:  # new, or killed before its header was whole
@@ -180,5 +182,5 @@ def _sync(f) -> None:
     try:
         os.fsync(f.fileno())
     except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
             raise CheckpointError(f"cannot sync the journal {f.name}: {one_line(e)}") from None
