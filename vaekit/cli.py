@@ -1186,10 +1186,10 @@ def _score_args(p):
         "--output",
         default="scores.npy",
         help="scores as a float64 array [N, 2] (.npy): column 0 log p(x) in nats (higher: more typical of the "
-        "training data), column 1 bits/dim (NaN where undefined)",
+        "training data), column 1 bits/dim (NaN where undefined); until it is written, finished chunks wait "
+        "in OUTPUT.journal/, from which the same command resumes after a kill",
     )
     p.add_argument("--csv", help="also write the scores here as CSV: index,log_px,bits_per_dim[,label]")
-    # until the output is written, finished chunks wait in OUTPUT.journal/ (see vaekit evaluate -h)
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--n", type=int, help="only the first N examples")
     p.add_argument(
