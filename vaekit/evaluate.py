@@ -29,8 +29,8 @@ in a folder beside their output until the output is written): every finished chu
 appended to a :class:`~vaekit.journal.Journal` named by a digest of the model, the data, K, the
 seed, the chunk size, the precision, the device and the versions of torch and vaekit, so the same
 call after a kill computes only the missing chunks and returns the same numbers, bit for bit on
-the same number of threads, as an uninterrupted run. An image decoder's K=5000 evaluation of a full test set can take hours on a
-CPU; this lets it outlive the process that started it.
+the same number of threads, as an uninterrupted run. An image decoder's K=5000 evaluation of a
+full test set can take hours on a CPU; this lets it outlive the process that started it.
 
 With ``amp`` (off by default; ``vaekit evaluate --amp``, ``train.eval_amp`` for the end-of-epoch
 evaluation) every layer of the net bodies, the output layers included, computes in bf16 under
