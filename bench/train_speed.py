@@ -29,10 +29,14 @@ full MNIST training tensor, in interleaved rounds (the median is reported; the m
   (`fused=false`).
 
     python bench/train_speed.py --burda --steps 3000 --rounds 3
+
+`--burda --layers 2`: the same for the two-stochastic-layer net (`iwae-2l`, its ELBO with the
+Monte-Carlo KL), against a bare eager loop of that net written the same way.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import tempfile
@@ -52,6 +56,8 @@ from vaekit.config import build_config  # noqa: E402
 from vaekit.data import binarize_dynamic, binarize_static, load_dataset  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
 from vaekit.train import train  # noqa: E402
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 class ReferenceVAE(nn.Module):
@@ -150,8 +156,49 @@ def bare_loop(x: torch.Tensor, batch: int, steps: int, seed: int) -> float:
     return steps * batch / t.seconds
 
 
-def vaekit_loop(x: torch.Tensor, batch: int, steps: int, seed: int, fused: bool, device: str) -> float:
-    """`vaekit.train.train` of preset iwae-1l for ``steps`` steps; returns images/s."""
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_out)
+    )
+
+
+def _log_normal(z: torch.Tensor, mu: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag exp(lv)) summed over the last dimension."""
+    return -0.5 * (lv + (z - mu) ** 2 * torch.exp(-lv) + LOG_2PI).sum(-1)
+
+
+def bare_loop_2l(x: torch.Tensor, batch: int, steps: int, seed: int) -> float:
+    """The bare eager loop of Burda et al.'s two-stochastic-layer VAE (x -> 200 -> 200 -> z1 (100)
+    -> 100 -> 100 -> z2 (50); z2 -> 100 -> 100 -> z1 -> 200 -> 200 -> x; tanh), one sample, the ELBO
+    with its Monte-Carlo KL as ``iwae-2l`` trains it; returns images/s."""
+    torch.manual_seed(seed)
+    enc, up, down, dec = _mlp(784, 200, 200), _mlp(100, 100, 100), _mlp(50, 100, 200), _mlp(100, 200, 784)
+    params = [p for m in (enc, up, down, dec) for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-4)
+    xf, n = x.view(x.shape[0], 784), x.shape[0]
+    with Timer() as t:
+        for s in range(steps):
+            i = (s * batch) % (n - batch + 1)
+            xb = torch.bernoulli(xf[i : i + batch])
+            mu1, lv1 = enc(xb).chunk(2, -1)
+            z1 = mu1 + torch.randn_like(mu1) * torch.exp(0.5 * lv1)
+            m2, lq2 = up(z1).chunk(2, -1)
+            z2 = m2 + torch.randn_like(m2) * torch.exp(0.5 * lq2)
+            pm, plv = down(z2).chunk(2, -1)
+            log_px = -F.binary_cross_entropy_with_logits(dec(z1), xb, reduction="none").sum(1)
+            log_p = _log_normal(z1, pm, plv) - 0.5 * (z2 * z2 + LOG_2PI).sum(1)
+            log_q = _log_normal(z1, mu1, lv1) + _log_normal(z2, m2, lq2)
+            loss = -(log_px + log_p - log_q).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return steps * batch / t.seconds
+
+
+def vaekit_loop(
+    x: torch.Tensor, batch: int, steps: int, seed: int, fused: bool, device: str, preset: str = "iwae-1l"
+) -> float:
+    """`vaekit.train.train` of ``preset`` (iwae-1l or iwae-2l) for ``steps`` steps; returns images/s."""
     over = {
         "batch_size": batch,
         "adam_eps": 1e-4,
@@ -162,23 +209,30 @@ def vaekit_loop(x: torch.Tensor, batch: int, steps: int, seed: int, fused: bool,
         "ckpt_every": 10**9,
         "device": device,
     }
-    cfg = build_config("iwae-1l", overrides=over)
+    cfg = build_config(preset, overrides=over)
     with tempfile.TemporaryDirectory() as tmp, Timer() as t:
         train(cfg, Path(tmp) / "run", x, None, transform=binarize_dynamic, progress=False, max_steps=steps)
     return steps * batch / t.seconds
 
 
 def burda(args) -> None:
+    net = {
+        1: "iwae-1l (784-200-200-50 tanh, Bernoulli)",
+        2: "iwae-2l (784-200-200-100 (z1), 100-100-50 (z2), tanh, Bernoulli; ELBO, Monte-Carlo KL)",
+    }[args.layers]
     header(
-        f"train_speed --burda: iwae-1l (784-200-200-50 tanh, Bernoulli) vs a bare eager loop, full MNIST "
+        f"train_speed --burda: {net} vs a bare eager loop, full MNIST "
         f"(60,000 train images, dynamically binarised), {args.steps} steps per run, {args.rounds} interleaved rounds",
         args,
     )
     x = load_dataset("mnist", "train", data_dir=data_dir("mnist")).x
+    preset, bare = ("iwae-1l", bare_loop) if args.layers == 1 else ("iwae-2l", bare_loop_2l)
     sides = {
-        "bare eager loop (nn.Linear, autograd, Adam)": lambda b, n: bare_loop(x, b, n, args.seed),
-        "vaekit train, hand-derived gradient": lambda b, n: vaekit_loop(x, b, n, args.seed, True, args.device),
-        "vaekit train, autograd (fused=false)": lambda b, n: vaekit_loop(x, b, n, args.seed, False, args.device),
+        "bare eager loop (nn.Linear, autograd, Adam)": lambda b, n: bare(x, b, n, args.seed),
+        "vaekit train, hand-derived gradient": lambda b, n: vaekit_loop(x, b, n, args.seed, True, args.device, preset),
+        "vaekit train, autograd (fused=false)": lambda b, n: vaekit_loop(
+            x, b, n, args.seed, False, args.device, preset
+        ),
     }
     for batch in args.batch:
         for f in sides.values():  # warm-up: allocator, kernels, the first checkpoint write
@@ -207,6 +261,9 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[20, 100], help="--burda: batch sizes")
     p.add_argument("--steps", type=int, default=3000, help="--burda: steps per run")
     p.add_argument("--rounds", type=int, default=3, help="--burda: interleaved rounds")
+    p.add_argument(
+        "--layers", type=int, choices=(1, 2), default=1, help="--burda: stochastic layers (iwae-1l or iwae-2l)"
+    )
     args = p.parse_args()
     if args.burda:
         burda(args)
