@@ -134,22 +134,15 @@ def reference_test_nelbo(model, x_test):
     return torch.cat(out).mean().item()
 
 
-def bare_loop(x: torch.Tensor, batch: int, steps: int, seed: int) -> float:
-    """The bare eager loop of Burda et al.'s one-layer VAE; returns images/s."""
-    torch.manual_seed(seed)
-    enc = nn.Sequential(nn.Linear(784, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(), nn.Linear(200, 100))
-    dec = nn.Sequential(nn.Linear(50, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(), nn.Linear(200, 784))
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3, eps=1e-4)
+def _bare_adam(nets: list[nn.Module], neg_elbo, x: torch.Tensor, batch: int, steps: int) -> float:
+    """The bare eager loop: batches sliced from one tensor, ``torch.bernoulli`` binarisation, the
+    mean of ``neg_elbo(xb)`` [B] by autograd, ``torch.optim.Adam(eps=1e-4)``; returns images/s."""
+    opt = torch.optim.Adam([p for net in nets for p in net.parameters()], lr=1e-3, eps=1e-4)
     xf, n = x.view(x.shape[0], 784), x.shape[0]
     with Timer() as t:
         for s in range(steps):
             i = (s * batch) % (n - batch + 1)
-            xb = torch.bernoulli(xf[i : i + batch])
-            mu, logvar = enc(xb).chunk(2, -1)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-            rec = F.binary_cross_entropy_with_logits(dec(z), xb, reduction="none").sum(1)
-            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-            loss = (rec + kl).mean()
+            loss = neg_elbo(torch.bernoulli(xf[i : i + batch])).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -167,32 +160,44 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, lv: torch.Tensor) -> torch.Te
     return -0.5 * (lv + (z - mu) ** 2 * torch.exp(-lv) + LOG_2PI).sum(-1)
 
 
+def bare_loop(x: torch.Tensor, batch: int, steps: int, seed: int) -> float:
+    """The bare eager loop of Burda et al.'s one-layer VAE (analytic KL); returns images/s."""
+    torch.manual_seed(seed)
+    enc, dec = _mlp(784, 200, 100), _mlp(50, 200, 784)
+
+    def neg_elbo(xb):
+        mu, logvar = enc(xb).chunk(2, -1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        rec = F.binary_cross_entropy_with_logits(dec(z), xb, reduction="none").sum(1)
+        return rec - 0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+
+    return _bare_adam([enc, dec], neg_elbo, x, batch, steps)
+
+
+def two_layer_neg_elbo(enc: nn.Module, up: nn.Module, down: nn.Module, dec: nn.Module):
+    """xb [B, 784] -> -ELBO [B] of the two-stochastic-layer VAE with these MLPs (q(z1|x), q(z2|z1),
+    p(z1|z2), p(x|z1)): one reparameterised sample, the Monte-Carlo KL, as ``iwae-2l`` trains it."""
+
+    def neg_elbo(xb):
+        mu1, lv1 = enc(xb).chunk(2, -1)
+        z1 = mu1 + torch.randn_like(mu1) * torch.exp(0.5 * lv1)
+        m2, lq2 = up(z1).chunk(2, -1)
+        z2 = m2 + torch.randn_like(m2) * torch.exp(0.5 * lq2)
+        pm, plv = down(z2).chunk(2, -1)
+        log_px = -F.binary_cross_entropy_with_logits(dec(z1), xb, reduction="none").sum(1)
+        log_p = _log_normal(z1, pm, plv) - 0.5 * (z2 * z2 + LOG_2PI).sum(1)
+        return -(log_px + log_p - _log_normal(z1, mu1, lv1) - _log_normal(z2, m2, lq2))
+
+    return neg_elbo
+
+
 def bare_loop_2l(x: torch.Tensor, batch: int, steps: int, seed: int) -> float:
     """The bare eager loop of Burda et al.'s two-stochastic-layer VAE (x -> 200 -> 200 -> z1 (100)
-    -> 100 -> 100 -> z2 (50); z2 -> 100 -> 100 -> z1 -> 200 -> 200 -> x; tanh), one sample, the ELBO
-    with its Monte-Carlo KL as ``iwae-2l`` trains it; returns images/s."""
+    -> 100 -> 100 -> z2 (50); z2 -> 100 -> 100 -> z1 -> 200 -> 200 -> x; tanh): ``two_layer_neg_elbo``;
+    returns images/s."""
     torch.manual_seed(seed)
-    enc, up, down, dec = _mlp(784, 200, 200), _mlp(100, 100, 100), _mlp(50, 100, 200), _mlp(100, 200, 784)
-    params = [p for m in (enc, up, down, dec) for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-4)
-    xf, n = x.view(x.shape[0], 784), x.shape[0]
-    with Timer() as t:
-        for s in range(steps):
-            i = (s * batch) % (n - batch + 1)
-            xb = torch.bernoulli(xf[i : i + batch])
-            mu1, lv1 = enc(xb).chunk(2, -1)
-            z1 = mu1 + torch.randn_like(mu1) * torch.exp(0.5 * lv1)
-            m2, lq2 = up(z1).chunk(2, -1)
-            z2 = m2 + torch.randn_like(m2) * torch.exp(0.5 * lq2)
-            pm, plv = down(z2).chunk(2, -1)
-            log_px = -F.binary_cross_entropy_with_logits(dec(z1), xb, reduction="none").sum(1)
-            log_p = _log_normal(z1, pm, plv) - 0.5 * (z2 * z2 + LOG_2PI).sum(1)
-            log_q = _log_normal(z1, mu1, lv1) + _log_normal(z2, m2, lq2)
-            loss = -(log_px + log_p - log_q).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return steps * batch / t.seconds
+    nets = [_mlp(784, 200, 200), _mlp(100, 100, 100), _mlp(50, 100, 200), _mlp(100, 200, 784)]
+    return _bare_adam(nets, two_layer_neg_elbo(*nets), x, batch, steps)
 
 
 def vaekit_loop(
