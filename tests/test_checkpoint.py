@@ -294,3 +294,23 @@ def test_a_runs_standardisation_survives_its_checkpoints_and_vaekit_load(tmp_pat
         del state["config"]["data"][key]
     old, cfg_old = ckpt.model_from_state(state)
     assert old.data_transform.identity and old.data_transform.invert(z) is z and cfg_old.data.standardize == "auto"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_loaded_model_has_the_memory_format_its_run_trained_in(tmp_path, channels_last):
+    """`model.channels_last` is a speed switch of the run: the model rebuilt for evaluation or
+    sampling stores its conv weights channels-last exactly when training did, computes the same
+    numbers to float rounding, and is a different computation to the evaluation journal."""
+    from vaekit.journal import module_digest
+
+    cfg = build_config("conv-mnist", overrides={"channels": [4, 8], "latent_dim": 3, "channels_last": channels_last})
+    model, _, _ = learner(cfg, 0)
+    state = ckpt.training_state(1, model, cfg, (1, 8, 8), epoch=0, bad_steps=0, optimizer=None, ema=None)
+    loaded, _, _ = ckpt.load_model(ckpt.save_checkpoint(tmp_path, state), ema=False)
+    convs = [p for p in loaded.parameters() if p.dim() == 4 and p.shape[1] > 1]  # the two formats differ
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) == channels_last for p in convs)
+    assert all(p.is_contiguous() != channels_last for p in convs)
+    z = torch.randn(5, 3)
+    with torch.no_grad():
+        assert torch.allclose(loaded.decoder.body(z), model.decoder.body(z), atol=1e-5)
+    assert (module_digest(loaded) == module_digest(model)) != channels_last

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.helpers import digits, trains_on_digits
 from vaekit.config import ModelConfig, get_preset
 from vaekit.errors import ConfigError
 from vaekit.models.vae import build_vae
 from vaekit.nets import NetSpec, build_decoder, build_encoder
-from vaekit.nets.conv import ConvEncoder, stage_sizes
+from vaekit.nets.conv import TAP_SUM_MAX_OUT, ConvEncoder, OutputConv, conv3x3_tap_sum, stage_sizes
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (2, 7, 9)]
 
@@ -62,3 +63,41 @@ def test_presets_resolve_to_conv_nets():
     assert (cfg.model.encoder, cfg.model.decoder, cfg.model.likelihood) == ("conv", "conv", "bernoulli")
     assert get_preset("resnet-cifar").model.likelihood == "logistic_mixture"
     assert get_preset("pixelvae-cifar").model.pixelcnn_output == "logistic_mixture"
+
+
+@pytest.mark.parametrize("P", [1, 2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [(28, 28), (5, 3), (1, 1)])
+def test_the_tap_sum_is_the_convolution_and_its_gradient(P, channels_last, size):
+    """Summing the nine shifted tap maps reassociates the convolution's sums: same values and the
+    same gradients for x, weight and bias (float64), in either memory format, at any image size."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(P, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(P, dtype=torch.float64, requires_grad=True)
+    xi = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    got, want = conv3x3_tap_sum(xi, w, b), F.conv2d(x, w, b, padding=1)
+    assert got.is_contiguous() and torch.allclose(got, want, atol=1e-12)
+    g_got = torch.autograd.grad(got.sin().sum(), (x, w, b))
+    g_want = torch.autograd.grad(want.sin().sum(), (x, w, b))
+    for a, c in zip(g_got, g_want):
+        assert torch.allclose(a, c, atol=1e-11)
+    assert torch.allclose(conv3x3_tap_sum(xi, w, None), F.conv2d(x, w, None, padding=1), atol=1e-12)
+
+
+def test_the_output_layer_is_a_conv2d_whatever_path_it_takes():
+    """OutputConv keeps nn.Conv2d's parameters and keys (old checkpoints load) and gives the
+    convolution's output with few channels (tap sum) and many (the direct kernel); under bf16
+    autocast it returns the convolution to bf16 accuracy."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 10, 10)
+    for P in (1, TAP_SUM_MAX_OUT, TAP_SUM_MAX_OUT + 1):
+        layer = OutputConv(8, P)
+        plain = torch.nn.Conv2d(8, P, 3, padding=1)
+        plain.load_state_dict(layer.state_dict())
+        assert list(layer.state_dict()) == ["weight", "bias"]
+        with torch.no_grad():
+            assert torch.allclose(layer(x), plain(x), atol=1e-5)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = layer(x).float()
+            assert torch.allclose(low, plain(x), atol=0.1, rtol=0.05)

@@ -63,6 +63,7 @@ from . import __version__, distributed
 from .config import Config
 from .errors import CheckpointError, ConfigError, one_line
 from .models import build_model
+from .nets import to_channels_last
 
 CKPT_DIR = "checkpoints"
 CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
@@ -688,7 +689,8 @@ def load_model(path: str | Path, device="cpu", ema: bool = True):
 
 
 def model_from_state(state: dict, device="cpu", ema: bool = True):
-    """``(model, config)`` rebuilt from a loaded checkpoint dict, in eval mode on ``device``."""
+    """``(model, config)`` rebuilt from a loaded checkpoint dict, in eval mode on ``device``, with the
+    memory format its config asks for (``model.channels_last``), as training used it."""
     cfg = config_of(state)
     model = build_model(cfg, tuple(state["data_shape"]))
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
@@ -698,7 +700,7 @@ def model_from_state(state: dict, device="cpu", ema: bool = True):
         raise CheckpointError(
             f"checkpoint weights do not fit the model its config describes ({str(e).splitlines()[0][:120]})"
         ) from None
-    return model.to(device).eval(), cfg
+    return to_channels_last(model.to(device), cfg.model.channels_last).eval(), cfg
 
 
 def load_shared(path: str | Path, device="cpu", ema: bool = True, warn: bool = True, missing: str | None = None):

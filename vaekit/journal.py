@@ -53,12 +53,18 @@ def tensor_digest(named: dict[str, Tensor]) -> str:
 def module_digest(module: nn.Module) -> str:
     """SHA-256 (hex) of what a model computes: every submodule's name, class and plain settings (its
     public attributes that are numbers, strings, booleans or tuples of them, such as a flow's base
-    distribution or a likelihood's bit depth, which live in no tensor), then its ``state_dict``."""
+    distribution or a likelihood's bit depth, which live in no tensor), then its ``state_dict``, then
+    the names of the weights not stored contiguously (channels-last convolutions run other kernels,
+    which round differently)."""
     h = hashlib.sha256()
     for name, m in module.named_modules():
         settings = {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training" and _plain(v)}
         h.update(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{json.dumps(settings, sort_keys=True)}|".encode())
-    h.update(tensor_digest(module.state_dict()).encode())
+    state = module.state_dict()
+    h.update(tensor_digest(state).encode())
+    strided = sorted(name for name, t in state.items() if not t.is_contiguous())
+    if strided:  # contiguous models keep the digest they had before memory formats were part of it
+        h.update(f"strided|{','.join(strided)}".encode())
     return h.hexdigest()
 
 

@@ -13,6 +13,13 @@ target size, then a 3x3 convolution; avoids checkerboard artefacts, Odena et al.
 Normalisation (``norm``): ``none``, ``batch`` (Ioffe & Szegedy 2015) or ``weight``
 (weight normalisation, Salimans & Kingma 2016).
 
+The decoders' last layer (:class:`OutputConv`) maps many feature channels to the one or two
+parameter channels of a grey-scale likelihood. A direct convolution kernel fills its vector
+lanes with output channels and wastes most of them there, so with at most
+``TAP_SUM_MAX_OUT`` outputs the layer is computed instead as one matrix product to the nine
+"tap maps" W[:, :, ky, kx] x, shifted and summed (:func:`conv3x3_tap_sum`): the same sums,
+reassociated.
+
 References: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep
 Convolutional GANs", ICLR 2016 (strided/transposed conv bodies); Odena, Dumoulin & Olah,
 "Deconvolution and Checkerboard Artifacts", Distill 2016; Salimans & Kingma, "Weight
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from ..checks import image_shape, lookup
@@ -72,6 +80,59 @@ def norm_pair(name: str):
 def conv3x3(c_in: int, c_out: int, norm: str, stride: int = 1) -> nn.Module:
     """3x3 convolution, padding 1, wrapped for weight norm when ``norm == 'weight'``."""
     return norm_pair(norm)[0](nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1))
+
+
+TAP_SUM_MAX_OUT = 2  # more output channels: the 9 * P tap maps cost more than a direct kernel
+
+
+def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """3x3 convolution, stride 1, zero padding 1, computed by its taps.
+
+    out[:, p, y, x] = bias[p] + sum over (ky, kx) of T[ky, kx][:, p, y + ky - 1, x + kx - 1] (zero
+    outside the image), where the tap maps T[ky, kx] = weight[:, :, ky, kx] applied to x at every
+    pixel come from one matrix product [9 P, C] x [C, B H W].
+
+    Args:
+        x: [B, C, H, W], NCHW or channels-last memory (the product reads either without a copy).
+        weight: [P, C, 3, 3]; bias: [P] or None.
+
+    Returns:
+        [B, P, H, W], contiguous; under autocast the products run in its dtype.
+    """
+    B, C, H, W = x.shape
+    P = weight.shape[0]
+    w = weight.permute(2, 3, 0, 1).reshape(9 * P, C)  # rows (ky, kx, p)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        taps = torch.mm(w, x.permute(0, 2, 3, 1).reshape(B * H * W, C).t()).view(3, 3, P, B, H, W)
+        out = taps[1, 1].permute(1, 0, 2, 3)  # [B, P, H, W] views of [P, B, H, W] maps
+        tap = lambda ky, kx: taps[ky, kx].permute(1, 0, 2, 3)  # noqa: E731
+    else:
+        taps = torch.matmul(w, x.contiguous().view(B, C, H * W)).view(B, 3, 3, P, H, W)
+        out = taps[:, 1, 1]
+        tap = lambda ky, kx: taps[:, ky, kx]  # noqa: E731
+    out = out + bias.view(1, P, 1, 1) if bias is not None else out.clone()
+    for ky in range(3):
+        for kx in range(3):
+            if (ky, kx) == (1, 1):
+                continue
+            dy, dx = ky - 1, kx - 1  # out[y, x] takes tap (ky, kx) at (y + dy, x + dx)
+            y0, y1, x0, x1 = max(0, -dy), H - max(0, dy), max(0, -dx), W - max(0, dx)
+            out[:, :, y0:y1, x0:x1] += tap(ky, kx)[:, :, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+    return out.contiguous()
+
+
+class OutputConv(nn.Conv2d):
+    """The decoders' last layer: 3x3 convolution, padding 1, from ``c_in`` feature channels to the
+    likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when ``P <= TAP_SUM_MAX_OUT``.
+    Parameters and ``state_dict`` keys are those of ``nn.Conv2d``."""
+
+    def __init__(self, c_in: int, P: int):
+        super().__init__(c_in, P, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.out_channels <= TAP_SUM_MAX_OUT:
+            return conv3x3_tap_sum(x, self.weight, self.bias)
+        return super().forward(x)
 
 
 # --- up-sampling ---------------------------------------------------------------------------
@@ -178,7 +239,7 @@ class ConvDecoder(NetBody):
                 activation(act),
             ]
         self.features = nn.Sequential(*layers)
-        self.out = nn.Conv2d(channels[0], P, 3, padding=1)
+        self.out = OutputConv(channels[0], P)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.fc(z).view(z.shape[0], *self.start)

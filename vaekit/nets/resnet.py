@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..checks import image_shape
 from ..errors import ConfigError
 from .body import NetBody
-from .conv import check_channels, conv3x3, norm_pair, stage_sizes, upsampler
+from .conv import OutputConv, check_channels, conv3x3, norm_pair, stage_sizes, upsampler
 from .mlp import activation
 from .spec import NetSpec
 
@@ -127,7 +127,7 @@ class ResNetDecoder(NetBody):
             layers += _blocks(blocks, channels[i], act, norm)
         layers += [norm_pair(norm)[1](channels[0]), activation(act)]
         self.features = nn.Sequential(*layers)
-        self.out = nn.Conv2d(channels[0], P, 3, padding=1)
+        self.out = OutputConv(channels[0], P)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.fc(z).view(z.shape[0], *self.start)
