@@ -101,3 +101,27 @@ def test_the_output_layer_is_a_conv2d_whatever_path_it_takes():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 low = layer(x).float()
             assert torch.allclose(low, plain(x), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("act", ["relu", "elu", "tanh"])
+@pytest.mark.parametrize("norm", ["none", "batch", "weight"])
+def test_activations_that_overwrite_conv_outputs_change_no_value_or_gradient(act, norm):
+    """The conv bodies' activations run in place; the same nets with out-of-place activations give
+    the same outputs and the same parameter gradients (float64)."""
+    import copy
+
+    torch.manual_seed(0)
+    spec = NetSpec(channels=(4, 8), activation=act, norm=norm)
+    nets = [build_encoder("conv", (1, 12, 12), 6, spec).double(), build_decoder("conv", 3, (1, 12, 12), spec).double()]
+    inputs = [torch.rand(5, 1, 12, 12, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)]
+    for net, x in zip(nets, inputs):
+        assert any(getattr(m, "inplace", False) for m in net.modules()) == (act != "tanh")
+        plain = copy.deepcopy(net)
+        for m in plain.modules():
+            if hasattr(m, "inplace"):
+                m.inplace = False
+        out, ref = net(x), plain(x)
+        assert torch.allclose(out, ref, atol=1e-12)
+        grads = torch.autograd.grad(out.sin().sum(), list(net.parameters()))
+        ref_grads = torch.autograd.grad(ref.sin().sum(), list(plain.parameters()))
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, ref_grads))

@@ -18,7 +18,8 @@ parameter channels of a grey-scale likelihood. A direct convolution kernel fills
 lanes with output channels and wastes most of them there, so with at most
 ``TAP_SUM_MAX_OUT`` outputs the layer is computed instead as one matrix product to the nine
 "tap maps" W[:, :, ky, kx] x, shifted and summed (:func:`conv3x3_tap_sum`): the same sums,
-reassociated.
+reassociated. The activations after a convolution overwrite its output: a fresh feature map of
+tens of megabytes per chunk of codes costs page faults, not arithmetic.
 
 References: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep
 Convolutional GANs", ICLR 2016 (strided/transposed conv bodies); Odena, Dumoulin & Olah,
@@ -194,7 +195,7 @@ class ConvEncoder(NetBody):
         layers: list[nn.Module] = []
         c_in = C
         for c in channels:
-            layers += [conv3x3(c_in, c, norm, stride=2), norm_pair(norm)[1](c), activation(act)]
+            layers += [conv3x3(c_in, c, norm, stride=2), norm_pair(norm)[1](c), activation(act, inplace=True)]
             c_in = c
         self.features = nn.Sequential(*layers)
         h, w = stage_sizes(H, len(channels))[-1], stage_sizes(W, len(channels))[-1]
@@ -229,14 +230,14 @@ class ConvDecoder(NetBody):
         n = len(channels)
         hs, ws = stage_sizes(H, n), stage_sizes(W, n)
         self.start = (channels[-1], hs[-1], ws[-1])
-        self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), activation(act))
+        self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), activation(act, inplace=True))
         layers: list[nn.Module] = []
         for i in reversed(range(n)):  # side s_{i+1} -> s_i, width channels[i] -> channels[i-1]
             c_out = channels[max(i - 1, 0)]
             layers += [
                 upsampler(upsample, channels[i], c_out, (hs[i + 1], ws[i + 1]), (hs[i], ws[i]), norm),
                 norm_pair(norm)[1](c_out),
-                activation(act),
+                activation(act, inplace=True),  # the output of a conv (or batch norm) nothing else reads
             ]
         self.features = nn.Sequential(*layers)
         self.out = OutputConv(channels[0], P)

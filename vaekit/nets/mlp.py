@@ -27,9 +27,18 @@ ACTIVATIONS = {
 }
 
 
-def activation(name: str) -> nn.Module:
-    """A fresh activation module by name (see ``ACTIVATIONS``)."""
-    return lookup(ACTIVATIONS, name, "activation")()
+INPLACE = {"relu", "elu", "silu", "leaky_relu"}  # the ACTIVATIONS whose module can overwrite its input
+
+
+def activation(name: str, inplace: bool = False) -> nn.Module:
+    """A fresh activation module by name (see ``ACTIVATIONS``).
+
+    ``inplace``: overwrite the input where the activation can (``INPLACE``), saving a fresh output
+    tensor; only for inputs that nothing else reads, and whose producer's backward does not need
+    them (a convolution's or linear map's output, a batch norm's output).
+    """
+    cls = lookup(ACTIVATIONS, name, "activation")
+    return cls(inplace=True) if inplace and name in INPLACE else cls()
 
 
 class MLP(NetBody):
