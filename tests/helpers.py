@@ -144,3 +144,26 @@ def tiny_vae_and_data(n: int = 10):
     model = build_model(build_config("dense-digits", overrides={"hidden": [16], "latent_dim": 3}), (1, 4, 4)).eval()
     x = torch.bernoulli(torch.full((n, 1, 4, 4), 0.3), generator=torch.Generator().manual_seed(1))
     return model, x
+
+
+def assert_in_place_activations_change_nothing(net, x, expect_in_place: bool = True) -> None:
+    """``net(x)`` and the gradients of every parameter are the same (float64 tolerances) with the
+    net's in-place activations as built and with all of them switched out of place."""
+    import copy
+
+    flags = [m for m in net.modules() if isinstance(m, IN_PLACE_ACTIVATIONS)]
+    assert any(m.inplace for m in flags) == expect_in_place
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if isinstance(m, IN_PLACE_ACTIVATIONS):
+            m.inplace = False
+    out, ref = net(x), plain(x)
+    out, ref = (out[0], ref[0]) if isinstance(out, tuple) else (out, ref)
+    assert torch.allclose(out, ref, atol=1e-12)
+    grads = torch.autograd.grad(out.sin().sum(), list(net.parameters()), allow_unused=True)
+    ref_grads = torch.autograd.grad(ref.sin().sum(), list(plain.parameters()), allow_unused=True)
+    for a, b in zip(grads, ref_grads):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-10))
+
+
+IN_PLACE_ACTIVATIONS = (torch.nn.ReLU, torch.nn.ELU, torch.nn.SiLU, torch.nn.LeakyReLU)

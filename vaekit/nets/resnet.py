@@ -37,10 +37,10 @@ class PreActBlock(nn.Module):
         make_norm = norm_pair(norm)[1]
         self.branch = nn.Sequential(
             make_norm(channels),
-            activation(act),
+            activation(act),  # not in place: without a norm its input is x, which the sum reads
             conv3x3(channels, channels, norm),
             make_norm(channels),
-            activation(act),
+            activation(act, inplace=True),
             conv3x3(channels, channels, norm),
         )
 
@@ -84,7 +84,7 @@ class ResNetEncoder(NetBody):
         for i, c in enumerate(channels):
             c_next = channels[min(i + 1, len(channels) - 1)]
             layers += _blocks(blocks, c, act, norm) + [conv3x3(c, c_next, norm, stride=2)]
-        layers += [norm_pair(norm)[1](channels[-1]), activation(act)]
+        layers += [norm_pair(norm)[1](channels[-1]), activation(act, inplace=True)]
         self.features = nn.Sequential(*layers)
         n = len(channels)
         self.head = nn.Linear(channels[-1] * stage_sizes(H, n)[-1] * stage_sizes(W, n)[-1], out_features)
@@ -125,7 +125,7 @@ class ResNetDecoder(NetBody):
             c_in = channels[min(i + 1, n - 1)]
             layers.append(upsampler(upsample, c_in, channels[i], (hs[i + 1], ws[i + 1]), (hs[i], ws[i]), norm))
             layers += _blocks(blocks, channels[i], act, norm)
-        layers += [norm_pair(norm)[1](channels[0]), activation(act)]
+        layers += [norm_pair(norm)[1](channels[0]), activation(act, inplace=True)]
         self.features = nn.Sequential(*layers)
         self.out = OutputConv(channels[0], P)
 
