@@ -119,7 +119,7 @@ class MLPConditioner(Conditioner):
         widths = [in_dim + context_dim] + [hidden] * n_hidden
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(a, b), nn.ReLU()]
         last = nn.Linear(widths[-1], out_dim)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -134,10 +134,7 @@ class MLPConditioner(Conditioner):
 class _ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        # the first ReLU reads x, which the sum reads too; the second a fresh conv output
-        self.net = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ch, ch, 3, padding=1)
-        )
+        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1))
 
     def forward(self, x):
         return x + self.net(x)
@@ -159,9 +156,9 @@ class ConvConditioner(Conditioner):
         self.net = nn.Sequential(
             nn.Conv2d(in_ch, hidden, 3, padding=1),
             *[_ResBlock(hidden) for _ in range(blocks)],
-            nn.ReLU(inplace=True),  # fresh outputs (a conv's or a block's sum): overwritten, not copied
+            nn.ReLU(),
             nn.Conv2d(hidden, hidden, 1),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             last,
         )
 
