@@ -61,6 +61,7 @@ from .seeding import EVAL_CHUNK, derive_seed
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 SPLIT_MIN_CHUNKS = 64  # evaluation cuts the examples into at least this many chunks
+LOG_PX = 0  # the column of log p(x) in every per-example row (and journal row), for every model kind
 
 
 @torch.no_grad()
@@ -123,10 +124,10 @@ def _per_example_split(
     if journal is not None:
         extra["journal_seconds"] = sum(done[c][1] for c in resumed)
     if not sampled:
-        return {"log_px": table[:, 0], **extra}
+        return {"log_px": table[:, LOG_PX], **extra}
     return {
         **extra,
-        "log_px": table[:, 0],
+        "log_px": table[:, LOG_PX],
         "ess": table[:, 1],
         "elbo": table[:, 2],
         "rec": table[:, 3],

@@ -156,16 +156,7 @@ class Journal:
                 f"the journal {self.path} records a different computation (differing: {', '.join(fields)}); "
                 "delete it or write the journal elsewhere"
             )
-        good = len(lines[0]) + 1
-        for line in lines[1:-1]:
-            try:
-                doc = json.loads(line)
-                rows = torch.tensor(doc["rows"], dtype=torch.float64)
-                unit, seconds = int(doc["unit"]), float(doc["seconds"])
-            except (ValueError, KeyError, TypeError):
-                break  # a damaged line: it and everything after it are computed again
-            self.done[unit] = (rows, seconds)
-            good += len(line) + 1
+        self.done, good = _units(lines)
         if good < len(raw):
             self._file.truncate(good)  # appends (mode "a") then start at the new end
             self._file.flush()
@@ -180,6 +171,41 @@ class Journal:
     def close(self) -> None:
         """Release the file and its lock; what was appended stays for the next run."""
         self._file.close()
+
+
+def _units(lines: list[bytes]) -> tuple[dict[int, tuple[Tensor, float]], int]:
+    """The whole units after the header line of ``lines`` (a journal split at newlines; the last
+    piece, unterminated, is never a whole line), and the bytes they and the header span. A damaged
+    line ends the units: it and everything after it count as not done."""
+    done, good = {}, len(lines[0]) + 1
+    for line in lines[1:-1]:
+        try:
+            doc = json.loads(line)
+            rows = torch.tensor(doc["rows"], dtype=torch.float64)
+            unit, seconds = int(doc["unit"]), float(doc["seconds"])
+        except (ValueError, KeyError, TypeError):
+            break
+        done[unit] = (rows, seconds)
+        good += len(line) + 1
+    return done, good
+
+
+def read_journal(path: str | Path) -> tuple[dict, dict[int, tuple[Tensor, float]]]:
+    """(key, units) of the journal at ``path``, read only: no lock is taken and nothing is cut, so a
+    journal still being written can be read (its newest whole units). For comparing evaluations,
+    e.g. two precisions on the same chunks; :class:`Journal` is the writer."""
+    try:
+        raw = Path(path).read_bytes()
+        lines = raw.split(b"\n")
+        head = json.loads(lines[0])
+        key, version = head["key"], head["vaekit_journal"]
+    except OSError as e:
+        raise CheckpointError(f"cannot read the journal {path}: {one_line(e)}") from None
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{path} is not a vaekit journal (its first line is no header)") from None
+    if version != FORMAT or not isinstance(key, dict):
+        raise CheckpointError(f"{path} is a journal of another format ({version!r})")
+    return key, _units(lines)[0]
 
 
 def _sync(f) -> None:
