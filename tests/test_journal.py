@@ -234,3 +234,18 @@ def test_an_evaluation_killed_by_sigkill_at_random_moments_ends_with_the_uninter
     model, x = tiny_vae_and_data(60)
     assert float(nll) == evaluate(model, x, k=5, progress=False, seed=1)["nll"]  # bit for bit
     assert 0 < int(resumed) < 60  # the kills left finished chunks, and killed runs did not finish
+
+
+def test_a_journal_is_refused_to_an_evaluation_split_across_processes(vae_and_data, tmp_path, monkeypatch):
+    """Processes of one torchrun job each compute their share of the chunks: one journal file cannot
+    hold them, so asking for one there is a one-line configuration error, before any chunk runs."""
+    from vaekit import distributed
+    from vaekit.errors import ConfigError
+
+    model, x = vae_and_data
+    calls = _kill_after(monkeypatch, 10**6)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    with pytest.raises(ConfigError, match="runs on one process") as e:
+        evaluate(model, x, k=7, progress=False, journal_dir=tmp_path)
+    assert "\n" not in str(e.value) and not calls and not list(tmp_path.iterdir())
