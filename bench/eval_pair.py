@@ -3,10 +3,11 @@ example: the paired difference of their log p(x), read from the journals that ``
 keeps while it runs (``OUTPUT.journal/eval-*.partial.jsonl``).
 
 Two ``vaekit.evaluate`` journals of one data set with the same K, seed and chunk size draw the same
-noise for each chunk (``seeding.derive_seed(seed, EVAL_CHUNK, chunk)``), so what differs between
-their rows is what their keys say differs: the precision (``--amp``), the code or the weights. The
-difference of the means over the examples both hold, with its standard error over those examples,
-is far tighter than the two NLLs' own standard errors. Unfinished journals are read as they stand.
+noise for each chunk (``seeding.derive_seed(seed, EVAL_CHUNK, chunk)``) on one kind of device, so
+what differs between their rows is what their keys say differs: the precision (``--amp``), the code
+or the weights. The difference of the means over the examples both hold, with its standard error
+over those examples, is far tighter than the two NLLs' own standard errors. Unfinished journals are
+read as they stand.
 
     python bench/eval_pair.py A.partial.jsonl B.partial.jsonl
 """
@@ -26,7 +27,7 @@ from vaekit.errors import VaekitError  # noqa: E402
 from vaekit.evaluate import LOG_PX  # noqa: E402
 from vaekit.journal import read_journal  # noqa: E402
 
-SAME = ("data", "n", "k", "seed", "chunk")  # key fields that must agree for the samples to be the same
+SAME = ("data", "n", "k", "seed", "chunk", "device")  # must agree for the samples to be the same
 
 
 def paired(a: Path, b: Path) -> str:
@@ -47,7 +48,7 @@ def paired(a: Path, b: Path) -> str:
     return "\n".join(
         [
             f"# A: {a}\n# B: {b}",
-            f"# same: {', '.join(f'{f}={key_a.get(f)}' for f in SAME if f != 'data')}, data {str(key_a['data'])[:12]}",
+            f"# same: {', '.join(f'{f}={key_a.get(f)}' for f in SAME if f != 'data')}, data {str(key_a.get('data'))[:12]}",
             "# differ: " + "; ".join(f"{f}: {key_a.get(f)} -> {key_b.get(f)}" for f in differs),
             f"examples in both: {n} ({len(common)} chunks; A holds {len(units_a)}, B {len(units_b)})",
             f"NLL over them: A {-la.mean().item():.4f}, B {-lb.mean().item():.4f} nats",

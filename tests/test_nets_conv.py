@@ -83,6 +83,9 @@ def test_the_tap_sum_is_the_convolution_and_its_gradient(P, channels_last, size)
     for a, c in zip(g_got, g_want):
         assert torch.allclose(a, c, atol=1e-11)
     assert torch.allclose(conv3x3_tap_sum(xi, w, None), F.conv2d(x, w, None, padding=1), atol=1e-12)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 products, float32 sums
+        low = conv3x3_tap_sum(xi.float(), w.float(), None)
+    assert low.dtype == torch.float32 and torch.allclose(low.double(), want - b.view(1, P, 1, 1), atol=0.1, rtol=0.05)
 
 
 def test_the_output_layer_is_a_conv2d_whatever_path_it_takes():
@@ -90,10 +93,10 @@ def test_the_output_layer_is_a_conv2d_whatever_path_it_takes():
     convolution's output with few channels (tap sum) and many (the direct kernel); under bf16
     autocast it returns the convolution to bf16 accuracy."""
     torch.manual_seed(0)
-    x = torch.randn(3, 8, 10, 10)
-    for P in (1, TAP_SUM_MAX_OUT, TAP_SUM_MAX_OUT + 1):
-        layer = OutputConv(8, P)
-        plain = torch.nn.Conv2d(8, P, 3, padding=1)
+    for C, P in ((20, 1), (20, TAP_SUM_MAX_OUT), (20, TAP_SUM_MAX_OUT + 1), (4, 1)):  # the last: taps wider than x
+        x = torch.randn(3, C, 10, 10)
+        layer = OutputConv(C, P)
+        plain = torch.nn.Conv2d(C, P, 3, padding=1)
         plain.load_state_dict(layer.state_dict())
         assert list(layer.state_dict()) == ["weight", "bias"]
         with torch.no_grad():

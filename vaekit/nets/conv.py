@@ -91,7 +91,8 @@ def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
     out[:, p, y, x] = bias[p] + sum over (ky, kx) of T[ky, kx][:, p, y + ky - 1, x + kx - 1] (zero
     outside the image), where the tap maps T[ky, kx] = weight[:, :, ky, kx] applied to x at every
-    pixel come from one matrix product [9 P, C] x [C, B H W].
+    pixel come from one matrix product [9 P, C] x [C, B H W] (batched over B for NCHW input). The
+    sum runs in float32 at least, also when autocast gave the products in bf16.
 
     Args:
         x: [B, C, H, W], NCHW or channels-last memory (the product reads either without a copy).
@@ -111,7 +112,9 @@ def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         taps = torch.matmul(w, x.contiguous().view(B, C, H * W)).view(B, 3, 3, P, H, W)
         out = taps[:, 1, 1]
         tap = lambda ky, kx: taps[:, ky, kx]  # noqa: E731
-    out = out + bias.view(1, P, 1, 1) if bias is not None else out.clone()
+    out = out.to(torch.promote_types(out.dtype, torch.float32), copy=True)
+    if bias is not None:
+        out += bias.view(1, P, 1, 1)
     for ky in range(3):
         for kx in range(3):
             if (ky, kx) == (1, 1):
@@ -124,14 +127,16 @@ def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 class OutputConv(nn.Conv2d):
     """The decoders' last layer: 3x3 convolution, padding 1, from ``c_in`` feature channels to the
-    likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when ``P <= TAP_SUM_MAX_OUT``.
-    Parameters and ``state_dict`` keys are those of ``nn.Conv2d``."""
+    likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when ``P <= TAP_SUM_MAX_OUT``
+    and the 9 P tap maps are no wider than the input (so that they stay within the memory budget the
+    evaluator sizes from the bodies' widest outputs). Parameters and ``state_dict`` keys are those
+    of ``nn.Conv2d``."""
 
     def __init__(self, c_in: int, P: int):
         super().__init__(c_in, P, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.out_channels <= TAP_SUM_MAX_OUT:
+        if self.out_channels <= TAP_SUM_MAX_OUT and 9 * self.out_channels <= self.in_channels:
             return conv3x3_tap_sum(x, self.weight, self.bias)
         return super().forward(x)
 
