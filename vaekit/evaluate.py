@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -81,14 +82,15 @@ def _per_example_split(
     there (module docstring), which stays until the caller deletes it."""
     N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
-    numel, B, F = _chunking(model, x, k, batch_size)
+    plan = _plan(model, x, k, batch_size, seed, amp)
+    B, F = plan.B, plan.F
     n_chunks = math.ceil(N / B)
     W = distributed.world_size()
     r = distributed.rank() if W > 1 else 0  # a launched process outside a group does every chunk
     mine = list(range(r, n_chunks, W))
     if journal_dir is not None and W > 1:
         raise ConfigError("a resumable evaluation (a journal) runs on one process; drop the journal under torchrun")
-    journal = None if journal_dir is None else Journal(*_journal_file_and_key(journal_dir, model, x, k, seed, B, amp))
+    journal = None if journal_dir is None else Journal(*_journal_file_and_key(journal_dir, model, x, plan))
     done = {} if journal is None else journal.done
     resumed = {c for c in mine if c in done and done[c][0].shape == (min(B, N - c * B), F)}
     bar = None
@@ -104,7 +106,7 @@ def _per_example_split(
                 leave=False,
                 dynamic_ncols=True,
             )
-        rows = _chunk_rows(model, x, k, seed, B, amp, numel, mine, journal, resumed, bar)
+        rows = _chunk_rows(model, x, plan, mine, journal, resumed, bar)
     finally:
         if journal is not None:
             journal.close()  # released on a kill too; its finished chunks stay
@@ -136,9 +138,36 @@ def _per_example_split(
     }
 
 
-def _chunk_rows(model, x, k, seed, B, amp, numel, mine, journal, resumed, bar) -> list[Tensor]:
+@dataclass(frozen=True)
+class _Plan:
+    """How an evaluation of x [N, ...] is cut and computed: K importance samples, the seed of the
+    per-chunk noise, bf16 or not, B examples per chunk, the decoder's numbers per code (None for an
+    exact log p(x)) and the F columns of each example's row."""
+
+    k: int
+    seed: int
+    amp: bool
+    B: int
+    numel: int | None
+    F: int
+
+
+def _plan(model, x: Tensor, k: int, batch_size: int | None, seed: int, amp: bool) -> _Plan:
+    """The plan of an evaluation of x [N, ...]: B from the memory budget of
+    importance_sampled_log_prob (with its decoder activation factor), capped so that there are at
+    least SPLIT_MIN_CHUNKS chunks."""
+    sampled = model.log_prob_kind == "importance-sampled"
+    numel = decoder_numel(model, x.shape[1:]) if sampled else None
+    N = x.shape[0]
+    B = batch_size or (chunk_sizes(N, k, numel)[0] if sampled else 1000)
+    B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
+    return _Plan(k, seed, amp, B, numel, (5 + int(model.latent_dim)) if sampled else 1)
+
+
+def _chunk_rows(model, x: Tensor, plan: _Plan, mine, journal, resumed, bar) -> list[Tensor]:
     """The rows [n_c, F] (float64) of this process's chunks ``mine``: read back from the journal for
     the ``resumed`` ones, computed (and journalled) for the others."""
+    k, seed, amp, B, numel = plan.k, plan.seed, plan.amp, plan.B, plan.numel
     sampled = numel is not None
     done = {} if journal is None else journal.done
     rows = []
@@ -169,19 +198,7 @@ def _chunk_rows(model, x, k, seed, B, amp, numel, mine, journal, resumed, bar) -
     return rows
 
 
-def _chunking(model, x: Tensor, k: int, batch_size: int | None) -> tuple[int | None, int, int]:
-    """(decoder numbers per code or None, examples per chunk B, columns per example F) of an
-    evaluation of x [N, ...]: B from the memory budget of importance_sampled_log_prob (with its
-    decoder activation factor), capped so that there are at least SPLIT_MIN_CHUNKS chunks."""
-    sampled = model.log_prob_kind == "importance-sampled"
-    numel = decoder_numel(model, x.shape[1:]) if sampled else None
-    N = x.shape[0]
-    B = batch_size or (chunk_sizes(N, k, numel)[0] if sampled else 1000)
-    B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
-    return numel, B, (5 + int(model.latent_dim)) if sampled else 1
-
-
-def _journal_file_and_key(journal_dir, model, x: Tensor, k: int, seed: int, B: int, amp: bool) -> tuple[Path, dict]:
+def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[Path, dict]:
     """The journal of an evaluation in ``journal_dir``, named by the digest of what its chunks are a
     function of: the model (modules, settings, weights), the data, K, the seed, the chunk size, the
     precision, the device, and the versions of torch and vaekit."""
@@ -190,10 +207,10 @@ def _journal_file_and_key(journal_dir, model, x: Tensor, k: int, seed: int, B: i
         "model": module_digest(model),
         "data": tensor_digest({"x": x}),
         "n": int(x.shape[0]),
-        "k": int(k),
-        "seed": int(seed),
-        "chunk": int(B),
-        "amp": bool(amp),
+        "k": int(plan.k),
+        "seed": int(plan.seed),
+        "chunk": int(plan.B),
+        "amp": bool(plan.amp),
         "device": torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type,
         "torch": torch.__version__,  # another build may round differently: no mixing of chunks
         "vaekit": __version__,
@@ -214,7 +231,7 @@ def journal_file(
     keeps in ``journal_dir``: the one to delete once their result is safely kept (other evaluations'
     journals in the same folder are left alone)."""
     x = x.to(model_device(model))
-    return _journal_file_and_key(journal_dir, model, x, k, seed, _chunking(model, x, k, batch_size)[1], amp)[0]
+    return _journal_file_and_key(journal_dir, model, x, _plan(model, x, k, batch_size, seed, amp))[0]
 
 
 @torch.no_grad()
