@@ -6,6 +6,7 @@ from torch.autograd.functional import jacobian
 
 from vaekit.config import ModelConfig
 from vaekit.models.vae import build_vae
+from vaekit.nets.mlp import ACTIVATIONS, INPLACE
 
 
 def digits(binary: bool = True, n: int = 128) -> torch.Tensor:
@@ -166,4 +167,4 @@ def assert_in_place_activations_change_nothing(net, x, expect_in_place: bool = T
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-10))
 
 
-IN_PLACE_ACTIVATIONS = (torch.nn.ReLU, torch.nn.ELU, torch.nn.SiLU, torch.nn.LeakyReLU)
+IN_PLACE_ACTIVATIONS = tuple(ACTIVATIONS[name] for name in INPLACE)

@@ -143,13 +143,7 @@ class Journal:
         _sync(self._file)
 
     def _read(self, raw: bytes, lines: list[bytes]) -> None:
-        try:
-            head = json.loads(lines[0])
-            theirs, version = head["key"], head["vaekit_journal"]
-        except (ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{self.path} is not a vaekit journal (its first line is no header)") from None
-        if version != FORMAT or not isinstance(theirs, dict):
-            raise CheckpointError(f"{self.path} is a journal of another format ({version!r}); delete it to start over")
+        theirs = _header(lines[0], self.path)
         if theirs != self.key:
             fields = sorted(k for k in set(theirs) | set(self.key) if theirs.get(k) != self.key.get(k))
             raise CheckpointError(
@@ -171,6 +165,18 @@ class Journal:
     def close(self) -> None:
         """Release the file and its lock; what was appended stays for the next run."""
         self._file.close()
+
+
+def _header(line: bytes, path) -> dict:
+    """The key in a journal's first line; a one-line CheckpointError when it is no header of this format."""
+    try:
+        head = json.loads(line)
+        key, version = head["key"], head["vaekit_journal"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{path} is not a vaekit journal (its first line is no header)") from None
+    if version != FORMAT or not isinstance(key, dict):
+        raise CheckpointError(f"{path} is a journal of another format ({version!r}); delete it to start over")
+    return key
 
 
 def _units(lines: list[bytes]) -> tuple[dict[int, tuple[Tensor, float]], int]:
@@ -195,17 +201,10 @@ def read_journal(path: str | Path) -> tuple[dict, dict[int, tuple[Tensor, float]
     journal still being written can be read (its newest whole units). For comparing evaluations,
     e.g. two precisions on the same chunks; :class:`Journal` is the writer."""
     try:
-        raw = Path(path).read_bytes()
-        lines = raw.split(b"\n")
-        head = json.loads(lines[0])
-        key, version = head["key"], head["vaekit_journal"]
+        lines = Path(path).read_bytes().split(b"\n")
     except OSError as e:
         raise CheckpointError(f"cannot read the journal {path}: {one_line(e)}") from None
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{path} is not a vaekit journal (its first line is no header)") from None
-    if version != FORMAT or not isinstance(key, dict):
-        raise CheckpointError(f"{path} is a journal of another format ({version!r})")
-    return key, _units(lines)[0]
+    return _header(lines[0], path), _units(lines)[0]
 
 
 def _sync(f) -> None:
