@@ -43,6 +43,8 @@ def test_parse_mask_halves_and_random(tmp_path):
     assert r.shape == (3, 20, 20) and torch.equal(r[0], r[2])  # whole pixels go missing
     assert 0.4 < 1 - r.mean().item() < 0.6
     assert torch.equal(parse_mask("random:0.5", (3, 20, 20), seed=1), r)
+    torch.manual_seed(1)  # `vaekit complete` seeds its posterior samples with the same --seed
+    assert not torch.equal(r[0], (torch.rand(20, 20) >= 0.5).float())  # the mask draws from its own stream
     np.save(tmp_path / "m.npy", np.eye(4, 6))
     f = parse_mask(str(tmp_path / "m.npy"), shape)
     assert f.shape == shape and f.sum() == 24 - 4

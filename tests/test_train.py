@@ -245,6 +245,29 @@ def test_log_records_carry_the_wall_clock_seconds_of_their_window(tmp_path):
     assert all(r["seconds"] > 0 for r in recs)  # their sum is the run's training time (vaekit compare)
 
 
+def test_a_batch_transform_and_the_model_noise_draw_from_independent_streams():
+    # Under one seed torch.rand and torch.randn read the same Mersenne-Twister words: the step's
+    # Gaussian noise would be the Box-Muller transform of the uniforms that binarised its batch.
+    drawn = []
+
+    def transform(x, gen):
+        drawn.append(torch.rand(64, generator=gen))  # what a dynamic binarisation reads
+        return x
+
+    prepare = batch_preparer(transform, False, torch.device("cpu"))
+    prepare(torch.zeros(2, 3), 12345)
+    noise = torch.empty(32).normal_()  # the model's noise after the same prepare
+    prepare(torch.zeros(2, 3), 12345)
+    assert torch.equal(drawn[0], drawn[1]) and torch.equal(torch.empty(32).normal_(), noise)  # replayed
+    u = drawn[0]
+    box_muller = torch.sqrt(-2 * torch.log1p(-u[:8])) * torch.cos(2 * math.pi * u[8:16])
+    assert not torch.allclose(noise[:8], box_muller, atol=1e-3)
+    torch.manual_seed(12345)
+    assert torch.allclose(torch.empty(32).normal_(), noise)  # the model's stream is the step's seed itself
+    same_seed = torch.Generator().manual_seed(12345)
+    assert not torch.equal(torch.rand(64, generator=same_seed), u)
+
+
 def test_seeds_are_pure_functions_of_step_and_shard():
     assert shard_seed(7, 3, 1) == shard_seed(7, 3, 1)
     seeds = {shard_seed(7, t, s) for t in range(50) for s in range(4)} | {shard_seed(8, 0, 0)}

@@ -50,6 +50,7 @@ from .inference import (
     svi,
 )
 from .objectives import importance_terms, repeat_examples
+from .seeding import RANDOM_MASK, derive_seed
 
 HALVES = ("top", "bottom", "left", "right")
 
@@ -86,7 +87,7 @@ def parse_mask(spec: str, shape: tuple[int, ...], seed: int = 0) -> Tensor:
             raise VaekitError(f"mask '{spec}': the fraction after 'random:' must be a number") from None
         if not 0.0 < p < 1.0:
             raise VaekitError(f"mask '{spec}': the missing fraction must be in (0, 1)")
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(derive_seed(seed, RANDOM_MASK))  # apart from the samples' seed
         pix = shape[1:] if len(shape) == 3 else shape
         missing = torch.rand(pix, generator=g) < p
         m = (~missing).float()

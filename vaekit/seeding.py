@@ -15,6 +15,10 @@ MASK64 = (1 << 64) - 1
 STEP, EPOCH, EVAL_CHUNK, EPOCH_EVAL = 1, 2, 3, 4
 POSTERIOR_MOMENTS = 5  # the fixed noise of Monte-Carlo posterior moments (flow posteriors' encode)
 FID_CLASSIFIER, FID_SAMPLES = 6, 7  # the FID classifier's initialisation and batch order; its samples
+# Draws that must not share a stream with the model's noise drawn under the same seed: with equal
+# seeds torch.rand and torch.randn read the same Mersenne-Twister words, so the Gaussian noise
+# would be a function of the binarisation's (or the mask's) uniforms.
+BATCH_TRANSFORM, RANDOM_MASK = 8, 9  # a training batch's dynamic binarisation; `complete`'s random:P mask
 
 
 def _splitmix(x: int) -> int:

@@ -78,7 +78,7 @@ from .models import build_model
 from .models.base import GenerativeModel
 from .models.dense_step import DenseVAEStep, dense_vae_step
 from .nets import autocast, channels_last_input, maybe_compile, to_channels_last
-from .seeding import EPOCH, EPOCH_EVAL, STEP, derive_seed
+from .seeding import BATCH_TRANSFORM, EPOCH, EPOCH_EVAL, STEP, derive_seed
 
 
 class TrainingDiverged(VaekitError):
@@ -490,13 +490,15 @@ def adam_step(opt: torch.optim.Optimizer) -> None:
 def batch_preparer(
     transform: Callable[[Tensor, torch.Generator], Tensor] | None, channels_last: bool, device: torch.device
 ) -> Callable[[Tensor, int], Tensor]:
-    """``prepare(x, seed)``: seed the device's generator (the model's noise) and the transform's
-    generator with ``seed``, transform ``x`` (dynamic binarisation) and set its memory layout."""
+    """``prepare(x, seed)``: seed the device's generator (the model's noise) with ``seed`` and the
+    transform's generator with a seed derived from it (``seeding.BATCH_TRANSFORM``), transform ``x``
+    (dynamic binarisation) and set its memory layout. Two seeds, not one: under one seed the
+    Gaussian noise of a step would be computed from the very uniforms that binarised its batch."""
     gen = torch.Generator(device=device)
 
     def prepare(x: Tensor, seed: int) -> Tensor:
         seed_device(seed, device)
-        gen.manual_seed(seed)
+        gen.manual_seed(derive_seed(seed, BATCH_TRANSFORM))
         if transform is not None:
             x = transform(x, gen)
         return channels_last_input(x, channels_last)
