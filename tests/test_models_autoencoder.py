@@ -66,7 +66,7 @@ def test_denoising_corrupts_in_training_only(noise_type):
 
 
 def test_bad_noise_config():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown model.ae_noise_type 'salt'; known: "):
         small(ae_noise_type="salt")
     with pytest.raises(ConfigError):
         small(ae_noise=1.5, ae_noise_type="mask")

@@ -120,12 +120,12 @@ def test_briefly_trained_flow_inverts_to_1e4_and_state_dict_round_trips(preset):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"flow_arch": "maflow"}, "model.flow_arch must be one of"),
+        ({"flow_arch": "maflow"}, "unknown model.flow_arch 'maflow'"),
         ({"flow_levels": 4}, "needs height and width divisible by 16; got 28x28"),
-        ({"flow_preprocess": "sigmoid"}, "model.flow_preprocess must be one of"),
+        ({"flow_preprocess": "sigmoid"}, "unknown model.flow_preprocess 'sigmoid'"),
         ({"flow_preprocess": "logit", "flow_alpha": 0.5}, "model.flow_alpha must be in (0, 0.5)"),
-        ({"flow_base": "cauchy"}, "model.flow_base must be one of"),
-        ({"flow_scale": "exp"}, "model.flow_scale must be one of"),
+        ({"flow_base": "cauchy"}, "unknown model.flow_base 'cauchy'"),
+        ({"flow_scale": "exp"}, "unknown model.flow_scale 'exp'"),
         ({"flow_steps": 0}, "model.flow_steps must be positive"),
     ],
 )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vaekit.config import build_config
-from vaekit.errors import DataError, VaekitError
+from vaekit.errors import ConfigError, DataError, VaekitError
 from vaekit.models import build_model
 from vaekit.models.mixture import GaussianMixtureModel, cluster
 
@@ -174,8 +174,10 @@ def test_bad_input_and_config():
         m.fit(torch.full((10, 4), math.nan))
     with pytest.raises(DataError, match="components"):
         GaussianMixtureModel(5, (4,)).fit(torch.randn(3, 4))
-    with pytest.raises(VaekitError, match="covariance"):
+    with pytest.raises(ConfigError, match="unknown model.covariance 'tied'; known: full, diag, spherical"):
         build_model(build_config(overrides={"kind": "mixture", "covariance": "tied"}), (4,))
+    with pytest.raises(ConfigError, match="unknown model.em_init 'kmean' \\(did you mean 'kmeans'\\?\\)"):
+        build_model(build_config(overrides={"kind": "mixture", "em_init": "kmean"}), (4,))
 
 
 def test_registry_builds_from_preset():

@@ -10,7 +10,16 @@ from vaekit.config import build_config
 from vaekit.distributions import diagonal_gaussian
 from vaekit.errors import ConfigError
 from vaekit.models import build_model
-from vaekit.objectives import elbo_terms, free_bits_kl, iwae_bound, kl_weight, stopped_log_prob, vae_loss
+from vaekit.objectives import (
+    GRADIENTS,
+    check_gradient,
+    elbo_terms,
+    free_bits_kl,
+    iwae_bound,
+    kl_weight,
+    stopped_log_prob,
+    vae_loss,
+)
 
 
 def small_vae(**over):
@@ -235,3 +244,16 @@ def test_stopped_log_prob_keeps_the_value_and_the_path_to_z_but_not_the_paramete
     grads = torch.autograd.grad(stopped.sum(), [z] + params, allow_unused=True)
     assert all(g is None for g in grads[1:])
     torch.testing.assert_close(grads[0], torch.autograd.grad(q.log_prob(z).sum(), z)[0])
+
+
+def test_check_gradient_names_the_estimator_and_its_objective():
+    for name, objective in GRADIENTS.items():  # each estimator is accepted for the bound it estimates
+        for bound in ("elbo", "iwae"):
+            if objective in (None, bound):
+                check_gradient(name, bound)
+    with pytest.raises(ConfigError, match=r"unknown train.gradient 'drg' \(did you mean 'dreg'\?\); known: reparam"):
+        check_gradient("drg", "iwae")
+    with pytest.raises(ConfigError, match="gradient=dreg estimates the iwae gradient; objective is elbo"):
+        check_gradient("dreg", "elbo")
+    with pytest.raises(ConfigError, match="gradient=stl estimates the elbo gradient; objective is iwae"):
+        check_gradient("stl", "iwae")

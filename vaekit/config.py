@@ -756,8 +756,7 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'")
+        lookup(dict.fromkeys(allowed), value, key)
     _check_signs(cfg)
     if any(h <= 0 for h in cfg.model.hidden):
         raise ConfigError(f"model.hidden widths must be positive; got {cfg.model.hidden}")

@@ -14,8 +14,8 @@
   evaluated examples, p the model's free parameters (Schwarz 1978); lower is better.
 - ``active_units``: latent dimensions u with Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2015,
   Sec. 5.2); ``active_units_per_layer`` splits them by stochastic layer (``VAE.latent_layers``).
-  The posterior mean is that of ``model.encode``: for the upper layers of a hierarchical VAE,
-  the ancestral mean pass (each layer's mean at the mean of the layer below).
+  The posterior mean is that of ``model.encode``: E_q[z|x] itself, for the upper layers of a
+  hierarchical VAE estimated from fixed ancestral draws (``HierarchicalEncoder.moments``).
 
 The examples are cut into chunks whose size does not depend on the number of processes;
 chunk ``c`` draws its importance samples after

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
 
+from .checks import lookup
 from .distributions import rsample_and_log_prob
 from .errors import ConfigError
 
@@ -187,10 +188,9 @@ def dreg_iwae_terms(model, x: Tensor, k: int) -> dict[str, Tensor]:
 
 def check_gradient(gradient: str, objective: str) -> None:
     """One-line ConfigError when ``gradient`` is unknown or estimates another objective's gradient."""
-    if gradient not in GRADIENTS:
-        raise ConfigError(f"unknown gradient estimator '{gradient}'; known: {', '.join(GRADIENTS)}")
-    if GRADIENTS[gradient] not in (None, objective):
-        raise ConfigError(f"gradient={gradient} estimates the {GRADIENTS[gradient]} gradient; objective is {objective}")
+    estimates = lookup(GRADIENTS, gradient, "train.gradient")
+    if estimates not in (None, objective):
+        raise ConfigError(f"gradient={gradient} estimates the {estimates} gradient; objective is {objective}")
 
 
 def kl_weight(step: int, beta: float = 1.0, warmup_steps: int = 0) -> float:

@@ -182,8 +182,9 @@ class HierarchicalEncoder(Encoder):
     def base_posterior(self, x: Tensor) -> Distribution:
         """The diagonal Gaussian of the ancestral mean pass, batch [B], event [D_1 + ... + D_L]:
         q(z_1|x) itself, then each q(z_{l+1}|z_l) at z_l = its mean. Not q(z|x) (whose upper layers
-        are continuous mixtures), but a deterministic summary of it: its mean is the code of
-        ``VAE.encode`` and of the active-unit statistic per layer."""
+        are continuous mixtures), but a deterministic Gaussian summary of it, where a diagonal
+        q0(z|x) is needed (the VampPrior's mixture of q0 at its pseudo-inputs). ``VAE.encode``
+        and the active-unit statistic use :meth:`moments`, the moments of q(z|x) itself."""
         g = self._first(x)
         means, log_vars = [g.mean], [2 * g.stddev.log()]
         for layer in self.layers:

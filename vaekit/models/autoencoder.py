@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import lookup
 from ..errors import ConfigError, VaekitError
 from ..nets import build_decoder, build_encoder
 from .base import GenerativeModel, check_temperature
@@ -54,8 +55,7 @@ class Autoencoder(DecodeViews, GenerativeModel):
         noise_type: str = "gaussian",
     ):
         super().__init__()
-        if noise_type not in NOISE_TYPES:
-            raise ConfigError(f"ae_noise_type must be one of {', '.join(NOISE_TYPES)}; got '{noise_type}'")
+        lookup(dict.fromkeys(NOISE_TYPES), noise_type, "model.ae_noise_type")
         if noise < 0 or (noise_type == "mask" and noise >= 1):
             raise ConfigError(f"ae_noise must be >= 0 (and < 1 for masking noise); got {noise}")
         self.encoder, self.decoder = encoder, decoder

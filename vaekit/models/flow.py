@@ -215,8 +215,7 @@ def _check_flow_config(cfg) -> None:
         ("flow_base", cfg.flow_base, BASES),
         ("flow_scale", cfg.flow_scale, dict.fromkeys(SCALES)),
     ):
-        if value not in table:
-            raise ConfigError(f"model.{key} must be one of {', '.join(table)}; got '{value}'")
+        lookup(table, value, f"model.{key}")
     for key, value in (
         ("flow_levels", cfg.flow_levels),
         ("flow_steps", cfg.flow_steps),

@@ -149,10 +149,8 @@ class GaussianMixtureModel(GenerativeModel):
         init_samples: int | None = None,
     ):
         super().__init__()
-        if covariance_type not in COVARIANCE_TYPES:
-            raise ConfigError(f"covariance must be one of {', '.join(COVARIANCE_TYPES)}; got '{covariance_type}'")
-        if init not in INITS:
-            raise ConfigError(f"mixture init must be one of {', '.join(INITS)}; got '{init}'")
+        lookup(dict.fromkeys(COVARIANCE_TYPES), covariance_type, "model.covariance")
+        lookup(dict.fromkeys(INITS), init, "model.em_init")
         if isinstance(dtype, str):
             dtype = lookup(DTYPES, dtype, "mixture dtype")
         for name, v in (("components", n_components), ("max_iter", max_iter), ("n_init", n_init)):
