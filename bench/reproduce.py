@@ -15,8 +15,9 @@ A row name may carry variants: ``+dreg`` (doubly reparameterised gradients, Tuck
 IWAE bound, so k1 rows train the k = 1 IWAE bound, which is the ELBO), ``+stl`` (sticking the
 landing, Roeder et al. 2017; ELBO rows) and ``+biasinit`` (decoder output bias = logit of the
 training-set mean pixel, clamped to [0.001, 0.999]). Each row runs in ``--runs DIR/ROW``; a stopped row resumes there from its
-newest checkpoint (vaekit's own resume; a folder trained under another config is refused), and a
-finished evaluation is kept there and reused. Each evaluated row is printed and appended to
+newest checkpoint (vaekit's own resume; a folder trained under another config is refused). The
+evaluation reads the checkpoint of the protocol's last step and refuses to fall back to an older one;
+it is kept in the run folder with that step and reused. Each evaluated row is printed and appended to
 ``--results``: row, paper, vaekit NLL ± s.e., K, test images, protocol epochs and scale, training
 wall-clock (summed over the sessions that trained it, a killed chunk's time excepted), evaluation
 wall-clock, the device of this session, and the command.
@@ -184,12 +185,27 @@ def check_run_folder(run: Path, cfg: Config) -> bool:
     return True
 
 
+def protocol_steps(cfg: Config, n_train: int) -> int:
+    """The optimisation steps of the whole protocol: epochs x ceil(n_train / batch)."""
+    return -(-n_train // cfg.train.batch_size) * cfg.train.epochs
+
+
+def final_checkpoint(run: Path, steps: int) -> tuple[Path, dict]:
+    """The run's newest readable checkpoint, which must be the protocol's last step ``steps``:
+    never an older one that a damaged newest file let ``latest_checkpoint`` fall back to."""
+    found = latest_checkpoint(run)
+    step = int(found[1]["step"]) if found is not None else None
+    if step != steps:
+        fail(f"{run}: the newest readable checkpoint is at step {step}, not the protocol's last step {steps}")
+    return found
+
+
 def train_row(cfg: Config, run: Path, x_train, progress: bool, chunks: int = 20) -> float:
     """Train (resuming) to the end of the protocol in about ``chunks`` calls, adding each call's
     wall-clock to ``run/reproduce.json``; returns the run's accumulated training seconds."""
     log = run / "reproduce.json"
     steps_per_epoch = -(-x_train.shape[0] // cfg.train.batch_size)
-    total = steps_per_epoch * cfg.train.epochs
+    total = protocol_steps(cfg, x_train.shape[0])
     chunk = steps_per_epoch * max(1, cfg.train.epochs // chunks)
     while True:
         resume = check_run_folder(run, cfg)
@@ -205,21 +221,26 @@ def train_row(cfg: Config, run: Path, x_train, progress: bool, chunks: int = 20)
         atomic_write(log, lambda f, d=done: f.write(json.dumps(d).encode()))
 
 
-def evaluate_row(run: Path, x_test, k: int, device: str, progress: bool) -> dict:
-    """K-sample IS test NLL of the trained run (seed 0), kept in ``run`` and reused."""
+def evaluate_row(run: Path, ckpt: Path, step: int, x_test, k: int, device: str, progress: bool) -> dict:
+    """K-sample IS test NLL (seed 0) of the checkpoint ``ckpt`` at ``step``, kept in ``run`` and
+    reused while its recorded step is ``step`` (a file without one predates the record)."""
     out = run / f"eval-k{k}-n{x_test.shape[0]}.json"
     if out.is_file():
-        return {**json.loads(out.read_text()), "cached": True}
-    model = vaekit.load(run, device=device)
+        kept = json.loads(out.read_text())
+        if kept.get("step", step) == step:
+            return {**kept, "cached": True}
+        print(f"# {out} evaluated step {kept['step']}, not {step}: evaluating again", flush=True)
+    model = vaekit.load(ckpt, device=device)
     journal_dir = out.with_name(out.name + ".journal")  # resumable; kept until the result is
     res = evaluate(model, x_test, k=k, progress=progress, seed=0, journal_dir=journal_dir)
     res["eval_seconds"] = res["seconds"]  # with the time of chunks read back from the journal
+    res["step"] = step
     atomic_write(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
     shutil.rmtree(journal_dir, ignore_errors=True)  # this row's own folder: one evaluation
     return res
 
 
-def fid_row(run: Path, x_test, ddir: str, device: str) -> tuple[str, bool]:
+def fid_row(run: Path, ckpt: Path, x_test, ddir: str, device: str) -> tuple[str, bool]:
     """The FID of the trained run's samples against ``x_test`` (as many), kept in ``run`` and reused;
     as a note for the result line, and whether it was read from ``run`` (not computed now)."""
     out = run / f"fid-n{x_test.shape[0]}.json"
@@ -227,7 +248,7 @@ def fid_row(run: Path, x_test, ddir: str, device: str) -> tuple[str, bool]:
     if cached:
         res = json.loads(out.read_text())
     else:
-        model = vaekit.load(run, device=device)
+        model = vaekit.load(ckpt, device=device)
         res = model_fid(model, classifier_for("mnist", 0, data_dir=ddir, device=device), x_test, x_test.shape[0])
         atomic_write(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
     return f"  FID {res['fid']:.2f} (n {res['n']}, LeNet test accuracy {100 * res['classifier_accuracy']:.2f}%)", cached
@@ -295,10 +316,14 @@ def main():
         run = Path(args.runs) / row.name
         print(f"# {row.name}: {cfg.train.epochs} epochs of {x_train.shape[0]} images -> {run}", flush=True)
         train_s = train_row(cfg, run, x_train, not args.no_progress)
-        res = evaluate_row(run, test_ds.x[: args.n_test], args.k, args.device, not args.no_progress)
+        steps = protocol_steps(cfg, x_train.shape[0])
+        ckpt, state = final_checkpoint(run, steps)
+        if state.get("bad_steps"):
+            note += f" [{state['bad_steps']} non-finite steps skipped]"
+        res = evaluate_row(run, ckpt, steps, test_ds.x[: args.n_test], args.k, args.device, not args.no_progress)
         fid_cached = True
         if args.fid:
-            fid_note, fid_cached = fid_row(run, test_ds.x[: args.n_test], ddir, args.device)
+            fid_note, fid_cached = fid_row(run, ckpt, test_ds.x[: args.n_test], ddir, args.device)
             note += fid_note
         line = result_line(row, cfg, res, train_s, device, note)
         print(COLUMNS + "\n" + line, flush=True)

@@ -99,3 +99,44 @@ def test_a_run_folder_from_before_a_config_field_was_added_still_resumes():
     other = row_config(parse_row("1l-k1"), 0.03, "cpu", "/data/here").to_dict()
     assert _comparable(other) != _comparable(cfg.to_dict())
     assert _comparable({"train": "not a config"}) is None
+
+
+def test_only_the_protocols_last_checkpoint_is_evaluated_and_a_kept_evaluation_of_another_step_is_redone(
+    tmp_path, monkeypatch, capsys
+):
+    import json
+
+    import torch
+
+    import bench.reproduce as rp
+
+    for found in (None, (tmp_path / "step-00000005.pt", {"step": 5})):  # no checkpoint; an older one
+        monkeypatch.setattr(rp, "latest_checkpoint", lambda run, found=found: found)
+        with pytest.raises(SystemExit) as e:
+            rp.final_checkpoint(tmp_path, 6)
+        assert e.value.code == 2
+        assert f"newest readable checkpoint is at step {found and 5}, not the protocol's last step 6" in (
+            capsys.readouterr().err
+        )
+    monkeypatch.setattr(rp, "latest_checkpoint", lambda run: (tmp_path / "step-00000006.pt", {"step": 6}))
+    assert rp.final_checkpoint(tmp_path, 6)[1]["step"] == 6
+
+    loaded = []
+    monkeypatch.setattr(rp.vaekit, "load", lambda path, device: loaded.append(path) or "model")
+    monkeypatch.setattr(rp, "evaluate", lambda model, x, **kw: {"nll": 1.0, "seconds": 2.0})
+    kept = tmp_path / "eval-k3-n4.json"
+    ckpt = tmp_path / "step-00000006.pt"
+    x = torch.zeros(4, 1)
+    kept.write_text(json.dumps({"nll": 9.0, "step": 5}))  # the evaluation of an older model
+    res = rp.evaluate_row(tmp_path, ckpt, 6, x, 3, "cpu", False)
+    assert (
+        res["nll"] == 1.0
+        and res["step"] == 6
+        and loaded == [ckpt]
+        and "not 6: evaluating again" in (capsys.readouterr().out)
+    )
+    assert json.loads(kept.read_text())["step"] == 6
+    res = rp.evaluate_row(tmp_path, ckpt, 6, x, 3, "cpu", False)  # now kept for this step
+    assert res["cached"] and loaded == [ckpt]
+    kept.write_text(json.dumps({"nll": 7.0}))  # kept before the step was recorded: reused
+    assert rp.evaluate_row(tmp_path, ckpt, 6, x, 3, "cpu", False)["nll"] == 7.0 and loaded == [ckpt]
