@@ -264,6 +264,28 @@ def test_evaluate_names_its_file_by_split_and_records_what_it_ran(run, capsys):
         assert json.loads((run / "eval-test.json").read_text())["split"] == "test"
 
 
+def test_the_train_split_of_a_dynamically_binarised_run_is_evaluated_and_encoded_binarised(run, tmp_path, monkeypatch):
+    import torch
+
+    import vaekit.evaluate
+    from vaekit import data
+    from vaekit.checkpoint import load_model
+
+    model, cfg, _ = load_model(run)
+    train, _ = data.prepare_data(cfg.data)  # grey levels: dynamic binarisation happens per batch
+    want = data.binarize_static(train.x, cfg.data.binarize_seed + 1)  # as the model saw it, fixed once
+    seen = []
+    real = vaekit.evaluate.evaluate
+    monkeypatch.setattr(vaekit.evaluate, "evaluate", lambda model, x, **kw: seen.append(x) or real(model, x, **kw))
+    argv = ["evaluate", str(run), "--split", "train", "--n", "9", "--k", "2", "--no-progress"]
+    assert main([*argv, "-o", str(tmp_path / "e.json")]) == 0
+    assert torch.equal(seen[0], want[:9])  # Bernoulli log-likelihoods of 0 / 1 pixels, not of grey levels
+    assert main(["encode", str(run), "--split", "train", "-o", str(tmp_path / "f.npy")]) == 0
+    with torch.no_grad():
+        means = model.encode(want)[0]
+    assert np.allclose(np.load(tmp_path / "f.npy"), means.numpy(), atol=1e-6)
+
+
 def test_evaluate_amp_runs_the_nets_in_bf16_and_records_it(run, tmp_path, capsys, monkeypatch):
     import vaekit.evaluate
 
@@ -689,6 +711,15 @@ def test_evaluate_adds_the_nll_in_data_units(wine_run, tmp_path, capsys):
     assert res["standardized"] is True and res["log_scale"] == pytest.approx(log_scale)
     assert res["nll_data_units"] == pytest.approx(res["nll"] + log_scale) and res["bpd"] is None
     assert "own units" in capsys.readouterr().out
+    assert main(["score", str(wine_run), "--k", "10", "--no-progress", "-o", str(tmp_path / "s.npy")]) == 0
+    scores = np.load(tmp_path / "s.npy")  # per-example log p(x) of the data in their own units
+    assert -scores[:, 0].mean() == pytest.approx(res["nll_data_units"], rel=1e-6)  # same K, seed and data
+    from vaekit.compare import read_run, table_row
+
+    (wine_run / "eval-test.json").write_text((tmp_path / "e.json").read_text())
+    row = table_row(read_run(wine_run, "test", "wine"))
+    assert row["NLL ± s.e."].startswith(f"{res['nll_data_units']:.2f}")
+    assert row["ELBO"] == f"{res['elbo'] - log_scale:.2f}"
 
 
 def test_a_csv_trains_with_a_gaussian_and_its_label_column_colours_the_latent_map(tmp_path, capsys, monkeypatch):

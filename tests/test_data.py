@@ -345,6 +345,28 @@ def test_npz_per_split_arrays_and_first_array(tmp_path):
     assert len(ds) == 9 and ds.y is None and torch.all(ds.x == 0.25)
 
 
+def test_npz_with_per_split_arrays_but_none_for_the_split_is_refused_not_split(tmp_path):
+    # a 90 / 10 split of x_train would put training rows in the test set
+    np.savez(tmp_path / "v.npz", x_train=np.ones((40, 2, 2), np.float32), x_valid=np.zeros((5, 2, 2), np.float32))
+    assert len(data.load_dataset(str(tmp_path / "v.npz"), "train")) == 40  # its own split is read whole
+    with pytest.raises(DataError, match=r"has per-split arrays \(x_train, x_valid\) but none named 'test' or 'x_test'"):
+        data.load_dataset(str(tmp_path / "v.npz"), "test")
+
+
+def test_npz_per_split_arrays_are_read_in_the_same_units(tmp_path):
+    # integer features; the train split exceeds 255, the test split does not: both must stay a table
+    g = np.random.default_rng(0)
+    tr, te = g.integers(0, 301, size=(30, 64)), g.integers(0, 201, size=(6, 64))
+    tr[0, 0] = 300
+    np.savez(tmp_path / "t.npz", x_train=tr, x_test=te)
+    train, test = (data.load_dataset(str(tmp_path / "t.npz"), s, vectors=True) for s in ("train", "test"))
+    assert train.shape == test.shape == (1, 1, 64) and train.levels == test.levels
+    assert torch.equal(test.x[:, 0, 0], torch.from_numpy(te).float())  # its own units, not divided by 255
+    np.savez(tmp_path / "s.npz", x_train=np.ones((4, 3, 3), np.float32), x_test=np.ones((2, 4, 4), np.float32))
+    with pytest.raises(DataError, match="differ in the shape of one example"):
+        data.load_dataset(str(tmp_path / "s.npz"), "test")
+
+
 @pytest.mark.parametrize(
     "shape,expect",
     [

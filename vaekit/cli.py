@@ -518,7 +518,7 @@ def _evaluate(args):
     _at_least(1, {"--n": args.n, "--batch-size": args.batch_size})
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
-        x = _first(_model_data(model, cfg, args, args.split).x, args.n, "--n", f"{args.split} examples")
+        x = _first(_eval_ready(_model_data(model, cfg, args, args.split), cfg), args.n, "--n", f"{args.split} examples")
         out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
         if out.is_dir():  # refused before hours of evaluation, not after
             raise VaekitError(f"cannot write {out}: it is a folder")
@@ -856,11 +856,12 @@ def _encode(args):
     model, cfg, _ = _load_run(args)
     _needs_codes(model, cfg, args, "encode")
     ds = _model_data(model, cfg, args, args.split)
+    x = _eval_ready(ds, cfg)
     dev = _model_device(model)
     feats = []
     with torch.no_grad():
-        for i in range(0, ds.x.shape[0], 1000):
-            mu, lv = model.encode(ds.x[i : i + 1000].to(dev))
+        for i in range(0, x.shape[0], 1000):
+            mu, lv = model.encode(x[i : i + 1000].to(dev))
             feats.append(torch.cat([mu, lv], 1) if args.logvar else mu)
     arr = torch.cat(feats).cpu().numpy()
     save_array(arr, out)

@@ -7,7 +7,9 @@ A run's figures come from files it already holds, nothing is recomputed:
   error over examples, importance-sampled with K samples from q(z|x) for VAEs (Burda et al.
   2015) or exact for flows and mixtures, the one-sample ELBO and KL(q(z|x) || p(z)) in nats,
   bits per dimension, and the active units (Burda et al. 2015, Sec. 5.2: latent dimensions u with
-  Cov_x E_q[z_u|x] > 0.01) out of the latent dimensions;
+  Cov_x E_q[z_u|x] > 0.01) out of the latent dimensions; for a run that standardised its features
+  the NLL and ELBO are shown in the data's own units (the file's ``log_scale``, sum_d log std_d,
+  added to the NLL), as ``vaekit evaluate`` prints them;
 - ``metrics.jsonl`` (written by the training loop): the training loss per example at each log
   line, the end-of-epoch test NLL (``test_nll``, with its own K), and the wall-clock ``seconds``
   of each log window, whose sum is the training time. EM fits log the mean training
@@ -211,6 +213,11 @@ def table_row(record: RunRecord) -> dict[str, str]:
     cfg, ev = record.config or {}, record.evaluation or {}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     nll, se = _number(ev.get("nll")), _number(ev.get("nll_stderr"))
+    elbo = _number(ev.get("elbo"))
+    shift = _number(ev.get("log_scale")) if ev.get("standardized") else None
+    if shift is not None:  # a standardised run: its bounds in the data's own units, as evaluate prints them
+        nll = None if nll is None else nll + shift
+        elbo = None if elbo is None else elbo - shift
     units = ev.get("active_units")
     if isinstance(units, int) and isinstance(ev.get("latent_dim"), int):
         units = f"{units} / {ev['latent_dim']}"
@@ -222,7 +229,7 @@ def table_row(record: RunRecord) -> dict[str, str]:
         "preset": str(cfg.get("preset", MISSING)),
         "data": str(data.get("name", MISSING)),
         "NLL ± s.e.": MISSING if nll is None else f"{nll:.2f}" + (f" ± {se:.2f}" if se is not None else ""),
-        "ELBO": _fixed(ev.get("elbo"), 2),
+        "ELBO": _fixed(elbo, 2),
         "KL": _fixed(ev.get("kl"), 2),
         "bits/dim": _fixed(ev.get("bpd"), 4),
         "active units": MISSING if units is None else str(units),

@@ -395,7 +395,7 @@ def _array_x(arr: np.ndarray, source: str, vectors: bool) -> tuple[Tensor, int |
         ) from None
 
 
-LABEL_COLUMNS = ("label", "target", "class")  # CSV columns (any case) taken as the labels unless one is named
+LABEL_COLUMNS = ("label", "labels", "target", "class")  # CSV columns (any case) taken as the labels unless one is named
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -957,21 +957,45 @@ def _split_single(x: Tensor, y: Tensor | None, split: str, name: str, levels: in
     return _pick_split(x, y, split, random_split(len(x), PATH_TEST_FRACTION), name, levels)
 
 
+NPZ_SPLIT_NAMES = ("train", "test", "valid", "validation", "val")  # per-split arrays: NAME or x_NAME
+
+
 def load_npz(path: str | os.PathLike, split: str, vectors: bool = False) -> Dataset:
     """An .npz: arrays ``{split}`` or ``x_{split}`` (labels ``y_{split}``) if present, else
     ``x`` (or the first array; labels ``y`` or ``labels``), split 90 / 10. With ``vectors``, a
-    2-D array is a table of vectors (:func:`is_table_array`)."""
+    2-D array is a table of vectors (:func:`is_table_array`).
+
+    Per-split arrays are read alike: whether they are a table or images and how their values
+    scale is decided from the train and test arrays together, so the two splits cannot come out
+    in different units. An archive with per-split arrays but none for ``split`` (say ``x_train``
+    and ``x_valid``) is refused rather than split 90 / 10, which would put training examples in
+    the test set."""
     path = Path(path)
     _check_split(split, SPLITS, str(path))
     names, arrays = _read_npz(path, lambda names: _npz_keys(names, split))
     if not names:
         raise DataError(f"{path}: empty .npz archive")
-    for key in (split, f"x_{split}"):
-        if key in arrays:
-            x, levels = _array_x(arrays[key], f"{path}[{key}]", vectors)
-            y_key = f"y_{split}"
-            y = labels_from_array(arrays[y_key], len(x), f"{path}[{y_key}]") if y_key in arrays else None
-            return Dataset(x, y, str(path), levels=levels)
+    per_split = [k for k in names if k.removeprefix("x_") in NPZ_SPLIT_NAMES]
+    found = {s: next((k for k in (s, f"x_{s}") if k in arrays), None) for s in SPLITS}
+    if found[split] is None and per_split:
+        raise DataError(
+            f"{path}: has per-split arrays ({', '.join(per_split)}) but none named '{split}' or 'x_{split}'; "
+            f"name the {split} array so, or keep one array 'x' for a seeded 90 / 10 split"
+        )
+    if found[split] is not None:
+        keys = [k for k in found.values() if k is not None]
+        parts = [arrays[k] for k in keys]
+        if len({a.shape[1:] for a in parts}) > 1:
+            shapes = ", ".join(f"{k} {tuple(a.shape)}" for k, a in zip(keys, parts))
+            raise DataError(f"{path}: the per-split arrays differ in the shape of one example ({shapes})")
+        whole, levels = _array_x(
+            np.concatenate(parts) if len(parts) > 1 else parts[0], f"{path}[{'+'.join(keys)}]", vectors
+        )
+        start = sum(len(a) for k, a in zip(keys, parts) if keys.index(k) < keys.index(found[split]))
+        x = whole[start : start + len(arrays[found[split]])]
+        y_key = f"y_{split}"
+        y = labels_from_array(arrays[y_key], len(x), f"{path}[{y_key}]") if y_key in arrays else None
+        return Dataset(x, y, str(path), levels=levels)
     key = "x" if "x" in names else names[0]
     x, levels = _array_x(arrays[key], f"{path}[{key}]", vectors)
     y_key = next((k for k in ("y", "labels") if k in arrays and k != key), None)
@@ -980,10 +1004,10 @@ def load_npz(path: str | os.PathLike, split: str, vectors: bool = False) -> Data
 
 
 def _npz_keys(names: list[str], split: str) -> list[str]:
-    """The arrays ``load_npz`` may use: per-split ones if present, else x (or the first) and y / labels."""
-    for key in (split, f"x_{split}"):
-        if key in names:
-            return [key, f"y_{split}"]
+    """The arrays ``load_npz`` may use: the per-split ones of every split (``split``'s labels) if
+    ``split`` has one, else x (or the first) and y / labels."""
+    if split in names or f"x_{split}" in names:
+        return [k for s in SPLITS for k in (s, f"x_{s}")] + [f"y_{split}"]
     return ["x" if "x" in names else names[0], "y", "labels"] if names else []
 
 

@@ -57,8 +57,10 @@ def score(
             the scores are kept (``evaluate.evaluate``).
 
     Returns:
-        [N, 2] float64 on the CPU, columns ``SCORE_COLUMNS``: log p(x) in nats, and bits per
-        dimension -log2 p(x) / D with the model's own discretisation term
+        [N, 2] float64 on the CPU, columns ``SCORE_COLUMNS``: log p(x) in nats, of the data in their
+        own units (for a run that standardised its features, the model's log p'(x') of the
+        standardised x' plus the map's Jacobian, -sum_d log std_d: ``Standardization.log_scale``), and
+        bits per dimension -log2 p(x) / D with the model's own discretisation term
         (``model.bits_per_dim``), NaN where bits per dimension are undefined (data neither binary
         nor 8-bit).
     """
@@ -67,6 +69,8 @@ def score(
     log_px = per_example_log_prob(
         model, x, k=k, batch_size=batch_size, progress=progress, seed=seed, amp=amp, journal_dir=journal_dir
     ).cpu()
+    if not model.data_transform.identity:
+        log_px = log_px - model.data_transform.log_scale
     bpd = model.bits_per_dim(-log_px)
     bpd = torch.full_like(log_px, math.nan) if bpd is None else bpd.double()
     return torch.stack([log_px, bpd], 1)
