@@ -268,6 +268,15 @@ def test_a_batch_transform_and_the_model_noise_draw_from_independent_streams():
     assert not torch.equal(torch.rand(64, generator=same_seed), u)
 
 
+def test_seed_device_seeds_the_generator_of_the_device_named_not_the_current_one(monkeypatch):
+    gens = (torch.Generator(), torch.Generator())  # stand-ins for two GPUs' generators
+    before = gens[0].get_state()
+    monkeypatch.setattr(torch.cuda, "default_generators", gens)
+    seed_device(5, torch.device("cuda", 1))
+    assert torch.equal(gens[1].get_state(), torch.Generator().manual_seed(5).get_state())
+    assert torch.equal(gens[0].get_state(), before)
+
+
 def test_seeds_are_pure_functions_of_step_and_shard():
     assert shard_seed(7, 3, 1) == shard_seed(7, 3, 1)
     seeds = {shard_seed(7, t, s) for t in range(50) for s in range(4)} | {shard_seed(8, 0, 0)}

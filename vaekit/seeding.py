@@ -5,6 +5,13 @@ draw from a generator seeded by :func:`derive_seed` of the run's seed and a path
 place, so a resumed or re-sharded run, or an evaluation split into other chunks, replays exactly
 the same noise. The mixing is SplitMix64's finaliser (Steele, Lea & Flood, "Fast splittable
 pseudorandom number generators", OOPSLA 2014), applied once per path element.
+
+Distinct paths give distinct 63-bit seeds (SplitMix's finaliser is a bijection), but torch's CPU
+generator (a Mersenne Twister) keeps only the low 32 bits of a seed, so on the CPU two streams
+coincide with probability 2^-32 per pair: over the 9.8 million steps of Burda et al.'s protocol
+some thousands of pairs of steps share their noise. Those draws meet different batches and
+weights, so no estimate is biased; what must never happen is two generators seeded with the same
+number on purpose, which the stream constants below prevent.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ FID_CLASSIFIER, FID_SAMPLES = 6, 7  # the FID classifier's initialisation and ba
 # seeds torch.rand and torch.randn read the same Mersenne-Twister words, so the Gaussian noise
 # would be a function of the binarisation's (or the mask's) uniforms.
 BATCH_TRANSFORM, RANDOM_MASK = 8, 9  # a training batch's dynamic binarisation; `complete`'s random:P mask
+EM_RESTART = 10  # the initialisation of each EM restart (seed s and s + 1 share none)
 
 
 def _splitmix(x: int) -> int:

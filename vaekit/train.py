@@ -177,8 +177,11 @@ def seed_device(seed: int, device: torch.device) -> None:
     ``torch.manual_seed`` also queues lazy seeding of every accelerator backend, recording a
     stack trace for each, a cost that shows in a small model's CPU step.
     """
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
+    if device.type == "cuda":  # that device's generator, not the current device's
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
     else:
         torch.default_generator.manual_seed(seed)
 

@@ -56,6 +56,7 @@ from ..distributions.mixture import (
     precision_cholesky,
 )
 from ..errors import ConfigError, DataError, VaekitError
+from ..seeding import EM_RESTART, derive_seed
 from .base import GenerativeModel, check_temperature, refuse_sample_option
 
 INITS = ("kmeans", "kmeans++", "random")
@@ -400,7 +401,7 @@ class GaussianMixtureModel(GenerativeModel):
         n = x.shape[0]
         best = None
         for restart in range(1 if init_params is not None else self.n_init):
-            gen = torch.Generator(device=self.device).manual_seed(self.seed + restart)
+            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, EM_RESTART, restart))
             if init_params is not None:
                 as_t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
                 cov = as_t(init_params["covariances"])
