@@ -420,6 +420,26 @@ def test_png_folder_grey_and_rgb(tmp_path):
     assert ds.shape == (3, 4, 4) and len(ds) == 3
 
 
+def test_image_modes_without_a_fixed_range_are_refused_and_grey_palettes_stay_grey(tmp_path):
+    for name, im, fragment in (
+        ("f", Image.fromarray(np.full((4, 4), 0.7, np.float32), "F"), "a 32-bit float image has no fixed value range"),
+        ("i", Image.fromarray(np.full((4, 4), 70000, np.int32), "I"), "32-bit integer pixels from 70000 to 70000"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        for j in range(3):
+            im.save(folder / f"{j}.tif")
+        with pytest.raises(DataError, match=fragment):
+            data.load_dataset(str(folder), "train")
+    pal = tmp_path / "p"
+    pal.mkdir()
+    g = np.random.default_rng(0).integers(0, 256, size=(3, 4, 4), dtype=np.uint8)
+    for j, a in enumerate(g):
+        Image.fromarray(a, "L").convert("P").save(pal / f"{j}.png")  # a palette of greys
+    ds = data.load_dataset(str(pal), "train")
+    assert ds.shape == (1, 4, 4)  # one grey channel, not three equal ones
+
+
 def _class_folder(root, counts, size=(5, 4), seed=0):
     """root/CLASS/*.png with counts[CLASS] grey images each, every image's first pixel encoding
     (class index, image index) so a test can check each label; returns root."""
@@ -731,6 +751,17 @@ def test_bad_csv_files_are_one_line_errors_naming_the_problem(tmp_path, case):
     with pytest.raises(DataError) as e:
         data.load_dataset(str(tmp_path / f"{case}.csv"), "train")
     assert_one_line(e, f"{case}.csv", problem)
+
+
+def test_a_feature_float32_cannot_hold_is_refused_and_labels_is_a_label_column(tmp_path):
+    rows = ["time,reading,labels"] + [f"{1_600_000_000 + i},{0.1 * i},{i % 2}" for i in range(20)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="feature 0 cannot be held in float32 without losing its variation"):
+        data.load_dataset(str(tmp_path / "t.csv"), "train")
+    rows = ["time,reading,constant,labels"] + [f"{i},{0.1 * i},0.1,{i % 2}" for i in range(20)]
+    (tmp_path / "u.csv").write_text("\n".join(rows) + "\n")
+    ds = data.load_dataset(str(tmp_path / "u.csv"), "train")
+    assert list(ds.columns) == ["time", "reading", "constant"] and ds.y is not None and set(ds.y.tolist()) == {0, 1}
 
 
 def test_csv_label_column_must_exist_and_belongs_to_csv_files(tmp_path):

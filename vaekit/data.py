@@ -357,6 +357,9 @@ def is_table_array(arr: np.ndarray) -> bool:
     return not (s * s == arr.shape[1] and s >= MIN_IMAGE_SIDE and _image_valued(arr))
 
 
+FLOAT32_RESOLUTION = 1e-3  # largest float32 rounding of a feature, as a fraction of its standard deviation
+
+
 def vectors_from_array(arr: np.ndarray, source: str) -> Tensor:
     """Check a table [N, D] (bool, integer or float; any finite values, in their own units) and return
     it as float32 [N, 1, 1, D] with the values as they are (no scaling)."""
@@ -370,6 +373,17 @@ def vectors_from_array(arr: np.ndarray, source: str) -> Tensor:
     x = arr.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{source}: {int((~np.isfinite(x)).sum())} NaN or infinite feature values")
+    if x.dtype != arr.dtype and arr.dtype != np.bool_:  # float32 must keep each feature's variation
+        wide = arr.astype(np.float64)
+        spread = wide.std(0)
+        varies = spread > 1e-12 * np.abs(wide).max(0)  # a constant feature's float64 std is rounding noise
+        lost = varies & (np.abs(x - wide).max(0) > FLOAT32_RESOLUTION * spread)
+        if lost.any():
+            j = int(np.argmax(lost))
+            raise DataError(
+                f"{source}: feature {j} cannot be held in float32 without losing its variation (values near "
+                f"{wide[:, j].mean():.6g} with a spread of {spread[j]:.3g}); subtract an offset from it first"
+            )
     return torch.from_numpy(np.ascontiguousarray(x)).view(arr.shape[0], 1, 1, arr.shape[1])
 
 
@@ -1064,14 +1078,30 @@ GREY_MODES = ("1", "L", "LA", "I;16", "I")
 
 
 def _read_image(path: Path):
+    """The PIL image of ``path``: a palette image as grey ("L") when its colours are all grey,
+    else RGB; a float image (mode "F", no fixed value range) or 32-bit integers outside 0..65535
+    are refused rather than truncated."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy()
+            im = im.copy()
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: not a readable image ({one_line(e)})") from None
+    if im.mode == "F":
+        raise DataError(
+            f"{path}: a 32-bit float image has no fixed value range; save 8- or 16-bit images or an .npy array"
+        )
+    if im.mode == "I":
+        lo, hi = im.getextrema()
+        if lo < 0 or hi > 65535:
+            raise DataError(f"{path}: 32-bit integer pixels from {lo} to {hi}; vaekit reads 8- and 16-bit images")
+    if im.mode in ("P", "PA"):
+        rgb = im.convert("RGB")
+        a = np.asarray(rgb)
+        im = rgb.convert("L") if (a == a[..., :1]).all() else rgb
+    return im
 
 
 def _image_array(im, grey: bool) -> np.ndarray:
