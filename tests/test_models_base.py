@@ -72,3 +72,13 @@ def test_build_model_records_the_data_levels_of_the_config():
     assert not build_model(build_config("dense-digits", overrides=flow), (1, 8, 8)).density  # dequantised 8-bit
     flow["flow_dequantize"] = "none"
     assert build_model(build_config("dense-digits", overrides=flow), (1, 8, 8)).density
+
+
+def test_a_bernoulli_model_of_grey_levels_nothing_binarises_has_no_bits_per_dim():
+    """Its -log p is a cross-entropy against grey values, not the probability of the data."""
+    for binarize, levels, defined in (("dynamic", 256, True), ("none", 256, False), ("none", 2, True)):
+        cfg = build_config("dense-digits", overrides={"binarize": binarize, "data.levels": levels})
+        model = build_model(cfg, (1, 8, 8))
+        assert (model.bits_per_dim(100.0) is not None) == defined, (binarize, levels)
+    gauss = build_config("dense-digits", overrides={"binarize": "none", "likelihood": "gaussian", "data.levels": 256})
+    assert build_model(gauss, (1, 8, 8)).bits_per_dim(100.0) is not None

@@ -54,9 +54,12 @@ def model_device(model) -> torch.device:
 def build_model(cfg, data_shape):
     """Build the model named by ``cfg.model.kind`` for data of ``data_shape``, with its ``data_levels``
     (what its bits per dimension follow) from ``cfg.data.levels`` and its ``data_transform`` from the
-    standardisation ``cfg.data`` records."""
+    standardisation ``cfg.data`` records. A likelihood over x in {0, 1} on data nothing binarises
+    (``binarize=none`` on grey levels) scores a cross-entropy, not the probability of the data, so
+    that model has no bits per dimension (``data_levels`` None)."""
     model = lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
-    model.data_levels = cfg.data.levels
+    grey_under_bernoulli = binary_data(cfg.model) and cfg.data.binarize == "none" and cfg.data.levels != 2
+    model.data_levels = None if grey_under_bernoulli else cfg.data.levels
     model.data_transform = standardization_of(cfg.data)  # what its outputs invert (GenerativeModel)
     return model
 
