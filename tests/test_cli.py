@@ -756,6 +756,14 @@ def test_a_csv_trains_with_a_gaussian_and_its_label_column_colours_the_latent_ma
 
     test = data.load_dataset(str(tmp_path / "t.csv"), "test", label_column="species")
     assert seen["l"].tolist() == test.y.tolist() and set(seen["l"].tolist()) <= {0, 1}  # cat 0, dog 1
+    assert doc["data"]["columns"] == ["height_cm", "weight_kg"]  # recorded: later data must name them
+    swapped = ["weight_kg,height_cm,species"] + [
+        ",".join([r.split(",")[1], r.split(",")[0], r.split(",")[2]]) for r in lines[1:]
+    ]
+    (tmp_path / "s.csv").write_text("\n".join(swapped) + "\n")
+    capsys.readouterr()
+    err = one_error_line(capsys, main(["evaluate", str(tmp_path / "r"), "--data", str(tmp_path / "s.csv"), "--k", "2"]))
+    assert "has feature 0 named weight_kg; the model was trained on height_cm there" in err
     capsys.readouterr()
     argv_bern = [*argv[:-3], "--out", str(tmp_path / "b"), "--set", "label_column=species"]
     argv_bern += ["--set", "likelihood=bernoulli", "--set", "standardize=true"]

@@ -91,6 +91,13 @@ def _model_data(model, cfg, args, split: str):
         raise DataError(
             f"data {shown(_data_config(cfg, args).name)} has examples of shape {have}; the model was trained on {want}"
         )
+    trained = cfg.data.columns
+    if trained is not None and ds.columns is not None and list(ds.columns) != list(trained):
+        j = next((i for i, (a, b) in enumerate(zip(ds.columns, trained)) if a != b), min(len(trained), len(ds.columns)))
+        raise DataError(
+            f"data {shown(_data_config(cfg, args).name)} has feature {j} named {shown(ds.columns[j])}; the model was "
+            f"trained on {shown(trained[j])} there (its features: {', '.join(map(shown, trained))})"
+        )
     return ds
 
 
@@ -360,6 +367,8 @@ def _train_in_session(args, main: bool):
         train_ds, test_ds = _standardize(cfg, train_ds, test_ds, main)
     if not args.resume and "data.levels" not in named:  # the model's bits/dim follow them (build_model)
         cfg.data.levels = train_ds.levels
+    if not args.resume and train_ds.columns is not None:  # later data must name the same features
+        cfg.data.columns = list(train_ds.columns)
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
     if main:
         print(

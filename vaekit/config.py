@@ -50,6 +50,9 @@ class DataConfig:
     standardize: bool | str = "auto"
     feature_mean: list[float] | None = None  # per-feature mean of the training split, recorded by `vaekit train`
     feature_std: list[float] | None = None  # per-feature std (ddof 0; 1 for a constant feature), recorded with it
+    # a table's feature names in order (e.g. a CSV header), recorded by `vaekit train`: data given to
+    # the run later (evaluate, score, encode, ...) must name the same features in the same order
+    columns: list[str] | None = None
 
 
 @dataclass
