@@ -277,6 +277,19 @@ def test_seed_device_seeds_the_generator_of_the_device_named_not_the_current_one
     assert torch.equal(gens[0].get_state(), before)
 
 
+def test_the_epoch_evaluation_of_a_standardised_run_also_logs_the_nll_in_data_units():
+    from vaekit.train import _epoch_eval
+
+    sets = {"feature_mean": [0.0] * 13, "feature_std": [2.0] * 13, "eval_k": 3, "hidden": [8], "latent_dim": 2}
+    cfg = build_config("dense-wine", overrides=sets)
+    model = build_model(cfg, (1, 1, 13))
+    assert not model.data_transform.identity
+    rec = _epoch_eval(model, torch.randn(6, 1, 1, 13), cfg.train, 0, 1, None, None)
+    assert rec["test_nll_data_units"] == pytest.approx(
+        rec["test_nll"] + 13 * math.log(2.0)
+    )  # -log p = -log p' + sum log std
+
+
 def test_seeds_are_pure_functions_of_step_and_shard():
     assert shard_seed(7, 3, 1) == shard_seed(7, 3, 1)
     seeds = {shard_seed(7, t, s) for t in range(50) for s in range(4)} | {shard_seed(8, 0, 0)}

@@ -11,7 +11,8 @@ A run's figures come from files it already holds, nothing is recomputed:
   the NLL and ELBO are shown in the data's own units (the file's ``log_scale``, sum_d log std_d,
   added to the NLL), as ``vaekit evaluate`` prints them;
 - ``metrics.jsonl`` (written by the training loop): the training loss per example at each log
-  line, the end-of-epoch test NLL (``test_nll``, with its own K), and the wall-clock ``seconds``
+  line, the end-of-epoch test NLL (``test_nll``, with its own K; ``test_nll_data_units`` instead
+  where a standardised run logged it), and the wall-clock ``seconds``
   of each log window, whose sum is the training time. EM fits log the mean training
   log-likelihood per iteration instead, drawn as its negative.
 
@@ -159,8 +160,9 @@ def read_metrics(record: RunRecord) -> None:
         elif _number(rec.get("train_mean_log_likelihood")) is not None:  # EM: one line per iteration
             record.train.append((step, -float(rec["train_mean_log_likelihood"])))
             timed = False
-        if _number(rec.get("test_nll")) is not None:
-            record.tests.append((step, float(rec["test_nll"]), rec.get("test_k")))
+        test = _number(rec.get("test_nll_data_units", rec.get("test_nll")))  # a standardised run's in data units
+        if test is not None:
+            record.tests.append((step, test, rec.get("test_k")))
     if not record.train and not record.tests:
         record.notes.append("metrics.jsonl holds no training records")
     if record.train and timed:

@@ -664,6 +664,8 @@ def _epoch_eval(model, test_x: Tensor, tc: TrainConfig, step: int, epoch: int, l
         "test_k": tc.eval_k,
         "test_n": int(test_x.shape[0]),
     }
+    if not model.data_transform.identity and res["nll"] is not None:  # standardised features: + sum log std
+        rec["test_nll_data_units"] = res["nll"] + model.data_transform.log_scale
     if log is not None:
         log.write(rec)
     if tb is not None:
