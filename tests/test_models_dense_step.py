@@ -130,8 +130,6 @@ def test_two_layer_fused_step_equals_autograd(objective, gradient, k, activation
     [
         {"gradient": "stl"},
         {"objective": "iwae", "gradient": "dreg", "k": 3},
-        {"free_bits": 0.5},
-        {"objective": "iwae", "free_bits": 0.5},
         {"likelihood": "gaussian"},
         {"activation": "elu"},
     ],

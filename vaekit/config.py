@@ -813,6 +813,19 @@ def _validate_protocol(cfg: Config) -> None:
                 f"train.gradient={tc.gradient} needs objective={needs} and a VAE whose q(z|x) has a density "
                 "at any z (a Gaussian or hierarchical encoder, no posterior_flow)"
             )
+    shaping = [f"{k}={v}" for k, v, off in (("beta", tc.beta, 1.0), ("warmup_steps", tc.warmup_steps, 0)) if v != off]
+    shaping += [f"free_bits={tc.free_bits}"] if tc.free_bits > 0 else []
+    if tc.objective == "iwae" and shaping:
+        raise ConfigError(
+            f"train.{shaping[0]} weights the ELBO's KL term, which objective=iwae does not have; "
+            "use objective=elbo or leave it at its default"
+        )
+    factorised = mc.posterior_flow in (None, "none") and mc.prior == "normal" and not mc.stochastic_layers
+    if tc.free_bits > 0 and (tc.gradient != "reparam" or not factorised):
+        raise ConfigError(
+            "train.free_bits floors each latent dimension's analytic KL, which needs gradient=reparam, a Gaussian "
+            "q(z|x) (no posterior_flow), prior=normal and one stochastic layer"
+        )
     if tc.adam_eps <= 0:
         raise ConfigError(f"train.adam_eps must be positive; got {tc.adam_eps}")
     if not 0.0 < tc.schedule_scale <= 1.0:
