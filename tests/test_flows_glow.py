@@ -1,6 +1,9 @@
 """flows.glow: ActNorm (data-dependent initialisation, kept in its state) and the invertible 1x1
 convolution invert with cancelling log-determinants equal to log|det| of the autograd Jacobian."""
 
+import math
+
+import pytest
 import torch
 
 from tests.helpers import FLOW_D, autocast_test, img, inverse_test, jacobian_test, vec
@@ -32,6 +35,18 @@ def test_actnorm_initialises_from_first_batch_only():
     bias = layer.bias.detach().clone()
     layer(torch.randn(64, 3, 5, 5))  # a second batch must not re-initialise
     assert torch.equal(layer.bias, bias)
+
+
+def test_actnorm_channels_without_spread_in_the_first_batch_start_at_unit_scale():
+    for x in (torch.randn(1, 3), torch.tensor([[1.0, 2.0], [1.0, 5.0]])):  # one value per channel; a constant one
+        layer = ActNorm(x.shape[1])
+        y, logdet = layer(x)
+        assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
+        if x.shape[0] == 1:
+            assert torch.equal(layer.log_scale, torch.zeros(3))
+        else:
+            assert layer.log_scale[0] == 0  # the constant channel
+            assert layer.log_scale[1].item() == pytest.approx(-0.5 * math.log(4.5), abs=1e-5)  # 1 / std of 2, 5
 
 
 def test_actnorm_state_survives_state_dict_round_trip():

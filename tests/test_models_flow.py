@@ -59,6 +59,15 @@ def test_loss_is_nll_and_bpd_includes_the_8bit_correction():
     assert FlowModel.log_prob_kind == "exact"
 
 
+def test_the_training_bpd_is_the_evaluators_bits_per_dim():
+    model = FlowModel(Shift(0.0), (1, 4, 4), dequantize=False)  # a density of undequantised 8-bit data
+    x = torch.randint(0, 256, (5, 1, 4, 4)).float() / 255
+    out = model.loss(x)
+    torch.testing.assert_close(out["bpd"], (out["nll"] + 16 * math.log(256)) / (16 * math.log(2)))
+    model.data_levels = None  # continuous features: no bits per dimension, in training as in evaluate
+    assert "bpd" not in model.loss(x) and model.bits_per_dim(model.loss(x)["nll"]) is None
+
+
 def test_logit_preprocessing_logdet_is_part_of_the_density():
     """A logit-only model's density integrates to 1 over [0, 1]: with a logistic base it is uniform."""
     model = build_model(
@@ -127,6 +136,7 @@ def test_briefly_trained_flow_inverts_to_1e4_and_state_dict_round_trips(preset):
         ({"flow_base": "cauchy"}, "unknown model.flow_base 'cauchy'"),
         ({"flow_scale": "exp"}, "unknown model.flow_scale 'exp'"),
         ({"flow_steps": 0}, "model.flow_steps must be positive"),
+        ({"flow_arch": "maf", "flow_blocks": 0}, "model.flow_blocks must be >= 1; got 0"),
     ],
 )
 def test_bad_flow_config_is_a_one_line_config_error(overrides, message):

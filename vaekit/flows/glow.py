@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from .base import Transform, full_precision_region
 
+ACTNORM_MIN_STD = 1e-3  # below this spread on the first batch a channel keeps unit scale
+
 
 def _per_channel(p: Tensor, x: Tensor) -> Tensor:
     """Broadcast a [C] parameter against x [B, C, *spatial]."""
@@ -31,7 +33,10 @@ def _spatial(x: Tensor) -> int:
 
 
 class ActNorm(Transform):
-    """Per-channel affine map with data-dependent initialisation on the first forward batch."""
+    """Per-channel affine map with data-dependent initialisation on the first forward batch
+    (Kingma & Dhariwal 2018): zero mean and unit variance per channel on that batch. A channel
+    without spread there (one value, or a constant) starts at unit scale rather than at 1/std,
+    which would be infinite or huge and, once ``initialized`` is set, permanent."""
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
@@ -44,7 +49,8 @@ class ActNorm(Transform):
     def _initialize(self, x: Tensor) -> None:
         flat = x.transpose(0, 1).reshape(x.shape[1], -1)  # [C, B * spatial]
         self.bias.copy_(-flat.mean(1))
-        self.log_scale.copy_(-torch.log(flat.std(1) + self.eps))
+        std = flat.std(1) if flat.shape[1] > 1 else torch.zeros_like(flat[:, 0])
+        self.log_scale.copy_(-torch.log(torch.where(std > ACTNORM_MIN_STD, std + self.eps, torch.ones_like(std))))
         self.initialized.fill_(True)
 
     def forward(self, x, context=None):

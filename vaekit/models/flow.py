@@ -45,7 +45,7 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 
 from ..checks import image_shape, lookup
 from ..data import dequantize as uniform_dequantize
-from ..distributions import N_LEVELS, bits_per_dim
+from ..distributions import N_LEVELS
 from ..errors import ConfigError
 from ..flows.autoregressive import maf
 from ..flows.base import SCALES, Compose, Logit, Reshape, Shift
@@ -127,9 +127,12 @@ class FlowModel(GenerativeModel):
         return self.distribution().log_prob(y) - self.num_dims * math.log(N_LEVELS)
 
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
-        """Per-example ``loss`` = ``nll`` (nats) and ``bpd`` (bits per dimension)."""
+        """Per-example ``loss`` = ``nll`` (nats) and ``bpd``, the bits per dimension ``evaluate`` reports
+        (``bits_per_dim``: with D ln 256 for a density of undequantised 8-bit data; absent where
+        bits per dimension are undefined, e.g. continuous features)."""
         nll = -self.log_prob(x)
-        return {"loss": nll, "nll": nll, "bpd": bits_per_dim(nll, self.num_dims)}
+        bpd = self.bits_per_dim(nll)
+        return {"loss": nll, "nll": nll} | ({} if bpd is None else {"bpd": bpd})
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = False, temperature: float = 1.0) -> Tensor:
@@ -223,8 +226,8 @@ def _check_flow_config(cfg) -> None:
     ):
         if value <= 0:
             raise ConfigError(f"model.{key} must be positive; got {value}")
-    if cfg.flow_blocks < 0:
-        raise ConfigError(f"model.flow_blocks must be >= 0; got {cfg.flow_blocks}")
+    if cfg.flow_blocks < (1 if cfg.flow_arch == "maf" else 0):  # maf: its MADE's hidden layers
+        raise ConfigError(f"model.flow_blocks must be >= {1 if cfg.flow_arch == 'maf' else 0}; got {cfg.flow_blocks}")
     if cfg.flow_preprocess == "logit" and not 0.0 < cfg.flow_alpha < 0.5:
         raise ConfigError(f"model.flow_alpha must be in (0, 0.5); got {cfg.flow_alpha}")
 
