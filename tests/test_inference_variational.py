@@ -356,3 +356,20 @@ def test_svi_and_the_gap_need_no_special_case_for_two_stochastic_layers():
     assert res["history"][-10:].mean() > res["history"][:10].mean()
     gaps = gap_decomposition(vae, x, k=50, svi_steps=20)
     assert gaps["log_px"]["mean"] >= gaps["elbo_svi"]["mean"] - 3 * gaps["approximation_gap"]["stderr"]
+
+
+def test_gap_decomposition_and_completion_run_in_eval_mode_and_restore_the_callers_mode(trained):
+    from vaekit.completion import complete
+
+    vae, x = trained
+    was, seen = vae.training, []
+    hook = vae.encoder.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    try:
+        vae.train()  # as a caller in the middle of training leaves it: batch norm would use batch statistics
+        gap_decomposition(vae, x[:4], k=3, svi_steps=2)
+        complete(vae, x[:2], torch.ones(1, 4, 4).index_fill_(1, torch.tensor([2, 3]), 0), n_completions=2, k=3)
+        assert seen and not any(seen) and vae.training
+        assert all(p.requires_grad for p in vae.parameters())
+    finally:
+        hook.remove()
+        vae.train(was)

@@ -46,6 +46,7 @@ from .inference import (
     MaskedLikelihood,
     PosteriorModel,
     effective_sample_size,
+    frozen,
     mean_and_stderr,
     svi,
 )
@@ -238,6 +239,14 @@ def complete(
     proposal = lookup(PROPOSALS, method, "completion method")
     if n_completions < 1 or k < 1:
         raise VaekitError("completion needs n_completions >= 1 and k >= 1")
+    with frozen(model):  # eval mode: with batch norm in train mode each image's q would depend on its batch
+        return _complete(
+            model, x, mask, proposal, n_completions, method, k, svi_steps, svi_lr, svi_samples, mean, batch_size
+        )
+
+
+def _complete(model, x, mask, proposal, n_completions, method, k, svi_steps, svi_lr, svi_samples, mean, batch_size):
+    """:func:`complete` with ``model`` frozen in eval mode and the arguments checked."""
     N = x.shape[0]
     mask = _observation_mask(mask, x)
     n_missing = (1 - mask).flatten(1).sum(-1)

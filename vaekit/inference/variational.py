@@ -171,7 +171,7 @@ SVI_INITS = {"encoder": _phi_from_encoder, "prior": _phi_from_prior}
 
 
 @contextmanager
-def _frozen(model) -> Iterator[None]:
+def frozen(model) -> Iterator[None]:
     """``model`` in eval mode with no trainable parameter; both restored on exit."""
     is_module = isinstance(model, nn.Module)
     was_training = model.training if is_module else False
@@ -265,7 +265,7 @@ def svi(
     B = batch_size or N
     out = {"params": [], "elbo_init": [], "elbo_final": []}
     history = torch.zeros(steps + 1, dtype=torch.float64)
-    with _frozen(model), torch.enable_grad():
+    with frozen(model), torch.enable_grad():
         for i in range(0, N, B):
             last = i + B >= N  # progress reports the mean over all examples: only in the last batch
             report = (lambda step: progress(step + 1, (history[step] / N).item())) if progress and last else None
@@ -365,6 +365,12 @@ def gap_decomposition(
     """
     if k < 1:
         raise VaekitError(f"gap: k must be at least 1; got {k}")
+    with frozen(model):  # all three stages in eval mode, as SVI runs: a net in train mode (batch norm)
+        return _gap_terms(model, x, k, svi_steps, svi_lr, svi_samples, svi_init, batch_size, progress)
+
+
+def _gap_terms(model, x, k, svi_steps, svi_lr, svi_samples, svi_init, batch_size, progress) -> dict:
+    """:func:`gap_decomposition` with ``model`` already frozen in eval mode."""
     with torch.no_grad():
         amort = importance_sampled_log_prob(model, x, k=k)
     if progress is not None:
