@@ -61,6 +61,15 @@ def test_chunking_does_not_change_the_estimate():
     assert (a - c).abs().mean() < 0.5
 
 
+def test_a_given_batch_size_still_keeps_each_chunk_within_the_budget():
+    model = small_vae()
+    codes = []
+    real = model.decoder.log_likelihood
+    model.decoder.log_likelihood = lambda z, x: codes.append(z.shape[0]) or real(z, x)
+    importance_sampled_log_prob(model, binary_data(10), k=50, batch_size=5, data_numel=36, element_budget=36 * 20)
+    assert max(codes) <= 20 and sum(codes) == 10 * 50  # 5 examples x 4 samples per chunk, all 500 codes
+
+
 def ppca_vae(Dx=5, Dz=2, sigma=0.5, seed=0):
     """A linear-Gaussian VAE (empty hidden list) set to a known pPCA model."""
     torch.manual_seed(seed)

@@ -131,6 +131,8 @@ def importance_sampled_log_prob(
     else:
         numel = data_numel or decoder_numel(model, x.shape[1:])
         auto_b, auto_s = chunk_sizes(N, k, numel, element_budget)
+        if batch_size:  # the samples per chunk then fit the budget beside the caller's batch
+            auto_s = min(k, max(1, element_budget // (max(1, numel) * batch_size)))
         B, S = batch_size or auto_b, min(k, sample_chunk or auto_s)
     out = {"log_px": [], "elbo": [], "ess": []}
     for i in range(0, N, B):
