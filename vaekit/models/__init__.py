@@ -58,7 +58,7 @@ def build_model(cfg, data_shape):
     (``binarize=none`` on grey levels) scores a cross-entropy, not the probability of the data, so
     that model has no bits per dimension (``data_levels`` None)."""
     model = lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
-    grey_under_bernoulli = binary_data(cfg.model) and cfg.data.binarize == "none" and cfg.data.levels != 2
+    grey_under_bernoulli = cfg.data.binarize == "none" and cfg.data.levels != 2 and binary_data(cfg.model)
     model.data_levels = None if grey_under_bernoulli else cfg.data.levels
     model.data_transform = standardization_of(cfg.data)  # what its outputs invert (GenerativeModel)
     return model
