@@ -393,6 +393,15 @@ def test_npy_channels_last_keeps_pixels(tmp_path):
     assert got == sorted(np.ascontiguousarray(a.transpose(2, 0, 1)).tobytes() for a in arr)
 
 
+def test_an_rgba_or_two_channel_array_stored_channels_last_is_read_as_its_channels():
+    for c in (2, 4):
+        arr = np.random.default_rng(c).integers(0, 256, size=(6, 28, 28, c), dtype=np.uint8)
+        x = data.images_from_array(arr, "a.npy")
+        assert x.shape == (6, c, 28, 28)  # not 28 channels of 28 x c images
+        assert torch.equal(data.to_uint8(x), torch.from_numpy(arr.transpose(0, 3, 1, 2).copy()))
+    assert data.images_from_array(np.zeros((6, 2, 28, 28), np.uint8), "b.npy").shape == (6, 2, 28, 28)
+
+
 def test_integer_zero_one_data_is_binary(tmp_path):
     np.save(tmp_path / "b.npy", np.array([[0, 1, 1, 0]] * 10, np.uint8))
     ds = data.load_dataset(str(tmp_path / "b.npy"), "train")

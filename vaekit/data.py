@@ -250,17 +250,17 @@ def dequantize(x: Tensor, generator: torch.Generator | None = None, levels: int 
 # Array checks shared by every format
 # ----------------------------------------------------------------------------------------
 def _as_nchw(arr: np.ndarray, source: str) -> np.ndarray:
-    """[N,D] -> [N,1,s,s] (D = s*s) or [N,1,1,D]; [N,H,W] -> [N,1,H,W]; [N,H,W,C] -> [N,C,H,W]."""
+    """[N,D] -> [N,1,s,s] (D = s*s) or [N,1,1,D]; [N,H,W] -> [N,1,H,W]; [N,H,W,C] -> [N,C,H,W] when C is
+    1 or 3, or at most 4 (an RGBA or two-channel image) with H above 4."""
     if arr.ndim == 2:
         n, d = arr.shape
         s = math.isqrt(d)
         return arr.reshape(n, 1, s, s) if s * s == d else arr.reshape(n, 1, 1, d)
     if arr.ndim == 3:
         return arr[:, None]
-    if arr.ndim == 4:
-        if arr.shape[1] not in (1, 3) and arr.shape[3] in (1, 3):
-            return arr.transpose(0, 3, 1, 2)
-        return arr
+    if arr.ndim == 4:  # channels last when the last axis looks like channels and the second does not
+        channels_last = arr.shape[1] not in (1, 3) and (arr.shape[3] in (1, 3) or arr.shape[3] <= 4 < arr.shape[1])
+        return arr.transpose(0, 3, 1, 2) if channels_last else arr
     raise DataError(f"{source}: images must be [N,D], [N,H,W] or [N,C,H,W]; got shape {arr.shape}")
 
 
