@@ -194,6 +194,43 @@ def one_error_line(capsys, rc) -> str:
     return err
 
 
+@pytest.mark.parametrize(
+    "error, fragment",
+    [
+        (
+            PermissionError(13, "Permission denied", "/runs/a/config.yaml"),
+            "cannot access /runs/a/config.yaml: Permission denied",
+        ),
+        (
+            OSError(122, "Disk quota exceeded", "/runs/a/metrics.jsonl"),
+            "cannot access /runs/a/metrics.jsonl: Disk quota",
+        ),
+        (OSError(28, "No space left on device", "/runs/a/x"), "disk full while writing /runs/a/x"),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB"), "out of memory"),
+        (MemoryError(), "out of memory; use a smaller --batch-size"),
+    ],
+)
+def test_system_errors_end_in_one_line(monkeypatch, capsys, error, fragment):
+    import vaekit.cli as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setitem(cli.COMMANDS, "presets", cli.COMMANDS["presets"]._replace(run=fail))
+    assert fragment in one_error_line(capsys, main(["presets"]))
+
+
+def test_other_runtime_errors_are_not_mistaken_for_a_lack_of_memory(monkeypatch):
+    import vaekit.cli as cli
+
+    def fail(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setitem(cli.COMMANDS, "presets", cli.COMMANDS["presets"]._replace(run=fail))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["presets"])
+
+
 @pytest.fixture(scope="module")
 def other_shape(tmp_path_factory):
     """A data set of 12x12 images: another shape than the 8x8 digits the run was trained on."""

@@ -296,6 +296,21 @@ def test_seeds_are_pure_functions_of_step_and_shard():
     assert len(seeds) == 201 and all(0 <= v < 2**63 for v in seeds)
 
 
+def test_a_run_folder_that_another_process_trains_is_not_resumed(tmp_path):
+    import fcntl
+
+    from vaekit.errors import CheckpointError
+
+    tr, te = digits()
+    train(cfg_for(epochs=1, eval_k=0), tmp_path / "r", tr[:100], te, progress=False)  # 2 steps
+    with open(tmp_path / "r" / ckpt.RUN_LOCK, "a+b") as held:  # as another resuming process holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CheckpointError, match="is being trained by another process"):
+            train(cfg_for(epochs=2, eval_k=0), tmp_path / "r", tr[:100], te, progress=False, resume=True)
+    summary = train(cfg_for(epochs=2, eval_k=0), tmp_path / "r", tr[:100], te, progress=False, resume=True)
+    assert summary["step"] == 4  # released: the same command resumes
+
+
 def test_resuming_to_fewer_epochs_than_trained_is_an_error_and_to_as_many_a_note(tmp_path, capsys):
     tr, te = digits()
     train(cfg_for(epochs=2, eval_k=0), tmp_path / "r", tr[:200], te, progress=False)  # 4 steps per epoch

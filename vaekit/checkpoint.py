@@ -52,6 +52,8 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,7 +67,13 @@ from .errors import CheckpointError, ConfigError, one_line
 from .models import build_model
 from .nets import to_channels_last
 
+try:  # POSIX advisory locks; elsewhere a run folder is not locked
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
+
 CKPT_DIR = "checkpoints"
+RUN_LOCK = ".lock"  # in a run folder: held (flock) by the process that resumes training it
 CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
 KEEP = 3  # checkpoints kept per run (older ones are deleted after a successful write)
 RESUMABLE = (("train", "epochs"), ("train", "device"))  # what `--resume` may change in a run's config
@@ -225,6 +233,35 @@ def check_belongs(path: Path, state: dict, run_dir: str | Path) -> None:
             f"{path} is not a checkpoint of the run {run_dir}: its config differs from "
             f"{Path(run_dir) / 'config.yaml'} ({'; '.join(diff)}); move it out of {Path(run_dir) / CKPT_DIR}"
         )
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the run folder ``run_dir`` while training resumes in it.
+
+    Two processes resuming one run would each delete the other's checkpoint temp files and one
+    would append to a ``metrics.jsonl`` the other had replaced; the second is refused instead.
+    A folder where the lock file cannot be made or locked (read-only, a filesystem without locks)
+    is not locked: what follows reports its own errors."""
+    try:
+        f = open(Path(run_dir) / RUN_LOCK, "a+b")  # noqa: SIM115 - held open for the whole run
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CheckpointError(
+                    f"{run_dir} is being trained by another process (it holds {Path(run_dir) / RUN_LOCK}); "
+                    "let it finish, or stop it first"
+                ) from None
+            except OSError:
+                pass
+        yield
+    finally:
+        f.close()
 
 
 def requested_epochs(run_dir: str | Path) -> int | None:

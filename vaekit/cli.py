@@ -1451,11 +1451,26 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"vaekit: error: file not found: {e.filename}", file=sys.stderr)
         return 2
-    except OSError as e:
-        if e.errno == 28:
-            print(f"vaekit: error: disk full while writing {e.filename or ''}".rstrip(), file=sys.stderr)
-            return 2
-        raise
+    except OSError as e:  # permissions, a read-only or full disk, a quota: the file and the reason
+        what = f" {shown(e.filename)}" if e.filename else ""
+        if e.errno == errno.ENOSPC:
+            print(f"vaekit: error: disk full while writing{what}", file=sys.stderr)
+        else:
+            print(f"vaekit: error: cannot access{what}: {one_line(e.strerror or e)}", file=sys.stderr)
+        return 2
+    except MemoryError:  # Python's own; torch's OutOfMemoryError is a RuntimeError, below
+        print(_OUT_OF_MEMORY, file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        print(_OUT_OF_MEMORY, file=sys.stderr)
+        return 2
+
+
+_OUT_OF_MEMORY = (
+    "vaekit: error: out of memory; use a smaller --batch-size / -n (or --set batch_size=...), or a smaller model"
+)
 
 
 if __name__ == "__main__":

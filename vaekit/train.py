@@ -779,9 +779,11 @@ def train(
         device = resolve_device(cfg.train.device)
         lines = progress if epoch_lines is None else epoch_lines
         run_dir = Path(run_dir)
-        return _train(
-            cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device, lines
-        )
+        locked = resume and distributed.is_main() and run_dir.is_dir()
+        with ckpt.run_lock(run_dir) if locked else contextlib.nullcontext():
+            return _train(
+                cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device, lines
+            )
 
 
 def _train(
