@@ -362,6 +362,19 @@ def test_a_run_that_keeps_blowing_up_stops_naming_the_term(tmp_path, monkeypatch
     assert state["step"] == 4 and state["bad_steps"] == 1  # epoch-end checkpoint; a resume goes on from it
 
 
+def test_a_streak_of_non_finite_steps_counts_on_across_a_resume(tmp_path, monkeypatch):
+    """Stopped mid-streak (max_steps) and resumed, the run diverges at the step an uninterrupted one does."""
+    from vaekit import models
+    from vaekit.train import TrainingDiverged
+
+    monkeypatch.setitem(models.MODELS, "toy", lambda mc, shape, tc: Poisoned("kl", range(3, 100)))
+    x, cfg = torch.rand(40, 1, 4, 4), poisoned_config(max_bad_steps=4, epochs=3)
+    summary = train(cfg, tmp_path / "r", x, progress=False, max_steps=5)  # steps 3 and 4 were non-finite
+    assert summary["step"] == 5 and ckpt.latest_checkpoint(tmp_path / "r")[1]["bad_streak"] == 2
+    with pytest.raises(TrainingDiverged, match="4 consecutive non-finite steps at step 6"):
+        train(cfg, tmp_path / "r", x, progress=False, resume=True)
+
+
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     from vaekit import models
 

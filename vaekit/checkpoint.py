@@ -297,6 +297,7 @@ def training_state(
     *,
     epoch: int = 1,
     bad_steps: int = 0,
+    bad_streak: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     ema: AveragedModel | None = None,
     shards: int = 1,
@@ -311,7 +312,8 @@ def training_state(
         cfg: the resolved config, from which :func:`model_from_state` rebuilds the model.
         data_shape: the shape of one example, e.g. [C, H, W].
         epoch: the epoch ``step`` falls in (informational).
-        bad_steps: non-finite steps skipped so far.
+        bad_steps: non-finite steps skipped so far; bad_streak: how many of them came last, in a row
+            (a resumed run counts on towards ``train.max_bad_steps``).
         shards: the run's data shards; world_size: the processes that wrote it (informational).
         log_window: ``{"sums": {term: global sum}, "n": steps}`` of the steps since the last log
             line, so that a resumed run logs the same means.
@@ -320,6 +322,7 @@ def training_state(
         "step": int(step),
         "epoch": int(epoch),
         "bad_steps": int(bad_steps),
+        "bad_streak": int(bad_streak),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "ema": ema.module.state_dict() if ema is not None else None,

@@ -696,6 +696,7 @@ class Run:
     window: LogWindow
     step: int = 0
     bad_steps: int = 0
+    bad_streak: int = 0  # the non-finite steps just before ``step``: max_bad_steps counts across resumes
     saved: int = 0  # the step of the newest checkpoint on disk (a new run's folder holds step 0's)
     finite: int = 0  # the last step at which the weights were checked and finite
 
@@ -709,6 +710,7 @@ class Run:
             self.data_shape,
             epoch=self.step // self.data.steps_per_epoch,
             bad_steps=self.bad_steps,
+            bad_streak=self.bad_streak,
             optimizer=learner.opt,
             ema=learner.ema,
             shards=self.data.shards,
@@ -835,7 +837,7 @@ def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, r
     tc, main, spe = run.cfg.train, distributed.is_main(), run.data.steps_per_epoch
     log = MetricsLog(run.run_dir / "metrics.jsonl", run.step if resume else None) if main else None
     tb = _tensorboard(run.run_dir, tc.tensorboard) if main else None
-    bar, summary, consecutive_bad, stop = None, {}, 0, _StopRequest()
+    bar, summary, stop = None, {}, _StopRequest()
     losses: list[float] = []  # this epoch's step losses, for its end-of-epoch line
     try:
         stop.install()
@@ -850,11 +852,11 @@ def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, r
             lr = learning_rate(step, spe * tc.epochs, tc.lr, tc.schedule, tc.lr_warmup_steps, spe, tc.schedule_scale)
             res = train_step(run.learner, batches, global_batch, step, lr, tc, prepare)
             if res.ok:
-                consecutive_bad = 0
+                run.bad_streak = 0
             else:
-                run.bad_steps, consecutive_bad = run.bad_steps + 1, consecutive_bad + 1
-                if consecutive_bad >= tc.max_bad_steps:
-                    raise _diverged(consecutive_bad, step, res.bad_terms)
+                run.bad_steps, run.bad_streak = run.bad_steps + 1, run.bad_streak + 1
+                if run.bad_streak >= tc.max_bad_steps:
+                    raise _diverged(run.bad_streak, step, res.bad_terms)
             run.step = step + 1
             run.window.add(res.sums, global_batch)
             bar.update(1)
@@ -873,10 +875,10 @@ def _loop(run: Run, eval_x: Tensor | None, prepare, last: int, progress: bool, r
         for handle in (bar, log, tb):
             if handle is not None:
                 handle.close()
-    if consecutive_bad and main:
+    if run.bad_streak and main:
         print(
-            f"vaekit: warning: the last {consecutive_bad} steps were non-finite and skipped: the final weights, "
-            f"those after step {run.step - consecutive_bad}, gave no finite loss since",
+            f"vaekit: warning: the last {run.bad_streak} steps were non-finite and skipped: the final weights, "
+            f"those after step {run.step - run.bad_streak}, gave no finite loss since",
             file=sys.stderr,
         )
     # the last evaluation's record, then the run's own step (the evaluation may be older)
@@ -997,10 +999,11 @@ def _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device) 
     """The learner and this process's data shards: of a new run, or of ``state`` (a resumed one)."""
     learner = build_learner(model, cfg.train, device)
     W = distributed.world_size()
-    S, step, bad_steps, window = int(shards or W), 0, 0, None
+    S, step, bad_steps, bad_streak, window = int(shards or W), 0, 0, 0, None
     if state is not None:
         ckpt.restore_training_state(state, model, learner.opt, learner.ema, run_dir)
         step, bad_steps, window = int(state["step"]), int(state.get("bad_steps", 0)), state.get("log_window")
+        bad_streak = int(state.get("bad_streak", 0))  # absent from checkpoints written before it was kept
         S = int(state.get("shards", 1))
         if W > S:
             if distributed.is_main():
@@ -1012,7 +1015,9 @@ def _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device) 
             S = W
     data = ShardedData(train_x, S, cfg.train.batch_size, cfg.train.seed, device)
     distribute(learner, S, device)
-    return Run(cfg, run_dir, data_shape, learner, data, LogWindow(window), step, bad_steps, saved=step, finite=step)
+    return Run(
+        cfg, run_dir, data_shape, learner, data, LogWindow(window), step, bad_steps, bad_streak, saved=step, finite=step
+    )
 
 
 def _open_run_folder(run: Run, resume: bool) -> None:
