@@ -322,3 +322,19 @@ def test_a_loaded_model_has_the_memory_format_its_run_trained_in(tmp_path, chann
         assert torch.allclose(loaded.decoder.body(z), nchw.decoder.body(z), atol=1e-5)
     assert module_digest(loaded) == module_digest(model)
     assert (module_digest(loaded) == module_digest(nchw)) != channels_last
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"model": {}, "step": 1},  # no config
+        {"model": {}, "config": "dense-mnist", "step": 1, "data_shape": [1, 2, 2]},
+        {"model": {}, "config": {}, "step": 1},  # no data_shape
+        {"model": {}, "config": {}, "step": 1, "data_shape": ["1", "2"]},
+        {"model": [], "config": {}, "step": 1, "data_shape": [1, 2, 2]},
+    ],
+)
+def test_a_file_of_plain_values_but_not_a_checkpoints_structure_is_one_error(tmp_path, state):
+    torch.save(state, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="is not a vaekit checkpoint"):
+        ckpt.read_checkpoint(tmp_path / "x.pt")

@@ -507,6 +507,16 @@ def load_checkpoint_bytes(data: bytes | str | Path, name: str | Path, map_locati
         raise CheckpointError(f"corrupt or truncated checkpoint {name} ({_clip(problem)})")
     if not isinstance(state, dict) or "model" not in state or "config" not in state or "step" not in state:
         raise CheckpointError(f"{name} is not a vaekit checkpoint (missing model/config/step)")
+    shape = state.get("data_shape")
+    plain = (
+        isinstance(state["model"], dict)
+        and isinstance(state["config"], dict)
+        and isinstance(state["step"], int)
+        and isinstance(shape, (list, tuple))
+        and all(isinstance(d, int) and d > 0 for d in shape)
+    )
+    if not plain:  # a file that passed its CRC but is not what training_state writes
+        raise CheckpointError(f"{name} is not a vaekit checkpoint (its model, config, step or data_shape is malformed)")
     return state
 
 
