@@ -229,6 +229,35 @@ def test_sharded_data_deals_every_example_once_per_epoch():
         ShardedData(x[:5], shards=3, batch_size=1, seed=1, device=torch.device("cpu"))
 
 
+def test_the_metrics_log_reports_a_full_disk_once_and_drops_lines_that_are_not_records(tmp_path):
+    import errno
+
+    from vaekit.train import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n[1, 2]\n7\n{"step": 9}\n')
+    log = MetricsLog(path, resume_step=5)  # resumed at step 5: only step 1's record stays
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = write
+
+        def close(self):  # flushing the buffered remainder fails the same way
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real, log.f = log.f, FullDisk()
+    with pytest.raises(VaekitError, match="disk full"):
+        log.write({"step": 6})
+    log.close()  # no second, less specific error
+    real.close()
+    log.f, log.failed = FullDisk(), False
+    with pytest.raises(OSError):  # a close that fails on its own is not hidden
+        log.close()
+
+
 def test_log_window_carries_its_sums_across_a_resume():
     window = LogWindow({"sums": {"loss": 6.0}, "n": 2})  # two steps logged before the checkpoint
     window.add({"loss": 3.0, "kl": 1.0}, global_batch=10)

@@ -524,21 +524,27 @@ class MetricsLog:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line torn by a kill
-                if rec.get("step", 0) <= resume_step:
+                if isinstance(rec, dict) and rec.get("step", 0) <= resume_step:  # not a record: dropped too
                     keep.append(line)
             ckpt.atomic_write(path, lambda f: f.write("".join(l + "\n" for l in keep).encode()))
         self.f = open(path, "a")
+        self.failed = False
 
     def write(self, record: dict) -> None:
         try:
             self.f.write(ckpt.json_text(record) + "\n")
             self.f.flush()
         except OSError as e:
+            self.failed = True
             what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
             raise VaekitError(f"cannot write {self.path} ({what}); the run resumes from its last checkpoint") from None
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:  # flushing what the failed write left: its error was raised already, and says more
+            if not self.failed:
+                raise
 
 
 class LogWindow:
