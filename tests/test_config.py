@@ -180,6 +180,7 @@ def test_the_two_layer_preset_is_burdas_net():
         (["free_bits=0.5", "prior=vamp"], "a Gaussian q(z|x) (no posterior_flow), prior=normal"),
         (["free_bits=0.5", "posterior_flow=iaf"], "train.free_bits floors each latent dimension's analytic KL"),
         (["free_bits=0.5", "stochastic_layers=[4, 2]", "latent_dim=6"], "and one stochastic layer"),
+        (["kind=flow", "flow_arch=maf", "flow_blocks=0"], "model.flow_blocks must be >= 1 for flow_arch=maf"),
         (["decoder_bias_init=data_mean", "likelihood=gaussian"], "needs a VAE with likelihood=bernoulli"),
         (["decoder_bias_init=data_mean", "kind=autoencoder"], "needs a VAE with likelihood=bernoulli"),
         (["decoder_bias_init=mean"], "unknown model.decoder_bias_init 'mean'"),
@@ -298,3 +299,19 @@ def test_reading_a_config_parses_each_sections_type_hints_once(monkeypatch):
     for _ in range(5):
         assert Config.from_dict(d).to_dict() == d
     assert sorted(c.__name__ for c in calls) == ["DataConfig", "ModelConfig", "TrainConfig"]
+
+
+def test_settings_older_runs_were_trained_with_are_refused_for_new_runs_only():
+    from vaekit.config import Config, validate
+
+    one_layer = build_config(overrides=["free_bits=0.5", "stochastic_layers=[20]", "latent_dim=20"])
+    assert one_layer.train.free_bits == 0.5  # one Gaussian layer has a per-dimension KL
+    for sets in (
+        {"train": {"objective": "iwae", "k": 5, "beta": 0.5}},
+        {"train": {"free_bits": 0.5, "gradient": "stl"}},
+        {"model": {"kind": "flow", "flow_arch": "maf", "flow_blocks": 0}},
+    ):
+        cfg = Config.from_dict(sets)  # as a checkpoint written before the rule holds it
+        with pytest.raises(ConfigError):
+            validate(cfg)
+        validate(cfg, new_run=False)  # a resumed run goes on as it was trained

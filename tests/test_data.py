@@ -400,6 +400,7 @@ def test_an_rgba_or_two_channel_array_stored_channels_last_is_read_as_its_channe
         assert x.shape == (6, c, 28, 28)  # not 28 channels of 28 x c images
         assert torch.equal(data.to_uint8(x), torch.from_numpy(arr.transpose(0, 3, 1, 2).copy()))
     assert data.images_from_array(np.zeros((6, 2, 28, 28), np.uint8), "b.npy").shape == (6, 2, 28, 28)
+    assert data.images_from_array(np.zeros((6, 16, 4, 4), np.uint8), "c.npy").shape == (6, 16, 4, 4)  # 16 channels
 
 
 def test_integer_zero_one_data_is_binary(tmp_path):

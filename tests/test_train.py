@@ -340,6 +340,28 @@ def test_a_run_folder_that_another_process_trains_is_not_resumed(tmp_path):
     assert summary["step"] == 4  # released: the same command resumes
 
 
+def test_a_new_run_is_locked_while_it_trains(tmp_path, monkeypatch):
+    import fcntl
+
+    refused, real = [], ckpt.save_checkpoint
+
+    def save_and_probe(run_dir, state):  # another process trying the folder while this one trains
+        if str(run_dir) != str(tmp_path / "r"):  # the step-0 checkpoint, written before the folder appears
+            return real(run_dir, state)
+        with open(tmp_path / "r" / ckpt.RUN_LOCK, "a+b") as other:
+            try:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                refused.append(False)
+            except BlockingIOError:
+                refused.append(True)
+        return real(run_dir, state)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_and_probe)
+    tr, te = digits()
+    train(cfg_for(epochs=1, eval_k=0), tmp_path / "r", tr[:100], te, progress=False)
+    assert refused and all(refused)
+
+
 def test_resuming_to_fewer_epochs_than_trained_is_an_error_and_to_as_many_a_note(tmp_path, capsys):
     tr, te = digits()
     train(cfg_for(epochs=2, eval_k=0), tmp_path / "r", tr[:200], te, progress=False)  # 4 steps per epoch

@@ -237,9 +237,10 @@ def check_belongs(path: Path, state: dict, run_dir: str | Path) -> None:
 
 @contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on the run folder ``run_dir`` while training resumes in it.
+    """Hold an exclusive advisory lock on the run folder ``run_dir`` while a process trains it (a new
+    run from its first checkpoint on, a resumed one before it touches a file there).
 
-    Two processes resuming one run would each delete the other's checkpoint temp files and one
+    Two processes training one run would each delete the other's checkpoint temp files and one
     would append to a ``metrics.jsonl`` the other had replaced; the second is refused instead.
     A folder where the lock file cannot be made or locked (read-only, a filesystem without locks)
     is not locked: what follows reports its own errors."""

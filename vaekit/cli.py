@@ -361,7 +361,7 @@ def _train_in_session(args, main: bool):
         cfg.train.epochs = args.epochs
     if args.device:
         cfg.train.device = args.device
-    validate(cfg)
+    validate(cfg, new_run=not args.resume)
     train_ds, test_ds = prepare_data(cfg.data)
     if not args.resume:  # fitted on the training split; the config records it, so resumes reuse it
         train_ds, test_ds = _standardize(cfg, train_ds, test_ds, main)

@@ -749,8 +749,11 @@ def _check_signs(cfg: Config) -> None:
                 raise ConfigError(f"{key}{' entries' if isinstance(value, list) else ''} must be {need}; got {value}")
 
 
-def validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express; one line per problem."""
+def validate(cfg: Config, new_run: bool = True) -> None:
+    """Value checks that types alone cannot express; one line per problem.
+
+    ``new_run=False`` (a resumed run) skips the checks added after runs could be trained without
+    them (``_check_new_run``): such a run was trained with those settings ignored, and goes on so."""
     for section in SECTIONS:  # NaN / inf are floats to YAML (.nan, .inf) but never a sane setting
         for name in _fields(section):
             value = getattr(getattr(cfg, section), name)
@@ -767,6 +770,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.ema must be in [0, 1); got {cfg.train.ema}")
     _validate_layers(cfg.model)
     _validate_protocol(cfg)
+    if new_run:
+        _check_new_run(cfg)
     _validate_standardization(cfg.data)
 
 
@@ -813,19 +818,6 @@ def _validate_protocol(cfg: Config) -> None:
                 f"train.gradient={tc.gradient} needs objective={needs} and a VAE whose q(z|x) has a density "
                 "at any z (a Gaussian or hierarchical encoder, no posterior_flow)"
             )
-    shaping = [f"{k}={v}" for k, v, off in (("beta", tc.beta, 1.0), ("warmup_steps", tc.warmup_steps, 0)) if v != off]
-    shaping += [f"free_bits={tc.free_bits}"] if tc.free_bits > 0 else []
-    if tc.objective == "iwae" and shaping:
-        raise ConfigError(
-            f"train.{shaping[0]} weights the ELBO's KL term, which objective=iwae does not have; "
-            "use objective=elbo or leave it at its default"
-        )
-    factorised = mc.posterior_flow in (None, "none") and mc.prior == "normal" and not mc.stochastic_layers
-    if tc.free_bits > 0 and (tc.gradient != "reparam" or not factorised):
-        raise ConfigError(
-            "train.free_bits floors each latent dimension's analytic KL, which needs gradient=reparam, a Gaussian "
-            "q(z|x) (no posterior_flow), prior=normal and one stochastic layer"
-        )
     if tc.adam_eps <= 0:
         raise ConfigError(f"train.adam_eps must be positive; got {tc.adam_eps}")
     if not 0.0 < tc.schedule_scale <= 1.0:
@@ -835,6 +827,29 @@ def _validate_protocol(cfg: Config) -> None:
         raise ConfigError(
             f"train.epochs must be {total} with schedule=burda at schedule_scale={tc.schedule_scale} "
             f"(stages {burda_stage_epochs(tc.schedule_scale)}); got {tc.epochs}"
+        )
+
+
+def _check_new_run(cfg: Config) -> None:
+    """Settings that older vaekit accepted and then ignored or applied differently: refused for a new
+    run, left alone for a resumed one (``validate``'s ``new_run``)."""
+    tc, mc = cfg.train, cfg.model
+    shaping = [f"{k}={v}" for k, v, off in (("beta", tc.beta, 1.0), ("warmup_steps", tc.warmup_steps, 0)) if v != off]
+    shaping += [f"free_bits={tc.free_bits}"] if tc.free_bits > 0 else []
+    if tc.objective == "iwae" and shaping:
+        raise ConfigError(
+            f"train.{shaping[0]} weights the ELBO's KL term, which objective=iwae does not have; "
+            "use objective=elbo or leave it at its default"
+        )
+    factorised = mc.posterior_flow in (None, "none") and mc.prior == "normal" and len(mc.stochastic_layers) <= 1
+    if tc.free_bits > 0 and (tc.gradient != "reparam" or not factorised):
+        raise ConfigError(
+            "train.free_bits floors each latent dimension's analytic KL, which needs gradient=reparam, a Gaussian "
+            "q(z|x) (no posterior_flow), prior=normal and one stochastic layer"
+        )
+    if mc.kind == "flow" and mc.flow_arch == "maf" and mc.flow_blocks < 1:  # older vaekit built [64, 64] then
+        raise ConfigError(
+            f"model.flow_blocks must be >= 1 for flow_arch=maf (its MADE's hidden layers); got {mc.flow_blocks}"
         )
 
 

@@ -251,7 +251,7 @@ def dequantize(x: Tensor, generator: torch.Generator | None = None, levels: int 
 # ----------------------------------------------------------------------------------------
 def _as_nchw(arr: np.ndarray, source: str) -> np.ndarray:
     """[N,D] -> [N,1,s,s] (D = s*s) or [N,1,1,D]; [N,H,W] -> [N,1,H,W]; [N,H,W,C] -> [N,C,H,W] when C is
-    1 or 3, or at most 4 (an RGBA or two-channel image) with H above 4."""
+    1 or 3, or 2 or 4 (a two-channel or RGBA image) with H and W above 4."""
     if arr.ndim == 2:
         n, d = arr.shape
         s = math.isqrt(d)
@@ -259,7 +259,8 @@ def _as_nchw(arr: np.ndarray, source: str) -> np.ndarray:
     if arr.ndim == 3:
         return arr[:, None]
     if arr.ndim == 4:  # channels last when the last axis looks like channels and the second does not
-        channels_last = arr.shape[1] not in (1, 3) and (arr.shape[3] in (1, 3) or arr.shape[3] <= 4 < arr.shape[1])
+        rgba_or_pair = arr.shape[3] in (2, 4) and min(arr.shape[1], arr.shape[2]) > 4
+        channels_last = arr.shape[1] not in (1, 3) and (arr.shape[3] in (1, 3) or rgba_or_pair)
         return arr.transpose(0, 3, 1, 2) if channels_last else arr
     raise DataError(f"{source}: images must be [N,D], [N,H,W] or [N,C,H,W]; got shape {arr.shape}")
 

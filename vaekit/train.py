@@ -787,15 +787,26 @@ def train(
         device = resolve_device(cfg.train.device)
         lines = progress if epoch_lines is None else epoch_lines
         run_dir = Path(run_dir)
-        locked = resume and distributed.is_main() and run_dir.is_dir()
-        with ckpt.run_lock(run_dir) if locked else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:  # rank 0's lock on the run folder, for the whole session
             return _train(
-                cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device, lines
+                cfg,
+                run_dir,
+                train_x,
+                test_x,
+                transform,
+                resume,
+                progress,
+                max_steps,
+                data_shape,
+                shards,
+                device,
+                lines,
+                held,
             )
 
 
 def _train(
-    cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device, lines
+    cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device, lines, held
 ) -> dict:
     tc = cfg.train
     data_shape = tuple(data_shape or train_x.shape[1:])
@@ -808,7 +819,7 @@ def _train(
                 f"the per-batch transform (binarisation or dequantisation) needs training data in [0, 1]; "
                 f"found {lo:g}..{hi:g}"
             )
-    state = _resume_state(run_dir, resume)
+    state = _resume_state(run_dir, resume, held)
     if state is not None:
         _check_resume(cfg, state, run_dir, train_x.shape[0], max_steps)
 
@@ -824,7 +835,7 @@ def _train(
         model.init_from_data(train_x.mean(0).to(device))
     run = _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device)
     del state
-    distributed.agree(_open_run_folder, run, resume)
+    distributed.agree(_open_run_folder, run, resume, held)
     eval_x = test_x[: tc.eval_n].to(device) if test_x is not None and tc.eval_k > 0 else None
     total = run.data.steps_per_epoch * tc.epochs
     last = min(total, max_steps) if max_steps is not None else total
@@ -1026,19 +1037,23 @@ def _start_run(cfg, run_dir, model, train_x, data_shape, state, shards, device) 
     )
 
 
-def _open_run_folder(run: Run, resume: bool) -> None:
+def _open_run_folder(run: Run, resume: bool, held: contextlib.ExitStack) -> None:
     """Rank 0: a new run's folder appears in one rename, holding its config, an empty log and the
-    step-0 checkpoint; a resumed run's ``config.yaml`` is rewritten (``--epochs`` may extend it)."""
+    step-0 checkpoint, and is locked from then on (``checkpoint.run_lock``, kept in ``held``); a
+    resumed run's ``config.yaml`` is rewritten (``--epochs`` may extend it)."""
     if resume:
         ckpt.write_config(run.run_dir, run.cfg)
     else:
         ckpt.create_run(run.run_dir, run.cfg, run.state())
+        held.enter_context(ckpt.run_lock(run.run_dir))
 
 
-def _resume_state(run_dir: Path, resume: bool) -> dict | None:
+def _resume_state(run_dir: Path, resume: bool, held: contextlib.ExitStack) -> dict | None:
     """The newest good checkpoint's state when resuming (read by rank 0, sent to all), else None.
 
-    Also refuses to start a new run in a folder that holds one.
+    Also refuses to start a new run in a folder that holds one. Rank 0 locks a resumed run's folder
+    (``checkpoint.run_lock``, kept in ``held``) before it touches a file there, and the refusal
+    when another process holds it reaches every rank through ``distributed.agree``.
     """
 
     def locate():  # rank 0 only: the run folder lives there
@@ -1046,6 +1061,7 @@ def _resume_state(run_dir: Path, resume: bool) -> dict | None:
             if ckpt.list_checkpoints(run_dir):
                 raise VaekitError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
             return None
+        held.enter_context(ckpt.run_lock(run_dir))
         found = ckpt.latest_checkpoint(run_dir, quarantine=True)
         if found is None:
             raise CheckpointError(f"nothing to resume: {run_dir} has no checkpoint")

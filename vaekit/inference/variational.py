@@ -18,10 +18,13 @@ Gap decomposition (Cremer, Li & Duvenaud, "Inference Suboptimality in VAEs", ICM
 with q* the best member of the encoder's family found by SVI, so both gaps are >= 0 up to the
 optimiser and Monte-Carlo error (a q* from another family, e.g. a diagonal Gaussian for a flow
 posterior, could make the amortisation gap negative). log p(x) is the larger, per example, of two
-importance-sampled estimates with K samples each, one with q* and one with the encoder as proposal
-(as Cremer et al. take the best of their estimates): a q* that SVI left poor, e.g. started at the
-prior with few steps, then cannot bias log p(x) low and hide part of the gaps. Each ELBO is the mean
-log-weight of K samples from its q.
+importance-sampled estimates with K samples each, one with q* and one with the encoder as proposal,
+as Cremer et al. take the best of their estimates: a q* that SVI left poor (started at the prior,
+few steps) then cannot bias log p(x) low and hide part of the gaps, and the approximation gap
+stays >= 0 example by example. The price is a small upward bias where the two estimates are
+equally good: the maximum of two noisy estimates exceeds either's mean by the order of their
+Monte-Carlo spread, which shrinks as K grows. Each ELBO is the mean log-weight of K samples from its
+q.
 
 The objectives and the importance sampler take a *model*; :class:`PosteriorModel` is the model
 they see here: a given q(z) for the examples at hand in place of the encoder, the trained
@@ -386,7 +389,7 @@ def _gap_terms(model, x, k, svi_steps, svi_lr, svi_samples, svi_init, batch_size
     if progress is not None:
         progress("optimised", 3, 3)
     per = {
-        "log_px": torch.maximum(star["log_px"], amort["log_px"]),  # the better of the two proposals
+        "log_px": torch.maximum(star["log_px"], amort["log_px"]),  # the better proposal, per example
         "elbo_svi": star["elbo"],
         "elbo_amortised": amort["elbo"],
     }

@@ -226,8 +226,8 @@ def _check_flow_config(cfg) -> None:
     ):
         if value <= 0:
             raise ConfigError(f"model.{key} must be positive; got {value}")
-    if cfg.flow_blocks < (1 if cfg.flow_arch == "maf" else 0):  # maf: its MADE's hidden layers
-        raise ConfigError(f"model.flow_blocks must be >= {1 if cfg.flow_arch == 'maf' else 0}; got {cfg.flow_blocks}")
+    if cfg.flow_blocks < 0:  # maf needs >= 1 in a new run (config._check_new_run)
+        raise ConfigError(f"model.flow_blocks must be >= 0; got {cfg.flow_blocks}")
     if cfg.flow_preprocess == "logit" and not 0.0 < cfg.flow_alpha < 0.5:
         raise ConfigError(f"model.flow_alpha must be in (0, 0.5); got {cfg.flow_alpha}")
 
