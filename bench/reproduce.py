@@ -240,16 +240,18 @@ def evaluate_row(run: Path, ckpt: Path, step: int, x_test, k: int, device: str, 
     return res
 
 
-def fid_row(run: Path, ckpt: Path, x_test, ddir: str, device: str) -> tuple[str, bool]:
-    """The FID of the trained run's samples against ``x_test`` (as many), kept in ``run`` and reused;
-    as a note for the result line, and whether it was read from ``run`` (not computed now)."""
+def fid_row(run: Path, ckpt: Path, step: int, x_test, ddir: str, device: str) -> tuple[str, bool]:
+    """The FID of the samples of the checkpoint ``ckpt`` at ``step`` against ``x_test`` (as many), kept in
+    ``run`` and reused while its recorded step is ``step`` (as :func:`evaluate_row`); as a note for the
+    result line, and whether it was read from ``run`` (not computed now)."""
     out = run / f"fid-n{x_test.shape[0]}.json"
-    cached = out.is_file()
+    cached = out.is_file() and json.loads(out.read_text()).get("step", step) == step
     if cached:
         res = json.loads(out.read_text())
     else:
         model = vaekit.load(ckpt, device=device)
         res = model_fid(model, classifier_for("mnist", 0, data_dir=ddir, device=device), x_test, x_test.shape[0])
+        res["step"] = step
         atomic_write(out, lambda f: f.write((json.dumps(res, indent=2) + "\n").encode()))
     return f"  FID {res['fid']:.2f} (n {res['n']}, LeNet test accuracy {100 * res['classifier_accuracy']:.2f}%)", cached
 
@@ -323,7 +325,7 @@ def main():
         res = evaluate_row(run, ckpt, steps, test_ds.x[: args.n_test], args.k, args.device, not args.no_progress)
         fid_cached = True
         if args.fid:
-            fid_note, fid_cached = fid_row(run, ckpt, test_ds.x[: args.n_test], ddir, args.device)
+            fid_note, fid_cached = fid_row(run, ckpt, steps, test_ds.x[: args.n_test], ddir, args.device)
             note += fid_note
         line = result_line(row, cfg, res, train_s, device, note)
         print(COLUMNS + "\n" + line, flush=True)

@@ -134,6 +134,28 @@ def test_older_runs_without_wall_clock_or_with_eval_json(tmp_path, runs):
     assert row["NLL ± s.e."] == f"{ev['nll']:.2f} ± {ev['nll_stderr']:.2f}" and row["wall-clock"] == MISSING
 
 
+def test_a_standardised_runs_test_curve_is_in_data_units_also_from_older_logs(tmp_path):
+    import math
+
+    import yaml
+
+    run = tmp_path / "std"
+    run.mkdir()
+    data = {"standardize": True, "feature_mean": [0.0, 0.0], "feature_std": [2.0, 2.0]}
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": data, "model": {}, "train": {}}))
+    lines = [
+        {"step": 1, "loss": 5.0, "seconds": 1.0},
+        {"step": 1, "test_nll": 3.0},  # logged by an older vaekit: standardised units only
+        {"step": 2, "test_nll": 2.5, "test_nll_data_units": 2.5 + 2 * math.log(2.0)},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    record = read_run(run)
+    assert [round(v, 6) for _, v, _ in record.tests] == [
+        round(3.0 + 2 * math.log(2.0), 6),
+        round(2.5 + 2 * math.log(2.0), 6),
+    ]
+
+
 def test_em_fits_are_drawn_by_their_negative_log_likelihood(tmp_path):
     em = tmp_path / "em"
     em.mkdir()

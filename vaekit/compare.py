@@ -9,10 +9,11 @@ A run's figures come from files it already holds, nothing is recomputed:
   bits per dimension, and the active units (Burda et al. 2015, Sec. 5.2: latent dimensions u with
   Cov_x E_q[z_u|x] > 0.01) out of the latent dimensions; for a run that standardised its features
   the NLL and ELBO are shown in the data's own units (the file's ``log_scale``, sum_d log std_d,
-  added to the NLL), as ``vaekit evaluate`` prints them;
+  added to the NLL and taken from the ELBO; ``vaekit evaluate`` prints the NLL so);
 - ``metrics.jsonl`` (written by the training loop): the training loss per example at each log
-  line, the end-of-epoch test NLL (``test_nll``, with its own K; ``test_nll_data_units`` instead
-  where a standardised run logged it), and the wall-clock ``seconds``
+  line, the end-of-epoch test NLL (``test_nll``, with its own K; for a standardised run in data
+  units: ``test_nll_data_units``, or ``test_nll`` plus the config's sum log std where an older
+  vaekit logged only that), and the wall-clock ``seconds``
   of each log window, whose sum is the training time. EM fits log the mean training
   log-likelihood per iteration instead, drawn as its negative.
 
@@ -145,6 +146,7 @@ def read_metrics(record: RunRecord) -> None:
         record.notes.append("no readable metrics.jsonl: no curves, no wall-clock")
         return
     seconds, timed = [], True
+    shift = _log_scale(record.config)  # a standardised run's test NLL in data units, for lines logged without it
     for line in lines:
         try:
             rec = json.loads(line)
@@ -160,7 +162,9 @@ def read_metrics(record: RunRecord) -> None:
         elif _number(rec.get("train_mean_log_likelihood")) is not None:  # EM: one line per iteration
             record.train.append((step, -float(rec["train_mean_log_likelihood"])))
             timed = False
-        test = _number(rec.get("test_nll_data_units", rec.get("test_nll")))  # a standardised run's in data units
+        test = _number(rec.get("test_nll_data_units"))
+        if test is None and _number(rec.get("test_nll")) is not None:
+            test = float(rec["test_nll"]) + shift
         if test is not None:
             record.tests.append((step, test, rec.get("test_k")))
     if not record.train and not record.tests:
@@ -208,6 +212,15 @@ def format_seconds(s: float | None) -> str:
 def _fixed(v, digits: int) -> str:
     v = _number(v)
     return MISSING if v is None else f"{v:.{digits}f}"
+
+
+def _log_scale(config: dict | None) -> float:
+    """sum_d log std_d of the standardisation a run's config records (0 when it records none)."""
+    data = (config or {}).get("data") if isinstance(config, dict) else None
+    std = data.get("feature_std") if isinstance(data, dict) and data.get("standardize") is True else None
+    if not isinstance(std, list) or not all(isinstance(v, (int, float)) and v > 0 for v in std):
+        return 0.0
+    return float(sum(math.log(v) for v in std))
 
 
 def table_row(record: RunRecord) -> dict[str, str]:
