@@ -301,6 +301,7 @@ def test_seed_device_seeds_the_generator_of_the_device_named_not_the_current_one
     gens = (torch.Generator(), torch.Generator())  # stand-ins for two GPUs' generators
     before = gens[0].get_state()
     monkeypatch.setattr(torch.cuda, "default_generators", gens)
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)  # no GPU here
     seed_device(5, torch.device("cuda", 1))
     assert torch.equal(gens[1].get_state(), torch.Generator().manual_seed(5).get_state())
     assert torch.equal(gens[0].get_state(), before)

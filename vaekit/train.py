@@ -178,6 +178,7 @@ def seed_device(seed: int, device: torch.device) -> None:
     stack trace for each, a cost that shows in a small model's CPU step.
     """
     if device.type == "cuda":  # that device's generator, not the current device's
+        torch.cuda.init()  # default_generators is empty until CUDA is initialised
         index = device.index if device.index is not None else torch.cuda.current_device()
         torch.cuda.default_generators[index].manual_seed(seed)
     elif device.type == "mps":
