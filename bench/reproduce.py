@@ -221,15 +221,25 @@ def train_row(cfg: Config, run: Path, x_train, progress: bool, chunks: int = 20)
         atomic_write(log, lambda f, d=done: f.write(json.dumps(d).encode()))
 
 
+def _kept(out: Path, step: int) -> dict | None:
+    """The result kept in ``out`` when it is of the checkpoint at ``step`` (a file without a step
+    predates the record and counts as this step's); None when there is none or it is of another."""
+    if not out.is_file():
+        return None
+    kept = json.loads(out.read_text())
+    if kept.get("step", step) == step:
+        return kept
+    print(f"# {out} evaluated step {kept['step']}, not {step}: evaluating again", flush=True)
+    return None
+
+
 def evaluate_row(run: Path, ckpt: Path, step: int, x_test, k: int, device: str, progress: bool) -> dict:
     """K-sample IS test NLL (seed 0) of the checkpoint ``ckpt`` at ``step``, kept in ``run`` and
-    reused while its recorded step is ``step`` (a file without one predates the record)."""
+    reused while its recorded step is ``step`` (:func:`_kept`)."""
     out = run / f"eval-k{k}-n{x_test.shape[0]}.json"
-    if out.is_file():
-        kept = json.loads(out.read_text())
-        if kept.get("step", step) == step:
-            return {**kept, "cached": True}
-        print(f"# {out} evaluated step {kept['step']}, not {step}: evaluating again", flush=True)
+    kept = _kept(out, step)
+    if kept is not None:
+        return {**kept, "cached": True}
     model = vaekit.load(ckpt, device=device)
     journal_dir = out.with_name(out.name + ".journal")  # resumable; kept until the result is
     res = evaluate(model, x_test, k=k, progress=progress, seed=0, journal_dir=journal_dir)
@@ -245,10 +255,9 @@ def fid_row(run: Path, ckpt: Path, step: int, x_test, ddir: str, device: str) ->
     ``run`` and reused while its recorded step is ``step`` (as :func:`evaluate_row`); as a note for the
     result line, and whether it was read from ``run`` (not computed now)."""
     out = run / f"fid-n{x_test.shape[0]}.json"
-    cached = out.is_file() and json.loads(out.read_text()).get("step", step) == step
-    if cached:
-        res = json.loads(out.read_text())
-    else:
+    res = _kept(out, step)
+    cached = res is not None
+    if not cached:
         model = vaekit.load(ckpt, device=device)
         res = model_fid(model, classifier_for("mnist", 0, data_dir=ddir, device=device), x_test, x_test.shape[0])
         res["step"] = step

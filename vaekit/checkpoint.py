@@ -73,7 +73,7 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
 CKPT_DIR = "checkpoints"
-RUN_LOCK = ".lock"  # in a run folder: held (flock) by the process that resumes training it
+RUN_LOCK = ".lock"  # in a run folder: held (flock) by the process that trains it (run_lock)
 CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
 KEEP = 3  # checkpoints kept per run (older ones are deleted after a successful write)
 RESUMABLE = (("train", "epochs"), ("train", "device"))  # what `--resume` may change in a run's config

@@ -1458,12 +1458,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"vaekit: error: cannot access{what}: {one_line(e.strerror or e)}", file=sys.stderr)
         return 2
-    except MemoryError:  # Python's own; torch's OutOfMemoryError is a RuntimeError, below
-        print(_OUT_OF_MEMORY, file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
-            raise
+    except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError and the CPU allocator's are RuntimeErrors
+        if (
+            isinstance(e, RuntimeError)
+            and "can't allocate memory" not in str(e)
+            and "out of memory" not in str(e).lower()
+        ):
+            raise  # any other RuntimeError is a bug: its traceback says where
         print(_OUT_OF_MEMORY, file=sys.stderr)
         return 2
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import CKPT_DIR, EXPORT_CONFIG, is_export, read_run_config
+from .data import Standardization
 from .errors import VaekitError
 from .viz import picture_format, prepare_output, write_image
 
@@ -215,12 +216,16 @@ def _fixed(v, digits: int) -> str:
 
 
 def _log_scale(config: dict | None) -> float:
-    """sum_d log std_d of the standardisation a run's config records (0 when it records none)."""
-    data = (config or {}).get("data") if isinstance(config, dict) else None
-    std = data.get("feature_std") if isinstance(data, dict) and data.get("standardize") is True else None
-    if not isinstance(std, list) or not all(isinstance(v, (int, float)) and v > 0 for v in std):
+    """``Standardization.log_scale`` (sum_d log std_d) of the standardisation a run's config records,
+    as its model applies it (``data.standardization_of``); 0 for none or for unreadable statistics."""
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict):
         return 0.0
-    return float(sum(math.log(v) for v in std))
+    try:
+        shift = Standardization.from_lists(data.get("feature_mean"), data.get("feature_std")).log_scale
+    except (TypeError, ValueError, RuntimeError):  # a hand-edited config.yaml: no shift rather than an error
+        return 0.0
+    return shift if math.isfinite(shift) else 0.0
 
 
 def table_row(record: RunRecord) -> dict[str, str]:

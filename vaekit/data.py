@@ -1006,8 +1006,9 @@ def load_npz(path: str | os.PathLike, split: str, vectors: bool = False) -> Data
         whole, levels = _array_x(
             np.concatenate(parts) if len(parts) > 1 else parts[0], f"{path}[{'+'.join(keys)}]", vectors
         )
-        start = sum(len(a) for k, a in zip(keys, parts) if keys.index(k) < keys.index(found[split]))
-        x = whole[start : start + len(arrays[found[split]])]
+        i = keys.index(found[split])
+        start = sum(len(a) for a in parts[:i])
+        x = whole[start : start + len(parts[i])]
         y_key = f"y_{split}"
         y = labels_from_array(arrays[y_key], len(x), f"{path}[{y_key}]") if y_key in arrays else None
         return Dataset(x, y, str(path), levels=levels)
