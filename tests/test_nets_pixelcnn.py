@@ -113,3 +113,74 @@ def test_importance_sampling_of_a_pixelvae_is_unchanged_by_the_shared_first_laye
         log_w = log_px + model.prior.log_prob(z[:, 0]) - log_q[:, 0]
     ref = torch.logsumexp(log_w.double(), 0) - math.log(k)
     assert abs(est.item() - ref.item()) < 1e-4
+
+
+def _random_net(C: int, kernel: int, cond_channels: int, layers: int = 3) -> GatedPixelCNN:
+    net = GatedPixelCNN(C, 5, channels=2 * C * 3, layers=layers, kernel=kernel, cond_channels=cond_channels).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)  # biases too: default zero biases would hide a misplaced one
+    return net
+
+
+@pytest.mark.parametrize(
+    "C, kernel, cond_channels, shared",
+    [(1, 3, 4, True), (1, 3, 4, False), (3, 5, 2, False), (3, 3, 0, True), (1, 5, 0, False), (3, 3, 3, True)],
+)
+def test_the_no_grad_channels_last_pass_is_the_same_function(C, kernel, cond_channels, shared):
+    """Without autograd the net runs its NHWC form (matrix products over positions, folded
+    conditioning and biases, halved gates): in float64 it equals the NCHW pass to rounding,
+    for one image repeated (stride 0) and for distinct images, with and without conditioning."""
+    torch.manual_seed(0)
+    net, n = _random_net(C, kernel, cond_channels), 4
+    x = torch.rand(1 if shared else n, C, 7, 6, dtype=torch.float64)
+    x = x.expand(n, C, 7, 6) if shared else x
+    cond = torch.randn(n, cond_channels, 7, 6, dtype=torch.float64) if cond_channels else None
+    calls = []
+    net.layers[0].v_conv.register_forward_hook(lambda *a: calls.append(1))
+    ref = net(x, cond)  # autograd on: the NCHW pass
+    assert len(calls) == 1
+    with torch.no_grad():
+        fast = net(x, cond)
+    assert len(calls) == 1  # the NHWC pass reads the weights, it does not call the modules
+    assert fast.shape == ref.shape == (n, 5, C, 7, 6)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+
+
+def test_the_channels_last_pass_follows_weight_updates_and_batch_changes():
+    """Its weights are prepared once and kept while no parameter changes, and its buffers are
+    reused between calls: after an in-place update, and for batches of other sizes in turn, it
+    still equals the NCHW pass."""
+    torch.manual_seed(1)
+    net = _random_net(1, 3, 2)
+
+    def check(n: int):
+        x, cond = torch.rand(n, 1, 5, 5, dtype=torch.float64), torch.randn(n, 2, 5, 5, dtype=torch.float64)
+        with torch.no_grad():
+            fast = net(x, cond)
+        torch.testing.assert_close(fast, net(x, cond), rtol=0, atol=1e-12)
+
+    check(3)
+    with torch.no_grad():
+        net.layers[1].v_conv.weight.add_(0.5)  # an optimiser step
+        net.cond.bias.mul_(-1)
+    check(3)
+    check(1)
+    check(3)
+    net.load_state_dict({k: v + 0.1 for k, v in net.state_dict().items()})
+    check(2)
+
+
+def test_the_channels_last_pass_is_skipped_under_autocast():
+    """bf16 autocast (``--amp``) keeps the NCHW pass, whose layers autocast rounds."""
+    torch.manual_seed(0)
+    net = GatedPixelCNN(1, 1, channels=4, layers=2, kernel=3, cond_channels=2)
+    calls = []
+    net.layers[0].v_conv.register_forward_hook(lambda *a: calls.append(1))
+    x, cond = torch.rand(2, 1, 5, 5), torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        net(x, cond)
+        assert calls == []
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x, cond)
+        assert calls == [1]
