@@ -59,10 +59,19 @@ def test_factorised_means_per_dimension_terms_sum_to_the_log_prob():
             assert not isinstance(px, torch.distributions.Independent)
 
 
-def test_activation_factor_counts_the_network_over_x():
+@pytest.mark.parametrize("C, layers, kernel", [(1, 2, 3), (1, 6, 3), (3, 1, 7)])
+def test_activation_factor_counts_the_network_over_x(C, layers, kernel):
+    """The PixelCNN's factor covers the NCHW pass's per-position maps (all layers' conditioning,
+    a layer's stacks, the head) and at least the buffers the channels-last pass keeps."""
     assert BernoulliLikelihood((1, 4, 4)).activation_factor == 1
-    pix = PixelCNNLikelihood((1, 8, 8), channels=4, layers=2, cond_channels=3)
-    assert pix.activation_factor == math.ceil((3 + 4 * 4 * 2 + 8 * 4 + 1) / 1)
+    F, cond = 6 * C, 3
+    pix = PixelCNNLikelihood((C, 8, 8), channels=F, layers=layers, kernel=kernel, cond_channels=cond)
+    assert pix.activation_factor >= (cond + 4 * F * layers + 8 * F + C) / C
+    B = 5
+    with torch.no_grad():
+        pix(torch.randn(B, cond, 8, 8)).log_prob(torch.rand(B, C, 8, 8).round())
+    kept = sum(t.numel() for t in pix.net._scratch.values() if torch.is_tensor(t))
+    assert 0 < kept < pix.activation_factor * B * C * 64 / 2
 
 
 def test_bits_per_dim():

@@ -148,9 +148,8 @@ def test_the_no_grad_channels_last_pass_is_the_same_function(C, kernel, cond_cha
 
 
 def test_the_channels_last_pass_follows_weight_updates_and_batch_changes():
-    """Its weights are prepared once and kept while no parameter changes, and its buffers are
-    reused between calls: after an in-place update, and for batches of other sizes in turn, it
-    still equals the NCHW pass."""
+    """Its buffers are reused between calls: after an in-place update, a loaded state dict, and
+    for batches of other sizes in turn, it still equals the NCHW pass."""
     torch.manual_seed(1)
     net = _random_net(1, 3, 2)
 
@@ -184,3 +183,57 @@ def test_the_channels_last_pass_is_skipped_under_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             net(x, cond)
         assert calls == [1]
+
+
+def test_the_channels_last_pass_sees_every_optimiser_step():
+    """Fused AdamW and ``.data`` writes change parameters without bumping their versions: the
+    no-grad pass must still use the current weights (the epoch-end evaluation follows training
+    steps in the same process)."""
+    torch.manual_seed(0)
+    net = GatedPixelCNN(1, 1, channels=8, layers=2, kernel=3, cond_channels=2)
+    x, c = torch.rand(4, 1, 6, 6), torch.randn(4, 2, 6, 6)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, fused=True)
+    for _ in range(3):
+        with torch.no_grad():
+            fast = net(x, c)
+        ref = net(x, c)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+        ref.square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    net.layers[0].v_conv.weight.data.add_(1.0)
+    with torch.no_grad():
+        fast = net(x, c)
+    torch.testing.assert_close(fast, net(x, c), rtol=1e-5, atol=1e-5)
+
+
+def test_the_channels_last_pass_edge_cases():
+    """Narrow images under wide kernels, a conditioning map of batch 1 broadcast over the batch,
+    a call under inference mode followed by one under no_grad, another thread, and copies of the
+    module, which start without the original's buffers."""
+    torch.manual_seed(0)
+    for kernel, (H, W) in [(9, (4, 3)), (13, (3, 4)), (5, (1, 1))]:
+        net = _random_net(1, kernel, 2, layers=2)
+        x, c = torch.rand(2, 1, H, W, dtype=torch.float64), torch.randn(2, 2, H, W, dtype=torch.float64)
+        with torch.no_grad():
+            fast = net(x, c)
+        torch.testing.assert_close(fast, net(x, c), rtol=0, atol=1e-12)
+    net = _random_net(1, 3, 2)
+    x, c1 = torch.rand(3, 1, 5, 5, dtype=torch.float64), torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        fast = net(x, c1)
+    torch.testing.assert_close(fast, net(x, c1), rtol=0, atol=1e-12)
+    c = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    with torch.inference_mode():
+        first = net(x, c)
+    with torch.no_grad():
+        second = net(x, c)
+        copy_ = __import__("copy").deepcopy(net)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert not any(torch.is_tensor(t) for t in copy_._scratch.values())
+    out = {}
+    worker = __import__("threading").Thread(target=lambda: out.update(y=net(x, c).detach()))
+    with torch.no_grad():
+        worker.start()
+        worker.join()
+    torch.testing.assert_close(out["y"], second, rtol=0, atol=1e-12)

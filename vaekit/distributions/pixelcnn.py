@@ -129,13 +129,15 @@ class PixelCNNLikelihood(Likelihood):
         n_out, self._to_dist = head(n_mix)
         self.net = GatedPixelCNN(C, n_out, channels, layers, kernel, cond_channels)
         # rough peak of floats alive per data element in one no-grad log_prob, for memory budgets
-        # that count decoder outputs (the chunking of importance sampling): the channels-last
-        # pass (GatedPixelCNN._forward_nhwc) keeps per position the conditioning, one layer's
-        # product inputs ((k//2 + 1) F taps, the 2F link, the conditioning), both stacks'
-        # pre-activations and inputs, and the head; under autocast the NCHW pass keeps more
+        # that count decoder outputs (the chunking of importance sampling), the larger of the two
+        # passes' counts per position. The NCHW pass (under autocast) keeps the conditioning of
+        # all layers, a layer's stacks and the head; the channels-last pass keeps the
+        # conditioning, two product-input buffers ((k//2 + 1) F taps, the 2F link, the
+        # conditioning), four pre-activation maps, both stacks' inputs and the head.
         r = kernel // 2
-        per_position = 2 * (cond_channels + 1) + (r + 1) * channels + 2 * channels + 4 * channels + 3 * channels
-        self.activation_factor = math.ceil((per_position + n_out * C) / C)
+        nchw = cond_channels + 4 * channels * layers + 8 * channels
+        nhwc = 2 * (cond_channels + 1) + 2 * ((r + 1) * channels + 3 * channels + cond_channels + 1) + 11 * channels
+        self.activation_factor = math.ceil((max(nchw, nhwc) + n_out * C) / C)
 
     @classmethod
     def binary_for(cls, output: str = "bernoulli", **kwargs) -> bool:

@@ -235,7 +235,7 @@ class GatedPixelCNN(NetBody):
             nn.ReLU(), MaskedConv2d(Fm, Fm, 1, "B", C), nn.ReLU(), MaskedConv2d(Fm, n_out * C, 1, "B", C)
         )
         self.reach = layers * (kernel // 2)  # rows above / columns left that can reach a pixel
-        self._scratch: dict = {}  # work buffers of the no-grad pass, reused between calls
+        self._scratch = _Scratch()  # work buffers of the no-grad pass, reused between calls
 
     def _cond_terms(self, cond: Tensor | None) -> list[tuple[Tensor | float, Tensor | float]]:
         """Per layer (vertical, horizontal) conditioning [B, 2F, H, W], or zeros when unconditional."""
@@ -288,10 +288,12 @@ class GatedPixelCNN(NetBody):
     def _forward_nhwc(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """:meth:`forward` without autograd, on [positions, channels] matrices (NHWC).
 
-        The same function as the NCHW pass (tested), laid out for a CPU:
+        x [B, C, H, W], cond [B or 1, cond, H, W] or None -> [B, n_out, C, H, W], a non-contiguous
+        view (stride 0 over the batch when no output depends on it). The same function as the
+        NCHW pass (tested), laid out for a CPU:
 
-        - the vertical stack's convolution runs channels-last, which oneDNN's direct kernels need
-          to reach the matmul rate (NCHW ran them at a third of it);
+        - the vertical stack's convolution runs channels-last, the layout in which oneDNN's direct
+          kernels reach the matmul rate here;
         - the horizontal stack is one matrix product per layer: a buffer holds, per position, the
           r + 1 taps of the horizontal input and the vertical pre-activations one row up (the
           link), so the masked 1 x (r+1) convolution and the 1x1 link are one product of width
@@ -312,7 +314,7 @@ class GatedPixelCNN(NetBody):
         v = h = (2 * xs - 1).permute(0, 2, 3, 1).contiguous()  # [b, H, W, C], b = 1 or B
         c1 = None
         if self.cond is not None and cond is not None:
-            c = cond.permute(0, 2, 3, 1).reshape(B * H * W, -1)
+            c = cond.expand(B, *cond.shape[1:]).permute(0, 2, 3, 1).reshape(B * H * W, -1)  # a batch-1 map broadcasts
             c1 = torch.cat([c, c.new_ones(c.shape[0], 1)], 1)  # [BHW, cond + 1]: the ones carry the bias
         for l, (layer, wts) in enumerate(zip(self.layers, self._nhwc_weights())):
             v_pre = _conv_nhwc(v, wts.v_conv, wts.v_bias, layer.v_pad)  # [b, H, W, 2F]
@@ -340,23 +342,17 @@ class GatedPixelCNN(NetBody):
         return out.expand(B, *out.shape[1:])
 
     def _nhwc_weights(self) -> list[_HalfGateWeights]:
-        """Per layer, the weights of :meth:`_forward_nhwc`, rebuilt only when a parameter changed
-        (an optimiser step, a loaded state dict, a move to another device or dtype)."""
-        params = list(self.parameters())
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        cached = self._scratch.get("weights")
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        """Per layer, the weights of :meth:`_forward_nhwc`, built on every call: a cache keyed on
+        the parameters' versions would go stale, since fused optimisers and ``.data`` writes
+        update parameters without bumping them."""
         w_cond = None
         if self.cond is not None:  # [cond + 1, 4 F L]: bias last
             w_cond = torch.cat([self.cond.weight[:, :, 0, 0], self.cond.bias[:, None]], 1).t()
         Fm = self.channels
-        wts = [
+        return [
             _half_gate_weights(layer, None if w_cond is None else w_cond[:, 4 * Fm * l : 4 * Fm * (l + 1)], l > 0)
             for l, layer in enumerate(self.layers)
         ]
-        self._scratch["weights"] = (key, wts)
-        return wts
 
     # --- the autoregressive loop -------------------------------------------------------------
     def _row_links(self, x: Tensor, terms, i: int) -> list[Tensor]:
@@ -460,15 +456,35 @@ def _conv_nhwc(t: Tensor, weight: Tensor, bias: Tensor, pad: tuple[int, int, int
     return F.conv2d(nchw, weight.contiguous(memory_format=cl), bias).permute(0, 2, 3, 1).contiguous()
 
 
-def _scratch_tensor(scratch: dict, key, shape, like: Tensor, fill=None) -> Tensor:
-    """A work tensor of ``shape`` kept in ``scratch`` between calls (one per key and thread).
+class _Scratch(dict):
+    """Work tensors of the no-grad pass, kept between calls: fresh multi-megabyte tensors cost
+    page faults on every call. They belong to the last thread that used them (another thread
+    starts afresh, so two threads never share a buffer and at most one thread's set is kept);
+    copies of the module (``copy.deepcopy``, pickling) start empty."""
 
-    Reused while shape, dtype and device match; otherwise replaced by a new one (zeros, and
-    ``fill(t)`` applied once). Fresh multi-megabyte tensors cost page faults on every call.
-    """
-    key = (threading.get_ident(), key)
+    def __deepcopy__(self, memo):
+        return _Scratch()
+
+    def __reduce__(self):
+        return (_Scratch, ())
+
+
+def _scratch_tensor(scratch: _Scratch, key, shape, like: Tensor, fill=None) -> Tensor:
+    """A work tensor of ``shape`` from ``scratch``, reused while shape, dtype, device and the
+    inference-mode flag match; otherwise replaced by a new one (zeros, then ``fill(t)`` once)."""
+    owner = threading.get_ident()
+    if scratch.get("thread") != owner:
+        scratch.clear()
+        scratch["thread"] = owner
     t = scratch.get(key)
-    if t is None or t.shape != torch.Size(shape) or t.dtype != like.dtype or t.device != like.device:
+    inference = torch.is_inference_mode_enabled()
+    if (
+        t is None
+        or t.shape != torch.Size(shape)
+        or t.dtype != like.dtype
+        or t.device != like.device
+        or t.is_inference() != inference
+    ):
         t = like.new_zeros(shape)
         if fill is not None:
             fill(t)
@@ -476,7 +492,7 @@ def _scratch_tensor(scratch: dict, key, shape, like: Tensor, fill=None) -> Tenso
     return t
 
 
-def _horizontal_inputs(h: Tensor, v_pre: Tensor, r: int, tail: Tensor | None, scratch: dict, key) -> Tensor:
+def _horizontal_inputs(h: Tensor, v_pre: Tensor, r: int, tail: Tensor | None, scratch: _Scratch, key) -> Tensor:
     """Per position (i, j): h at (i, j-r) .. (i, j), v_pre at (i-1, j), then ``tail`` or 1.
 
     h [b, H, W, c_in], v_pre [b, H, W, 2F], tail [b, H, W, e] (the conditioning with its column
@@ -488,9 +504,10 @@ def _horizontal_inputs(h: Tensor, v_pre: Tensor, r: int, tail: Tensor | None, sc
     e = 1 if tail is None else tail.shape[-1]
     shape = (b, H, W, (r + 1) * c_in + v_pre.shape[-1] + e)
     cols = _scratch_tensor(scratch, ("cols", key), shape, h, fill=lambda t: t[..., -1].fill_(1))
-    for t in range(r + 1):  # tap t reads column j - (r - t)
+    for t in range(r + 1):  # tap t reads column j - (r - t); left of the image it stays zero
         s = r - t
-        cols[:, :, s:, t * c_in : (t + 1) * c_in].copy_(h[:, :, : W - s])
+        if s < W:
+            cols[:, :, s:, t * c_in : (t + 1) * c_in].copy_(h[:, :, : W - s])
     cols[:, 1:, :, (r + 1) * c_in : -e].copy_(v_pre[:, :-1])
     if tail is not None:
         cols[..., -e:].copy_(tail)
