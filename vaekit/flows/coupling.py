@@ -119,7 +119,7 @@ class MLPConditioner(Conditioner):
         widths = [in_dim + context_dim] + [hidden] * n_hidden
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]  # overwrites a fresh linear output
+            layers += [nn.Linear(a, b), nn.ReLU()]
         last = nn.Linear(widths[-1], out_dim)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -134,10 +134,7 @@ class MLPConditioner(Conditioner):
 class _ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        # the first ReLU reads x, which the skip reads too; the second overwrites a fresh conv output
-        self.net = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ch, ch, 3, padding=1)
-        )
+        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1))
 
     def forward(self, x):
         return x + self.net(x)
@@ -156,14 +153,12 @@ class ConvConditioner(Conditioner):
         last = nn.Conv2d(hidden, out_ch, 3, padding=1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        # both ReLUs overwrite a fresh output (a conv's, or the last residual sum) that nothing
-        # else reads: on channels-last maps an out-of-place ReLU costs several times more here
         self.net = nn.Sequential(
             nn.Conv2d(in_ch, hidden, 3, padding=1),
             *[_ResBlock(hidden) for _ in range(blocks)],
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.Conv2d(hidden, hidden, 1),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             last,
         )
 
