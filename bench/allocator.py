@@ -1,0 +1,123 @@
+"""Training speed under glibc's default allocator against one that keeps freed memory mapped.
+
+glibc returns large freed blocks to the kernel (blocks above the mmap threshold are unmapped on
+free; the top of the heap is trimmed), so the next step's tensors of the same size are fresh
+pages again and every one of their 4 KiB pages costs a minor page fault, which a virtual machine
+makes expensive. vaekit sets no process-wide allocator option (it is a library, and its memory
+is bounded by its own buffers); the environment of a training process can:
+
+    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=17179869184 vaekit train ...
+
+serves every block up to 1 GiB from the heap and keeps up to 16 GiB of freed heap mapped, so
+after the first steps nothing faults; the price is that the process holds its peak heap.
+
+This script measures it per preset: each round runs one child process per arm (default, then
+the variables above; the order alternates between rounds), each building the preset's model
+(``bench.peer_speed.vaekit_side``: the training loop's own step) and timing --steps steps on a
+fixed synthetic batch after --warmup steps. It prints the median ms per step, the minor page
+faults per step (``getrusage``), the peak resident memory of each arm and the median per-round
+speed ratio:
+
+    python bench/allocator.py --threads 2 --presets glow-mnist conv-mnist --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEEP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+PRESETS = ["dense-mnist", "conv-mnist", "resnet-mnist", "nice-mnist", "glow-mnist"]
+
+
+def child(preset: str, steps: int, warmup: int, threads: int, batch: int | None) -> dict:
+    """Time ``steps`` training steps of ``preset`` in this process (the arm is its environment)."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from bench.peer_speed import vaekit_side
+    from vaekit.config import get_preset
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = get_preset(preset)
+    batch = batch or cfg.train.batch_size
+    side = vaekit_side(preset, batch)
+    x = torch.randint(0, 256, (batch, 1, 28, 28), generator=torch.Generator().manual_seed(0)).float() / 255
+    for _ in range(warmup):
+        side.step(x)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        side.step(x)
+        times.append(time.perf_counter() - t)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {
+        "ms": 1e3 * statistics.median(times),
+        "faults": faults / steps,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "batch": batch,
+        "kept": all(os.environ.get(k) == v for k, v in KEEP.items()),
+    }
+
+
+def run_arm(preset: str, keep: bool, args) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in KEEP}
+    env.update(KEEP if keep else {})
+    cmd = [sys.executable, __file__, "--child", preset, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd += ["--threads", str(args.threads)] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", nargs="+", default=PRESETS)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of one child per arm (order alternates)")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per child")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: each preset's")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.steps, args.warmup, args.threads, args.batch_size)))
+        return 0
+    import torch
+
+    print(
+        f"# bench/allocator.py: training steps under glibc's default allocator and with {' '.join(f'{k}={v}' for k, v in KEEP.items())}"
+    )
+    print(f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up, synthetic 28x28 batch, one child process per arm and round")  # fmt: skip
+    print(f"{'preset':15s} {'batch':>5s} | {'default ms/step':>15s} {'faults/step':>11s} {'peak MiB':>8s} | "
+          f"{'kept ms/step':>12s} {'faults/step':>11s} {'peak MiB':>8s} | speed-up")  # fmt: skip
+    for preset in args.presets:
+        arms: dict[bool, list[dict]] = {False: [], True: []}
+        for r in range(args.rounds):
+            for keep in (False, True) if r % 2 == 0 else (True, False):
+                arms[keep].append(run_arm(preset, keep, args))
+        ratios = [d["ms"] / k["ms"] for d, k in zip(arms[False], arms[True])]
+
+        def med(keep: bool, key: str, arms=arms) -> float:
+            return statistics.median(a[key] for a in arms[keep])
+
+        print(f"{preset:15s} {arms[False][0]['batch']:5d} | {med(False, 'ms'):15.1f} {med(False, 'faults'):11.0f} "
+              f"{med(False, 'peak_mib'):8.0f} | {med(True, 'ms'):12.1f} {med(True, 'faults'):11.0f} "
+              f"{med(True, 'peak_mib'):8.0f} | {statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})",
+              flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
