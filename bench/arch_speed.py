@@ -24,6 +24,7 @@ For every preset, in one process:
     python bench/arch_speed.py --device cuda --amp                # bf16 autocast on a GPU
     python bench/arch_speed.py --compare compile channels_last    # each option off vs on, one run
     python bench/arch_speed.py --skip-eval                        # training only
+    python bench/arch_speed.py --preset-layout                    # each preset's own memory format
 
 With --compare, every preset is timed with the option off and on side by side in one process and
 the ratios (on/off images/s, training and evaluation) are printed: the evidence behind the config
@@ -344,8 +345,9 @@ def ratio_line(name: str, opt: str, on: dict, off: dict) -> str:
 def run_presets(args, device, peaks: dict, t_start: float) -> list[dict]:
     """Every preset, plain or (--compare) with each option toggled; rows printed as they come."""
     rows = []
-    base = {"compile_": args.compile, "channels_last": args.channels_last, "amp": args.amp}
     for name in args.presets:
+        own = args.preset_layout and get_preset(name).model.channels_last
+        base = {"compile_": args.compile, "channels_last": args.channels_last or own, "amp": args.amp}
         if args.deadline and time.perf_counter() - t_start > args.deadline:
             print(f"{name:15s} skipped: past the --deadline of {args.deadline} s", flush=True)
             continue
@@ -449,7 +451,10 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--deadline", type=float, default=None, help="skip presets started after this many seconds")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--compile", action="store_true", help="torch.compile the net bodies")
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last memory for every preset")
+    ap.add_argument(
+        "--preset-layout", action="store_true", help="each preset's own channels_last, as `vaekit train` runs it"
+    )
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (vaekit.nets.autocast)")
     ap.add_argument("--sample", type=int, default=0, help="also time sampling N images (PixelCNN: the loop)")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
