@@ -9,7 +9,7 @@ is bounded by its own buffers); the environment of a training process can:
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=17179869184 vaekit train ...
 
 serves every block up to 1 GiB from the heap and keeps up to 16 GiB of freed heap mapped, so
-after the first steps nothing faults; the price is that the process holds its peak heap.
+after the first steps few pages fault; the price is that the process holds its peak heap.
 
 This script measures it per preset: each round runs one child process per arm (default, then
 the variables above; the order alternates between rounds), each building the preset's model

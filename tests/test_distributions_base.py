@@ -1,6 +1,7 @@
 """The likelihood contract: declared attributes per class, their defaults, and bits per dimension."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -59,19 +60,71 @@ def test_factorised_means_per_dimension_terms_sum_to_the_log_prob():
             assert not isinstance(px, torch.distributions.Independent)
 
 
-@pytest.mark.parametrize("C, layers, kernel", [(1, 2, 3), (1, 6, 3), (3, 1, 7)])
-def test_activation_factor_counts_the_network_over_x(C, layers, kernel):
-    """The PixelCNN's factor covers the NCHW pass's per-position maps (all layers' conditioning,
-    a layer's stacks, the head) and at least the buffers the channels-last pass keeps."""
+def _heap_peak_floats(run) -> float:
+    """Peak growth of glibc's heap (mallinfo2: allocated blocks plus mmapped ones) while ``run()``
+    runs, sampled after every tensor operation, in float32 numbers."""
+    import ctypes
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Info(ctypes.Structure):
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = Info
+
+    def used() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    class Peak(TorchDispatchMode):
+        peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, used())
+            return out
+
+    import gc
+
+    gc.collect()
+    base, mode = used(), Peak()
+    with torch.no_grad(), mode:
+        run()
+    return (mode.peak - base) / 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads glibc's mallinfo2")
+@pytest.mark.parametrize(
+    "C, channels, layers, kernel, cond, size, B, output",
+    [
+        (1, 32, 6, 3, 16, 28, 40, "bernoulli"),  # pixelvae-mnist's net
+        (1, 64, 1, 3, 4, 28, 40, "bernoulli"),
+        (1, 32, 2, 13, 16, 3, 400, "bernoulli"),
+        (3, 24, 2, 5, 8, 10, 64, "logistic_mixture"),
+    ],
+)
+def test_activation_factor_bounds_the_live_memory_of_both_passes(C, channels, layers, kernel, cond, size, B, output):
+    """The PixelCNN's factor bounds the floats alive per data element in one no-grad log_prob, by a
+    heap trace, for the channels-last pass (distinct images and one image repeated) and for the
+    NCHW pass that autocast keeps; a pointwise likelihood keeps 1."""
     assert BernoulliLikelihood((1, 4, 4)).activation_factor == 1
-    F, cond = 6 * C, 3
-    pix = PixelCNNLikelihood((C, 8, 8), channels=F, layers=layers, kernel=kernel, cond_channels=cond)
-    assert pix.activation_factor >= (cond + 4 * F * layers + 8 * F + C) / C
-    B = 5
-    with torch.no_grad():
-        pix(torch.randn(B, cond, 8, 8)).log_prob(torch.rand(B, C, 8, 8).round())
-    kept = sum(t.numel() for t in pix.net._scratch.values() if torch.is_tensor(t))
-    assert 0 < kept < pix.activation_factor * B * C * 64 / 2
+    torch.manual_seed(0)
+    pix = PixelCNNLikelihood((C, size, size), output=output, channels=channels, layers=layers, kernel=kernel,
+                             cond_channels=cond, n_mix=5)  # fmt: skip
+    c = torch.randn(B, cond, size, size)
+    x = torch.rand(B, C, size, size)
+    x = x.round() if output == "bernoulli" else (x * 255).round() / 255
+    per_element = B * x[0].numel()
+
+    def nchw():
+        out = pix.net.head(pix.net.features(x, c))
+        pix.output_distribution(out.view(B, -1, C, size, size)).log_prob(x)
+
+    for run in (lambda: pix(c).log_prob(x), lambda: pix(c).log_prob(x[:1].expand_as(x)), nchw):
+        pix.net._scratch.clear()
+        assert _heap_peak_floats(run) / per_element <= pix.activation_factor
 
 
 def test_bits_per_dim():

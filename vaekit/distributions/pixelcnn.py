@@ -128,15 +128,16 @@ class PixelCNNLikelihood(Likelihood):
         self.binary = self.binary_for(output=output)
         n_out, self._to_dist = head(n_mix)
         self.net = GatedPixelCNN(C, n_out, channels, layers, kernel, cond_channels)
-        # rough peak of floats alive per data element in one no-grad log_prob, for memory budgets
-        # that count decoder outputs (the chunking of importance sampling), the larger of the two
+        # peak of floats alive per data element in one no-grad log_prob, for memory budgets that
+        # count decoder outputs (the chunking of importance sampling): the larger of the two
         # passes' counts per position. The NCHW pass (under autocast) keeps the conditioning of
-        # all layers, a layer's stacks and the head; the channels-last pass keeps the
-        # conditioning, two product-input buffers ((k//2 + 1) F taps, the 2F link, the
-        # conditioning), four pre-activation maps, both stacks' inputs and the head.
+        # all layers, a layer's stacks and their padded copies, and the head; the channels-last
+        # pass keeps the conditioning, two product-input buffers ((k//2 + 1) F taps, the 2F link,
+        # the conditioning), the pre-activations of two layers, padded copies and the head. The
+        # counts cover heap traces of both passes (tests/test_distributions_base.py).
         r = kernel // 2
-        nchw = cond_channels + 4 * channels * layers + 8 * channels
-        nhwc = 2 * (cond_channels + 1) + 2 * ((r + 1) * channels + 3 * channels + cond_channels + 1) + 11 * channels
+        nchw = 2 * cond_channels + 4 * channels * layers + 12 * channels
+        nhwc = 2 * (cond_channels + 1) + 2 * ((r + 1) * channels + 3 * channels + cond_channels + 1) + 14 * channels
         self.activation_factor = math.ceil((max(nchw, nhwc) + n_out * C) / C)
 
     @classmethod

@@ -458,9 +458,20 @@ def _conv_nhwc(t: Tensor, weight: Tensor, bias: Tensor, pad: tuple[int, int, int
 
 class _Scratch(dict):
     """Work tensors of the no-grad pass, kept between calls: fresh multi-megabyte tensors cost
-    page faults on every call. They belong to the last thread that used them (another thread
-    starts afresh, so two threads never share a buffer and at most one thread's set is kept);
-    copies of the module (``copy.deepcopy``, pickling) start empty."""
+    page faults on every call. Each thread has its own set (a dict under its thread id, looked up
+    once per request, so two threads never share a buffer, even when they run at once); a thread
+    that finds no set of its own drops the others', so sets outlive their threads only until
+    another thread calls. Copies of the module (``copy.deepcopy``, pickling) start empty."""
+
+    def mine(self) -> dict:
+        """This thread's buffers."""
+        owner = threading.get_ident()
+        bufs = self.get(owner)
+        if bufs is None:
+            for other in [k for k in list(self) if k != owner]:
+                self.pop(other, None)  # a thread still using them holds its own reference
+            bufs = self.setdefault(owner, {})
+        return bufs
 
     def __deepcopy__(self, memo):
         return _Scratch()
@@ -470,13 +481,10 @@ class _Scratch(dict):
 
 
 def _scratch_tensor(scratch: _Scratch, key, shape, like: Tensor, fill=None) -> Tensor:
-    """A work tensor of ``shape`` from ``scratch``, reused while shape, dtype, device and the
-    inference-mode flag match; otherwise replaced by a new one (zeros, then ``fill(t)`` once)."""
-    owner = threading.get_ident()
-    if scratch.get("thread") != owner:
-        scratch.clear()
-        scratch["thread"] = owner
-    t = scratch.get(key)
+    """A work tensor of ``shape`` from this thread's ``scratch``, reused while shape, dtype, device
+    and the inference-mode flag match; otherwise replaced by a new one (zeros, then ``fill(t)``)."""
+    bufs = scratch.mine()
+    t = bufs.get(key)
     inference = torch.is_inference_mode_enabled()
     if (
         t is None
@@ -488,7 +496,7 @@ def _scratch_tensor(scratch: _Scratch, key, shape, like: Tensor, fill=None) -> T
         t = like.new_zeros(shape)
         if fill is not None:
             fill(t)
-        scratch[key] = t
+        bufs[key] = t
     return t
 
 
