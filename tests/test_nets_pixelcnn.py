@@ -262,3 +262,38 @@ def test_threads_running_the_channels_last_pass_at_once_never_share_a_buffer():
     with torch.no_grad():
         net(*inputs[0])
     assert list(net._scratch) == [threading.get_ident()]  # a new thread's first call drops the others' sets
+
+
+def test_prepared_weights_live_for_one_fixed_parameters_scope(monkeypatch):
+    """Inside ``fixed_parameters()`` (the importance sampler's promise that no weight changes) the
+    channels-last pass prepares its weights once; outside it, on every call; a new scope after an
+    update sees the new weights. The scope belongs to the thread that opened it."""
+    import threading
+
+    import vaekit.nets.pixelcnn as P
+    from vaekit.nets import fixed_parameters
+
+    built = []
+    real = P._half_gate_weights
+    monkeypatch.setattr(P, "_half_gate_weights", lambda *a, **k: built.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    net = _random_net(1, 3, 2, layers=2)
+    x, c = torch.rand(3, 1, 5, 5, dtype=torch.float64), torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        net(x, c), net(x, c)
+        assert len(built) == 4  # 2 layers x 2 calls
+        with fixed_parameters():
+            with fixed_parameters():  # nested: the same scope
+                net(x, c)
+            net(x, c)
+            seen = []
+            worker = threading.Thread(target=lambda: seen.append(P.fixed_parameters_scope()))
+            worker.start()
+            worker.join()
+            assert seen == [None]
+        assert len(built) == 6
+        net.layers[0].v_conv.weight.data.add_(0.5)  # no version bump
+        with fixed_parameters():
+            fast = net(x, c)
+    assert len(built) == 8
+    torch.testing.assert_close(fast, net(x, c), rtol=0, atol=1e-12)

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..nets import autocast
+from ..nets import autocast, fixed_parameters
 from ..objectives import log_importance_weights
 
 DEFAULT_ELEMENT_BUDGET = 1 << 22  # numbers per chunk in the decoder's widest tensor (~16 MiB of float32)
@@ -135,31 +135,37 @@ def importance_sampled_log_prob(
             auto_s = min(k, max(1, element_budget // (max(1, numel) * batch_size)))
         B, S = batch_size or auto_b, min(k, sample_chunk or auto_s)
     out = {"log_px": [], "elbo": [], "ess": []}
-    for i in range(0, N, B):
-        xb = x[i : i + B]
-        with autocast(x.device, amp):
-            q = model.encoder(xb)
-        # running logsumexp of w and of w^2 and the sum of log w, per example, in float64
-        lse = torch.full((xb.shape[0],), -math.inf, device=x.device, dtype=torch.float64)
-        lse2 = torch.full_like(lse, -math.inf)
-        total = torch.zeros_like(lse)
-        done, dtype = 0, torch.float32
-        while done < k:
-            s = min(S, k - done)
-            with autocast(x.device, amp):  # the bodies in bf16; they return float32
-                log_w = log_importance_weights(model, xb, s, q=q)  # [s, b]
-            dtype = torch.promote_types(log_w.dtype, torch.float32)  # the model's dtype, at least float32
-            log_w = log_w.double()
-            lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0).to(lse.dtype))
-            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0).to(lse.dtype))
-            total += log_w.sum(0).to(total.dtype)
-            done += s
-        out["log_px"].append((lse - math.log(k)).to(dtype))
-        out["elbo"].append((total / k).to(dtype))
-        out["ess"].append((2 * lse - lse2).exp().to(dtype))  # effective_sample_size from the running sums
-        if progress is not None:
-            progress(xb.shape[0])
+    with fixed_parameters():  # one set of weights for every chunk: nets may keep what they derive
+        for i in range(0, N, B):
+            _examples(model, x[i : i + B], k, S, amp, out, progress)
     return {key: torch.cat(v) for key, v in out.items()}
+
+
+def _examples(model, xb: Tensor, k: int, S: int, amp: bool, out: dict, progress) -> None:
+    """The K-sample estimates of the examples xb [b, *data_shape], drawn in chunks of S samples,
+    appended to ``out``'s lists (see :func:`importance_sampled_log_prob`)."""
+    with autocast(xb.device, amp):
+        q = model.encoder(xb)
+    # running logsumexp of w and of w^2 and the sum of log w, per example, in float64
+    lse = torch.full((xb.shape[0],), -math.inf, device=xb.device, dtype=torch.float64)
+    lse2 = torch.full_like(lse, -math.inf)
+    total = torch.zeros_like(lse)
+    done, dtype = 0, torch.float32
+    while done < k:
+        s = min(S, k - done)
+        with autocast(xb.device, amp):  # the bodies in bf16; they return float32
+            log_w = log_importance_weights(model, xb, s, q=q)  # [s, b]
+        dtype = torch.promote_types(log_w.dtype, torch.float32)  # the model's dtype, at least float32
+        log_w = log_w.double()
+        lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0).to(lse.dtype))
+        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0).to(lse.dtype))
+        total += log_w.sum(0).to(total.dtype)
+        done += s
+    out["log_px"].append((lse - math.log(k)).to(dtype))
+    out["elbo"].append((total / k).to(dtype))
+    out["ess"].append((2 * lse - lse2).exp().to(dtype))  # effective_sample_size from the running sums
+    if progress is not None:
+        progress(xb.shape[0])
 
 
 def mean_and_stderr(values: Tensor) -> tuple[float, float]:

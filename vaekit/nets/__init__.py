@@ -17,7 +17,15 @@ from .conv import conv_decoder, conv_encoder
 from .mlp import mlp_decoder, mlp_encoder
 from .resnet import resnet_decoder, resnet_encoder
 from .spec import NetSpec
-from .speed import autocast, channels_last_input, compile_targets, maybe_compile, to_channels_last
+from .speed import (
+    autocast,
+    channels_last_input,
+    compile_targets,
+    fixed_parameters,
+    fixed_parameters_scope,
+    maybe_compile,
+    to_channels_last,
+)
 
 # name -> constructor(data_shape, out_features, spec: NetSpec) -> nn.Module
 ENCODERS = {
@@ -53,6 +61,8 @@ __all__ = [
     "build_encoder",
     "channels_last_input",
     "compile_targets",
+    "fixed_parameters",
+    "fixed_parameters_scope",
     "full_precision",
     "maybe_compile",
     "to_channels_last",

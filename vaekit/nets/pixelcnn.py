@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .body import NetBody
+from .speed import fixed_parameters_scope
 
 
 def _pair(k) -> tuple[int, int]:
@@ -342,17 +343,25 @@ class GatedPixelCNN(NetBody):
         return out.expand(B, *out.shape[1:])
 
     def _nhwc_weights(self) -> list[_HalfGateWeights]:
-        """Per layer, the weights of :meth:`_forward_nhwc`, built on every call: a cache keyed on
-        the parameters' versions would go stale, since fused optimisers and ``.data`` writes
-        update parameters without bumping them."""
+        """Per layer, the weights of :meth:`_forward_nhwc`: kept for the calling thread's
+        :func:`~vaekit.nets.speed.fixed_parameters` scope, else built on every call (a cache
+        keyed on the parameters' versions would go stale, since fused optimisers and ``.data``
+        writes update parameters without bumping them)."""
+        scope = fixed_parameters_scope()
+        bufs = self._scratch.mine()
+        cached = bufs.get("weights")
+        if scope is not None and cached is not None and cached[0] is scope:
+            return cached[1]
         w_cond = None
         if self.cond is not None:  # [cond + 1, 4 F L]: bias last
             w_cond = torch.cat([self.cond.weight[:, :, 0, 0], self.cond.bias[:, None]], 1).t()
         Fm = self.channels
-        return [
+        wts = [
             _half_gate_weights(layer, None if w_cond is None else w_cond[:, 4 * Fm * l : 4 * Fm * (l + 1)], l > 0)
             for l, layer in enumerate(self.layers)
         ]
+        bufs["weights"] = (scope, wts) if scope is not None else None
+        return wts
 
     # --- the autoregressive loop -------------------------------------------------------------
     def _row_links(self, x: Tensor, terms, i: int) -> list[Tensor]:

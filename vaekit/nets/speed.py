@@ -1,4 +1,5 @@
-"""Speed switches of the net bodies, wired in by the training loop: compile, channels-last, autocast.
+"""Speed switches of the net bodies, wired in by the training loop: compile, channels-last, autocast;
+and :func:`fixed_parameters`, which evaluators declare.
 
 None of them changes a number beyond float rounding or a ``state_dict`` key: ``torch.compile``
 is applied to the tensor-to-tensor bodies in place, channels-last is a memory layout, and
@@ -11,6 +12,7 @@ Measure before switching one on (``bench/arch_speed.py``, ``bench/amp_speed.py``
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 from torch import Tensor, nn
@@ -74,3 +76,29 @@ def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtyp
     if enabled and device.type in AUTOCAST_DEVICES:
         return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
+
+
+_FIXED = threading.local()  # this thread's innermost fixed_parameters() scope, or None
+
+
+@contextlib.contextmanager
+def fixed_parameters():
+    """Declares that no parameter changes inside the block, for the calling thread.
+
+    Evaluators that call a net many times on the same weights (importance sampling) open one;
+    a net may then keep what it derives from its weights (rearranged or rescaled copies) for
+    the scope, instead of rebuilding it on every call. Outside a scope nets rebuild: fused
+    optimisers and ``.data`` writes change parameters without bumping their version counters,
+    so no key on the parameters could tell a cache that it went stale. Nested scopes are one.
+    """
+    outer = getattr(_FIXED, "scope", None)
+    _FIXED.scope = outer or object()
+    try:
+        yield
+    finally:
+        _FIXED.scope = outer
+
+
+def fixed_parameters_scope() -> object | None:
+    """The calling thread's :func:`fixed_parameters` scope (an object unique to it), or None."""
+    return getattr(_FIXED, "scope", None)
