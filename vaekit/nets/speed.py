@@ -89,11 +89,13 @@ def fixed_parameters():
     a net may then keep what it derives from its weights (rearranged or rescaled copies) for
     the scope, instead of rebuilding it on every call. Outside a scope nets rebuild: fused
     optimisers and ``.data`` writes change parameters without bumping their version counters,
-    so no key on the parameters could tell a cache that it went stale. Nested scopes are one.
+    so no key on the parameters could tell a cache that it went stale. Calling a module with
+    other parameters (``torch.func.functional_call``) inside a scope counts as a change, so do
+    not. Nested scopes are one.
     """
     outer = getattr(_FIXED, "scope", None)
-    _FIXED.scope = outer or object()
     try:
+        _FIXED.scope = outer or object()  # inside the try: an interrupt cannot leave it set
         yield
     finally:
         _FIXED.scope = outer
