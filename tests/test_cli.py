@@ -861,3 +861,58 @@ def test_cluster_options_of_a_features_file_are_refused_for_a_run(run, tmp_path,
         capsys, main(["cluster", str(tmp_path / "f.npy"), "--data", "digits", "-o", str(tmp_path / "c.npy")])
     )
     assert "holds 5 feature vectors but the test split of digits" in err
+
+
+def test_resume_may_move_the_data_folder_to_the_same_data_only(tmp_path, capsys):
+    """A run records a fingerprint of its data. ``--resume --data-dir`` continues from another folder
+    holding the same data (and later checkpoints record it); other data there, data changed in
+    place, or a run without a fingerprint are refused in one line, before any step."""
+    import shutil
+
+    import torch
+
+    from tests.test_data import write_idx_pair
+    from vaekit import checkpoint as ckpt
+    from vaekit.config import build_config
+    from vaekit.models import build_model
+
+    def mnist_like(folder, seed):
+        write_idx_pair(folder, "train", n=12, seed=seed)
+        write_idx_pair(folder, "test", n=5, seed=seed + 100)
+
+    a, b, c, run = tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "run"
+    mnist_like(a, 0)
+    sets = ["hidden=[8]", "latent_dim=2", "eval_k=0", "tensorboard=false", "batch_size=4"]
+    args = ["train", "--preset", "dense-digits", "--data", "mnist", "--data-dir", str(a), "--epochs", "1"]
+    assert main(args + [x for s in sets for x in ("--set", s)] + ["--out", str(run), "--no-progress"]) == 0
+
+    def latest(folder):
+        return ckpt.latest_checkpoint(folder, warn=False)[1]
+
+    fingerprint = latest(run)["config"]["data"]["fingerprint"]
+    assert re.fullmatch(r"[0-9a-f]{16}", fingerprint)
+
+    shutil.copytree(a, b)
+    shutil.rmtree(a)  # the run's folder is gone: only --data-dir can continue it
+    assert main(["train", "--resume", str(run), "--data-dir", str(b), "--epochs", "2", "--no-progress"]) == 0
+    state = latest(run)
+    assert state["step"] == 6 and state["config"]["data"]["data_dir"] == str(b)
+    assert state["config"]["data"]["fingerprint"] == fingerprint
+    capsys.readouterr()
+
+    mnist_like(c, 1)
+    for extra in (["--data-dir", str(c)], []):
+        if not extra:
+            mnist_like(b, 2)  # the data in the recorded folder changed
+        assert main(["train", "--resume", str(run), *extra, "--epochs", "3", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "are not the data" in err[0] and fingerprint in err[0]
+        assert latest(run)["step"] == 6
+
+    old = tmp_path / "old"  # a run saved before fingerprints
+    cfg = build_config("dense-digits", overrides=["hidden=[8]", "latent_dim=2"])
+    torch.manual_seed(0)
+    ckpt.save_checkpoint(old, ckpt.training_state(0, build_model(cfg, (1, 8, 8)), cfg, (1, 8, 8)))
+    assert main(["train", "--resume", str(old), "--data-dir", str(b), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "records no fingerprint" in err[0]

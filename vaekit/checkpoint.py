@@ -76,7 +76,9 @@ CKPT_DIR = "checkpoints"
 RUN_LOCK = ".lock"  # in a run folder: held (flock) by the process that trains it (run_lock)
 CKPT_RE = re.compile(r"^step-(\d{8,})\.pt$")
 KEEP = 3  # checkpoints kept per run (older ones are deleted after a successful write)
-RESUMABLE = (("train", "epochs"), ("train", "device"))  # what `--resume` may change in a run's config
+# what `--resume` may change in a run's config; data_dir only where the data found there have the
+# run's data.fingerprint (checked by `vaekit train`)
+RESUMABLE = (("train", "epochs"), ("train", "device"), ("data", "data_dir"))
 
 
 def _finite_or_none(obj):

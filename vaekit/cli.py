@@ -336,8 +336,17 @@ def _train_in_session(args, main: bool):
             warn=False,  # rank 0 reads, all get the config
             missing=f"nothing to resume: {args.resume} has no checkpoint",
         )[1]
-        if args.overrides or args.data or args.data_dir or args.model:
-            raise VaekitError("--resume continues the saved config; only --epochs, --device and --max-steps may change")
+        if args.overrides or args.data or args.model:
+            raise VaekitError(
+                "--resume continues the saved config; only --epochs, --device, --max-steps and --data-dir may change"
+            )
+        if args.data_dir and cfg.data.fingerprint is None:
+            raise VaekitError(
+                f"--resume --data-dir: {args.resume} records no fingerprint of its data (it predates them), so "
+                f"data found elsewhere cannot be checked to be the same; resume without --data-dir"
+            )
+        if args.data_dir:
+            cfg.data.data_dir = args.data_dir
         if args.seed is not None and args.seed != cfg.train.seed:
             raise VaekitError(
                 f"--resume continues the saved config; --seed {args.seed} differs from the run's {cfg.train.seed}"
@@ -363,6 +372,14 @@ def _train_in_session(args, main: bool):
         cfg.train.device = args.device
     validate(cfg, new_run=not args.resume)
     train_ds, test_ds = prepare_data(cfg.data)
+    if not args.resume:  # what a resume must find again, wherever data_dir then points
+        cfg.data.fingerprint = train_ds.fingerprint
+    elif cfg.data.fingerprint is not None and train_ds.fingerprint != cfg.data.fingerprint:
+        where = cfg.data.data_dir or "the default data folders"
+        raise VaekitError(
+            f"the {cfg.data.name} data read from {where} are not the data {args.resume} trained on "
+            f"(fingerprint {train_ds.fingerprint}, the run recorded {cfg.data.fingerprint})"
+        )
     if not args.resume:  # fitted on the training split; the config records it, so resumes reuse it
         train_ds, test_ds = _standardize(cfg, train_ds, test_ds, main)
     if not args.resume and "data.levels" not in named:  # the model's bits/dim follow them (build_model)

@@ -53,6 +53,10 @@ class DataConfig:
     # a table's feature names in order (e.g. a CSV header), recorded by `vaekit train`: data given to
     # the run later (evaluate, score, encode, ...) must name the same features in the same order
     columns: list[str] | None = None
+    # data_fingerprint of both splits as read (before binarisation and standardisation), recorded by
+    # `vaekit train`: a resume reads the data again (from data_dir, which --resume --data-dir may move)
+    # and refuses data that differ
+    fingerprint: str | None = None
 
 
 @dataclass

@@ -85,6 +85,7 @@ import csv
 import dataclasses
 import functools
 import gzip
+import hashlib
 import http.client
 import importlib.util
 import math
@@ -135,6 +136,8 @@ class Dataset:
             image folder, for legends; None where the labels are bare integers or absent.
         columns: the feature names of vector data (x [N, 1, 1, D]: D names, e.g. a CSV header),
             or None.
+        fingerprint: :func:`data_fingerprint` of both splits as they were read, before any
+            binarisation or standardisation (set by :func:`prepare_data`), or None.
     """
 
     x: Tensor
@@ -144,6 +147,7 @@ class Dataset:
     levels: int | None = LEVELS_8BIT
     classes: tuple[str, ...] | None = None
     columns: tuple[str, ...] | None = None
+    fingerprint: str | None = None
 
     def __post_init__(self):
         if self.x.dim() != 4:
@@ -1438,6 +1442,22 @@ def apply_binarization(ds: Dataset, mode: str, seed: int) -> Dataset:
     return replace(ds, x=x, binarize=mode, levels=ds.levels if mode == "none" else 2)
 
 
+def data_fingerprint(*splits: Dataset) -> str:
+    """sha256 (the first 16 hex digits) of the splits' examples and labels, shapes and dtypes
+    included: what a run records of its data (``data.fingerprint``), so that data read again later,
+    from the same folder or another, can be checked to be the same."""
+    h = hashlib.sha256()
+    for ds in splits:
+        for t in (ds.x, ds.y):
+            if t is None:
+                h.update(b"none")
+                continue
+            t = t.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+            h.update(t.numpy().data)  # the buffer itself, no copy
+    return h.hexdigest()[:16]
+
+
 def prepare_data(cfg) -> tuple[Dataset, Dataset]:
     """``(train, test)`` for a ``DataConfig``, binarised as ``cfg.binarize`` says and standardised
     as it records (:func:`standardization_of`): what the model sees.
@@ -1450,6 +1470,8 @@ def prepare_data(cfg) -> tuple[Dataset, Dataset]:
     how = {"vectors": cfg.binarize == "none", "label_column": cfg.label_column}
     train = load_dataset(cfg.name, "train", cfg.data_dir, cfg.download, **how)
     test = load_dataset(cfg.name, "test", cfg.data_dir, cfg.download, **how)
+    fingerprint = data_fingerprint(train, test)
+    train, test = replace(train, fingerprint=fingerprint), replace(test, fingerprint=fingerprint)
     seed = cfg.binarize_seed
     train = apply_binarization(train, train_mode, seed + SEED_OFFSETS["train"])
     test = apply_binarization(test, eval_mode, seed + SEED_OFFSETS["test"])
