@@ -134,16 +134,21 @@ def importance_sampled_log_prob(
         if batch_size:  # the samples per chunk then fit the budget beside the caller's batch
             auto_s = min(k, max(1, element_budget // (max(1, numel) * batch_size)))
         B, S = batch_size or auto_b, min(k, sample_chunk or auto_s)
-    out = {"log_px": [], "elbo": [], "ess": []}
+    # the results, allocated once: small tensors kept per example between the chunks' transient
+    # megabytes would pin glibc's heap from shrinking, and a long evaluation's memory would grow
+    out = {key: torch.empty(N, device=x.device, dtype=torch.float64) for key in ("log_px", "elbo", "ess")}
+    dtype = torch.float32
     with fixed_parameters():  # one set of weights for every chunk: nets may keep what they derive
         for i in range(0, N, B):
-            _examples(model, x[i : i + B], k, S, amp, out, progress)
-    return {key: torch.cat(v) for key, v in out.items()}
+            rows = {key: v[i : i + B] for key, v in out.items()}
+            dtype = _examples(model, x[i : i + B], k, S, amp, rows, progress)
+    return {key: v.to(dtype) for key, v in out.items()}
 
 
-def _examples(model, xb: Tensor, k: int, S: int, amp: bool, out: dict, progress) -> None:
+def _examples(model, xb: Tensor, k: int, S: int, amp: bool, out: dict, progress) -> torch.dtype:
     """The K-sample estimates of the examples xb [b, *data_shape], drawn in chunks of S samples,
-    appended to ``out``'s lists (see :func:`importance_sampled_log_prob`)."""
+    written into ``out``'s float64 rows [b] (see :func:`importance_sampled_log_prob`); returns the
+    dtype the results are reported in (the model's, float32 at least)."""
     with autocast(xb.device, amp):
         q = model.encoder(xb)
     # running logsumexp of w and of w^2 and the sum of log w, per example, in float64
@@ -161,11 +166,12 @@ def _examples(model, xb: Tensor, k: int, S: int, amp: bool, out: dict, progress)
         lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0).to(lse.dtype))
         total += log_w.sum(0).to(total.dtype)
         done += s
-    out["log_px"].append((lse - math.log(k)).to(dtype))
-    out["elbo"].append((total / k).to(dtype))
-    out["ess"].append((2 * lse - lse2).exp().to(dtype))  # effective_sample_size from the running sums
+    out["log_px"].copy_(lse - math.log(k))
+    out["elbo"].copy_(total / k)
+    out["ess"].copy_((2 * lse - lse2).exp())  # effective_sample_size from the running sums
     if progress is not None:
         progress(xb.shape[0])
+    return dtype
 
 
 def mean_and_stderr(values: Tensor) -> tuple[float, float]:
