@@ -915,4 +915,9 @@ def test_resume_may_move_the_data_folder_to_the_same_data_only(tmp_path, capsys)
     ckpt.save_checkpoint(old, ckpt.training_state(0, build_model(cfg, (1, 8, 8)), cfg, (1, 8, 8)))
     assert main(["train", "--resume", str(old), "--data-dir", str(b), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not read from a data folder" in err[0]  # the digits are embedded
+    cfg.data.name = "mnist"  # an old run of a folder dataset
+    ckpt.save_checkpoint(old, ckpt.training_state(1, build_model(cfg, (1, 8, 8)), cfg, (1, 8, 8)))
+    assert main(["train", "--resume", str(old), "--data-dir", str(b), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "records no fingerprint" in err[0]

@@ -25,7 +25,8 @@ so is a file that holds pickled Python objects besides tensors (refused for safe
 corrupt); :func:`latest_checkpoint` then falls back to the newest good one.
 
 A checkpoint belongs to a run when its config is the run's ``config.yaml`` up to the fields a
-resume may change (``RESUMABLE``: the epochs and the device). :func:`latest_checkpoint` refuses
+resume may change (``RESUMABLE``: the epochs, the device and the data folder, whose data the
+training command checks against the run's ``data.fingerprint``). :func:`latest_checkpoint` refuses
 one that does not (a file of another run dropped into the folder), and the rotation that keeps
 the newest ``KEEP`` checkpoints counts and deletes only the run's own.
 

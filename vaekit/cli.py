@@ -325,7 +325,7 @@ def _train(args):
 def _train_in_session(args, main: bool):
     from .checkpoint import json_text, load_shared
     from .config import build_config, named_keys, validate
-    from .data import binarize_dynamic, prepare_data, resolve_binarize
+    from .data import FOLDER_DATASETS, binarize_dynamic, prepare_data, reads_data_dir, resolve_binarize
     from .models import binary_data
     from .train import train
 
@@ -340,10 +340,16 @@ def _train_in_session(args, main: bool):
             raise VaekitError(
                 "--resume continues the saved config; only --epochs, --device, --max-steps and --data-dir may change"
             )
+        if args.data_dir and not reads_data_dir(cfg.data.name):
+            raise VaekitError(
+                f"--resume --data-dir: {args.resume} trained on {cfg.data.name}, which is not read from a data "
+                f"folder; --data-dir moves the files of {', '.join(FOLDER_DATASETS)}"
+            )
         if args.data_dir and cfg.data.fingerprint is None:
             raise VaekitError(
-                f"--resume --data-dir: {args.resume} records no fingerprint of its data (it predates them), so "
-                f"data found elsewhere cannot be checked to be the same; resume without --data-dir"
+                f"--resume --data-dir: {args.resume} records no fingerprint of its data (started before "
+                f"fingerprints, or not by `vaekit train`), so data found elsewhere cannot be checked to be "
+                f"the same; resume without --data-dir"
             )
         if args.data_dir:
             cfg.data.data_dir = args.data_dir

@@ -1277,6 +1277,15 @@ def load_dataset(
     return loader(split, data_dir, download)
 
 
+FOLDER_DATASETS = (*FOLDERS, "cifar10")  # the registered datasets read from data_dir (the rest are embedded)
+
+
+def reads_data_dir(name: str) -> bool:
+    """Whether dataset ``name`` is read from ``data_dir`` (a registered dataset with files, not an
+    embedded one or a path)."""
+    return ALIASES.get(str(name).lower(), str(name).lower()) in FOLDER_DATASETS
+
+
 def is_vector_source(name: str) -> bool:
     """Whether a dataset name or path is known to hold vectors before it is read: a .csv file or one
     of the ``VECTOR_DATASETS`` (an .npy / .npz may hold either)."""
