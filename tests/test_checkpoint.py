@@ -207,6 +207,30 @@ def test_a_checkpoint_of_another_run_is_refused_and_never_costs_the_run_its_own(
     ]
 
 
+def test_an_edited_config_yaml_is_blamed_not_the_runs_checkpoints(tmp_path, capsys):
+    """config.yaml edited after training: the checkpoints agree with each other, so the error names
+    config.yaml (not "move the checkpoint out"), nothing is moved, and deleting config.yaml lets the
+    run resume, which writes it again from the checkpoints."""
+    from vaekit.cli import main
+
+    run, cfg, x = small_run(tmp_path, "run")
+    own = sorted(p.name for p in ckpt.list_checkpoints(run))
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("latent_dim: 2", "latent_dim: 3"))
+    with pytest.raises(CheckpointError) as e:
+        ckpt.latest_checkpoint(run)
+    msg = str(e.value)
+    assert "config.yaml differs" in msg and "model.latent_dim: 2 vs 3" in msg and "move it out" not in msg
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "edited or replaced" in err
+    assert sorted(p.name for p in ckpt.list_checkpoints(run)) == own  # nothing moved
+    (run / "config.yaml").unlink()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert "latent_dim: 2" in (run / "config.yaml").read_text()
+
+
 def test_resuming_under_another_config_is_refused(tmp_path):
     run, cfg, x = small_run(tmp_path, "run")
     changed = Config.from_dict(cfg.to_dict())

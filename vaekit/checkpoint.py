@@ -238,6 +238,26 @@ def check_belongs(path: Path, state: dict, run_dir: str | Path) -> None:
         )
 
 
+def _blame_edited_config(run_dir: str | Path, path: Path, state: dict, others: list[Path]) -> None:
+    """When ``path`` (refused by :func:`check_belongs`) has the same config as another checkpoint of
+    the folder, the checkpoints agree and ``config.yaml`` is what changed: raise the error that says
+    so, instead of advising to move the run's own checkpoints away. Returns when no other readable
+    checkpoint shares its config (a stray file of another run)."""
+    for q in others:
+        try:
+            other = read_checkpoint(q, "cpu")
+        except CheckpointError:
+            continue
+        if not config_differences(state["config"], other["config"]):
+            diff = config_differences(state["config"], read_run_config(run_dir) or {})
+            yaml = Path(run_dir) / "config.yaml"
+            raise CheckpointError(
+                f"{yaml} differs from the config the run's checkpoints were trained under (checkpoints vs "
+                f"config.yaml: {'; '.join(diff)}): it was edited or replaced after training; restore it, or "
+                f"delete it (resuming writes it again from the checkpoints)"
+            )
+
+
 @contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on the run folder ``run_dir`` while a process trains it (a new
@@ -553,7 +573,11 @@ def latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=True, quaran
             if warn:
                 print(f"vaekit: warning: {e}; falling back to an older checkpoint", file=sys.stderr)
             continue
-        check_belongs(p, found[1], run_dir)
+        try:
+            check_belongs(p, found[1], run_dir)
+        except CheckpointError:
+            _blame_edited_config(run_dir, p, found[1], [q for q in paths if q != p])
+            raise
         if quarantine:
             for b in bad:
                 try:
