@@ -1,6 +1,7 @@
 """bench/allocator.py: each arm's child process runs under its own environment and reports its
 timing, page faults and peak memory; the table prints, so that the script cannot rot."""
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from bench import allocator  # noqa: E402
 
 
 def test_the_two_arms_run_in_their_own_environments(capsys):
-    ns = type("A", (), dict(steps=1, warmup=1, threads=1, batch_size=4))()
+    ns = argparse.Namespace(steps=1, warmup=1, threads=1, batch_size=4)
     default, kept = allocator.run_arm("dense-mnist", False, ns), allocator.run_arm("dense-mnist", True, ns)
     assert (default["kept"], kept["kept"]) == (False, True)
     for arm in (default, kept):

@@ -340,18 +340,18 @@ def _train_in_session(args, main: bool):
             raise VaekitError(
                 "--resume continues the saved config; only --epochs, --device, --max-steps and --data-dir may change"
             )
-        if args.data_dir and not reads_data_dir(cfg.data.name):
-            raise VaekitError(
-                f"--resume --data-dir: {args.resume} trained on {cfg.data.name}, which is not read from a data "
-                f"folder; --data-dir moves the files of {', '.join(FOLDER_DATASETS)}"
-            )
-        if args.data_dir and cfg.data.fingerprint is None:
-            raise VaekitError(
-                f"--resume --data-dir: {args.resume} records no fingerprint of its data (started before "
-                f"fingerprints, or not by `vaekit train`), so data found elsewhere cannot be checked to be "
-                f"the same; resume without --data-dir"
-            )
-        if args.data_dir:
+        if args.data_dir:  # the data moved: allowed where the fingerprint check below can vouch for them
+            if not reads_data_dir(cfg.data.name):
+                raise VaekitError(
+                    f"--resume --data-dir: {args.resume} trained on {cfg.data.name}, which is not read from a "
+                    f"data folder; --data-dir moves the files of {', '.join(FOLDER_DATASETS)}"
+                )
+            if cfg.data.fingerprint is None:
+                raise VaekitError(
+                    f"--resume --data-dir: {args.resume} records no fingerprint of its data (started before "
+                    f"fingerprints, or not by `vaekit train`), so data found elsewhere cannot be checked to be "
+                    f"the same; resume without --data-dir"
+                )
             cfg.data.data_dir = args.data_dir
         if args.seed is not None and args.seed != cfg.train.seed:
             raise VaekitError(
@@ -377,7 +377,7 @@ def _train_in_session(args, main: bool):
     if args.device:
         cfg.train.device = args.device
     validate(cfg, new_run=not args.resume)
-    train_ds, test_ds = prepare_data(cfg.data)
+    train_ds, test_ds = prepare_data(cfg.data, fingerprint=True)
     if not args.resume:  # what a resume must find again, wherever data_dir then points
         cfg.data.fingerprint = train_ds.fingerprint
     elif cfg.data.fingerprint is not None and train_ds.fingerprint != cfg.data.fingerprint:

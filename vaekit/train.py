@@ -984,14 +984,15 @@ def _diverged(consecutive: int, step: int, bad_terms: list[str]) -> TrainingDive
 
 def _check_resume(cfg: Config, state: dict, run_dir: Path, n_train: int, max_steps: int | None) -> None:
     """Refuse to resume ``state`` under another config than its own (up to ``ckpt.RESUMABLE``: the
-    epochs, the device and the data folder) or to stop it short of the step it has reached; say so when there is
-    nothing left to train. Every process runs it on the same state, so all raise alike."""
+    epochs, the device and the data folder) or to stop it short of the step it has reached; say so
+    when there is nothing left to train. Every process runs it on the same state, so all raise alike."""
     diff = ckpt.config_differences(state["config"], cfg.to_dict())
     if diff:
         raise _everywhere(
             ConfigError(
-                f"resuming {run_dir} continues its saved config; only train.epochs, train.device and "
-                f"data.data_dir may change, and these differ (checkpoint vs given): {'; '.join(diff)}"
+                f"resuming {run_dir} continues its saved config; only "
+                f"{', '.join(f'{s}.{n}' for s, n in ckpt.RESUMABLE)} may change, and these differ "
+                f"(checkpoint vs given): {'; '.join(diff)}"
             )
         )
     spe = math.ceil(n_train / cfg.train.batch_size)  # as ShardedData
