@@ -13,13 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "peer_speed.py"
 
 
-def _run(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _run(*args, data: str | None = None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} | ({"VAEKIT_DATA": data} if data else {})
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_vaekit_half_runs_without_the_peers():
-    out = _run("--quick", "--no-peers", "--threads", "1", "--only", "nice", "glow")
+def test_vaekit_half_runs_without_the_peers(shared_datasets):  # it trains on real MNIST
+    out = _run("--quick", "--no-peers", "--threads", "1", "--only", "nice", "glow", data=shared_datasets)
     assert out.returncode == 0, out.stderr
     assert "vaekit nice-mnist" in out.stdout and "vaekit glow-mnist" in out.stdout
     assert "normflows" not in out.stdout.split("## nice")[1]
