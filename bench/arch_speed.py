@@ -28,7 +28,9 @@ For every preset, in one process:
 
 With --compare, every preset is timed with the option off and on side by side in one process and
 the ratios (on/off images/s, training and evaluation) are printed: the evidence behind the config
-defaults of ``compile``, ``channels_last`` and ``amp``.
+defaults of ``compile``, ``channels_last`` and ``amp``. ``one_chunk_per_pass`` (evaluation only)
+evaluates one chunk of importance samples per decoder pass, also where the likelihood declares
+``chunk_per_thread`` (the PixelCNN): the evidence behind that declaration.
 
 With --eval-amp RUN ..., trained runs (folders or checkpoint files; no training is timed) are
 evaluated with K=--target-k on their first --eval-images test images twice, float32 and with the
@@ -79,7 +81,13 @@ PRESETS = [
     "glow-mnist",
 ]
 QUICK_PRESETS = ["conv-mnist", "nice-mnist"]
-OPTION_KEYS = {"compile": "compile_", "channels_last": "channels_last", "amp": "amp"}
+OPTION_KEYS = {
+    "compile": "compile_",
+    "channels_last": "channels_last",
+    "amp": "amp",
+    "one_chunk_per_pass": "one_chunk_per_pass",  # evaluation only: no chunk_per_thread passes
+}
+TRAIN_OPTIONS = ("compile_", "channels_last", "amp")  # the options bench_training takes
 
 
 def data_shape(cfg) -> tuple[int, int, int]:
@@ -234,7 +242,8 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
 
         def call():
             with autocast(device, opts["amp"]):
-                return importance_sampled_log_prob(model, x, k=k)["log_px"]
+                one = 1 if opts["one_chunk_per_pass"] else None
+                return importance_sampled_log_prob(model, x, k=k, chunks_per_pass=one)["log_px"]
 
         per_call, warm, _ = timed(call, device, 1, args.eval_warmup, args.eval_repeat)
         s_image, kind = per_call * args.target_k / k, f"K={args.target_k} from {k}"
@@ -278,6 +287,8 @@ def options_label(r: dict) -> str:
     on = [k for k in ("compile", "channels_last") if r.get(k)]
     if r.get("amp"):
         on.append("amp" if r["amp_active"] else "amp(inactive)")
+    if r.get("one_chunk_per_pass"):
+        on.append("one_chunk_per_pass")
     return "+".join(on) or "plain"
 
 
@@ -329,7 +340,11 @@ def write_json(path: str | None, rows: list[dict], device) -> None:
 def measure(name: str, device, opts: dict, args) -> dict:
     """Training and (unless --skip-eval) evaluation of one preset under the options ``opts``."""
     built = build(name, device, opts["compile_"], opts["channels_last"])  # trained a few steps, then evaluated
-    r = bench_training(name, device, args.steps, args.warmup, args.batch_size, repeat=args.repeat, built=built, **opts)
+    train_opts = {key: opts[key] for key in TRAIN_OPTIONS}
+    r = bench_training(
+        name, device, args.steps, args.warmup, args.batch_size, repeat=args.repeat, built=built, **train_opts
+    )
+    r["one_chunk_per_pass"] = opts["one_chunk_per_pass"]
     if not args.skip_eval:
         r.update(bench_evaluation(name, device, opts, args, built))
     return r
@@ -347,7 +362,12 @@ def run_presets(args, device, peaks: dict, t_start: float) -> list[dict]:
     rows = []
     for name in args.presets:
         own = args.preset_layout and get_preset(name).model.channels_last
-        base = {"compile_": args.compile, "channels_last": args.channels_last or own, "amp": args.amp}
+        base = {
+            "compile_": args.compile,
+            "channels_last": args.channels_last or own,
+            "amp": args.amp,
+            "one_chunk_per_pass": False,
+        }
         if args.deadline and time.perf_counter() - t_start > args.deadline:
             print(f"{name:15s} skipped: past the --deadline of {args.deadline} s", flush=True)
             continue

@@ -12,6 +12,7 @@ from vaekit.inference import (
     DEFAULT_ELEMENT_BUDGET,
     chunk_sizes,
     decoder_numel,
+    default_chunks_per_pass,
     effective_sample_size,
     importance_sampled_log_prob,
     mean_and_stderr,
@@ -68,6 +69,63 @@ def test_a_given_batch_size_still_keeps_each_chunk_within_the_budget():
     model.decoder.log_likelihood = lambda z, x: codes.append(z.shape[0]) or real(z, x)
     importance_sampled_log_prob(model, binary_data(10), k=50, batch_size=5, data_numel=36, element_budget=36 * 20)
     assert max(codes) <= 20 and sum(codes) == 10 * 50  # 5 examples x 4 samples per chunk, all 500 codes
+
+
+@pytest.mark.parametrize(
+    "preset, over",
+    [
+        ("dense-mnist", {"hidden": [16], "latent_dim": 3}),
+        ("dense-mnist", {"hidden": [16], "latent_dim": 3, "posterior_flow": "iaf", "posterior_flow_layers": 2}),
+        ("pixelvae-mnist", {"channels": [4, 8], "latent_dim": 3, "pixelcnn_layers": 2, "pixelcnn_channels": 8}),
+    ],
+)
+def test_a_pass_of_several_chunks_draws_the_samples_of_one_pass_per_chunk(preset, over):
+    """With G chunks per decoder pass the estimator draws, chunk by chunk, the samples that one pass
+    per chunk draws (a Gaussian and a flow posterior), and the decoder sees G chunks of codes at once."""
+    model = build_model(build_config(preset, overrides=over), (1, 6, 6)).double().eval()
+    x = binary_data(3).double()
+    real = model.decoder.log_likelihood
+    runs = {}
+    for G in (1, 3):
+        codes = []
+        model.decoder.log_likelihood = lambda z, x: codes.append(z.shape[0]) or real(z, x)
+        torch.manual_seed(5)
+        out = importance_sampled_log_prob(model, x, k=10, batch_size=3, sample_chunk=4, chunks_per_pass=G)
+        runs[G] = (out, codes)
+    assert runs[1][1] == [3 * 4, 3 * 4, 3 * 2]  # one pass per chunk of 4, 4 and 2 samples
+    assert runs[3][1] == [3 * 10]  # the three chunks in one pass
+    for key in ("log_px", "elbo", "ess"):
+        torch.testing.assert_close(runs[3][0][key], runs[1][0][key], rtol=1e-12, atol=1e-12)
+    torch.manual_seed(5)  # and a pass of G chunks is not one draw of G * 4 samples
+    one_draw = importance_sampled_log_prob(model, x, k=10, batch_size=3, sample_chunk=10, chunks_per_pass=1)
+    assert not torch.allclose(one_draw["log_px"], runs[1][0]["log_px"])
+
+
+def test_a_cpu_pass_holds_one_chunk_per_thread_where_the_likelihood_asks():
+    """PixelCNN likelihoods (``chunk_per_thread``) get one chunk per CPU thread in each pass; a
+    pointwise likelihood, or any likelihood on a GPU, one chunk per pass."""
+    pixel = build_model(
+        build_config(
+            "pixelvae-mnist",
+            overrides={"channels": [4, 8], "latent_dim": 3, "pixelcnn_layers": 2, "pixelcnn_channels": 8},
+        ),
+        (1, 6, 6),
+    ).eval()
+    dense = small_vae()
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert default_chunks_per_pass(pixel, "cpu") == 3
+        assert default_chunks_per_pass(pixel, torch.device("cuda")) == 1
+        assert default_chunks_per_pass(dense, "cpu") == 1
+        for model, expected in ((pixel, [2 * 15, 2 * 15, 2 * 15, 2 * 5]), (dense, [2 * 5] * 10)):
+            codes = []
+            real = model.decoder.log_likelihood
+            model.decoder.log_likelihood = lambda z, x, real=real: codes.append(z.shape[0]) or real(z, x)
+            importance_sampled_log_prob(model, binary_data(2), k=50, batch_size=2, sample_chunk=5)
+            assert codes == expected  # 3 chunks of 5 samples per pass for the PixelCNN, 1 otherwise
+    finally:
+        torch.set_num_threads(saved)
 
 
 def ppca_vae(Dx=5, Dz=2, sigma=0.5, seed=0):

@@ -62,15 +62,19 @@ def kl_per_dimension(q, p) -> Tensor | None:
     return None
 
 
-def importance_terms(model, x: Tensor, k: int, q=None) -> tuple[Tensor, Tensor, Tensor]:
+def importance_terms(model, x: Tensor, k: int, q=None, draw: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """For z_j ~ q(z|x), j = 1..k: (log p(x|z_j), log p(z_j), log q(z_j|x)), each [k, B].
 
     The decoder sees the k samples of all B examples as one batch of k*B codes, through
     ``decoder.log_likelihood``, which may stream it without materialising p(x|z)
     (``vaekit.inference.streamed``).
+
+    draw: when given, the k samples are drawn in consecutive pieces of at most ``draw`` (one
+        ``rsample`` each, concatenated), so that a caller evaluating several pieces in one decoder
+        pass draws the very samples it would draw piece by piece, one pass each.
     """
     q = model.encoder(x) if q is None else q
-    z, log_q = rsample_and_log_prob(q, (k,))  # [k, B, D], [k, B]
+    z, log_q = _draws(q, k, draw or k)  # [k, B, D], [k, B]
     log_pz = model.prior.log_prob(z)  # [k, B]
     B = x.shape[0]
     zf, xr = z.reshape(k * B, *z.shape[2:]), repeat_examples(x, k)
@@ -88,9 +92,18 @@ def repeat_examples(x: Tensor, k: int) -> Tensor:
     return x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
 
 
-def log_importance_weights(model, x: Tensor, k: int, q=None) -> Tensor:
-    """log w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x), z_j ~ q(z|x); shape [k, B]."""
-    log_px, log_pz, log_q = importance_terms(model, x, k, q)
+def _draws(q, k: int, piece: int) -> tuple[Tensor, Tensor]:
+    """k reparameterised samples of q and their log q, drawn ``piece`` at a time: [k, B, D], [k, B]."""
+    if piece >= k:
+        return rsample_and_log_prob(q, (k,))
+    zs, log_qs = zip(*(rsample_and_log_prob(q, (min(piece, k - j),)) for j in range(0, k, piece)))
+    return torch.cat(zs), torch.cat(log_qs)
+
+
+def log_importance_weights(model, x: Tensor, k: int, q=None, draw: int | None = None) -> Tensor:
+    """log w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x), z_j ~ q(z|x); shape [k, B]
+    (``draw``: see :func:`importance_terms`)."""
+    log_px, log_pz, log_q = importance_terms(model, x, k, q, draw)
     return log_px + log_pz - log_q
 
 

@@ -54,6 +54,11 @@ class Likelihood(nn.Module):
     - ``activation_factor``: roughly how many floats per data element one no-grad
       ``log_prob`` keeps alive (1 for a pointwise likelihood; more for a likelihood that runs a
       network over x, the PixelCNN); memory budgets that count decoder outputs multiply by it.
+    - ``chunk_per_thread``: a CPU decoder pass of importance sampling evaluates one chunk of
+      samples per intra-op thread (``vaekit.inference.importance``). True for a likelihood whose
+      no-grad ``log_prob`` is a long run of operations on a few codes each (the PixelCNN's),
+      which two threads split poorly at one chunk's size; False where a chunk's operations are
+      already large enough to split, and wider passes would only leave the cache.
     - ``factorised``: p(x|z) is a product over data dimensions returned as a torch
       ``Independent`` whose ``base_dist.log_prob(x)`` gives the per-dimension terms, so a
       subset of dimensions can be scored (partial observations, completion).
@@ -64,6 +69,7 @@ class Likelihood(nn.Module):
     discrete: bool = True
     binary: bool = False
     activation_factor: int = 1
+    chunk_per_thread: bool = False
     factorised: bool = False
 
     def forward(self, params: Tensor) -> Distribution:  # pragma: no cover - interface

@@ -7,6 +7,13 @@ stays bounded whatever K: each chunk evaluates the decoder on (examples x sample
 codes at once and folds its log-weights into a running logsumexp per example. K = 1
 is the ELBO; the estimate increases in expectation with K and is consistent as K grows.
 
+The chunk size comes from a budget of numbers per chunk and the decoder's numbers per code,
+never from the hardware, so the samples drawn for an example do not depend on it. Where the
+likelihood declares ``chunk_per_thread`` (the PixelCNN, whose chunks hold a few codes) one CPU
+decoder pass evaluates T consecutive chunks on T intra-op threads, drawn one after the other as
+if each had its own pass: the same samples, each thread's share of a pass within the budget,
+and operations large enough for the threads to split.
+
 The effective sample size (sum w)^2 / sum w^2 of the weights (Kong 1992; Owen 2013, Sec. 9.3)
 diagnoses the proposal: near K when q(z|x) is close to the posterior, near 1 when one sample
 dominates.
@@ -46,6 +53,14 @@ def chunk_sizes(n_examples: int, k: int, data_numel: int, budget: int = DEFAULT_
     samples = min(k, codes)
     examples = max(1, min(n_examples, codes // samples))
     return examples, samples
+
+
+def default_chunks_per_pass(model, device: torch.device | str) -> int:
+    """Chunks of samples one decoder pass of ``model`` evaluates on ``device``: the intra-op
+    threads (``torch.get_num_threads()``) on a CPU where its likelihood declares
+    ``chunk_per_thread``, else 1 (module docstring)."""
+    per_thread = model.decoder.likelihood.chunk_per_thread and torch.device(device).type == "cpu"
+    return torch.get_num_threads() if per_thread else 1
 
 
 def decoder_numel(model, data_shape: tuple[int, ...]) -> int:
@@ -103,6 +118,7 @@ def importance_sampled_log_prob(
     progress=None,
     data_numel: int | None = None,
     amp: bool = False,
+    chunks_per_pass: int | None = None,
 ) -> dict[str, Tensor]:
     """log p(x) by importance sampling with q(z|x) as proposal.
 
@@ -118,6 +134,8 @@ def importance_sampled_log_prob(
             not given and needed): callers that evaluate chunk after chunk pass it once.
         amp: run the encoder and decoder bodies under bf16 autocast (module docstring); the
             log-weights [s, b] stay float32 and their logsumexp float64. Default off.
+        chunks_per_pass: chunks of ``sample_chunk`` samples each decoder pass evaluates, drawn
+            chunk by chunk (default :func:`default_chunks_per_pass`): the same samples whatever its value.
 
     Returns:
         dict of [N] tensors in nats, in the model's dtype (float32 at least; sums are float64):
@@ -137,18 +155,20 @@ def importance_sampled_log_prob(
     # the results, allocated once: small tensors kept per example between the chunks' transient
     # megabytes would pin glibc's heap from shrinking, and a long evaluation's memory would grow
     out = {key: torch.empty(N, device=x.device, dtype=torch.float64) for key in ("log_px", "elbo", "ess")}
+    G = max(1, chunks_per_pass or default_chunks_per_pass(model, x.device))
     dtype = torch.float32
     with fixed_parameters():  # one set of weights for every chunk: nets may keep what they derive
         for i in range(0, N, B):
             rows = {key: v[i : i + B] for key, v in out.items()}
-            dtype = _examples(model, x[i : i + B], k, S, amp, rows, progress)
+            dtype = _examples(model, x[i : i + B], k, S, G, amp, rows, progress)
     return {key: v.to(dtype) for key, v in out.items()}
 
 
-def _examples(model, xb: Tensor, k: int, S: int, amp: bool, out: dict, progress) -> torch.dtype:
-    """The K-sample estimates of the examples xb [b, *data_shape], drawn in chunks of S samples,
-    written into ``out``'s float64 rows [b] (see :func:`importance_sampled_log_prob`); returns the
-    dtype the results are reported in (the model's, float32 at least)."""
+def _examples(model, xb: Tensor, k: int, S: int, G: int, amp: bool, out: dict, progress) -> torch.dtype:
+    """The K-sample estimates of the examples xb [b, *data_shape], drawn in chunks of S samples and
+    evaluated G chunks per decoder pass, written into ``out``'s float64 rows [b] (see
+    :func:`importance_sampled_log_prob`); returns the dtype the results are reported in (the
+    model's, float32 at least)."""
     with autocast(xb.device, amp):
         q = model.encoder(xb)
     # running logsumexp of w and of w^2 and the sum of log w, per example, in float64
@@ -157,9 +177,9 @@ def _examples(model, xb: Tensor, k: int, S: int, amp: bool, out: dict, progress)
     total = torch.zeros_like(lse)
     done, dtype = 0, torch.float32
     while done < k:
-        s = min(S, k - done)
+        s = min(S * G, k - done)
         with autocast(xb.device, amp):  # the bodies in bf16; they return float32
-            log_w = log_importance_weights(model, xb, s, q=q)  # [s, b]
+            log_w = log_importance_weights(model, xb, s, q=q, draw=S)  # [s, b]
         dtype = torch.promote_types(log_w.dtype, torch.float32)  # the model's dtype, at least float32
         log_w = log_w.double()
         lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0).to(lse.dtype))
