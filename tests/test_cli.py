@@ -759,6 +759,38 @@ def test_evaluate_adds_the_nll_in_data_units(wine_run, tmp_path, capsys):
     assert row["ELBO"] == f"{res['elbo'] - log_scale:.2f}"
 
 
+def test_a_gaussian_vae_of_8bit_images_records_that_it_models_their_dequantisation(tmp_path, capsys):
+    """``model.dequantize: auto`` resolves from the data's levels and the run records it: 8-bit images
+    give a Gaussian VAE of dequantised levels, whose evaluation reports bits/dim; ``true`` on data
+    that are not 8-bit, or for a flow, is refused in one line."""
+    import yaml
+
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "img.npy", g.integers(0, 256, size=(40, 4, 4), dtype=np.uint8))
+    np.save(tmp_path / "vec.npy", g.normal(size=(40, 3)).astype(np.float32))
+    small = ["--set", "hidden=[8]", "--set", "latent_dim=2", "--set", "tensorboard=false", "--set", "eval_k=0"]
+    argv = ["train", "--set", "likelihood=gaussian", "--max-steps", "2", "--no-progress", *small]
+    assert main([*argv, "--data", str(tmp_path / "img.npy"), "--out", str(tmp_path / "r")]) == 0
+    doc = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert doc["model"]["dequantize"] is True and doc["data"]["levels"] == 256
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(tmp_path / "r"), "--k", "5", "--no-progress", "-o", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["bpd"] == pytest.approx(res["nll"] / (16 * math.log(2)))
+    assert main([*argv, "--data", str(tmp_path / "vec.npy"), "--out", str(tmp_path / "v")]) == 0
+    assert yaml.safe_load((tmp_path / "v" / "config.yaml").read_text())["model"]["dequantize"] is False
+    capsys.readouterr()
+    for data, extra, words in (
+        ("vec.npy", [], "needs 8-bit data"),
+        ("img.npy", ["--set", "kind=flow", "--set", "flow_arch=nice"], "flow_dequantize"),
+    ):
+        args = [*argv, "--data", str(tmp_path / data), "--set", "dequantize=true", *extra, "--out", str(tmp_path / "x")]
+        assert main(args) == 2
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+        assert len(err) == 1 and err[0].startswith("vaekit: error: ") and words in err[0]
+        assert not (tmp_path / "x").exists()
+
+
 def test_a_csv_trains_with_a_gaussian_and_its_label_column_colours_the_latent_map(tmp_path, capsys, monkeypatch):
     import yaml
 

@@ -90,6 +90,17 @@ def test_removed_key_is_unknown_to_overrides(override):
     assert "valid_size" not in Config().to_dict()["data"] and "data.valid_size" in REMOVED_KEYS
 
 
+def test_a_saved_config_without_an_added_key_reads_the_value_it_had_in_effect():
+    """model.dequantize came later: a saved config without it was evaluated at the levels (false);
+    one that has it, and a fresh config, keep theirs."""
+    old = Config().to_dict()
+    del old["model"]["dequantize"]
+    assert Config.from_dict(old).model.dequantize is False
+    assert Config().model.dequantize == "auto" and Config.from_dict(Config().to_dict()).model.dequantize == "auto"
+    with pytest.raises(ConfigError, match="model.dequantize must be auto, true or false"):
+        build_config("base", overrides={"dequantize": "yes"})
+
+
 def test_preset_chain_runs_from_base_and_names_unknown_presets():
     assert preset_chain("dae-mnist") == ["base", "dense-mnist", "ae-mnist", "dae-mnist"]
     with pytest.raises(ConfigError) as e:

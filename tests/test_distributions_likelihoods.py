@@ -80,3 +80,25 @@ def test_likelihoods_of_bf16_decoder_outputs_are_float32(make):
     out = lik(params).log_prob(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, lik(params.float()).log_prob(x))
+
+
+@pytest.mark.parametrize("std", [0.2, 1e-3])
+def test_a_dequantised_gaussian_bounds_the_probability_of_each_level(std):
+    """log N(y) - log 256 at y = (255 k/255 + u) / 256 is, in expectation over u, at most log P(k), the
+    Gaussian's mass on the bin [k, k + 1) / 256 (Jensen), for a wide Gaussian and for one narrower
+    than a bin, where the density at the level itself exceeds any probability."""
+    lik = GaussianLikelihood((3,), variance="fixed", fixed_std=std, dequantize=True)
+    assert lik.discrete and not GaussianLikelihood((3,), variance="fixed").discrete
+    k = torch.tensor([0.0, 100.0, 255.0])
+    mean = (k + 0.5) / 256  # each Gaussian centred in its level's bin
+    p = lik(mean[None].double())
+    torch.manual_seed(0)
+    draws = torch.stack([p.base_dist.log_prob(k[None] / 255) for _ in range(4000)])[:, 0]  # [4000, 3]
+    normal = Normal(mean.double(), std)
+    exact = (normal.cdf((k + 1) / 256) - normal.cdf(k / 256)).log()  # log P(k) per dimension
+    assert (draws.mean(0) <= exact + 4 * draws.std(0) / math.sqrt(4000)).all()
+    assert not torch.equal(p.log_prob(k[None] / 255), p.log_prob(k[None] / 255))  # a fresh u per call
+    if std < 1 / 256:  # the density at the level exceeds 1 per bin width: no probability
+        assert (normal.log_prob(k / 255) - math.log(256) > 0).any() and (exact <= 0).all()
+    else:  # a smooth density: the bound is tight
+        assert (exact - draws.mean(0)).abs().max() < 1e-3

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import digits, tiny_vae_and_data
 
+import vaekit
 from vaekit.config import build_config
 from vaekit.evaluate import SPLIT_MIN_CHUNKS, evaluate, format_table, per_example_log_prob
 from vaekit.inference import importance_sampled_log_prob
@@ -99,13 +100,29 @@ def test_a_mixture_on_continuous_data_has_no_bits_per_dim_and_reports_sklearns_b
     assert "bic" in format_table(res)
 
 
-def test_a_mixture_on_8bit_data_gets_the_discretisation_term():
-    """A Gaussian density of 8-bit levels: bpd = (nll + D ln 256) / (D ln 2), as every density."""
+def test_a_mixture_of_dequantised_8bit_data_bounds_the_probability_of_the_levels():
+    """With ``dequantize`` a diagonal mixture's -log p(y) + D log 256 at y = (255 x + u) / 256 is, in
+    expectation over u, at least -log P(x), the exact probability of the levels' bins (a product of
+    Gaussian CDF differences per component); bpd = nll / (D ln 2). Undequantised: no bits/dim."""
     g = torch.Generator().manual_seed(5)
     x = torch.round(torch.rand(80, 1, 2, 2, generator=g, dtype=torch.float64) * 255) / 255
-    m = _fitted_mixture(x, 256, "diag")
+    m = GaussianMixtureModel(2, (1, 2, 2), covariance_type="diag", max_iter=20, dtype="float64", dequantize=True)
+    m.fit(x)
+    assert not m.density
     res = evaluate(m, x, progress=False)
-    assert res["bpd"] == pytest.approx((res["nll"] + 4 * math.log(256)) / (4 * math.log(2)))
+    assert res["bpd"] == pytest.approx(res["nll"] / (4 * math.log(2)))
+    k = torch.round(x.reshape(80, 4) * 255)
+    normal = torch.distributions.Normal(m.means[:, None], m.covariances.sqrt()[:, None])  # [K, 1, D]
+    bins = normal.cdf((k + 1) / 256) - normal.cdf(k / 256)  # [K, N, D]
+    exact = -torch.logsumexp(bins.log().sum(-1) + m.weights.log()[:, None], 0)  # -log P(x) [N]
+    torch.manual_seed(0)
+    draws = torch.stack([-m.log_prob(x) for _ in range(400)])  # [400, N]
+    gap = draws.mean(0) - exact
+    assert (gap > -4 * draws.std(0) / 20).all()  # a bound, up to the Monte-Carlo error
+    assert gap.mean() < 0.05  # and a tight one: the components are far wider than a bin
+    m.dequantize = False  # the density at the levels: nats of a density, no bits
+    res = evaluate(m, x, progress=False)
+    assert m.density and res["bpd"] is None
 
 
 def test_cli_evaluate_of_a_mixture_on_tabular_data(tmp_path, capsys):
@@ -129,11 +146,13 @@ def test_cli_evaluate_of_a_mixture_on_tabular_data(tmp_path, capsys):
     assert res["bpd"] is None and isinstance(res["bic"], float)
     printed = capsys.readouterr().out
     assert "bic" in printed and "bpd" not in printed
-    # levels the user declares (8-bit images stored as floats) are recorded instead
+    # levels the user declares (8-bit images stored as floats) are recorded instead, and the mixture
+    # models their dequantisation: its nats bound the levels' probability (bpd = nll / (D ln 2))
     assert main(argv[:-1] + [str(tmp_path / "g8"), "--set", "levels=256"] + sets) == 0
+    assert vaekit.load(tmp_path / "g8").dequantize
     assert main(["evaluate", str(tmp_path / "g8"), "--no-progress", "-o", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["bpd"] == pytest.approx((res["nll"] + 3 * math.log(256)) / (3 * math.log(2)))
+    assert res["bpd"] == pytest.approx(res["nll"] / (3 * math.log(2)))
 
 
 def test_active_units_are_counted_per_stochastic_layer():

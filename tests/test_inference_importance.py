@@ -128,12 +128,20 @@ def test_a_cpu_pass_holds_one_chunk_per_thread_where_the_likelihood_asks():
         torch.set_num_threads(saved)
 
 
-def ppca_vae(Dx=5, Dz=2, sigma=0.5, seed=0):
-    """A linear-Gaussian VAE (empty hidden list) set to a known pPCA model."""
+def ppca_vae(Dx=5, Dz=2, sigma=0.5, seed=0, dequantize=False):
+    """A linear-Gaussian VAE (empty hidden list) set to a known pPCA model; ``dequantize``: of
+    dequantised 8-bit levels (``exact`` stays the density of the continuous model)."""
     torch.manual_seed(seed)
     cfg = build_config(
         "base",
-        overrides={"hidden": [], "latent_dim": Dz, "likelihood": "gaussian", "variance": "fixed", "fixed_std": sigma},
+        overrides={
+            "hidden": [],
+            "latent_dim": Dz,
+            "likelihood": "gaussian",
+            "variance": "fixed",
+            "fixed_std": sigma,
+            "data.levels": 256 if dequantize else None,  # None: continuous data, the density itself
+        },
     )
     model = build_model(cfg, (Dx,))
     W = torch.randn(Dx, Dz)
@@ -170,6 +178,21 @@ def test_importance_sampling_converges_to_exact_ppca_log_likelihood():
     assert errors[5000].max() < 0.03 and errors[5000].mean() < 0.01, errors[5000]
     assert errors[5000].mean() < errors[5].mean() / 3 < gap
     assert model.log_prob(x, k=5000).shape == (50,)
+
+
+def test_importance_sampling_of_dequantised_levels_converges_to_their_probability():
+    """A 1-D pPCA on dequantised 8-bit levels: drawing a fresh u with every z makes the K-sample
+    estimate consistent for log P(k), the exact mass of N(b, w^2 + sigma^2) on the level's bin,
+    not only a bound on it (Jensen would leave a gap with one u per example)."""
+    model, exact = ppca_vae(Dx=1, Dz=1, sigma=0.01, seed=3, dequantize=True)
+    assert not model.density and model.decoder.likelihood.discrete
+    std = exact.covariance_matrix[0, 0].sqrt()
+    k = torch.round(torch.clamp(exact.mean + std * torch.tensor([-1.0, 0.0, 0.7]), 0, 1) * 255)
+    marginal = torch.distributions.Normal(exact.mean[0], std)
+    log_P = (marginal.cdf((k + 1) / 256) - marginal.cdf(k / 256)).log()
+    torch.manual_seed(0)
+    est = importance_sampled_log_prob(model, (k / 255)[:, None], k=20000)["log_px"]
+    torch.testing.assert_close(est, log_P.float(), atol=0.02, rtol=0)
 
 
 def test_chunk_sizes_respect_the_budget():

@@ -48,26 +48,36 @@ def test_default_bits_per_dim_is_nats_over_d_ln2():
 
 
 def test_bits_per_dim_follow_the_declared_density_and_data_levels():
-    """A density adds D ln(levels); a model of data that are neither binary nor 8-bit has none."""
+    """Bits of a probability (or of a bound on it) of binary or 8-bit data; none for a density at the
+    data's values, nor for data that are neither binary nor 8-bit."""
     m = Bare()
     assert not m.density and m.data_levels == 256 and not m.has_bic
-    m.density = True
-    assert m.bits_per_dim(0.0) == pytest.approx(8.0)  # density 1 on [0, 1]^D: 8 bits per 8-bit value
+    assert m.bits_per_dim(4 * math.log(256)) == pytest.approx(8.0)  # uniform over 256 levels
     m.data_levels = 2
-    assert m.bits_per_dim(0.0) == pytest.approx(1.0)
-    m.data_levels = None
+    assert m.bits_per_dim(4 * math.log(2)) == pytest.approx(1.0)
+    m.density = True  # a density's value at a level says nothing of the level's probability
+    assert m.bits_per_dim(0.0) is None
+    m.density, m.data_levels = False, None
     assert m.bits_per_dim(0.0) is None
     with pytest.raises(NotImplementedError, match="no BIC"):
         m.n_parameters()
 
 
 def test_build_model_records_the_data_levels_of_the_config():
+    """``data_levels`` from the config; densities of 8-bit data (mixtures, Gaussian VAEs) dequantise
+    them under ``model.dequantize: auto`` and are no densities then; ``false`` keeps the density."""
     for levels in (256, 2, None):
         cfg = build_config("gmm-digits", overrides={"data.levels": levels})
         model = build_model(cfg, (1, 8, 8))
-        assert model.data_levels == levels and model.density and model.has_bic
-    vae = build_model(build_config("dense-digits", overrides={"likelihood": "gaussian"}), (1, 8, 8))
-    assert vae.density and not build_model(build_config("dense-digits"), (1, 8, 8)).density
+        assert model.data_levels == levels and model.has_bic
+        assert model.dequantize == (levels == 256) and model.density == (levels != 256)
+    assert build_model(build_config("gmm-digits", overrides={"dequantize": False}), (1, 8, 8)).density
+    gauss = {"likelihood": "gaussian"}
+    vae = build_model(build_config("dense-digits", overrides=gauss), (1, 8, 8))
+    assert not vae.density and vae.decoder.likelihood.dequantize
+    assert build_model(build_config("dense-digits", overrides={**gauss, "data.levels": None}), (1, 8, 8)).density
+    assert build_model(build_config("dense-digits", overrides={**gauss, "dequantize": False}), (1, 8, 8)).density
+    assert not build_model(build_config("dense-digits"), (1, 8, 8)).density
     flow = {"kind": "flow", "flow_arch": "realnvp", "flow_levels": 1, "flow_steps": 1}
     assert not build_model(build_config("dense-digits", overrides=flow), (1, 8, 8)).density  # dequantised 8-bit
     flow["flow_dequantize"] = "none"

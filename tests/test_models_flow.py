@@ -60,11 +60,15 @@ def test_loss_is_nll_and_bpd_includes_the_8bit_correction():
 
 
 def test_the_training_bpd_is_the_evaluators_bits_per_dim():
-    model = FlowModel(Shift(0.0), (1, 4, 4), dequantize=False)  # a density of undequantised 8-bit data
     x = torch.randint(0, 256, (5, 1, 4, 4)).float() / 255
+    model = FlowModel(Shift(0.0), (1, 4, 4), dequantize=True)
     out = model.loss(x)
-    torch.testing.assert_close(out["bpd"], (out["nll"] + 16 * math.log(256)) / (16 * math.log(2)))
-    model.data_levels = None  # continuous features: no bits per dimension, in training as in evaluate
+    torch.testing.assert_close(out["bpd"], model.bits_per_dim(out["nll"]))
+    torch.testing.assert_close(out["bpd"], out["nll"] / (16 * math.log(2)))
+    # a density of undequantised 8-bit data bounds nothing: no bits per dimension, as in evaluate
+    model = FlowModel(Shift(0.0), (1, 4, 4), dequantize=False)
+    assert "bpd" not in model.loss(x) and model.bits_per_dim(model.loss(x)["nll"]) is None
+    model.data_levels = None  # continuous features: none either
     assert "bpd" not in model.loss(x) and model.bits_per_dim(model.loss(x)["nll"]) is None
 
 

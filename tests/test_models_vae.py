@@ -1,5 +1,7 @@
 """The VAE builder: config to explicit arguments, declared encoder and prior contracts."""
 
+import math
+
 import pytest
 import torch
 from helpers import digits, trains_on_digits
@@ -78,8 +80,12 @@ def test_the_vamp_prior_is_bound_because_it_declares_it_needs_the_encoder():
 
 
 def test_bits_per_dim_reads_the_declared_discreteness():
-    bern, gauss = _vae(), _vae(likelihood="gaussian")
-    assert bern.bits_per_dim(6.0) < gauss.bits_per_dim(6.0)  # the Gaussian adds D log 256
+    """A Gaussian of dequantised 8-bit data bounds the levels' probability: bits/dim as a Bernoulli's;
+    a Gaussian density at the levels has none."""
+    bern, deq, gauss = _vae(), _vae(likelihood="gaussian", dequantize=True), _vae(likelihood="gaussian")
+    assert not deq.density and deq.decoder.likelihood.discrete
+    assert bern.bits_per_dim(6.0) == deq.bits_per_dim(6.0) == pytest.approx(6.0 / (6 * math.log(2)))
+    assert gauss.density and gauss.bits_per_dim(6.0) is None
 
 
 def test_which_models_see_binarised_data():

@@ -182,6 +182,7 @@ def linear_gaussian_at_the_optimum(Dx=5, Dz=2, sigma=0.5):
     posterior covariance (I + W^T W / sigma^2)^-1 is diagonal and a diagonal Gaussian q is exact."""
     torch.manual_seed(0)
     overrides = {"hidden": [], "latent_dim": Dz, "likelihood": "gaussian", "variance": "fixed", "fixed_std": sigma}
+    overrides["data.levels"] = None  # continuous data: the density itself, not dequantised levels
     model = build_model(build_config("base", overrides=overrides), (Dx,))
     W = torch.linalg.qr(torch.randn(Dx, Dz))[0] * torch.tensor([1.5, 0.7])
     b = torch.randn(Dx)

@@ -326,7 +326,7 @@ def _train_in_session(args, main: bool):
     from .checkpoint import json_text, load_shared
     from .config import build_config, named_keys, validate
     from .data import FOLDER_DATASETS, binarize_dynamic, prepare_data, reads_data_dir, resolve_binarize
-    from .models import binary_data
+    from .models import binary_data, resolve_dequantize
     from .train import train
 
     if args.resume:
@@ -390,6 +390,8 @@ def _train_in_session(args, main: bool):
         train_ds, test_ds = _standardize(cfg, train_ds, test_ds, main)
     if not args.resume and "data.levels" not in named:  # the model's bits/dim follow them (build_model)
         cfg.data.levels = train_ds.levels
+    if not args.resume:  # recorded resolved, as data.standardize: a resume reads what the run trained
+        cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels)
     if not args.resume and train_ds.columns is not None:  # later data must name the same features
         cfg.data.columns = list(train_ds.columns)
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None

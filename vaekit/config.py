@@ -70,6 +70,11 @@ class ModelConfig:
     likelihood: str = "bernoulli"  # p(x|z): bernoulli | gaussian | logistic_mixture | categorical (8-bit) | pixelcnn
     variance: str = "global"  # gaussian p(x|z) variance: fixed | global (one learned) | pixel (decoder output)
     fixed_std: float = 1.0  # std of the gaussian likelihood when variance=fixed (data units)
+    # densities of 8-bit data (likelihood=gaussian VAEs, mixtures): model the uniformly dequantised
+    # levels y = (255 x + u) / 256, so that nats and bits/dim bound the levels' probability (true), or
+    # the density at the levels, which has no bits/dim (false); auto: true for 8-bit data (data.levels
+    # 256). `vaekit train` records what auto resolved to. Flows: flow_dequantize
+    dequantize: bool | str = "auto"
     prior: str = "normal"  # p(z): normal (standard)
     # sizes (D_1, ..., D_L) of stacked Gaussian layers z = (z_1, ..., z_L), bottom first (Burda et al.
     # 2015: [100, 50]); latent_dim must be their sum; []: one layer of latent_dim (the plain VAE)
@@ -175,8 +180,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        """The config saved by :meth:`to_dict`, also by an older vaekit (see ``REMOVED_KEYS``)."""
+        """The config saved by :meth:`to_dict`, also by an older vaekit (see ``REMOVED_KEYS`` and
+        ``ADDED_KEYS``)."""
         cfg = cls()
+        for key, value in ADDED_KEYS.items():  # a saved config lacks them only if it predates them
+            name, field_name = key.split(".")
+            if field_name not in (d.get(name) or {}):
+                _set_field(cfg, name, field_name, value)
         for name in ("data", "model", "train"):
             for key, value in (d.get(name) or {}).items():
                 if not _removed(f"{name}.{key}", value):
@@ -191,6 +201,11 @@ SECTIONS = ("data", "model", "train")
 # Fields that are gone, with the value that meant "off": old checkpoints still carry them.
 # data.valid_size held examples out of the training set for a validation split nothing read.
 REMOVED_KEYS: dict[str, Any] = {"data.valid_size": 0}
+
+# Fields added later, with the value a saved config that lacks them had in effect, so that an old
+# run keeps computing what it computed. model.dequantize: densities of 8-bit data were evaluated at
+# the levels themselves.
+ADDED_KEYS: dict[str, Any] = {"model.dequantize": False}
 
 
 def _removed(key: str, value: Any) -> bool:
@@ -777,6 +792,8 @@ def validate(cfg: Config, new_run: bool = True) -> None:
     if new_run:
         _check_new_run(cfg)
     _validate_standardization(cfg.data)
+    if cfg.model.dequantize not in ("auto", True, False):
+        raise ConfigError(f"model.dequantize must be auto, true or false; got '{cfg.model.dequantize}'")
 
 
 def _validate_standardization(dc: DataConfig) -> None:

@@ -59,10 +59,10 @@ numbers are reproducible. Both are pure functions on tensors. Binarisation follo
 model: only a likelihood of binary data (Bernoulli) sees binarised data, decided once by
 :func:`resolve_binarize` from what the caller tells it (this module knows no likelihood).
 
-8-bit data for flows (Dinh et al. 2017; Kingma & Dhariwal 2018): ``to_uint8`` gives the
-levels k = round(255 x); flows model the dequantised y = (x*255 + u) / 256 with
-u ~ U[0, 1)^D (``dequantize``), and bits/dim carry the -log 256 per-dimension
-correction of that change of variables.
+8-bit data for densities (Dinh et al. 2017; Kingma & Dhariwal 2018; Theis et al. 2016):
+``to_uint8`` gives the levels k = round(255 x); flows, Gaussian likelihoods and mixtures model
+the dequantised y = (x*255 + u) / 256 with u ~ U[0, 1)^D (``dequantize``), and bits/dim carry
+the -log 256 per-dimension correction of that change of variables.
 
 Every user-caused problem (missing or corrupt file, bad shape, bad values, unknown
 name) raises :class:`vaekit.errors.DataError` with one line naming the file and the
@@ -229,10 +229,11 @@ def from_uint8(k: Tensor) -> Tensor:
 
 
 def dequantize(x: Tensor, generator: torch.Generator | None = None, levels: int = 256) -> Tensor:
-    """Uniform dequantisation y = ((levels - 1) x + u) / levels, u ~ U[0, 1): the input of a flow.
+    """Uniform dequantisation y = ((levels - 1) x + u) / levels, u ~ U[0, 1): what a density of 8-bit
+    data models.
 
-    The one dequantisation of vaekit (the flow model calls it with ``levels`` =
-    ``vaekit.distributions.N_LEVELS``). Each level k owns the bin [k, k + 1) / levels.
+    The one dequantisation of vaekit (flows, Gaussian likelihoods and mixtures of 8-bit data call it
+    with ``levels`` = ``vaekit.distributions.N_LEVELS``). Each level k owns the bin [k, k + 1) / levels.
 
     Args:
         x: images as floats k / (levels - 1) in [0, 1] (8-bit: k/255), any shape.

@@ -7,9 +7,10 @@
 - ``elbo``, ``rec`` (E_q log p(x|z)), ``kl`` (KL(q(z|x) || p(z))): one-sample terms with the
   analytic KL where it exists.
 - ``bpd``: nll / (D ln 2), bits per data dimension (of the data as modelled: binary pixels
-  for Bernoulli decoders), by the model's ``bits_per_dim``, which adds its own discretisation
-  term where it models a density of 8-bit data; null where bits per dimension mean nothing
-  (data that are neither binary nor 8-bit: ``GenerativeModel.data_levels``).
+  for Bernoulli decoders), by the model's ``bits_per_dim``; densities of 8-bit data model their
+  uniform dequantisation, whose nll already carries the bin width (``model.dequantize``); null
+  where bits per dimension mean nothing (data that are neither binary nor 8-bit:
+  ``GenerativeModel.data_levels``; a density at the data's values: ``GenerativeModel.density``).
 - ``bic``: for maximum-likelihood fits (``has_bic``: mixtures), -2 log L + p log N over the N
   evaluated examples, p the model's free parameters (Schwarz 1978); lower is better.
 - ``active_units``: latent dimensions u with Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2015,

@@ -27,6 +27,7 @@ FID_CLASSIFIER, FID_SAMPLES = 6, 7  # the FID classifier's initialisation and ba
 # would be a function of the binarisation's (or the mask's) uniforms.
 BATCH_TRANSFORM, RANDOM_MASK = 8, 9  # a training batch's dynamic binarisation; `complete`'s random:P mask
 EM_RESTART = 10  # the initialisation of each EM restart (seed s and s + 1 share none)
+EM_DEQUANTIZE = 11  # the uniform dequantisation of a mixture's 8-bit training data
 
 
 def _splitmix(x: int) -> int:

@@ -58,7 +58,9 @@ class Likelihood(nn.Module):
       samples per intra-op thread (``vaekit.inference.importance``). True for a likelihood whose
       no-grad ``log_prob`` is a long run of operations on a few codes each (the PixelCNN's),
       which two threads split poorly at one chunk's size; False where a chunk's operations are
-      already large enough to split, and wider passes would only leave the cache.
+      already large enough to split, and wider passes would only leave the cache. A likelihood
+      that declares it draws no random numbers in ``log_prob``: the samples of a pass of several
+      chunks are those of one pass per chunk only because nothing draws between the chunks' draws.
     - ``factorised``: p(x|z) is a product over data dimensions returned as a torch
       ``Independent`` whose ``base_dist.log_prob(x)`` gives the per-dimension terms, so a
       subset of dimensions can be scored (partial observations, completion).

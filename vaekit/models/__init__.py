@@ -1,6 +1,7 @@
 """Models by name: the composition roots. Each constructor takes ``(model_config, data_shape, train_config)``;
 these builders are the only code that reads the ``ModelConfig`` (each only its own family's
-fields) and pass explicit arguments to the nets, likelihoods and priors.
+fields) and pass explicit arguments to the nets, likelihoods and priors. :func:`build_model`
+hands them the ``ModelConfig`` with ``dequantize`` resolved to a bool (:func:`resolve_dequantize`).
 
 Every model honours one contract, which is all the training loop and the evaluator use:
 ``loss(x, step) -> dict`` of per-example terms in nats (``loss``; ``elbo``, ``rec``, ``kl``
@@ -10,12 +11,15 @@ importance-sampled) and ``sample(n, mean=False, temperature=1.0)``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
 
 from ..checks import lookup
 from ..data import standardization_of
+from ..distributions import N_LEVELS
+from ..errors import ConfigError
 from .autoencoder import Autoencoder, build_autoencoder
 from .flow import FlowModel, build_flow_model
 from .mixture import GaussianMixtureModel, build_mixture
@@ -38,6 +42,35 @@ BINARY_DATA = {
 }
 
 
+# model kind -> callable(ModelConfig) -> whether ``model.dequantize`` applies to the model: a density
+# of the data the model's own builder dequantises (flows have their own flow_dequantize)
+DEQUANTIZABLE = {
+    "vae": lambda cfg: cfg.likelihood == "gaussian",
+    "autoencoder": lambda cfg: False,  # no density: its reconstruction term stays at the data
+    "flow": lambda cfg: False,  # flow_dequantize
+    "mixture": lambda cfg: True,
+}
+
+
+def resolve_dequantize(model_cfg, levels: int | None) -> bool:
+    """``model.dequantize`` as a bool for data with ``levels`` values per dimension: ``auto`` is true
+    for a model it applies to (:data:`DEQUANTIZABLE`; a kind registered in ``MODELS`` only, an
+    extension, never gets it from auto) on 8-bit data (levels 256); ``true`` for any other model or
+    data is a ``ConfigError`` (the dequantisation is of 8-bit levels)."""
+    applies = model_cfg.kind in DEQUANTIZABLE and DEQUANTIZABLE[model_cfg.kind](model_cfg)
+    if model_cfg.dequantize == "auto":
+        return applies and levels == N_LEVELS
+    if model_cfg.dequantize is True and not applies:
+        raise ConfigError(
+            "model.dequantize=true applies to VAEs with likelihood=gaussian and to mixtures; "
+            f"this is a {model_cfg.kind}" + (" (flows: flow_dequantize)" if model_cfg.kind == "flow" else "")
+        )
+    if model_cfg.dequantize is True and levels != N_LEVELS:
+        have = "are continuous (data.levels null)" if levels is None else f"have {levels} levels"
+        raise ConfigError(f"model.dequantize=true needs 8-bit data (data.levels 256); these data {have}")
+    return bool(model_cfg.dequantize)
+
+
 def binary_data(model_cfg) -> bool:
     """Whether the model a ``ModelConfig`` describes is of binary data (its likelihood declares
     ``binary``): what ``vaekit.data.resolve_binarize`` needs to know."""
@@ -57,8 +90,9 @@ def build_model(cfg, data_shape):
     standardisation ``cfg.data`` records. A likelihood over x in {0, 1} on data nothing binarises
     (``binarize=none`` on grey levels) scores a cross-entropy, not the probability of the data, so
     that model has no bits per dimension (``data_levels`` None)."""
-    model = lookup(MODELS, cfg.model.kind, "model kind")(cfg.model, tuple(data_shape), cfg.train)
     grey_under_bernoulli = cfg.data.binarize == "none" and cfg.data.levels != 2 and binary_data(cfg.model)
+    model_cfg = dataclasses.replace(cfg.model, dequantize=resolve_dequantize(cfg.model, cfg.data.levels))
+    model = lookup(MODELS, cfg.model.kind, "model kind")(model_cfg, tuple(data_shape), cfg.train)
     model.data_levels = None if grey_under_bernoulli else cfg.data.levels
     model.data_transform = standardization_of(cfg.data)  # what its outputs invert (GenerativeModel)
     return model
@@ -66,6 +100,7 @@ def build_model(cfg, data_shape):
 
 __all__ = [
     "BINARY_DATA",
+    "DEQUANTIZABLE",
     "MODELS",
     "VAE",
     "Autoencoder",
@@ -76,4 +111,5 @@ __all__ = [
     "build_vae",
     "build_flow_model",
     "model_device",
+    "resolve_dequantize",
 ]

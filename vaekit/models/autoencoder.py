@@ -110,10 +110,11 @@ class Autoencoder(DecodeViews, GenerativeModel):
 
 def build_autoencoder(cfg, data_shape: tuple[int, ...], train_cfg=None) -> Autoencoder:
     """Registry constructor: the VAE's nets (``encoder``, ``decoder``, ``hidden``, ``latent_dim``,
-    ``likelihood``) with a D-dimensional code; ``ae_noise`` > 0 makes it denoising."""
+    ``likelihood``) with a D-dimensional code; ``ae_noise`` > 0 makes it denoising. An autoencoder
+    defines no density, so its Gaussian reconstruction term stays at the data (``models.DEQUANTIZABLE``)."""
     data_shape = tuple(data_shape)
     spec = net_spec(cfg)
-    likelihood = likelihood_from_config(cfg, data_shape)
+    likelihood = likelihood_from_config(cfg, data_shape)  # dequantize: false for an autoencoder (resolved)
     encoder = build_encoder(cfg.encoder, data_shape, cfg.latent_dim, spec)
     decoder = Decoder(build_decoder(cfg.decoder, cfg.latent_dim, likelihood.param_shape, spec), likelihood)
     return Autoencoder(encoder, decoder, data_shape, cfg.latent_dim, noise=cfg.ae_noise, noise_type=cfg.ae_noise_type)

@@ -11,11 +11,15 @@ callers test a declared flag instead of probing with ``hasattr``:
   (VAEs); inference verbs (``gap``, ``complete``) need them.
 - ``has_codes``: the model maps x to a code and back (``encode``, ``decode_to_x``,
   ``reconstruct``): VAEs and autoencoders; the latent pictures need them.
-- ``density``: ``log_prob`` is a density on continuous values (True: Gaussian likelihoods and
-  mixtures, flows without dequantisation) or the log of a probability (False).
+- ``density``: ``log_prob`` is a density at the data's values (True: Gaussian likelihoods and
+  mixtures of continuous data, flows without dequantisation) or the log of a probability, or of
+  a lower bound on it (False: discrete likelihoods, and densities of uniformly dequantised 8-bit
+  data, which subtract D log 256).
 - ``data_levels``: values per data dimension of the data the model is for (256 8-bit, 2 binary,
   None continuous), set by ``build_model`` from ``DataConfig.levels``; ``bits_per_dim`` follows
-  it and is None where bits per dimension mean nothing.
+  it and is None where bits per dimension mean nothing: for data that are neither binary nor
+  8-bit, and for a density, whose value at a level says nothing of the level's probability
+  (Theis, van den Oord & Bethge 2016): the models of 8-bit data dequantise instead.
 - ``has_bic``: a maximum-likelihood fit with ``n_parameters()`` free parameters (mixtures): the
   evaluator reports BIC = -2 log L + p log N.
 - ``data_transform``: the per-feature standardisation the model's data went through
@@ -80,10 +84,12 @@ class GenerativeModel(nn.Module):
         resume. The default does nothing."""
 
     def bits_per_dim(self, nll: float) -> float | None:
-        """Negative log-likelihood in nats per example -> bits per dimension, nll / (D ln 2), with
-        D ln(levels) added first for a ``density``; None unless the data are binary or 8-bit
-        (``data_levels``; ``vaekit.distributions.data_bits_per_dim``)."""
-        return data_bits_per_dim(nll, math.prod(self.data_shape), not self.density, self.data_levels)
+        """Negative log-likelihood in nats per example -> bits per dimension, nll / (D ln 2); None for a
+        ``density`` and unless the data are binary or 8-bit (``data_levels``;
+        ``vaekit.distributions.data_bits_per_dim``)."""
+        if self.density:
+            return None
+        return data_bits_per_dim(nll, math.prod(self.data_shape), True, self.data_levels)
 
     def n_parameters(self) -> int:
         """Free parameters of a maximum-likelihood fit (``has_bic``), for BIC."""

@@ -233,7 +233,8 @@ def _check_flow_config(cfg) -> None:
 
 
 def build_flow_model(cfg, data_shape: tuple[int, ...], train_cfg=None) -> FlowModel:
-    """The flow density model of a ``ModelConfig`` (``model.kind: flow``)."""
+    """The flow density model of a ``ModelConfig`` (``model.kind: flow``); its dequantisation is
+    ``cfg.flow_dequantize``."""
     data_shape = tuple(data_shape)
     _check_flow_config(cfg)
     pre = PREPROCESS[cfg.flow_preprocess](cfg.flow_alpha)

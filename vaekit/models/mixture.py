@@ -45,7 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import lookup
-from ..data import Standardization
+from ..data import Standardization, dequantize
+from ..distributions import N_LEVELS
 from ..distributions.mixture import (
     COVARIANCE_TYPES,
     LOG_2PI,
@@ -56,7 +57,7 @@ from ..distributions.mixture import (
     precision_cholesky,
 )
 from ..errors import ConfigError, DataError, VaekitError
-from ..seeding import EM_RESTART, derive_seed
+from ..seeding import EM_DEQUANTIZE, EM_RESTART, derive_seed
 from .base import GenerativeModel, check_temperature, refuse_sample_option
 
 INITS = ("kmeans", "kmeans++", "random")
@@ -127,11 +128,15 @@ class GaussianMixtureModel(GenerativeModel):
         dtype: float32 | float64 (parameters and arithmetic).
         chunk_size: rows per E-step chunk (None: chosen from a memory budget).
         init_samples: rows (random subset) k-means sees; all if None.
+        dequantize: the data are 8-bit levels x = k / 255: EM fits the mixture to one uniform
+            dequantisation y = (255 x + u) / 256 of the training data (seeded by ``seed``), and
+            ``log_prob`` is log p(y) - D log 256 at a fresh y, in expectation a lower bound on the
+            log-probability of the levels (Theis et al. 2016; ``vaekit.data.dequantize``), as for
+            flows. Clustering (``responsibilities``, ``predict``) reads x itself. Default off.
     """
 
     log_prob_kind = "exact"
     fitted_in_closed_form = True
-    density = True  # Gaussian densities: bits/dim add the bin width of 8-bit data, none for continuous data
     has_bic = True  # a maximum-likelihood fit with n_parameters() free parameters
 
     def __init__(
@@ -148,8 +153,10 @@ class GaussianMixtureModel(GenerativeModel):
         dtype: str | torch.dtype = "float32",
         chunk_size: int | None = None,
         init_samples: int | None = None,
+        dequantize: bool = False,
     ):
         super().__init__()
+        self.dequantize = dequantize
         lookup(dict.fromkeys(COVARIANCE_TYPES), covariance_type, "model.covariance")
         lookup(dict.fromkeys(INITS), init, "model.em_init")
         if isinstance(dtype, str):
@@ -179,6 +186,11 @@ class GaussianMixtureModel(GenerativeModel):
         self.register_buffer("converged", torch.zeros((), dtype=torch.bool))
         self.register_buffer("n_iter", torch.zeros((), dtype=torch.long))
         self.register_buffer("lower_bound", torch.full((), -math.inf, dtype=torch.float64))
+
+    @property
+    def density(self) -> bool:
+        """Gaussian densities of the data; with ``dequantize`` a bound on the probability of their levels."""
+        return not self.dequantize
 
     @property
     def dtype(self) -> torch.dtype:
@@ -358,6 +370,9 @@ class GaussianMixtureModel(GenerativeModel):
         n = x.shape[0]
         if n < 2:
             raise DataError("mixture needs at least 2 examples")
+        if self.dequantize:  # one draw for the whole fit: EM's monotone ascent needs fixed data
+            gen = torch.Generator(device=x.device).manual_seed(derive_seed(self.seed, EM_DEQUANTIZE))
+            x = dequantize(x.to(self.dtype), generator=gen, levels=N_LEVELS)
         shift = torch.zeros(self.D, dtype=torch.float64, device=x.device)
         for i in range(0, n, 1 << 16):
             shift += x[i : i + (1 << 16)].double().sum(0)
@@ -454,8 +469,12 @@ class GaussianMixtureModel(GenerativeModel):
 
     @torch.no_grad()
     def log_prob(self, x, **kw) -> Tensor:
-        """Exact log p(x) [N] in nats (data of the model's dtype and device)."""
-        return torch.logsumexp(self.component_log_prob(x), -1)
+        """Exact log p(x) [N] in nats (data of the model's dtype and device); with ``dequantize``
+        log p(y) - D log 256 at y dequantised afresh from torch's generator (class docstring)."""
+        if not self.dequantize:
+            return torch.logsumexp(self.component_log_prob(x), -1)
+        y = dequantize(self._flat(x).to(device=self.device, dtype=self.dtype), levels=N_LEVELS)
+        return torch.logsumexp(self.component_log_prob(y), -1) - self.D * math.log(N_LEVELS)
 
     @torch.no_grad()
     def responsibilities(self, x) -> Tensor:
@@ -557,7 +576,8 @@ def agreement(labels, assignments) -> dict[str, float]:
 
 
 def build_mixture(cfg, data_shape: tuple[int, ...], train_cfg=None) -> GaussianMixtureModel:
-    """Registry constructor: a ``GaussianMixtureModel`` from ``ModelConfig`` fields."""
+    """Registry constructor: a ``GaussianMixtureModel`` from ``ModelConfig`` fields (``dequantize`` as
+    ``models.build_model`` resolves it: "auto" reads as false here)."""
     return GaussianMixtureModel(
         n_components=cfg.components,
         data_shape=data_shape,
@@ -571,6 +591,7 @@ def build_mixture(cfg, data_shape: tuple[int, ...], train_cfg=None) -> GaussianM
         dtype=cfg.mixture_dtype,
         chunk_size=cfg.em_chunk or None,
         init_samples=cfg.em_init_samples or None,
+        dequantize=cfg.dequantize is True,
     )
 
 

@@ -236,10 +236,11 @@ class VAE(DecodeViews, GenerativeModel):
 
 # --- the model builder: the only code here that reads the ModelConfig ---------------------------
 
-# likelihood name -> the keyword arguments of its constructor, from the ModelConfig
+# likelihood name -> the keyword arguments of its constructor, from the ModelConfig (whose dequantize
+# build_model resolves to a bool: "auto" reads as false here)
 LIKELIHOOD_ARGS = {
     "bernoulli": lambda cfg: {},
-    "gaussian": lambda cfg: dict(variance=cfg.variance, fixed_std=cfg.fixed_std),
+    "gaussian": lambda cfg: dict(variance=cfg.variance, fixed_std=cfg.fixed_std, dequantize=cfg.dequantize is True),
     "logistic_mixture": lambda cfg: dict(n_mix=cfg.n_mix),
     "categorical": lambda cfg: {},
     "pixelcnn": lambda cfg: dict(
