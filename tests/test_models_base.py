@@ -92,3 +92,29 @@ def test_a_bernoulli_model_of_grey_levels_nothing_binarises_has_no_bits_per_dim(
         assert (model.bits_per_dim(100.0) is not None) == defined, (binarize, levels)
     gauss = build_config("dense-digits", overrides={"binarize": "none", "likelihood": "gaussian", "data.levels": 256})
     assert build_model(gauss, (1, 8, 8)).bits_per_dim(100.0) is not None
+
+
+def test_dequantize_resolves_per_model_kind_and_data_levels():
+    """auto: on for densities the builders dequantise (Gaussian VAEs, mixtures) of 8-bit data only;
+    true elsewhere is refused in one line naming what it needs; false stays false."""
+    from vaekit.config import ModelConfig
+    from vaekit.errors import ConfigError
+    from vaekit.models import DEQUANTIZABLE, resolve_dequantize
+
+    assert set(DEQUANTIZABLE) == set(MODELS)
+    gauss, bern = ModelConfig(likelihood="gaussian"), ModelConfig()
+    mixture, flow = ModelConfig(kind="mixture"), ModelConfig(kind="flow")
+    assert [resolve_dequantize(gauss, levels) for levels in (256, 2, None)] == [True, False, False]
+    assert resolve_dequantize(mixture, 256) and not resolve_dequantize(bern, 256)
+    assert not resolve_dequantize(flow, 256) and not resolve_dequantize(ModelConfig(kind="autoencoder"), 256)
+    assert resolve_dequantize(ModelConfig(kind="toy"), 256) is False  # a kind registered elsewhere
+    for cfg, levels, words in (
+        (ModelConfig(likelihood="gaussian", dequantize=True), None, "are continuous"),
+        (ModelConfig(kind="mixture", dequantize=True), 17, "have 17 levels"),
+        (ModelConfig(dequantize=True), 256, "likelihood=bernoulli"),
+        (ModelConfig(kind="flow", dequantize=True), 256, "flow_dequantize"),
+    ):
+        with pytest.raises(ConfigError, match=words) as e:
+            resolve_dequantize(cfg, levels)
+        assert "\n" not in str(e.value)
+    assert resolve_dequantize(ModelConfig(likelihood="gaussian", dequantize=False), 256) is False

@@ -61,9 +61,10 @@ def resolve_dequantize(model_cfg, levels: int | None) -> bool:
     if model_cfg.dequantize == "auto":
         return applies and levels == N_LEVELS
     if model_cfg.dequantize is True and not applies:
+        this = f"a vae with likelihood={model_cfg.likelihood}" if model_cfg.kind == "vae" else f"a {model_cfg.kind}"
         raise ConfigError(
-            "model.dequantize=true applies to VAEs with likelihood=gaussian and to mixtures; "
-            f"this is a {model_cfg.kind}" + (" (flows: flow_dequantize)" if model_cfg.kind == "flow" else "")
+            f"model.dequantize=true applies to VAEs with likelihood=gaussian and to mixtures; this is {this}"
+            + (" (flows: flow_dequantize)" if model_cfg.kind == "flow" else "")
         )
     if model_cfg.dequantize is True and levels != N_LEVELS:
         have = "are continuous (data.levels null)" if levels is None else f"have {levels} levels"
