@@ -102,3 +102,14 @@ def test_a_dequantised_gaussian_bounds_the_probability_of_each_level(std):
         assert (normal.log_prob(k / 255) - math.log(256) > 0).any() and (exact <= 0).all()
     else:  # a smooth density: the bound is tight
         assert (exact - draws.mean(0)).abs().max() < 1e-3
+
+
+def test_a_dequantised_gaussian_samples_levels_and_its_mean_maps_bin_centres_to_their_levels():
+    """Draws land on the levels k/255 of their bins; a Gaussian centred on bin k has mean k/255."""
+    lik = GaussianLikelihood((4,), variance="fixed", fixed_std=0.05, dequantize=True)
+    k = torch.tensor([0.0, 17.0, 128.0, 255.0])
+    p = lik(((k + 0.5) / 256)[None])
+    torch.testing.assert_close(p.mean, k[None] / 255)
+    draws = p.sample((50,))
+    assert draws.shape == (50, 1, 4) and torch.equal(torch.round(draws * 255) / 255, draws)
+    assert draws.min() >= 0 and draws.max() <= 1

@@ -107,10 +107,12 @@ def test_a_mixture_of_dequantised_8bit_data_bounds_the_probability_of_the_levels
     g = torch.Generator().manual_seed(5)
     x = torch.round(torch.rand(80, 1, 2, 2, generator=g, dtype=torch.float64) * 255) / 255
     m = GaussianMixtureModel(2, (1, 2, 2), covariance_type="diag", max_iter=20, dtype="float64", dequantize=True)
-    m.fit(x)
+    history = m.fit(x)
     assert not m.density
     res = evaluate(m, x, progress=False)
     assert res["bpd"] == pytest.approx(res["nll"] / (4 * math.log(2)))
+    # EM's history is on log_prob's scale (log p(y) - D log 256), not on that of the density of y
+    assert abs(history[-1] + res["nll"]) < 1.0 and float(m.lower_bound) == history[-1]
     k = torch.round(x.reshape(80, 4) * 255)
     normal = torch.distributions.Normal(m.means[:, None], m.covariances.sqrt()[:, None])  # [K, 1, D]
     bins = normal.cdf((k + 1) / 256) - normal.cdf(k / 256)  # [K, N, D]
@@ -147,12 +149,18 @@ def test_cli_evaluate_of_a_mixture_on_tabular_data(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "bic" in printed and "bpd" not in printed
     # levels the user declares (8-bit images stored as floats) are recorded instead, and the mixture
-    # models their dequantisation: its nats bound the levels' probability (bpd = nll / (D ln 2))
-    assert main(argv[:-1] + [str(tmp_path / "g8"), "--set", "levels=256"] + sets) == 0
+    # models their dequantisation: its nats bound the levels' probability (bpd = nll / (D ln 2)) ...
+    unscaled = ["--set", "levels=256", "--set", "standardize=false"]
+    assert main(argv[:-1] + [str(tmp_path / "g8"), *unscaled] + sets) == 0
     assert vaekit.load(tmp_path / "g8").dequantize
     assert main(["evaluate", str(tmp_path / "g8"), "--no-progress", "-o", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["bpd"] == pytest.approx(res["nll"] / (3 * math.log(2)))
+    # ... unless the vectors are standardised (auto), which leaves no levels to dequantise or count
+    assert main(argv[:-1] + [str(tmp_path / "gs"), "--set", "levels=256"] + sets) == 0
+    assert not vaekit.load(tmp_path / "gs").dequantize
+    assert main(["evaluate", str(tmp_path / "gs"), "--no-progress", "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["bpd"] is None
 
 
 def test_active_units_are_counted_per_stochastic_layer():

@@ -166,6 +166,10 @@ def test_onnx_graphs_of_a_conv_vae_with_a_gaussian_decoder_match_pytorch(tmp_pat
     assert_graphs_match(model, tmp_path)
     state = ckpt.from_plain_json(doc["decoder"]["likelihood_state"])
     assert torch.equal(state["log_std"], torch.tensor(-0.7))  # the learned global log std rides in config.json
+    assert "255 x + u" in doc["decoder"]["likelihood_dequantize"]  # 8-bit data: the card says how log p reads x
+    (tmp_path / "bern").mkdir()
+    bern = build_model(build_config("dense-digits", overrides=["hidden=[8]", "latent_dim=2"]), (1, 8, 8))
+    assert write_onnx(bern, tmp_path / "bern")["decoder"]["likelihood_dequantize"] is None
 
 
 REFUSED = {

@@ -118,3 +118,10 @@ def test_dequantize_resolves_per_model_kind_and_data_levels():
             resolve_dequantize(cfg, levels)
         assert "\n" not in str(e.value)
     assert resolve_dequantize(ModelConfig(likelihood="gaussian", dequantize=False), 256) is False
+    # standardised values are no levels: auto is off, and true is refused
+    assert resolve_dequantize(gauss, 256, standardized=True) is False
+    with pytest.raises(ConfigError, match="standardize"):
+        resolve_dequantize(ModelConfig(kind="mixture", dequantize=True), 256, standardized=True)
+    cfg = build_config("gmm-digits", overrides={"data.standardize": True})
+    model = build_model(cfg, (1, 8, 8))
+    assert not model.dequantize and model.data_levels is None and model.bits_per_dim(1.0) is None

@@ -262,3 +262,19 @@ def test_cluster_features_recovers_well_separated_clusters_in_any_units():
     assert agreement(y, renamed) == {"ari": 1.0, "nmi": 1.0}
     with pytest.raises(VaekitError, match="between 1 and the 180 examples"):
         cluster_features(x, 181)
+
+
+def test_a_dequantised_mixture_clusters_at_bin_centres_and_samples_levels():
+    """With ``dequantize`` the mixture lives on y = (255 x + u) / 256: clustering reads x at its bin's
+    centre (x = k/255 is a bin's edge), draws come back as levels k/255 and means on that scale."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.round(torch.rand(60, 1, 2, 2, generator=g, dtype=torch.float64) * 255) / 255
+    m = GaussianMixtureModel(2, (1, 2, 2), covariance_type="diag", max_iter=10, dtype="float64", dequantize=True)
+    m.fit(x)
+    centres = (x.reshape(60, 4) * 255 + 0.5) / 256
+    torch.testing.assert_close(m.predict(x), m.component_log_prob(centres).argmax(-1))
+    torch.testing.assert_close(m.responsibilities(x), torch.softmax(m.component_log_prob(centres), -1))
+    draws, labels = m.sample(40, return_labels=True)
+    assert torch.equal(torch.round(draws * 255) / 255, draws) and 0 <= draws.min() and draws.max() <= 1
+    means, labels = m.sample(40, mean=True, return_labels=True)
+    torch.testing.assert_close(means.reshape(40, 4), ((m.means[labels] * 256 - 0.5) / 255).clamp(0, 1))

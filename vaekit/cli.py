@@ -391,7 +391,7 @@ def _train_in_session(args, main: bool):
     if not args.resume and "data.levels" not in named:  # the model's bits/dim follow them (build_model)
         cfg.data.levels = train_ds.levels
     if not args.resume:  # recorded resolved, as data.standardize: a resume reads what the run trained
-        cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels)
+        cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels, cfg.data.standardize is True)
     if not args.resume and train_ds.columns is not None:  # later data must name the same features
         cfg.data.columns = list(train_ds.columns)
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None

@@ -251,6 +251,17 @@ def dequantize(x: Tensor, generator: torch.Generator | None = None, levels: int 
     return (x * (levels - 1) + u) / levels
 
 
+def levels_of(y: Tensor, mean: bool = False, levels: int = 256) -> Tensor:
+    """Back from the dequantised scale of :func:`dequantize` to levels k / (levels - 1) in [0, 1].
+
+    A draw y goes to its bin's level, floor(levels y) / (levels - 1) (clamped); a mean (``mean``)
+    goes through the inverse of the bins' centres, (levels y - 1/2) / (levels - 1) (clamped to
+    [0, 1]), so that a distribution centred on a bin gives that bin's level."""
+    if mean:
+        return ((y * levels - 0.5) / (levels - 1)).clamp(0, 1)
+    return torch.floor(y * levels).clamp(0, levels - 1) / (levels - 1)
+
+
 # ----------------------------------------------------------------------------------------
 # Array checks shared by every format
 # ----------------------------------------------------------------------------------------

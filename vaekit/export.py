@@ -262,9 +262,17 @@ def write_onnx(model, folder: Path) -> dict:
             "outputs": {"params": ["batch", *map(int, likelihood.param_shape)]},
             "likelihood": type(likelihood).__name__,
             "likelihood_doc": _first_paragraph(type(likelihood).__doc__),
+            # log p(x|z) of a dequantised likelihood is not the density at x (Likelihood.dequantize)
+            "likelihood_dequantize": DEQUANTIZED_DOC if likelihood.dequantize else None,
             "likelihood_state": plain_json(likelihood.state_dict()),
         },
     }
+
+
+DEQUANTIZED_DOC = (
+    "x holds 8-bit levels k/255: log p(x|z) = sum_d log N(y_d; mu_d, sigma_d^2) - D log 256 at "
+    "y = (255 x + u) / 256, u ~ U[0, 1)^D drawn afresh, a bound on the log-probability of the levels"
+)
 
 
 def _first_paragraph(doc: str | None) -> str:

@@ -62,7 +62,7 @@ def score(
         standardised x' plus the map's Jacobian, -sum_d log std_d: ``Standardization.log_scale``), and
         bits per dimension -log2 p(x) / D with the model's own discretisation term
         (``model.bits_per_dim``), NaN where bits per dimension are undefined (data neither binary
-        nor 8-bit).
+        nor 8-bit, or a density at the data's values: ``GenerativeModel.density``).
     """
     if model.log_prob_kind == "none":
         raise VaekitError(f"a {type(model).__name__} defines no density p(x), so it gives no likelihood scores")

@@ -17,8 +17,10 @@ the ancestral mean pass of a hierarchical posterior, ``hierarchy.py``) and retur
 :meth:`Encoder.base_posterior`.
 
 Bits per dimension: discrete likelihoods give nats of a probability mass function, so
-bpd = nll / (D ln 2); a continuous density on data in [0, 1] first adds D ln 256 (the
-bin width 1/256), see :func:`image_bits_per_dim`.
+bpd = nll / (D ln 2); :func:`image_bits_per_dim` first adds D ln 256 (the bin width 1/256) to
+the nats of a continuous density on data in [0, 1], which bound the levels' probability only
+for uniformly dequantised data. The models therefore dequantise their densities of 8-bit data
+and report no bits for a density at the levels (``GenerativeModel.bits_per_dim``).
 
 References: Theis, van den Oord & Bethge, "A note on the evaluation of generative models",
 ICLR 2016 (the discretisation correction for continuous densities).
@@ -61,6 +63,9 @@ class Likelihood(nn.Module):
       already large enough to split, and wider passes would only leave the cache. A likelihood
       that declares it draws no random numbers in ``log_prob``: the samples of a pass of several
       chunks are those of one pass per chunk only because nothing draws between the chunks' draws.
+    - ``dequantize``: ``log_prob`` is of the uniform dequantisation y = (255 x + u) / 256 of 8-bit
+      data, log p(y) - D log 256 with a fresh u per call (set per instance: the Gaussian's), a
+      bound on the log-probability of the levels; False for every other likelihood.
     - ``factorised``: p(x|z) is a product over data dimensions returned as a torch
       ``Independent`` whose ``base_dist.log_prob(x)`` gives the per-dimension terms, so a
       subset of dimensions can be scored (partial observations, completion).
@@ -72,6 +77,7 @@ class Likelihood(nn.Module):
     binary: bool = False
     activation_factor: int = 1
     chunk_per_thread: bool = False
+    dequantize: bool = False
     factorised: bool = False
 
     def forward(self, params: Tensor) -> Distribution:  # pragma: no cover - interface

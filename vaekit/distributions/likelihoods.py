@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from ..checks import lookup
-from ..data import dequantize
+from ..data import dequantize, levels_of
 from ..nets import full_precision
 from .base import LOG_STD_MIN, N_LEVELS, Likelihood
 from .image import CategoricalLikelihood, LogisticMixtureLikelihood
@@ -74,8 +74,16 @@ class DequantizedNormal(Normal):
     log-probability of level k's bin (Jensen). An importance-sampled estimate then samples (z, u)
     jointly: with a fresh u per sample, (1/K) sum_j p(y_j|z_j) p(z_j) / (256^D q(z_j|x)) is unbiased
     for P(k) itself, so the K-sample log p(x) converges to the log-probability of the levels.
-    Samples and the mean are those of the Gaussian, on the continuous scale of y.
+    Samples are the levels of the Gaussian's draws' bins, and the mean its mean mapped back from
+    the bins' centres (``vaekit.data.levels_of``): both on the scale of x.
     """
+
+    @property
+    def mean(self) -> Tensor:
+        return levels_of(self.loc, mean=True, levels=N_LEVELS)
+
+    def sample(self, sample_shape: torch.Size | tuple = torch.Size()) -> Tensor:
+        return levels_of(super().sample(sample_shape), levels=N_LEVELS)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """value: levels k / 255 in [0, 1], broadcastable with the batch -> per-dimension terms of

@@ -135,7 +135,9 @@ def importance_sampled_log_prob(
         amp: run the encoder and decoder bodies under bf16 autocast (module docstring); the
             log-weights [s, b] stay float32 and their logsumexp float64. Default off.
         chunks_per_pass: chunks of ``sample_chunk`` samples each decoder pass evaluates, drawn
-            chunk by chunk (default :func:`default_chunks_per_pass`): the same samples whatever its value.
+            chunk by chunk (default :func:`default_chunks_per_pass`): the same samples whatever its
+            value where the likelihood's ``log_prob`` draws no random numbers (every likelihood that
+            declares ``chunk_per_thread``; a dequantised Gaussian draws its u after all the z's).
 
     Returns:
         dict of [N] tensors in nats, in the model's dtype (float32 at least; sums are float64):

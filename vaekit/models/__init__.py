@@ -52,14 +52,15 @@ DEQUANTIZABLE = {
 }
 
 
-def resolve_dequantize(model_cfg, levels: int | None) -> bool:
-    """``model.dequantize`` as a bool for data with ``levels`` values per dimension: ``auto`` is true
-    for a model it applies to (:data:`DEQUANTIZABLE`; a kind registered in ``MODELS`` only, an
-    extension, never gets it from auto) on 8-bit data (levels 256); ``true`` for any other model or
-    data is a ``ConfigError`` (the dequantisation is of 8-bit levels)."""
+def resolve_dequantize(model_cfg, levels: int | None, standardized: bool = False) -> bool:
+    """``model.dequantize`` as a bool for data with ``levels`` values per dimension (``standardized``:
+    the model sees them standardised, no longer as levels k/255): ``auto`` is true for a model it
+    applies to (:data:`DEQUANTIZABLE`; a kind registered in ``MODELS`` only, an extension, never gets
+    it from auto) on unstandardised 8-bit data (levels 256); ``true`` for any other model or data is
+    a ``ConfigError`` (the dequantisation is of 8-bit levels in [0, 1])."""
     applies = model_cfg.kind in DEQUANTIZABLE and DEQUANTIZABLE[model_cfg.kind](model_cfg)
     if model_cfg.dequantize == "auto":
-        return applies and levels == N_LEVELS
+        return applies and levels == N_LEVELS and not standardized
     if model_cfg.dequantize is True and not applies:
         this = f"a vae with likelihood={model_cfg.likelihood}" if model_cfg.kind == "vae" else f"a {model_cfg.kind}"
         raise ConfigError(
@@ -69,6 +70,8 @@ def resolve_dequantize(model_cfg, levels: int | None) -> bool:
     if model_cfg.dequantize is True and levels != N_LEVELS:
         have = "are continuous (data.levels null)" if levels is None else f"have {levels} levels"
         raise ConfigError(f"model.dequantize=true needs 8-bit data (data.levels 256); these data {have}")
+    if model_cfg.dequantize is True and standardized:
+        raise ConfigError("model.dequantize=true needs the 8-bit levels in [0, 1]; data.standardize moves them")
     return bool(model_cfg.dequantize)
 
 
@@ -90,11 +93,13 @@ def build_model(cfg, data_shape):
     (what its bits per dimension follow) from ``cfg.data.levels`` and its ``data_transform`` from the
     standardisation ``cfg.data`` records. A likelihood over x in {0, 1} on data nothing binarises
     (``binarize=none`` on grey levels) scores a cross-entropy, not the probability of the data, so
-    that model has no bits per dimension (``data_levels`` None)."""
+    that model has no bits per dimension (``data_levels`` None), and neither have standardised data."""
     grey_under_bernoulli = cfg.data.binarize == "none" and cfg.data.levels != 2 and binary_data(cfg.model)
-    model_cfg = dataclasses.replace(cfg.model, dequantize=resolve_dequantize(cfg.model, cfg.data.levels))
+    standardized = cfg.data.standardize is True  # standardised values are no levels (standardize_dataset)
+    dequantize = resolve_dequantize(cfg.model, cfg.data.levels, standardized)
+    model_cfg = dataclasses.replace(cfg.model, dequantize=dequantize)
     model = lookup(MODELS, cfg.model.kind, "model kind")(model_cfg, tuple(data_shape), cfg.train)
-    model.data_levels = None if grey_under_bernoulli else cfg.data.levels
+    model.data_levels = None if grey_under_bernoulli or standardized else cfg.data.levels
     model.data_transform = standardization_of(cfg.data)  # what its outputs invert (GenerativeModel)
     return model
 

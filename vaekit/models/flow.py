@@ -45,6 +45,7 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 
 from ..checks import image_shape, lookup
 from ..data import dequantize as uniform_dequantize
+from ..data import levels_of
 from ..distributions import N_LEVELS
 from ..errors import ConfigError
 from ..flows.autoregressive import maf
@@ -128,8 +129,8 @@ class FlowModel(GenerativeModel):
 
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
         """Per-example ``loss`` = ``nll`` (nats) and ``bpd``, the bits per dimension ``evaluate`` reports
-        (``bits_per_dim``: with D ln 256 for a density of undequantised 8-bit data; absent where
-        bits per dimension are undefined, e.g. continuous features)."""
+        (``bits_per_dim``; absent where bits per dimension are undefined: continuous features, or
+        a density of undequantised 8-bit data, which bounds nothing)."""
         nll = -self.log_prob(x)
         bpd = self.bits_per_dim(nll)
         return {"loss": nll, "nll": nll} | ({} if bpd is None else {"bpd": bpd})
@@ -143,7 +144,7 @@ class FlowModel(GenerativeModel):
         y = self.distribution(check_temperature(temperature)).sample((n,))
         if not self.dequantize:
             return y
-        return torch.floor(y * N_LEVELS).clamp(0, N_LEVELS - 1) / (N_LEVELS - 1)
+        return levels_of(y, levels=N_LEVELS)
 
 
 BASES = {

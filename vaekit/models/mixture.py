@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import lookup
-from ..data import Standardization, dequantize
+from ..data import Standardization, dequantize, levels_of
 from ..distributions import N_LEVELS
 from ..distributions.mixture import (
     COVARIANCE_TYPES,
@@ -364,7 +364,9 @@ class GaussianMixtureModel(GenerativeModel):
 
         Returns:
             the mean log-likelihood (nats per example) at each iteration's E-step, i.e. under
-            the parameters before that iteration's M-step (scikit-learn's ``lower_bounds_``).
+            the parameters before that iteration's M-step (scikit-learn's ``lower_bounds_``); with
+            ``dequantize`` that of the dequantised training data minus D log 256, the scale of
+            ``log_prob``.
         """
         x = self._flat(x)
         n = x.shape[0]
@@ -400,12 +402,19 @@ class GaussianMixtureModel(GenerativeModel):
                 bar.set_postfix(mean_log_lik=f"{ll:.3f}", refresh=False)
         elif not callable(progress):
             progress = None
+        # with dequantize, EM's log p(y) and the reported log P(x) >= log p(y) - D log 256 differ by a
+        # constant: the history, the progress and lower_bound report the latter, as log_prob does
+        offset = -self.D * math.log(N_LEVELS) if self.dequantize else 0.0
+        if progress is not None and offset:
+            on_iteration = progress
+            progress = lambda it, ll: on_iteration(it, ll + offset)  # noqa: E731
         try:
             best = self._fit_restarts(x, shift, cache, progress, init_params)
         finally:
             if bar is not None:
                 bar.close()
         params, history, converged = best
+        history = [ll + offset for ll in history]
         self.set_parameters(params["weights"], params["means"] + shift, params["covariances"])
         self.converged.fill_(converged)
         self.n_iter.fill_(len(history))
@@ -469,22 +478,30 @@ class GaussianMixtureModel(GenerativeModel):
 
     @torch.no_grad()
     def log_prob(self, x, **kw) -> Tensor:
-        """Exact log p(x) [N] in nats (data of the model's dtype and device); with ``dequantize``
-        log p(y) - D log 256 at y dequantised afresh from torch's generator (class docstring)."""
+        """Exact log p(x) [N] in nats (data of the model's dtype and device); with ``dequantize`` the
+        one-draw estimate log p(y) - D log 256 at y dequantised afresh from torch's generator, exact
+        as a density of y and in expectation a lower bound on log P(x) (class docstring)."""
         if not self.dequantize:
             return torch.logsumexp(self.component_log_prob(x), -1)
         y = dequantize(self._flat(x).to(device=self.device, dtype=self.dtype), levels=N_LEVELS)
         return torch.logsumexp(self.component_log_prob(y), -1) - self.D * math.log(N_LEVELS)
 
+    def _at_levels(self, x):
+        """Where the mixture is read for x without noise: x itself, or with ``dequantize`` the centres
+        (255 x + 1/2) / 256 of the levels' bins, where the fitted y live (x = k/255 is a bin's edge)."""
+        if not self.dequantize:
+            return x
+        return (self._flat(x).to(device=self.device, dtype=self.dtype) * (N_LEVELS - 1) + 0.5) / N_LEVELS
+
     @torch.no_grad()
     def responsibilities(self, x) -> Tensor:
-        """p(z=k|x) [N, K]; each row sums to one."""
-        return torch.softmax(self.component_log_prob(x), -1)
+        """p(z=k|x) [N, K]; each row sums to one (with ``dequantize``, at the levels' bin centres)."""
+        return torch.softmax(self.component_log_prob(self._at_levels(x)), -1)
 
     @torch.no_grad()
     def predict(self, x) -> Tensor:
-        """The most probable component of each example [N] (long)."""
-        return self.component_log_prob(x).argmax(-1)
+        """The most probable component of each example [N] (long), read as :meth:`responsibilities`."""
+        return self.component_log_prob(self._at_levels(x)).argmax(-1)
 
     def loss(self, x: Tensor, step: int = 0) -> dict[str, Tensor]:
         """Per-example ``loss`` = -log p(x) and ``log_px`` (exact, nats)."""
@@ -494,7 +511,8 @@ class GaussianMixtureModel(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, mean: bool = False, temperature: float = 1.0, return_labels: bool = False):
         """x ~ p(x): [n, *data_shape] (and the components [n] with ``return_labels``);
-        ``mean=True`` gives the means of the drawn components instead. Only ``temperature=1``."""
+        ``mean=True`` gives the means of the drawn components instead. Only ``temperature=1``. With
+        ``dequantize`` draws come back as the levels k/255 of their bins and means on that scale."""
         if check_temperature(temperature) != 1.0:
             refuse_sample_option(
                 self,
@@ -505,6 +523,8 @@ class GaussianMixtureModel(GenerativeModel):
         x, k = self.distribution().sample_with_components((n,))
         if mean:
             x = self.means[k]
+        if self.dequantize:
+            x = levels_of(x, mean)
         x = x.view(n, *self.data_shape)
         return (x, k) if return_labels else x
 

@@ -207,7 +207,8 @@ class VAE(DecodeViews, GenerativeModel):
 
     @property
     def density(self) -> bool:
-        """A continuous likelihood (``Likelihood.discrete`` False): bits/dim add the data's bin width."""
+        """A density at the data (``Likelihood.discrete`` False): no bits/dim. A Gaussian of dequantised
+        8-bit data is discrete in this sense: its log_prob bounds the levels' probability."""
         return not self.decoder.likelihood.discrete
 
     @torch.no_grad()
