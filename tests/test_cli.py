@@ -791,6 +791,24 @@ def test_a_gaussian_vae_of_8bit_images_records_that_it_models_their_dequantisati
         assert not (tmp_path / "x").exists()
 
 
+def test_a_flow_of_standardised_vectors_neither_dequantises_nor_takes_logits(tmp_path, capsys):
+    """A .npy of vectors is standardised (auto); a flow of it then gets flow_dequantize=none and
+    flow_preprocess=none, and naming uniform dequantisation is refused in one line."""
+    import yaml
+
+    np.save(tmp_path / "vec.npy", np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
+    argv = ["train", "--model", "flow", "--data", str(tmp_path / "vec.npy"), "--max-steps", "2", "--no-progress"]
+    argv += ["--set", "flow_arch=maf", "--set", "flow_hidden=8", "--set", "tensorboard=false", "--set", "eval_k=0"]
+    assert main([*argv, "--out", str(tmp_path / "f")]) == 0
+    doc = yaml.safe_load((tmp_path / "f" / "config.yaml").read_text())
+    assert doc["data"]["standardize"] is True
+    assert (doc["model"]["flow_dequantize"], doc["model"]["flow_preprocess"]) == ("none", "none")
+    capsys.readouterr()
+    assert main([*argv, "--set", "flow_dequantize=uniform", "--out", str(tmp_path / "u")]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert len(err) == 1 and "data.standardize moved them" in err[0] and not (tmp_path / "u").exists()
+
+
 def test_a_csv_trains_with_a_gaussian_and_its_label_column_colours_the_latent_map(tmp_path, capsys, monkeypatch):
     import yaml
 

@@ -122,6 +122,7 @@ def test_dequantize_resolves_per_model_kind_and_data_levels():
     assert resolve_dequantize(gauss, 256, standardized=True) is False
     with pytest.raises(ConfigError, match="standardize"):
         resolve_dequantize(ModelConfig(kind="mixture", dequantize=True), 256, standardized=True)
-    cfg = build_config("gmm-digits", overrides={"data.standardize": True})
+    stats = {"data.standardize": True, "data.feature_mean": [0.5] * 64, "data.feature_std": [0.2] * 64}
+    cfg = build_config("gmm-digits", overrides=stats)
     model = build_model(cfg, (1, 8, 8))
     assert not model.dequantize and model.data_levels is None and model.bits_per_dim(1.0) is None

@@ -392,6 +392,7 @@ def _train_in_session(args, main: bool):
         cfg.data.levels = train_ds.levels
     if not args.resume:  # recorded resolved, as data.standardize: a resume reads what the run trained
         cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels, cfg.data.standardize is True)
+        _flow_of_standardized(cfg, named)
     if not args.resume and train_ds.columns is not None:  # later data must name the same features
         cfg.data.columns = list(train_ds.columns)
     transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
@@ -459,6 +460,22 @@ def _seed_override(args) -> list[str]:
         if given != args.seed:
             raise VaekitError(f"--seed {args.seed} and --set seed={given} disagree; give the seed once")
     return [f"train.seed={args.seed}"]
+
+
+def _flow_of_standardized(cfg, named: set[str]) -> None:
+    """A flow of standardised data (vectors that no source name announced, e.g. a ``.npy``) gets no
+    dequantisation and no logit: its inputs are no 8-bit levels in [0, 1]. Asking for either is a
+    one-line error."""
+    if cfg.model.kind != "flow" or cfg.data.standardize is not True:
+        return
+    for key, value in (("flow_dequantize", "none"), ("flow_preprocess", "none")):
+        if f"model.{key}" not in named:
+            setattr(cfg.model, key, value)
+        elif getattr(cfg.model, key) != value:
+            raise VaekitError(
+                f"model.{key}={getattr(cfg.model, key)} needs data in [0, 1], but data.standardize moved them; "
+                f"use --set {key}={value} or --set standardize=false"
+            )
 
 
 def _vector_likelihood(cfg, named: set[str], data: str, main: bool) -> None:

@@ -73,7 +73,7 @@ class ModelConfig:
     # densities of 8-bit data (likelihood=gaussian VAEs, mixtures): model the uniformly dequantised
     # levels y = (255 x + u) / 256, so that nats and bits/dim bound the levels' probability (true), or
     # the density at the levels, which has no bits/dim (false); auto: true for 8-bit data (data.levels
-    # 256). `vaekit train` records what auto resolved to. Flows: flow_dequantize
+    # 256) that are not standardised. `vaekit train` records what auto resolved to. Flows: flow_dequantize
     dequantize: bool | str = "auto"
     prior: str = "normal"  # p(z): normal (standard)
     # sizes (D_1, ..., D_L) of stacked Gaussian layers z = (z_1, ..., z_L), bottom first (Burda et al.

@@ -396,4 +396,12 @@ def _onnx_section(doc: dict, m: dict) -> list[str]:
         f"eps ~ N(0, I); a sample draws {prior}; then x ~ p(x|z) from `params`. The likelihood's own "
         "parameters (e.g. a learned log standard deviation) are in `config.json`, "
         "`onnx.decoder.likelihood_state`.",
-    ]
+    ] + (
+        [
+            "",
+            f"The likelihood models dequantised 8-bit data: {dec['likelihood_dequantize']}; a draw y maps to "
+            "the level floor(256 y) / 255 (clamped to [0, 1]).",
+        ]
+        if dec.get("likelihood_dequantize")
+        else []
+    )

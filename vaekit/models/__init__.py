@@ -95,12 +95,13 @@ def build_model(cfg, data_shape):
     (``binarize=none`` on grey levels) scores a cross-entropy, not the probability of the data, so
     that model has no bits per dimension (``data_levels`` None), and neither have standardised data."""
     grey_under_bernoulli = cfg.data.binarize == "none" and cfg.data.levels != 2 and binary_data(cfg.model)
-    standardized = cfg.data.standardize is True  # standardised values are no levels (standardize_dataset)
+    transform = standardization_of(cfg.data)  # what its outputs invert (GenerativeModel)
+    standardized = not transform.identity  # standardised values are no levels
     dequantize = resolve_dequantize(cfg.model, cfg.data.levels, standardized)
     model_cfg = dataclasses.replace(cfg.model, dequantize=dequantize)
     model = lookup(MODELS, cfg.model.kind, "model kind")(model_cfg, tuple(data_shape), cfg.train)
     model.data_levels = None if grey_under_bernoulli or standardized else cfg.data.levels
-    model.data_transform = standardization_of(cfg.data)  # what its outputs invert (GenerativeModel)
+    model.data_transform = transform
     return model
 
 
