@@ -30,7 +30,7 @@ With --compare, every preset is timed with the option off and on side by side in
 the ratios (on/off images/s, training and evaluation) are printed: the evidence behind the config
 defaults of ``compile``, ``channels_last`` and ``amp``. ``one_chunk_per_pass`` (evaluation only)
 evaluates one chunk of importance samples per decoder pass, also where the likelihood declares
-``chunk_per_thread`` (the PixelCNN): the evidence behind that declaration.
+``chunks_per_thread`` (the PixelCNN): the evidence behind that declaration.
 
 With --eval-amp RUN ..., trained runs (folders or checkpoint files; no training is timed) are
 evaluated with K=--target-k on their first --eval-images test images twice, float32 and with the
@@ -85,7 +85,7 @@ OPTION_KEYS = {
     "compile": "compile_",
     "channels_last": "channels_last",
     "amp": "amp",
-    "one_chunk_per_pass": "one_chunk_per_pass",  # evaluation only: no chunk_per_thread passes
+    "one_chunk_per_pass": "one_chunk_per_pass",  # evaluation only: no chunks_per_thread passes
 }
 TRAIN_OPTIONS = ("compile_", "channels_last", "amp")  # the options bench_training takes
 

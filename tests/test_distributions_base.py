@@ -24,25 +24,25 @@ from vaekit.distributions.base import N_LEVELS
 
 def test_base_declares_the_contract_with_safe_defaults():
     assert (Likelihood.discrete, Likelihood.activation_factor, Likelihood.factorised) == (True, 1, False)
-    assert Likelihood.chunk_per_thread is False
+    assert Likelihood.chunks_per_thread == 0
     assert N_LEVELS == 256
     with pytest.raises(NotImplementedError):
         Encoder().base_posterior(torch.zeros(1, 2))
 
 
 @pytest.mark.parametrize(
-    "cls, discrete, factorised, chunk_per_thread",
+    "cls, discrete, factorised, chunks_per_thread",
     [
-        (BernoulliLikelihood, True, True, False),
-        (GaussianLikelihood, False, True, False),
-        (LogisticMixtureLikelihood, True, False, False),
-        (CategoricalLikelihood, True, False, False),
-        (PixelCNNLikelihood, True, False, True),
+        (BernoulliLikelihood, True, True, 0),
+        (GaussianLikelihood, False, True, 0),
+        (LogisticMixtureLikelihood, True, False, 0),
+        (CategoricalLikelihood, True, False, 0),
+        (PixelCNNLikelihood, True, False, 2),
     ],
 )
-def test_each_likelihood_declares_its_attributes(cls, discrete, factorised, chunk_per_thread):
+def test_each_likelihood_declares_its_attributes(cls, discrete, factorised, chunks_per_thread):
     assert issubclass(cls, Likelihood)
-    assert (cls.discrete, cls.factorised, cls.chunk_per_thread) == (discrete, factorised, chunk_per_thread)
+    assert (cls.discrete, cls.factorised, cls.chunks_per_thread) == (discrete, factorised, chunks_per_thread)
 
 
 def test_factorised_means_per_dimension_terms_sum_to_the_log_prob():

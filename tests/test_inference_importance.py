@@ -101,8 +101,8 @@ def test_a_pass_of_several_chunks_draws_the_samples_of_one_pass_per_chunk(preset
     assert not torch.allclose(one_draw["log_px"], runs[1][0]["log_px"])
 
 
-def test_a_cpu_pass_holds_one_chunk_per_thread_where_the_likelihood_asks():
-    """PixelCNN likelihoods (``chunk_per_thread``) get one chunk per CPU thread in each pass; a
+def test_a_cpu_pass_holds_chunks_per_thread_where_the_likelihood_asks():
+    """PixelCNN likelihoods (``chunks_per_thread`` 2) get two chunks per CPU thread in each pass; a
     pointwise likelihood, or any likelihood on a GPU, one chunk per pass."""
     pixel = build_model(
         build_config(
@@ -115,15 +115,15 @@ def test_a_cpu_pass_holds_one_chunk_per_thread_where_the_likelihood_asks():
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        assert default_chunks_per_pass(pixel, "cpu") == 3
+        assert default_chunks_per_pass(pixel, "cpu") == 6
         assert default_chunks_per_pass(pixel, torch.device("cuda")) == 1
         assert default_chunks_per_pass(dense, "cpu") == 1
-        for model, expected in ((pixel, [2 * 15, 2 * 15, 2 * 15, 2 * 5]), (dense, [2 * 5] * 10)):
+        for model, expected in ((pixel, [2 * 30, 2 * 20]), (dense, [2 * 5] * 10)):
             codes = []
             real = model.decoder.log_likelihood
             model.decoder.log_likelihood = lambda z, x, real=real: codes.append(z.shape[0]) or real(z, x)
             importance_sampled_log_prob(model, binary_data(2), k=50, batch_size=2, sample_chunk=5)
-            assert codes == expected  # 3 chunks of 5 samples per pass for the PixelCNN, 1 otherwise
+            assert codes == expected  # 2 x 3 chunks of 5 samples per pass for the PixelCNN, 1 otherwise
     finally:
         torch.set_num_threads(saved)
 

@@ -56,13 +56,14 @@ class Likelihood(nn.Module):
     - ``activation_factor``: roughly how many floats per data element one no-grad
       ``log_prob`` keeps alive (1 for a pointwise likelihood; more for a likelihood that runs a
       network over x, the PixelCNN); memory budgets that count decoder outputs multiply by it.
-    - ``chunk_per_thread``: a CPU decoder pass of importance sampling evaluates one chunk of
-      samples per intra-op thread (``vaekit.inference.importance``). True for a likelihood whose
-      no-grad ``log_prob`` is a long run of operations on a few codes each (the PixelCNN's),
-      which two threads split poorly at one chunk's size; False where a chunk's operations are
-      already large enough to split, and wider passes would only leave the cache. A likelihood
-      that declares it draws no random numbers in ``log_prob``: the samples of a pass of several
-      chunks are those of one pass per chunk only because nothing draws between the chunks' draws.
+    - ``chunks_per_thread``: n > 0: a CPU decoder pass of importance sampling evaluates n chunks of
+      samples per intra-op thread (``vaekit.inference.importance``), for a likelihood whose no-grad
+      ``log_prob`` is a long run of operations on a few codes each (the PixelCNN's: 2), which two
+      threads split poorly at one chunk's size; 0 (the default): one chunk per pass, where a
+      chunk's operations are already large enough to split and wider passes would only leave the
+      cache. A likelihood with n > 0 draws no random numbers in ``log_prob``: the samples of a pass
+      of several chunks are those of one pass per chunk only because nothing draws between the
+      chunks' draws.
     - ``dequantize``: ``log_prob`` is of the uniform dequantisation y = (255 x + u) / 256 of 8-bit
       data, log p(y) - D log 256 with a fresh u per call (set per instance: the Gaussian's), a
       bound on the log-probability of the levels; False for every other likelihood.
@@ -76,7 +77,7 @@ class Likelihood(nn.Module):
     discrete: bool = True
     binary: bool = False
     activation_factor: int = 1
-    chunk_per_thread: bool = False
+    chunks_per_thread: int = 0
     dequantize: bool = False
     factorised: bool = False
 

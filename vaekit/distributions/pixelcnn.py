@@ -104,7 +104,7 @@ class PixelCNNLikelihood(Likelihood):
 
     discrete = True
     factorised = False  # each sub-pixel depends on the ones before it
-    chunk_per_thread = True  # about 18 live maps per position cap a chunk at a few codes
+    chunks_per_thread = 2  # about 18 live maps per position cap a chunk at a few codes
 
     def __init__(
         self,

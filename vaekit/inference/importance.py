@@ -9,10 +9,10 @@ is the ELBO; the estimate increases in expectation with K and is consistent as K
 
 The chunk size comes from a budget of numbers per chunk and the decoder's numbers per code,
 never from the hardware, so the samples drawn for an example do not depend on it. Where the
-likelihood declares ``chunk_per_thread`` (the PixelCNN, whose chunks hold a few codes) one CPU
-decoder pass evaluates T consecutive chunks on T intra-op threads, drawn one after the other as
-if each had its own pass: the same samples, each thread's share of a pass within the budget,
-and operations large enough for the threads to split.
+likelihood declares ``chunks_per_thread`` n > 0 (the PixelCNN, whose chunks hold a few codes: 2)
+one CPU decoder pass evaluates n T consecutive chunks on T intra-op threads, drawn one after the
+other as if each had its own pass: the same samples, and operations large enough for the
+threads to split.
 
 The effective sample size (sum w)^2 / sum w^2 of the weights (Kong 1992; Owen 2013, Sec. 9.3)
 diagnoses the proposal: near K when q(z|x) is close to the posterior, near 1 when one sample
@@ -56,11 +56,11 @@ def chunk_sizes(n_examples: int, k: int, data_numel: int, budget: int = DEFAULT_
 
 
 def default_chunks_per_pass(model, device: torch.device | str) -> int:
-    """Chunks of samples one decoder pass of ``model`` evaluates on ``device``: the intra-op
-    threads (``torch.get_num_threads()``) on a CPU where its likelihood declares
-    ``chunk_per_thread``, else 1 (module docstring)."""
-    per_thread = model.decoder.likelihood.chunk_per_thread and torch.device(device).type == "cpu"
-    return torch.get_num_threads() if per_thread else 1
+    """Chunks of samples one decoder pass of ``model`` evaluates on ``device``: on a CPU, the
+    likelihood's ``chunks_per_thread`` times the intra-op threads (``torch.get_num_threads()``)
+    where it declares some, else 1 (module docstring)."""
+    per_thread = model.decoder.likelihood.chunks_per_thread if torch.device(device).type == "cpu" else 0
+    return per_thread * torch.get_num_threads() or 1
 
 
 def decoder_numel(model, data_shape: tuple[int, ...]) -> int:
@@ -137,7 +137,7 @@ def importance_sampled_log_prob(
         chunks_per_pass: chunks of ``sample_chunk`` samples each decoder pass evaluates, drawn
             chunk by chunk (default :func:`default_chunks_per_pass`): the same samples whatever its
             value where the likelihood's ``log_prob`` draws no random numbers (every likelihood that
-            declares ``chunk_per_thread``; a dequantised Gaussian draws its u after all the z's).
+            declares ``chunks_per_thread``; a dequantised Gaussian draws its u after all the z's).
 
     Returns:
         dict of [N] tensors in nats, in the model's dtype (float32 at least; sums are float64):
