@@ -603,9 +603,9 @@ def test_sample_refuses_what_the_model_cannot_do_in_one_line(tmp_path, capsys):
     from vaekit.train import train
 
     out = tmp_path / "mix"
-    cfg = build_config("dense-digits", overrides={"kind": "mixture", "components": 2, "eval_k": 0})
+    cfg = build_config("dense-digits", overrides={"kind": "mixture", "components": 2, "eval_k": 0, "levels": None})
     cfg.train.tensorboard = False
-    train(cfg, out, torch.rand(40, 1, 8, 8), progress=False)
+    train(cfg, out, torch.rand(40, 1, 8, 8), progress=False)  # continuous data (data.levels null)
     err = one_error_line(capsys, main(["sample", str(out), "--temperature", "0.5", "-o", str(tmp_path / "s.png")]))
     assert "temperature=0.5 (--temperature) is not defined for a GaussianMixtureModel" in err
     assert not (tmp_path / "s.png").exists()

@@ -151,6 +151,9 @@ def test_cli_evaluate_of_a_mixture_on_tabular_data(tmp_path, capsys):
     # levels the user declares (8-bit images stored as floats) are recorded instead, and the mixture
     # models their dequantisation: its nats bound the levels' probability (bpd = nll / (D ln 2)) ...
     unscaled = ["--set", "levels=256", "--set", "standardize=false"]
+    assert main(argv[:-1] + [str(tmp_path / "g8"), *unscaled] + sets) == 2  # the floats are no levels k/255
+    assert "not 8-bit levels" in capsys.readouterr().err and not (tmp_path / "g8").exists()
+    np.savez(tmp_path / "tab.npz", x=np.round(rng.beta(2.0, 5.0, size=(90, 3)) * 255).astype(np.float32) / 255)
     assert main(argv[:-1] + [str(tmp_path / "g8"), *unscaled] + sets) == 0
     assert vaekit.load(tmp_path / "g8").dequantize
     assert main(["evaluate", str(tmp_path / "g8"), "--no-progress", "-o", str(out)]) == 0

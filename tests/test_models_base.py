@@ -126,3 +126,26 @@ def test_dequantize_resolves_per_model_kind_and_data_levels():
     cfg = build_config("gmm-digits", overrides=stats)
     model = build_model(cfg, (1, 8, 8))
     assert not model.dequantize and model.data_levels is None and model.bits_per_dim(1.0) is None
+
+
+def test_a_dequantising_model_refuses_data_that_are_not_8bit_levels(tmp_path):
+    """Its numbers would describe data it does not model: training and evaluation refuse them in one
+    line, before a run folder exists; levels k/255 (as floats or from uint8) pass."""
+    from vaekit.data import on_levels
+    from vaekit.errors import DataError
+    from vaekit.evaluate import evaluate
+    from vaekit.train import train
+
+    levels = torch.randint(0, 256, (30, 1, 4, 4)).float() / 255
+    assert on_levels(levels) and on_levels(levels.double(), rows=7) and on_levels(torch.tensor([[0.0, 1.0]]), 2)
+    assert not on_levels(levels + 1e-3) and not on_levels(-levels - 1 / 255) and not on_levels(levels * 256 / 255)
+    cfg = build_config("dense-digits", overrides={"likelihood": "gaussian", "hidden": [8], "latent_dim": 2})
+    cfg.train.tensorboard, cfg.train.eval_k = False, 0
+    model = build_model(cfg, (1, 4, 4))
+    assert model.dequantize
+    with pytest.raises(DataError, match="not 8-bit levels") as e:
+        train(cfg, tmp_path / "run", torch.rand(30, 1, 4, 4), progress=False)
+    assert "\n" not in str(e.value) and "data.levels=null" in str(e.value) and not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match="the evaluated data are not 8-bit levels"):
+        evaluate(model, torch.rand(5, 1, 4, 4), k=2, progress=False)
+    assert evaluate(model, levels[:5], k=2, progress=False)["bpd"] is not None

@@ -57,6 +57,7 @@ from .errors import ConfigError
 from .inference import chunk_sizes, decoder_numel, importance_sampled_log_prob, mean_and_stderr
 from .journal import Journal, key_digest, module_digest, tensor_digest
 from .models import model_device
+from .models.base import check_data_levels
 from .nets import autocast
 from .objectives import elbo_terms
 from .seeding import EVAL_CHUNK, derive_seed
@@ -81,6 +82,7 @@ def _per_example_split(
     """Per-example results in example order: this process's chunks, then an all-gather. With
     ``journal_dir``, finished chunks are read from and written to a :class:`~vaekit.journal.Journal`
     there (module docstring), which stays until the caller deletes it."""
+    check_data_levels(model, x, "the evaluated data")
     N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
     plan = _plan(model, x, k, batch_size, seed, amp)

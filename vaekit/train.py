@@ -75,7 +75,7 @@ from .config import Config, TrainConfig, burda_stage_epochs
 from .errors import CheckpointError, ConfigError, Interrupted, VaekitError
 from .evaluate import evaluate
 from .models import build_model
-from .models.base import GenerativeModel
+from .models.base import GenerativeModel, check_data_levels
 from .models.dense_step import DenseVAEStep, dense_vae_step
 from .nets import autocast, channels_last_input, maybe_compile, to_channels_last
 from .seeding import BATCH_TRANSFORM, EPOCH, EPOCH_EVAL, STEP, derive_seed
@@ -826,6 +826,8 @@ def _train(
 
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data_shape).to(device)  # before the run folder exists: bad configs leave none
+    if state is None:
+        check_data_levels(model, train_x, "the training data")
     to_channels_last(model, cfg.model.channels_last)
     maybe_compile(model, cfg.model.compile)
     if model.fitted_in_closed_form:  # EM: no gradient steps

@@ -15,6 +15,9 @@ callers test a declared flag instead of probing with ``hasattr``:
   mixtures of continuous data, flows without dequantisation) or the log of a probability, or of
   a lower bound on it (False: discrete likelihoods, and densities of uniformly dequantised 8-bit
   data, which subtract D log 256).
+- ``dequantize``: ``log_prob`` and ``loss`` are of the uniform dequantisation of 8-bit levels
+  k/255 (``vaekit.data.dequantize``): the data must be such levels (``vaekit.data.on_levels``),
+  which training and evaluation check.
 - ``data_levels``: values per data dimension of the data the model is for (256 8-bit, 2 binary,
   None continuous), set by ``build_model`` from ``DataConfig.levels``; ``bits_per_dim`` follows
   it and is None where bits per dimension mean nothing: for data that are neither binary nor
@@ -43,9 +46,9 @@ import math
 
 from torch import Tensor, nn
 
-from ..data import Standardization
+from ..data import Standardization, on_levels
 from ..distributions import N_LEVELS, data_bits_per_dim
-from ..errors import VaekitError
+from ..errors import DataError, VaekitError
 
 
 class GenerativeModel(nn.Module):
@@ -57,6 +60,7 @@ class GenerativeModel(nn.Module):
     has_latents: bool = False
     has_codes: bool = False
     density: bool = False
+    dequantize: bool = False
     data_levels: int | None = N_LEVELS
     has_bic: bool = False
     data_transform: Standardization = Standardization()
@@ -102,6 +106,17 @@ def check_temperature(temperature: float) -> float:
     if not (math.isfinite(t) and t >= 0):
         raise VaekitError(f"sampling temperature must be a finite number >= 0; got {temperature}")
     return t
+
+
+def check_data_levels(model: GenerativeModel, x: Tensor, what: str) -> None:
+    """A one-line :class:`~vaekit.errors.DataError` when ``model`` models the dequantisation of 8-bit
+    levels (``dequantize``) and ``x`` [N, ...] are not such levels: its numbers would then be of
+    data it does not describe (noise added to continuous values, D log 256 taken off)."""
+    if model.dequantize and not on_levels(x):
+        raise DataError(
+            f"{what} are not 8-bit levels k/255 in [0, 1], but this {type(model).__name__} models their "
+            "dequantisation; for continuous data set data.levels=null (flows: flow_dequantize=none)"
+        )
 
 
 def refuse_sample_option(model: GenerativeModel, option: str, why: str) -> None:

@@ -206,6 +206,11 @@ class VAE(DecodeViews, GenerativeModel):
         return self.prior_module.at_temperature(t).sample((n,))
 
     @property
+    def dequantize(self) -> bool:
+        """Its likelihood models dequantised 8-bit levels (``Likelihood.dequantize``)."""
+        return self.decoder.likelihood.dequantize
+
+    @property
     def density(self) -> bool:
         """A density at the data (``Likelihood.discrete`` False): no bits/dim. A Gaussian of dequantised
         8-bit data is discrete in this sense: its log_prob bounds the levels' probability."""
