@@ -42,7 +42,7 @@ def worker(args) -> None:
     from vaekit.train import train
 
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.images, 1, 28, 28, generator=g)
+    x = torch.round(torch.rand(args.images, 1, 28, 28, generator=g) * 255) / 255  # 8-bit levels, as images
     cfg = build_config(
         args.preset,
         overrides={

@@ -43,6 +43,11 @@ from vaekit.train import train  # noqa: E402
 FIRST_CHUNK = 20  # steps timed before the chunk size is chosen from the measured rate; the smallest chunk
 
 
+def _bpd(bpd) -> str:
+    """Bits per dimension as printed: "-" where the model has none (a density at the levels)."""
+    return "-" if bpd is None else f"{bpd:.4f}"
+
+
 def train_for(cfg, run: Path, x_train, seconds: float, transform=None) -> tuple[int, float]:
     """Train in resumed chunks of steps until ``seconds`` of wall clock are spent; (steps, seconds)."""
     t0, target, step = time.perf_counter(), FIRST_CHUNK, 0
@@ -87,7 +92,7 @@ def run_rows(args, rows, x_train, x_test, transform):
         k = res["k"] if res["k"] is not None else "exact"
         print(
             f"{name:<28} {params:>9} {steps:>7} {epochs:>7.2f} {secs:>8.1f} {k:>5} "
-            f"{res['nll']:>9.2f} +- {res['nll_stderr']:<5.2f} {res['bpd']:>7.4f} {te.seconds:>7.1f}",
+            f"{res['nll']:>9.2f} +- {res['nll_stderr']:<5.2f} {_bpd(res['bpd']):>7} {te.seconds:>7.1f}",
             flush=True,
         )
         results.append({"model": name, "steps": steps, "train_seconds": secs, **res})

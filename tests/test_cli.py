@@ -777,6 +777,12 @@ def test_a_gaussian_vae_of_8bit_images_records_that_it_models_their_dequantisati
     assert main(["evaluate", str(tmp_path / "r"), "--k", "5", "--no-progress", "-o", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["bpd"] == pytest.approx(res["nll"] / (16 * math.log(2)))
+    np.save(tmp_path / "floats.npy", g.random(size=(6, 4, 4)).astype(np.float32))  # no levels
+    capsys.readouterr()
+    for verb in (["gap", "--n", "3", "--svi-steps", "1"], ["score", "-o", str(tmp_path / "s.npy")]):
+        assert main([verb[0], str(tmp_path / "r"), "--data", str(tmp_path / "floats.npy"), *verb[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "vaekit: error: the data are not 8-bit levels" in err[-1] and "scores only levels" in err[-1]
     assert main([*argv, "--data", str(tmp_path / "vec.npy"), "--out", str(tmp_path / "v")]) == 0
     assert yaml.safe_load((tmp_path / "v" / "config.yaml").read_text())["model"]["dequantize"] is False
     capsys.readouterr()

@@ -131,13 +131,15 @@ def test_dequantize_resolves_per_model_kind_and_data_levels():
 def test_a_dequantising_model_refuses_data_that_are_not_8bit_levels(tmp_path):
     """Its numbers would describe data it does not model: training and evaluation refuse them in one
     line, before a run folder exists; levels k/255 (as floats or from uint8) pass."""
+    from vaekit.completion import complete, parse_mask
     from vaekit.data import on_levels
     from vaekit.errors import DataError
     from vaekit.evaluate import evaluate
     from vaekit.train import train
 
     levels = torch.randint(0, 256, (30, 1, 4, 4)).float() / 255
-    assert on_levels(levels) and on_levels(levels.double(), rows=7) and on_levels(torch.tensor([[0.0, 1.0]]), 2)
+    assert on_levels(levels) and on_levels(levels.double()) and on_levels(torch.tensor([[0.0, 1.0]]), 2)
+    assert on_levels(torch.empty(0, 3)) and not on_levels(torch.tensor([[float("nan")]]))
     assert not on_levels(levels + 1e-3) and not on_levels(-levels - 1 / 255) and not on_levels(levels * 256 / 255)
     cfg = build_config("dense-digits", overrides={"likelihood": "gaussian", "hidden": [8], "latent_dim": 2})
     cfg.train.tensorboard, cfg.train.eval_k = False, 0
@@ -146,6 +148,29 @@ def test_a_dequantising_model_refuses_data_that_are_not_8bit_levels(tmp_path):
     with pytest.raises(DataError, match="not 8-bit levels") as e:
         train(cfg, tmp_path / "run", torch.rand(30, 1, 4, 4), progress=False)
     assert "\n" not in str(e.value) and "data.levels=null" in str(e.value) and not (tmp_path / "run").exists()
-    with pytest.raises(DataError, match="the evaluated data are not 8-bit levels"):
+    with pytest.raises(DataError, match="the data are not 8-bit levels .* it scores only levels"):
         evaluate(model, torch.rand(5, 1, 4, 4), k=2, progress=False)
+    with pytest.raises(DataError, match="not 8-bit levels"):
+        complete(model, torch.rand(2, 1, 4, 4), parse_mask("left", (1, 4, 4)), k=4)
     assert evaluate(model, levels[:5], k=2, progress=False)["bpd"] is not None
+
+
+def test_an_auto_dequantize_is_decided_once_and_a_resume_keeps_the_runs_decision():
+    """A fresh run resolves auto from its data's levels; a resume given auto takes the checkpoint's
+    value (false for a run saved before the field), and run configs compare resolved values."""
+    from vaekit.checkpoint import config_differences
+    from vaekit.config import Config
+    from vaekit.train import _with_dequantize_resolved
+
+    gauss = build_config("dense-digits", overrides={"likelihood": "gaussian"})
+    assert _with_dequantize_resolved(gauss, None).model.dequantize is True
+    assert gauss.model.dequantize == "auto"  # the caller's config is not changed
+    old = gauss.to_dict()
+    del old["model"]["dequantize"]  # saved before the field existed: evaluated at the levels
+    assert _with_dequantize_resolved(gauss, {"config": old}).model.dequantize is False
+    bern = build_config("dense-digits")
+    old_bern = bern.to_dict()
+    del old_bern["model"]["dequantize"]
+    assert config_differences(old_bern, bern.to_dict()) == []  # auto resolves to false for a Bernoulli VAE
+    assert config_differences(old, gauss.to_dict()) == ["model.dequantize: False vs True"]
+    assert Config.from_dict(old).model.dequantize is False

@@ -64,8 +64,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import __version__, distributed
 from .config import Config
+from .data import standardization_of
 from .errors import CheckpointError, ConfigError, one_line
-from .models import build_model
+from .models import build_model, resolve_dequantize
 from .nets import to_channels_last
 
 try:  # POSIX advisory locks; elsewhere a run folder is not locked
@@ -200,9 +201,13 @@ def read_run_config(run_dir: str | Path) -> dict | None:
 
 def run_identity(config: dict) -> dict | None:
     """What makes a config one run's: the resolved config (old keys dropped, new ones at their
-    defaults) less the ``RESUMABLE`` fields; None when it is not a valid config."""
+    defaults, ``model.dequantize: auto`` resolved as ``build_model`` resolves it) less the
+    ``RESUMABLE`` fields; None when it is not a valid config."""
     try:
-        d = Config.from_dict(config).to_dict()
+        cfg = Config.from_dict(config)
+        standardized = not standardization_of(cfg.data).identity
+        cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels, standardized)
+        d = cfg.to_dict()
     except (ConfigError, TypeError, AttributeError, ValueError):
         return None
     for section, name in RESUMABLE:

@@ -1081,6 +1081,7 @@ def _gap_args(p):
 
 def _gap(args):
     from .inference import format_gap_table, gap_decomposition
+    from .models.base import check_data_levels
 
     if args.k <= 0 or args.svi_steps < 0:
         raise VaekitError("--k must be positive and --svi-steps non-negative")
@@ -1097,6 +1098,7 @@ def _gap(args):
     for split in splits:
         x = _eval_ready(_model_data(model, cfg, args, split), cfg)
         x = _first(x, args.n, "--n", f"{split} examples").to(dev)
+        check_data_levels(model, x)
         _seed(args)
         print(f"vaekit gap: {split}: {x.shape[0]} examples, K={args.k}, {args.svi_steps} SVI steps", file=sys.stderr)
         res = gap_decomposition(

@@ -50,6 +50,7 @@ from .inference import (
     mean_and_stderr,
     svi,
 )
+from .models.base import check_data_levels
 from .objectives import importance_terms, repeat_examples
 from .seeding import RANDOM_MASK, derive_seed
 
@@ -239,6 +240,7 @@ def complete(
     proposal = lookup(PROPOSALS, method, "completion method")
     if n_completions < 1 or k < 1:
         raise VaekitError("completion needs n_completions >= 1 and k >= 1")
+    check_data_levels(model, x)
     with frozen(model):  # eval mode: with batch norm in train mode each image's q would depend on its batch
         return _complete(
             model, x, mask, proposal, n_completions, method, k, svi_steps, svi_lr, svi_samples, mean, batch_size

@@ -82,7 +82,7 @@ def _per_example_split(
     """Per-example results in example order: this process's chunks, then an all-gather. With
     ``journal_dir``, finished chunks are read from and written to a :class:`~vaekit.journal.Journal`
     there (module docstring), which stays until the caller deletes it."""
-    check_data_levels(model, x, "the evaluated data")
+    check_data_levels(model, x)
     N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
     plan = _plan(model, x, k, batch_size, seed, amp)

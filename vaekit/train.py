@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import copy
 import errno
 import inspect
 import itertools
@@ -72,9 +73,10 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from .config import Config, TrainConfig, burda_stage_epochs
+from .data import standardization_of
 from .errors import CheckpointError, ConfigError, Interrupted, VaekitError
 from .evaluate import evaluate
-from .models import build_model
+from .models import build_model, resolve_dequantize
 from .models.base import GenerativeModel, check_data_levels
 from .models.dense_step import DenseVAEStep, dense_vae_step
 from .nets import autocast, channels_last_input, maybe_compile, to_channels_last
@@ -821,13 +823,14 @@ def _train(
                 f"found {lo:g}..{hi:g}"
             )
     state = _resume_state(run_dir, resume, held)
+    cfg = _with_dequantize_resolved(cfg, state)
     if state is not None:
         _check_resume(cfg, state, run_dir, train_x.shape[0], max_steps)
 
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data_shape).to(device)  # before the run folder exists: bad configs leave none
     if state is None:
-        check_data_levels(model, train_x, "the training data")
+        check_data_levels(model, train_x, training=True)
     to_channels_last(model, cfg.model.channels_last)
     maybe_compile(model, cfg.model.compile)
     if model.fitted_in_closed_form:  # EM: no gradient steps
@@ -982,6 +985,22 @@ def _diverged(consecutive: int, step: int, bad_terms: list[str]) -> TrainingDive
         f"{_blame(bad_terms)} blew up (try a lower lr, grad_clip, or check the data)"
     )
     return _everywhere(e)  # every process stops; rank 0 says why
+
+
+def _with_dequantize_resolved(cfg: Config, state: dict | None) -> Config:
+    """``cfg`` (a copy when it changes) with ``model.dequantize: auto`` decided, as the run's config
+    records it: a fresh run resolves it from the data's levels and standardisation (as ``vaekit
+    train`` does); a resumed run takes what its checkpoint decided (``false`` for runs saved before
+    the field existed), so an ``auto`` given to a resume continues what the run computed."""
+    if cfg.model.dequantize != "auto":
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    if state is None:
+        standardized = not standardization_of(cfg.data).identity
+        cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels, standardized)
+    else:
+        cfg.model.dequantize = Config.from_dict(state["config"]).model.dequantize
+    return cfg
 
 
 def _check_resume(cfg: Config, state: dict, run_dir: Path, n_train: int, max_steps: int | None) -> None:

@@ -38,6 +38,7 @@ from ..nets import autocast, fixed_parameters
 from ..objectives import log_importance_weights
 
 DEFAULT_ELEMENT_BUDGET = 1 << 22  # numbers per chunk in the decoder's widest tensor (~16 MiB of float32)
+MAX_CHUNKS_PER_PASS = 16  # a pass of chunks_per_thread x threads chunks: at most ~256 MiB on many cores
 
 
 def chunk_sizes(n_examples: int, k: int, data_numel: int, budget: int = DEFAULT_ELEMENT_BUDGET) -> tuple[int, int]:
@@ -57,10 +58,10 @@ def chunk_sizes(n_examples: int, k: int, data_numel: int, budget: int = DEFAULT_
 
 def default_chunks_per_pass(model, device: torch.device | str) -> int:
     """Chunks of samples one decoder pass of ``model`` evaluates on ``device``: on a CPU, the
-    likelihood's ``chunks_per_thread`` times the intra-op threads (``torch.get_num_threads()``)
-    where it declares some, else 1 (module docstring)."""
+    likelihood's ``chunks_per_thread`` times the intra-op threads (``torch.get_num_threads()``),
+    at most ``MAX_CHUNKS_PER_PASS``, where it declares some, else 1 (module docstring)."""
     per_thread = model.decoder.likelihood.chunks_per_thread if torch.device(device).type == "cpu" else 0
-    return per_thread * torch.get_num_threads() or 1
+    return min(per_thread * torch.get_num_threads(), MAX_CHUNKS_PER_PASS) or 1
 
 
 def decoder_numel(model, data_shape: tuple[int, ...]) -> int:

@@ -108,15 +108,22 @@ def check_temperature(temperature: float) -> float:
     return t
 
 
-def check_data_levels(model: GenerativeModel, x: Tensor, what: str) -> None:
+def check_data_levels(model: GenerativeModel, x: Tensor, training: bool = False) -> None:
     """A one-line :class:`~vaekit.errors.DataError` when ``model`` models the dequantisation of 8-bit
     levels (``dequantize``) and ``x`` [N, ...] are not such levels: its numbers would then be of
-    data it does not describe (noise added to continuous values, D log 256 taken off)."""
-    if model.dequantize and not on_levels(x):
-        raise DataError(
-            f"{what} are not 8-bit levels k/255 in [0, 1], but this {type(model).__name__} models their "
-            "dequantisation; for continuous data set data.levels=null (flows: flow_dequantize=none)"
-        )
+    data it does not describe (noise added to continuous values, D log 256 taken off). ``training``:
+    the data a run is about to train on (the advice is then a setting), else data to score."""
+    if not model.dequantize or on_levels(x):
+        return
+    if training:
+        what, advice = "the training data", "for continuous data set data.levels=null (flows: flow_dequantize=none)"
+    else:
+        what = "the data"
+        advice = "it scores only levels (round the data to k/255, or train a model of continuous data)"
+    raise DataError(
+        f"{what} are not 8-bit levels k/255 in [0, 1], but this {type(model).__name__} models their "
+        f"dequantisation; {advice}"
+    )
 
 
 def refuse_sample_option(model: GenerativeModel, option: str, why: str) -> None:
