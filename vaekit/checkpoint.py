@@ -64,9 +64,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import __version__, distributed
 from .config import Config
-from .data import standardization_of
 from .errors import CheckpointError, ConfigError, one_line
-from .models import build_model, resolve_dequantize
+from .models import build_model, dequantize_of
 from .nets import to_channels_last
 
 try:  # POSIX advisory locks; elsewhere a run folder is not locked
@@ -205,8 +204,7 @@ def run_identity(config: dict) -> dict | None:
     ``RESUMABLE`` fields; None when it is not a valid config."""
     try:
         cfg = Config.from_dict(config)
-        standardized = not standardization_of(cfg.data).identity
-        cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels, standardized)
+        cfg.model.dequantize = dequantize_of(cfg)
         d = cfg.to_dict()
     except (ConfigError, TypeError, AttributeError, ValueError):
         return None

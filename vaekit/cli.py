@@ -326,7 +326,7 @@ def _train_in_session(args, main: bool):
     from .checkpoint import json_text, load_shared
     from .config import build_config, named_keys, validate
     from .data import FOLDER_DATASETS, binarize_dynamic, prepare_data, reads_data_dir, resolve_binarize
-    from .models import binary_data, resolve_dequantize
+    from .models import binary_data, dequantize_of
     from .train import train
 
     if args.resume:
@@ -391,7 +391,7 @@ def _train_in_session(args, main: bool):
     if not args.resume and "data.levels" not in named:  # the model's bits/dim follow them (build_model)
         cfg.data.levels = train_ds.levels
     if not args.resume:  # recorded resolved, as data.standardize: a resume reads what the run trained
-        cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels, cfg.data.standardize is True)
+        cfg.model.dequantize = dequantize_of(cfg)
         _flow_of_standardized(cfg, named)
     if not args.resume and train_ds.columns is not None:  # later data must name the same features
         cfg.data.columns = list(train_ds.columns)

@@ -255,10 +255,11 @@ def on_levels(x: Tensor, levels: int = 256) -> bool:
     """Whether every value of x [N, ...] is a level k / (levels - 1) in [0, 1], up to float32 rounding
     (checked a few million values at a time, so no copy of all of x is made): what a dequantising
     model needs."""
-    rows = max(1, (1 << 22) // max(1, x[0].numel() if x.shape[0] else 1))
+    rows = max(1, (1 << 22) // max(1, math.prod(x.shape[1:])))
     for i in range(0, x.shape[0], rows):
         k = x[i : i + rows].float() * (levels - 1)
-        if not bool(((k - k.round()).abs() <= 1e-3).all()) or not bool(((k >= -1e-3) & (k <= levels - 1 + 1e-3)).all()):
+        on = ((k - k.round()).abs() <= 1e-3) & (k >= -1e-3) & (k <= levels - 1 + 1e-3)  # NaN: False
+        if not bool(on.all()):
             return False
     return True
 

@@ -73,10 +73,9 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from .config import Config, TrainConfig, burda_stage_epochs
-from .data import standardization_of
 from .errors import CheckpointError, ConfigError, Interrupted, VaekitError
 from .evaluate import evaluate
-from .models import build_model, resolve_dequantize
+from .models import build_model, dequantize_of
 from .models.base import GenerativeModel, check_data_levels
 from .models.dense_step import DenseVAEStep, dense_vae_step
 from .nets import autocast, channels_last_input, maybe_compile, to_channels_last
@@ -996,8 +995,7 @@ def _with_dequantize_resolved(cfg: Config, state: dict | None) -> Config:
         return cfg
     cfg = copy.deepcopy(cfg)
     if state is None:
-        standardized = not standardization_of(cfg.data).identity
-        cfg.model.dequantize = resolve_dequantize(cfg.model, cfg.data.levels, standardized)
+        cfg.model.dequantize = dequantize_of(cfg)
     else:
         cfg.model.dequantize = Config.from_dict(state["config"]).model.dequantize
     return cfg

@@ -75,6 +75,13 @@ def resolve_dequantize(model_cfg, levels: int | None, standardized: bool = False
     return bool(model_cfg.dequantize)
 
 
+def dequantize_of(cfg) -> bool:
+    """``model.dequantize`` of a ``Config`` as a bool (:func:`resolve_dequantize`), for the data its
+    ``data`` section describes: their levels, and whether the run standardises them (the statistics
+    it records, as ``data_transform`` reads them)."""
+    return resolve_dequantize(cfg.model, cfg.data.levels, not standardization_of(cfg.data).identity)
+
+
 def binary_data(model_cfg) -> bool:
     """Whether the model a ``ModelConfig`` describes is of binary data (its likelihood declares
     ``binary``): what ``vaekit.data.resolve_binarize`` needs to know."""
@@ -96,11 +103,10 @@ def build_model(cfg, data_shape):
     that model has no bits per dimension (``data_levels`` None), and neither have standardised data."""
     grey_under_bernoulli = cfg.data.binarize == "none" and cfg.data.levels != 2 and binary_data(cfg.model)
     transform = standardization_of(cfg.data)  # what its outputs invert (GenerativeModel)
-    standardized = not transform.identity  # standardised values are no levels
-    dequantize = resolve_dequantize(cfg.model, cfg.data.levels, standardized)
-    model_cfg = dataclasses.replace(cfg.model, dequantize=dequantize)
+    model_cfg = dataclasses.replace(cfg.model, dequantize=dequantize_of(cfg))
     model = lookup(MODELS, cfg.model.kind, "model kind")(model_cfg, tuple(data_shape), cfg.train)
-    model.data_levels = None if grey_under_bernoulli or standardized else cfg.data.levels
+    # standardised values are no levels: no bits per dimension
+    model.data_levels = None if grey_under_bernoulli or not transform.identity else cfg.data.levels
     model.data_transform = transform
     return model
 
@@ -117,6 +123,7 @@ __all__ = [
     "build_model",
     "build_vae",
     "build_flow_model",
+    "dequantize_of",
     "model_device",
     "resolve_dequantize",
 ]

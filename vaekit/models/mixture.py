@@ -132,7 +132,8 @@ class GaussianMixtureModel(GenerativeModel):
             dequantisation y = (255 x + u) / 256 of the training data (seeded by ``seed``), and
             ``log_prob`` is log p(y) - D log 256 at a fresh y, in expectation a lower bound on the
             log-probability of the levels (Theis et al. 2016; ``vaekit.data.dequantize``), as for
-            flows. Clustering (``responsibilities``, ``predict``) reads x itself. Default off.
+            flows. Clustering (``responsibilities``, ``predict``) reads x at its bin's centre, and
+            draws and means come back on x's scale (``vaekit.data.levels_of``). Default off.
     """
 
     log_prob_kind = "exact"
