@@ -160,14 +160,14 @@ def test_an_auto_dequantize_is_decided_once_and_a_resume_keeps_the_runs_decision
     value (false for a run saved before the field), and run configs compare resolved values."""
     from vaekit.checkpoint import config_differences
     from vaekit.config import Config
-    from vaekit.train import _with_dequantize_resolved
+    from vaekit.train import _with_auto_resolved
 
     gauss = build_config("dense-digits", overrides={"likelihood": "gaussian"})
-    assert _with_dequantize_resolved(gauss, None).model.dequantize is True
+    assert _with_auto_resolved(gauss, None, torch.device("cpu")).model.dequantize is True
     assert gauss.model.dequantize == "auto"  # the caller's config is not changed
     old = gauss.to_dict()
     del old["model"]["dequantize"]  # saved before the field existed: evaluated at the levels
-    assert _with_dequantize_resolved(gauss, {"config": old}).model.dequantize is False
+    assert _with_auto_resolved(gauss, {"config": old}, torch.device("cpu")).model.dequantize is False
     bern = build_config("dense-digits")
     old_bern = bern.to_dict()
     del old_bern["model"]["dequantize"]

@@ -119,3 +119,50 @@ def test_amp_training_on_the_cpu_runs_under_autocast_and_gives_finite_float32_lo
     _, state = ckpt.latest_checkpoint(tmp_path / "r")
     weights = [v for v in state["model"].values() if v.is_floating_point()]
     assert weights and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
+
+
+def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_matrix_units(monkeypatch):
+    """``auto`` follows ``native_bf16`` (AMX tiles on a CPU, bf16 support on CUDA); true and false are
+    themselves on any device; devices without bf16 units, and the meta device, resolve auto to off."""
+    import vaekit.nets.speed as speed
+
+    assert speed.native_bf16("cpu") == bool(torch.cpu._is_amx_tile_supported())
+    assert speed.native_bf16("meta") is False
+    for has in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda has=has: has)
+        assert speed.native_bf16("cpu") is has and speed.resolve_amp("auto", "cpu") is has
+        with speed.autocast("cpu", "auto"):  # autocast resolves an unresolved auto the same way
+            assert torch.is_autocast_enabled("cpu") is has
+        assert speed.resolve_amp(True, "cpu") is True and speed.resolve_amp(False, "cpu") is False
+    assert speed.resolve_amp("auto", "meta") is False
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path, monkeypatch, native):
+    """A fresh run with ``train.amp: auto`` trains under autocast exactly where the CPU has bf16 units and
+    records the resolved bool in config.yaml and its checkpoints; resumed on a machine that resolves
+    auto the other way, given auto again, the run continues in its own precision."""
+    seen = []
+    real = vaekit.train.autocast
+
+    @contextlib.contextmanager
+    def spy(device, enabled=True):
+        with real(device, enabled):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            yield
+
+    monkeypatch.setattr(vaekit.train, "autocast", spy)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    preset, sets = TINY_VAE
+    x = digits(True, 96)
+    over = {"epochs": 2, "batch_size": 32, "eval_k": 0, "tensorboard": False, "amp": "auto"}
+    train(build_config(preset, overrides={**sets, **over}), tmp_path / "r", x, progress=False, max_steps=2)
+    assert seen == [native, native]
+    assert f"amp: {str(native).lower()}" in (tmp_path / "r" / "config.yaml").read_text()
+    _, state = ckpt.latest_checkpoint(tmp_path / "r")
+    assert state["config"]["train"]["amp"] is native
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: not native)  # another machine
+    seen.clear()
+    train(build_config(preset, overrides={**sets, **over}), tmp_path / "r", x, progress=False, resume=True)
+    assert len(seen) == 4 and set(seen) == {native}

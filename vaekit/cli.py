@@ -327,7 +327,8 @@ def _train_in_session(args, main: bool):
     from .config import build_config, named_keys, validate
     from .data import FOLDER_DATASETS, binarize_dynamic, prepare_data, reads_data_dir, resolve_binarize
     from .models import binary_data, dequantize_of
-    from .train import train
+    from .nets import resolve_amp
+    from .train import resolve_device, train
 
     if args.resume:
         cfg = load_shared(
@@ -392,6 +393,7 @@ def _train_in_session(args, main: bool):
         cfg.data.levels = train_ds.levels
     if not args.resume:  # recorded resolved, as data.standardize: a resume reads what the run trained
         cfg.model.dequantize = dequantize_of(cfg)
+        cfg.train.amp = resolve_amp(cfg.train.amp, resolve_device(cfg.train.device))
         _flow_of_standardized(cfg, named)
     if not args.resume and train_ds.columns is not None:  # later data must name the same features
         cfg.data.columns = list(train_ds.columns)
@@ -400,7 +402,7 @@ def _train_in_session(args, main: bool):
         print(
             f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
             f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
-            f"{tuple(train_ds.x.shape[1:])} -> {out}",
+            f"{tuple(train_ds.x.shape[1:])}{', nets in bf16 (train.amp)' if cfg.train.amp is True else ''} -> {out}",
             file=sys.stderr,
         )
     with _recorded(out, args.argv, main):

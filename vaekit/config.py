@@ -165,7 +165,10 @@ class TrainConfig:
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
     eval_amp: bool = False  # end-of-epoch evaluation with the nets under bf16 autocast (log-weights stay float32)
     tensorboard: bool = True  # write TensorBoard event files in the run folder
-    amp: bool = False  # bf16 autocast of the nets (CUDA and CPU); likelihoods, log-dets and losses stay float32
+    # bf16 autocast of the nets (CUDA and CPU); likelihoods, log-dets and losses stay float32. auto: on
+    # where the device has bf16 matrix units (CUDA bf16, CPU AMX; nets.native_bf16), off elsewhere;
+    # `vaekit train` records what auto resolved to, and a resume keeps it.
+    amp: bool | str = False
 
 
 @dataclass
@@ -302,8 +305,16 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
     # --- conv / resnet / pixelcnn presets ---
     "conv-mnist": (
         "dense-mnist",
-        {"encoder": "conv", "decoder": "conv", "channels": [32, 64], "latent_dim": 32, "channels_last": True},
-        "conv VAE, binarised MNIST: stride-2 3x3 convs 32-64, transposed-conv decoder, Bernoulli, 32 latents",
+        {
+            "encoder": "conv",
+            "decoder": "conv",
+            "channels": [32, 64],
+            "latent_dim": 32,
+            "channels_last": True,
+            "amp": "auto",
+        },
+        "conv VAE, binarised MNIST: stride-2 3x3 convs 32-64, transposed-conv decoder, Bernoulli, 32 latents; "
+        "nets in bf16 where the device has bf16 matrix units (train.amp=auto)",
     ),
     "resnet-mnist": (
         "conv-mnist",
@@ -314,6 +325,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "resnet_blocks": 2,
             "norm": "weight",
             "activation": "elu",
+            "amp": False,
         },
         "ResNet VAE, binarised MNIST: 2 pre-activation blocks per stage (32, 64), weight norm, ELU",
     ),
@@ -327,6 +339,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "pixelcnn_kernel": 3,
             "pixelcnn_cond": 16,
             "channels_last": False,
+            "amp": False,
         },
         "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated layers, Bernoulli",
     ),
@@ -794,6 +807,8 @@ def validate(cfg: Config, new_run: bool = True) -> None:
     _validate_standardization(cfg.data)
     if cfg.model.dequantize not in ("auto", True, False):
         raise ConfigError(f"model.dequantize must be auto, true or false; got '{cfg.model.dequantize}'")
+    if cfg.train.amp not in ("auto", True, False):
+        raise ConfigError(f"train.amp must be auto, true or false; got '{cfg.train.amp}'")
 
 
 def _validate_standardization(dc: DataConfig) -> None:

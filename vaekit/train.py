@@ -78,7 +78,7 @@ from .evaluate import evaluate
 from .models import build_model, dequantize_of
 from .models.base import GenerativeModel, check_data_levels
 from .models.dense_step import DenseVAEStep, dense_vae_step
-from .nets import autocast, channels_last_input, maybe_compile, to_channels_last
+from .nets import autocast, channels_last_input, maybe_compile, resolve_amp, to_channels_last
 from .seeding import BATCH_TRANSFORM, EPOCH, EPOCH_EVAL, STEP, derive_seed
 
 
@@ -810,7 +810,6 @@ def train(
 def _train(
     cfg, run_dir, train_x, test_x, transform, resume, progress, max_steps, data_shape, shards, device, lines, held
 ) -> dict:
-    tc = cfg.train
     data_shape = tuple(data_shape or train_x.shape[1:])
     if train_x.shape[0] == 0:
         raise VaekitError("the training set is empty")
@@ -822,7 +821,8 @@ def _train(
                 f"found {lo:g}..{hi:g}"
             )
     state = _resume_state(run_dir, resume, held)
-    cfg = _with_dequantize_resolved(cfg, state)
+    cfg = _with_auto_resolved(cfg, state, device)
+    tc = cfg.train
     if state is not None:
         _check_resume(cfg, state, run_dir, train_x.shape[0], max_steps)
 
@@ -986,18 +986,21 @@ def _diverged(consecutive: int, step: int, bad_terms: list[str]) -> TrainingDive
     return _everywhere(e)  # every process stops; rank 0 says why
 
 
-def _with_dequantize_resolved(cfg: Config, state: dict | None) -> Config:
-    """``cfg`` (a copy when it changes) with ``model.dequantize: auto`` decided, as the run's config
-    records it: a fresh run resolves it from the data's levels and standardisation (as ``vaekit
-    train`` does); a resumed run takes what its checkpoint decided (``false`` for runs saved before
-    the field existed), so an ``auto`` given to a resume continues what the run computed."""
-    if cfg.model.dequantize != "auto":
+def _with_auto_resolved(cfg: Config, state: dict | None, device: torch.device) -> Config:
+    """``cfg`` (a copy when it changes) with ``model.dequantize: auto`` and ``train.amp: auto``
+    decided, as the run's config records them. A fresh run resolves dequantisation from the data's
+    levels and standardisation (as ``vaekit train`` does) and amp from ``device``
+    (:func:`~vaekit.nets.resolve_amp`); a resumed run takes what its checkpoint decided (dequantize
+    ``false`` for runs saved before the field existed), so an ``auto`` given to a resume continues
+    what the run computed."""
+    if cfg.model.dequantize != "auto" and cfg.train.amp != "auto":
         return cfg
     cfg = copy.deepcopy(cfg)
-    if state is None:
-        cfg.model.dequantize = dequantize_of(cfg)
-    else:
-        cfg.model.dequantize = Config.from_dict(state["config"]).model.dequantize
+    saved = Config.from_dict(state["config"]) if state is not None else None
+    if cfg.model.dequantize == "auto":
+        cfg.model.dequantize = dequantize_of(cfg) if saved is None else saved.model.dequantize
+    if cfg.train.amp == "auto":
+        cfg.train.amp = resolve_amp("auto", device) if saved is None else saved.train.amp
     return cfg
 
 

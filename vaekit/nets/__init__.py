@@ -24,6 +24,8 @@ from .speed import (
     fixed_parameters,
     fixed_parameters_scope,
     maybe_compile,
+    native_bf16,
+    resolve_amp,
     to_channels_last,
 )
 
@@ -65,5 +67,7 @@ __all__ = [
     "fixed_parameters_scope",
     "full_precision",
     "maybe_compile",
+    "native_bf16",
+    "resolve_amp",
     "to_channels_last",
 ]
