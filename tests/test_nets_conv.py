@@ -106,6 +106,33 @@ def test_the_output_layer_is_a_conv2d_whatever_path_it_takes():
             assert torch.allclose(low, plain(x), atol=0.1, rtol=0.05)
 
 
+def test_the_output_layer_sums_taps_only_where_no_gradient_is_recorded(monkeypatch):
+    """Evaluation and sampling (no gradient) take the tap sum; a training step (weights that want
+    gradients) and a step on the input alone (per-datapoint SVI through the decoder) take the direct
+    kernel, whose backward is cheaper; both give the convolution and its gradients."""
+    import vaekit.nets.conv as conv
+
+    calls = []
+    real = conv.conv3x3_tap_sum
+    monkeypatch.setattr(conv, "conv3x3_tap_sum", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = OutputConv(20, 1).double()
+    plain = torch.nn.Conv2d(20, 1, 3, padding=1).double()
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 20, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), plain(x), atol=1e-12) and len(calls) == 1
+    layer(x).square().sum().backward()  # training: the weights want gradients
+    plain(x).square().sum().backward()
+    assert len(calls) == 1 and torch.allclose(layer.weight.grad, plain.weight.grad, atol=1e-10)
+    layer.requires_grad_(False)
+    xg = x.clone().requires_grad_()
+    layer(xg).sum().backward()  # gradients for the input only
+    assert len(calls) == 1 and xg.grad is not None
+    layer(x)  # nothing wants a gradient, even with grad mode on
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("act", ["relu", "elu", "tanh"])
 @pytest.mark.parametrize("norm", ["none", "batch", "weight"])
 @pytest.mark.parametrize("body", ["conv", "resnet"])

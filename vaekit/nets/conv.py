@@ -18,7 +18,8 @@ parameter channels of a grey-scale likelihood. A direct convolution kernel fills
 lanes with output channels and wastes most of them there, so with at most
 ``TAP_SUM_MAX_OUT`` outputs the layer is computed instead as one matrix product to the nine
 "tap maps" W[:, :, ky, kx] x, shifted and summed (:func:`conv3x3_tap_sum`): the same sums,
-reassociated. The activations after a convolution overwrite its output: a fresh feature map of
+reassociated. That serves evaluation and sampling; a training step takes the direct kernel, whose
+backward is cheaper than the sum's eight scattered slices. The activations after a convolution overwrite its output: a fresh feature map of
 tens of megabytes per chunk of codes costs page faults, not arithmetic.
 
 References: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep
@@ -127,8 +128,8 @@ def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 class OutputConv(nn.Conv2d):
     """The decoders' last layer: 3x3 convolution, padding 1, from ``c_in`` feature channels to the
-    likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when ``P <= TAP_SUM_MAX_OUT``
-    and the 9 P tap maps are no wider than the input (so that they stay within the memory budget the
+    likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when no gradient is recorded,
+    ``P <= TAP_SUM_MAX_OUT`` and the 9 P tap maps are no wider than the input (so that they stay within the memory budget the
     evaluator sizes from the bodies' widest outputs). Parameters and ``state_dict`` keys are those
     of ``nn.Conv2d``."""
 
@@ -136,9 +137,20 @@ class OutputConv(nn.Conv2d):
         super().__init__(c_in, P, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.out_channels <= TAP_SUM_MAX_OUT and 9 * self.out_channels <= self.in_channels:
+        if (
+            self.out_channels <= TAP_SUM_MAX_OUT
+            and 9 * self.out_channels <= self.in_channels
+            and not _grad_wanted(x, self)
+        ):
             return conv3x3_tap_sum(x, self.weight, self.bias)
         return super().forward(x)
+
+
+def _grad_wanted(x: Tensor, module: nn.Module) -> bool:
+    """Whether autograd records this call. The tap sum's backward scatters each of the eight
+    shifted slices into a zeroed copy of the whole tap tensor, which made training steps slower
+    than the direct kernel's backward, so it serves calls without gradients (evaluation, sampling)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
 # --- up-sampling ---------------------------------------------------------------------------
