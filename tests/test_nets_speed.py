@@ -166,3 +166,40 @@ def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path,
     seen.clear()
     train(build_config(preset, overrides={**sets, **over}), tmp_path / "r", x, progress=False, resume=True)
     assert len(seen) == 4 and set(seen) == {native}
+
+
+def test_native_bf16_on_cuda_asks_for_compute_capability_8_and_resolve_amp_refuses_other_values(monkeypatch):
+    """Older GPUs only emulate bf16 (``torch.cuda.is_bf16_supported`` says yes there), so auto asks for
+    compute capability 8.0 or later, of the device given; ROCm is not counted. A value other than auto,
+    true or false is refused instead of being read by its truth (the string "false" is true)."""
+    import vaekit.nets.speed as speed
+    from vaekit.errors import ConfigError
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    for major, want in ((7, False), (8, True), (9, True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, m=major: asked.append(d) or (m, 0))
+        assert speed.native_bf16("cuda:1") is want and speed.resolve_amp("auto", "cuda:1") is want
+    assert asked[0] == torch.device("cuda:1")
+    monkeypatch.setattr(torch.version, "hip", "6.0")
+    assert speed.native_bf16("cuda") is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert speed.native_bf16("cuda") is False
+    for bad in ("false", "on", 1, None):
+        with pytest.raises(ConfigError, match="train.amp must be auto, true or false"):
+            speed.resolve_amp(bad, "cpu")
+
+
+def test_a_resume_of_a_checkpoint_that_saved_amp_unresolved_decides_it_once(monkeypatch):
+    """A checkpoint written through the low-level API may hold amp: auto; the resume resolves it to a
+    bool on its own device instead of carrying the string into the run."""
+    from vaekit.train import _with_auto_resolved
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    cfg = build_config("dense-digits", overrides={"amp": "auto"})
+    got = _with_auto_resolved(cfg, {"config": cfg.to_dict()}, torch.device("cpu"))
+    assert got.train.amp is True and cfg.train.amp == "auto"
+    saved = build_config("dense-digits", overrides={"amp": False}).to_dict()
+    assert _with_auto_resolved(cfg, {"config": saved}, torch.device("cpu")).train.amp is False

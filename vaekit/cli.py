@@ -323,6 +323,7 @@ def _train(args):
 
 
 def _train_in_session(args, main: bool):
+    from . import distributed
     from .checkpoint import json_text, load_shared
     from .config import build_config, named_keys, validate
     from .data import FOLDER_DATASETS, binarize_dynamic, prepare_data, reads_data_dir, resolve_binarize
@@ -393,7 +394,7 @@ def _train_in_session(args, main: bool):
         cfg.data.levels = train_ds.levels
     if not args.resume:  # recorded resolved, as data.standardize: a resume reads what the run trained
         cfg.model.dequantize = dequantize_of(cfg)
-        cfg.train.amp = resolve_amp(cfg.train.amp, resolve_device(cfg.train.device))
+        cfg.train.amp = distributed.agree(resolve_amp, cfg.train.amp, resolve_device(cfg.train.device))
         _flow_of_standardized(cfg, named)
     if not args.resume and train_ds.columns is not None:  # later data must name the same features
         cfg.data.columns = list(train_ds.columns)

@@ -265,7 +265,7 @@ def build_learner(model: GenerativeModel, tc: TrainConfig, device: torch.device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True) if tc.ema > 0 else None
     single = distributed.world_size() == 1
     # the kernel runs float32 without DDP's hooks: under autocast or several processes autograd stays
-    fused_step = dense_vae_step(model) if tc.fused and single and not tc.amp else None
+    fused_step = dense_vae_step(model) if tc.fused and single and not resolve_amp(tc.amp, device) else None
     return Learner(model, _LossModule(model), opt, ema, synced=single, fused=fused_step)
 
 
@@ -999,8 +999,8 @@ def _with_auto_resolved(cfg: Config, state: dict | None, device: torch.device) -
     saved = Config.from_dict(state["config"]) if state is not None else None
     if cfg.model.dequantize == "auto":
         cfg.model.dequantize = dequantize_of(cfg) if saved is None else saved.model.dequantize
-    if cfg.train.amp == "auto":
-        cfg.train.amp = resolve_amp("auto", device) if saved is None else saved.train.amp
+    if cfg.train.amp == "auto":  # rank 0 decides for every process, as it records the run
+        cfg.train.amp = distributed.agree(resolve_amp, "auto" if saved is None else saved.train.amp, device)
     return cfg
 
 

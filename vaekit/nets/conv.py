@@ -19,8 +19,9 @@ lanes with output channels and wastes most of them there, so with at most
 ``TAP_SUM_MAX_OUT`` outputs the layer is computed instead as one matrix product to the nine
 "tap maps" W[:, :, ky, kx] x, shifted and summed (:func:`conv3x3_tap_sum`): the same sums,
 reassociated. That serves evaluation and sampling; a training step takes the direct kernel, whose
-backward is cheaper than the sum's eight scattered slices. The activations after a convolution overwrite its output: a fresh feature map of
-tens of megabytes per chunk of codes costs page faults, not arithmetic.
+backward is cheaper than the sum's eight scattered slices. The activations after a convolution
+overwrite its output: a fresh feature map of tens of megabytes per chunk of codes costs page
+faults, not arithmetic.
 
 References: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep
 Convolutional GANs", ICLR 2016 (strided/transposed conv bodies); Odena, Dumoulin & Olah,
@@ -128,10 +129,10 @@ def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 class OutputConv(nn.Conv2d):
     """The decoders' last layer: 3x3 convolution, padding 1, from ``c_in`` feature channels to the
-    likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when no gradient is recorded,
-    ``P <= TAP_SUM_MAX_OUT`` and the 9 P tap maps are no wider than the input (so that they stay within the memory budget the
-    evaluator sizes from the bodies' widest outputs). Parameters and ``state_dict`` keys are those
-    of ``nn.Conv2d``."""
+    likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when no gradient is
+    recorded, ``P <= TAP_SUM_MAX_OUT`` and the 9 P tap maps are no wider than the input (so that
+    they stay within the memory budget the evaluator sizes from the bodies' widest outputs).
+    Parameters and ``state_dict`` keys are those of ``nn.Conv2d``."""
 
     def __init__(self, c_in: int, P: int):
         super().__init__(c_in, P, 3, padding=1)

@@ -17,6 +17,7 @@ import threading
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .body import NetBody
 
 
@@ -65,21 +66,28 @@ AUTOCAST_DEVICES = ("cuda", "cpu")  # device types whose autocast vaekit switche
 
 
 def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` has bf16 matrix units for autocast's products: a CUDA device that
-    supports bf16 (compute capability 8.0 and later), or a CPU with AMX-BF16 tiles (Intel Sapphire
-    Rapids and later), whose oneDNN kernels gave the measured speed-ups. Elsewhere bf16 products are
-    emulated or run on AVX512-BF16 alone, which nobody has measured here."""
+    """Whether ``device`` has bf16 matrix units for autocast's products: an NVIDIA GPU of compute
+    capability 8.0 or later (Ampere on), or a CPU with AMX-BF16 tiles (Intel Sapphire Rapids on),
+    whose oneDNN kernels gave the measured speed-ups. Elsewhere (older GPUs, which emulate bf16; ROCm,
+    unmeasured; CPUs with AVX512-BF16 alone, unmeasured) it says no."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return (
+            torch.cuda.is_available() and torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 8
+        )
     if device.type == "cpu":
         return bool(torch.cpu._is_amx_tile_supported())
     return False
 
 
 def resolve_amp(amp: bool | str, device: torch.device | str) -> bool:
-    """``train.amp`` as a bool on ``device``: ``auto`` is :func:`native_bf16`; true and false are themselves."""
-    return native_bf16(device) if amp == "auto" else bool(amp)
+    """``train.amp`` as a bool on ``device``: ``auto`` is :func:`native_bf16`; true and false are
+    themselves; anything else is refused (a string "false" must not read as true)."""
+    if amp == "auto":
+        return native_bf16(device)
+    if amp is True or amp is False:
+        return amp
+    raise ConfigError(f"train.amp must be auto, true or false; got {amp!r}")
 
 
 def autocast(device: torch.device | str, enabled: bool | str = True, dtype: torch.dtype = torch.bfloat16):
