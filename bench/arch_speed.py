@@ -15,7 +15,9 @@ For every preset, in one process:
   counted on ``decoder(z).log_prob(x)`` for a batch of codes and copies of the image (work shared
   across the K samples of an image then counts as speed). For flows (no K): the exact
   ``log_prob`` of a batch of --flow-eval-batch images, FLOPs per image. Projected: the time of
-  a full --test-images evaluation.
+  a full --test-images evaluation. The host's speed drifts from minute to minute, so each timed
+  VAE evaluation call is also followed by a short peak measurement (3 products of the peak's size)
+  and the row adds the median over the calls of each call's share of the peak measured beside it.
 
     python bench/arch_speed.py                                    # the eight MNIST presets, CPU
     python bench/arch_speed.py --quick --presets conv-mnist       # smoke run: one step, small K
@@ -149,6 +151,26 @@ def timed(fn, device, calls: int, warmup: int, repeat: int) -> tuple[float, floa
     return best / calls, warm, out
 
 
+def timed_beside_peak(fn, device, warmup: int, repeat: int, peak_size: int, dtype=torch.float32):
+    """(seconds of each of ``repeat`` calls of ``fn``, the matmul peak in GFLOP/s measured right after
+    each, warm-up seconds). On a host whose speed drifts from minute to minute a share of a peak
+    measured once, at the start, moves with the drift; a call set against the peak of the same
+    moment does not."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    warm = time.perf_counter() - t0
+    times, peaks = [], []
+    for _ in range(repeat):
+        t1 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t1)
+        peaks.append(matmul_peak(device, dtype, n=peak_size, repeats=3))
+    return times, peaks, warm
+
+
 def build(name: str, device, compile_: bool, channels_last: bool):
     """(config, model) of a preset with its speed options applied, seeded."""
     torch.manual_seed(0)
@@ -245,8 +267,11 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
                 one = 1 if opts["one_chunk_per_pass"] else None
                 return importance_sampled_log_prob(model, x, k=k, chunks_per_pass=one)["log_px"]
 
-        per_call, warm, _ = timed(call, device, 1, args.eval_warmup, args.eval_repeat)
+        dtype = torch.bfloat16 if autocast_active(device, opts["amp"]) else torch.float32
+        times, peaks, warm = timed_beside_peak(call, device, args.eval_warmup, args.eval_repeat, args.peak_size, dtype)
+        per_call = min(times)
         s_image, kind = per_call * args.target_k / k, f"K={args.target_k} from {k}"
+        beside = statistics.median(flops_image * k / args.target_k / t / (p * 1e9) for t, p in zip(times, peaks))
     else:
         n = args.flow_eval_batch
         x = channels_last_input(synthetic_batch(cfg, n, device), opts["channels_last"])
@@ -257,7 +282,7 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
                 return model.log_prob(x)
 
         per_call, warm, _ = timed(call, device, 1, args.eval_warmup, args.eval_repeat)
-        s_image, kind = per_call / n, "exact"
+        s_image, kind, beside = per_call / n, "exact", None
     return {
         "preset": name,
         "eval": kind,
@@ -267,6 +292,7 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
         "eval_mflop_per_image": flops_image / 1e6,
         "eval_warmup_s": round(warm, 2),
         "test_set_s": s_image * args.test_images,
+        "eval_share_beside_peak": beside,  # median over the timed calls of the share of the peak right after each
     }
 
 
@@ -313,7 +339,12 @@ def format_row(r: dict, peaks: dict) -> str:
             f" | eval {r['eval']}: {r['eval_s_per_image']:.4g} s/img {r['eval_images_per_s']:.4g} img/s"
             f" {flops_label(r)}"
             f" {100 * share(r['eval_mflop_per_image'], r['eval_images_per_s'], peak):5.1f}% peak,"
-            f" test set {duration(r['test_set_s'])} (warm-up {r['eval_warmup_s']} s)"
+            + (
+                f" {100 * r['eval_share_beside_peak']:5.1f}% of the peak beside each call,"
+                if r.get("eval_share_beside_peak") is not None
+                else ""
+            )
+            + f" test set {duration(r['test_set_s'])} (warm-up {r['eval_warmup_s']} s)"
         )
     return line
 

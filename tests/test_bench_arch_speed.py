@@ -35,3 +35,23 @@ def test_eval_amp_pairs_float32_and_bf16_on_the_samples_vaekit_evaluate_draws(tm
     fp32, bf16 = (evaluate(model, x, k=8, progress=False, seed=0, amp=amp)["nll"] for amp in (False, True))
     assert row["nll_fp32"] == pytest.approx(fp32, rel=1e-6) and row["nll_bf16"] == pytest.approx(bf16, rel=1e-6)
     assert row["delta_mean"] == pytest.approx(bf16 - fp32, abs=1e-6) and row["delta_max_abs"] > 0
+
+
+def test_each_timed_evaluation_call_is_set_against_the_peak_measured_beside_it(tmp_path, monkeypatch):
+    """The share beside the peak is the median over the timed calls of (FLOPs of one call / its
+    seconds) over the peak measured right after it; flows (exact log p(x), no K) leave it empty."""
+    import bench.arch_speed as bench
+
+    peaks = iter([200.0, 100.0, 50.0, 25.0])  # GFLOP/s: the run's own, then after each of three timed calls
+    monkeypatch.setattr(bench, "matmul_peak", lambda *a, **k: next(peaks))
+    clock = iter(range(1000))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))  # every timed call: 1 s
+    out = tmp_path / "rows.jsonl"
+    small = "--steps 1 --warmup 1 --repeat 1 --eval-warmup 1 --eval-repeat 3 --batch-size 4 --threads 1"
+    small += " --eval-k 16 --flow-eval-batch 4 --peak-size 512 --peak-repeats 3"
+    main([*small.split(), "--presets", "conv-mnist", "nice-mnist", "--json", str(out)])
+    rows = {r["preset"]: r for r in map(json.loads, out.read_text().splitlines()) if "preset" in r}
+    conv = rows["conv-mnist"]
+    per_call = conv["eval_mflop_per_image"] * 1e6 * 16 / 5000  # K=16 drawn of the 5000 counted
+    assert conv["eval_share_beside_peak"] == pytest.approx(per_call / 1.0 / 50e9)  # the middle of 1/100, 1/50, 1/25
+    assert rows["nice-mnist"]["eval_share_beside_peak"] is None
