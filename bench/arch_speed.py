@@ -16,8 +16,9 @@ For every preset, in one process:
   across the K samples of an image then counts as speed). For flows (no K): the exact
   ``log_prob`` of a batch of --flow-eval-batch images, FLOPs per image. Projected: the time of
   a full --test-images evaluation. The host's speed drifts from minute to minute, so each timed
-  VAE evaluation call is also followed by a short peak measurement (3 products of the peak's size)
-  and the row adds the median over the calls of each call's share of the peak measured beside it.
+  VAE evaluation call is also followed by a short peak measurement (3 timed products of the peak's
+  size) and the row adds the median over the calls of each call's share of the peak measured beside
+  it (the median call, where "% peak" takes the best one).
 
     python bench/arch_speed.py                                    # the eight MNIST presets, CPU
     python bench/arch_speed.py --quick --presets conv-mnist       # smoke run: one step, small K
@@ -556,7 +557,9 @@ def print_method(args, device, peaks: dict) -> None:
             f" {args.eval_repeat}, time scaled linearly to K={args.target_k}; FLOPs = decoder log p(x|z) per sample"
             f" x {args.target_k}. Flows: exact log_prob of {args.flow_eval_batch} images per call."
             f" Test set: {args.test_images} images. % peak: counted FLOPs/s over the fp32 peak (bf16 where autocast is"
-            " active; amp(inactive): vaekit's autocast does nothing on this device)"
+            " active; amp(inactive): vaekit's autocast does nothing on this device); '% of the peak beside each"
+            " call' (VAEs): the median over the timed calls of each call's share of a peak measured right after"
+            " it (2 warm-up and 3 timed products)"
         )
 
 

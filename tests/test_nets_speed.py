@@ -203,3 +203,19 @@ def test_a_resume_of_a_checkpoint_that_saved_amp_unresolved_decides_it_once(monk
     assert got.train.amp is True and cfg.train.amp == "auto"
     saved = build_config("dense-digits", overrides={"amp": False}).to_dict()
     assert _with_auto_resolved(cfg, {"config": saved}, torch.device("cpu")).train.amp is False
+
+
+@pytest.mark.parametrize("bad", ["false", 1])
+def test_train_refuses_an_amp_that_is_not_auto_true_or_false_before_the_run_folder_exists(tmp_path, bad):
+    """From Python, train() is handed configs that validate never saw: amp "false" (true by its truth)
+    and 1 (equal to True, yet no bool) are refused in one line, and no run folder is left behind."""
+    from vaekit.errors import ConfigError
+
+    preset, sets = TINY_VAE
+    cfg = build_config(preset, overrides={**sets, "epochs": 1, "eval_k": 0, "tensorboard": False})
+    cfg.train.amp = bad
+    with pytest.raises(ConfigError, match="train.amp must be auto, true or false") as e:
+        train(cfg, tmp_path / "r", digits(True, 64), progress=False, max_steps=1)
+    assert "\n" not in str(e.value) and not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="train.amp must be auto, true or false"):
+        build_config(preset, overrides={**sets, "amp": 1})

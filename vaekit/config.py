@@ -807,7 +807,7 @@ def validate(cfg: Config, new_run: bool = True) -> None:
     _validate_standardization(cfg.data)
     if cfg.model.dequantize not in ("auto", True, False):
         raise ConfigError(f"model.dequantize must be auto, true or false; got '{cfg.model.dequantize}'")
-    if cfg.train.amp not in ("auto", True, False):
+    if not (cfg.train.amp == "auto" or cfg.train.amp is True or cfg.train.amp is False):  # 1 == True, yet no bool
         raise ConfigError(f"train.amp must be auto, true or false; got '{cfg.train.amp}'")
 
 

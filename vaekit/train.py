@@ -990,17 +990,19 @@ def _with_auto_resolved(cfg: Config, state: dict | None, device: torch.device) -
     """``cfg`` (a copy when it changes) with ``model.dequantize: auto`` and ``train.amp: auto``
     decided, as the run's config records them. A fresh run resolves dequantisation from the data's
     levels and standardisation (as ``vaekit train`` does) and amp from ``device``
-    (:func:`~vaekit.nets.resolve_amp`); a resumed run takes what its checkpoint decided (dequantize
-    ``false`` for runs saved before the field existed), so an ``auto`` given to a resume continues
-    what the run computed."""
-    if cfg.model.dequantize != "auto" and cfg.train.amp != "auto":
+    (:func:`~vaekit.nets.resolve_amp`, which refuses an amp other than auto, true or false before
+    the run folder exists); a resumed run takes what its checkpoint decided (dequantize ``false``
+    for runs saved before the field existed), so an ``auto`` given to a resume continues what the
+    run computed."""
+    if cfg.model.dequantize != "auto" and (cfg.train.amp is True or cfg.train.amp is False):
         return cfg
     cfg = copy.deepcopy(cfg)
     saved = Config.from_dict(state["config"]) if state is not None else None
     if cfg.model.dequantize == "auto":
         cfg.model.dequantize = dequantize_of(cfg) if saved is None else saved.model.dequantize
-    if cfg.train.amp == "auto":  # rank 0 decides for every process, as it records the run
-        cfg.train.amp = distributed.agree(resolve_amp, "auto" if saved is None else saved.train.amp, device)
+    if cfg.train.amp is not True and cfg.train.amp is not False:  # auto, or refused before the run folder exists
+        # rank 0 decides for every process, as it records the run
+        cfg.train.amp = distributed.agree(resolve_amp, cfg.train.amp if saved is None else saved.train.amp, device)
     return cfg
 
 
