@@ -44,8 +44,8 @@ from bench.common import data_dir  # noqa: E402
 from vaekit.config import get_preset  # noqa: E402
 from vaekit.data import binarize_dynamic, prepare_data, resolve_binarize  # noqa: E402
 from vaekit.evaluate import per_example_log_prob  # noqa: E402
-from vaekit.models import binary_data, build_model  # noqa: E402
-from vaekit.nets import maybe_compile, to_channels_last  # noqa: E402
+from vaekit.models import binary_data, build_model, compile_model  # noqa: E402
+from vaekit.nets import to_channels_last  # noqa: E402
 from vaekit.objectives import elbo_terms  # noqa: E402
 from vaekit.train import batch_preparer, build_learner, train, train_step  # noqa: E402
 
@@ -83,7 +83,7 @@ def learner_for(cfg, amp: bool, train_x, device):
     torch.manual_seed(tc.seed)
     model = build_model(cfg, tuple(train_x.shape[1:])).to(device)
     to_channels_last(model, cfg.model.channels_last)
-    maybe_compile(model, cfg.model.compile)
+    compile_model(model, cfg.model.compile)
     model.init_from_data(train_x.mean(0).to(device))
     return build_learner(model, tc, device), tc
 

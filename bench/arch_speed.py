@@ -69,8 +69,8 @@ from vaekit.checkpoint import load_shared  # noqa: E402
 from vaekit.config import get_preset  # noqa: E402
 from vaekit.data import prepare_data  # noqa: E402
 from vaekit.inference import decoder_numel, importance_sampled_log_prob  # noqa: E402
-from vaekit.models import binary_data, build_model  # noqa: E402
-from vaekit.nets import autocast, channels_last_input, maybe_compile, to_channels_last  # noqa: E402
+from vaekit.models import binary_data, build_model, compile_model  # noqa: E402
+from vaekit.nets import autocast, channels_last_input, to_channels_last  # noqa: E402
 from vaekit.seeding import EVAL_CHUNK, derive_seed  # noqa: E402
 
 PRESETS = [
@@ -178,7 +178,7 @@ def build(name: str, device, compile_: bool, channels_last: bool):
     cfg = get_preset(name)
     model = build_model(cfg, data_shape(cfg)).to(device)
     to_channels_last(model, channels_last)
-    maybe_compile(model, compile_)
+    compile_model(model, compile_)
     return cfg, model
 
 

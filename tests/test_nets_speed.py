@@ -12,7 +12,7 @@ import vaekit.train
 from tests.helpers import digits
 from vaekit import checkpoint as ckpt
 from vaekit.config import ModelConfig, build_config
-from vaekit.models import build_model
+from vaekit.models import build_model, compile_model
 from vaekit.models.vae import build_vae
 from vaekit.nets.conv import ConvDecoder
 from vaekit.nets.speed import autocast, channels_last_input, maybe_compile, to_channels_last
@@ -24,7 +24,7 @@ def test_speed_switches_keep_the_numbers():
     dec = ConvDecoder(3, (2, 8, 8), [4, 8])
     z = torch.randn(2, 3)
     ref = dec(z)
-    assert maybe_compile(dec, False) is dec
+    assert maybe_compile(dec, False, (ConvDecoder,)) is dec
     to_channels_last(dec)
     assert torch.allclose(dec(z), ref, atol=1e-5)
     x = channels_last_input(torch.rand(2, 1, 8, 8))
@@ -34,9 +34,13 @@ def test_speed_switches_keep_the_numbers():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch when dynamo loads
-def test_maybe_compile_targets_the_net_bodies():
-    """The model is driven through loss/log_prob/sample, so the tensor-to-tensor bodies are
-    what gets compiled (lazily: nothing is compiled until a body is first called)."""
+def test_compile_model_targets_the_net_bodies_and_the_flow_conditioners():
+    """The model is driven through loss/log_prob/sample, so the tensor-to-tensor bodies are what
+    gets compiled (lazily: nothing is compiled until a body is first called): a VAE's net bodies, a
+    flow's coupling conditioners; a model with neither is refused in one line, not left as it was."""
+    from vaekit.errors import ConfigError
+    from vaekit.flows.coupling import Conditioner
+
     cfg = ModelConfig(
         encoder="conv",
         decoder="conv",
@@ -48,10 +52,20 @@ def test_maybe_compile_targets_the_net_bodies():
     )
     model = build_vae(cfg, (1, 8, 8))
     keys = list(model.state_dict())
-    maybe_compile(model, True)
+    compile_model(model, True)
     compiled = [n for n, m in model.named_modules() if getattr(m, "_compiled_call_impl", None) is not None]
     assert compiled == ["encoder.body", "decoder.body", "decoder.likelihood.net"]
     assert list(model.state_dict()) == keys
+
+    flow = build_model(build_config("glow-mnist", overrides={"flow_hidden": 4, "flow_steps": 1}), (1, 8, 8))
+    compile_model(flow, True)
+    conditioners = [m for m in flow.modules() if isinstance(m, Conditioner)]
+    assert conditioners and all(m._compiled_call_impl is not None for m in conditioners)
+
+    mixture = build_model(build_config("gmm-mnist"), (1, 8, 8))
+    with pytest.raises(ConfigError, match="model.compile=true compiles net bodies and flow conditioners"):
+        compile_model(mixture, True)
+    assert compile_model(mixture, False) is mixture
 
 
 def test_autocast_is_bf16_on_the_cpu_and_off_when_disabled():

@@ -75,10 +75,10 @@ from . import distributed
 from .config import Config, TrainConfig, burda_stage_epochs
 from .errors import CheckpointError, ConfigError, Interrupted, VaekitError
 from .evaluate import evaluate
-from .models import build_model, dequantize_of
+from .models import build_model, compile_model, dequantize_of
 from .models.base import GenerativeModel, check_data_levels
 from .models.dense_step import DenseVAEStep, dense_vae_step
-from .nets import autocast, channels_last_input, maybe_compile, resolve_amp, to_channels_last
+from .nets import autocast, channels_last_input, resolve_amp, to_channels_last
 from .seeding import BATCH_TRANSFORM, EPOCH, EPOCH_EVAL, STEP, derive_seed
 
 
@@ -831,7 +831,7 @@ def _train(
     if state is None:
         check_data_levels(model, train_x, training=True)
     to_channels_last(model, cfg.model.channels_last)
-    maybe_compile(model, cfg.model.compile)
+    compile_model(model, cfg.model.compile)
     if model.fitted_in_closed_form:  # EM: no gradient steps
         test_x = test_x.to(device) if test_x is not None else None
         return _fit_closed_form(model, cfg, run_dir, train_x.to(device), test_x, data_shape, progress)

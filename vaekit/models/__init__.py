@@ -20,6 +20,9 @@ from ..checks import lookup
 from ..data import standardization_of
 from ..distributions import N_LEVELS
 from ..errors import ConfigError
+from ..flows.coupling import Conditioner
+from ..nets import maybe_compile
+from ..nets.body import NetBody
 from .autoencoder import Autoencoder, build_autoencoder
 from .flow import FlowModel, build_flow_model
 from .mixture import GaussianMixtureModel, build_mixture
@@ -31,6 +34,17 @@ MODELS = {
     "mixture": build_mixture,
     "autoencoder": build_autoencoder,
 }
+
+# the tensor-to-tensor modules ``model.compile`` compiles in place: the encoders', decoders' and
+# PixelCNNs' net bodies, and the flows' coupling conditioners
+COMPILED_MODULES = (NetBody, Conditioner)
+
+
+def compile_model(model: torch.nn.Module, enabled: bool, **kwargs) -> torch.nn.Module:
+    """``model`` with its :data:`COMPILED_MODULES` compiled in place when ``enabled``
+    (:func:`vaekit.nets.maybe_compile`, which refuses a model that has none)."""
+    return maybe_compile(model, enabled, COMPILED_MODULES, **kwargs)
+
 
 # model kind -> callable(ModelConfig) -> whether the model is of binary data x in {0, 1}; only
 # those see binarised data, every other model grey levels or continuous values as they are
@@ -113,6 +127,7 @@ def build_model(cfg, data_shape):
 
 __all__ = [
     "BINARY_DATA",
+    "COMPILED_MODULES",
     "DEQUANTIZABLE",
     "MODELS",
     "VAE",
@@ -122,6 +137,7 @@ __all__ = [
     "binary_data",
     "build_model",
     "build_vae",
+    "compile_model",
     "build_flow_model",
     "dequantize_of",
     "model_device",

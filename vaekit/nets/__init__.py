@@ -20,7 +20,6 @@ from .spec import NetSpec
 from .speed import (
     autocast,
     channels_last_input,
-    compile_targets,
     fixed_parameters,
     fixed_parameters_scope,
     maybe_compile,
@@ -62,7 +61,6 @@ __all__ = [
     "build_decoder",
     "build_encoder",
     "channels_last_input",
-    "compile_targets",
     "fixed_parameters",
     "fixed_parameters_scope",
     "full_precision",

@@ -18,27 +18,27 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .body import NetBody
 
 
-def compile_targets() -> tuple[type, ...]:
-    """The modules :func:`maybe_compile` compiles: the net bodies (:class:`NetBody`), tensors to tensors."""
-    return (NetBody,)
-
-
-def maybe_compile(module: nn.Module, enabled: bool, **kwargs) -> nn.Module:
-    """``torch.compile`` the net bodies inside ``module`` when ``enabled``; returns ``module``.
+def maybe_compile(module: nn.Module, enabled: bool, targets: tuple[type, ...], **kwargs) -> nn.Module:
+    """``torch.compile`` in place every submodule of ``module`` that is one of ``targets`` when
+    ``enabled``; returns ``module``.
 
     A model is driven through ``loss`` / ``log_prob`` / ``sample``, not ``forward``, and its
-    encoder and decoder return distributions, so compiling the model itself would do
-    nothing; instead each tensor-to-tensor body (see :func:`compile_targets`) is compiled in
-    place (``Module.compile``), which keeps parameters, ``state_dict`` keys and the model
-    contract. Modules without such bodies are compiled whole. ``kwargs`` go to
-    ``torch.compile`` (e.g. ``mode="max-autotune"``). Default off: see ``bench/arch_speed.py``.
+    encoder and decoder return distributions, so compiling the model itself would do nothing;
+    instead its tensor-to-tensor modules (``models.COMPILED_MODULES``: the net bodies and the flows'
+    coupling conditioners) are compiled in place (``Module.compile``), which keeps parameters,
+    ``state_dict`` keys and the model contract. A model with none of them is refused rather than
+    left uncompiled in silence. ``kwargs`` go to ``torch.compile`` (e.g. ``mode="max-autotune"``).
+    Default off: see ``bench/arch_speed.py``.
     """
     if enabled:
-        targets = [m for m in module.modules() if isinstance(m, compile_targets())]
-        for m in targets or [module]:
+        found = [m for m in module.modules() if isinstance(m, targets)]
+        if not found:
+            raise ConfigError(
+                f"model.compile=true compiles net bodies and flow conditioners; this {type(module).__name__} has none"
+            )
+        for m in found:
             m.compile(**kwargs)
     return module
 
