@@ -77,6 +77,22 @@ def test_autocast_is_bf16_on_the_cpu_and_off_when_disabled():
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.fixture
+def autocast_seen(monkeypatch) -> list:
+    """Whether CPU autocast was on, once per training step (``vaekit.train.autocast`` spied on)."""
+    seen = []
+    real = vaekit.train.autocast
+
+    @contextlib.contextmanager
+    def spy(device, enabled=True):
+        with real(device, enabled):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            yield
+
+    monkeypatch.setattr(vaekit.train, "autocast", spy)
+    return seen
+
+
 TINY_VAE = ("dense-digits", {"encoder": "conv", "decoder": "conv", "channels": [4, 8], "hidden": [16]})
 TINY_FLOW = ("glow-mnist", {"flow_hidden": 8, "flow_blocks": 1, "flow_steps": 1})
 
@@ -106,26 +122,16 @@ def test_amp_losses_and_gradients_are_float32_and_close_to_float32_training(pres
 
 @pytest.mark.parametrize("preset, sets", [TINY_VAE, TINY_FLOW], ids=["conv-vae", "glow"])
 def test_amp_training_on_the_cpu_runs_under_autocast_and_gives_finite_float32_losses(
-    tmp_path, monkeypatch, preset, sets
+    tmp_path, autocast_seen, preset, sets
 ):
     """``--set amp=true`` trains a tiny VAE and a tiny flow under CPU bf16 autocast: every step's forward
     runs with autocast on, the logged losses and the saved weights are finite float32."""
-    seen = []
-    real = vaekit.train.autocast
-
-    @contextlib.contextmanager
-    def spy(device, enabled=True):
-        with real(device, enabled):
-            seen.append(torch.is_autocast_enabled("cpu"))
-            yield
-
-    monkeypatch.setattr(vaekit.train, "autocast", spy)
     binary = preset == "dense-digits"
     x = digits(binary, 160)
     over = {"epochs": 1, "batch_size": 32, "log_every": 1, "eval_k": 5, "eval_n": 32, "tensorboard": False}
     cfg = build_config(preset, overrides={**sets, **over, "amp": True})
     train(cfg, tmp_path / "r", x[:128], x[128:], progress=False, max_steps=4)
-    assert len(seen) == 4 and all(seen)
+    assert len(autocast_seen) == 4 and all(autocast_seen)
     logged = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
@@ -152,34 +158,24 @@ def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_matrix_unit
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path, monkeypatch, native):
+def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path, monkeypatch, autocast_seen, native):
     """A fresh run with ``train.amp: auto`` trains under autocast exactly where the CPU has bf16 units and
     records the resolved bool in config.yaml and its checkpoints; resumed on a machine that resolves
     auto the other way, given auto again, the run continues in its own precision."""
-    seen = []
-    real = vaekit.train.autocast
-
-    @contextlib.contextmanager
-    def spy(device, enabled=True):
-        with real(device, enabled):
-            seen.append(torch.is_autocast_enabled("cpu"))
-            yield
-
-    monkeypatch.setattr(vaekit.train, "autocast", spy)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
     preset, sets = TINY_VAE
     x = digits(True, 96)
     over = {"epochs": 2, "batch_size": 32, "eval_k": 0, "tensorboard": False, "amp": "auto"}
     train(build_config(preset, overrides={**sets, **over}), tmp_path / "r", x, progress=False, max_steps=2)
-    assert seen == [native, native]
+    assert autocast_seen == [native, native]
     assert f"amp: {str(native).lower()}" in (tmp_path / "r" / "config.yaml").read_text()
     _, state = ckpt.latest_checkpoint(tmp_path / "r")
     assert state["config"]["train"]["amp"] is native
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: not native)  # another machine
-    seen.clear()
+    autocast_seen.clear()
     train(build_config(preset, overrides={**sets, **over}), tmp_path / "r", x, progress=False, resume=True)
-    assert len(seen) == 4 and set(seen) == {native}
+    assert len(autocast_seen) == 4 and set(autocast_seen) == {native}
 
 
 def test_native_bf16_on_cuda_asks_for_compute_capability_8_and_resolve_amp_refuses_other_values(monkeypatch):
