@@ -166,7 +166,7 @@ class TrainConfig:
     eval_amp: bool = False  # end-of-epoch evaluation with the nets under bf16 autocast (log-weights stay float32)
     tensorboard: bool = True  # write TensorBoard event files in the run folder
     # bf16 autocast of the nets (CUDA and CPU); likelihoods, log-dets and losses stay float32. auto: on
-    # where the device has bf16 matrix units (CUDA bf16, CPU AMX; nets.native_bf16), off elsewhere;
+    # where the device has bf16 matrix units (NVIDIA compute capability 8+, CPU AMX; nets.native_bf16);
     # `vaekit train` records what auto resolved to, and a resume keeps it.
     amp: bool | str = False
 
