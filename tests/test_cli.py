@@ -977,3 +977,21 @@ def test_resume_may_move_the_data_folder_to_the_same_data_only(tmp_path, capsys)
     assert main(["train", "--resume", str(old), "--data-dir", str(b), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "records no fingerprint" in err[0]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_train_says_when_the_nets_run_in_bf16_and_records_what_amp_auto_resolved_to(
+    tmp_path, capsys, monkeypatch, native
+):
+    """``--set amp=auto`` is decided on the training machine (AMX tiles here, patched): the start line
+    names bf16 exactly where it is on, and config.yaml records the bool, not auto."""
+    import torch
+    import yaml
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    out = tmp_path / "r"
+    argv = ["train", "--preset", "dense-digits", "--set", "amp=auto", "--set", "tensorboard=false"]
+    assert main([*argv, "--set", "eval_k=0", "--max-steps", "1", "--out", str(out), "--no-progress"]) == 0
+    start = capsys.readouterr().err.splitlines()[0]
+    assert start.startswith("vaekit: training dense-digits") and ("nets in bf16 (train.amp)" in start) is native
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["amp"] is native
