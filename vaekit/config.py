@@ -807,8 +807,15 @@ def validate(cfg: Config, new_run: bool = True) -> None:
     _validate_standardization(cfg.data)
     if cfg.model.dequantize not in ("auto", True, False):
         raise ConfigError(f"model.dequantize must be auto, true or false; got '{cfg.model.dequantize}'")
-    if not (cfg.train.amp == "auto" or cfg.train.amp is True or cfg.train.amp is False):  # 1 == True, yet no bool
-        raise ConfigError(f"train.amp must be auto, true or false; got '{cfg.train.amp}'")
+    amp_setting(cfg.train.amp)
+
+
+def amp_setting(value: Any) -> bool | str:
+    """``train.amp`` as given when it is auto, true or false (compared by identity: 1 == True, yet is
+    no bool), else a one-line ``ConfigError``; ``vaekit.nets.resolve_amp`` decides auto."""
+    if value == "auto" or value is True or value is False:
+        return value
+    raise ConfigError(f"train.amp must be auto, true or false; got '{value}'")
 
 
 def _validate_standardization(dc: DataConfig) -> None:

@@ -17,6 +17,7 @@ import threading
 import torch
 from torch import Tensor, nn
 
+from ..config import amp_setting
 from ..errors import ConfigError
 
 
@@ -82,12 +83,9 @@ def native_bf16(device: torch.device | str) -> bool:
 
 def resolve_amp(amp: bool | str, device: torch.device | str) -> bool:
     """``train.amp`` as a bool on ``device``: ``auto`` is :func:`native_bf16`; true and false are
-    themselves; anything else is refused (a string "false" must not read as true)."""
-    if amp == "auto":
-        return native_bf16(device)
-    if amp is True or amp is False:
-        return amp
-    raise ConfigError(f"train.amp must be auto, true or false; got {amp!r}")
+    themselves; anything else is refused (``vaekit.config.amp_setting``: a string "false" must not
+    read as true)."""
+    return native_bf16(device) if amp_setting(amp) == "auto" else amp
 
 
 def autocast(device: torch.device | str, enabled: bool | str = True, dtype: torch.dtype = torch.bfloat16):
