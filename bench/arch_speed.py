@@ -70,7 +70,7 @@ from vaekit.config import get_preset  # noqa: E402
 from vaekit.data import prepare_data  # noqa: E402
 from vaekit.inference import decoder_numel, importance_sampled_log_prob  # noqa: E402
 from vaekit.models import binary_data, build_model, compile_model  # noqa: E402
-from vaekit.nets import autocast, channels_last_input, to_channels_last  # noqa: E402
+from vaekit.nets import autocast, channels_last_input, resolve_amp, to_channels_last  # noqa: E402
 from vaekit.seeding import EVAL_CHUNK, derive_seed  # noqa: E402
 
 PRESETS = [
@@ -263,13 +263,12 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
         k = min(args.eval_k, args.target_k)
         flops_image = decoder_flops_per_sample(counted, x) * args.target_k
 
-        def call():
-            with autocast(device, opts["amp"]):
-                one = 1 if opts["one_chunk_per_pass"] else None
-                return importance_sampled_log_prob(model, x, k=k, chunks_per_pass=one)["log_px"]
+        def call():  # with eval_amp the hidden layers in bf16, the output layers in float32, as vaekit evaluate
+            one = 1 if opts["one_chunk_per_pass"] else None
+            return importance_sampled_log_prob(model, x, k=k, chunks_per_pass=one, amp=opts["eval_amp"])["log_px"]
 
-        dtype = torch.bfloat16 if autocast_active(device, opts["amp"]) else torch.float32
-        times, peaks, warm = timed_beside_peak(call, device, args.eval_warmup, args.eval_repeat, args.peak_size, dtype)
+        # the issue counts shares of the float32 peak, also for a bf16 evaluation
+        times, peaks, warm = timed_beside_peak(call, device, args.eval_warmup, args.eval_repeat, args.peak_size)
         per_call = min(times)
         s_image, kind = per_call * args.target_k / k, f"K={args.target_k} from {k}"
         beside = statistics.median(flops_image * k / args.target_k / t / (p * 1e9) for t, p in zip(times, peaks))
@@ -279,7 +278,7 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
         flops_image = count_flops(lambda: counted.log_prob(x)) / n
 
         def call():
-            with autocast(device, opts["amp"]):
+            with autocast(device, opts["eval_amp"]):
                 return model.log_prob(x)
 
         per_call, warm, _ = timed(call, device, 1, args.eval_warmup, args.eval_repeat)
@@ -293,7 +292,9 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
         "eval_mflop_per_image": flops_image / 1e6,
         "eval_warmup_s": round(warm, 2),
         "test_set_s": s_image * args.test_images,
-        "eval_share_beside_peak": beside,  # median over the timed calls of the share of the peak right after each
+        "eval_share_beside_peak": beside,  # median over the timed calls of the share of the fp32 peak right after each
+        "eval_amp": opts["eval_amp"],
+        "eval_amp_active": autocast_active(device, opts["eval_amp"]),
     }
 
 
@@ -314,6 +315,8 @@ def options_label(r: dict) -> str:
     on = [k for k in ("compile", "channels_last") if r.get(k)]
     if r.get("amp"):
         on.append("amp" if r["amp_active"] else "amp(inactive)")
+    if r.get("eval_amp"):
+        on.append("eval_amp" if r["eval_amp_active"] else "eval_amp(inactive)")
     if r.get("one_chunk_per_pass"):
         on.append("one_chunk_per_pass")
     return "+".join(on) or "plain"
@@ -336,12 +339,17 @@ def format_row(r: dict, peaks: dict) -> str:
         f" (warm-up {r['warmup_s']} s, {r['params'] / 1e6:.2f} M params)"
     )
     if "eval" in r:
+        fp32 = 100 * share(r["eval_mflop_per_image"], r["eval_images_per_s"], peaks["fp32"])
+        bf16 = (
+            f" ({100 * share(r['eval_mflop_per_image'], r['eval_images_per_s'], peaks['bf16']):.1f}% of the bf16 peak)"
+            if r.get("eval_amp_active") and "bf16" in peaks
+            else ""
+        )
         line += (
             f" | eval {r['eval']}: {r['eval_s_per_image']:.4g} s/img {r['eval_images_per_s']:.4g} img/s"
-            f" {flops_label(r)}"
-            f" {100 * share(r['eval_mflop_per_image'], r['eval_images_per_s'], peak):5.1f}% peak,"
+            f" {flops_label(r)} {fp32:5.1f}% fp32 peak{bf16},"
             + (
-                f" {100 * r['eval_share_beside_peak']:5.1f}% of the peak beside each call,"
+                f" {100 * r['eval_share_beside_peak']:5.1f}% of the fp32 peak beside each call,"
                 if r.get("eval_share_beside_peak") is not None
                 else ""
             )
@@ -393,11 +401,14 @@ def run_presets(args, device, peaks: dict, t_start: float) -> list[dict]:
     """Every preset, plain or (--compare) with each option toggled; rows printed as they come."""
     rows = []
     for name in args.presets:
-        own = args.preset_layout and get_preset(name).model.channels_last
+        cfg = get_preset(name)
+        own = (args.preset_layout or args.as_shipped) and cfg.model.channels_last
+        shipped = args.as_shipped and cfg.model.kind == "vae"
         base = {
             "compile_": args.compile,
             "channels_last": args.channels_last or own,
-            "amp": args.amp,
+            "amp": args.amp or (shipped and resolve_amp(cfg.train.amp, device)),
+            "eval_amp": args.amp or (shipped and resolve_amp(cfg.train.eval_amp, device)),
             "one_chunk_per_pass": False,
         }
         if args.deadline and time.perf_counter() - t_start > args.deadline:
@@ -411,7 +422,10 @@ def run_presets(args, device, peaks: dict, t_start: float) -> list[dict]:
         rows.append(off)
         for opt in args.compare or []:
             key = OPTION_KEYS[opt]
-            on = measure(name, device, {**base, key: not base[key]}, args)
+            on = {**base, key: not base[key]}
+            if key == "amp":  # training and evaluation together
+                on["eval_amp"] = on["amp"]
+            on = measure(name, device, on, args)
             print(format_row(on, peaks), flush=True)
             print(ratio_line(name, opt + (" off" if base[key] else " on"), on, off), flush=True)
             rows.append(on)
@@ -507,7 +521,17 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--preset-layout", action="store_true", help="each preset's own channels_last, as `vaekit train` runs it"
     )
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (vaekit.nets.autocast)")
+    ap.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast (vaekit.nets.autocast) of training, and of the evaluation's hidden layers",
+    )
+    ap.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="each VAE preset as vaekit train and vaekit evaluate run it on this device: its channels_last,"
+        " train.amp and train.eval_amp (auto resolved here)",
+    )
     ap.add_argument("--sample", type=int, default=0, help="also time sampling N images (PixelCNN: the loop)")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
     ap.add_argument(
@@ -590,7 +614,7 @@ def main(argv=None):
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(dev)
     peaks = {"fp32": matmul_peak(device, n=args.peak_size, repeats=args.peak_repeats)}
-    if args.amp or "amp" in (args.compare or []) or args.eval_amp:
+    if args.amp or "amp" in (args.compare or []) or args.eval_amp or args.as_shipped:
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, n=args.peak_size, repeats=args.peak_repeats)
     if args.eval_amp:
         print_paired_method(args, device, peaks)

@@ -339,7 +339,27 @@ def test_evaluate_amp_runs_the_nets_in_bf16_and_records_it(run, tmp_path, capsys
     assert (bf16["amp"], fp32["amp"]) == (True, False) and math.isfinite(bf16["nll"])
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
-    assert "off by default" in " ".join(capsys.readouterr().out.split())
+    assert "Default: the run's train.eval_amp" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_evaluate_follows_the_runs_eval_amp_auto_unless_told(run, tmp_path, capsys, monkeypatch, native):
+    """A run whose ``train.eval_amp`` is auto is evaluated with bf16 hidden layers where this device has
+    bf16 matrix units, and says so on stderr; --no-amp and --amp override it; the output records it."""
+    import vaekit.nets.speed
+
+    monkeypatch.setattr(vaekit.nets.speed, "native_bf16", lambda device: native)
+    auto = tmp_path / "auto"
+    train = ["train", "--preset", "dense-digits", "--epochs", "1", "--out", str(auto), "--no-progress"]
+    assert main(train + ["--set", "eval_amp=auto", "--set", "eval_k=0", "--set", "tensorboard=false"]) == 0
+    assert "eval_amp: auto" in (auto / "config.yaml").read_text()  # decided per evaluation, not at training
+    argv = ["evaluate", str(auto), "--n", "2", "--k", "3", "--no-progress", "-o"]
+    for flag, want in ([], native), (["--no-amp"], False), (["--amp"], True):
+        capsys.readouterr()
+        assert main(argv + [str(tmp_path / "e.json")] + flag) == 0
+        assert json.loads((tmp_path / "e.json").read_text())["amp"] is want, flag
+        note = "hidden layers run in bf16 (the run's train.eval_amp=auto)" in capsys.readouterr().err
+        assert note == (want and not flag)
 
 
 def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, capsys, monkeypatch):

@@ -203,6 +203,8 @@ def test_the_two_layer_preset_is_burdas_net():
         (["schedule_scale=1.5", "schedule=burda"], "train.schedule_scale must be in (0, 1]"),
         (["adam_eps=0"], "train.adam_eps must be positive"),
         (["amp=sometimes"], "train.amp must be auto, true or false; got 'sometimes'"),
+        (["eval_amp=sometimes"], "train.eval_amp must be auto, true or false; got 'sometimes'"),
+        (["eval_amp=1"], "train.eval_amp must be auto, true or false; got '1'"),
     ],
 )
 def test_the_new_fields_refuse_what_cannot_be_built_in_one_line(overrides, fragment):
@@ -336,3 +338,4 @@ def test_only_the_conv_preset_trains_in_bf16_where_the_device_has_bf16_units():
     assert get_preset("resnet-mnist").train.amp is False and get_preset("pixelvae-mnist").train.amp is False
     assert [n for n in PRESETS if get_preset(n).train.amp is not False] == ["conv-mnist"]
     assert build_config("dense-mnist", overrides=["amp=auto"]).train.amp == "auto"
+

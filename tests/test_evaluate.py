@@ -229,6 +229,28 @@ def test_bf16_bodies_move_the_is_nll_of_a_trained_conv_vae_by_less_than_a_hundre
     assert b["nll"] == pytest.approx(a["nll"], abs=0.05) and b["elbo"] == pytest.approx(a["elbo"], abs=0.05)
 
 
+def test_evaluate_with_amp_runs_hidden_layers_in_bf16_and_every_output_layer_in_float32(monkeypatch):
+    """The issue's rule for a bf16 evaluation: the likelihood's and the posterior's parameters come out of
+    float32 layers; only the hidden layers are rounded. ``amp='auto'`` is resolved, and recorded as a bool."""
+    from vaekit.nets.body import OutputLayer
+
+    torch.manual_seed(0)
+    model = build_model(build_config("conv-mnist", overrides={"channels": [4, 8], "latent_dim": 3}), (1, 8, 8)).eval()
+    x = digits(binary=True, n=6)
+    seen = {"hidden": set(), "output": set()}
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            kind = "output" if isinstance(m, OutputLayer) else "hidden"
+            m.register_forward_hook(lambda m, i, out, kind=kind: seen[kind].add(out.dtype))
+    monkeypatch.setattr(vaekit.evaluate, "decoder_numel", lambda model, shape: 512)  # its probe runs float32
+    res = evaluate(model, x, k=4, progress=False, amp=True)
+    assert seen == {"hidden": {torch.bfloat16}, "output": {torch.float32}}
+    assert res["amp"] is True and math.isfinite(res["nll"])
+    assert evaluate(model, x, k=4, progress=False, amp="auto")["amp"] in (True, False)
+    with pytest.raises(vaekit.errors.ConfigError, match="amp must be auto, true or false"):
+        evaluate(model, x, k=4, progress=False, amp="yes")
+
+
 def test_a_launched_process_outside_a_process_group_evaluates_every_chunk(vae_and_data, monkeypatch):
     """torchrun sets RANK for every process; without an open group each one computes all the chunks
     (not only its round-robin share) and gets the whole answer."""

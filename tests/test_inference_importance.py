@@ -19,6 +19,7 @@ from vaekit.inference import (
     widest_activation,
 )
 from vaekit.models import build_model
+from vaekit.nets.body import OutputLayer
 from vaekit.objectives import elbo_terms
 
 
@@ -305,23 +306,30 @@ def test_amp_runs_the_conv_bodies_in_bf16_and_keeps_the_log_weights_float32(monk
         ("pixelvae-mnist", {"channels": [4, 8], "latent_dim": 3, "pixelcnn_layers": 2, "pixelcnn_channels": 8}),
     ],
 )
-def test_amp_rounds_every_decoder_layer_to_bf16_and_keeps_the_estimate_float32(preset, over):
+def test_amp_rounds_the_hidden_decoder_layers_to_bf16_and_keeps_outputs_and_estimate_float32(preset, over):
     """For every decoder kind (the dense one leaves its float32 streamed kernel), amp computes the
-    decoder's linear and conv layers in bf16, the estimates stay float32, finite and close to float32's."""
+    decoder's hidden linear and conv layers in bf16 and its output layers (``OutputLayer``, the
+    likelihood's parameters) in float32; the estimates stay float32, finite and close to float32's."""
     torch.manual_seed(0)
     model = build_model(build_config(preset, overrides=over), (1, 6, 6)).eval()
     numel = decoder_numel(model, (1, 6, 6))  # its float32 shape probe runs before the hooks
     layers = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-    seen = set()
-    hooks = [m.register_forward_hook(lambda m, a, out: seen.add(out.dtype)) for m in layers]
+    seen = {"hidden": set(), "output": set()}
+
+    def hook(kind):
+        return lambda m, a, out: seen[kind].add(out.dtype)
+
+    hooks = [m.register_forward_hook(hook("output" if isinstance(m, OutputLayer) else "hidden")) for m in layers]
     x = binary_data(3)
     runs = {}
     for amp in (False, True):
-        seen.clear()
+        seen = {"hidden": set(), "output": set()}
         torch.manual_seed(1)
         runs[amp] = importance_sampled_log_prob(model, x, k=8, amp=amp, data_numel=numel)
-        # float32: no bf16 anywhere (a dense decoder's streamed kernel calls no module at all)
-        assert seen == {torch.bfloat16} if amp else seen <= {torch.float32}, (amp, seen)
+        if amp:
+            assert seen == {"hidden": {torch.bfloat16}, "output": {torch.float32}}, seen
+        else:  # no bf16 anywhere (a dense decoder's streamed kernel calls no module at all)
+            assert seen["hidden"] | seen["output"] <= {torch.float32}, seen
     for h in hooks:
         h.remove()
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in runs[True].values())

@@ -3,8 +3,8 @@
 import torch
 
 from vaekit.models import COMPILED_MODULES
-from vaekit.nets import DECODERS, ENCODERS, NetSpec
-from vaekit.nets.body import NetBody
+from vaekit.nets import DECODERS, ENCODERS, NetSpec, autocast
+from vaekit.nets.body import NetBody, OutputLayer, OutputLinear, float32_outputs
 from vaekit.nets.pixelcnn import GatedPixelCNN
 
 
@@ -43,3 +43,60 @@ def test_bodies_compute_in_bf16_under_autocast_and_return_float32():
         assert torch.bfloat16 in inner, type(body).__name__
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
+
+
+def _output_layers(body):
+    return [m for m in body.modules() if isinstance(m, OutputLayer)]
+
+
+def test_every_body_ends_in_exactly_one_output_layer_with_the_keys_of_the_layer_it_extends():
+    """The layer whose outputs parameterise a likelihood or posterior is declared, once per body, and
+    the declaration changes no ``state_dict`` key (old checkpoints keep loading)."""
+    spec = NetSpec(hidden=(4,), channels=(2,), resnet_blocks=1)
+    bodies = [make((1, 4, 4), 3, spec) for make in ENCODERS.values()]
+    bodies += [make(3, (2, 4, 4), spec) for make in DECODERS.values()]
+    bodies.append(GatedPixelCNN(1, 2, 4, 2, 3, 2))
+    for body in bodies:
+        assert len(_output_layers(body)) == 1, type(body).__name__
+    assert list(OutputLinear(3, 2).state_dict()) == list(torch.nn.Linear(3, 2).state_dict())
+
+
+def test_inside_float32_outputs_the_output_layer_computes_float32_from_its_bf16_input():
+    """Autocast alone rounds every layer; with ``float32_outputs`` the output layer runs with autocast
+    off on its input cast up, exactly the float32 layer applied to the hidden layers' bf16 output."""
+    torch.manual_seed(0)
+    layer = OutputLinear(16, 3)
+    h = torch.randn(5, 16).bfloat16()  # a hidden layer's output under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = layer(h)
+        with float32_outputs():
+            full = layer(h)
+    assert rounded.dtype == torch.bfloat16 and full.dtype == torch.float32
+    torch.testing.assert_close(full, torch.nn.functional.linear(h.float(), layer.weight, layer.bias), rtol=0, atol=0)
+    with float32_outputs():  # without autocast it is the plain layer, float64 included
+        x64 = torch.randn(2, 16, dtype=torch.float64)
+        assert layer.double()(x64).dtype == torch.float64
+
+
+def test_autocast_with_outputs_float32_rounds_the_hidden_layers_only():
+    """``nets.autocast(..., outputs_float32=True)`` (the evaluators'): hidden layers in bf16, every
+    body's output layer in float32; training's autocast leaves the output layers in bf16."""
+    spec = NetSpec(hidden=(8,), channels=(4,), resnet_blocks=1)
+    bodies = [(make((1, 4, 4), 3, spec), torch.rand(2, 1, 4, 4)) for make in ENCODERS.values()]
+    bodies += [(make(3, (2, 4, 4), spec), torch.randn(2, 3)) for make in DECODERS.values()]
+    bodies.append((GatedPixelCNN(1, 2, 4, 2, 3, 2), torch.rand(2, 1, 4, 4)))
+    for body, x in bodies:
+        name = type(body).__name__
+        (head,) = _output_layers(body)
+        dtypes = {"hidden": [], "head": []}
+        for m in body.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                kind = "head" if m is head else "hidden"
+                m.register_forward_hook(lambda m, i, out, kind=kind: dtypes[kind].append(out.dtype))
+        with torch.no_grad(), autocast("cpu", True, outputs_float32=True):
+            body(x)
+        assert dtypes["head"] == [torch.float32] and torch.bfloat16 in dtypes["hidden"], name
+        dtypes = {"hidden": [], "head": []}
+        with autocast("cpu", True):
+            body(x)
+        assert dtypes["head"] == [torch.bfloat16], name

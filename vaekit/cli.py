@@ -36,12 +36,13 @@ from .errors import DataError, Interrupted, VaekitError, one_line
 
 # --- shared helpers ------------------------------------------------------------------------
 
-# vaekit evaluate / score --amp
+# vaekit evaluate / score --amp / --no-amp
 AMP_HELP = (
-    "run every layer of the encoder and decoder nets in bf16 (autocast; faster for conv, ResNet and "
-    "PixelCNN decoders on CPUs with AVX512-BF16/AMX and on GPUs, not for dense MLPs); log-likelihoods, "
-    "log-weights and the logsumexp stay float32, so the NLL moves only by the nets' bf16 rounding "
-    "(off by default: float32 throughout)"
+    "--amp: run the hidden layers of the encoder and decoder nets in bf16 (autocast; faster for conv, "
+    "ResNet and PixelCNN decoders on CPUs with AMX and on recent GPUs, not for dense MLPs); their output "
+    "layers, log-likelihoods, log-weights and the logsumexp stay float32, so the NLL moves only by the "
+    "hidden layers' bf16 rounding. --no-amp: float32 throughout. Default: the run's train.eval_amp "
+    "(auto: bf16 where this device has bf16 matrix units)"
 )
 
 
@@ -549,7 +550,7 @@ def _evaluate_args(p):
     p.add_argument("--n", type=int, help="evaluate only the first N examples")
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
-    p.add_argument("--amp", action="store_true", help=AMP_HELP)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
     p.add_argument(
         "-o",
         "--output",
@@ -573,6 +574,7 @@ def _evaluate(args):
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
         x = _first(_eval_ready(_model_data(model, cfg, args, args.split), cfg), args.n, "--n", f"{args.split} examples")
+        _resolve_eval_amp(args, cfg, x.device)
         out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
         if out.is_dir():  # refused before hours of evaluation, not after
             raise VaekitError(f"cannot write {out}: it is a folder")
@@ -597,6 +599,24 @@ def _evaluate(args):
     _drop_journal(journal_dir, model, x, args)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _resolve_eval_amp(args, cfg, device) -> None:
+    """``args.amp`` := whether this evaluation runs the nets' hidden layers in bf16: ``--amp`` /
+    ``--no-amp``, else the run's ``train.eval_amp`` decided for ``device`` (by rank 0 under torchrun,
+    so that every process evaluates alike). Says so on stderr when bf16 came from the run."""
+    from . import distributed
+    from .nets import resolve_amp
+
+    asked = cfg.train.eval_amp if args.amp is None else args.amp
+    resolved = distributed.agree(resolve_amp, asked, device, "train.eval_amp")
+    if resolved and args.amp is None and distributed.is_main():
+        print(
+            f"vaekit: note: the nets' hidden layers run in bf16 (the run's train.eval_amp={asked}); "
+            "--no-amp evaluates in float32 throughout",
+            file=sys.stderr,
+        )
+    args.amp = resolved
 
 
 def _journal_dir(out: Path) -> Path | None:
@@ -1254,7 +1274,7 @@ def _score_args(p):
     )
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
-    p.add_argument("--amp", action="store_true", help=AMP_HELP)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -1277,6 +1297,7 @@ def _score(args):
             )
         ds = _model_data(model, cfg, args, args.split)
         x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
+        _resolve_eval_amp(args, cfg, x.device)
         progress = not args.no_progress
         journal_dir = _journal_dir(out)
         scores = score(

@@ -163,7 +163,10 @@ class TrainConfig:
         100  # importance samples of the quick end-of-epoch test NLL (0: skip); `vaekit evaluate` is the full one
     )
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
-    eval_amp: bool = False  # end-of-epoch evaluation with the nets under bf16 autocast (log-weights stay float32)
+    # importance sampling (end-of-epoch, and `vaekit evaluate` / `score` unless --amp / --no-amp) with the
+    # nets' hidden layers under bf16 autocast; output layers, log-weights and logsumexps stay float32.
+    # auto: on where the device evaluating has bf16 matrix units (as train.amp), decided per evaluation.
+    eval_amp: bool | str = False
     tensorboard: bool = True  # write TensorBoard event files in the run folder
     # bf16 autocast of the nets (CUDA and CPU); likelihoods, log-dets and losses stay float32. auto: on
     # where the device has bf16 matrix units (NVIDIA compute capability 8+, CPU AMX; nets.native_bf16);
@@ -808,14 +811,16 @@ def validate(cfg: Config, new_run: bool = True) -> None:
     if cfg.model.dequantize not in ("auto", True, False):
         raise ConfigError(f"model.dequantize must be auto, true or false; got '{cfg.model.dequantize}'")
     amp_setting(cfg.train.amp)
+    amp_setting(cfg.train.eval_amp, "train.eval_amp")
 
 
-def amp_setting(value: Any) -> bool | str:
-    """``train.amp`` as given when it is auto, true or false (compared by identity: 1 == True, yet is
-    no bool), else a one-line ``ConfigError``; ``vaekit.nets.resolve_amp`` decides auto."""
+def amp_setting(value: Any, name: str = "train.amp") -> bool | str:
+    """``value`` of the setting ``name`` (``train.amp``, ``train.eval_amp``) as given when it is auto,
+    true or false (compared by identity: 1 == True, yet is no bool), else a one-line ``ConfigError``;
+    ``vaekit.nets.resolve_amp`` decides auto."""
     if value == "auto" or value is True or value is False:
         return value
-    raise ConfigError(f"train.amp must be auto, true or false; got '{value}'")
+    raise ConfigError(f"{name} must be auto, true or false; got '{value}'")
 
 
 def _validate_standardization(dc: DataConfig) -> None:

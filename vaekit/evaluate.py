@@ -33,13 +33,16 @@ call after a kill computes only the missing chunks and returns the same numbers,
 the same number of threads, as an uninterrupted run. An image decoder's K=5000 evaluation of a
 full test set can take hours on a CPU; this lets it outlive the process that started it.
 
-With ``amp`` (off by default; ``vaekit evaluate --amp``, ``train.eval_amp`` for the end-of-epoch
-evaluation) every layer of the net bodies, the output layers included, computes in bf16 under
-autocast (``vaekit.nets.autocast``; dense decoders leave their streamed float32 kernel for the
-generic path) while every log-likelihood, log-weight and logsumexp stays in float32 or float64
-(``inference.importance_sampled_log_prob``): faster where oneDNN or CUDA has bf16 kernels, and a
-different number from the float32 one by the bodies' rounding, which ``bench/arch_speed.py
---eval-amp`` measures on a trained model. The result records ``amp``.
+With ``amp`` (off by default here; ``vaekit evaluate`` takes the run's ``train.eval_amp`` unless
+``--amp`` / ``--no-amp`` says otherwise, and the end-of-epoch evaluation takes it too; ``auto`` is
+decided for the device evaluating, ``vaekit.nets.resolve_amp``) the hidden layers of the net bodies
+compute in bf16 under autocast (``vaekit.nets.autocast``; dense decoders leave their streamed float32
+kernel for the generic path), while their output layers (``nets.body.OutputLayer``: the parameters
+of the likelihood and the posterior) and every log-likelihood, log-weight and logsumexp stay in
+float32 or float64 (``inference.importance_sampled_log_prob``): faster where oneDNN or CUDA has bf16
+kernels, and a different number from the float32 one by the hidden layers' rounding, which
+``bench/arch_speed.py --eval-amp`` and ``bench/eval_pair.py`` measure on a trained model. The result
+records ``amp``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from .inference import chunk_sizes, decoder_numel, importance_sampled_log_prob, 
 from .journal import Journal, key_digest, module_digest, tensor_digest
 from .models import model_device
 from .models.base import check_data_levels
-from .nets import autocast
+from .nets import autocast, resolve_amp
 from .objectives import elbo_terms
 from .seeding import EVAL_CHUNK, derive_seed
 
@@ -164,6 +167,7 @@ def _plan(model, x: Tensor, k: int, batch_size: int | None, seed: int, amp: bool
     N = x.shape[0]
     B = batch_size or (chunk_sizes(N, k, numel)[0] if sampled else 1000)
     B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
+    amp = resolve_amp(amp, x.device, "amp")
     return _Plan(k, seed, amp, B, numel, (5 + int(model.latent_dim)) if sampled else 1)
 
 
@@ -185,13 +189,13 @@ def _chunk_rows(model, x: Tensor, plan: _Plan, mine, journal, resumed, bar) -> l
             torch.manual_seed(derive_seed(seed, EVAL_CHUNK, c))
             if sampled:
                 out = importance_sampled_log_prob(model, xc, k=k, batch_size=xc.shape[0], data_numel=numel, amp=amp)
-                with autocast(x.device, amp):  # the bodies in bf16; the terms they parameterise in float32
+                with autocast(x.device, amp, outputs_float32=True):  # hidden layers in bf16
                     t = elbo_terms(model, xc, 1)
                     means = model.encode(xc)[0]
                 cols = [out["log_px"], out["ess"], t["elbo"], t["rec"], t["kl"]]
                 feats = torch.cat([torch.stack(cols, 1), means], 1)
             else:
-                with autocast(x.device, amp):
+                with autocast(x.device, amp, outputs_float32=True):
                     feats = model.log_prob(xc).unsqueeze(1)
             rows.append(feats.double())
             if journal is not None:
@@ -213,7 +217,7 @@ def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[P
         "k": int(plan.k),
         "seed": int(plan.seed),
         "chunk": int(plan.B),
-        "amp": bool(plan.amp),
+        "amp": "bf16 hidden layers" if plan.amp else False,  # True while output layers ran in bf16
         "device": torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type,
         "torch": torch.__version__,  # another build may round differently: no mixing of chunks
         "vaekit": __version__,
@@ -252,8 +256,8 @@ def per_example_log_prob(
     the numbers whose mean :func:`evaluate` reports as -``nll`` for the same (model, x, k, seed),
     with the same chunks and per-chunk seeds (module docstring). Exact for flows and mixtures,
     importance-sampled with ``k`` samples for VAEs; the model must have a density
-    (``log_prob_kind`` not ``none``). The caller's random state is left alone. ``amp``: the net
-    bodies under bf16 autocast, as in :func:`evaluate`; ``journal_dir``: resumable, as there."""
+    (``log_prob_kind`` not ``none``). The caller's random state is left alone. ``amp``: the nets'
+    hidden layers under bf16 autocast, as in :func:`evaluate`; ``journal_dir``: resumable, as there."""
     model.eval()
     x = x.to(model_device(model))
     return _per_example_split(model, x, k, batch_size, seed, progress, "score", amp, journal_dir)["log_px"]
@@ -262,7 +266,7 @@ def per_example_log_prob(
 def _reconstruction_only(model, x: Tensor, batch_size: int, amp: bool) -> dict:
     """Models without a density (autoencoders): the reconstruction term log p(x|z=f(x)) alone."""
     t0 = time.perf_counter()
-    with autocast(x.device, amp):
+    with autocast(x.device, amp, outputs_float32=True):
         rec = torch.cat([model.loss(x[i : i + batch_size])["rec"] for i in range(0, x.shape[0], batch_size)])
     res = {"log_prob_kind": "none", "n": x.shape[0], "k": None, "amp": amp, "resumed": 0}
     res.update({key: None for key in ("nll", "nll_stderr", "elbo", "kl", "bpd", "active_units")})
@@ -291,8 +295,10 @@ def evaluate(
         seed: seeds the noise per chunk of examples (module docstring): the numbers are a pure
             function of (model, x, k, seed), the same on one process or many (under torchrun the
             examples are split over the processes), and the caller's random state is left alone.
-        amp: run the net bodies under bf16 autocast (module docstring); log-likelihoods, log-weights
-            and logsumexps stay float32 or wider. Default off; recorded as ``amp`` in the result.
+        amp: true, false or ``auto`` (:func:`vaekit.nets.resolve_amp` on x's device): the hidden layers
+            of the net bodies under bf16 autocast (module docstring); output layers, log-likelihoods,
+            log-weights and logsumexps stay float32 or wider. Default off; recorded as a bool,
+            ``amp``, in the result.
         journal_dir: make the evaluation resumable: every finished chunk is appended to a journal
             in this folder (``vaekit.journal``; one process only), named by a digest of the model
             (its modules, settings and weights), the data, ``k``, ``seed``, the chunk size,
@@ -304,6 +310,7 @@ def evaluate(
     """
     model.eval()
     x = x.to(model_device(model))
+    amp = resolve_amp(amp, x.device, "amp")
     N = x.shape[0]
     if model.log_prob_kind == "none":
         return _reconstruction_only(model, x, batch_size or 1000, amp)

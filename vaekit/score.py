@@ -52,7 +52,8 @@ def score(
         batch_size: examples per pass (default: memory-bounded, as ``evaluate``).
         seed: seeds the importance samples per chunk of examples; the scores are a pure function
             of (model, x, k, seed) and the caller's random state is left alone.
-        amp: the nets' layers in bf16, log-densities in float32 (``evaluate.per_example_log_prob``).
+        amp: the nets' hidden layers in bf16, output layers and log-densities in float32
+            (``evaluate.per_example_log_prob``).
         journal_dir: a folder that makes the scoring resumable after a kill; the caller deletes it once
             the scores are kept (``evaluate.evaluate``).
 

@@ -658,11 +658,13 @@ def _epoch_eval(model, test_x: Tensor, tc: TrainConfig, step: int, epoch: int, l
     """Test ELBO and a quick IS-NLL on the ``eval_n`` test examples ``test_x``.
 
     The examples are split over the processes and the per-example results all-gathered, with
-    noise seeded per chunk of examples, so every process count reports the same numbers.
+    noise seeded per chunk of examples, so every process count reports the same numbers; rank 0
+    decides ``train.eval_amp``'s auto for all of them.
     """
     model.eval()
     seed = derive_seed(tc.seed, EPOCH_EVAL, step)
-    res = evaluate(model, test_x, k=tc.eval_k, progress=False, seed=seed, amp=tc.eval_amp)
+    amp = distributed.agree(resolve_amp, tc.eval_amp, test_x.device, "train.eval_amp")
+    res = evaluate(model, test_x, k=tc.eval_k, progress=False, seed=seed, amp=amp)
     rec = {
         "step": step,
         "epoch": epoch,

@@ -20,11 +20,13 @@ dominates.
 
 Precision: with ``amp`` the encoder's and decoder's net bodies run under bf16 autocast
 (``vaekit.nets.autocast``; oneDNN's bf16 kernels on CPUs with AVX512-BF16 or AMX, tensor cores on
-CUDA). Every layer of a body computes in bf16, the last one (which gives the likelihood's and the
-posterior's parameters) included, and the body returns its output cast to float32 (``NetBody``);
-from there every log p(x|z), log p(z), log q(z|x) and log-weight is float32 and the running
-logsumexp is float64. That moves the estimate by the bodies' rounding, not by the arithmetic of
-the estimator; ``bench/arch_speed.py --eval-amp`` measures by how much on a trained model.
+CUDA). The hidden layers of a body compute in bf16; its last layer, which gives the likelihood's
+or the posterior's parameters (``nets.body.OutputLayer``), computes in float32 from the hidden
+layers' output cast up, so no parameter of a density is rounded to bf16's 8 significant bits
+(a logit of 10 would move by up to 0.03). From there every
+log p(x|z), log p(z), log q(z|x) and log-weight is float32 and the running logsumexp is float64.
+That moves the estimate by the hidden layers' rounding, not by the arithmetic of the estimator;
+``bench/arch_speed.py --eval-amp`` measures by how much on a trained model.
 """
 
 from __future__ import annotations
@@ -133,8 +135,9 @@ def importance_sampled_log_prob(
         progress: optional callable(n_done_examples) for progress bars.
         data_numel: numbers the decoder keeps alive per code (:func:`decoder_numel`, computed when
             not given and needed): callers that evaluate chunk after chunk pass it once.
-        amp: run the encoder and decoder bodies under bf16 autocast (module docstring); the
-            log-weights [s, b] stay float32 and their logsumexp float64. Default off.
+        amp: run the hidden layers of the encoder and decoder bodies under bf16 autocast (module
+            docstring); their output layers and the log-weights [s, b] stay float32 and their
+            logsumexp float64. Default off.
         chunks_per_pass: chunks of ``sample_chunk`` samples each decoder pass evaluates, drawn
             chunk by chunk (default :func:`default_chunks_per_pass`): the same samples whatever its
             value where the likelihood's ``log_prob`` draws no random numbers (every likelihood that
@@ -172,7 +175,7 @@ def _examples(model, xb: Tensor, k: int, S: int, G: int, amp: bool, out: dict, p
     evaluated G chunks per decoder pass, written into ``out``'s float64 rows [b] (see
     :func:`importance_sampled_log_prob`); returns the dtype the results are reported in (the
     model's, float32 at least)."""
-    with autocast(xb.device, amp):
+    with autocast(xb.device, amp, outputs_float32=True):
         q = model.encoder(xb)
     # running logsumexp of w and of w^2 and the sum of log w, per example, in float64
     lse = torch.full((xb.shape[0],), -math.inf, device=xb.device, dtype=torch.float64)
@@ -181,7 +184,7 @@ def _examples(model, xb: Tensor, k: int, S: int, G: int, amp: bool, out: dict, p
     done, dtype = 0, torch.float32
     while done < k:
         s = min(S * G, k - done)
-        with autocast(xb.device, amp):  # the bodies in bf16; they return float32
+        with autocast(xb.device, amp, outputs_float32=True):  # hidden layers in bf16
             log_w = log_importance_weights(model, xb, s, q=q, draw=S)  # [s, b]
         dtype = torch.promote_types(log_w.dtype, torch.float32)  # the model's dtype, at least float32
         log_w = log_w.double()

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..checks import image_shape, lookup
 from ..errors import ConfigError
-from .body import NetBody
+from .body import NetBody, OutputLayer, OutputLinear
 from .mlp import activation
 from .spec import NetSpec
 
@@ -127,7 +127,7 @@ def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out.contiguous()
 
 
-class OutputConv(nn.Conv2d):
+class OutputConv(OutputLayer, nn.Conv2d):
     """The decoders' last layer: 3x3 convolution, padding 1, from ``c_in`` feature channels to the
     likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when no gradient is
     recorded, ``P <= TAP_SUM_MAX_OUT`` and the 9 P tap maps are no wider than the input (so that
@@ -217,7 +217,7 @@ class ConvEncoder(NetBody):
             c_in = c
         self.features = nn.Sequential(*layers)
         h, w = stage_sizes(H, len(channels))[-1], stage_sizes(W, len(channels))[-1]
-        self.head = nn.Linear(channels[-1] * h * w, out_features)
+        self.head = OutputLinear(channels[-1] * h * w, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import lookup
-from .body import NetBody
+from .body import NetBody, OutputLinear
 from .spec import NetSpec
 
 ACTIVATIONS = {
@@ -58,7 +58,7 @@ class MLP(NetBody):
         layers: list[nn.Module] = [nn.Flatten()]
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b), activation(act)]
-        layers.append(nn.Linear(widths[-1], math.prod(out_shape)))
+        layers.append(OutputLinear(widths[-1], math.prod(out_shape)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -83,10 +83,10 @@ def dense_layers(body: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] | 
     layers, i = [], 1
     while i < len(mods):
         lin = mods[i]
-        if type(lin) is not nn.Linear:
+        if type(lin) not in (nn.Linear, OutputLinear):
             return None
         act = mods[i + 1] if i + 1 < len(mods) else None
-        if act is not None and type(act) is nn.Linear:
+        if act is not None and isinstance(act, nn.Linear):
             return None
         layers.append((lin, act))
         i += 2

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .body import NetBody
+from .body import NetBody, OutputLayer
 from .speed import fixed_parameters_scope
 
 
@@ -104,6 +104,10 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(F.pad(x, self.pad), self.weight * self.mask, self.bias)
+
+
+class OutputMaskedConv2d(OutputLayer, MaskedConv2d):
+    """:class:`MaskedConv2d` as the PixelCNN's last layer, the likelihood's parameters (``OutputLayer``)."""
 
 
 def gate(t: Tensor) -> Tensor:
@@ -233,7 +237,7 @@ class GatedPixelCNN(NetBody):
         self.layers = nn.ModuleList(GatedLayer(C if l == 0 else Fm, Fm, kernel, C, first=l == 0) for l in range(layers))
         self.cond = nn.Conv2d(cond_channels, layers * 4 * Fm, 1) if cond_channels else None
         self.head = nn.Sequential(
-            nn.ReLU(), MaskedConv2d(Fm, Fm, 1, "B", C), nn.ReLU(), MaskedConv2d(Fm, n_out * C, 1, "B", C)
+            nn.ReLU(), MaskedConv2d(Fm, Fm, 1, "B", C), nn.ReLU(), OutputMaskedConv2d(Fm, n_out * C, 1, "B", C)
         )
         self.reach = layers * (kernel // 2)  # rows above / columns left that can reach a pixel
         self._scratch = _Scratch()  # work buffers of the no-grad pass, reused between calls

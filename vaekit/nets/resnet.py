@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..checks import image_shape
 from ..errors import ConfigError
-from .body import NetBody
+from .body import NetBody, OutputLinear
 from .conv import OutputConv, check_channels, conv3x3, norm_pair, stage_sizes, upsampler
 from .mlp import activation
 from .spec import NetSpec
@@ -87,7 +87,7 @@ class ResNetEncoder(NetBody):
         layers += [norm_pair(norm)[1](channels[-1]), activation(act, inplace=True)]
         self.features = nn.Sequential(*layers)
         n = len(channels)
-        self.head = nn.Linear(channels[-1] * stage_sizes(H, n)[-1] * stage_sizes(W, n)[-1], out_features)
+        self.head = OutputLinear(channels[-1] * stage_sizes(H, n)[-1] * stage_sizes(W, n)[-1], out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))

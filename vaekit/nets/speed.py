@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..config import amp_setting
 from ..errors import ConfigError
+from .body import float32_outputs
 
 
 def maybe_compile(module: nn.Module, enabled: bool, targets: tuple[type, ...], **kwargs) -> nn.Module:
@@ -81,25 +82,36 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
-def resolve_amp(amp: bool | str, device: torch.device | str) -> bool:
-    """``train.amp`` as a bool on ``device``: ``auto`` is :func:`native_bf16`; true and false are
-    themselves; anything else is refused (``vaekit.config.amp_setting``: a string "false" must not
-    read as true)."""
-    return native_bf16(device) if amp_setting(amp) == "auto" else amp
+def resolve_amp(amp: bool | str, device: torch.device | str, name: str = "train.amp") -> bool:
+    """The amp setting ``name`` (``train.amp``, ``train.eval_amp``) as a bool on ``device``: ``auto``
+    is :func:`native_bf16`; true and false are themselves; anything else is refused
+    (``vaekit.config.amp_setting``: a string "false" must not read as true)."""
+    return native_bf16(device) if amp_setting(amp, name) == "auto" else amp
 
 
-def autocast(device: torch.device | str, enabled: bool | str = True, dtype: torch.dtype = torch.bfloat16):
+def autocast(
+    device: torch.device | str,
+    enabled: bool | str = True,
+    dtype: torch.dtype = torch.bfloat16,
+    outputs_float32: bool = False,
+):
     """Mixed-precision context: ``torch.autocast(device.type, dtype)`` on CUDA and CPU devices when
     ``enabled`` (a bool, or ``auto``: :func:`resolve_amp`), else a no-op.
 
     Inside it, matrix products and convolutions run in ``dtype``; every net body returns float32
     (``NetBody``), flows keep their invertible data path and log-determinants in float32, and
-    likelihoods compute their log-probabilities in float32 whatever the decoder's dtype.
+    likelihoods compute their log-probabilities in float32 whatever the decoder's dtype. With
+    ``outputs_float32`` (the evaluators') the bodies' last layers compute in float32 too
+    (``body.float32_outputs``), so only the hidden layers are rounded to ``dtype``.
     """
     device = torch.device(device)
-    if resolve_amp(enabled, device) and device.type in AUTOCAST_DEVICES:
-        return torch.autocast(device.type, dtype=dtype)
-    return contextlib.nullcontext()
+    if not (resolve_amp(enabled, device) and device.type in AUTOCAST_DEVICES):
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device.type, dtype=dtype))
+    if outputs_float32:
+        stack.enter_context(float32_outputs())
+    return stack
 
 
 _FIXED = threading.local()  # this thread's innermost fixed_parameters() scope, or None
