@@ -93,7 +93,7 @@ def test_autocast_with_outputs_float32_rounds_the_hidden_layers_only():
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 kind = "head" if m is head else "hidden"
                 m.register_forward_hook(lambda m, i, out, kind=kind: dtypes[kind].append(out.dtype))
-        with torch.no_grad(), autocast("cpu", True, outputs_float32=True):
+        with autocast("cpu", True, outputs_float32=True):  # with autograd: the PixelCNN's module-by-module pass
             body(x)
         assert dtypes["head"] == [torch.float32] and torch.bfloat16 in dtypes["hidden"], name
         dtypes = {"hidden": [], "head": []}

@@ -11,6 +11,7 @@ from vaekit.config import ModelConfig
 from vaekit.distributions import rsample_and_log_prob
 from vaekit.inference import importance_sampled_log_prob
 from vaekit.models.vae import build_vae
+from vaekit.nets import autocast
 from vaekit.nets.pixelcnn import GatedPixelCNN, MaskedConv2d
 
 
@@ -170,19 +171,48 @@ def test_the_channels_last_pass_follows_weight_updates_and_batch_changes():
     check(2)
 
 
-def test_the_channels_last_pass_is_skipped_under_autocast():
-    """bf16 autocast (``--amp``) keeps the NCHW pass, whose layers autocast rounds."""
+@pytest.mark.parametrize("shared", [False, True])
+def test_under_autocast_the_channels_last_pass_runs_in_bf16_close_to_the_rounded_nchw_pass(shared):
+    """bf16 autocast keeps the channels-last pass, with its products, convolutions and gates in bf16:
+    it stays as close to the float32 function as the NCHW pass under autocast does, for one image
+    repeated and for distinct images; outside ``float32_outputs`` its head is rounded too."""
     torch.manual_seed(0)
-    net = GatedPixelCNN(1, 1, channels=4, layers=2, kernel=3, cond_channels=2)
+    net = _random_net(1, 3, 4, layers=3).float()
+    n = 6
+    x = torch.bernoulli(torch.full((1 if shared else n, 1, 8, 7), 0.3))
+    x = x.expand(n, 1, 8, 7) if shared else x
+    cond = torch.randn(n, 4, 8, 7)
     calls = []
     net.layers[0].v_conv.register_forward_hook(lambda *a: calls.append(1))
-    x, cond = torch.rand(2, 1, 5, 5), torch.randn(2, 2, 5, 5)
     with torch.no_grad():
-        net(x, cond)
-        assert calls == []
+        ref = net(x, cond)  # float32, channels-last
+        with autocast("cpu", True, outputs_float32=True):
+            fast = net(x, cond)
+        assert calls == []  # still the channels-last pass
+        with autocast("cpu", True):
+            rounded_head = net(x, cond)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            net(x, cond)
-        assert calls == [1]
+            nchw = net.head(net.features(x, cond)).float().view_as(ref)
+    assert fast.dtype == torch.float32 and (fast != ref).any()  # bf16 really ran
+    scale = ref.abs().max()
+    assert (fast - ref).abs().max() <= 2 * max((nchw - ref).abs().max(), 2**-8 * scale)
+    assert (rounded_head - ref).abs().max() <= 2 * max((nchw - ref).abs().max(), 2**-8 * scale)
+
+
+def test_under_float32_outputs_the_channels_last_head_is_the_float32_layer():
+    """Inside ``float32_outputs`` the last head layer takes the bf16 features cast up and computes in
+    float32 (its output is not a bf16 number); without it, the head's output is rounded to bf16."""
+    import vaekit.nets.pixelcnn as P
+
+    torch.manual_seed(0)
+    net = _random_net(1, 3, 2, layers=2).float()
+    x, cond = torch.bernoulli(torch.full((3, 1, 5, 5), 0.5)), torch.randn(3, 2, 5, 5)
+    outs = {}
+    with torch.no_grad():
+        for full in (True, False):
+            outs[full] = P.GatedPixelCNN._nhwc_pass(net, x, cond, torch.bfloat16, full)
+    assert outs[False].dtype == torch.bfloat16 and outs[True].dtype == torch.float32
+    assert (outs[True] != outs[True].bfloat16().float()).any()  # not bf16 numbers
 
 
 def test_the_channels_last_pass_sees_every_optimiser_step():

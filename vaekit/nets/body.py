@@ -61,6 +61,12 @@ def float32_outputs():
         _OUTPUTS.depth = depth
 
 
+def float32_outputs_active() -> bool:
+    """Whether the calling thread is inside :func:`float32_outputs` (for passes that compute an
+    output layer without calling it as a module)."""
+    return bool(getattr(_OUTPUTS, "depth", 0))
+
+
 class OutputLayer(nn.Module):
     """Mixin of a body's last layer (the likelihood's or posterior's parameters): ``class
     OutputLinear(OutputLayer, nn.Linear)``. Outside :func:`float32_outputs`, or without autocast,
@@ -68,7 +74,7 @@ class OutputLayer(nn.Module):
     off. Parameters and ``state_dict`` keys are those of the layer it extends."""
 
     def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
-        if getattr(_OUTPUTS, "depth", 0) and torch.is_autocast_enabled(x.device.type):
+        if float32_outputs_active() and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return super().__call__(full_precision(x), *args, **kwargs)
         return super().__call__(x, *args, **kwargs)

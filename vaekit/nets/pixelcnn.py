@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .body import NetBody, OutputLayer
+from .body import NetBody, OutputLayer, float32_outputs_active
 from .speed import fixed_parameters_scope
 
 
@@ -269,8 +269,9 @@ class GatedPixelCNN(NetBody):
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """One parallel masked pass: x [B, C, H, W] -> [B, n_out, C, H, W].
 
-        Without autograd (importance sampling, scoring) in float32 or float64 outside autocast,
-        the pass runs in the channels-last form of :meth:`_forward_nhwc`: the same function.
+        Without autograd (importance sampling, scoring) in float32 or float64, or in float32
+        under autocast, the pass runs in the channels-last form of :meth:`_forward_nhwc`: the
+        same function (under autocast, the same up to its products' rounding).
         """
         if not torch.is_grad_enabled() and self._nhwc_ready(x, cond):
             return self._forward_nhwc(x, cond)
@@ -278,16 +279,11 @@ class GatedPixelCNN(NetBody):
         return out.view(x.shape[0], self.n_out, self.data_channels, *x.shape[2:])
 
     def _nhwc_ready(self, x: Tensor, cond: Tensor | None) -> bool:
-        """Whether :meth:`_forward_nhwc` applies: one full-precision dtype, no autocast, no tracing
-        or compiling (its scratch buffers and weight cache are Python state)."""
+        """Whether :meth:`_forward_nhwc` applies: one full-precision dtype (float32 under autocast),
+        no tracing or compiling (its scratch buffers and weight cache are Python state)."""
         dtypes = {x.dtype, next(self.parameters()).dtype} | ({cond.dtype} if cond is not None else set())
-        return (
-            dtypes <= {torch.float32, torch.float64}
-            and len(dtypes) == 1
-            and not torch.is_autocast_enabled(x.device.type)
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-        )
+        full = {torch.float32} if torch.is_autocast_enabled(x.device.type) else {torch.float32, torch.float64}
+        return dtypes <= full and len(dtypes) == 1 and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
 
     @torch.no_grad()
     def _forward_nhwc(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -312,16 +308,30 @@ class GatedPixelCNN(NetBody):
 
         When x is one image repeated (stride-0 batch) its first-layer convolutions run once, as
         in :meth:`features`.
+
+        Under autocast (the evaluators' bf16) the products, the convolutions and the gates compute
+        in its dtype, as autocast would run the NCHW pass; the horizontal stack's residual sum stays
+        in x's dtype, and the last head layer (an :class:`~vaekit.nets.body.OutputLayer`) computes in
+        it too inside :func:`~vaekit.nets.body.float32_outputs`.
         """
+        dev = x.device.type
+        low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype  # products, gates
+        with torch.autocast(dev, enabled=False):  # every dtype below is explicit
+            return self._nhwc_pass(x, cond, low, float32_outputs_active() or low == x.dtype)
+
+    def _nhwc_pass(self, x: Tensor, cond: Tensor | None, low: torch.dtype, full_head: bool) -> Tensor:
+        """:meth:`_forward_nhwc` with the products and gates in ``low``; the last head layer in x's
+        dtype when ``full_head``."""
         B, C, H, W = x.shape
         Fm = self.channels
         xs = x[:1] if B > 1 and x.stride(0) == 0 else x
-        v = h = (2 * xs - 1).permute(0, 2, 3, 1).contiguous()  # [b, H, W, C], b = 1 or B
+        h = (2 * xs - 1).permute(0, 2, 3, 1).contiguous()  # [b, H, W, C], b = 1 or B; exact in bf16 too
+        v = h.to(low)
         c1 = None
         if self.cond is not None and cond is not None:
             c = cond.expand(B, *cond.shape[1:]).permute(0, 2, 3, 1).reshape(B * H * W, -1)  # a batch-1 map broadcasts
-            c1 = torch.cat([c, c.new_ones(c.shape[0], 1)], 1)  # [BHW, cond + 1]: the ones carry the bias
-        for l, (layer, wts) in enumerate(zip(self.layers, self._nhwc_weights())):
+            c1 = torch.cat([c, c.new_ones(c.shape[0], 1)], 1).to(low)  # [BHW, cond + 1]: the ones carry the bias
+        for l, (layer, wts) in enumerate(zip(self.layers, self._nhwc_weights(low))):
             v_pre = _conv_nhwc(v, wts.v_conv, wts.v_bias, layer.v_pad)  # [b, H, W, 2F]
             fold = c1 is not None and v_pre.shape[0] == B  # the conditioning joins the product
             tail = c1.view(B, H, W, -1) if fold else None
@@ -336,26 +346,34 @@ class GatedPixelCNN(NetBody):
             g = _half_gate_inplace(h_pre)
             if layer.residual:
                 h = h.expand(g.shape[0], -1, -1, -1).contiguous() if h.shape[0] != g.shape[0] else h
-                h.view(-1, Fm).add_(layer.h_out.bias).addmm_(g.reshape(-1, Fm), wts.h_out)
-            else:
+                h.view(-1, Fm).add_(layer.h_out.bias)
+                if low == h.dtype:
+                    h.view(-1, Fm).addmm_(g.reshape(-1, Fm), wts.h_out)
+                else:  # the residual sum in h's dtype
+                    h.view(-1, Fm).add_(torch.mm(g.reshape(-1, Fm), wts.h_out))
+            elif low == h.dtype:
                 h = torch.addmm(layer.h_out.bias, g.reshape(-1, Fm), wts.h_out).view(*g.shape[:3], Fm)
+            else:
+                h = torch.mm(g.reshape(-1, Fm), wts.h_out).to(h.dtype).add_(layer.h_out.bias).view(*g.shape[:3], Fm)
         m1, m2 = (m for m in self.head if isinstance(m, MaskedConv2d))
-        out = torch.relu(h).view(-1, Fm)
-        out = torch.addmm(m1.bias, out, (m1.weight * m1.mask)[:, :, 0, 0].t()).relu_()
-        out = torch.addmm(m2.bias, out, (m2.weight * m2.mask)[:, :, 0, 0].t())
+        out = torch.relu(h).view(-1, Fm).to(low)
+        w1 = (m1.weight * m1.mask)[:, :, 0, 0].t()
+        out = torch.addmm(m1.bias.to(low), out, w1.to(low)).relu_()
+        w2, b2 = (m2.weight * m2.mask)[:, :, 0, 0].t(), m2.bias
+        out = torch.addmm(b2, out.to(w2.dtype), w2) if full_head else torch.addmm(b2.to(low), out, w2.to(low))
         out = out.view(-1, H, W, self.n_out, C).permute(0, 3, 4, 1, 2)  # [b, n_out, C, H, W]
         return out.expand(B, *out.shape[1:])
 
-    def _nhwc_weights(self) -> list[_HalfGateWeights]:
-        """Per layer, the weights of :meth:`_forward_nhwc`: kept for the calling thread's
+    def _nhwc_weights(self, dtype: torch.dtype) -> list[_HalfGateWeights]:
+        """Per layer, the weights of :meth:`_forward_nhwc` in ``dtype``: kept for the calling thread's
         :func:`~vaekit.nets.speed.fixed_parameters` scope, else built on every call (a cache
         keyed on the parameters' versions would go stale, since fused optimisers and ``.data``
         writes update parameters without bumping them)."""
         scope = fixed_parameters_scope()
         bufs = self._scratch.mine()
         cached = bufs.get("weights")
-        if scope is not None and cached is not None and cached[0] is scope:
-            return cached[1]
+        if scope is not None and cached is not None and cached[0] is scope and cached[1] == dtype:
+            return cached[2]
         w_cond = None
         if self.cond is not None:  # [cond + 1, 4 F L]: bias last
             w_cond = torch.cat([self.cond.weight[:, :, 0, 0], self.cond.bias[:, None]], 1).t()
@@ -364,7 +382,8 @@ class GatedPixelCNN(NetBody):
             _half_gate_weights(layer, None if w_cond is None else w_cond[:, 4 * Fm * l : 4 * Fm * (l + 1)], l > 0)
             for l, layer in enumerate(self.layers)
         ]
-        bufs["weights"] = (scope, wts) if scope is not None else None
+        wts = [_HalfGateWeights(*(None if t is None else t.to(dtype) for t in w)) for w in wts]  # exact scalings first
+        bufs["weights"] = (scope, dtype, wts) if scope is not None else None
         return wts
 
     # --- the autoregressive loop -------------------------------------------------------------
@@ -518,13 +537,13 @@ def _horizontal_inputs(h: Tensor, v_pre: Tensor, r: int, tail: Tensor | None, sc
 
     h [b, H, W, c_in], v_pre [b, H, W, 2F], tail [b, H, W, e] (the conditioning with its column
     of ones) -> [b, H, W, (r+1) c_in + 2F + e] (e = 1 without a tail: a column of ones), written
-    into a scratch buffer. Off the image the taps and the link are zero: only the interior is
+    into a scratch buffer of v_pre's dtype. Off the image the taps and the link are zero: only the interior is
     overwritten, so the buffer's zero borders (the convolution's padding) stay.
     """
     b, H, W, c_in = h.shape
     e = 1 if tail is None else tail.shape[-1]
     shape = (b, H, W, (r + 1) * c_in + v_pre.shape[-1] + e)
-    cols = _scratch_tensor(scratch, ("cols", key), shape, h, fill=lambda t: t[..., -1].fill_(1))
+    cols = _scratch_tensor(scratch, ("cols", key), shape, v_pre, fill=lambda t: t[..., -1].fill_(1))
     for t in range(r + 1):  # tap t reads column j - (r - t); left of the image it stays zero
         s = r - t
         if s < W:
