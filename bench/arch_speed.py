@@ -2,8 +2,10 @@
 
 For every preset, in one process:
 
-- **peak**: ``torch.mm`` of two square 2048 x 2048 float32 matrices (bf16 too when --amp or
-  --compare amp), the median of repeats, as GFLOP/s. Every "% peak" below is against it.
+- **peak**: ``torch.mm`` of two square 2048 x 2048 float32 matrices (bf16 too when --amp,
+  --compare amp, --as-shipped or --eval-amp), the median of repeats, as GFLOP/s. Training's "% peak"
+  is against the peak of its precision; evaluation's against the float32 peak (the issue's counting),
+  with the bf16 peak's share beside it when the hidden layers ran in bf16.
 - **training**: synthetic data of the preset's shape (binary for Bernoulli likelihoods, k/255
   otherwise), the preset's own model and batch size (or --batch-size), Adam steps on
   ``model.loss``. FLOPs per step are counted once by ``torch.utils.flop_counter.FlopCounterMode``
@@ -28,6 +30,7 @@ For every preset, in one process:
     python bench/arch_speed.py --compare compile channels_last    # each option off vs on, one run
     python bench/arch_speed.py --skip-eval                        # training only
     python bench/arch_speed.py --preset-layout                    # each preset's own memory format
+    python bench/arch_speed.py --as-shipped                       # ... and its amp settings (VAEs)
 
 With --compare, every preset is timed with the option off and on side by side in one process and
 the ratios (on/off images/s, training and evaluation) are printed: the evidence behind the config
@@ -152,8 +155,8 @@ def timed(fn, device, calls: int, warmup: int, repeat: int) -> tuple[float, floa
     return best / calls, warm, out
 
 
-def timed_beside_peak(fn, device, warmup: int, repeat: int, peak_size: int, dtype=torch.float32):
-    """(seconds of each of ``repeat`` calls of ``fn``, the matmul peak in GFLOP/s measured right after
+def timed_beside_peak(fn, device, warmup: int, repeat: int, peak_size: int):
+    """(seconds of each of ``repeat`` calls of ``fn``, the float32 matmul peak in GFLOP/s measured right after
     each, warm-up seconds). On a host whose speed drifts from minute to minute a share of a peak
     measured once, at the start, moves with the drift; a call set against the peak of the same
     moment does not."""
@@ -168,7 +171,7 @@ def timed_beside_peak(fn, device, warmup: int, repeat: int, peak_size: int, dtyp
         fn()
         sync(device)
         times.append(time.perf_counter() - t1)
-        peaks.append(matmul_peak(device, dtype, n=peak_size, repeats=3))
+        peaks.append(matmul_peak(device, n=peak_size, repeats=3))
     return times, peaks, warm
 
 
@@ -529,8 +532,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--as-shipped",
         action="store_true",
-        help="each VAE preset as vaekit train and vaekit evaluate run it on this device: its channels_last,"
-        " train.amp and train.eval_amp (auto resolved here)",
+        help="each preset as vaekit train and vaekit evaluate run it on this device: its own channels_last"
+        " and, for VAEs, its train.amp and train.eval_amp (auto resolved here)",
     )
     ap.add_argument("--sample", type=int, default=0, help="also time sampling N images (PixelCNN: the loop)")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")

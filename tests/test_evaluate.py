@@ -229,13 +229,29 @@ def test_bf16_bodies_move_the_is_nll_of_a_trained_conv_vae_by_less_than_a_hundre
     assert b["nll"] == pytest.approx(a["nll"], abs=0.05) and b["elbo"] == pytest.approx(a["elbo"], abs=0.05)
 
 
-def test_evaluate_with_amp_runs_hidden_layers_in_bf16_and_every_output_layer_in_float32(monkeypatch):
-    """The issue's rule for a bf16 evaluation: the likelihood's and the posterior's parameters come out of
-    float32 layers; only the hidden layers are rounded. ``amp='auto'`` is resolved, and recorded as a bool."""
-    from vaekit.nets.body import OutputLayer
+@pytest.mark.parametrize(
+    "preset, over",
+    [
+        ("conv-mnist", {"channels": [4, 8], "latent_dim": 3}),
+        ("dense-mnist", {"hidden": [16], "latent_dim": 3, "posterior_flow": "iaf", "prior": "flow"}),
+        (
+            "dense-mnist",
+            {"hidden": [16], "latent_dim": 3, "posterior_flow": "planar", "prior": "flow", "prior_flow": "maf"},
+        ),
+        (
+            "dense-mnist",
+            {"hidden": [16], "latent_dim": 3, "posterior_flow": "realnvp", "prior": "flow", "prior_flow": "planar"},
+        ),
+    ],
+)
+def test_evaluate_with_amp_runs_hidden_layers_in_bf16_and_every_output_layer_in_float32(monkeypatch, preset, over):
+    """The issue's rule for a bf16 evaluation: the parameters of every density (the likelihood's, the
+    posterior's, a posterior or prior flow's shifts and scales) come out of float32 layers; only hidden
+    layers are rounded. ``amp='auto'`` is resolved, and recorded as a bool."""
+    from vaekit.precision import OutputLayer
 
     torch.manual_seed(0)
-    model = build_model(build_config("conv-mnist", overrides={"channels": [4, 8], "latent_dim": 3}), (1, 8, 8)).eval()
+    model = build_model(build_config(preset, overrides=over), (1, 8, 8)).eval()
     x = digits(binary=True, n=6)
     seen = {"hidden": set(), "output": set()}
     for m in model.modules():
@@ -244,8 +260,9 @@ def test_evaluate_with_amp_runs_hidden_layers_in_bf16_and_every_output_layer_in_
             m.register_forward_hook(lambda m, i, out, kind=kind: seen[kind].add(out.dtype))
     monkeypatch.setattr(vaekit.evaluate, "decoder_numel", lambda model, shape: 512)  # its probe runs float32
     res = evaluate(model, x, k=4, progress=False, amp=True)
-    assert seen == {"hidden": {torch.bfloat16}, "output": {torch.float32}}
-    assert res["amp"] is True and math.isfinite(res["nll"])
+    assert seen["output"] == {torch.float32} and torch.bfloat16 in seen["hidden"], seen
+    assert res["amp"] is True and res["precision"] == "bf16 hidden layers" and math.isfinite(res["nll"])
+    assert evaluate(model, x, k=4, progress=False)["precision"] == "float32"
     assert evaluate(model, x, k=4, progress=False, amp="auto")["amp"] in (True, False)
     with pytest.raises(vaekit.errors.ConfigError, match="amp must be auto, true or false"):
         evaluate(model, x, k=4, progress=False, amp="yes")

@@ -19,8 +19,8 @@ from vaekit.inference import (
     widest_activation,
 )
 from vaekit.models import build_model
-from vaekit.nets.body import OutputLayer
 from vaekit.objectives import elbo_terms
+from vaekit.precision import OutputLayer
 
 
 def small_vae(**over):

@@ -4,8 +4,9 @@ import torch
 
 from vaekit.models import COMPILED_MODULES
 from vaekit.nets import DECODERS, ENCODERS, NetSpec, autocast
-from vaekit.nets.body import NetBody, OutputLayer, OutputLinear, float32_outputs
+from vaekit.nets.body import NetBody
 from vaekit.nets.pixelcnn import GatedPixelCNN
+from vaekit.precision import OutputLayer, OutputLinear
 
 
 def test_every_registered_body_is_a_net_body():
@@ -59,23 +60,6 @@ def test_every_body_ends_in_exactly_one_output_layer_with_the_keys_of_the_layer_
     for body in bodies:
         assert len(_output_layers(body)) == 1, type(body).__name__
     assert list(OutputLinear(3, 2).state_dict()) == list(torch.nn.Linear(3, 2).state_dict())
-
-
-def test_inside_float32_outputs_the_output_layer_computes_float32_from_its_bf16_input():
-    """Autocast alone rounds every layer; with ``float32_outputs`` the output layer runs with autocast
-    off on its input cast up, exactly the float32 layer applied to the hidden layers' bf16 output."""
-    torch.manual_seed(0)
-    layer = OutputLinear(16, 3)
-    h = torch.randn(5, 16).bfloat16()  # a hidden layer's output under autocast
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        rounded = layer(h)
-        with float32_outputs():
-            full = layer(h)
-    assert rounded.dtype == torch.bfloat16 and full.dtype == torch.float32
-    torch.testing.assert_close(full, torch.nn.functional.linear(h.float(), layer.weight, layer.bias), rtol=0, atol=0)
-    with float32_outputs():  # without autocast it is the plain layer, float64 included
-        x64 = torch.randn(2, 16, dtype=torch.float64)
-        assert layer.double()(x64).dtype == torch.float64
 
 
 def test_autocast_with_outputs_float32_rounds_the_hidden_layers_only():

@@ -113,6 +113,9 @@ def test_csv_has_a_header_empty_undefined_bits_and_labels():
     assert scores_csv(s).splitlines()[0] == "index,log_px,bits_per_dim"
     assert "bits/dim" not in format_summary(s, "exact", None)
     assert "K=5" in format_summary(s[:1], "importance-sampled", 5)
+    assert "(importance-sampled, K=5; bf16 hidden layers)" in format_summary(
+        s, "importance-sampled", 5, "bf16 hidden layers"
+    )
 
 
 @pytest.fixture(scope="module")

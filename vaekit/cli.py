@@ -1281,6 +1281,7 @@ def _score_args(p):
 def _score(args):
     from . import distributed
     from .checkpoint import load_shared
+    from .evaluate import precision
     from .score import format_summary, score, scores_csv
     from .train import resolve_device
     from .viz import save_array
@@ -1313,7 +1314,8 @@ def _score(args):
         if not distributed.is_main():
             return 0
     save_array(scores.numpy(), out)
-    print(f"{_data_config(cfg, args).name} ({args.split}): {format_summary(scores, model.log_prob_kind, args.k)}")
+    summary = format_summary(scores, model.log_prob_kind, args.k, precision(model, args.amp))
+    print(f"{_data_config(cfg, args).name} ({args.split}): {summary}")
     written = [str(out)]
     if args.csv:
         _write_text(args.csv, scores_csv(scores, None if ds.y is None else ds.y[: x.shape[0]]))

@@ -268,7 +268,8 @@ def _reconstruction_only(model, x: Tensor, batch_size: int, amp: bool) -> dict:
     t0 = time.perf_counter()
     with autocast(x.device, amp, outputs_float32=True):
         rec = torch.cat([model.loss(x[i : i + batch_size])["rec"] for i in range(0, x.shape[0], batch_size)])
-    res = {"log_prob_kind": "none", "n": x.shape[0], "k": None, "amp": amp, "resumed": 0}
+    res = {"log_prob_kind": "none", "n": x.shape[0], "k": None, "amp": amp, "precision": precision(model, amp)}
+    res["resumed"] = 0
     res.update({key: None for key in ("nll", "nll_stderr", "elbo", "kl", "bpd", "active_units")})
     res["rec"], res["rec_stderr"] = mean_and_stderr(rec)
     res["seconds"] = time.perf_counter() - t0
@@ -317,7 +318,8 @@ def evaluate(
     t0 = time.perf_counter()
     per = _per_example_split(model, x, k, batch_size, seed, progress, desc, amp, journal_dir)
     t0 -= per.get("journal_seconds", 0.0)  # the seconds spent on the resumed chunks before
-    res: dict = {"log_prob_kind": model.log_prob_kind, "n": N, "amp": amp, "resumed": per["resumed"]}
+    res: dict = {"log_prob_kind": model.log_prob_kind, "n": N, "amp": amp, "precision": precision(model, amp)}
+    res["resumed"] = per["resumed"]
     if model.log_prob_kind == "importance-sampled":
         res["k"] = k
         res["ess_mean"] = float(per["ess"].mean())
@@ -360,6 +362,15 @@ def _finish(model, res: dict, log_px: Tensor, t0: float) -> dict:
     return res
 
 
+def precision(model, amp: bool) -> str:
+    """How the nets computed, in words for results: ``bf16 hidden layers`` (output layers, log-densities
+    and sums in float32 or wider) under ``amp``, else the dtype of the model's parameters."""
+    if amp:
+        return "bf16 hidden layers"
+    p = next(model.parameters(), None)
+    return str(p.dtype if p is not None else torch.get_default_dtype()).removeprefix("torch.")
+
+
 def format_table(res: dict) -> str:
     """A two-column text table of the metrics, with ± standard errors."""
     rows = []
@@ -369,6 +380,7 @@ def format_table(res: dict) -> str:
         "n",
         "k",
         "log_prob_kind",
+        "precision",
         "nll",
         "elbo",
         "rec",

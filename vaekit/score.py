@@ -90,11 +90,13 @@ def scores_csv(scores: Tensor, labels: Tensor | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_summary(scores: Tensor, kind: str, k: int | None) -> str:
+def format_summary(scores: Tensor, kind: str, k: int | None, precision: str | None = None) -> str:
     """One line: examples, mean log p(x) ± its standard error over examples, mean bits/dim, and
-    how log p(x) was obtained (``kind``: the model's ``log_prob_kind``; ``k`` for sampled ones)."""
+    how log p(x) was obtained (``kind``: the model's ``log_prob_kind``; ``k`` for sampled ones;
+    ``precision``: how the nets computed, ``vaekit.evaluate.precision``)."""
     mean, se = mean_and_stderr(scores[:, 0])
     how = f"importance-sampled, K={k}" if kind == "importance-sampled" else kind
+    how += f"; {precision}" if precision else ""
     spread = "" if math.isnan(se) else f" ± {se:.3f}"
     line = f"{scores.shape[0]} examples: mean log p(x) {mean:.3f}{spread} nats ({how})"
     bpd = scores[:, 1]

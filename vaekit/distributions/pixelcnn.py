@@ -131,7 +131,7 @@ class PixelCNNLikelihood(Likelihood):
         self.net = GatedPixelCNN(C, n_out, channels, layers, kernel, cond_channels)
         # peak of floats alive per data element in one no-grad log_prob, for memory budgets that
         # count decoder outputs (the chunking of importance sampling): the larger of the two
-        # passes' counts per position. The NCHW pass (under autocast) keeps the conditioning of
+        # passes' counts per position. The NCHW pass (with autograd) keeps the conditioning of
         # all layers, a layer's stacks and their padded copies, and the head; the channels-last
         # pass keeps the conditioning, two product-input buffers ((k//2 + 1) F taps, the 2F link,
         # the conditioning), the pre-activations of two layers, padded copies and the head. The

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import OutputLayer
 from .base import Compose, Inverse, Reverse, Transform, log_scale
 
 
@@ -45,6 +46,10 @@ class MaskedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class OutputMaskedLinear(OutputLayer, MaskedLinear):
+    """:class:`MaskedLinear` as MADE's output layer, the flow's shift and log-scale (``OutputLayer``)."""
 
 
 class MADE(nn.Module):
@@ -66,7 +71,7 @@ class MADE(nn.Module):
         for d_in, d_out in zip(degrees[:-1], degrees[1:]):
             layers.append(MaskedLinear(len(d_in), len(d_out), d_out[:, None] >= d_in[None, :]))
         out_deg = in_deg.repeat(n_params)
-        self.out = MaskedLinear(len(degrees[-1]), n_params * dim, out_deg[:, None] > degrees[-1][None, :])
+        self.out = OutputMaskedLinear(len(degrees[-1]), n_params * dim, out_deg[:, None] > degrees[-1][None, :])
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.hidden = nn.ModuleList(layers)

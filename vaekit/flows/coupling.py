@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..precision import OutputConv2d, OutputLinear
 from .base import Compose, Reshape, Transform, log_scale, sum_except_batch
 
 
@@ -120,7 +121,7 @@ class MLPConditioner(Conditioner):
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
-        last = nn.Linear(widths[-1], out_dim)
+        last = OutputLinear(widths[-1], out_dim)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*layers, last)
@@ -150,7 +151,7 @@ class ConvConditioner(Conditioner):
 
     def __init__(self, in_ch: int, out_ch: int, hidden: int, blocks: int = 0):
         super().__init__()
-        last = nn.Conv2d(hidden, out_ch, 3, padding=1)
+        last = OutputConv2d(hidden, out_ch, 3, padding=1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import OutputLinear
 from .base import Compose, Transform
 
 BISECTION_STEPS = 64  # halvings of an interval of width 2 |w^T u_hat| (float64 precision)
@@ -41,7 +42,7 @@ class Planar(Transform):
         init = torch.randn(2 * dim + 1) * 0.1 / dim**0.5
         init[2 * dim] = 0.0
         if context_dim:
-            self.hyper = nn.Linear(context_dim, 2 * dim + 1)
+            self.hyper = OutputLinear(context_dim, 2 * dim + 1)
             nn.init.normal_(self.hyper.weight, std=0.01 / context_dim**0.5)
             with torch.no_grad():
                 self.hyper.bias.copy_(init)

@@ -12,7 +12,7 @@ of the training loop live in ``vaekit.nets.speed`` and are re-exported here.
 from __future__ import annotations
 
 from ..checks import lookup
-from .body import full_precision
+from ..precision import full_precision
 from .conv import conv_decoder, conv_encoder
 from .mlp import mlp_decoder, mlp_encoder
 from .resnet import resnet_decoder, resnet_encoder

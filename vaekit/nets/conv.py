@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from ..checks import image_shape, lookup
 from ..errors import ConfigError
-from .body import NetBody, OutputLayer, OutputLinear
+from ..precision import OutputConv2d, OutputLinear
+from .body import NetBody
 from .mlp import activation
 from .spec import NetSpec
 
@@ -127,7 +128,7 @@ def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out.contiguous()
 
 
-class OutputConv(OutputLayer, nn.Conv2d):
+class OutputConv(OutputConv2d):
     """The decoders' last layer: 3x3 convolution, padding 1, from ``c_in`` feature channels to the
     likelihood's ``P`` parameter channels; by :func:`conv3x3_tap_sum` when no gradient is
     recorded, ``P <= TAP_SUM_MAX_OUT`` and the 9 P tap maps are no wider than the input (so that

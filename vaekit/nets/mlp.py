@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import lookup
-from .body import NetBody, OutputLinear
+from ..precision import OutputLinear
+from .body import NetBody
 from .spec import NetSpec
 
 ACTIVATIONS = {

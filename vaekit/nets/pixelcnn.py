@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .body import NetBody, OutputLayer, float32_outputs_active
+from ..precision import OutputLayer, float32_outputs_active
+from .body import NetBody
 from .speed import fixed_parameters_scope
 
 
@@ -325,8 +326,8 @@ class GatedPixelCNN(NetBody):
         B, C, H, W = x.shape
         Fm = self.channels
         xs = x[:1] if B > 1 and x.stride(0) == 0 else x
-        h = (2 * xs - 1).permute(0, 2, 3, 1).contiguous()  # [b, H, W, C], b = 1 or B; exact in bf16 too
-        v = h.to(low)
+        h = (2 * xs - 1).permute(0, 2, 3, 1).contiguous()  # [b, H, W, C], b = 1 or B
+        v = h.to(low)  # exact for binary x; 8-bit levels round as autocast rounds the NCHW pass's input
         c1 = None
         if self.cond is not None and cond is not None:
             c = cond.expand(B, *cond.shape[1:]).permute(0, 2, 3, 1).reshape(B * H * W, -1)  # a batch-1 map broadcasts

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from ..checks import image_shape
 from ..errors import ConfigError
-from .body import NetBody, OutputLinear
+from ..precision import OutputLinear
+from .body import NetBody
 from .conv import OutputConv, check_channels, conv3x3, norm_pair, stage_sizes, upsampler
 from .mlp import activation
 from .spec import NetSpec

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..config import amp_setting
 from ..errors import ConfigError
-from .body import float32_outputs
+from ..precision import float32_outputs
 
 
 def maybe_compile(module: nn.Module, enabled: bool, targets: tuple[type, ...], **kwargs) -> nn.Module:
@@ -107,11 +107,16 @@ def autocast(
     device = torch.device(device)
     if not (resolve_amp(enabled, device) and device.type in AUTOCAST_DEVICES):
         return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast(device.type, dtype=dtype))
-    if outputs_float32:
-        stack.enter_context(float32_outputs())
-    return stack
+    if not outputs_float32:
+        return torch.autocast(device.type, dtype=dtype)
+    return _autocast_float32_outputs(device.type, dtype)
+
+
+@contextlib.contextmanager
+def _autocast_float32_outputs(device_type: str, dtype: torch.dtype):
+    """``torch.autocast`` with the output layers in float32 (``precision.float32_outputs``), entered at ``with``."""
+    with torch.autocast(device_type, dtype=dtype), float32_outputs():
+        yield
 
 
 _FIXED = threading.local()  # this thread's innermost fixed_parameters() scope, or None

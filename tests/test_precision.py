@@ -1,0 +1,54 @@
+"""vaekit.precision: output layers compute in float32 inside float32_outputs under autocast, and
+are the layers they extend everywhere else."""
+
+import threading
+
+import torch
+
+from vaekit.precision import OutputConv2d, OutputLinear, float32_outputs, float32_outputs_active
+
+
+def test_inside_float32_outputs_the_output_layer_computes_float32_from_its_bf16_input():
+    """Autocast alone rounds every layer; with ``float32_outputs`` the output layer runs with autocast
+    off on its input cast up, exactly the float32 layer applied to the hidden layers' bf16 output."""
+    torch.manual_seed(0)
+    layer = OutputLinear(16, 3)
+    h = torch.randn(5, 16).bfloat16()  # a hidden layer's output under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = layer(h)
+        with float32_outputs():
+            full = layer(h)
+    assert rounded.dtype == torch.bfloat16 and full.dtype == torch.float32
+    torch.testing.assert_close(full, torch.nn.functional.linear(h.float(), layer.weight, layer.bias), rtol=0, atol=0)
+    with float32_outputs():  # without autocast it is the plain layer, float64 included
+        x64 = torch.randn(2, 16, dtype=torch.float64)
+        assert layer.double()(x64).dtype == torch.float64
+
+
+def test_an_output_conv_is_the_float32_conv_of_its_bf16_input_and_keeps_the_keys_of_nn_conv2d():
+    torch.manual_seed(0)
+    conv = OutputConv2d(4, 3, 3, padding=1)
+    h = torch.randn(2, 4, 5, 5).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16), float32_outputs():
+        out = conv(h)
+    want = torch.nn.functional.conv2d(h.float(), conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert list(conv.state_dict()) == list(torch.nn.Conv2d(4, 3, 3).state_dict())
+
+
+def test_float32_outputs_is_per_thread_nests_and_ends_with_its_block_even_on_an_error():
+    seen = []
+    with float32_outputs():
+        with float32_outputs():
+            assert float32_outputs_active()
+        assert float32_outputs_active()
+        worker = threading.Thread(target=lambda: seen.append(float32_outputs_active()))
+        worker.start()
+        worker.join()
+    assert seen == [False] and not float32_outputs_active()
+    try:
+        with float32_outputs():
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert not float32_outputs_active()

@@ -1,0 +1,68 @@
+"""Precision of the nets under mixed-precision autocast: which layers may round to bf16.
+
+Autocast (``torch.autocast``; ``vaekit.nets.autocast`` switches it on) runs matrix products and
+convolutions in bf16. A net's *output layer*, whose outputs are the parameters of a density (a
+likelihood's logits, a posterior's mean and log-variance, a flow conditioner's shift and log-scale),
+is an :class:`OutputLayer`. Inside :func:`float32_outputs`, which the evaluators open (importance
+sampling, ``vaekit evaluate``), an output layer computes in float32 from its input cast up, so only
+the hidden layers' rounding reaches a log-density; training's autocast rounds it like any layer.
+This module sits below the nets and the flows, which both declare their output layers with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+from torch import Tensor, nn
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)  # the dtypes autocast computes in
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is a bf16/fp16 tensor (an output of autocast), else ``t`` itself
+    (float32 and float64 tensors keep their dtype)."""
+    return t.float() if t.dtype in LOW_PRECISION else t
+
+
+_OUTPUTS = threading.local()  # this thread's float32_outputs() depth
+
+
+@contextlib.contextmanager
+def float32_outputs():
+    """Inside the block, on the calling thread, every :class:`OutputLayer` computes in float32 even
+    under autocast: autocast then rounds the hidden layers only. Nested blocks are one."""
+    depth = getattr(_OUTPUTS, "depth", 0)
+    try:
+        _OUTPUTS.depth = depth + 1  # inside the try: an interrupt cannot leave it raised
+        yield
+    finally:
+        _OUTPUTS.depth = depth
+
+
+def float32_outputs_active() -> bool:
+    """Whether the calling thread is inside :func:`float32_outputs` (for passes that compute an
+    output layer without calling it as a module)."""
+    return bool(getattr(_OUTPUTS, "depth", 0))
+
+
+class OutputLayer(nn.Module):
+    """Mixin of a net's output layer (the parameters of a density): ``class
+    OutputLinear(OutputLayer, nn.Linear)``. Outside :func:`float32_outputs`, or without autocast,
+    it is the layer it extends; inside both, its input is cast to float32 and it runs with autocast
+    off. Parameters and ``state_dict`` keys are those of the layer it extends."""
+
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if float32_outputs_active() and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().__call__(full_precision(x), *args, **kwargs)
+        return super().__call__(x, *args, **kwargs)
+
+
+class OutputConv2d(OutputLayer, nn.Conv2d):
+    """``nn.Conv2d`` as a net's output layer (:class:`OutputLayer`)."""
+
+
+class OutputLinear(OutputLayer, nn.Linear):
+    """``nn.Linear`` as a net's output layer (:class:`OutputLayer`)."""
