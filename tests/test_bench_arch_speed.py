@@ -56,3 +56,23 @@ def test_each_timed_evaluation_call_is_set_against_the_peak_measured_beside_it(t
     per_call = conv["eval_mflop_per_image"] * 1e6 * 16 / 5000  # K=16 drawn of the 5000 counted
     assert conv["eval_share_beside_peak"] == pytest.approx(per_call / 1.0 / 50e9)  # the middle of 1/100, 1/50, 1/25
     assert rows["nice-mnist"]["eval_share_beside_peak"] is None
+
+
+def test_as_shipped_times_each_vae_preset_with_its_own_layout_and_amp_settings(tmp_path, monkeypatch):
+    """--as-shipped: conv-mnist trains and evaluates in bf16 where train.amp and train.eval_amp say auto and
+    the device has bf16 units; resnet-mnist, which sets both off, stays float32."""
+    import vaekit.nets.speed
+
+    monkeypatch.setattr(vaekit.nets.speed, "native_bf16", lambda device: True)
+    out = tmp_path / "rows.jsonl"
+    small = "--steps 1 --warmup 1 --repeat 1 --eval-warmup 1 --eval-repeat 1 --batch-size 2 --threads 1"
+    small += " --eval-k 4 --peak-size 64 --peak-repeats 1"
+    threads = torch.get_num_threads()
+    try:
+        main([*small.split(), "--as-shipped", "--presets", "conv-mnist", "resnet-mnist", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r["preset"]: r for r in map(json.loads, out.read_text().splitlines()) if "preset" in r}
+    conv, resnet = rows["conv-mnist"], rows["resnet-mnist"]
+    assert (conv["amp"], conv["eval_amp"], conv["eval_amp_active"], conv["channels_last"]) == (True, True, True, True)
+    assert (resnet["amp"], resnet["eval_amp"]) == (False, False)

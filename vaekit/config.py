@@ -315,9 +315,11 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "latent_dim": 32,
             "channels_last": True,
             "amp": "auto",
+            "eval_amp": "auto",
         },
         "conv VAE, binarised MNIST: stride-2 3x3 convs 32-64, transposed-conv decoder, Bernoulli, 32 latents; "
-        "nets in bf16 where the device has bf16 matrix units (train.amp=auto)",
+        "nets in bf16 where the device has bf16 matrix units (train.amp=auto; train.eval_amp=auto: hidden "
+        "layers only)",
     ),
     "resnet-mnist": (
         "conv-mnist",
@@ -329,6 +331,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "norm": "weight",
             "activation": "elu",
             "amp": False,
+            "eval_amp": False,
         },
         "ResNet VAE, binarised MNIST: 2 pre-activation blocks per stage (32, 64), weight norm, ELU",
     ),
@@ -343,6 +346,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "pixelcnn_cond": 16,
             "channels_last": False,
             "amp": False,
+            "eval_amp": False,
         },
         "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated layers, Bernoulli",
     ),
