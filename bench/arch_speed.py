@@ -40,7 +40,7 @@ evaluates one chunk of importance samples per decoder pass, also where the likel
 
 With --eval-amp RUN ..., trained runs (folders or checkpoint files; no training is timed) are
 evaluated with K=--target-k on their first --eval-images test images twice, float32 and with the
-nets under bf16 autocast (``evaluate(..., amp=True)``, ``vaekit evaluate --amp``), interleaved
+nets' hidden layers in bf16 (``evaluate(..., amp=True)``, ``vaekit evaluate --amp``), interleaved
 image by image (the order alternates) in one process. Image i draws its samples after
 ``derive_seed(--eval-seed, EVAL_CHUNK, i)`` in both, as ``vaekit evaluate --n N`` does for N <= 64,
 so the two estimates are paired: the script prints the per-image difference of -log p(x) (mean,
@@ -583,10 +583,12 @@ def print_method(args, device, peaks: dict) -> None:
             f"# eval (VAEs): importance_sampled_log_prob of 1 image with K={min(args.eval_k, args.target_k)}, best of"
             f" {args.eval_repeat}, time scaled linearly to K={args.target_k}; FLOPs = decoder log p(x|z) per sample"
             f" x {args.target_k}. Flows: exact log_prob of {args.flow_eval_batch} images per call."
-            f" Test set: {args.test_images} images. % peak: counted FLOPs/s over the fp32 peak (bf16 where autocast is"
-            " active; amp(inactive): vaekit's autocast does nothing on this device); '% of the peak beside each"
-            " call' (VAEs): the median over the timed calls of each call's share of a peak measured right after"
-            " it (2 warm-up and 3 timed products)"
+            f" Test set: {args.test_images} images. % peak: training's counted FLOPs/s over the peak of its"
+            " precision (bf16 where autocast is active; amp(inactive): vaekit's autocast does nothing on this"
+            " device), evaluation's over the fp32 peak (eval_amp: hidden layers in bf16, output layers float32;"
+            " the bf16 peak's share beside it); '% of the fp32 peak beside each call' (VAEs): the median over the"
+            " timed calls of each call's share of an fp32 peak measured right after it (2 warm-up and 3 timed"
+            " products)"
         )
 
 
@@ -601,7 +603,7 @@ def print_paired_method(args, device, peaks: dict) -> None:
     )
     print(
         f"# paired: importance_sampled_log_prob with K={args.target_k} of each of the first {args.eval_images} test"
-        f" images, float32 and amp (bf16 autocast of the nets) on the same samples (seed"
+        f" images, float32 and amp (the nets' hidden layers in bf16, output layers float32) on the same samples (seed"
         f" derive_seed({args.eval_seed}, EVAL_CHUNK, i)), interleaved with alternating order; s/img: median over the"
         " images; FLOPs = decoder log p(x|z) per sample (FlopCounterMode)"
     )

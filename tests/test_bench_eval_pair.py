@@ -26,7 +26,7 @@ def test_the_paired_difference_of_two_precisions_matches_the_evaluations(tmp_pat
     assert f"A {-runs[False].mean().item():.4f}, B {-runs[True].mean().item():.4f} nats" in text
     se = d.std().item() / d.numel() ** 0.5
     assert f"{d.mean().item():+.5f} ± {se:.5f}" in text
-    assert "differ: amp: False -> True" in text
+    assert "differ: amp: False -> bf16 hidden layers" in text
 
 
 def _journal(path, seed, units):
