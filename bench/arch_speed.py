@@ -280,8 +280,8 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
         x = channels_last_input(synthetic_batch(cfg, n, device), opts["channels_last"])
         flops_image = count_flops(lambda: counted.log_prob(x)) / n
 
-        def call():
-            with autocast(device, opts["eval_amp"]):
+        def call():  # as vaekit evaluate runs it: output layers float32
+            with autocast(device, opts["eval_amp"], outputs_float32=True):
                 return model.log_prob(x)
 
         per_call, warm, _ = timed(call, device, 1, args.eval_warmup, args.eval_repeat)

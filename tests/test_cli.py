@@ -360,6 +360,8 @@ def test_evaluate_follows_the_runs_eval_amp_auto_unless_told(run, tmp_path, caps
         assert json.loads((tmp_path / "e.json").read_text())["amp"] is want, flag
         note = "hidden layers run in bf16 (the run's train.eval_amp=auto)" in capsys.readouterr().err
         assert note == (want and not flag)
+    assert main(["score", str(auto), "--n", "2", "--k", "3", "--no-progress", "-o", str(tmp_path / "s.npy")]) == 0
+    assert ("K=3; bf16 hidden layers)" in capsys.readouterr().out) == native  # score follows it too
 
 
 def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, capsys, monkeypatch):

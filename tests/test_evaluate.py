@@ -70,6 +70,10 @@ def test_exact_models_report_log_prob():
     assert res["log_prob_kind"] == "exact" and res["k"] is None and res["elbo"] is None
     assert res["nll"] == pytest.approx(-m.log_prob(x).double().mean().item(), rel=1e-9)
     assert res["bpd"] == pytest.approx(m.bits_per_dim(res["nll"]))
+    assert evaluate(m, x, progress=False, amp=True)["precision"] == "float64"  # no nets: nothing ran in bf16
+    m32 = GaussianMixtureModel(2, (4,), covariance_type="diag", max_iter=5)
+    m32.fit(x.float())
+    assert evaluate(m32, x.float(), progress=False, amp=True)["precision"] == "float32"
 
 
 def _fitted_mixture(x, levels, cov="full"):
@@ -264,6 +268,7 @@ def test_evaluate_with_amp_runs_hidden_layers_in_bf16_and_every_output_layer_in_
     assert res["amp"] is True and res["precision"] == "bf16 hidden layers" and math.isfinite(res["nll"])
     assert evaluate(model, x, k=4, progress=False)["precision"] == "float32"
     assert evaluate(model, x, k=4, progress=False, amp="auto")["amp"] in (True, False)
+    assert evaluate(model.double(), x.double(), k=4, progress=False, amp=True)["precision"] == "float64"
     with pytest.raises(vaekit.errors.ConfigError, match="amp must be auto, true or false"):
         evaluate(model, x, k=4, progress=False, amp="yes")
 

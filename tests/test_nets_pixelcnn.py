@@ -194,6 +194,8 @@ def test_under_autocast_the_channels_last_pass_runs_in_bf16_close_to_the_rounded
         with torch.autocast("cpu", dtype=torch.bfloat16):
             nchw = net.head(net.features(x, cond)).float().view_as(ref)
     assert fast.dtype == torch.float32 and (fast != ref).any()  # bf16 really ran
+    assert (fast != fast.bfloat16().float()).any()  # inside float32_outputs the head's outputs are not bf16 numbers
+    assert (rounded_head == rounded_head.bfloat16().float()).all()  # outside, they are
     scale = ref.abs().max()
     assert (fast - ref).abs().max() <= 2 * max((nchw - ref).abs().max(), 2**-8 * scale)
     assert (rounded_head - ref).abs().max() <= 2 * max((nchw - ref).abs().max(), 2**-8 * scale)

@@ -52,3 +52,43 @@ def test_float32_outputs_is_per_thread_nests_and_ends_with_its_block_even_on_an_
     except KeyboardInterrupt:
         pass
     assert not float32_outputs_active()
+
+
+def _last_called_layer(module, *inputs):
+    """The last Linear / Conv2d module ``module``'s forward calls (in a float32 pass with autograd)."""
+    calls = []
+    hooks = [
+        m.register_forward_hook(lambda m, a, out: calls.append(m))
+        for m in module.modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ]
+    module(*inputs)
+    for h in hooks:
+        h.remove()
+    return calls[-1]
+
+
+def test_every_net_that_parameterises_a_density_ends_in_an_output_layer():
+    """The layer whose outputs are a density's parameters is the last one the net calls, and it is an
+    OutputLayer: the encoder and decoder bodies, MADE (IAF, MAF), the coupling conditioners (dense
+    and conv) and the planar flow's hypernetwork."""
+    from vaekit.flows.autoregressive import MADE
+    from vaekit.flows.coupling import ConvConditioner, MLPConditioner
+    from vaekit.flows.planar import Planar
+    from vaekit.nets import DECODERS, ENCODERS, NetSpec
+    from vaekit.nets.pixelcnn import GatedPixelCNN
+    from vaekit.precision import OutputLayer
+
+    spec = NetSpec(hidden=(4,), channels=(2,), resnet_blocks=1)
+    nets = [(make((1, 4, 4), 3, spec), (torch.rand(2, 1, 4, 4),)) for make in ENCODERS.values()]
+    nets += [(make(3, (2, 4, 4), spec), (torch.randn(2, 3),)) for make in DECODERS.values()]
+    nets += [
+        (GatedPixelCNN(1, 2, 4, 2, 3, 2), (torch.rand(2, 1, 4, 4), torch.randn(2, 2, 4, 4))),
+        (MADE(4, [8], context_dim=3), (torch.randn(2, 4), torch.randn(2, 3))),
+        (MLPConditioner(2, 4, 8, context_dim=3), (torch.randn(2, 2), torch.randn(2, 3))),
+        (ConvConditioner(2, 4, 8, blocks=1), (torch.randn(2, 2, 4, 4),)),
+    ]
+    for net, inputs in nets:
+        assert isinstance(_last_called_layer(net, *inputs), OutputLayer), type(net).__name__
+    planar = Planar(4, context_dim=3)
+    assert isinstance(planar.hyper, OutputLayer)  # its only layer: the flow's (u, w, b) per context

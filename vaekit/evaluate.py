@@ -37,7 +37,7 @@ With ``amp`` (off by default here; ``vaekit evaluate`` takes the run's ``train.e
 ``--amp`` / ``--no-amp`` says otherwise, and the end-of-epoch evaluation takes it too; ``auto`` is
 decided for the device evaluating, ``vaekit.nets.resolve_amp``) the hidden layers of the net bodies
 compute in bf16 under autocast (``vaekit.nets.autocast``; dense decoders leave their streamed float32
-kernel for the generic path), while their output layers (``nets.body.OutputLayer``: the parameters
+kernel for the generic path), while their output layers (``vaekit.precision.OutputLayer``: the parameters
 of the likelihood and the posterior) and every log-likelihood, log-weight and logsumexp stay in
 float32 or float64 (``inference.importance_sampled_log_prob``): faster where oneDNN or CUDA has bf16
 kernels, and a different number from the float32 one by the hidden layers' rounding, which
@@ -47,6 +47,7 @@ records ``amp``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -61,8 +62,9 @@ from .inference import chunk_sizes, decoder_numel, importance_sampled_log_prob, 
 from .journal import Journal, key_digest, module_digest, tensor_digest
 from .models import model_device
 from .models.base import check_data_levels
-from .nets import autocast, resolve_amp
+from .nets import AUTOCAST_DEVICES, autocast, resolve_amp
 from .objectives import elbo_terms
+from .precision import OutputLayer
 from .seeding import EVAL_CHUNK, derive_seed
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -364,11 +366,16 @@ def _finish(model, res: dict, log_px: Tensor, t0: float) -> dict:
 
 def precision(model, amp: bool) -> str:
     """How the nets computed, in words for results: ``bf16 hidden layers`` (output layers, log-densities
-    and sums in float32 or wider) under ``amp``, else the dtype of the model's parameters."""
-    if amp:
+    and sums in float32 or wider) where ``amp`` switched autocast on for a float32 model with nets
+    (``OutputLayer``), else the dtype of the model's parameters or floating buffers (autocast leaves
+    float64 alone, and a model without nets, a mixture, computes its densities with autocast off)."""
+    floats = (t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point())
+    p = next(floats, None)  # a mixture keeps its parameters in buffers
+    dtype = p.dtype if p is not None else torch.get_default_dtype()
+    nets = any(isinstance(m, OutputLayer) for m in model.modules())
+    if amp and nets and dtype == torch.float32 and model_device(model).type in AUTOCAST_DEVICES:
         return "bf16 hidden layers"
-    p = next(model.parameters(), None)
-    return str(p.dtype if p is not None else torch.get_default_dtype()).removeprefix("torch.")
+    return str(dtype).removeprefix("torch.")
 
 
 def format_table(res: dict) -> str:

@@ -97,7 +97,7 @@ class MaskedAffineAutoregressive(Transform):
         self.scale = scale
 
     def _params(self, x, context):
-        raw_s, t = self.made(x, context).to(x.dtype).unbind(1)  # bf16 under autocast
+        raw_s, t = self.made(x, context).to(x.dtype).unbind(1)  # bf16 under training's autocast
         return log_scale(raw_s, self.scale), t
 
     def forward(self, x, context=None):

@@ -21,7 +21,7 @@ dominates.
 Precision: with ``amp`` the encoder's and decoder's net bodies run under bf16 autocast
 (``vaekit.nets.autocast``; oneDNN's bf16 kernels on CPUs with AVX512-BF16 or AMX, tensor cores on
 CUDA). The hidden layers of a body compute in bf16; its last layer, which gives the likelihood's
-or the posterior's parameters (``nets.body.OutputLayer``), computes in float32 from the hidden
+or the posterior's parameters (``vaekit.precision.OutputLayer``), computes in float32 from the hidden
 layers' output cast up, so no parameter of a density is rounded to bf16's 8 significant bits
 (a logit of 10 would move by up to 0.03). From there every
 log p(x|z), log p(z), log q(z|x) and log-weight is float32 and the running logsumexp is float64.

@@ -18,6 +18,7 @@ from .mlp import mlp_decoder, mlp_encoder
 from .resnet import resnet_decoder, resnet_encoder
 from .spec import NetSpec
 from .speed import (
+    AUTOCAST_DEVICES,
     autocast,
     channels_last_input,
     fixed_parameters,
@@ -54,6 +55,7 @@ def build_decoder(name: str, latent_dim: int, param_shape: tuple[int, ...], spec
 
 
 __all__ = [
+    "AUTOCAST_DEVICES",
     "DECODERS",
     "ENCODERS",
     "NetSpec",

@@ -312,8 +312,8 @@ class GatedPixelCNN(NetBody):
 
         Under autocast (the evaluators' bf16) the products, the convolutions and the gates compute
         in its dtype, as autocast would run the NCHW pass; the horizontal stack's residual sum stays
-        in x's dtype, and the last head layer (an :class:`~vaekit.nets.body.OutputLayer`) computes in
-        it too inside :func:`~vaekit.nets.body.float32_outputs`.
+        in x's dtype, and the last head layer (an :class:`~vaekit.precision.OutputLayer`) computes in
+        it too inside :func:`~vaekit.precision.float32_outputs`.
         """
         dev = x.device.type
         low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype  # products, gates

@@ -102,7 +102,7 @@ def autocast(
     (``NetBody``), flows keep their invertible data path and log-determinants in float32, and
     likelihoods compute their log-probabilities in float32 whatever the decoder's dtype. With
     ``outputs_float32`` (the evaluators') the bodies' last layers compute in float32 too
-    (``body.float32_outputs``), so only the hidden layers are rounded to ``dtype``.
+    (``vaekit.precision.float32_outputs``), so only the hidden layers are rounded to ``dtype``.
     """
     device = torch.device(device)
     if not (resolve_amp(enabled, device) and device.type in AUTOCAST_DEVICES):
