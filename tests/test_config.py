@@ -205,6 +205,7 @@ def test_the_two_layer_preset_is_burdas_net():
         (["amp=sometimes"], "train.amp must be auto, true or false; got 'sometimes'"),
         (["eval_amp=sometimes"], "train.eval_amp must be auto, true or false; got 'sometimes'"),
         (["eval_amp=1"], "train.eval_amp must be auto, true or false; got '1'"),
+        (["dequantize=1"], "model.dequantize must be auto, true or false; got '1'"),
     ],
 )
 def test_the_new_fields_refuse_what_cannot_be_built_in_one_line(overrides, fragment):

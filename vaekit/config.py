@@ -812,16 +812,16 @@ def validate(cfg: Config, new_run: bool = True) -> None:
     if new_run:
         _check_new_run(cfg)
     _validate_standardization(cfg.data)
-    if cfg.model.dequantize not in ("auto", True, False):
-        raise ConfigError(f"model.dequantize must be auto, true or false; got '{cfg.model.dequantize}'")
-    amp_setting(cfg.train.amp)
-    amp_setting(cfg.train.eval_amp, "train.eval_amp")
+    auto_or_bool(cfg.model.dequantize, "model.dequantize")
+    auto_or_bool(cfg.train.amp, "train.amp")
+    auto_or_bool(cfg.train.eval_amp, "train.eval_amp")
 
 
-def amp_setting(value: Any, name: str = "train.amp") -> bool | str:
-    """``value`` of the setting ``name`` (``train.amp``, ``train.eval_amp``) as given when it is auto,
-    true or false (compared by identity: 1 == True, yet is no bool), else a one-line ``ConfigError``;
-    ``vaekit.nets.resolve_amp`` decides auto."""
+def auto_or_bool(value: Any, name: str) -> bool | str:
+    """``value`` of the setting ``name`` (``train.amp``, ``train.eval_amp``, ``model.dequantize``) as
+    given when it is auto, true or false, compared by identity (1 == True, yet is no bool: checks
+    written ``value is True`` would pass it by), else a one-line ``ConfigError``; what auto means is
+    decided where the setting is used (``vaekit.nets.resolve_amp``, ``models.resolve_dequantize``)."""
     if value == "auto" or value is True or value is False:
         return value
     raise ConfigError(f"{name} must be auto, true or false; got '{value}'")

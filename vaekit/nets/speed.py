@@ -17,7 +17,7 @@ import threading
 import torch
 from torch import Tensor, nn
 
-from ..config import amp_setting
+from ..config import auto_or_bool
 from ..errors import ConfigError
 from ..precision import float32_outputs
 
@@ -85,8 +85,8 @@ def native_bf16(device: torch.device | str) -> bool:
 def resolve_amp(amp: bool | str, device: torch.device | str, name: str = "train.amp") -> bool:
     """The amp setting ``name`` (``train.amp``, ``train.eval_amp``) as a bool on ``device``: ``auto``
     is :func:`native_bf16`; true and false are themselves; anything else is refused
-    (``vaekit.config.amp_setting``: a string "false" must not read as true)."""
-    return native_bf16(device) if amp_setting(amp, name) == "auto" else amp
+    (``vaekit.config.auto_or_bool``: a string "false" must not read as true)."""
+    return native_bf16(device) if auto_or_bool(amp, name) == "auto" else amp
 
 
 def autocast(
