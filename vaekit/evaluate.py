@@ -68,6 +68,7 @@ from .precision import OutputLayer
 from .seeding import EVAL_CHUNK, derive_seed
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+BF16_HIDDEN = "bf16 hidden layers"  # the precision of an amp evaluation, in results and journal keys
 SPLIT_MIN_CHUNKS = 64  # evaluation cuts the examples into at least this many chunks
 LOG_PX = 0  # the column of log p(x) in every per-example row (and journal row), for every model kind
 
@@ -219,7 +220,7 @@ def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[P
         "k": int(plan.k),
         "seed": int(plan.seed),
         "chunk": int(plan.B),
-        "amp": "bf16 hidden layers" if plan.amp else False,  # True while output layers ran in bf16
+        "amp": BF16_HIDDEN if plan.amp else False,  # True while output layers ran in bf16
         "device": torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type,
         "torch": torch.__version__,  # another build may round differently: no mixing of chunks
         "vaekit": __version__,
@@ -374,7 +375,7 @@ def precision(model, amp: bool) -> str:
     dtype = p.dtype if p is not None else torch.get_default_dtype()
     nets = any(isinstance(m, OutputLayer) for m in model.modules())
     if amp and nets and dtype == torch.float32 and model_device(model).type in AUTOCAST_DEVICES:
-        return "bf16 hidden layers"
+        return BF16_HIDDEN
     return str(dtype).removeprefix("torch.")
 
 
