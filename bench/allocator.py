@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -93,12 +92,15 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.warmup, args.threads, args.batch_size)))
         return 0
+    sys.path.insert(0, str(ROOT))
     import torch
+
+    from bench.common import cpu_name
 
     print(
         f"# bench/allocator.py: training steps under glibc's default allocator and with {' '.join(f'{k}={v}' for k, v in KEEP.items())}"
     )
-    print(f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+    print(f"# torch {torch.__version__}, {args.threads} threads, {cpu_name()}, "
           f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up, synthetic 28x28 batch, one child process per arm and round")  # fmt: skip
     print(f"{'preset':15s} {'batch':>5s} | {'default ms/step':>15s} {'faults/step':>11s} {'peak MiB':>8s} | "
           f"{'kept ms/step':>12s} {'faults/step':>11s} {'peak MiB':>8s} | speed-up")  # fmt: skip

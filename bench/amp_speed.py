@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vaekit  # noqa: E402
-from bench.common import data_dir  # noqa: E402
+from bench.common import cpu_name, data_dir  # noqa: E402
 from vaekit.config import get_preset  # noqa: E402
 from vaekit.data import binarize_dynamic, prepare_data, resolve_binarize  # noqa: E402
 from vaekit.evaluate import per_example_log_prob  # noqa: E402
@@ -200,7 +200,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# bf16 autocast vs float32 training on MNIST: torch {torch.__version__}, {args.device},"
-          f" {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')}")  # fmt: skip
+          f" {torch.get_num_threads()} threads, {cpu_name()}, {time.strftime('%Y-%m-%d %H:%M')}")  # fmt: skip
     print(f"# speed: {args.rounds} interleaved rounds of {args.speed_steps} train_step calls per arm, medians;"
           f" quality: {args.steps} steps per arm from the same seed, {args.n_test} test images, K={args.k} (VAEs),"
           " evaluated in float32")  # fmt: skip

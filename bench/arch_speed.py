@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import sys
 import time
@@ -68,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from bench.common import cpu_name  # noqa: E402
 from vaekit.checkpoint import load_shared  # noqa: E402
 from vaekit.config import get_preset  # noqa: E402
 from vaekit.data import prepare_data  # noqa: E402
@@ -568,7 +568,7 @@ def parse(argv=None) -> argparse.Namespace:
 def print_method(args, device, peaks: dict) -> None:
     print(
         f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads,"
-        f" {platform.processor() or platform.machine()}, cuda available: {torch.cuda.is_available()}"
+        f" {cpu_name()}, cuda available: {torch.cuda.is_available()}, {time.strftime('%Y-%m-%d %H:%M')}"
     )
     print(
         f"# peak: torch.mm {args.peak_size} x {args.peak_size}, median of {args.peak_repeats}: "
@@ -595,7 +595,7 @@ def print_method(args, device, peaks: dict) -> None:
 def print_paired_method(args, device, peaks: dict) -> None:
     print(
         f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads,"
-        f" {platform.processor() or platform.machine()}"
+        f" {cpu_name()}, {time.strftime('%Y-%m-%d %H:%M')}"
     )
     print(
         f"# peak: torch.mm {args.peak_size} x {args.peak_size}, median of {args.peak_repeats}: "

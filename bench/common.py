@@ -34,6 +34,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the bf16 units torch finds on it, e.g. "AMD EPYC (AVX512-BF16)".
+
+    Sessions are given different hosts (an Intel Xeon with AMX, an AMD EPYC with AVX512-BF16 only),
+    and what bf16 autocast buys differs between them, so every result file names its host."""
+    name = platform.processor() or platform.machine()
+    try:
+        models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        name = models[0] if models else name
+    except OSError:  # not Linux
+        pass
+    units = [u for u, has in (("AMX-BF16", torch.cpu._is_amx_tile_supported()),
+                              ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported())) if has]  # fmt: skip
+    return f"{name} ({', '.join(units) or 'no bf16 units'})"
+
+
 def header(title: str, args) -> None:
     torch.set_num_threads(args.threads)
     dev = args.device
@@ -42,7 +58,7 @@ def header(title: str, args) -> None:
     print(f"# {title}")
     print(
         f"# torch {torch.__version__}, device {dev}, {args.threads} CPU threads, "
-        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}"
+        f"{cpu_name()}, {time.strftime('%Y-%m-%d %H:%M')}"
     )
 
 

@@ -29,7 +29,7 @@ Where the peer's model differs from vaekit's (parameter counts, a learned vs fix
 conditioner of channel couplings seeing half the channels), the table's notes say so.
 
 Each peer is set against vaekit in the same precision. Where a preset trains its nets in bf16 on
-this CPU (``train.amp=auto`` on a CPU with AMX: ``conv-mnist``), vaekit's bf16 side is timed too,
+this CPU (``train.amp=auto`` on a CPU with AMX or AVX512-BF16: ``conv-mnist``), vaekit's bf16 side is timed too,
 and an "as shipped" line sets it against the float32 peers: neither peer autocasts on a CPU
 (Pythae's ``amp`` is ``torch.autocast("cuda")``; normflows has no such switch).
 
@@ -61,7 +61,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from bench.common import data_dir  # noqa: E402
+from bench.common import cpu_name, data_dir  # noqa: E402
 from vaekit.config import get_preset  # noqa: E402
 from vaekit.data import binarize_dynamic, load_dataset  # noqa: E402
 from vaekit.models import binary_data, build_model  # noqa: E402
@@ -455,7 +455,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="torch.lu is deprecated")  # inside normflows' 1x1 convolution
     images = load_dataset("mnist", "train", data_dir=data_dir("mnist")).x[:2048]
     print("# peer_speed: training steps, vaekit against peer libraries, in one process")
-    print(f"# torch {torch.__version__}, {args.threads} CPU threads, real MNIST (first {len(images)} training images)")
+    print(f"# torch {torch.__version__}, {args.threads} CPU threads, {cpu_name()}, {time.strftime('%Y-%m-%d %H:%M')},"
+          f" real MNIST (first {len(images)} training images)")  # fmt: skip
     for which in args.only:
         batch = args.batch_size or get_preset(PRESET[which]).train.batch_size
         args_b = argparse.Namespace(**{**vars(args), "batch_size": batch})

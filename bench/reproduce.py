@@ -55,7 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vaekit  # noqa: E402
-from bench.common import data_dir, header, parser  # noqa: E402
+from bench.common import cpu_name, data_dir, header, parser  # noqa: E402
 from vaekit.checkpoint import (  # noqa: E402
     atomic_write,
     config_differences,
@@ -268,9 +268,7 @@ def fid_row(run: Path, ckpt: Path, step: int, x_test, ddir: str, device: str) ->
 def device_name(device: str, threads: int) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    import platform
-
-    return f"CPU {platform.processor() or platform.machine()}, {threads} threads"
+    return f"CPU {cpu_name()}, {threads} threads"
 
 
 COLUMNS = f"{'row':<26} {'paper':>6} {'ref':>6} {'vaekit NLL':>16} {'K':>5} {'n test':>6} {'epochs':>14} "

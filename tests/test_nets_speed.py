@@ -142,14 +142,14 @@ def test_amp_training_on_the_cpu_runs_under_autocast_and_gives_finite_float32_lo
 
 
 def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_matrix_units(monkeypatch):
-    """``auto`` follows ``native_bf16`` (AMX tiles on a CPU, bf16 support on CUDA); true and false are
-    themselves on any device; devices without bf16 units, and the meta device, resolve auto to off."""
+    """``auto`` follows ``native_bf16`` (AMX-BF16 or AVX512-BF16 on a CPU, bf16 support on CUDA); true and
+    false are themselves on any device; devices without bf16 units, and the meta device, resolve auto to off."""
     import vaekit.nets.speed as speed
 
-    assert speed.native_bf16("cpu") == bool(torch.cpu._is_amx_tile_supported())
+    assert speed.native_bf16("cpu") == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     assert speed.native_bf16("meta") is False
     for has in (True, False):
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda has=has: has)
+        monkeypatch.setattr(speed, "cpu_bf16_units", lambda has=has: has)
         assert speed.native_bf16("cpu") is has and speed.resolve_amp("auto", "cpu") is has
         with speed.autocast("cpu", "auto"):  # autocast resolves an unresolved auto the same way
             assert torch.is_autocast_enabled("cpu") is has
@@ -162,7 +162,7 @@ def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path,
     """A fresh run with ``train.amp: auto`` trains under autocast exactly where the CPU has bf16 units and
     records the resolved bool in config.yaml and its checkpoints; resumed on a machine that resolves
     auto the other way, given auto again, the run continues in its own precision."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    monkeypatch.setattr(vaekit.nets.speed, "cpu_bf16_units", lambda: native)
     preset, sets = TINY_VAE
     x = digits(True, 96)
     over = {"epochs": 2, "batch_size": 32, "eval_k": 0, "tensorboard": False, "amp": "auto"}
@@ -172,7 +172,7 @@ def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path,
     _, state = ckpt.latest_checkpoint(tmp_path / "r")
     assert state["config"]["train"]["amp"] is native
 
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: not native)  # another machine
+    monkeypatch.setattr(vaekit.nets.speed, "cpu_bf16_units", lambda: not native)  # another machine
     autocast_seen.clear()
     train(build_config(preset, overrides={**sets, **over}), tmp_path / "r", x, progress=False, resume=True)
     assert len(autocast_seen) == 4 and set(autocast_seen) == {native}
@@ -207,7 +207,7 @@ def test_a_resume_of_a_checkpoint_that_saved_amp_unresolved_decides_it_once(monk
     bool on its own device instead of carrying the string into the run."""
     from vaekit.train import _with_auto_resolved
 
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(vaekit.nets.speed, "cpu_bf16_units", lambda: True)
     cfg = build_config("dense-digits", overrides={"amp": "auto"})
     got = _with_auto_resolved(cfg, {"config": cfg.to_dict()}, torch.device("cpu"))
     assert got.train.amp is True and cfg.train.amp == "auto"

@@ -38,11 +38,11 @@ from .errors import DataError, Interrupted, VaekitError, one_line
 
 # vaekit evaluate / score --amp / --no-amp
 AMP_HELP = (
-    "--amp: run the hidden layers of the encoder and decoder nets in bf16 (autocast; faster for conv, "
-    "ResNet and PixelCNN decoders on CPUs with AMX and on recent GPUs, not for dense MLPs); their output "
-    "layers, log-likelihoods, log-weights and the logsumexp stay float32, so the NLL moves only by the "
-    "hidden layers' bf16 rounding. --no-amp: float32 throughout. Default: the run's train.eval_amp "
-    "(auto: bf16 where this device has bf16 matrix units)"
+    "--amp: run the hidden layers of the encoder and decoder nets in bf16 (autocast; faster for conv,"
+    " ResNet and PixelCNN decoders on CPUs with AMX or AVX512-BF16 and on recent GPUs, not for dense "
+    "MLPs); their output layers, log-likelihoods, log-weights and the logsumexp stay float32, so the "
+    "NLL moves only by the hidden layers' bf16 rounding. --no-amp: float32 throughout. Default: the "
+    "run's train.eval_amp (auto: bf16 where this device has bf16 matrix units)"
 )
 
 

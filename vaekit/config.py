@@ -169,8 +169,8 @@ class TrainConfig:
     eval_amp: bool | str = False
     tensorboard: bool = True  # write TensorBoard event files in the run folder
     # bf16 autocast of the nets (CUDA and CPU); likelihoods, log-dets and losses stay float32. auto: on
-    # where the device has bf16 matrix units (NVIDIA compute capability 8+, CPU AMX; nets.native_bf16);
-    # `vaekit train` records what auto resolved to, and a resume keeps it.
+    # where the device has bf16 matrix units (NVIDIA compute capability 8+, a CPU with AMX or AVX512-BF16;
+    # nets.native_bf16); `vaekit train` records what auto resolved to, and a resume keeps it.
     amp: bool | str = False
 
 

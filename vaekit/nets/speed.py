@@ -67,18 +67,26 @@ def channels_last_input(x: Tensor, enabled: bool = True) -> Tensor:
 AUTOCAST_DEVICES = ("cuda", "cpu")  # device types whose autocast vaekit switches on
 
 
+def cpu_bf16_units() -> bool:
+    """Whether this CPU has the bf16 dot-product instructions that oneDNN's bf16 kernels run on:
+    AMX-BF16 tiles (Intel Sapphire Rapids on) or AVX512-BF16 (AMD Zen 4 on). Without them (AVX2, or
+    AVX-512 without BF16) oneDNN emulates bf16 products in float32 and autocast only adds casts."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` has bf16 matrix units for autocast's products: an NVIDIA GPU of compute
-    capability 8.0 or later (Ampere on), or a CPU with AMX-BF16 tiles (Intel Sapphire Rapids on),
-    whose oneDNN kernels gave the measured speed-ups. Elsewhere (older GPUs, which emulate bf16; ROCm,
-    unmeasured; CPUs with AVX512-BF16 alone, unmeasured) it says no."""
+    capability 8.0 or later (Ampere on), or a CPU with :func:`cpu_bf16_units` (AMX-BF16 or
+    AVX512-BF16), on both of which ``bench/amp_speed.py`` and ``bench/arch_speed.py`` measured
+    the speed-ups. Elsewhere (older GPUs, which emulate bf16; ROCm, unmeasured; CPUs without bf16
+    instructions) it says no."""
     device = torch.device(device)
     if device.type == "cuda":
         return (
             torch.cuda.is_available() and torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 8
         )
     if device.type == "cpu":
-        return bool(torch.cpu._is_amx_tile_supported())
+        return cpu_bf16_units()
     return False
 
 
