@@ -60,6 +60,7 @@ import json
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -568,7 +569,7 @@ def parse(argv=None) -> argparse.Namespace:
 def print_method(args, device, peaks: dict) -> None:
     print(
         f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads,"
-        f" {cpu_name()}, cuda available: {torch.cuda.is_available()}, {time.strftime('%Y-%m-%d %H:%M')}"
+        f" {cpu_name()}, cuda available: {torch.cuda.is_available()}, {datetime.now():%Y-%m-%d %H:%M}"
     )
     print(
         f"# peak: torch.mm {args.peak_size} x {args.peak_size}, median of {args.peak_repeats}: "
@@ -595,7 +596,7 @@ def print_method(args, device, peaks: dict) -> None:
 def print_paired_method(args, device, peaks: dict) -> None:
     print(
         f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads,"
-        f" {cpu_name()}, {time.strftime('%Y-%m-%d %H:%M')}"
+        f" {cpu_name()}, {datetime.now():%Y-%m-%d %H:%M}"
     )
     print(
         f"# peak: torch.mm {args.peak_size} x {args.peak_size}, median of {args.peak_repeats}: "
