@@ -41,7 +41,8 @@ def cpu_name() -> str:
     and what bf16 autocast buys differs between them, so every result file names its host."""
     name = platform.processor() or platform.machine()
     try:
-        models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        with open("/proc/cpuinfo") as f:
+            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         name = models[0] if models else name
     except OSError:  # not Linux
         pass

@@ -124,8 +124,11 @@ def main() -> None:
         ("2 ranks x 1 thread, global batch B", 2, 1, B),
         ("1 rank x 2 threads", 1, 2, B),
     ]
+    sys.path.insert(0, str(ROOT))
+    from bench.common import cpu_name
+
     print(
-        f"# {args.preset}, B={B}, {args.steps} steps, {os.cpu_count()} CPUs, "
+        f"# {args.preset}, B={B}, {args.steps} steps, {os.cpu_count()} CPUs ({cpu_name()}), "
         f"load average {os.getloadavg()[0]:.1f} at start ({time.strftime('%Y-%m-%d %H:%M')})"
     )
     results = {}

@@ -180,8 +180,11 @@ def main(argv=None):
         "sklearn_final_ll": runs["sklearn"][0]["final_ll"],
         "vaekit_final_ll": runs["vaekit"][0]["final_ll"],
     }
+    sys.path.insert(0, ROOT)
+    from bench.common import cpu_name
+
     print(
-        f"EM, MNIST n={args.n} D=784 K={args.components} {args.covariance}, {args.iters} iterations, "
+        f"EM, MNIST n={args.n} D=784 K={args.components} {args.covariance}, {args.iters} iterations, {cpu_name()}, "
         f"{args.threads or 'default'} threads, fastest of {args.repeats} fresh-process runs each (load average now {res['load_average'][0]:.1f} "
         f"on {res['cpu_count']} CPUs)"
     )

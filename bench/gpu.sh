@@ -92,7 +92,9 @@ say "# commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'unkno
 command -v nvidia-smi >/dev/null && nvidia-smi -L 2>&1 | sed 's/^/# /' | tee -a "$OUT"
 "$PY" - <<'EOF' 2>&1 | tee -a "$OUT"
 import platform, torch
+from bench.common import cpu_name
 print(f"# python {platform.python_version()}, torch {torch.__version__}, torch.cuda.is_available() {torch.cuda.is_available()}")
+print(f"# CPU {cpu_name()}")
 if torch.cuda.is_available():
     nccl = ".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else "absent"
     print(f"# {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, NCCL {nccl}")

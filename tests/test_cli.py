@@ -345,7 +345,7 @@ def test_evaluate_amp_runs_the_nets_in_bf16_and_records_it(run, tmp_path, capsys
 @pytest.mark.parametrize("native", [True, False])
 def test_evaluate_follows_the_runs_eval_amp_auto_unless_told(run, tmp_path, capsys, monkeypatch, native):
     """A run whose ``train.eval_amp`` is auto is evaluated with bf16 hidden layers where this device has
-    bf16 matrix units, and says so on stderr; --no-amp and --amp override it; the output records it."""
+    bf16 hardware, and says so on stderr; --no-amp and --amp override it; the output records it."""
     import vaekit.nets.speed
 
     monkeypatch.setattr(vaekit.nets.speed, "native_bf16", lambda device: native)

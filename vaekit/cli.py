@@ -42,7 +42,7 @@ AMP_HELP = (
     " ResNet and PixelCNN decoders on CPUs with AMX or AVX512-BF16 and on recent GPUs, not for dense "
     "MLPs); their output layers, log-likelihoods, log-weights and the logsumexp stay float32, so the "
     "NLL moves only by the hidden layers' bf16 rounding. --no-amp: float32 throughout. Default: the "
-    "run's train.eval_amp (auto: bf16 where this device has bf16 matrix units)"
+    "run's train.eval_amp (auto: bf16 where this device has bf16 hardware)"
 )
 
 

@@ -75,11 +75,12 @@ def cpu_bf16_units() -> bool:
 
 
 def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` has bf16 matrix units for autocast's products: an NVIDIA GPU of compute
-    capability 8.0 or later (Ampere on), or a CPU with :func:`cpu_bf16_units` (AMX-BF16 or
-    AVX512-BF16), on both of which ``bench/amp_speed.py`` and ``bench/arch_speed.py`` measured
-    the speed-ups. Elsewhere (older GPUs, which emulate bf16; ROCm, unmeasured; CPUs without bf16
-    instructions) it says no."""
+    """Whether ``device`` has bf16 hardware for autocast's products: an NVIDIA GPU of compute
+    capability 8.0 or later (Ampere on), or a CPU with :func:`cpu_bf16_units` (AMX-BF16 tiles or
+    AVX512-BF16 dot products). ``bench/amp_speed.py`` and ``bench/arch_speed.py`` measured the
+    speed-ups on an Intel Xeon with AMX and an AMD Zen 4 with AVX512-BF16; other CPUs with these
+    instructions are assumed alike. Elsewhere (older GPUs, which emulate bf16; ROCm, unmeasured;
+    CPUs without bf16 instructions) it says no."""
     device = torch.device(device)
     if device.type == "cuda":
         return (
