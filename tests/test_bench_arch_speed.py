@@ -60,7 +60,8 @@ def test_each_timed_evaluation_call_is_set_against_the_peak_measured_beside_it(t
 
 def test_as_shipped_times_each_vae_preset_with_its_own_layout_and_amp_settings(tmp_path, monkeypatch):
     """--as-shipped: conv-mnist trains and evaluates in bf16 where train.amp and train.eval_amp say auto and
-    the device has bf16 units; resnet-mnist, which sets both off, stays float32."""
+    the device has bf16 units; resnet-mnist, train.amp off and train.eval_amp auto, trains in float32 and
+    evaluates with bf16 hidden layers. Each follows its own preset, not the other's."""
     import vaekit.nets.speed
 
     monkeypatch.setattr(vaekit.nets.speed, "native_bf16", lambda device: True)
@@ -75,4 +76,4 @@ def test_as_shipped_times_each_vae_preset_with_its_own_layout_and_amp_settings(t
     rows = {r["preset"]: r for r in map(json.loads, out.read_text().splitlines()) if "preset" in r}
     conv, resnet = rows["conv-mnist"], rows["resnet-mnist"]
     assert (conv["amp"], conv["eval_amp"], conv["eval_amp_active"], conv["channels_last"]) == (True, True, True, True)
-    assert (resnet["amp"], resnet["eval_amp"]) == (False, False)
+    assert (resnet["amp"], resnet["eval_amp"], resnet["eval_amp_active"]) == (False, True, True)

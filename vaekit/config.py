@@ -165,11 +165,11 @@ class TrainConfig:
     eval_n: int = 500  # test examples in the end-of-epoch evaluation
     # importance sampling (end-of-epoch, and `vaekit evaluate` / `score` unless --amp / --no-amp) with the
     # nets' hidden layers under bf16 autocast; output layers, log-weights and logsumexps stay float32.
-    # auto: on where the device evaluating has bf16 matrix units (as train.amp), decided per evaluation.
+    # auto: on where the device evaluating has bf16 hardware (as train.amp), decided per evaluation.
     eval_amp: bool | str = False
     tensorboard: bool = True  # write TensorBoard event files in the run folder
     # bf16 autocast of the nets (CUDA and CPU); likelihoods, log-dets and losses stay float32. auto: on
-    # where the device has bf16 matrix units (NVIDIA compute capability 8+, a CPU with AMX or AVX512-BF16;
+    # where the device has bf16 hardware (NVIDIA compute capability 8+, a CPU with AMX or AVX512-BF16;
     # nets.native_bf16); `vaekit train` records what auto resolved to, and a resume keeps it.
     amp: bool | str = False
 
@@ -318,7 +318,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "eval_amp": "auto",
         },
         "conv VAE, binarised MNIST: stride-2 3x3 convs 32-64, transposed-conv decoder, Bernoulli, 32 latents; "
-        "nets in bf16 where the device has bf16 matrix units (train.amp=auto; train.eval_amp=auto: hidden "
+        "nets in bf16 where the device has bf16 hardware (train.amp=auto; train.eval_amp=auto: hidden "
         "layers only)",
     ),
     "resnet-mnist": (
@@ -331,9 +331,10 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "norm": "weight",
             "activation": "elu",
             "amp": False,
-            "eval_amp": False,
+            "eval_amp": "auto",
         },
-        "ResNet VAE, binarised MNIST: 2 pre-activation blocks per stage (32, 64), weight norm, ELU",
+        "ResNet VAE, binarised MNIST: 2 pre-activation blocks per stage (32, 64), weight norm, ELU; trained in "
+        "float32, evaluated with bf16 hidden layers where the device has bf16 hardware (train.eval_amp=auto)",
     ),
     "pixelvae-mnist": (
         "conv-mnist",
