@@ -585,6 +585,7 @@ def test_the_hand_derived_path_clips_and_resumes_exactly(tmp_path):
 
 @pytest.mark.parametrize("eval_amp", [False, True])
 def test_the_end_of_epoch_evaluation_runs_under_bf16_only_when_eval_amp_says_so(tmp_path, monkeypatch, eval_amp):
+    """... and metrics.jsonl records the precision it ran in, since auto resolves per device."""
     import vaekit.train
 
     seen = []
@@ -599,4 +600,6 @@ def test_the_end_of_epoch_evaluation_runs_under_bf16_only_when_eval_amp_says_so(
         progress=False,
     )
     assert seen == [eval_amp]
+    (rec,) = [r for r in read_metrics(tmp_path / "r") if "test_nll" in r]
+    assert rec["test_precision"] == ("bf16 hidden layers" if eval_amp else "float32")
     assert build_config("dense-digits").train.eval_amp is False  # off unless asked for

@@ -673,6 +673,7 @@ def _epoch_eval(model, test_x: Tensor, tc: TrainConfig, step: int, epoch: int, l
         "test_kl": res.get("kl"),
         "test_k": tc.eval_k,
         "test_n": int(test_x.shape[0]),
+        "test_precision": res["precision"],  # train.eval_amp's auto is decided per device, so curves say it
     }
     if not model.data_transform.identity and res["nll"] is not None:  # standardised features: + sum log std
         rec["test_nll_data_units"] = res["nll"] + model.data_transform.log_scale
