@@ -446,17 +446,19 @@ def paired_amp(run: str, device, args) -> dict:
     model, cfg, state = load_shared(run, device=device)
     model.eval()
     data = cfg.data if args.data_dir is None else dataclasses.replace(cfg.data, data_dir=args.data_dir)
-    x = prepare_data(data)[1].x[: args.eval_images].to(device)
+    first = args.eval_from
+    x = prepare_data(data)[1].x[first : first + args.eval_images].to(device)
     numel = decoder_numel(model, x.shape[1:])
     nll = {False: [], True: []}
     secs = {False: [], True: []}
-    for i in range(x.shape[0]):
+    for j in range(x.shape[0]):
+        i = first + j  # the test image's own index, which its samples' seed follows
         for amp in (False, True) if i % 2 == 0 else (True, False):
             torch.manual_seed(derive_seed(args.eval_seed, EVAL_CHUNK, i))
             sync(device)
             t0 = time.perf_counter()
             with torch.no_grad():
-                out = importance_sampled_log_prob(model, x[i : i + 1], k=args.target_k, data_numel=numel, amp=amp)
+                out = importance_sampled_log_prob(model, x[j : j + 1], k=args.target_k, data_numel=numel, amp=amp)
             sync(device)
             secs[amp].append(time.perf_counter() - t0)
             nll[amp].append(-out["log_px"].double().item())
@@ -546,7 +548,8 @@ def parse(argv=None) -> argparse.Namespace:
         help="instead of the presets: trained runs (folders or checkpoints), evaluated float32 and bf16 on the"
         " same samples, interleaved; prints the paired NLL difference and both speeds",
     )
-    ap.add_argument("--eval-images", type=int, default=30, help="--eval-amp: the first N test images")
+    ap.add_argument("--eval-images", type=int, default=30, help="--eval-amp: N test images")
+    ap.add_argument("--eval-from", type=int, default=0, help="--eval-amp: index of the first of them")
     ap.add_argument("--eval-seed", type=int, default=0, help="--eval-amp: seed of the importance samples")
     ap.add_argument("--data-dir", default=None, help="--eval-amp: folder of the runs' dataset files")
     ap.add_argument(
@@ -603,8 +606,8 @@ def print_paired_method(args, device, peaks: dict) -> None:
         + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
     )
     print(
-        f"# paired: importance_sampled_log_prob with K={args.target_k} of each of the first {args.eval_images} test"
-        f" images, float32 and amp (the nets' hidden layers in bf16, output layers float32) on the same samples (seed"
+        f"# paired: importance_sampled_log_prob with K={args.target_k} of each of the {args.eval_images} test images"
+        f" from index {args.eval_from}, float32 and amp (the nets' hidden layers in bf16, output layers float32) on the same samples (seed"
         f" derive_seed({args.eval_seed}, EVAL_CHUNK, i)), interleaved with alternating order; s/img: median over the"
         " images; FLOPs = decoder log p(x|z) per sample (FlopCounterMode)"
     )

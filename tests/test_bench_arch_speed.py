@@ -11,7 +11,7 @@ from bench.arch_speed import main
 from vaekit.checkpoint import load_model
 from vaekit.cli import main as vaekit
 from vaekit.data import prepare_data
-from vaekit.evaluate import evaluate
+from vaekit.evaluate import evaluate, per_example_log_prob
 
 
 def test_eval_amp_pairs_float32_and_bf16_on_the_samples_vaekit_evaluate_draws(tmp_path, capsys):
@@ -36,6 +36,18 @@ def test_eval_amp_pairs_float32_and_bf16_on_the_samples_vaekit_evaluate_draws(tm
     fp32, bf16 = (evaluate(model, x, k=8, progress=False, seed=0, amp=amp)["nll"] for amp in (False, True))
     assert row["nll_fp32"] == pytest.approx(fp32, rel=1e-6) and row["nll_bf16"] == pytest.approx(bf16, rel=1e-6)
     assert row["delta_mean"] == pytest.approx(bf16 - fp32, abs=1e-6) and row["delta_max_abs"] > 0
+
+    # --eval-from: later test images, each with the samples its own index draws in vaekit evaluate
+    later = tmp_path / "later.jsonl"
+    try:
+        main(["--eval-amp", str(run), "--json", str(later), *small[2:], "--eval-images", "1", "--eval-from", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    row = json.loads(later.read_text())
+    assert row["images"] == 1
+    for amp, key in ((False, "nll_fp32"), (True, "nll_bf16")):
+        log_px = per_example_log_prob(model, x, k=8, progress=False, seed=0, amp=amp)
+        assert row[key] == pytest.approx(-log_px[2].item(), rel=1e-6)
 
 
 def test_each_timed_evaluation_call_is_set_against_the_peak_measured_beside_it(tmp_path, monkeypatch):
