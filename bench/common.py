@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vaekit.data import binarize_dynamic  # noqa: E402
+from vaekit.nets.speed import cpu_bf16_units  # noqa: E402
 from vaekit.train import train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -46,9 +47,7 @@ def cpu_name() -> str:
         name = models[0] if models else name
     except OSError:  # not Linux
         pass
-    units = [u for u, has in (("AMX-BF16", torch.cpu._is_amx_tile_supported()),
-                              ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported())) if has]  # fmt: skip
-    return f"{name} ({', '.join(units) or 'no bf16 units'})"
+    return f"{name} ({', '.join(cpu_bf16_units()) or 'no bf16 units'})"
 
 
 def header(title: str, args) -> None:

@@ -141,12 +141,13 @@ def test_amp_training_on_the_cpu_runs_under_autocast_and_gives_finite_float32_lo
     assert weights and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
 
 
-def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_matrix_units(monkeypatch):
+def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_hardware(monkeypatch):
     """``auto`` follows ``native_bf16`` (AMX-BF16 or AVX512-BF16 on a CPU, bf16 support on CUDA); true and
     false are themselves on any device; devices without bf16 units, and the meta device, resolve auto to off."""
     import vaekit.nets.speed as speed
 
     assert speed.native_bf16("cpu") == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    assert set(speed.cpu_bf16_units()) <= {"AMX-BF16", "AVX512-BF16"}
     assert speed.native_bf16("meta") is False
     for has in (True, False):
         monkeypatch.setattr(speed, "cpu_bf16_units", lambda has=has: has)

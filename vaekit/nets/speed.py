@@ -67,11 +67,13 @@ def channels_last_input(x: Tensor, enabled: bool = True) -> Tensor:
 AUTOCAST_DEVICES = ("cuda", "cpu")  # device types whose autocast vaekit switches on
 
 
-def cpu_bf16_units() -> bool:
-    """Whether this CPU has the bf16 dot-product instructions that oneDNN's bf16 kernels run on:
-    AMX-BF16 tiles (Intel Sapphire Rapids on) or AVX512-BF16 (AMD Zen 4 on). Without them (AVX2, or
-    AVX-512 without BF16) oneDNN emulates bf16 products in float32 and autocast only adds casts."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+def cpu_bf16_units() -> tuple[str, ...]:
+    """The bf16 instruction sets of this CPU that oneDNN's bf16 kernels run on, by name: AMX-BF16 tiles
+    (Intel Sapphire Rapids on) and AVX512-BF16 dot products (AMD Zen 4 on); empty where it has neither
+    (AVX2, or AVX-512 without BF16), where oneDNN emulates bf16 products in float32 and autocast
+    only adds casts."""
+    found = (("AMX-BF16", torch.cpu._is_amx_tile_supported()), ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported()))
+    return tuple(name for name, has in found if has)
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -87,7 +89,7 @@ def native_bf16(device: torch.device | str) -> bool:
             torch.cuda.is_available() and torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 8
         )
     if device.type == "cpu":
-        return cpu_bf16_units()
+        return bool(cpu_bf16_units())
     return False
 
 
