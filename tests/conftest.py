@@ -37,3 +37,15 @@ def shared_datasets():
     if not os.path.isdir(path):
         pytest.skip("../shared/datasets not present")
     return path
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """``bf16_cpu(has)`` makes this CPU look as if it had (True: AVX512-BF16) or lacked (False) the bf16
+    instructions that ``vaekit.nets.speed.cpu_bf16_units`` names, in that function's own return type."""
+    import vaekit.nets.speed
+
+    def pretend(has: bool) -> None:
+        monkeypatch.setattr(vaekit.nets.speed, "cpu_bf16_units", lambda: ("AVX512-BF16",) if has else ())
+
+    return pretend

@@ -1002,16 +1002,12 @@ def test_resume_may_move_the_data_folder_to_the_same_data_only(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_train_says_when_the_nets_run_in_bf16_and_records_what_amp_auto_resolved_to(
-    tmp_path, capsys, monkeypatch, native
-):
+def test_train_says_when_the_nets_run_in_bf16_and_records_what_amp_auto_resolved_to(tmp_path, capsys, bf16_cpu, native):
     """``--set amp=auto`` is decided on the training machine (its CPU's bf16 units, patched): the start line
     names bf16 exactly where it is on, and config.yaml records the bool, not auto."""
     import yaml
 
-    import vaekit.nets.speed
-
-    monkeypatch.setattr(vaekit.nets.speed, "cpu_bf16_units", lambda: native)
+    bf16_cpu(native)
     out = tmp_path / "r"
     argv = ["train", "--preset", "dense-digits", "--set", "amp=auto", "--set", "tensorboard=false"]
     assert main([*argv, "--set", "eval_k=0", "--max-steps", "1", "--out", str(out), "--no-progress"]) == 0

@@ -141,7 +141,7 @@ def test_amp_training_on_the_cpu_runs_under_autocast_and_gives_finite_float32_lo
     assert weights and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
 
 
-def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_hardware(monkeypatch):
+def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_hardware(bf16_cpu):
     """``auto`` follows ``native_bf16`` (AMX-BF16 or AVX512-BF16 on a CPU, bf16 support on CUDA); true and
     false are themselves on any device; devices without bf16 units, and the meta device, resolve auto to off."""
     import vaekit.nets.speed as speed
@@ -150,7 +150,7 @@ def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_hardware(mo
     assert set(speed.cpu_bf16_units()) <= {"AMX-BF16", "AVX512-BF16"}
     assert speed.native_bf16("meta") is False
     for has in (True, False):
-        monkeypatch.setattr(speed, "cpu_bf16_units", lambda has=has: has)
+        bf16_cpu(has)
         assert speed.native_bf16("cpu") is has and speed.resolve_amp("auto", "cpu") is has
         with speed.autocast("cpu", "auto"):  # autocast resolves an unresolved auto the same way
             assert torch.is_autocast_enabled("cpu") is has
@@ -159,11 +159,11 @@ def test_resolve_amp_turns_auto_on_exactly_where_the_device_has_bf16_hardware(mo
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path, monkeypatch, autocast_seen, native):
+def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path, bf16_cpu, autocast_seen, native):
     """A fresh run with ``train.amp: auto`` trains under autocast exactly where the CPU has bf16 units and
     records the resolved bool in config.yaml and its checkpoints; resumed on a machine that resolves
     auto the other way, given auto again, the run continues in its own precision."""
-    monkeypatch.setattr(vaekit.nets.speed, "cpu_bf16_units", lambda: native)
+    bf16_cpu(native)
     preset, sets = TINY_VAE
     x = digits(True, 96)
     over = {"epochs": 2, "batch_size": 32, "eval_k": 0, "tensorboard": False, "amp": "auto"}
@@ -173,7 +173,7 @@ def test_train_records_what_amp_auto_resolved_to_and_a_resume_keeps_it(tmp_path,
     _, state = ckpt.latest_checkpoint(tmp_path / "r")
     assert state["config"]["train"]["amp"] is native
 
-    monkeypatch.setattr(vaekit.nets.speed, "cpu_bf16_units", lambda: not native)  # another machine
+    bf16_cpu(not native)  # another machine
     autocast_seen.clear()
     train(build_config(preset, overrides={**sets, **over}), tmp_path / "r", x, progress=False, resume=True)
     assert len(autocast_seen) == 4 and set(autocast_seen) == {native}
@@ -203,12 +203,12 @@ def test_native_bf16_on_cuda_asks_for_compute_capability_8_and_resolve_amp_refus
             speed.resolve_amp(bad, "cpu")
 
 
-def test_a_resume_of_a_checkpoint_that_saved_amp_unresolved_decides_it_once(monkeypatch):
+def test_a_resume_of_a_checkpoint_that_saved_amp_unresolved_decides_it_once(bf16_cpu):
     """A checkpoint written through the low-level API may hold amp: auto; the resume resolves it to a
     bool on its own device instead of carrying the string into the run."""
     from vaekit.train import _with_auto_resolved
 
-    monkeypatch.setattr(vaekit.nets.speed, "cpu_bf16_units", lambda: True)
+    bf16_cpu(True)
     cfg = build_config("dense-digits", overrides={"amp": "auto"})
     got = _with_auto_resolved(cfg, {"config": cfg.to_dict()}, torch.device("cpu"))
     assert got.train.amp is True and cfg.train.amp == "auto"
