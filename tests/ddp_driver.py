@@ -17,13 +17,18 @@ Scenarios, all in one process group:
   split over the ranks; ``cli_err``: a command that fails.
   Each rank records its exit status, stdout and stderr in ``WORK/<scenario>.rank<r>.json``.
 
-Every rank saves its final weights as ``WORK/<scenario>.rank<r>.pt``.
+Every rank saves its final weights as ``WORK/<scenario>.rank<r>.pt``. After the session has
+closed, each rank records in ``WORK/closed.rank<r>.json`` whether its process group is still
+alive: a group that outlives ``destroy_process_group`` keeps gloo's worker threads running into
+interpreter shutdown, where they can abort the process.
 """
 
 import contextlib
+import gc
 import io
 import json
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -72,6 +77,7 @@ def main(work: Path) -> None:
     with distributed.session():
         assert distributed.world_size() == 2
         r = distributed.rank()
+        group = weakref.ref(torch.distributed.group.WORLD)
 
         def keep(name, summary):
             torch.save({"summary": summary, "weights": built[-1].state_dict()}, work / f"{name}.rank{r}.pt")
@@ -99,6 +105,8 @@ def main(work: Path) -> None:
             ["evaluate", work / "cli", "--k", "4", "--seed", "0", "--no-progress", "-o", work / "eval_ddp.json"],
         )
         command("cli_err", ["train", "--resume", work / "no-such-run"])
+    gc.collect()
+    (work / f"closed.rank{r}.json").write_text(json.dumps({"group_alive": group() is not None}))
 
 
 CLI_TRAIN = [

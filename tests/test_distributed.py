@@ -160,6 +160,10 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path, o
     assert e0["rc"] == e1["rc"] == 2
     assert [l for l in e0["err"].splitlines() if l.startswith("vaekit: error: ")] and e1["err"] == ""
 
+    # closing the session frees the process group (DDP included), so no gloo thread outlives it
+    for r in (0, 1):
+        assert json.loads((tmp_path / f"closed.rank{r}.json").read_text()) == {"group_alive": False}
+
 
 def test_shards_deal_every_example_once_per_epoch():
     N, S, spe = 103, 3, 7

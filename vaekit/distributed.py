@@ -26,6 +26,7 @@ environment-variable initialisation) and https://pytorch.org/docs/stable/elastic
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 from datetime import timedelta
@@ -127,6 +128,12 @@ def session(timeout_s: float | None = None):
         if local_rank() < torch.cuda.device_count():  # else: more processes than GPUs, CPU training
             torch.cuda.set_device(local_rank())
     kw = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+    # torch.distributed.nn.functional binds ``group=group.WORLD`` as a default argument when it is
+    # first imported, and DistributedDataParallel imports it. Imported after the group opens, it
+    # would keep that group alive past destroy_process_group, and with it gloo's worker threads:
+    # one that releases a tensor after the interpreter has begun to shut down aborts the process
+    # ("terminate called without an active exception"). Imported first, it binds None.
+    importlib.import_module("torch.distributed.nn.functional")
     dist.init_process_group(backend=backend(), init_method="env://", **kw)
     try:
         yield
