@@ -20,7 +20,9 @@ For every preset, in one process:
   a full --test-images evaluation. The host's speed drifts from minute to minute, so each timed
   VAE evaluation call is also followed by a short peak measurement (3 timed products of the peak's
   size) and the row adds the median over the calls of each call's share of the peak measured beside
-  it (the median call, where "% peak" takes the best one).
+  it (the median call, where "% peak" takes the best one). That peak's matrices are allocated once
+  and held, so measuring it does not change the heap the next call finds; the row also gives the
+  median call's minor page faults (``getrusage``), where the allocator's state shows.
 
     python bench/arch_speed.py                                    # the eight MNIST presets, CPU
     python bench/arch_speed.py --quick --presets conv-mnist       # smoke run: one step, small K
@@ -57,6 +59,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import resource
 import statistics
 import sys
 import time
@@ -119,21 +122,42 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
+class MatmulPeak:
+    """GFLOP/s of ``torch.mm`` on two n x n matrices of ``dtype`` (2 n^3 FLOPs over the median time).
+
+    The matrices are allocated once and held, so that measuring allocates nothing. Measured between
+    timed calls, a peak that allocated and freed its three matrices (48 MiB at n = 2048) each time
+    let glibc trim the heap, and the next call page-faulted its buffers anew: up to 50,000 minor
+    faults and 3x the time per ``conv-mnist`` K=1000 call, which back-to-back calls do not see.
+    """
+
+    def __init__(self, device, dtype=torch.float32, n: int = 2048):
+        self.device, self.n = device, n
+        self.a = torch.randn(n, n, device=device).to(dtype)
+        self.b = torch.randn(n, n, device=device).to(dtype)
+        self.c = torch.empty(n, n, device=device, dtype=dtype)
+
+    def __call__(self, repeats: int = 10) -> float:
+        for _ in range(2):
+            torch.mm(self.a, self.b, out=self.c)
+        times = []
+        for _ in range(repeats):
+            sync(self.device)
+            t0 = time.perf_counter()
+            torch.mm(self.a, self.b, out=self.c)
+            sync(self.device)
+            times.append(time.perf_counter() - t0)
+        return 2 * self.n**3 / statistics.median(times) / 1e9
+
+
 def matmul_peak(device, dtype=torch.float32, n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of ``torch.mm`` on two n x n matrices of ``dtype``: 2 n^3 FLOPs over the median time."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        torch.mm(a, b, out=c)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    """:class:`MatmulPeak` measured once, its matrices freed afterwards."""
+    return MatmulPeak(device, dtype, n)(repeats)
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (``getrusage``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def timed(fn, device, calls: int, warmup: int, repeat: int) -> tuple[float, float, object]:
@@ -158,22 +182,25 @@ def timed(fn, device, calls: int, warmup: int, repeat: int) -> tuple[float, floa
 
 def timed_beside_peak(fn, device, warmup: int, repeat: int, peak_size: int):
     """(seconds of each of ``repeat`` calls of ``fn``, the float32 matmul peak in GFLOP/s measured right after
-    each, warm-up seconds). On a host whose speed drifts from minute to minute a share of a peak
-    measured once, at the start, moves with the drift; a call set against the peak of the same
-    moment does not."""
+    each, warm-up seconds, minor page faults of each call). On a host whose speed drifts from minute
+    to minute a share of a peak measured once, at the start, moves with the drift; a call set
+    against the peak of the same moment does not. The peak's matrices are held from before the
+    warm-up on (:class:`MatmulPeak`), so the calls see the heap that back-to-back calls would."""
+    probe = MatmulPeak(device, n=peak_size)
     t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     sync(device)
     warm = time.perf_counter() - t0
-    times, peaks = [], []
+    times, peaks, faults = [], [], []
     for _ in range(repeat):
-        t1 = time.perf_counter()
+        f1, t1 = minor_faults(), time.perf_counter()
         fn()
         sync(device)
         times.append(time.perf_counter() - t1)
-        peaks.append(matmul_peak(device, n=peak_size, repeats=3))
-    return times, peaks, warm
+        faults.append(minor_faults() - f1)
+        peaks.append(probe(repeats=3))
+    return times, peaks, warm, faults
 
 
 def build(name: str, device, compile_: bool, channels_last: bool):
@@ -272,7 +299,7 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
             return importance_sampled_log_prob(model, x, k=k, chunks_per_pass=one, amp=opts["eval_amp"])["log_px"]
 
         # the issue counts shares of the float32 peak, also for a bf16 evaluation
-        times, peaks, warm = timed_beside_peak(call, device, args.eval_warmup, args.eval_repeat, args.peak_size)
+        times, peaks, warm, faults = timed_beside_peak(call, device, args.eval_warmup, args.eval_repeat, args.peak_size)
         per_call = min(times)
         s_image, kind = per_call * args.target_k / k, f"K={args.target_k} from {k}"
         beside = statistics.median(flops_image * k / args.target_k / t / (p * 1e9) for t, p in zip(times, peaks))
@@ -286,7 +313,7 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
                 return model.log_prob(x)
 
         per_call, warm, _ = timed(call, device, 1, args.eval_warmup, args.eval_repeat)
-        s_image, kind, beside = per_call / n, "exact", None
+        s_image, kind, beside, faults = per_call / n, "exact", None, None
     return {
         "preset": name,
         "eval": kind,
@@ -297,6 +324,7 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
         "eval_warmup_s": round(warm, 2),
         "test_set_s": s_image * args.test_images,
         "eval_share_beside_peak": beside,  # median over the timed calls of the share of the fp32 peak right after each
+        "eval_faults_per_call": None if faults is None else statistics.median(faults),  # minor page faults, median call
         "eval_amp": opts["eval_amp"],
         "eval_amp_active": autocast_active(device, opts["eval_amp"]),
     }
@@ -353,7 +381,8 @@ def format_row(r: dict, peaks: dict) -> str:
             f" | eval {r['eval']}: {r['eval_s_per_image']:.4g} s/img {r['eval_images_per_s']:.4g} img/s"
             f" {flops_label(r)} {fp32:5.1f}% fp32 peak{bf16},"
             + (
-                f" {100 * r['eval_share_beside_peak']:5.1f}% of the fp32 peak beside each call,"
+                f" {100 * r['eval_share_beside_peak']:5.1f}% of the fp32 peak beside each call"
+                f" ({r['eval_faults_per_call']:.0f} page faults per call),"
                 if r.get("eval_share_beside_peak") is not None
                 else ""
             )
@@ -592,7 +621,7 @@ def print_method(args, device, peaks: dict) -> None:
             " device), evaluation's over the fp32 peak (eval_amp: hidden layers in bf16, output layers float32;"
             " the bf16 peak's share beside it); '% of the fp32 peak beside each call' (VAEs): the median over the"
             " timed calls of each call's share of an fp32 peak measured right after it (2 warm-up and 3 timed"
-            " products)"
+            " products on matrices held from before the warm-up), with that call's minor page faults"
         )
 
 

@@ -52,11 +52,24 @@ def test_eval_amp_pairs_float32_and_bf16_on_the_samples_vaekit_evaluate_draws(tm
 
 def test_each_timed_evaluation_call_is_set_against_the_peak_measured_beside_it(tmp_path, monkeypatch):
     """The share beside the peak is the median over the timed calls of (FLOPs of one call / its
-    seconds) over the peak measured right after it; flows (exact log p(x), no K) leave it empty."""
+    seconds) over the peak measured right after it, by one probe that holds its matrices; the row
+    also gives the median call's minor page faults. Flows (exact log p(x), no K) leave both empty."""
     import bench.arch_speed as bench
 
     peaks = iter([200.0, 100.0, 50.0, 25.0])  # GFLOP/s: the run's own, then after each of three timed calls
     monkeypatch.setattr(bench, "matmul_peak", lambda *a, **k: next(peaks))
+    probes = []
+
+    class Probe:  # one per timed evaluation, built before its warm-up and asked after every call
+        def __init__(self, device, n):
+            probes.append(self)
+
+        def __call__(self, repeats):
+            return next(peaks)
+
+    monkeypatch.setattr(bench, "MatmulPeak", Probe)
+    faults = iter([0, 10, 10, 30, 30, 60])  # before and after each timed call: 10, 20 and 30 faults
+    monkeypatch.setattr(bench, "minor_faults", lambda: next(faults))
     clock = iter(range(1000))  # the bench's own clock only: every timed call takes 1 s
     monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
     out = tmp_path / "rows.jsonl"
@@ -67,7 +80,27 @@ def test_each_timed_evaluation_call_is_set_against_the_peak_measured_beside_it(t
     conv = rows["conv-mnist"]
     per_call = conv["eval_mflop_per_image"] * 1e6 * 16 / 5000  # K=16 drawn of the 5000 counted
     assert conv["eval_share_beside_peak"] == pytest.approx(per_call / 1.0 / 50e9)  # the middle of 1/100, 1/50, 1/25
-    assert rows["nice-mnist"]["eval_share_beside_peak"] is None
+    assert len(probes) == 1 and conv["eval_faults_per_call"] == 20
+    assert rows["nice-mnist"]["eval_share_beside_peak"] is None and rows["nice-mnist"]["eval_faults_per_call"] is None
+
+
+def test_the_peak_probe_measures_without_allocating():
+    """Measuring the peak between timed calls reuses the probe's matrices: nothing is allocated (the
+    profiler's memory events), so the heap a timed call leaves is the heap the next call finds. A peak
+    measured from scratch allocates its three matrices, which the profiler sees."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import bench.arch_speed as bench
+
+    def allocated(fn):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        return sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+
+    probe = bench.MatmulPeak(torch.device("cpu"), n=64)
+    assert allocated(lambda: probe(repeats=3)) == 0
+    torch.testing.assert_close(probe.c, probe.a @ probe.b)
+    assert allocated(lambda: bench.matmul_peak(torch.device("cpu"), n=64, repeats=3)) >= 3 * 64 * 64 * 4
 
 
 def test_as_shipped_times_each_vae_preset_with_its_own_layout_and_amp_settings(tmp_path, monkeypatch):
