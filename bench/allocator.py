@@ -3,8 +3,9 @@
 glibc returns large freed blocks to the kernel (blocks above the mmap threshold are unmapped on
 free; the top of the heap is trimmed), so the next step's tensors of the same size are fresh
 pages again and every one of their 4 KiB pages costs a minor page fault, which a virtual machine
-makes expensive. vaekit sets no process-wide allocator option (it is a library, and its memory
-is bounded by its own buffers); the environment of a training process can:
+makes expensive. vaekit only primes glibc's own dynamic thresholds once per process
+(``vaekit.heap.prime``: blocks up to ~31 MiB are then reused); the environment of a training
+process can go further:
 
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=17179869184 vaekit train ...
 
@@ -27,6 +28,12 @@ freed memory back differs from process to process with the heap's layout, so the
 counts the children that page-faulted (more than 1,000 minor faults per call):
 
     python bench/allocator.py --threads 2 --presets conv-mnist --eval 1000 --rounds 8
+
+With ``--train-heap`` the default arm's children first set the heap as ``vaekit train`` does
+(``vaekit.heap.keep``; the kept arm's variables make that a no-op), so a ratio near 1 says the
+command gets what the variables give:
+
+    python bench/allocator.py --threads 2 --presets pixelvae-mnist --rounds 3 --steps 3 --warmup 2 --train-heap
 """
 
 from __future__ import annotations
@@ -85,13 +92,16 @@ def eval_child(preset: str, k: int, calls: int, warmup: int, threads: int) -> di
     }
 
 
-def child(preset: str, steps: int, warmup: int, threads: int, batch: int | None) -> dict:
+def child(preset: str, steps: int, warmup: int, threads: int, batch: int | None, train_heap: bool) -> dict:
     """Time ``steps`` training steps of ``preset`` in this process (the arm is its environment)."""
     sys.path.insert(0, str(ROOT))
     import torch
 
     from bench.peer_speed import vaekit_side
+    from vaekit import heap
     from vaekit.config import get_preset
+
+    kept_by_vaekit = heap.keep() if train_heap else None
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -114,6 +124,7 @@ def child(preset: str, steps: int, warmup: int, threads: int, batch: int | None)
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "batch": batch,
         "kept": all(os.environ.get(k) == v for k, v in KEEP.items()),
+        "kept_by_vaekit": kept_by_vaekit,
     }
 
 
@@ -123,6 +134,7 @@ def run_arm(preset: str, keep: bool, args) -> dict:
     cmd = [sys.executable, __file__, "--child", preset, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--threads", str(args.threads)] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
     cmd += ["--eval", str(args.eval)] if args.eval else []
+    cmd += ["--train-heap"] if args.train_heap else []
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -136,13 +148,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None, help="default: each preset's")
     ap.add_argument("--eval", type=int, default=None, metavar="K", help="time K-sample evaluation calls, not steps")
+    ap.add_argument("--train-heap", action="store_true", help="default arm: the heap as `vaekit train` sets it")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         if args.eval:
             row = eval_child(args.child, args.eval, args.steps, args.warmup, args.threads)
         else:
-            row = child(args.child, args.steps, args.warmup, args.threads, args.batch_size)
+            row = child(args.child, args.steps, args.warmup, args.threads, args.batch_size, args.train_heap)
         print(json.dumps(row))
         return 0
     sys.path.insert(0, str(ROOT))
@@ -152,7 +165,9 @@ def main(argv=None) -> int:
 
     what, unit = (f"K={args.eval} evaluations of one image", "call") if args.eval else ("training steps", "step")
     print(
-        f"# bench/allocator.py: {what} under glibc's default allocator and with {' '.join(f'{k}={v}' for k, v in KEEP.items())}"
+        f"# bench/allocator.py: {what} under glibc's default allocator"
+        f"{' as vaekit train sets it (vaekit.heap.keep)' if args.train_heap else ''}"
+        f" and with {' '.join(f'{k}={v}' for k, v in KEEP.items())}"
     )
     print(f"# torch {torch.__version__}, {args.threads} threads, {cpu_name()}, "
           f"{args.rounds} rounds x {args.steps} {unit}s after {args.warmup} warm-up, synthetic 28x28 input, one child process per arm and round; "

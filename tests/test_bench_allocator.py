@@ -11,7 +11,7 @@ from bench import allocator  # noqa: E402
 
 
 def test_the_two_arms_run_in_their_own_environments(capsys):
-    ns = argparse.Namespace(steps=1, warmup=1, threads=1, batch_size=4, eval=None)
+    ns = argparse.Namespace(steps=1, warmup=1, threads=1, batch_size=4, eval=None, train_heap=False)
     default, kept = allocator.run_arm("dense-mnist", False, ns), allocator.run_arm("dense-mnist", True, ns)
     assert (default["kept"], kept["kept"]) == (False, True)
     for arm in (default, kept):
@@ -26,7 +26,7 @@ def test_the_two_arms_run_in_their_own_environments(capsys):
 def test_eval_children_time_k_sample_evaluations_of_the_preset_as_shipped(capsys):
     """--eval K: each child times K-sample importance-sampled evaluations of one image instead of
     training steps, and the table counts the children that page-faulted."""
-    ns = argparse.Namespace(steps=2, warmup=1, threads=1, batch_size=None, eval=8)
+    ns = argparse.Namespace(steps=2, warmup=1, threads=1, batch_size=None, eval=8, train_heap=False)
     arm = allocator.run_arm("dense-mnist", False, ns)
     assert arm["batch"] == 8 and arm["ms"] > 0 and arm["faults"] >= 0 and arm["kept"] is False
     assert allocator.main(["--presets", "dense-mnist", "--rounds", "2", "--steps", "2", "--warmup", "1",
@@ -36,3 +36,15 @@ def test_eval_children_time_k_sample_evaluations_of_the_preset_as_shipped(capsys
     row = [line for line in out.splitlines() if line.startswith("dense-mnist")][0]
     faulting = row.split("|")[1].split()[-3:]  # "n of 2" for the default arm
     assert faulting[1:] == ["of", "2"] and 0 <= int(faulting[0]) <= 2
+
+
+def test_train_heap_sets_the_default_arms_heap_as_vaekit_train_does():
+    """--train-heap: the default arm's child calls vaekit.heap.keep, which the kept arm's variables
+    turn into a no-op (on glibc; elsewhere it does nothing in either)."""
+    from vaekit import heap
+
+    ns = argparse.Namespace(steps=1, warmup=1, threads=1, batch_size=4, eval=None, train_heap=True)
+    default, kept = allocator.run_arm("dense-mnist", False, ns), allocator.run_arm("dense-mnist", True, ns)
+    assert (default["kept_by_vaekit"], kept["kept_by_vaekit"]) == (heap.is_glibc(), False)
+    plain = allocator.run_arm("dense-mnist", False, argparse.Namespace(**{**vars(ns), "train_heap": False}))
+    assert plain["kept_by_vaekit"] is None

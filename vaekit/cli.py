@@ -317,8 +317,9 @@ def _train_args(p):
 
 
 def _train(args):
-    from . import distributed
+    from . import distributed, heap
 
+    heap.keep()  # this process only trains: let it hold its peak heap rather than fault it in every step
     with distributed.session():  # under torchrun: one process group for the whole command
         return _train_in_session(args, distributed.is_main())
 

@@ -71,7 +71,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, heap
 from .config import Config, TrainConfig, burda_stage_epochs
 from .errors import CheckpointError, ConfigError, Interrupted, VaekitError
 from .evaluate import evaluate
@@ -258,7 +258,11 @@ class Learner:
 
 
 def build_learner(model: GenerativeModel, tc: TrainConfig, device: torch.device) -> Learner:
-    """AdamW (fused where it can be) and, when ``tc.ema > 0``, an EMA of the weights and buffers."""
+    """AdamW (fused where it can be) and, when ``tc.ema > 0``, an EMA of the weights and buffers.
+    On the CPU it primes glibc's heap (:func:`vaekit.heap.prime`), so that a step's freed tensors
+    are reused by the next instead of unmapped and faulted in anew."""
+    if device.type == "cpu":
+        heap.prime()
     # the fused kernel updates all parameters in one pass instead of a per-tensor loop
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay, fused=fused)

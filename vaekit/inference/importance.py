@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .. import heap
 from ..nets import autocast, fixed_parameters
 from ..objectives import log_importance_weights
 
@@ -149,6 +150,8 @@ def importance_sampled_log_prob(
         from the same samples) and ``ess`` (effective sample size (sum w)^2 / sum w^2, a
         diagnostic of the proposal).
     """
+    if x.device.type == "cpu":  # each chunk's tensors are megabytes: reuse the heap's pages
+        heap.prime()
     N = x.shape[0]
     if batch_size and sample_chunk:
         B, S = batch_size, min(k, sample_chunk)
