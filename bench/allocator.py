@@ -74,20 +74,25 @@ def eval_child(preset: str, k: int, calls: int, warmup: int, threads: int) -> di
     if cfg.model.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        for _ in range(warmup):
-            importance_sampled_log_prob(model, x, k=k, amp=amp)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        times = []
-        for _ in range(calls):
-            t = time.perf_counter()
-            importance_sampled_log_prob(model, x, k=k, amp=amp)
-            times.append(time.perf_counter() - t)
+        return {**timed(lambda: importance_sampled_log_prob(model, x, k=k, amp=amp), calls, warmup), "batch": k}
+
+
+def timed(call, n: int, warmup: int) -> dict:
+    """``call()`` ``warmup`` times, then the median ms and the minor page faults of ``n`` more, the
+    process's peak memory and whether it runs under the kept arm's variables."""
+    for _ in range(warmup):
+        call()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return {
         "ms": 1e3 * statistics.median(times),
-        "faults": faults / calls,
+        "faults": faults / n,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "batch": k,
         "kept": all(os.environ.get(k) == v for k, v in KEEP.items()),
     }
 
@@ -109,23 +114,7 @@ def child(preset: str, steps: int, warmup: int, threads: int, batch: int | None,
     batch = batch or cfg.train.batch_size
     side = vaekit_side(preset, batch, amp=False)  # float32, as its table was measured
     x = torch.randint(0, 256, (batch, 1, 28, 28), generator=torch.Generator().manual_seed(0)).float() / 255
-    for _ in range(warmup):
-        side.step(x)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        side.step(x)
-        times.append(time.perf_counter() - t)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return {
-        "ms": 1e3 * statistics.median(times),
-        "faults": faults / steps,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "batch": batch,
-        "kept": all(os.environ.get(k) == v for k, v in KEEP.items()),
-        "kept_by_vaekit": kept_by_vaekit,
-    }
+    return {**timed(lambda: side.step(x), steps, warmup), "batch": batch, "kept_by_vaekit": kept_by_vaekit}
 
 
 def run_arm(preset: str, keep: bool, args) -> dict:
