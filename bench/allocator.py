@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-heap", action="store_true", help="default arm: the heap as `vaekit train` sets it")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.eval and args.train_heap:
+        ap.error("--train-heap sets the heap of training children; --eval children evaluate")
     if args.child:
         if args.eval:
             row = eval_child(args.child, args.eval, args.steps, args.warmup, args.threads)

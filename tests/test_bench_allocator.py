@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import allocator  # noqa: E402
@@ -48,3 +50,9 @@ def test_train_heap_sets_the_default_arms_heap_as_vaekit_train_does():
     assert (default["kept_by_vaekit"], kept["kept_by_vaekit"]) == (heap.is_glibc(), False)
     plain = allocator.run_arm("dense-mnist", False, argparse.Namespace(**{**vars(ns), "train_heap": False}))
     assert plain["kept_by_vaekit"] is None
+
+
+def test_train_heap_is_refused_with_eval(capsys):
+    with pytest.raises(SystemExit) as e:
+        allocator.main(["--eval", "8", "--train-heap"])
+    assert e.value.code == 2 and "--train-heap" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""glibc's heap: let freed blocks of up to 32 MiB be reused instead of unmapped.
+"""glibc's heap: let freed blocks be reused instead of unmapped and faulted in again.
 
 glibc's malloc (``mallopt(3)``, "M_MMAP_THRESHOLD") serves a request at or above its mmap
 threshold with a fresh mapping and unmaps it on free, and hands the top of its heap back to the
@@ -42,7 +42,7 @@ _primed = False
 
 
 def is_glibc() -> bool:
-    """Whether this process runs on GNU libc, whose malloc :func:`prime` is about."""
+    """Whether this process runs on GNU libc, whose malloc :func:`prime` and :func:`keep` set."""
     return platform.libc_ver()[0] == "glibc"
 
 
