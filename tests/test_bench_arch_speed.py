@@ -122,3 +122,35 @@ def test_as_shipped_times_each_vae_preset_with_its_own_layout_and_amp_settings(t
     conv, resnet = rows["conv-mnist"], rows["resnet-mnist"]
     assert (conv["amp"], conv["eval_amp"], conv["eval_amp_active"], conv["channels_last"]) == (True, True, True, True)
     assert (resnet["amp"], resnet["eval_amp"], resnet["eval_amp_active"]) == (False, True, True)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_bf16_peak_is_measured_full_size_only_where_bf16_runs_natively(native, tmp_path, monkeypatch, capsys):
+    """A CPU without bf16 instructions emulates bf16 products at about 1 GFLOP/s, so a 2048 x 2048
+    bf16 peak would take minutes. --as-shipped, whose presets all resolve amp to float32 there,
+    measures no bf16 peak; --amp measures it on the smaller EMULATED_PEAK and the header says so.
+    Where bf16 is native both take it at the asked size."""
+    import bench.arch_speed as bench
+    import vaekit.nets.speed
+
+    monkeypatch.setattr(vaekit.nets.speed, "native_bf16", lambda device: native)
+    asked = []
+    monkeypatch.setattr(
+        bench,
+        "matmul_peak",
+        lambda device, dtype=torch.float32, n=2048, repeats=10: asked.append((dtype, n, repeats)) or 100.0,
+    )
+    monkeypatch.setattr(bench, "run_presets", lambda *a: [])
+    size = ["--peak-size", "256", "--peak-repeats", "5"]
+    for flag in ("--as-shipped", "--amp"):
+        asked.clear()
+        main([*size, flag])
+        header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# peak")]
+        bf16 = [(n, r) for dtype, n, r in asked if dtype == torch.bfloat16]
+        assert (torch.float32, 256, 5) in asked
+        if native:
+            assert bf16 == [(256, 5)] and "emulated" not in header[0]
+        elif flag == "--as-shipped":
+            assert bf16 == [] and "bf16" not in header[0]
+        else:
+            assert bf16 == [bench.EMULATED_PEAK] and "bf16 emulated" in header[0]

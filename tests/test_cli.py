@@ -364,6 +364,30 @@ def test_evaluate_follows_the_runs_eval_amp_auto_unless_told(run, tmp_path, caps
     assert ("K=3; bf16 hidden layers)" in capsys.readouterr().out) == native  # score follows it too
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_asked_for_on_a_cpu_without_bf16_instructions_is_warned_about(tmp_path, capsys, bf16_cpu, native):
+    """Emulated bf16 makes a step several times slower than float32, so where the CPU has no bf16
+    units (patched) an explicit amp=true, a resume that keeps it, and ``evaluate --amp`` each say so in
+    one warning line; the run still trains and evaluates as asked. Where bf16 is native, no warning."""
+    bf16_cpu(native)
+    out = tmp_path / "r"
+    argv = ["train", "--preset", "dense-digits", "--set", "amp=true", "--set", "tensorboard=false", "--set", "eval_k=0"]
+    assert main([*argv, "--max-steps", "1", "--out", str(out), "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit: warning:")]
+    assert warned == ([] if native else [warned[0]]) and all("amp=auto trains in float32 here" in w for w in warned)
+    assert main(["train", "--resume", str(out), "--max-steps", "2", "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit: warning:")]
+    assert len(warned) == (0 if native else 1) and all("which a resume keeps" in w for w in warned)
+    for flag, warns in (["--amp"], not native), (["--no-amp"], False):
+        assert (
+            main(["evaluate", str(out), "--n", "2", "--k", "3", "--no-progress", "-o", str(tmp_path / "e.json"), *flag])
+            == 0
+        )
+        err = capsys.readouterr().err
+        assert ("vaekit: warning: bf16 hidden layers asked for" in err) == warns, flag
+        assert json.loads((tmp_path / "e.json").read_text())["amp"] is (flag == ["--amp"])
+
+
 def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, capsys, monkeypatch):
     import vaekit.evaluate
 

@@ -330,7 +330,7 @@ def _train_in_session(args, main: bool):
     from .config import build_config, named_keys, validate
     from .data import FOLDER_DATASETS, binarize_dynamic, prepare_data, reads_data_dir, resolve_binarize
     from .models import binary_data, dequantize_of
-    from .nets import resolve_amp
+    from .nets import bf16_emulated, resolve_amp
     from .train import resolve_device, train
 
     if args.resume:
@@ -406,6 +406,17 @@ def _train_in_session(args, main: bool):
             f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
             f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
             f"{tuple(train_ds.x.shape[1:])}{', nets in bf16 (train.amp)' if cfg.train.amp is True else ''} -> {out}",
+            file=sys.stderr,
+        )
+    if main and cfg.train.amp is True and bf16_emulated(resolve_device(cfg.train.device)):
+        why = (
+            "the run recorded train.amp=true, which a resume keeps"
+            if args.resume
+            else "amp=auto trains in float32 here"
+        )
+        print(
+            "vaekit: warning: train.amp is on, but this CPU has no bf16 instructions (AVX512-BF16 or AMX): "
+            f"bf16 is emulated and each step runs several times slower than in float32 ({why})",
             file=sys.stderr,
         )
     with _recorded(out, args.argv, main):
@@ -605,12 +616,19 @@ def _evaluate(args):
 def _resolve_eval_amp(args, cfg, device) -> None:
     """``args.amp`` := whether this evaluation runs the nets' hidden layers in bf16: ``--amp`` /
     ``--no-amp``, else the run's ``train.eval_amp`` decided for ``device`` (by rank 0 under torchrun,
-    so that every process evaluates alike). Says so on stderr when bf16 came from the run."""
+    so that every process evaluates alike). Says so on stderr when bf16 came from the run, and warns where
+    the CPU has no bf16 instructions (``nets.bf16_emulated``)."""
     from . import distributed
-    from .nets import resolve_amp
+    from .nets import bf16_emulated, resolve_amp
 
     asked = cfg.train.eval_amp if args.amp is None else args.amp
     resolved = distributed.agree(resolve_amp, asked, device, "train.eval_amp")
+    if resolved and bf16_emulated(device) and distributed.is_main():
+        print(
+            "vaekit: warning: bf16 hidden layers asked for, but this CPU has no bf16 instructions (AVX512-BF16 or "
+            "AMX): bf16 is emulated and the evaluation runs several times slower than in float32 (--no-amp)",
+            file=sys.stderr,
+        )
     if resolved and args.amp is None and distributed.is_main():
         print(
             f"vaekit: note: the nets' hidden layers run in bf16 (the run's train.eval_amp={asked}); "

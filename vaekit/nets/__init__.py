@@ -20,6 +20,7 @@ from .spec import NetSpec
 from .speed import (
     AUTOCAST_DEVICES,
     autocast,
+    bf16_emulated,
     channels_last_input,
     fixed_parameters,
     fixed_parameters_scope,
@@ -60,6 +61,7 @@ __all__ = [
     "ENCODERS",
     "NetSpec",
     "autocast",
+    "bf16_emulated",
     "build_decoder",
     "build_encoder",
     "channels_last_input",

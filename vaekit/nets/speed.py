@@ -93,6 +93,14 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
+def bf16_emulated(device: torch.device | str) -> bool:
+    """Whether bf16 autocast on ``device`` would run without bf16 hardware: a CPU with no
+    :func:`cpu_bf16_units` (AVX2, or AVX-512 without BF16). There oneDNN and torch compute bf16
+    products in float32 after conversions, so autocast makes a step several times slower than
+    float32 rather than faster (``bench/amp_speed.py``); the callers warn when asked for it there."""
+    return torch.device(device).type == "cpu" and not cpu_bf16_units()
+
+
 def resolve_amp(amp: bool | str, device: torch.device | str, name: str = "train.amp") -> bool:
     """The amp setting ``name`` (``train.amp``, ``train.eval_amp``) as a bool on ``device``: ``auto``
     is :func:`native_bf16`; true and false are themselves; anything else is refused
