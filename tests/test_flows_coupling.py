@@ -4,7 +4,9 @@ Jacobian (float64); soft-clamped log-scales keep wild conditioners finite."""
 
 import copy
 
+import pytest
 import torch
+from torch import nn
 
 from tests.helpers import (
     FLOW_B,
@@ -168,3 +170,38 @@ def test_glow_and_nice_conditioners_read_only_the_kept_half():
         m for m in nice((1, 4, 4), couplings=2, hidden=8, n_hidden=2).modules() if isinstance(m, AdditiveCoupling)
     ):
         assert c.split and c.net.net[0].in_features == 8 and c.net.net[-1].out_features == 8
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: MLPConditioner(6, 12, 16, 3, context_dim=2), (5, 6)),
+        (lambda: ConvConditioner(2, 4, 8, blocks=2), (3, 2, 6, 6)),
+        (lambda: ConvConditioner(2, 4, 8, blocks=0), (3, 2, 6, 6)),
+    ],
+)
+def test_conditioners_overwriting_their_products_compute_the_same_values_and_gradients(make, shape):
+    """The conditioners' activations overwrite the product before them in place (the skip input of a
+    residual block excepted): outputs and every gradient are those of out-of-place activations."""
+    torch.manual_seed(0)
+    net = make()
+    for p in net.parameters():  # the last layer starts at zero: give every layer a gradient to compare
+        nn.init.normal_(p, std=0.3)
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    assert any(isinstance(m, nn.ReLU) and m.inplace for m in net.modules())
+    x = torch.randn(shape)
+    ctx = torch.randn(shape[0], 2) if isinstance(net, MLPConditioner) else None
+    outs = []
+    for module in (net, plain):
+        xi = x.clone().requires_grad_(True)
+        y = module(xi, ctx)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), xi.grad, [p.grad for p in module.parameters()]))
+    (y, gx, gp), (y0, gx0, gp0) = outs
+    torch.testing.assert_close(y, y0, rtol=0, atol=0)
+    torch.testing.assert_close(gx, gx0, rtol=0, atol=0)
+    for a, b in zip(gp, gp0):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -120,7 +120,7 @@ class MLPConditioner(Conditioner):
         widths = [in_dim + context_dim] + [hidden] * n_hidden
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]  # overwrites a product nothing else reads
         last = OutputLinear(widths[-1], out_dim)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -135,7 +135,10 @@ class MLPConditioner(Conditioner):
 class _ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1))
+        # the first activation reads x, which the skip connection adds back: not in place
+        self.net = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ch, ch, 3, padding=1)
+        )
 
     def forward(self, x):
         return x + self.net(x)
@@ -146,7 +149,9 @@ class ConvConditioner(Conditioner):
 
     With ``blocks=0`` this is Glow's coupling net (3x3, 1x1, zero-initialised 3x3); with
     residual blocks it is a small version of RealNVP's ResNet (without batch norm, so the
-    flow is the same function in training and evaluation). ``context`` is not used.
+    flow is the same function in training and evaluation). ``context`` is not used. The
+    activations that follow a convolution overwrite its output: a fresh feature map per
+    activation costs a pass over memory that the training step's elementwise work is bound by.
     """
 
     def __init__(self, in_ch: int, out_ch: int, hidden: int, blocks: int = 0):
@@ -157,9 +162,9 @@ class ConvConditioner(Conditioner):
         self.net = nn.Sequential(
             nn.Conv2d(in_ch, hidden, 3, padding=1),
             *[_ResBlock(hidden) for _ in range(blocks)],
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # on a convolution's (or a skip sum's) output, which nothing else reads
             nn.Conv2d(hidden, hidden, 1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             last,
         )
 
