@@ -18,9 +18,15 @@ For every preset, on real MNIST (``bench.common.data_dir('mnist')``), in one pro
   steps, so the difference also carries the training noise; --seeds S repeats the pair with seeds
   seed, seed+1, ... and reports each seed's NLL difference and their mean with its standard error.
 
+With --float32-outputs the amp arm trains with the nets' output layers in float32
+(``vaekit.precision.float32_outputs`` around its steps, as the evaluators run them), so that only the
+hidden layers round to bf16: the shifts and log-scales of a flow's couplings, a likelihood's logits and
+a posterior's parameters, and the gradients that enter the nets through them, stay float32.
+
     python bench/amp_speed.py --threads 1                          # the default presets
     python bench/amp_speed.py --presets conv-mnist --steps 300 --rounds 7
     python bench/amp_speed.py --quick                              # smoke run: 2 presets, a few steps
+    python bench/amp_speed.py --presets nice-mnist --steps 938 --n-test 10000 --float32-outputs
 
 The figures are evidence for turning amp on in a preset or not; this script changes no preset.
 """
@@ -28,6 +34,7 @@ The figures are evidence for turning amp on in a preset or not; this script chan
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import statistics
@@ -47,6 +54,7 @@ from vaekit.evaluate import per_example_log_prob  # noqa: E402
 from vaekit.models import binary_data, build_model, compile_model  # noqa: E402
 from vaekit.nets import to_channels_last  # noqa: E402
 from vaekit.objectives import elbo_terms  # noqa: E402
+from vaekit.precision import float32_outputs  # noqa: E402
 from vaekit.train import batch_preparer, build_learner, train, train_step  # noqa: E402
 
 PRESETS = ["dense-mnist", "iwae-1l", "conv-mnist", "resnet-mnist", "pixelvae-mnist", "nice-mnist", "glow-mnist"]
@@ -76,6 +84,11 @@ def load(cfg, cache: dict):
     return train_x, test_x, transform
 
 
+def amp_precision(amp: bool, args):
+    """The context an arm trains in: with amp and --float32-outputs, the nets' output layers in float32."""
+    return float32_outputs() if amp and args.float32_outputs else contextlib.nullcontext()
+
+
 def learner_for(cfg, amp: bool, train_x, device):
     """(learner, train config) of the preset's model built from the run's seed, with ``amp``."""
     tc = copy.deepcopy(cfg.train)
@@ -100,9 +113,10 @@ def speed(cfg, train_x, transform, args) -> dict:
     def block(amp: bool, xs: list) -> float:
         learner, tc = arms[amp]
         t0 = time.perf_counter()
-        for xb in xs:
-            train_step(learner, [(0, xb)], xb.shape[0], step[amp], tc.lr, tc, prepare)
-            step[amp] += 1
+        with amp_precision(amp, args):
+            for xb in xs:
+                train_step(learner, [(0, xb)], xb.shape[0], step[amp], tc.lr, tc, prepare)
+                step[amp] += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         return sum(x.shape[0] for x in xs) / (time.perf_counter() - t0)
@@ -136,7 +150,8 @@ def quality(cfg, amp: bool, train_x, test_x, transform, args, seed_offset: int =
     cfg = copy.deepcopy(cfg)
     cfg.train.amp, cfg.train.seed = amp, cfg.train.seed + seed_offset
     with tempfile.TemporaryDirectory() as tmp:
-        train(cfg, Path(tmp) / "run", train_x, None, transform=transform, progress=False, max_steps=args.steps)
+        with amp_precision(amp, args):
+            train(cfg, Path(tmp) / "run", train_x, None, transform=transform, progress=False, max_steps=args.steps)
         model = vaekit.load(Path(tmp) / "run", device=args.device)
     x = test_x[: args.n_test].to(args.device)
     out = {"model": model, "log_px": per_example_log_prob(model, x, k=args.k, progress=False, seed=0)}
@@ -184,6 +199,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=100, help="importance samples per test image (VAEs)")
     ap.add_argument("--seeds", type=int, default=1, help="quality pairs with seeds seed, seed+1, ...")
     ap.add_argument("--skip-quality", action="store_true", help="time the steps only")
+    ap.add_argument(
+        "--float32-outputs",
+        action="store_true",
+        help="the amp arm trains with the nets' output layers in float32: only hidden layers in bf16",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 thread, presets " + " ".join(QUICK_PRESETS))
@@ -204,6 +224,8 @@ def main(argv=None):
     print(f"# speed: {args.rounds} interleaved rounds of {args.speed_steps} train_step calls per arm, medians;"
           f" quality: {args.steps} steps per arm from the same seed, {args.n_test} test images, K={args.k} (VAEs),"
           " evaluated in float32")  # fmt: skip
+    if args.float32_outputs:
+        print("# amp arm: bf16 hidden layers, float32 output layers in training (--float32-outputs)")
     cache: dict = {}
     for name in args.presets:
         cfg = config(name, args)

@@ -3,6 +3,8 @@ one line per preset with both arms' images/s, their ratio and both arms' test nu
 
 import re
 
+import torch
+
 from bench.amp_speed import main, parse
 
 
@@ -22,3 +24,28 @@ def test_quick_mode_is_small_and_keeps_explicit_choices():
     args = parse(["--quick", "--presets", "conv-mnist", "--batch-size", "16"])
     assert args.presets == ["conv-mnist"] and args.batch_size == 16 and args.threads == 1
     assert args.steps <= 2 and args.rounds <= 2 and args.n_test <= 8
+
+
+def test_float32_outputs_trains_the_amp_arm_with_float32_output_layers(shared_datasets, monkeypatch, capsys):
+    """--float32-outputs: under the amp arm's autocast the nets' output layers return float32 (only the
+    hidden layers round to bf16); without it they return bf16, as plain autocast rounds every layer."""
+    import vaekit.precision
+
+    monkeypatch.setenv("VAEKIT_DATA", shared_datasets)
+    seen = []
+    real = vaekit.precision.OutputLayer.__call__
+
+    def spy(self, x, *a, **kw):
+        out = real(self, x, *a, **kw)
+        if torch.is_autocast_enabled("cpu"):
+            seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(vaekit.precision.OutputLayer, "__call__", spy)
+    for flag, want in ([], torch.bfloat16), (["--float32-outputs"], torch.float32):
+        seen.clear()
+        main(["--quick", "--threads", "1", "--presets", "glow-mnist", *flag])
+        out = capsys.readouterr().out
+        assert seen and set(seen) == {want}, flag
+        assert ("float32 output layers in training" in out) == bool(flag)
+        assert re.search(r"test NLL +\d+\.\d+ -> +\d+\.\d+ nats", out)
