@@ -165,23 +165,26 @@ def measure_peaks(args, device) -> dict:
     """{"fp32": GFLOP/s, and "bf16" where a run uses it}: the float32 peak always; the bf16 one for
     --amp, --compare amp and --eval-amp, and for --as-shipped only where the device has bf16 units
     (elsewhere every preset's ``auto`` resolves to float32). Emulated bf16 is measured smaller
-    (``EMULATED_PEAK``); ``args.bf16_emulated`` records it for the header."""
+    (``EMULATED_PEAK``)."""
     peaks = {"fp32": matmul_peak(device, n=args.peak_size, repeats=args.peak_repeats)}
-    native = resolve_amp("auto", device)  # what a preset's auto resolves to: bf16 units here
-    args.bf16_emulated = False
+    native = bf16_native(device)
     if args.amp or "amp" in (args.compare or []) or args.eval_amp or (args.as_shipped and native):
         n, repeats = (args.peak_size, args.peak_repeats) if native else EMULATED_PEAK
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, n=n, repeats=repeats)
-        args.bf16_emulated = not native
     return peaks
 
 
-def peak_line(args, peaks: dict) -> str:
+def bf16_native(device) -> bool:
+    """Whether ``device`` has bf16 units: what a preset's ``auto`` resolves to there."""
+    return resolve_amp("auto", device)
+
+
+def peak_line(args, device, peaks: dict) -> str:
     """The header line of the peaks, saying where bf16 is emulated and measured smaller."""
     line = f"# peak: torch.mm {args.peak_size} x {args.peak_size}, median of {args.peak_repeats}: " + ", ".join(
         f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()
     )
-    if args.bf16_emulated:
+    if "bf16" in peaks and not bf16_native(device):
         n, repeats = EMULATED_PEAK
         line += f" (bf16 emulated, no bf16 instructions on this device: {n} x {n}, median of {repeats})"
     return line
@@ -635,7 +638,7 @@ def print_method(args, device, peaks: dict) -> None:
         f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads,"
         f" {cpu_name()}, cuda available: {torch.cuda.is_available()}, {datetime.now():%Y-%m-%d %H:%M}"
     )
-    print(peak_line(args, peaks))
+    print(peak_line(args, device, peaks))
     print(
         f"# train: {args.steps} timed steps x best of {args.repeat} after {args.warmup} warm-up; FLOPs by"
         " FlopCounterMode (matmuls and convolutions, forward + backward) per image per step"
@@ -659,7 +662,7 @@ def print_paired_method(args, device, peaks: dict) -> None:
         f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads,"
         f" {cpu_name()}, {datetime.now():%Y-%m-%d %H:%M}"
     )
-    print(peak_line(args, peaks))
+    print(peak_line(args, device, peaks))
     print(
         f"# paired: importance_sampled_log_prob with K={args.target_k} of each of the {args.eval_images} test images"
         f" from index {args.eval_from}, float32 and amp (the nets' hidden layers in bf16, output layers float32) on the same samples (seed"

@@ -374,7 +374,7 @@ def test_bf16_asked_for_on_a_cpu_without_bf16_instructions_is_warned_about(tmp_p
     argv = ["train", "--preset", "dense-digits", "--set", "amp=true", "--set", "tensorboard=false", "--set", "eval_k=0"]
     assert main([*argv, "--max-steps", "1", "--out", str(out), "--no-progress"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit: warning:")]
-    assert warned == ([] if native else [warned[0]]) and all("amp=auto trains in float32 here" in w for w in warned)
+    assert len(warned) == (0 if native else 1) and all("amp=auto trains in float32 here" in w for w in warned)
     assert main(["train", "--resume", str(out), "--max-steps", "2", "--no-progress"]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit: warning:")]
     assert len(warned) == (0 if native else 1) and all("which a resume keeps" in w for w in warned)

@@ -414,11 +414,7 @@ def _train_in_session(args, main: bool):
             if args.resume
             else "amp=auto trains in float32 here"
         )
-        print(
-            "vaekit: warning: train.amp is on, but this CPU has no bf16 instructions (AVX512-BF16 or AMX): "
-            f"bf16 is emulated and each step runs several times slower than in float32 ({why})",
-            file=sys.stderr,
-        )
+        _warn_bf16_emulated("train.amp is on", "each step runs", why)
     with _recorded(out, args.argv, main):
         summary = train(
             cfg,
@@ -613,6 +609,16 @@ def _evaluate(args):
     return 0
 
 
+def _warn_bf16_emulated(asked: str, what_runs: str, remedy: str) -> None:
+    """One warning line on stderr: bf16 was ``asked`` for on a CPU without bf16 instructions
+    (``nets.bf16_emulated``), where ``what_runs`` several times slower than in float32."""
+    print(
+        f"vaekit: warning: {asked}, but this CPU has no bf16 instructions (AVX512-BF16 or AMX): "
+        f"bf16 is emulated and {what_runs} several times slower than in float32 ({remedy})",
+        file=sys.stderr,
+    )
+
+
 def _resolve_eval_amp(args, cfg, device) -> None:
     """``args.amp`` := whether this evaluation runs the nets' hidden layers in bf16: ``--amp`` /
     ``--no-amp``, else the run's ``train.eval_amp`` decided for ``device`` (by rank 0 under torchrun,
@@ -624,11 +630,7 @@ def _resolve_eval_amp(args, cfg, device) -> None:
     asked = cfg.train.eval_amp if args.amp is None else args.amp
     resolved = distributed.agree(resolve_amp, asked, device, "train.eval_amp")
     if resolved and bf16_emulated(device) and distributed.is_main():
-        print(
-            "vaekit: warning: bf16 hidden layers asked for, but this CPU has no bf16 instructions (AVX512-BF16 or "
-            "AMX): bf16 is emulated and the evaluation runs several times slower than in float32 (--no-amp)",
-            file=sys.stderr,
-        )
+        _warn_bf16_emulated("bf16 hidden layers asked for", "the evaluation runs", "--no-amp")
     if resolved and args.amp is None and distributed.is_main():
         print(
             f"vaekit: note: the nets' hidden layers run in bf16 (the run's train.eval_amp={asked}); "
