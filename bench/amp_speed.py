@@ -19,7 +19,7 @@ For every preset, on real MNIST (``bench.common.data_dir('mnist')``), in one pro
   seed, seed+1, ... and reports each seed's NLL difference and their mean with its standard error.
 
 With --float32-outputs the amp arm trains with the nets' output layers in float32
-(``vaekit.precision.float32_outputs`` around its steps, as the evaluators run them), so that only the
+(``--set amp_outputs_float32=true``, as the evaluators run them), so that only the
 hidden layers round to bf16: the shifts and log-scales of a flow's couplings, a likelihood's logits and
 a posterior's parameters, and the gradients that enter the nets through them, stay float32.
 
@@ -34,7 +34,6 @@ The figures are evidence for turning amp on in a preset or not; this script chan
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import math
 import statistics
@@ -54,7 +53,6 @@ from vaekit.evaluate import per_example_log_prob  # noqa: E402
 from vaekit.models import binary_data, build_model, compile_model  # noqa: E402
 from vaekit.nets import to_channels_last  # noqa: E402
 from vaekit.objectives import elbo_terms  # noqa: E402
-from vaekit.precision import float32_outputs  # noqa: E402
 from vaekit.train import batch_preparer, build_learner, train, train_step  # noqa: E402
 
 PRESETS = ["dense-mnist", "iwae-1l", "conv-mnist", "resnet-mnist", "pixelvae-mnist", "nice-mnist", "glow-mnist"]
@@ -68,6 +66,9 @@ def config(name: str, args):
     cfg.data.name, cfg.data.data_dir = "mnist", data_dir("mnist")
     cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), False)
     cfg.train.device, cfg.train.tensorboard, cfg.train.eval_k = args.device, False, 0
+    cfg.train.amp_outputs_float32 = args.float32_outputs  # read only by the amp arm
+    if args.seed is not None:
+        cfg.train.seed = args.seed
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
     return cfg
@@ -82,11 +83,6 @@ def load(cfg, cache: dict):
     train_x, test_x, transform, levels = cache[cfg.data.binarize]
     cfg.data.levels = levels  # the model's bits/dim follow them (as `vaekit train` records)
     return train_x, test_x, transform
-
-
-def amp_precision(amp: bool, args):
-    """The context an arm trains in: with amp and --float32-outputs, the nets' output layers in float32."""
-    return float32_outputs() if amp and args.float32_outputs else contextlib.nullcontext()
 
 
 def learner_for(cfg, amp: bool, train_x, device):
@@ -113,10 +109,9 @@ def speed(cfg, train_x, transform, args) -> dict:
     def block(amp: bool, xs: list) -> float:
         learner, tc = arms[amp]
         t0 = time.perf_counter()
-        with amp_precision(amp, args):
-            for xb in xs:
-                train_step(learner, [(0, xb)], xb.shape[0], step[amp], tc.lr, tc, prepare)
-                step[amp] += 1
+        for xb in xs:
+            train_step(learner, [(0, xb)], xb.shape[0], step[amp], tc.lr, tc, prepare)
+            step[amp] += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         return sum(x.shape[0] for x in xs) / (time.perf_counter() - t0)
@@ -150,8 +145,7 @@ def quality(cfg, amp: bool, train_x, test_x, transform, args, seed_offset: int =
     cfg = copy.deepcopy(cfg)
     cfg.train.amp, cfg.train.seed = amp, cfg.train.seed + seed_offset
     with tempfile.TemporaryDirectory() as tmp:
-        with amp_precision(amp, args):
-            train(cfg, Path(tmp) / "run", train_x, None, transform=transform, progress=False, max_steps=args.steps)
+        train(cfg, Path(tmp) / "run", train_x, None, transform=transform, progress=False, max_steps=args.steps)
         model = vaekit.load(Path(tmp) / "run", device=args.device)
     x = test_x[: args.n_test].to(args.device)
     out = {"model": model, "log_px": per_example_log_prob(model, x, k=args.k, progress=False, seed=0)}
@@ -198,6 +192,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--n-test", type=int, default=500, help="test images evaluated")
     ap.add_argument("--k", type=int, default=100, help="importance samples per test image (VAEs)")
     ap.add_argument("--seeds", type=int, default=1, help="quality pairs with seeds seed, seed+1, ...")
+    ap.add_argument(
+        "--seed", type=int, default=None, help="the first of those seeds (default: the preset's train.seed)"
+    )
     ap.add_argument("--skip-quality", action="store_true", help="time the steps only")
     ap.add_argument(
         "--float32-outputs",
@@ -239,10 +236,11 @@ def main(argv=None):
             f" amp/fp32 {s['ratio']:.2f}x (rounds {s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f})"
         )
         if not args.skip_quality:
-            pairs = [
-                tuple(quality(cfg, amp, train_x, test_x, transform, args, s) for amp in (False, True))
-                for s in range(args.seeds)
-            ]
+            pairs = []
+            for seed in range(args.seeds):
+                pairs.append(tuple(quality(cfg, amp, train_x, test_x, transform, args, seed) for amp in (False, True)))
+                if args.seeds > 1:  # each seed as it ends, so that a killed run keeps the seeds it finished
+                    print(f"#   {name} seed {cfg.train.seed + seed}: {quality_cells(*pairs[-1])}", flush=True)
             line += " | " + quality_cells(*pairs[0]) + (seeds_cell(pairs) if args.seeds > 1 else "")
         print(line, flush=True)
 

@@ -49,3 +49,12 @@ def test_float32_outputs_trains_the_amp_arm_with_float32_output_layers(shared_da
         assert seen and set(seen) == {want}, flag
         assert ("float32 output layers in training" in out) == bool(flag)
         assert re.search(r"test NLL +\d+\.\d+ -> +\d+\.\d+ nats", out)
+
+
+def test_seed_sets_the_first_quality_seed(shared_datasets, monkeypatch):
+    """--seed S runs the pairs with seeds S, S+1, ...: a second run adds seeds to a first one's."""
+    from bench.amp_speed import config
+
+    monkeypatch.setenv("VAEKIT_DATA", shared_datasets)
+    assert config("nice-mnist", parse(["--seed", "3"])).train.seed == 3
+    assert config("nice-mnist", parse([])).train.seed == 0  # the preset's own

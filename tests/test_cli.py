@@ -1038,3 +1038,8 @@ def test_train_says_when_the_nets_run_in_bf16_and_records_what_amp_auto_resolved
     start = capsys.readouterr().err.splitlines()[0]
     assert start.startswith("vaekit: training dense-digits") and ("nets in bf16 (train.amp)" in start) is native
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["amp"] is native
+    hidden = ["--set", "amp_outputs_float32=true", "--set", "eval_k=0", "--max-steps", "1", "--no-progress"]
+    assert main([*argv, *hidden, "--out", str(tmp_path / "h")]) == 0
+    start = capsys.readouterr().err.splitlines()[0]
+    assert ("hidden layers in bf16 (train.amp; output layers float32" in start) is native
+    assert "nets in bf16" not in start

@@ -84,8 +84,8 @@ def autocast_seen(monkeypatch) -> list:
     real = vaekit.train.autocast
 
     @contextlib.contextmanager
-    def spy(device, enabled=True):
-        with real(device, enabled):
+    def spy(device, enabled=True, **kw):
+        with real(device, enabled, **kw):
             seen.append(torch.is_autocast_enabled("cpu"))
             yield
 

@@ -603,3 +603,36 @@ def test_the_end_of_epoch_evaluation_runs_under_bf16_only_when_eval_amp_says_so(
     (rec,) = [r for r in read_metrics(tmp_path / "r") if "test_nll" in r]
     assert rec["test_precision"] == ("bf16 hidden layers" if eval_amp else "float32")
     assert build_config("dense-digits").train.eval_amp is False  # off unless asked for
+
+
+@pytest.mark.parametrize("outputs_float32", [False, True])
+def test_amp_outputs_float32_keeps_the_output_layers_float32_in_training(tmp_path, monkeypatch, outputs_float32):
+    """train.amp rounds every layer of the nets to bf16; with train.amp_outputs_float32 the output
+    layers (here the encoder's posterior parameters and the decoder's logits) compute in float32 from
+    their input cast up, forward and backward, so their weights' gradients come from float32 products."""
+    import vaekit.precision
+
+    seen = []
+    real = vaekit.precision.OutputLayer.__call__
+
+    def spy(self, x, *a, **kw):
+        out = real(self, x, *a, **kw)
+        if torch.is_grad_enabled() and torch.is_autocast_enabled("cpu"):  # training steps, not the evaluation
+            seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(vaekit.precision.OutputLayer, "__call__", spy)
+    tr, te = digits()
+    train(
+        cfg_for(epochs=1, amp=True, amp_outputs_float32=outputs_float32, eval_k=0),
+        tmp_path / "r",
+        tr[:200],
+        None,
+        progress=False,
+        max_steps=2,
+    )
+    assert len(seen) == 2 * 2  # two output layers per step (encoder, decoder), two steps
+    assert set(seen) == {torch.float32 if outputs_float32 else torch.bfloat16}
+    saved = state_of(tmp_path / "r")["config"]["train"]
+    assert saved["amp"] is True and saved["amp_outputs_float32"] is outputs_float32  # a resume trains the same way
+    assert build_config("dense-digits").train.amp_outputs_float32 is False

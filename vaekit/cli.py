@@ -405,7 +405,7 @@ def _train_in_session(args, main: bool):
         print(
             f"vaekit: training {cfg.preset} ({cfg.model.kind}) on {cfg.data.name}: "
             f"{train_ds.x.shape[0]} train / {test_ds.x.shape[0]} test examples of shape "
-            f"{tuple(train_ds.x.shape[1:])}{', nets in bf16 (train.amp)' if cfg.train.amp is True else ''} -> {out}",
+            f"{tuple(train_ds.x.shape[1:])}{_precision_words(cfg.train)} -> {out}",
             file=sys.stderr,
         )
     if main and cfg.train.amp is True and bf16_emulated(resolve_device(cfg.train.device)):
@@ -607,6 +607,15 @@ def _evaluate(args):
     _drop_journal(journal_dir, model, x, args)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _precision_words(tc) -> str:
+    """How the nets train, for the start line: nothing in float32, else what rounds to bf16."""
+    if tc.amp is not True:
+        return ""
+    if tc.amp_outputs_float32:
+        return ", hidden layers in bf16 (train.amp; output layers float32: train.amp_outputs_float32)"
+    return ", nets in bf16 (train.amp)"
 
 
 def _warn_bf16_emulated(asked: str, what_runs: str, remedy: str) -> None:

@@ -172,6 +172,10 @@ class TrainConfig:
     # where the device has bf16 hardware (NVIDIA compute capability 8+, a CPU with AMX or AVX512-BF16;
     # nets.native_bf16); `vaekit train` records what auto resolved to, and a resume keeps it.
     amp: bool | str = False
+    # with amp on, the nets' output layers (a likelihood's logits, a posterior's parameters, a flow
+    # conditioner's shift and log-scale) compute in float32 in training too, as the evaluators run them:
+    # only the hidden layers, and the gradients inside them, round to bf16.
+    amp_outputs_float32: bool = False
 
 
 @dataclass

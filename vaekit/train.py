@@ -442,7 +442,7 @@ def _autograd_gradient(learner: Learner, batches, global_batch: int, step: int, 
         # every process runs all its forwards, even after a bad one, so that the collectives
         # inside DDP's forward stay matched across processes
         with net.no_sync() if W > 1 and not final else contextlib.nullcontext():
-            with autocast(xb.device, tc.amp):
+            with autocast(xb.device, tc.amp, outputs_float32=tc.amp_outputs_float32):
                 out = net(xb, step)
             loss = out["loss"].sum() * (W / global_batch)
             if not bool(torch.isfinite(loss)):
