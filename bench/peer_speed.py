@@ -281,7 +281,8 @@ def vaekit_side(preset: str, batch: int, channels_last: bool = False, amp: bool 
         train_step(learner, [(0, x)], x.shape[0], count[0], cfg.train.lr, cfg.train, prepare)
         count[0] += 1
 
-    name = f"vaekit {preset}" + (" NHWC" if cfg.model.channels_last else "") + (" bf16" if cfg.train.amp else "")
+    bf16 = "" if not cfg.train.amp else " bf16 hidden" if cfg.train.amp_outputs_float32 else " bf16"
+    name = f"vaekit {preset}" + (" NHWC" if cfg.model.channels_last else "") + bf16
     return Side(name, model, step, amp=cfg.train.amp)
 
 
@@ -419,8 +420,9 @@ def report(which: str, sides: list[Side], batch: int) -> None:
         for side in (s for s in peers if not s.amp):
             ratio = statistics.median(side.times) / ours[True]
             verdict = "meets" if ratio >= TARGET else "below"
+            what = "its hidden layers" if get_preset(PRESET[which]).train.amp_outputs_float32 else "its nets"
             print(
-                f"  as shipped: {PRESET[which]} trains in bf16 on this CPU (train.amp=auto), {side.name} in float32 "
+                f"  as shipped: {PRESET[which]} trains {what} in bf16 on this CPU (train.amp=auto), {side.name} in float32 "
                 f"(no CPU autocast of its own): {ratio:.2f}x, vaekit {verdict} the {TARGET}x target"
             )
 

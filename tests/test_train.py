@@ -636,3 +636,69 @@ def test_amp_outputs_float32_keeps_the_output_layers_float32_in_training(tmp_pat
     saved = state_of(tmp_path / "r")["config"]["train"]
     assert saved["amp"] is True and saved["amp_outputs_float32"] is outputs_float32  # a resume trains the same way
     assert build_config("dense-digits").train.amp_outputs_float32 is False
+
+
+def test_flush_subnormal_moments_zeroes_exactly_the_subnormal_float32_moments():
+    """Entries of exp_avg / exp_avg_sq below 2**-126 in magnitude become 0; zeros, normal numbers
+    (the smallest normal included), a float64 state and the step counter are left as they were."""
+    from vaekit.train import flush_subnormal_moments
+
+    tiny = torch.finfo(torch.float32).tiny
+    p = torch.nn.Parameter(torch.zeros(6))
+    opt = torch.optim.AdamW([p], fused=True)
+    m = torch.tensor([1e-40, -1e-40, tiny, -tiny, 0.0, 0.5])
+    v = torch.tensor([1e-45, 0.0, 2e-38, 1e-39, 3.0, tiny / 2])
+    q = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt.add_param_group({"params": [q]})
+    opt.state[p] = {"step": torch.tensor(7.0), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+    opt.state[q] = {"step": torch.tensor(7.0), "exp_avg": torch.tensor([1e-40, 1.0], dtype=torch.float64)}
+    flush_subnormal_moments(opt)
+    assert opt.state[p]["exp_avg"].tolist() == [0.0, 0.0, tiny, -tiny, 0.0, 0.5]
+    assert opt.state[p]["exp_avg_sq"].tolist() == [0.0, 0.0, v[2].item(), 0.0, 3.0, 0.0]
+    assert opt.state[q]["exp_avg"].tolist() == [1e-40, 1.0] and opt.state[p]["step"].item() == 7.0
+
+
+def test_flushing_subnormal_moments_changes_no_weight_of_an_adamw_step():
+    """The update a subnormal moment makes is far under a weight's last bit: AdamW steps from a state
+    full of subnormal moments give bit-identical weights with and without the flush."""
+    from vaekit.train import adam_step, flush_subnormal_moments
+
+    g = torch.Generator().manual_seed(0)
+    runs = []
+    for flush in (False, True):
+        p = torch.nn.Parameter(torch.randn(1000, generator=torch.Generator().manual_seed(1)))
+        opt = torch.optim.AdamW([p], lr=1e-3, fused=True)
+        p.grad = torch.randn(1000, generator=g.manual_seed(2))
+        adam_step(opt)  # creates the state
+        st = opt.state[p]
+        dead = torch.arange(1000) % 2 == 0  # half the weights: a gradient that stays zero
+        st["exp_avg"][dead] = 3e-39
+        st["exp_avg_sq"][dead] = 2e-39
+        for _ in range(5):
+            p.grad = torch.randn(1000, generator=g) * ~dead
+            if flush:
+                flush_subnormal_moments(opt)
+            adam_step(opt)
+        runs.append(p.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_training_flushes_subnormal_moments_every_few_steps_by_step_number(monkeypatch):
+    """train_step flushes after the steps numbered k * MOMENT_FLUSH_EVERY - 1 (counted from 0), so that a
+    resumed run flushes at the same steps as an uninterrupted one."""
+    import vaekit.train
+
+    calls = []
+    monkeypatch.setattr(vaekit.train, "flush_subnormal_moments", lambda opt: calls.append(opt))
+    tr, _ = digits()
+    cfg = cfg_for()
+    model = build_model(cfg, (1, 8, 8))
+    learner = build_learner(model, cfg.train, torch.device("cpu"))
+    prepare = batch_preparer(binarize, False, torch.device("cpu"))
+    every = vaekit.train.MOMENT_FLUSH_EVERY
+    flushed = []
+    for step in (0, every - 2, every - 1, every, 2 * every - 1):
+        n = len(calls)
+        train_step(learner, [(0, tr[:50])], 50, step, 1e-3, cfg.train, prepare)
+        flushed += [step] * (len(calls) - n)
+    assert flushed == [every - 1, 2 * every - 1] and all(o is learner.opt for o in calls)

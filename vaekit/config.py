@@ -406,8 +406,11 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "batch_size": 128,
             "lr": 1e-3,
             "epochs": 100,
+            "amp": "auto",
+            "amp_outputs_float32": True,
         },
-        "Dinh et al. 2014: 4 additive couplings (5x1000 ReLU MLPs), diagonal scaling, logistic base; dequantised MNIST",
+        "Dinh et al. 2014: 4 additive couplings (5x1000 ReLU MLPs), diagonal scaling, logistic base; dequantised "
+        "MNIST; hidden layers in bf16 where the device has bf16 hardware (train.amp=auto, train.amp_outputs_float32)",
     ),
     "realnvp-mnist": (
         "base",
