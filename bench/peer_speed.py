@@ -37,6 +37,7 @@ and an "as shipped" line sets it against the float32 peers: neither peer autocas
     .venv-peers/bin/python bench/peer_speed.py --threads 1 --only glow nice
     .venv-peers/bin/python bench/peer_speed.py --threads 1 --channels-last  # vaekit in NHWC
     .venv-peers/bin/python bench/peer_speed.py --threads 1 --amp  # also both sides in bf16
+    .venv-peers/bin/python bench/peer_speed.py --only nice --warmup 1000  # timed after 1,000 steps per side
     .venv-peers/bin/python bench/peer_speed.py --quick                  # seconds: smoke run
     python bench/peer_speed.py --quick --no-peers                       # vaekit's half only
 
@@ -434,7 +435,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: each preset's own (64 or 128)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for a figure)")
     p.add_argument("--steps", type=int, default=None, help="steps per side per round (default: by model cost)")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up steps per side (the first counts FLOPs)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="warm-up training steps per side (the first counts FLOPs); 1000: the state a run spends its steps in",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: batch 4, one step per round")
     p.add_argument("--channels-last", action="store_true", help="vaekit's side with channels_last=true")
     p.add_argument(
