@@ -469,11 +469,12 @@ def flush_subnormal_moments(opt: torch.optim.Optimizer) -> None:
     A weight whose gradient stays exactly zero (a dead ReLU unit, a pixel that is always black) has
     its first moment shrink by beta1 = 0.9 a step, and after about 800 steps it is subnormal, where
     it stays for some 150 more. x86 CPUs compute on subnormals tens of times slower unless the
-    thread runs flush-to-zero, which ``torch.set_flush_denormal`` sets on the calling thread only:
-    a NICE on MNIST had half its moments subnormal after 1,000 steps and AdamW's fused kernel took
-    eight times as long. Zeroing them changes no update: a moment below 1.2e-38 moves its weight by
-    at most lr * 1.2e-38 / eps, far under any weight's last bit. The test reads the exponent bits
-    as integers, so that it does not itself compute on subnormals."""
+    thread runs flush-to-zero; ``torch.set_flush_denormal`` sets that on the calling thread, and
+    under the intra-op pool it left half of such moments subnormal and the optimiser's kernel as
+    slow (README, "Subnormal Adam moments"). Zeroing them changes no update: a subnormal first
+    moment moves its weight by under lr * 1.2e-38 / eps, and a subnormal second moment changes
+    sqrt(v) + eps by under 1e-11 of eps, both far under a float32's last bit. The mask reads the
+    exponent bits as integers, so that finding subnormals does not itself compute on them."""
     for state in opt.state.values():
         for key in ("exp_avg", "exp_avg_sq"):
             t = state.get(key)
