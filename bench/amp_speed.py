@@ -21,7 +21,9 @@ For every preset, on real MNIST (``bench.common.data_dir('mnist')``), in one pro
 With --float32-outputs the amp arm trains with the nets' output layers in float32
 (``--set amp_outputs_float32=true``, as the evaluators run them), so that only the
 hidden layers round to bf16: the shifts and log-scales of a flow's couplings, a likelihood's logits and
-a posterior's parameters, and the gradients that enter the nets through them, stay float32.
+a posterior's parameters, and the gradients that enter the nets through them, stay float32. A
+preset that sets ``train.amp_outputs_float32`` itself (``nice-mnist``) trains its amp arm so without
+the flag too, as ``--set amp=true`` would; its row says so.
 
     python bench/amp_speed.py --threads 1                          # the default presets
     python bench/amp_speed.py --presets conv-mnist --steps 300 --rounds 7
@@ -66,7 +68,7 @@ def config(name: str, args):
     cfg.data.name, cfg.data.data_dir = "mnist", data_dir("mnist")
     cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), False)
     cfg.train.device, cfg.train.tensorboard, cfg.train.eval_k = args.device, False, 0
-    cfg.train.amp_outputs_float32 = args.float32_outputs  # read only by the amp arm
+    cfg.train.amp_outputs_float32 = cfg.train.amp_outputs_float32 or args.float32_outputs  # read by the amp arm only
     if args.seed is not None:
         cfg.train.seed = args.seed
     if args.batch_size:
@@ -231,8 +233,9 @@ def main(argv=None):
             continue
         train_x, test_x, transform = load(cfg, cache)
         s = speed(cfg, train_x, transform, args)
+        hidden = " (amp arm: bf16 hidden layers)" if cfg.train.amp_outputs_float32 and not args.float32_outputs else ""
         line = (
-            f"{name:15s} batch {s['batch']:4d}: {s['off_img_s']:8.1f} -> {s['on_img_s']:8.1f} img/s,"
+            f"{name:15s}{hidden} batch {s['batch']:4d}: {s['off_img_s']:8.1f} -> {s['on_img_s']:8.1f} img/s,"
             f" amp/fp32 {s['ratio']:.2f}x (rounds {s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f})"
         )
         if not args.skip_quality:

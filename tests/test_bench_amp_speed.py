@@ -58,3 +58,14 @@ def test_seed_sets_the_first_quality_seed(shared_datasets, monkeypatch):
     monkeypatch.setenv("VAEKIT_DATA", shared_datasets)
     assert config("nice-mnist", parse(["--seed", "3"])).train.seed == 3
     assert config("nice-mnist", parse([])).train.seed == 0  # the preset's own
+
+
+def test_the_amp_arm_keeps_a_presets_own_float32_output_layers(shared_datasets, monkeypatch):
+    """Without --float32-outputs the amp arm is the preset with --set amp=true: nice-mnist keeps its
+    float32 output layers, conv-mnist rounds every layer; the flag turns them on for any preset."""
+    from bench.amp_speed import config
+
+    monkeypatch.setenv("VAEKIT_DATA", shared_datasets)
+    assert config("nice-mnist", parse([])).train.amp_outputs_float32 is True
+    assert config("conv-mnist", parse([])).train.amp_outputs_float32 is False
+    assert config("conv-mnist", parse(["--float32-outputs"])).train.amp_outputs_float32 is True
