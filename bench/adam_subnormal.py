@@ -37,13 +37,7 @@ NEVER = 1 << 62  # a flush period no run reaches: the flush switched off
 
 def subnormal_moments(opt: torch.optim.Optimizer) -> int:
     """Nonzero float32 entries of exp_avg / exp_avg_sq with all exponent bits zero."""
-    n = 0
-    for st in opt.state.values():
-        for key in ("exp_avg", "exp_avg_sq"):
-            t = st.get(key)
-            if t is not None and t.dtype == torch.float32:
-                n += int(((t.view(torch.int32) & vt.FLOAT32_EXPONENT) == 0).sum() - (t == 0).sum())
-    return n
+    return sum(int(vt.zero_exponent(t).sum() - (t == 0).sum()) for t in vt.float32_moments(opt))
 
 
 def main(argv=None) -> None:

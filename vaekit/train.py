@@ -60,7 +60,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -475,11 +475,22 @@ def flush_subnormal_moments(opt: torch.optim.Optimizer) -> None:
     moment moves its weight by under lr * 1.2e-38 / eps, and a subnormal second moment changes
     sqrt(v) + eps by under 1e-11 of eps, both far under a float32's last bit. The mask reads the
     exponent bits as integers, so that finding subnormals does not itself compute on them."""
+    for t in float32_moments(opt):
+        t.masked_fill_(zero_exponent(t), 0.0)
+
+
+def float32_moments(opt: torch.optim.Optimizer) -> Iterator[Tensor]:
+    """The optimiser's float32 Adam moment estimates (``exp_avg``, ``exp_avg_sq``), in its state order."""
     for state in opt.state.values():
         for key in ("exp_avg", "exp_avg_sq"):
             t = state.get(key)
             if t is not None and t.dtype == torch.float32:
-                t.masked_fill_((t.view(torch.int32) & FLOAT32_EXPONENT) == 0, 0.0)
+                yield t
+
+
+def zero_exponent(t: Tensor) -> Tensor:
+    """Where the float32 tensor ``t`` is zero or subnormal (exponent bits all zero), read as integers."""
+    return (t.view(torch.int32) & FLOAT32_EXPONENT) == 0
 
 
 def adam_step(opt: torch.optim.Optimizer) -> None:
