@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vaekit.train as vt  # noqa: E402
+from bench.amp_speed import learner_for, load  # noqa: E402
 from bench.common import cpu_name, data_dir  # noqa: E402
 from vaekit.config import build_config  # noqa: E402
-from vaekit.data import binarize_dynamic, prepare_data, resolve_binarize  # noqa: E402
-from vaekit.models import binary_data, build_model  # noqa: E402
-from vaekit.nets import to_channels_last  # noqa: E402
+from vaekit.data import resolve_binarize  # noqa: E402
+from vaekit.models import binary_data  # noqa: E402
 
 NEVER = 1 << 62  # a flush period no run reaches: the flush switched off
 
@@ -54,18 +54,12 @@ def main(argv=None) -> None:
     cfg = build_config(args.preset, overrides=args.sets)
     cfg.data.name, cfg.data.data_dir = "mnist", data_dir("mnist")
     cfg.data.binarize = resolve_binarize(cfg.data.binarize, binary_data(cfg.model), False)
-    train_ds, _ = prepare_data(cfg.data)
-    cfg.data.levels = train_ds.levels
-    transform = binarize_dynamic if train_ds.binarize == "dynamic" else None
-    device, tc, B = torch.device("cpu"), cfg.train, cfg.train.batch_size
-    tc.amp = vt.resolve_amp(tc.amp, device)
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, tuple(train_ds.x.shape[1:]))
-    to_channels_last(model, cfg.model.channels_last)
-    model.init_from_data(train_ds.x.mean(0))
-    learner = vt.build_learner(model, tc, device)
+    train_x, _, transform = load(cfg, {})
+    device = torch.device("cpu")
+    learner, tc = learner_for(cfg, vt.resolve_amp(cfg.train.amp, device), train_x, device)
     prepare = vt.batch_preparer(transform, cfg.model.channels_last, device)
-    n_batches = len(train_ds.x) // B
+    B = tc.batch_size
+    n_batches = len(train_x) // B
     shipped_every = vt.MOMENT_FLUSH_EVERY
 
     def run(learner, first: int, n: int, every: int) -> float:
@@ -73,7 +67,7 @@ def main(argv=None) -> None:
         try:
             t0 = time.perf_counter()
             for step in range(first, first + n):
-                xb = train_ds.x[(step % n_batches) * B : (step % n_batches + 1) * B]
+                xb = train_x[(step % n_batches) * B : (step % n_batches + 1) * B]
                 vt.train_step(learner, [(0, xb)], B, step, tc.lr, tc, prepare)
             return n * B / (time.perf_counter() - t0)
         finally:
