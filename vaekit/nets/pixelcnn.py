@@ -332,28 +332,40 @@ class GatedPixelCNN(NetBody):
         if self.cond is not None and cond is not None:
             c = cond.expand(B, *cond.shape[1:]).permute(0, 2, 3, 1).reshape(B * H * W, -1)  # a batch-1 map broadcasts
             c1 = torch.cat([c, c.new_ones(c.shape[0], 1)], 1).to(low)  # [BHW, cond + 1]: the ones carry the bias
+        L, scratch = len(self.layers), self._scratch
+        v_in = _padded(scratch, "v_in", v, self.layers[0].v_pad)  # [b, H + r, W + 2r, C], zero borders
+        tail_in = None  # the horizontal buffer that holds this pass's conditioning columns (the same in every layer)
         for l, (layer, wts) in enumerate(zip(self.layers, self._nhwc_weights(low))):
-            v_pre = _conv_nhwc(v, wts.v_conv, wts.v_bias, layer.v_pad)  # [b, H, W, 2F]
+            v_pre = _conv_padded(v_in, wts.v_conv, wts.v_bias)  # [b, H, W, 2F]
             fold = c1 is not None and v_pre.shape[0] == B  # the conditioning joins the product
             tail = c1.view(B, H, W, -1) if fold else None
-            cols = _horizontal_inputs(h, v_pre, layer.pad_r, tail, self._scratch, min(l, 1))
-            out = _scratch_tensor(self._scratch, ("h_pre", min(l, 1)), v_pre.shape, v_pre).view(-1, 2 * Fm)
+            cols = _horizontal_inputs(h, v_pre, layer.pad_r, tail, scratch, min(l, 1), tail_in)
+            tail_in = cols if fold else tail_in
+            out = _scratch_tensor(scratch, ("h_pre", min(l, 1)), v_pre.shape, v_pre).view(-1, 2 * Fm)
             h_pre = torch.mm(cols.view(-1, cols.shape[-1]), wts.h_cols if fold else wts.h_cols_plain, out=out)
             h_pre = h_pre.view(v_pre.shape)
-            if c1 is not None:
-                v_pre = _add_product(v_pre, c1, wts.v_cond, B)
-                h_pre = h_pre if fold else _add_product(h_pre, c1, wts.h_cond, B)
-            v = _half_gate_inplace(v_pre)  # v / 2, which the next layer's weights double
+            if l + 1 < L:  # the last layer's vertical output is read by no layer: only its v_pre (the link) is
+                if c1 is not None:
+                    v_pre = _add_product(v_pre, c1, wts.v_cond, B, scratch, "v_cond")
+                # v / 2, which the next layer's weights double, written into the next convolution's padded input
+                pad = self.layers[l + 1].v_pad
+                v_in = _padded_buffer(scratch, ("v", v_pre.shape[0]), v_pre.shape[:3] + (Fm,), v_pre, pad)
+                _half_gate_inplace(v_pre, out=_interior(v_in, pad))
+            if c1 is not None and not fold:
+                h_pre = _add_product(h_pre, c1, wts.h_cond, B, scratch, "h_cond")
             g = _half_gate_inplace(h_pre)
             if layer.residual:
-                h = h.expand(g.shape[0], -1, -1, -1).contiguous() if h.shape[0] != g.shape[0] else h
+                if h.shape[0] != g.shape[0]:
+                    wide = _scratch_tensor(scratch, ("h", g.shape[0]), (g.shape[0],) + h.shape[1:], h)
+                    h = wide.copy_(h.expand(g.shape[0], -1, -1, -1))
                 h.view(-1, Fm).add_(layer.h_out.bias)
                 if low == h.dtype:
                     h.view(-1, Fm).addmm_(g.reshape(-1, Fm), wts.h_out)
                 else:  # the residual sum in h's dtype
                     h.view(-1, Fm).add_(torch.mm(g.reshape(-1, Fm), wts.h_out))
             elif low == h.dtype:
-                h = torch.addmm(layer.h_out.bias, g.reshape(-1, Fm), wts.h_out).view(*g.shape[:3], Fm)
+                out = _scratch_tensor(scratch, ("h", g.shape[0]), g.shape[:3] + (Fm,), h).view(-1, Fm)
+                h = torch.addmm(layer.h_out.bias, g.reshape(-1, Fm), wts.h_out, out=out).view(*g.shape[:3], Fm)
             else:
                 h = torch.mm(g.reshape(-1, Fm), wts.h_out).to(h.dtype).add_(layer.h_out.bias).view(*g.shape[:3], Fm)
         m1, m2 = (m for m in self.head if isinstance(m, MaskedConv2d))
@@ -482,11 +494,33 @@ class GatedPixelCNN(NetBody):
         return x
 
 
-def _conv_nhwc(t: Tensor, weight: Tensor, bias: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
-    """Convolution of t [b, H, W, c_in] zero-padded by ``pad`` (left, right, top, bottom) -> [b, H', W', c_out]."""
+def _conv_padded(t: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Convolution without padding of t [b, H, W, c_in], a contiguous, already zero-padded input
+    -> [b, H', W', c_out]."""
     cl = torch.channels_last  # input and weight both channels-last: oneDNN's fast direct kernels
-    nchw = F.pad(t.permute(0, 3, 1, 2), pad).contiguous(memory_format=cl)
-    return F.conv2d(nchw, weight.contiguous(memory_format=cl), bias).permute(0, 2, 3, 1).contiguous()
+    return F.conv2d(t.permute(0, 3, 1, 2), weight.contiguous(memory_format=cl), bias).permute(0, 2, 3, 1).contiguous()
+
+
+def _interior(padded: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """The view of ``padded`` [b, H', W', c] inside its ``pad`` (left, right, top, bottom) borders."""
+    left, right, top, bottom = pad
+    return padded[:, top : padded.shape[1] - bottom, left : padded.shape[2] - right]
+
+
+def _padded_buffer(scratch, key, shape, like: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """A scratch tensor [b, H + top + bottom, W + left + right, c] for a map of ``shape`` [b, H, W, c]:
+    its borders are zero (only the interior is ever written), so a map written into
+    :func:`_interior` is the map zero-padded by ``pad``, without a copy into a fresh tensor."""
+    left, right, top, bottom = pad
+    b, H, W, c = shape
+    return _scratch_tensor(scratch, key, (b, H + top + bottom, W + left + right, c), like)
+
+
+def _padded(scratch, key, t: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """t [b, H, W, c] zero-padded by ``pad``, in a scratch buffer (:func:`_padded_buffer`)."""
+    buf = _padded_buffer(scratch, key, t.shape, t, pad)
+    _interior(buf, pad).copy_(t)
+    return buf
 
 
 class _Scratch(dict):
@@ -533,13 +567,17 @@ def _scratch_tensor(scratch: _Scratch, key, shape, like: Tensor, fill=None) -> T
     return t
 
 
-def _horizontal_inputs(h: Tensor, v_pre: Tensor, r: int, tail: Tensor | None, scratch: _Scratch, key) -> Tensor:
+def _horizontal_inputs(
+    h: Tensor, v_pre: Tensor, r: int, tail: Tensor | None, scratch: _Scratch, key, tail_in: Tensor | None = None
+) -> Tensor:
     """Per position (i, j): h at (i, j-r) .. (i, j), v_pre at (i-1, j), then ``tail`` or 1.
 
     h [b, H, W, c_in], v_pre [b, H, W, 2F], tail [b, H, W, e] (the conditioning with its column
     of ones) -> [b, H, W, (r+1) c_in + 2F + e] (e = 1 without a tail: a column of ones), written
-    into a scratch buffer of v_pre's dtype. Off the image the taps and the link are zero: only the interior is
-    overwritten, so the buffer's zero borders (the convolution's padding) stay.
+    into a scratch buffer of v_pre's dtype. The tail is copied unless the buffer is ``tail_in``, one
+    that already holds it (an earlier layer of the same pass wrote it). Off the image the taps and the
+    link are zero: only the interior is overwritten, so the buffer's zero borders (the convolution's
+    padding) stay.
     """
     b, H, W, c_in = h.shape
     e = 1 if tail is None else tail.shape[-1]
@@ -550,7 +588,7 @@ def _horizontal_inputs(h: Tensor, v_pre: Tensor, r: int, tail: Tensor | None, sc
         if s < W:
             cols[:, :, s:, t * c_in : (t + 1) * c_in].copy_(h[:, :, : W - s])
     cols[:, 1:, :, (r + 1) * c_in : -e].copy_(v_pre[:, :-1])
-    if tail is not None:
+    if tail is not None and cols is not tail_in:
         cols[..., -e:].copy_(tail)
     return cols
 
@@ -606,23 +644,27 @@ def _half_gate_weights(layer: GatedLayer, w_cond: Tensor | None, v_halved: bool)
     )
 
 
-def _add_product(pre: Tensor, a: Tensor, w: Tensor, B: int) -> Tensor:
-    """pre [b, H, W, n] + (a [B HW, k] @ w [k, n]) viewed as [B, H, W, n]; in place when b = B."""
+def _add_product(pre: Tensor, a: Tensor, w: Tensor, B: int, scratch: _Scratch, key) -> Tensor:
+    """pre [b, H, W, n] + (a [B HW, k] @ w [k, n]) viewed as [B, H, W, n]: in place when b = B, else
+    (pre broadcast over the batch) into a scratch tensor under ``key``."""
     if pre.shape[0] == B:
         pre.view(-1, pre.shape[-1]).addmm_(a, w)
         return pre
-    return (a @ w).view(B, *pre.shape[1:]).add_(pre)
+    out = _scratch_tensor(scratch, key, (a.shape[0], w.shape[1]), pre)
+    return torch.mm(a, w, out=out).view(B, *pre.shape[1:]).add_(pre)
 
 
-def _half_gate_inplace(pre: Tensor) -> Tensor:
+def _half_gate_inplace(pre: Tensor, out: Tensor | None = None) -> Tensor:
     """pre [..., 2F] = (2a, b) -> tanh(a) sigmoid(b) / 2 = (sigmoid(2a) - 1/2) sigmoid(b) [..., F].
 
-    Overwrites pre. One sigmoid over the whole contiguous tensor runs faster here than tanh and
-    sigmoid over its strided halves; the factors 2 live in the weights (:func:`_half_gate_weights`).
+    Overwrites pre; the result is its first half, or ``out`` [..., F] (any strides) when given. One
+    sigmoid over the whole contiguous tensor runs faster here than tanh and sigmoid over its strided
+    halves; the factors 2 live in the weights (:func:`_half_gate_weights`).
     """
     a, b = pre.chunk(2, dim=-1)
     pre.sigmoid_()
-    return a.sub_(0.5).mul_(b)
+    a.sub_(0.5)
+    return a.mul_(b) if out is None else torch.mul(a, b, out=out)
 
 
 class _one_cpu_thread:
