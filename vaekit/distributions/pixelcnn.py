@@ -134,11 +134,19 @@ class PixelCNNLikelihood(Likelihood):
         # passes' counts per position. The NCHW pass (with autograd) keeps the conditioning of
         # all layers, a layer's stacks and their padded copies, and the head; the channels-last
         # pass keeps the conditioning, two product-input buffers ((k//2 + 1) F taps, the 2F link,
-        # the conditioning), the pre-activations of two layers, padded copies and the head. The
-        # counts cover heap traces of both passes (tests/test_distributions_base.py).
+        # the conditioning), the pre-activations of two layers, the zero-bordered inputs of the
+        # vertical convolutions (C and F channels over the padded (H + r) x (W + 2r) grid: many
+        # floats per position on a small image with a wide kernel), the first layer's products and
+        # the head. The counts cover heap traces of both passes (tests/test_distributions_base.py).
         r = kernel // 2
+        padded = (H + r) * (W + 2 * r) / (H * W)  # padded grid points per position
         nchw = 2 * cond_channels + 4 * channels * layers + 12 * channels
-        nhwc = 2 * (cond_channels + 1) + 2 * ((r + 1) * channels + 3 * channels + cond_channels + 1) + 14 * channels
+        nhwc = (
+            2 * (cond_channels + 1)
+            + 2 * ((r + 1) * channels + 3 * channels + cond_channels + 1)
+            + padded * (channels + C)
+            + 14 * channels
+        )
         self.activation_factor = math.ceil((max(nchw, nhwc) + n_out * C) / C)
 
     @classmethod
