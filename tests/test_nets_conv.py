@@ -106,6 +106,31 @@ def test_the_output_layer_is_a_conv2d_whatever_path_it_takes():
             assert torch.allclose(low, plain(x), atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("body", ["conv", "resnet"])
+def test_the_decoders_give_the_evaluators_bf16_numbers_with_the_cast_before_their_last_relu(body):
+    """Under the evaluators' bf16 (autocast with float32 output layers) a decoder whose last
+    activation is a ReLU casts that ReLU's input up instead of leaving the cast of its output to the
+    output layer: the decoder's output is the same to the last bit as with the cast after it, and
+    its state_dict keys are those of the plain activation."""
+    from vaekit.nets import autocast
+    from vaekit.nets.conv import ConvDecoder
+    from vaekit.nets.resnet import ResNetDecoder
+    from vaekit.precision import FeedsOutput
+
+    torch.manual_seed(0)
+    dec = (ConvDecoder if body == "conv" else ResNetDecoder)(8, (1, 28, 28), [8, 16], act="relu")
+    dec.to(memory_format=torch.channels_last)
+    wrapped = [m for m in dec.modules() if isinstance(m, FeedsOutput)]
+    assert len(wrapped) == 1 and dec.features[-1] is wrapped[0]
+    assert not any(".act." in k or "FeedsOutput" in k for k in dec.state_dict())
+    z = torch.randn(30, 8)
+    with torch.no_grad(), autocast("cpu", True, outputs_float32=True):
+        out = dec(z)
+        wrapped[0].forward = lambda x: wrapped[0].act(x)  # the cast left to the output layer
+        before = dec(z)
+    assert out.dtype == torch.float32 and torch.equal(out, before)
+
+
 def test_the_output_layer_sums_taps_only_where_no_gradient_is_recorded(monkeypatch):
     """Evaluation and sampling (no gradient) take the tap sum; a training step (weights that want
     gradients) and a step on the input alone (per-datapoint SVI through the decoder) take the direct

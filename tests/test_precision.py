@@ -5,7 +5,8 @@ import threading
 
 import torch
 
-from vaekit.precision import OutputConv2d, OutputLinear, float32_outputs, float32_outputs_active
+from vaekit.nets.mlp import activation
+from vaekit.precision import FeedsOutput, OutputConv2d, OutputLinear, float32_outputs, float32_outputs_active
 
 
 def test_inside_float32_outputs_the_output_layer_computes_float32_from_its_bf16_input():
@@ -34,6 +35,27 @@ def test_an_output_conv_is_the_float32_conv_of_its_bf16_input_and_keeps_the_keys
     want = torch.nn.functional.conv2d(h.float(), conv.weight, conv.bias, padding=1)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
     assert list(conv.state_dict()) == list(torch.nn.Conv2d(4, 3, 3).state_dict())
+
+
+def test_the_activation_feeding_an_output_layer_casts_its_input_instead_and_gives_the_same_numbers():
+    """Inside float32_outputs under autocast, FeedsOutput(ReLU) returns float32 equal to the bf16 ReLU
+    cast up (bit for bit), so the output layer gets the same input without a cast of its own;
+    elsewhere it is the activation. Only ReLU is wrapped by ``activation(..., feeds_output=True)``."""
+    torch.manual_seed(0)
+    h = torch.randn(3, 8, 5, 5).bfloat16().contiguous(memory_format=torch.channels_last)
+    act = activation("relu", inplace=True, feeds_output=True)
+    assert isinstance(act, FeedsOutput) and list(act.parameters()) == [] and list(act.state_dict()) == []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with float32_outputs():
+            full = act(h.clone())
+        rounded = act(h.clone())  # autocast alone: the bf16 activation
+    assert full.dtype == torch.float32 and full.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(full, torch.relu(h).float()) and torch.equal(rounded, torch.relu(h))
+    with float32_outputs():  # without autocast, the plain (in-place) activation in the input's dtype
+        x = torch.randn(4, dtype=torch.float64)
+        assert act(x) is x and (x >= 0).all()
+    for name in ("elu", "tanh", "leaky_relu"):  # their float32 values would differ from bf16 ones cast up
+        assert not isinstance(activation(name, inplace=True, feeds_output=True), FeedsOutput)
 
 
 def test_float32_outputs_is_per_thread_nests_and_ends_with_its_block_even_on_an_error():

@@ -60,6 +60,27 @@ class OutputLayer(nn.Module):
         return super().__call__(x, *args, **kwargs)
 
 
+class FeedsOutput(nn.Module):
+    """The activation whose output a net's :class:`OutputLayer` reads: ``FeedsOutput(nn.ReLU())``.
+    Inside :func:`float32_outputs` under autocast it runs in float32 on its input cast up, so the
+    output layer receives float32 and casts nothing: the one cast moves from the activation's output
+    to its input. For ReLU the numbers are the same (max(x, 0) of a bf16 number is exact), and a conv
+    decoder saves a pass over its widest tensor; other activations would compute other, more precise
+    numbers (``nets.activation(..., feeds_output=True)`` wraps ReLU only). Outside, or without
+    autocast, it is the activation itself. It holds no parameters, so ``state_dict`` keys do not
+    change around it."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        if float32_outputs_active() and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.act(full_precision(x))
+        return self.act(x)
+
+
 class OutputConv2d(OutputLayer, nn.Conv2d):
     """``nn.Conv2d`` as a net's output layer (:class:`OutputLayer`)."""
 

@@ -256,7 +256,8 @@ class ConvDecoder(NetBody):
             layers += [
                 upsampler(upsample, channels[i], c_out, (hs[i + 1], ws[i + 1]), (hs[i], ws[i]), norm),
                 norm_pair(norm)[1](c_out),
-                activation(act, inplace=True),  # the output of a conv (or batch norm) nothing else reads
+                # the output of a conv (or batch norm) nothing else reads; the last is the output layer's input
+                activation(act, inplace=True, feeds_output=i == 0),
             ]
         self.features = nn.Sequential(*layers)
         self.out = OutputConv(channels[0], P)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import lookup
-from ..precision import OutputLinear
+from ..precision import FeedsOutput, OutputLinear
 from .body import NetBody
 from .spec import NetSpec
 
@@ -29,17 +29,24 @@ ACTIVATIONS = {
 
 
 INPLACE = {"relu", "elu", "silu", "leaky_relu"}  # the ACTIVATIONS whose module can overwrite its input
+# the ACTIVATIONS whose bf16 result, cast up, equals their float32 result on the bf16 input cast up
+EXACT_IN_BF16 = {"relu"}
 
 
-def activation(name: str, inplace: bool = False) -> nn.Module:
+def activation(name: str, inplace: bool = False, feeds_output: bool = False) -> nn.Module:
     """A fresh activation module by name (see ``ACTIVATIONS``).
 
     ``inplace``: overwrite the input where the activation can (``INPLACE``), saving a fresh output
     tensor; only for inputs that nothing else reads, and whose producer's backward does not need
     them (a convolution's or linear map's output, a batch norm's output).
+    ``feeds_output``: the activation is the one a net's output layer reads; one that is exact in
+    bf16 (``EXACT_IN_BF16``) is wrapped in :class:`~vaekit.precision.FeedsOutput`, which casts its
+    input instead of leaving the cast of its output to the output layer (the same numbers, a pass
+    fewer). The others are left as they are: in float32 they would give other numbers.
     """
     cls = lookup(ACTIVATIONS, name, "activation")
-    return cls(inplace=True) if inplace and name in INPLACE else cls()
+    act = cls(inplace=True) if inplace and name in INPLACE else cls()
+    return FeedsOutput(act) if feeds_output and name in EXACT_IN_BF16 else act
 
 
 class MLP(NetBody):

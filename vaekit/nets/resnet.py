@@ -126,7 +126,7 @@ class ResNetDecoder(NetBody):
             c_in = channels[min(i + 1, n - 1)]
             layers.append(upsampler(upsample, c_in, channels[i], (hs[i + 1], ws[i + 1]), (hs[i], ws[i]), norm))
             layers += _blocks(blocks, channels[i], act, norm)
-        layers += [norm_pair(norm)[1](channels[0]), activation(act, inplace=True)]
+        layers += [norm_pair(norm)[1](channels[0]), activation(act, inplace=True, feeds_output=True)]
         self.features = nn.Sequential(*layers)
         self.out = OutputConv(channels[0], P)
 
