@@ -47,6 +47,14 @@ def float32_outputs_active() -> bool:
     return bool(getattr(_OUTPUTS, "depth", 0))
 
 
+def _float32_inside_outputs(fn, x: Tensor, *args, **kwargs) -> Tensor:
+    """``fn(x, ...)``; inside :func:`float32_outputs` under autocast, with autocast off on ``x`` cast up."""
+    if float32_outputs_active() and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(full_precision(x), *args, **kwargs)
+    return fn(x, *args, **kwargs)
+
+
 class OutputLayer(nn.Module):
     """Mixin of a net's output layer (the parameters of a density): ``class
     OutputLinear(OutputLayer, nn.Linear)``. Outside :func:`float32_outputs`, or without autocast,
@@ -54,10 +62,7 @@ class OutputLayer(nn.Module):
     off. Parameters and ``state_dict`` keys are those of the layer it extends."""
 
     def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
-        if float32_outputs_active() and torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                return super().__call__(full_precision(x), *args, **kwargs)
-        return super().__call__(x, *args, **kwargs)
+        return _float32_inside_outputs(super().__call__, x, *args, **kwargs)
 
 
 class FeedsOutput(nn.Module):
@@ -75,10 +80,7 @@ class FeedsOutput(nn.Module):
         self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
-        if float32_outputs_active() and torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                return self.act(full_precision(x))
-        return self.act(x)
+        return _float32_inside_outputs(self.act, x)
 
 
 class OutputConv2d(OutputLayer, nn.Conv2d):
