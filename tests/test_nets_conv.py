@@ -124,10 +124,14 @@ def test_the_decoders_give_the_evaluators_bf16_numbers_with_the_cast_before_thei
     assert len(wrapped) == 1 and dec.features[-1] is wrapped[0]
     assert not any(".act." in k or "FeedsOutput" in k for k in dec.state_dict())
     z = torch.randn(30, 8)
+    seen = []
+    dec.features[-1].register_forward_hook(lambda m, args, y: seen.append((args[0].dtype, y.dtype)))
     with torch.no_grad(), autocast("cpu", True, outputs_float32=True):
         out = dec(z)
         wrapped[0].forward = lambda x: wrapped[0].act(x)  # the cast left to the output layer
         before = dec(z)
+    assert seen[0] == (torch.bfloat16, torch.float32)  # the ReLU reads bf16 and hands the output layer float32
+    assert seen[1] == (torch.bfloat16, torch.bfloat16)
     assert out.dtype == torch.float32 and torch.equal(out, before)
 
 

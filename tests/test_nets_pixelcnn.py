@@ -171,6 +171,21 @@ def test_the_channels_last_pass_follows_weight_updates_and_batch_changes():
     check(2)
 
 
+def test_the_channels_last_pass_keeps_one_buffer_per_role_whatever_the_batch_sizes():
+    """Batches of other sizes, shared and not, replace the work buffers instead of adding to
+    them: this thread's set holds one tensor per role of the pass, never one per batch size."""
+    torch.manual_seed(2)
+    net = _random_net(1, 3, 2, layers=3)
+    roles = {"v", "h", ("h_pre", 0), ("h_pre", 1), ("cols", 0), ("cols", 1), "v_cond", "h_cond", "weights"}
+    for n, shared in [(3, False), (1, False), (5, True), (2, False), (4, True), (6, False)]:
+        x = torch.rand(1 if shared else n, 1, 5, 5, dtype=torch.float64).expand(n, -1, -1, -1)
+        c = torch.randn(n, 2, 5, 5, dtype=torch.float64)
+        with torch.no_grad():
+            fast = net(x, c)
+        torch.testing.assert_close(fast, net(x, c), rtol=0, atol=1e-12)
+        assert {"v", "h"} <= set(net._scratch.mine()) <= roles
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_under_autocast_the_channels_last_pass_runs_in_bf16_close_to_the_rounded_nchw_pass(shared):
     """bf16 autocast keeps the channels-last pass, with its products, convolutions and gates in bf16:

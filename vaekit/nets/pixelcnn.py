@@ -333,7 +333,7 @@ class GatedPixelCNN(NetBody):
             c = cond.expand(B, *cond.shape[1:]).permute(0, 2, 3, 1).reshape(B * H * W, -1)  # a batch-1 map broadcasts
             c1 = torch.cat([c, c.new_ones(c.shape[0], 1)], 1).to(low)  # [BHW, cond + 1]: the ones carry the bias
         L, scratch = len(self.layers), self._scratch
-        v_in = _padded(scratch, "v_in", v, self.layers[0].v_pad)  # [b, H + r, W + 2r, C], zero borders
+        v_in = _padded_input(v, self.layers[0].v_pad)  # [b, H + r, W + 2r, C], zero borders
         tail_in = None  # the horizontal buffer that holds this pass's conditioning columns (the same in every layer)
         for l, (layer, wts) in enumerate(zip(self.layers, self._nhwc_weights(low))):
             v_pre = _conv_padded(v_in, wts.v_conv, wts.v_bias)  # [b, H, W, 2F]
@@ -349,22 +349,19 @@ class GatedPixelCNN(NetBody):
                     v_pre = _add_product(v_pre, c1, wts.v_cond, B, scratch, "v_cond")
                 # v / 2, which the next layer's weights double, written into the next convolution's padded input
                 pad = self.layers[l + 1].v_pad
-                v_in = _padded_buffer(scratch, ("v", v_pre.shape[0]), v_pre.shape[:3] + (Fm,), v_pre, pad)
+                v_in = _padded_buffer(scratch, "v", v_pre.shape[:3] + (Fm,), v_pre, pad)
                 _half_gate_inplace(v_pre, out=_interior(v_in, pad))
             if c1 is not None and not fold:
                 h_pre = _add_product(h_pre, c1, wts.h_cond, B, scratch, "h_cond")
             g = _half_gate_inplace(h_pre)
-            if layer.residual:
-                if h.shape[0] != g.shape[0]:
-                    wide = _scratch_tensor(scratch, ("h", g.shape[0]), (g.shape[0],) + h.shape[1:], h)
-                    h = wide.copy_(h.expand(g.shape[0], -1, -1, -1))
+            if layer.residual:  # h has g's batch: only the first layer, never residual, widens it
                 h.view(-1, Fm).add_(layer.h_out.bias)
                 if low == h.dtype:
                     h.view(-1, Fm).addmm_(g.reshape(-1, Fm), wts.h_out)
                 else:  # the residual sum in h's dtype
                     h.view(-1, Fm).add_(torch.mm(g.reshape(-1, Fm), wts.h_out))
             elif low == h.dtype:
-                out = _scratch_tensor(scratch, ("h", g.shape[0]), g.shape[:3] + (Fm,), h).view(-1, Fm)
+                out = _scratch_tensor(scratch, "h", g.shape[:3] + (Fm,), h).view(-1, Fm)
                 h = torch.addmm(layer.h_out.bias, g.reshape(-1, Fm), wts.h_out, out=out).view(*g.shape[:3], Fm)
             else:
                 h = torch.mm(g.reshape(-1, Fm), wts.h_out).to(h.dtype).add_(layer.h_out.bias).view(*g.shape[:3], Fm)
@@ -516,11 +513,15 @@ def _padded_buffer(scratch, key, shape, like: Tensor, pad: tuple[int, int, int, 
     return _scratch_tensor(scratch, key, (b, H + top + bottom, W + left + right, c), like)
 
 
-def _padded(scratch, key, t: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
-    """t [b, H, W, c] zero-padded by ``pad``, in a scratch buffer (:func:`_padded_buffer`)."""
-    buf = _padded_buffer(scratch, key, t.shape, t, pad)
-    _interior(buf, pad).copy_(t)
-    return buf
+def _padded_input(t: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """The image t [b, H, W, C] zero-padded by ``pad`` -> [b, H', W', C], a view of a fresh tensor.
+
+    A copy of the NCHW padding, not a scratch buffer: with C = 1 a map is contiguous in both
+    layouts and its strides decide which oneDNN kernel runs the first convolution; these strides
+    keep the kernel that the pass has always used (a scratch buffer's moved log p by about 1e-7).
+    The copy is of the C-channel image, not of an F-channel map, so it costs little."""
+    nchw = F.pad(t.permute(0, 3, 1, 2), pad).contiguous(memory_format=torch.channels_last)
+    return nchw.permute(0, 2, 3, 1)
 
 
 class _Scratch(dict):
