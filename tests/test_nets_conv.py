@@ -110,28 +110,31 @@ def test_the_output_layer_is_a_conv2d_whatever_path_it_takes():
 def test_the_decoders_give_the_evaluators_bf16_numbers_with_the_cast_before_their_last_relu(body):
     """Under the evaluators' bf16 (autocast with float32 output layers) a decoder whose last
     activation is a ReLU casts that ReLU's input up instead of leaving the cast of its output to the
-    output layer: the decoder's output is the same to the last bit as with the cast after it, and
-    its state_dict keys are those of the plain activation."""
+    output layer: the ReLU itself reads float32, and the decoder's output is the same to the last
+    bit as with the cast after it. 32 channels feed the output layer, so that it takes the tap sum
+    that conv-mnist's evaluation takes."""
     from vaekit.nets import autocast
     from vaekit.nets.conv import ConvDecoder
     from vaekit.nets.resnet import ResNetDecoder
     from vaekit.precision import FeedsOutput
 
     torch.manual_seed(0)
-    dec = (ConvDecoder if body == "conv" else ResNetDecoder)(8, (1, 28, 28), [8, 16], act="relu")
+    dec = (ConvDecoder if body == "conv" else ResNetDecoder)(8, (1, 28, 28), [32, 16], act="relu")  # tap-sum output
     dec.to(memory_format=torch.channels_last)
     wrapped = [m for m in dec.modules() if isinstance(m, FeedsOutput)]
     assert len(wrapped) == 1 and dec.features[-1] is wrapped[0]
-    assert not any(".act." in k or "FeedsOutput" in k for k in dec.state_dict())
+    assert 9 * dec.out.out_channels <= dec.out.in_channels  # wide enough for the tap sum
     z = torch.randn(30, 8)
-    seen = []
+    seen, relu_read = [], []
     dec.features[-1].register_forward_hook(lambda m, args, y: seen.append((args[0].dtype, y.dtype)))
+    wrapped[0].act.register_forward_pre_hook(lambda m, args: relu_read.append(args[0].dtype))
     with torch.no_grad(), autocast("cpu", True, outputs_float32=True):
         out = dec(z)
         wrapped[0].forward = lambda x: wrapped[0].act(x)  # the cast left to the output layer
         before = dec(z)
     assert seen[0] == (torch.bfloat16, torch.float32)  # the ReLU reads bf16 and hands the output layer float32
     assert seen[1] == (torch.bfloat16, torch.bfloat16)
+    assert relu_read == [torch.float32, torch.bfloat16]  # the cast up runs before the ReLU
     assert out.dtype == torch.float32 and torch.equal(out, before)
 
 

@@ -45,10 +45,13 @@ def test_the_activation_feeding_an_output_layer_casts_its_input_instead_and_give
     h = torch.randn(3, 8, 5, 5).bfloat16().contiguous(memory_format=torch.channels_last)
     act = activation("relu", inplace=True, feeds_output=True)
     assert isinstance(act, FeedsOutput) and list(act.parameters()) == [] and list(act.state_dict()) == []
+    read = []
+    act.act.register_forward_pre_hook(lambda m, args: read.append(args[0].dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with float32_outputs():
             full = act(h.clone())
         rounded = act(h.clone())  # autocast alone: the bf16 activation
+    assert read == [torch.float32, torch.bfloat16]  # the cast comes before the ReLU, not after it
     assert full.dtype == torch.float32 and full.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(full, torch.relu(h).float()) and torch.equal(rounded, torch.relu(h))
     with float32_outputs():  # without autocast, the plain (in-place) activation in the input's dtype
