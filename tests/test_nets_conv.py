@@ -114,7 +114,7 @@ def test_the_decoders_give_the_evaluators_bf16_numbers_with_the_cast_before_thei
     bit as with the cast after it. 32 channels feed the output layer, so that it takes the tap sum
     that conv-mnist's evaluation takes."""
     from vaekit.nets import autocast
-    from vaekit.nets.conv import ConvDecoder
+    from vaekit.nets.conv import TAP_SUM_MAX_OUT, ConvDecoder
     from vaekit.nets.resnet import ResNetDecoder
     from vaekit.precision import FeedsOutput
 
@@ -123,7 +123,7 @@ def test_the_decoders_give_the_evaluators_bf16_numbers_with_the_cast_before_thei
     dec.to(memory_format=torch.channels_last)
     wrapped = [m for m in dec.modules() if isinstance(m, FeedsOutput)]
     assert len(wrapped) == 1 and dec.features[-1] is wrapped[0]
-    assert 9 * dec.out.out_channels <= dec.out.in_channels  # wide enough for the tap sum
+    assert dec.out.out_channels <= TAP_SUM_MAX_OUT and 9 * dec.out.out_channels <= dec.out.in_channels  # the tap sum
     z = torch.randn(30, 8)
     seen, relu_read = [], []
     dec.features[-1].register_forward_hook(lambda m, args, y: seen.append((args[0].dtype, y.dtype)))
@@ -132,7 +132,7 @@ def test_the_decoders_give_the_evaluators_bf16_numbers_with_the_cast_before_thei
         out = dec(z)
         wrapped[0].forward = lambda x: wrapped[0].act(x)  # the cast left to the output layer
         before = dec(z)
-    assert seen[0] == (torch.bfloat16, torch.float32)  # the ReLU reads bf16 and hands the output layer float32
+    assert seen[0] == (torch.bfloat16, torch.float32)  # the wrapper reads bf16 and hands the output layer float32
     assert seen[1] == (torch.bfloat16, torch.bfloat16)
     assert relu_read == [torch.float32, torch.bfloat16]  # the cast up runs before the ReLU
     assert out.dtype == torch.float32 and torch.equal(out, before)

@@ -70,7 +70,7 @@ class FeedsOutput(nn.Module):
     Inside :func:`float32_outputs` under autocast it runs in float32 on its input cast up, so the
     output layer receives float32 and casts nothing: the one cast moves from the activation's output
     to its input. For ReLU the numbers are the same (max(x, 0) of a bf16 number is exact), and a conv
-    decoder runs faster: the passes over its widest tensor are as many as before, but on the CPUs
+    decoder runs faster: the passes over its widest tensor are as many as before, but on the Xeon
     measured a float32 ReLU costs less than a bf16 one; other activations would compute other, more
     precise numbers (``nets.activation(..., feeds_output=True)`` wraps ReLU only). Outside, or without
     autocast, it is the activation itself. It holds no parameters, so ``state_dict`` keys do not

@@ -42,7 +42,7 @@ def activation(name: str, inplace: bool = False, feeds_output: bool = False) -> 
     ``feeds_output``: the activation is the one a net's output layer reads; one that is exact in
     bf16 (``EXACT_IN_BF16``) is wrapped in :class:`~vaekit.precision.FeedsOutput`, which casts its
     input instead of leaving the cast of its output to the output layer (the same numbers; faster on
-    CPUs, whose float32 ReLU is cheaper than their bf16 one). The others are left as they are: in
+    the Xeon measured, whose float32 ReLU is cheaper than its bf16 one). The others are left as they are: in
     float32 they would give other numbers.
     """
     cls = lookup(ACTIVATIONS, name, "activation")
