@@ -216,6 +216,47 @@ def test_under_autocast_the_channels_last_pass_runs_in_bf16_close_to_the_rounded
     assert (rounded_head - ref).abs().max() <= 2 * max((nchw - ref).abs().max(), 2**-8 * scale)
 
 
+def test_the_evaluators_bf16_rounds_only_the_vertical_convolutions_and_horizontal_products(monkeypatch):
+    """Inside ``float32_outputs`` under autocast on a CPU, the channels-last pass keeps every tensor in
+    float32 and opens oneDNN's bf16 products around exactly two kinds of operation: the vertical
+    convolutions and the horizontal products. The conditioning's product into the vertical stack, the
+    1x1 outputs and the head run with the setting the caller had, which is back after the pass."""
+    import vaekit.nets.pixelcnn as P
+
+    torch.manual_seed(0)
+    net = _random_net(1, 3, 4, layers=3).float()
+    x, cond = torch.bernoulli(torch.full((5, 1, 8, 7), 0.3)), torch.randn(5, 4, 8, 7)
+    mk = torch.backends.mkldnn
+    seen = []
+
+    def spy(kind, fn, setting):
+        def call(*a, **kw):
+            seen.append((kind, setting()))
+            return fn(*a, **kw)
+
+        return call
+
+    conv2d, mm, addmm, addmm_ = P.F.conv2d, torch.mm, torch.addmm, torch.Tensor.addmm_
+    monkeypatch.setattr(P.F, "conv2d", spy("conv", conv2d, lambda: mk.conv.fp32_precision))
+    monkeypatch.setattr(torch, "mm", spy("mm", mm, lambda: mk.matmul.fp32_precision))
+    monkeypatch.setattr(torch, "addmm", spy("addmm", addmm, lambda: mk.matmul.fp32_precision))
+    monkeypatch.setattr(torch.Tensor, "addmm_", spy("addmm_", addmm_, lambda: mk.matmul.fp32_precision))
+    before = mk.conv.fp32_precision, mk.matmul.fp32_precision
+    with torch.no_grad():
+        with autocast("cpu", True, outputs_float32=True):
+            fast = net(x, cond)
+        monkeypatch.undo()
+        ref = net(x, cond)
+    assert (mk.conv.fp32_precision, mk.matmul.fp32_precision) == before
+    assert fast.dtype == torch.float32
+    assert [s for k, s in seen if k == "conv"] == ["bf16"] * 3  # one vertical convolution per layer
+    assert [s for k, s in seen if k == "mm"] == ["bf16"] * 3  # the horizontal products (conditioning folded in)
+    others = [(k, s) for k, s in seen if k in ("addmm", "addmm_")]
+    assert len(others) >= 3 + 2 and all(s == before[1] for _, s in others)  # conditioning, 1x1 outputs, head
+    scale = ref.abs().max()
+    assert (fast - ref).abs().max() <= 2**-5 * scale  # bf16 operands, float32 sums
+
+
 def test_under_float32_outputs_the_channels_last_head_is_the_float32_layer():
     """Inside ``float32_outputs`` the last head layer takes the bf16 features cast up and computes in
     float32 (its output is not a bf16 number); without it, the head's output is rounded to bf16."""

@@ -117,3 +117,35 @@ def test_every_net_that_parameterises_a_density_ends_in_an_output_layer():
         assert isinstance(_last_called_layer(net, *inputs), OutputLayer), type(net).__name__
     planar = Planar(4, context_dim=3)
     assert isinstance(planar.hyper, OutputLayer)  # its only layer: the flow's (u, w, b) per context
+
+
+def test_onednn_bf16_products_rounds_the_operands_not_the_result_and_restores_the_setting():
+    """Inside the block a float32 CPU product computes from bf16-rounded operands with a float32
+    result (on a CPU with bf16 units: elsewhere oneDNN may keep float32); the caller's setting is
+    back after the block, also after an error; disabled, the block changes nothing."""
+    from vaekit.nets.speed import native_bf16
+    from vaekit.precision import onednn_bf16_products
+
+    mk = torch.backends.mkldnn
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 96), torch.randn(96, 32)
+    exact = a @ b
+    before = mk.conv.fp32_precision, mk.matmul.fp32_precision
+    with onednn_bf16_products(False):
+        assert (mk.conv.fp32_precision, mk.matmul.fp32_precision) == before
+        torch.testing.assert_close(a @ b, exact, rtol=0, atol=0)
+    with onednn_bf16_products():
+        assert mk.conv.fp32_precision == mk.matmul.fp32_precision == "bf16"
+        fast = a @ b
+    assert fast.dtype == torch.float32
+    if native_bf16("cpu"):
+        rounded = a.bfloat16().double() @ b.bfloat16().double()  # bf16 operands, sums in full precision
+        assert (fast != exact).any()
+        assert (fast.double() - rounded).abs().max() < (exact.double() - rounded).abs().max()
+        assert (fast != fast.bfloat16().float()).any()  # the result itself is not rounded to bf16
+    try:
+        with onednn_bf16_products():
+            raise RuntimeError("inside")
+    except RuntimeError:
+        pass
+    assert (mk.conv.fp32_precision, mk.matmul.fp32_precision) == before

@@ -351,9 +351,11 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "pixelcnn_cond": 16,
             "channels_last": False,
             "amp": False,
-            "eval_amp": False,
+            "eval_amp": "auto",
         },
-        "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated layers, Bernoulli",
+        "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated layers, Bernoulli; "
+        "evaluated with bf16 hidden layers where the device has bf16 hardware (train.eval_amp=auto; in the "
+        "PixelCNN, bf16 operands of its vertical convolutions and horizontal products only)",
     ),
     "resnet-cifar": (
         "base",

@@ -6,6 +6,8 @@ likelihood's logits, a posterior's mean and log-variance, a flow conditioner's s
 is an :class:`OutputLayer`. Inside :func:`float32_outputs`, which the evaluators open (importance
 sampling, ``vaekit evaluate``), an output layer computes in float32 from its input cast up, so only
 the hidden layers' rounding reaches a log-density; training's autocast rounds it like any layer.
+:func:`onednn_bf16_products` is the finer tool for a pass that rounds chosen products only: their
+operands round to bf16, their sums and results stay float32 (the PixelCNN's evaluation pass).
 This module sits below the nets and the flows, which both declare their output layers with it.
 """
 
@@ -90,3 +92,32 @@ class OutputConv2d(OutputLayer, nn.Conv2d):
 
 class OutputLinear(OutputLayer, nn.Linear):
     """``nn.Linear`` as a net's output layer (:class:`OutputLayer`)."""
+
+
+_ONEDNN = threading.RLock()  # one block at a time switches the process-wide oneDNN setting
+
+
+@contextlib.contextmanager
+def onednn_bf16_products(enabled: bool = True):
+    """Inside the block, CPU convolutions and matrix products of float32 tensors compute from their
+    inputs and weights rounded to bf16, with float32 sums and float32 results: oneDNN's bf16 math
+    mode (``torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16"``), on AMX or AVX512-BF16
+    units. Unlike autocast it rounds no output, so a pass can choose its rounded products one by
+    one and keep everything else, sums included, in float32.
+
+    The setting is process-wide in torch, not per thread: while a block is open, float32 CPU
+    convolutions and products that *other* threads run round too. So vaekit opens it only around
+    single operations of the PixelCNN's evaluation pass, under a lock that serialises those blocks,
+    and restores the previous setting on exit (also on an exception). ``enabled=False``: a no-op.
+    """
+    if not enabled:
+        yield
+        return
+    mkldnn = torch.backends.mkldnn
+    with _ONEDNN:
+        saved = mkldnn.conv.fp32_precision, mkldnn.matmul.fp32_precision
+        try:
+            mkldnn.conv.fp32_precision = mkldnn.matmul.fp32_precision = "bf16"
+            yield
+        finally:
+            mkldnn.conv.fp32_precision, mkldnn.matmul.fp32_precision = saved

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..precision import OutputLayer, float32_outputs_active
+from ..precision import OutputLayer, float32_outputs_active, onednn_bf16_products
 from .body import NetBody
 from .speed import fixed_parameters_scope
 
@@ -310,19 +310,34 @@ class GatedPixelCNN(NetBody):
         When x is one image repeated (stride-0 batch) its first-layer convolutions run once, as
         in :meth:`features`.
 
-        Under autocast (the evaluators' bf16) the products, the convolutions and the gates compute
-        in its dtype, as autocast would run the NCHW pass; the horizontal stack's residual sum stays
-        in x's dtype, and the last head layer (an :class:`~vaekit.precision.OutputLayer`) computes in
-        it too inside :func:`~vaekit.precision.float32_outputs`.
+        Under autocast without :func:`~vaekit.precision.float32_outputs` the products, the
+        convolutions and the gates compute in its dtype, as autocast would run the NCHW pass; the
+        horizontal stack's residual sum stays in x's dtype.
+
+        The evaluators' bf16 (autocast inside ``float32_outputs``) rounds less: on a CPU every
+        tensor stays float32 and only the vertical convolutions and the horizontal products take
+        bf16-rounded inputs and weights, with float32 sums and results
+        (:func:`~vaekit.precision.onednn_bf16_products`). The conditioning's product into the
+        vertical pre-activations, the 1x1 outputs and the head stay float32: rounding the
+        conditioning's weights is what moved a trained PixelVAE's importance-sampled estimate
+        beyond 0.01 nats, where these two products did not. On other devices that pass runs in
+        float32 (no such mode measured there).
         """
         dev = x.device.type
-        low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype  # products, gates
+        autocast_on = torch.is_autocast_enabled(dev)
+        evaluators = autocast_on and float32_outputs_active()
+        low = torch.get_autocast_dtype(dev) if autocast_on and not evaluators else x.dtype  # products, gates
         with torch.autocast(dev, enabled=False):  # every dtype below is explicit
-            return self._nhwc_pass(x, cond, low, float32_outputs_active() or low == x.dtype)
+            return self._nhwc_pass(
+                x, cond, low, float32_outputs_active() or low == x.dtype, bf16_products=evaluators and dev == "cpu"
+            )
 
-    def _nhwc_pass(self, x: Tensor, cond: Tensor | None, low: torch.dtype, full_head: bool) -> Tensor:
+    def _nhwc_pass(
+        self, x: Tensor, cond: Tensor | None, low: torch.dtype, full_head: bool, bf16_products: bool = False
+    ) -> Tensor:
         """:meth:`_forward_nhwc` with the products and gates in ``low``; the last head layer in x's
-        dtype when ``full_head``."""
+        dtype when ``full_head``; with ``bf16_products`` (float32 ``low``, CPU) the vertical
+        convolutions and the horizontal products from bf16-rounded operands, float32 results."""
         B, C, H, W = x.shape
         Fm = self.channels
         xs = x[:1] if B > 1 and x.stride(0) == 0 else x
@@ -336,13 +351,15 @@ class GatedPixelCNN(NetBody):
         v_in = _padded_input(v, self.layers[0].v_pad)  # [b, H + r, W + 2r, C], zero borders
         tail_in = None  # the horizontal buffer that holds this pass's conditioning columns (the same in every layer)
         for l, (layer, wts) in enumerate(zip(self.layers, self._nhwc_weights(low))):
-            v_pre = _conv_padded(v_in, wts.v_conv, wts.v_bias)  # [b, H, W, 2F]
+            with onednn_bf16_products(bf16_products):
+                v_pre = _conv_padded(v_in, wts.v_conv, wts.v_bias)  # [b, H, W, 2F]
             fold = c1 is not None and v_pre.shape[0] == B  # the conditioning joins the product
             tail = c1.view(B, H, W, -1) if fold else None
             cols = _horizontal_inputs(h, v_pre, layer.pad_r, tail, scratch, min(l, 1), tail_in)
             tail_in = cols if fold else tail_in
             out = _scratch_tensor(scratch, ("h_pre", min(l, 1)), v_pre.shape, v_pre).view(-1, 2 * Fm)
-            h_pre = torch.mm(cols.view(-1, cols.shape[-1]), wts.h_cols if fold else wts.h_cols_plain, out=out)
+            with onednn_bf16_products(bf16_products):
+                h_pre = torch.mm(cols.view(-1, cols.shape[-1]), wts.h_cols if fold else wts.h_cols_plain, out=out)
             h_pre = h_pre.view(v_pre.shape)
             if l + 1 < L:  # the last layer's vertical output is read by no layer: only its v_pre (the link) is
                 if c1 is not None:
