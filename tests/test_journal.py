@@ -249,3 +249,17 @@ def test_a_journal_is_refused_to_an_evaluation_split_across_processes(vae_and_da
     with pytest.raises(ConfigError, match="runs on one process") as e:
         evaluate(model, x, k=7, progress=False, journal_dir=tmp_path)
     assert "\n" not in str(e.value) and not calls and not list(tmp_path.iterdir())
+
+
+def test_a_bf16_journal_is_keyed_by_the_revision_of_the_bf16_numerics(vae_and_data, tmp_path, monkeypatch):
+    """A change that moves what the evaluators' bf16 computes raises ``precision.BF16_REVISION``; a
+    bf16 journal of another revision is then not resumed (its chunks hold other numbers), while a
+    float32 journal's key does not carry the revision at all."""
+    import vaekit.evaluate as E
+
+    model, x = vae_and_data
+    _killed(monkeypatch, 3, lambda: evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path, amp=True))
+    _killed(monkeypatch, 3, lambda: evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path))
+    monkeypatch.setattr(E, "BF16_REVISION", E.BF16_REVISION + 1)
+    assert evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 3
+    assert evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path, amp=True)["resumed"] == 0

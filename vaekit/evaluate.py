@@ -64,7 +64,7 @@ from .models import model_device
 from .models.base import check_data_levels
 from .nets import AUTOCAST_DEVICES, autocast, resolve_amp
 from .objectives import elbo_terms
-from .precision import OutputLayer
+from .precision import BF16_REVISION, OutputLayer
 from .seeding import EVAL_CHUNK, derive_seed
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -211,7 +211,8 @@ def _chunk_rows(model, x: Tensor, plan: _Plan, mine, journal, resumed, bar) -> l
 def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[Path, dict]:
     """The journal of an evaluation in ``journal_dir``, named by the digest of what its chunks are a
     function of: the model (modules, settings, weights), the data, K, the seed, the chunk size, the
-    precision, the device, and the versions of torch and vaekit."""
+    precision (with ``precision.BF16_REVISION`` under bf16), the device, and the versions of torch and
+    vaekit."""
     key = {
         "what": "vaekit.evaluate per-example rows",
         "model": module_digest(model),
@@ -221,6 +222,7 @@ def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[P
         "seed": int(plan.seed),
         "chunk": int(plan.B),
         "amp": BF16_HIDDEN if plan.amp else False,  # True while output layers ran in bf16
+        **({"bf16_revision": BF16_REVISION} if plan.amp else {}),  # float32 keys stay as they were
         "device": torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type,
         "torch": torch.__version__,  # another build may round differently: no mixing of chunks
         "vaekit": __version__,
