@@ -121,10 +121,9 @@ def test_every_net_that_parameterises_a_density_ends_in_an_output_layer():
 
 def test_onednn_bf16_products_rounds_the_operands_not_the_result_and_restores_the_setting():
     """Inside the block a float32 CPU product computes from bf16-rounded operands with a float32
-    result (on a CPU with bf16 units: elsewhere oneDNN may keep float32); the caller's setting is
+    result (where oneDNN has bf16 kernels: elsewhere it computes float32); the caller's setting is
     back after the block, also after an error; disabled, the block changes nothing."""
-    from vaekit.nets.speed import native_bf16
-    from vaekit.precision import onednn_bf16_products
+    from vaekit.precision import onednn_bf16_available, onednn_bf16_products
 
     mk = torch.backends.mkldnn
     torch.manual_seed(0)
@@ -138,7 +137,7 @@ def test_onednn_bf16_products_rounds_the_operands_not_the_result_and_restores_th
         assert mk.conv.fp32_precision == mk.matmul.fp32_precision == "bf16"
         fast = a @ b
     assert fast.dtype == torch.float32
-    if native_bf16("cpu"):
+    if onednn_bf16_available():
         rounded = a.bfloat16().double() @ b.bfloat16().double()  # bf16 operands, sums in full precision
         assert (fast != exact).any()
         assert (fast.double() - rounded).abs().max() < (exact.double() - rounded).abs().max()

@@ -354,8 +354,8 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any], str]] = {
             "eval_amp": "auto",
         },
         "PixelVAE (Gulrajani et al. 2017), binarised MNIST: conv nets, z -> 16x28x28 map, 6 gated layers, Bernoulli; "
-        "evaluated with bf16 hidden layers where the device has bf16 hardware (train.eval_amp=auto; in the "
-        "PixelCNN, bf16 operands of its vertical convolutions and horizontal products only)",
+        "evaluated with bf16 hidden layers where the device has bf16 hardware (train.eval_amp=auto; its PixelCNN "
+        "rounds only the operands of its vertical convolutions and horizontal products, on a CPU)",
     ),
     "resnet-cifar": (
         "base",

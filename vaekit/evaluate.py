@@ -40,7 +40,8 @@ compute in bf16 under autocast (``vaekit.nets.autocast``; dense decoders leave t
 kernel for the generic path), while their output layers (``vaekit.precision.OutputLayer``: the parameters
 of the likelihood and the posterior) and every log-likelihood, log-weight and logsumexp stay in
 float32 or float64 (``inference.importance_sampled_log_prob``): faster where oneDNN or CUDA has bf16
-kernels, and a different number from the float32 one by the hidden layers' rounding, which
+kernels (a PixelCNN likelihood rounds the operands of two kinds of product only, on a CPU), and a
+different number from the float32 one by the hidden layers' rounding, which
 ``bench/arch_speed.py --eval-amp`` and ``bench/eval_pair.py`` measure on a trained model. The result
 records ``amp``.
 """
@@ -64,7 +65,7 @@ from .models import model_device
 from .models.base import check_data_levels
 from .nets import AUTOCAST_DEVICES, autocast, resolve_amp
 from .objectives import elbo_terms
-from .precision import BF16_REVISION, OutputLayer
+from .precision import BF16_REVISION, OutputLayer, onednn_bf16_available
 from .seeding import EVAL_CHUNK, derive_seed
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -211,8 +212,9 @@ def _chunk_rows(model, x: Tensor, plan: _Plan, mine, journal, resumed, bar) -> l
 def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[Path, dict]:
     """The journal of an evaluation in ``journal_dir``, named by the digest of what its chunks are a
     function of: the model (modules, settings, weights), the data, K, the seed, the chunk size, the
-    precision (with ``precision.BF16_REVISION`` under bf16), the device, and the versions of torch and
-    vaekit."""
+    precision (under bf16 with ``precision.BF16_REVISION`` and, on a CPU, whether oneDNN has bf16
+    kernels: where it has none, a PixelCNN's bf16 products compute in float32), the device, and the
+    versions of torch and vaekit."""
     key = {
         "what": "vaekit.evaluate per-example rows",
         "model": module_digest(model),
@@ -223,6 +225,7 @@ def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[P
         "chunk": int(plan.B),
         "amp": BF16_HIDDEN if plan.amp else False,  # True while output layers ran in bf16
         **({"bf16_revision": BF16_REVISION} if plan.amp else {}),  # float32 keys stay as they were
+        **({"onednn_bf16": onednn_bf16_available()} if plan.amp and x.device.type == "cpu" else {}),
         "device": torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type,
         "torch": torch.__version__,  # another build may round differently: no mixing of chunks
         "vaekit": __version__,

@@ -98,6 +98,12 @@ class OutputLinear(OutputLayer, nn.Linear):
     """``nn.Linear`` as a net's output layer (:class:`OutputLayer`)."""
 
 
+def onednn_bf16_available() -> bool:
+    """Whether oneDNN has bf16 kernels on this CPU (AVX512-BF16 or AMX): where it has none, its bf16
+    math mode computes in float32 (:func:`onednn_bf16_products`)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 _ONEDNN = threading.RLock()  # one block at a time switches the process-wide oneDNN setting
 
 

@@ -25,6 +25,8 @@ or the posterior's parameters (``vaekit.precision.OutputLayer``), computes in fl
 layers' output cast up, so no parameter of a density is rounded to bf16's 8 significant bits
 (a logit of 10 would move by up to 0.03). From there every
 log p(x|z), log p(z), log q(z|x) and log-weight is float32 and the running logsumexp is float64.
+A PixelCNN likelihood rounds less: its evaluation pass keeps float32 tensors and, on a CPU, rounds
+the operands of two kinds of product only (``vaekit.nets.pixelcnn.GatedPixelCNN.forward``).
 That moves the estimate by the hidden layers' rounding, not by the arithmetic of the estimator;
 ``bench/arch_speed.py --eval-amp`` measures by how much on a trained model.
 """

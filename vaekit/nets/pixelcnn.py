@@ -314,18 +314,21 @@ class GatedPixelCNN(NetBody):
         convolutions and the gates compute in its dtype, as autocast would run the NCHW pass; the
         horizontal stack's residual sum stays in x's dtype.
 
-        The evaluators' bf16 (autocast inside ``float32_outputs``) rounds less: on a CPU every
+        The evaluators' bf16 (bf16 autocast inside ``float32_outputs``) rounds less: on a CPU every
         tensor stays float32 and only the vertical convolutions and the horizontal products take
-        bf16-rounded inputs and weights, with float32 sums and results
-        (:func:`~vaekit.precision.onednn_bf16_products`). The conditioning's product into the
-        vertical pre-activations, the 1x1 outputs and the head stay float32: rounding the
-        conditioning's weights is what moved a trained PixelVAE's importance-sampled estimate
-        beyond 0.01 nats, where these two products did not. On other devices that pass runs in
-        float32 (no such mode measured there).
+        bf16-rounded operands, with float32 sums and results
+        (:func:`~vaekit.precision.onednn_bf16_products`; where oneDNN has no bf16 kernels it computes
+        float32). A horizontal product holds the taps, the link, the summed biases and, where it is
+        folded in (every layer for distinct images; not the first layer for one image repeated, as
+        importance sampling passes), the horizontal conditioning. The conditioning's product into
+        the vertical pre-activations, the 1x1 outputs and the head stay float32: rounding the
+        vertical conditioning's product is what moved a trained PixelVAE's importance-sampled
+        estimate beyond 0.01 nats, where the two rounded kinds did not. On other devices that pass
+        runs in float32 (no such mode measured there).
         """
         dev = x.device.type
         autocast_on = torch.is_autocast_enabled(dev)
-        evaluators = autocast_on and float32_outputs_active()
+        evaluators = autocast_on and float32_outputs_active() and torch.get_autocast_dtype(dev) == torch.bfloat16
         low = torch.get_autocast_dtype(dev) if autocast_on and not evaluators else x.dtype  # products, gates
         with torch.autocast(dev, enabled=False):  # every dtype below is explicit
             return self._nhwc_pass(
