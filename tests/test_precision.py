@@ -148,3 +148,29 @@ def test_onednn_bf16_products_rounds_the_operands_not_the_result_and_restores_th
     except RuntimeError:
         pass
     assert (mk.conv.fp32_precision, mk.matmul.fp32_precision) == before
+
+
+def test_onednn_bf16_products_leaves_an_inherited_setting_inherited():
+    """A block opened while the oneDNN settings follow the global one (``torch.backends.fp32_precision``)
+    leaves them following it: a later global change still reaches convolutions and products; a
+    setting of its own on one node is written back as it was."""
+    from vaekit.precision import onednn_bf16_products
+
+    b = torch.backends
+    mk = b.mkldnn
+    saved = b.fp32_precision, mk.fp32_precision, mk.conv.fp32_precision, mk.matmul.fp32_precision
+    try:
+        b.fp32_precision, mk.fp32_precision = "tf32", "none"
+        mk.conv.fp32_precision = mk.matmul.fp32_precision = "none"
+        with onednn_bf16_products():
+            assert mk.conv.fp32_precision == mk.matmul.fp32_precision == "bf16"
+        b.fp32_precision = "ieee"
+        assert mk.conv.fp32_precision == mk.matmul.fp32_precision == "ieee"  # not pinned at tf32
+        mk.matmul.fp32_precision = "tf32"  # a node's own setting, unlike its parent's
+        with onednn_bf16_products():
+            pass
+        b.fp32_precision = "none"
+        assert mk.matmul.fp32_precision == "tf32" and mk.conv.fp32_precision == "none"
+    finally:
+        b.fp32_precision, mk.fp32_precision = saved[:2]
+        mk.conv.fp32_precision, mk.matmul.fp32_precision = saved[2:]

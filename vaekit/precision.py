@@ -119,15 +119,28 @@ def onednn_bf16_products(enabled: bool = True):
     convolutions and products that *other* threads run round too. So vaekit opens it only around
     single operations of the PixelCNN's evaluation pass, under a lock that serialises those blocks,
     and restores the previous setting on exit (also on an exception). ``enabled=False``: a no-op.
+
+    torch's settings form a tree (global, then ``mkldnn``, then ``conv`` and ``matmul``), where
+    ``"none"`` on a node means "as its parent", and reading a node gives its effective value. A
+    node that reads as its parent is restored to ``"none"``, so that it keeps following a global
+    setting (``torch.backends.fp32_precision = "tf32"``) rather than staying pinned to the value
+    the global had during the block.
     """
     if not enabled:
         yield
         return
     mkldnn = torch.backends.mkldnn
     with _ONEDNN:
-        saved = mkldnn.conv.fp32_precision, mkldnn.matmul.fp32_precision
+        saved = [_own_fp32_precision(node, mkldnn.fp32_precision) for node in (mkldnn.conv, mkldnn.matmul)]
         try:
             mkldnn.conv.fp32_precision = mkldnn.matmul.fp32_precision = "bf16"
             yield
         finally:
             mkldnn.conv.fp32_precision, mkldnn.matmul.fp32_precision = saved
+
+
+def _own_fp32_precision(node, inherited: str) -> str:
+    """What to write back to a node of torch's precision tree: ``"none"`` (follow the parent)
+    where it reads as its parent's effective value ``inherited``, else its own value."""
+    value = node.fp32_precision
+    return "none" if value == inherited else value
