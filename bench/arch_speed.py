@@ -45,7 +45,7 @@ evaluates one chunk of importance samples per decoder pass, also where the likel
 
 With --eval-amp RUN ..., trained runs (folders or checkpoint files; no training is timed) are
 evaluated with K=--target-k on their first --eval-images test images twice, float32 and with the
-nets' hidden layers in bf16 (``evaluate(..., amp=True)``, ``vaekit evaluate --amp``), interleaved
+evaluators' bf16 (``evaluate(..., amp=True)``, ``vaekit evaluate --amp``: ``AMP_EVAL``), interleaved
 image by image (the order alternates) in one process. Image i draws its samples after
 ``derive_seed(--eval-seed, EVAL_CHUNK, i)`` in both, as ``vaekit evaluate --n N`` does for N <= 64,
 so the two estimates are paired: the script prints the per-image difference of -log p(x) (mean,
@@ -94,6 +94,10 @@ PRESETS = [
     "glow-mnist",
 ]
 QUICK_PRESETS = ["conv-mnist", "nice-mnist"]
+AMP_EVAL = (  # what the evaluators' bf16 rounds, for the printed method lines
+    "hidden layers in bf16, output layers float32; a PixelCNN decoder on a CPU rounds only the operands of its"
+    " vertical convolutions and horizontal products"
+)
 OPTION_KEYS = {
     "compile": "compile_",
     "channels_last": "channels_last",
@@ -329,7 +333,7 @@ def bench_evaluation(name: str, device, opts: dict, args, built: tuple | None = 
         k = min(args.eval_k, args.target_k)
         flops_image = decoder_flops_per_sample(counted, x) * args.target_k
 
-        def call():  # with eval_amp the hidden layers in bf16, the output layers in float32, as vaekit evaluate
+        def call():  # with eval_amp: AMP_EVAL, as vaekit evaluate --amp
             one = 1 if opts["one_chunk_per_pass"] else None
             return importance_sampled_log_prob(model, x, k=k, chunks_per_pass=one, amp=opts["eval_amp"])["log_px"]
 
@@ -650,7 +654,7 @@ def print_method(args, device, peaks: dict) -> None:
             f" x {args.target_k}. Flows: exact log_prob of {args.flow_eval_batch} images per call."
             f" Test set: {args.test_images} images. % peak: training's counted FLOPs/s over the peak of its"
             " precision (bf16 where autocast is active; amp(inactive): vaekit's autocast does nothing on this"
-            " device), evaluation's over the fp32 peak (eval_amp: hidden layers in bf16, output layers float32;"
+            f" device), evaluation's over the fp32 peak (eval_amp: {AMP_EVAL};"
             " the bf16 peak's share beside it); '% of the fp32 peak beside each call' (VAEs): the median over the"
             " timed calls of each call's share of an fp32 peak measured right after it (2 warm-up and 3 timed"
             " products on matrices held from before the warm-up), with that call's minor page faults"
@@ -665,7 +669,7 @@ def print_paired_method(args, device, peaks: dict) -> None:
     print(peak_line(args, device, peaks))
     print(
         f"# paired: importance_sampled_log_prob with K={args.target_k} of each of the {args.eval_images} test images"
-        f" from index {args.eval_from}, float32 and amp (the nets' hidden layers in bf16, output layers float32) on the same samples (seed"
+        f" from index {args.eval_from}, float32 and amp ({AMP_EVAL}) on the same samples (seed"
         f" derive_seed({args.eval_seed}, EVAL_CHUNK, i)), interleaved with alternating order; s/img: median over the"
         " images; FLOPs = decoder log p(x|z) per sample (FlopCounterMode)"
     )
