@@ -72,6 +72,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 BF16_HIDDEN = "bf16 hidden layers"  # the precision of an amp evaluation, in results and journal keys
 SPLIT_MIN_CHUNKS = 64  # evaluation cuts the examples into at least this many chunks
 LOG_PX = 0  # the column of log p(x) in every per-example row (and journal row), for every model kind
+# an importance-sampled row: these columns, then the posterior means (latent_dim columns)
+SAMPLED_COLUMNS = ("log_px", "ess", "elbo", "rec", "kl")
 
 
 @torch.no_grad()
@@ -137,15 +139,8 @@ def _per_example_split(
         extra["journal_seconds"] = sum(done[c][1] for c in resumed)
     if not sampled:
         return {"log_px": table[:, LOG_PX], **extra}
-    return {
-        **extra,
-        "log_px": table[:, LOG_PX],
-        "ess": table[:, 1],
-        "elbo": table[:, 2],
-        "rec": table[:, 3],
-        "kl": table[:, 4],
-        "means": table[:, 5:],
-    }
+    named = {name: table[:, i] for i, name in enumerate(SAMPLED_COLUMNS)}
+    return {**extra, **named, "means": table[:, len(SAMPLED_COLUMNS) :]}
 
 
 @dataclass(frozen=True)
@@ -172,7 +167,7 @@ def _plan(model, x: Tensor, k: int, batch_size: int | None, seed: int, amp: bool
     B = batch_size or (chunk_sizes(N, k, numel)[0] if sampled else 1000)
     B = max(1, min(B, math.ceil(N / SPLIT_MIN_CHUNKS)))
     amp = resolve_amp(amp, x.device, "amp")
-    return _Plan(k, seed, amp, B, numel, (5 + int(model.latent_dim)) if sampled else 1)
+    return _Plan(k, seed, amp, B, numel, (len(SAMPLED_COLUMNS) + int(model.latent_dim)) if sampled else 1)
 
 
 def _chunk_rows(model, x: Tensor, plan: _Plan, mine, journal, resumed, bar) -> list[Tensor]:
