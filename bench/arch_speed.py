@@ -95,8 +95,9 @@ PRESETS = [
 ]
 QUICK_PRESETS = ["conv-mnist", "nice-mnist"]
 AMP_EVAL = (  # what the evaluators' bf16 rounds, for the printed method lines
-    "hidden layers in bf16, output layers float32; a PixelCNN decoder on a CPU rounds only the operands of its"
-    " vertical convolutions and horizontal products"
+    "hidden layers in bf16, output layers float32, except the PixelCNN likelihood's own pass: uncompiled, it"
+    " rounds only the operands of its vertical convolutions and horizontal products on a CPU with oneDNN bf16"
+    " kernels, and nothing elsewhere"
 )
 OPTION_KEYS = {
     "compile": "compile_",
@@ -654,8 +655,7 @@ def print_method(args, device, peaks: dict) -> None:
             f" x {args.target_k}. Flows: exact log_prob of {args.flow_eval_batch} images per call."
             f" Test set: {args.test_images} images. % peak: training's counted FLOPs/s over the peak of its"
             " precision (bf16 where autocast is active; amp(inactive): vaekit's autocast does nothing on this"
-            f" device), evaluation's over the fp32 peak (eval_amp: {AMP_EVAL};"
-            " the bf16 peak's share beside it); '% of the fp32 peak beside each call' (VAEs): the median over the"
+            f" device), evaluation's over the fp32 peak, with the bf16 peak's share beside it (eval_amp: {AMP_EVAL}); '% of the fp32 peak beside each call' (VAEs): the median over the"
             " timed calls of each call's share of an fp32 peak measured right after it (2 warm-up and 3 timed"
             " products on matrices held from before the warm-up), with that call's minor page faults"
         )

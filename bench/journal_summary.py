@@ -12,7 +12,8 @@ machines to be resumed later) and prints, over the examples it holds:
 - the seconds per example (median over the chunks, and in all) and what the missing chunks would
   take at that median.
 
-The figures describe the first n examples, not the whole set: say so wherever they are quoted.
+The figures describe the first n examples, not the whole set: say so wherever they are quoted (and
+the examples held, where the line on chunks reports a gap).
 
     python bench/journal_summary.py OUT.journal/eval-3e2f65b588eb.partial.jsonl
 """
@@ -49,8 +50,8 @@ def summary(path: Path) -> str:
         f"# journal: {path}",
         "# key: "
         + ", ".join(f"{f}={key[f]}" for f in ("n", "k", "seed", "chunk", "amp", "device", "torch") if f in key),
-        f"examples held: {n} of {total} ({len(order)} chunks"
-        + (f"; only chunks 0-{contiguous - 1} without a gap)" if contiguous < len(order) else ", from the first)"),
+        f"examples held: {n} of {total} ({len(order)} chunk{'s' if len(order) > 1 else ''}"
+        + _gap(contiguous, len(order)),
     ]
     nll, nll_se = mean_and_stderr(-rows[:, LOG_PX])
     lines.append(f"NLL over them: {nll:.4f} ± {nll_se:.4f} nats (s.e. over the examples)")
@@ -68,6 +69,16 @@ def summary(path: Path) -> str:
         f" the {missing} missing examples: about {missing * median / 3600:.2f} h at that median"
     )
     return "\n".join(lines)
+
+
+def _gap(contiguous: int, held: int) -> str:
+    """The end of the line on held chunks: whether they are chunks 0 .. held - 1, as an evaluation
+    writes them, or have a gap (a journal put together by hand, or cut)."""
+    if contiguous == held:
+        return ", from the first)"
+    if contiguous == 0:
+        return "; chunk 0 is missing)"
+    return f"; only chunks 0-{contiguous - 1} without a gap)"
 
 
 def main(argv=None) -> None:

@@ -25,16 +25,21 @@ def test_a_whole_journal_gives_the_evaluations_numbers(tmp_path):
 def test_an_unfinished_journal_describes_its_first_examples(tmp_path):
     key = {"what": "test", "n": 10, "k": 5, "seed": 0, "chunk": 2}
     j = Journal(tmp_path / "a.jsonl", key)
-    j.append(0, torch.tensor([[-1.0], [-3.0]]), 7.2)  # 3.6 s per example
-    j.append(1, torch.tensor([[-2.0], [-2.0]]), 3.6)  # 1.8 s per example
-    j.append(3, torch.tensor([[-5.0], [-5.0]]), 3.6)
+    j.append(0, torch.tensor([[-1.0], [-3.0]]), 7200.0)  # 3,600 s per example
+    j.append(1, torch.tensor([[-2.0], [-2.0]]), 3600.0)  # 1,800 s per example
+    j.append(3, torch.tensor([[-5.0], [-5.0]]), 3600.0)
     j.close()
     text = summary(tmp_path / "a.jsonl")
     assert "examples held: 6 of 10 (3 chunks; only chunks 0-1 without a gap)" in text
     se = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, 5.0]).std().item() / 6**0.5
     assert f"NLL over them: 3.0000 ± {se:.4f} nats" in text
     assert "ELBO" not in text  # one column: an exact log p(x), no sampled statistics
-    assert "median 1.800 over the chunks; 0.00 h in all; the 4 missing examples: about 0.00 h" in text
+    # the median per example over the chunks (1,800 s, not the mean 2,400), times the 4 missing examples
+    assert "median 1800.000 over the chunks; 4.00 h in all; the 4 missing examples: about 2.00 h" in text
+    j = Journal(tmp_path / "b.jsonl", key)
+    j.append(1, torch.tensor([[-2.0], [-2.0]]), 1.0)
+    j.close()
+    assert "examples held: 2 of 10 (1 chunk; chunk 0 is missing)" in summary(tmp_path / "b.jsonl")
 
 
 def test_no_journal_is_one_error_line(tmp_path, capsys):

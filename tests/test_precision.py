@@ -150,27 +150,40 @@ def test_onednn_bf16_products_rounds_the_operands_not_the_result_and_restores_th
     assert (mk.conv.fp32_precision, mk.matmul.fp32_precision) == before
 
 
+def _reset_fp32_precision_tree() -> None:
+    """Every node of torch's fp32_precision tree back to "none", the default: global, oneDNN, and
+    its conv and matmul leaves (``torch.backends.mkldnn.fp32_precision = v`` would set the global)."""
+    torch.backends.fp32_precision = "none"
+    torch._C._set_fp32_precision_setter("mkldnn", "all", "none")
+    mk = torch.backends.mkldnn
+    mk.conv.fp32_precision = mk.matmul.fp32_precision = "none"
+
+
 def test_onednn_bf16_products_leaves_an_inherited_setting_inherited():
-    """A block opened while the oneDNN settings follow the global one (``torch.backends.fp32_precision``)
-    leaves them following it: a later global change still reaches convolutions and products; a
-    setting of its own on one node is written back as it was."""
+    """A block opened while the oneDNN leaves follow their parents (the global setting, or oneDNN's
+    own) leaves them following: a later change of the parent still reaches convolutions and
+    products. A leaf with a setting of its own, other than its parent's, gets it back."""
     from vaekit.precision import onednn_bf16_products
 
-    b = torch.backends
-    mk = b.mkldnn
-    saved = b.fp32_precision, mk.fp32_precision, mk.conv.fp32_precision, mk.matmul.fp32_precision
+    b, mk = torch.backends, torch.backends.mkldnn
+    leaves = lambda: (mk.conv.fp32_precision, mk.matmul.fp32_precision)  # noqa: E731
+    assert b.fp32_precision == mk.fp32_precision == "none" and leaves() == ("none", "none")  # the defaults
     try:
-        b.fp32_precision, mk.fp32_precision = "tf32", "none"
-        mk.conv.fp32_precision = mk.matmul.fp32_precision = "none"
+        b.fp32_precision = "tf32"  # the global only: the leaves follow it
         with onednn_bf16_products():
-            assert mk.conv.fp32_precision == mk.matmul.fp32_precision == "bf16"
+            assert leaves() == ("bf16", "bf16")
+        assert leaves() == ("tf32", "tf32")
         b.fp32_precision = "ieee"
-        assert mk.conv.fp32_precision == mk.matmul.fp32_precision == "ieee"  # not pinned at tf32
-        mk.matmul.fp32_precision = "tf32"  # a node's own setting, unlike its parent's
+        assert leaves() == ("ieee", "ieee")  # not pinned at tf32
+        torch._C._set_fp32_precision_setter("mkldnn", "all", "tf32")  # oneDNN's own, unlike the global
+        with onednn_bf16_products():
+            pass
+        torch._C._set_fp32_precision_setter("mkldnn", "all", "none")
+        assert leaves() == ("ieee", "ieee")  # they followed oneDNN's setting, and now the global again
+        mk.matmul.fp32_precision = "tf32"  # a leaf's own setting, unlike its parent's
         with onednn_bf16_products():
             pass
         b.fp32_precision = "none"
-        assert mk.matmul.fp32_precision == "tf32" and mk.conv.fp32_precision == "none"
+        assert leaves() == ("none", "tf32")
     finally:
-        b.fp32_precision, mk.fp32_precision = saved[:2]
-        mk.conv.fp32_precision, mk.matmul.fp32_precision = saved[2:]
+        _reset_fp32_precision_tree()

@@ -124,7 +124,9 @@ def onednn_bf16_products(enabled: bool = True):
     ``"none"`` on a node means "as its parent", and reading a node gives its effective value. A
     node that reads as its parent is restored to ``"none"``, so that it keeps following a global
     setting (``torch.backends.fp32_precision = "tf32"``) rather than staying pinned to the value
-    the global had during the block.
+    the global had during the block. torch offers no way to read a node's own setting, so a leaf
+    set explicitly to the value its parent has at that moment comes back as ``"none"``: the same
+    precision now, but it follows a later change of the parent.
     """
     if not enabled:
         yield
