@@ -191,8 +191,8 @@ def _chunk_rows(model, x: Tensor, plan: _Plan, mine, journal, resumed, bar) -> l
                 with autocast(x.device, amp, outputs_float32=True):  # hidden layers in bf16
                     t = elbo_terms(model, xc, 1)
                     means = model.encode(xc)[0]
-                cols = [out["log_px"], out["ess"], t["elbo"], t["rec"], t["kl"]]  # SAMPLED_COLUMNS
-                feats = torch.cat([torch.stack(cols, 1), means], 1)
+                named = {"log_px": out["log_px"], "ess": out["ess"], "elbo": t["elbo"], "rec": t["rec"], "kl": t["kl"]}
+                feats = torch.cat([torch.stack([named[c] for c in SAMPLED_COLUMNS], 1), means], 1)
             else:
                 with autocast(x.device, amp, outputs_float32=True):
                     feats = model.log_prob(xc).unsqueeze(1)
