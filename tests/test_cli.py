@@ -420,6 +420,42 @@ def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, c
     assert not journal.exists()  # removed once the result is written
 
 
+def test_evaluate_keep_journal_leaves_one_row_per_example_and_reads_them_all_back(run, tmp_path, capsys, monkeypatch):
+    """--keep-journal: the journal outlives the JSON; its rows are the per-example estimates whose mean
+    is the JSON's NLL and ELBO, and the same command run again recomputes nothing."""
+    import torch
+
+    import vaekit.evaluate
+    from vaekit.evaluate import LOG_PX, SAMPLED_COLUMNS
+    from vaekit.journal import read_journal
+
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", str(run), "--n", "5", "--k", "3", "--batch-size", "2", "--no-progress", "-o", str(out)]
+    assert main([*argv, "--keep-journal"]) == 0
+    assert f"per-example rows kept in {out}.journal" in capsys.readouterr().err
+    (journal,) = (tmp_path / "eval.json.journal").glob("eval-*.partial.jsonl")
+    key, units = read_journal(journal)
+    assert key["n"] == 5 and key["k"] == 3
+    rows = torch.cat([units[c][0] for c in sorted(units)]).double()
+    first = json.loads(out.read_text())
+    assert rows.shape[0] == 5 and first["resumed"] == 0
+    assert -rows[:, LOG_PX].mean().item() == pytest.approx(first["nll"], rel=1e-6)
+    assert rows[:, SAMPLED_COLUMNS.index("elbo")].mean().item() == pytest.approx(first["elbo"], rel=1e-6)
+    monkeypatch.setattr(vaekit.evaluate, "importance_sampled_log_prob", lambda *a, **kw: pytest.fail("recomputed"))
+    assert main(argv) == 0  # without the flag this time: read back whole, then the journal is dropped
+    again = json.loads(out.read_text())
+    assert again["resumed"] == 5 and again["nll"] == first["nll"] and again["elbo"] == first["elbo"]
+    assert not (tmp_path / "eval.json.journal").exists()
+
+
+def test_evaluate_keep_journal_under_torchrun_is_refused(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["evaluate", str(run), "--n", "2", "--k", "2", "--no-progress", "-o", str(tmp_path / "e.json")]
+    assert main([*argv, "--keep-journal"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vaekit: error: --keep-journal: under torchrun") and err.count("\n") == 1
+
+
 def test_evaluate_refuses_a_folder_as_output_before_evaluating(run, tmp_path, capsys, monkeypatch):
     import vaekit.evaluate
 

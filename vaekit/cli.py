@@ -566,6 +566,13 @@ def _evaluate_args(p):
         "wait in OUTPUT.journal/, from which the same command resumes after a kill",
     )
     p.add_argument(
+        "--keep-journal",
+        action="store_true",
+        help="keep OUTPUT.journal/ after the JSON is written: one row per example (log p(x), effective sample "
+        "size, ELBO, reconstruction, KL), for comparing two evaluations example by example (bench/eval_pair.py); "
+        "the same command run again then reads every example back",
+    )
+    p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
     )
 
@@ -579,6 +586,8 @@ def _evaluate(args):
     if args.k <= 0:
         raise VaekitError(f"--k must be positive; got {args.k}")
     _at_least(1, {"--n": args.n, "--batch-size": args.batch_size})
+    if args.keep_journal and distributed.launched():
+        raise VaekitError("--keep-journal: under torchrun the processes split the examples and keep no journal")
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
         x = _first(_eval_ready(_model_data(model, cfg, args, args.split), cfg), args.n, "--n", f"{args.split} examples")
@@ -604,8 +613,9 @@ def _evaluate(args):
     print(format_table(res))
     _data_unit_nll(res, model.data_transform)
     _write_json(out, res)
-    _drop_journal(journal_dir, model, x, args)
-    print(f"wrote {out}", file=sys.stderr)
+    if not args.keep_journal:
+        _drop_journal(journal_dir, model, x, args)
+    print(f"wrote {out}" + (f" (per-example rows kept in {journal_dir})" if args.keep_journal else ""), file=sys.stderr)
     return 0
 
 
