@@ -32,3 +32,28 @@ def test_inverse_object_swaps_directions():
     torch.testing.assert_close(y2, y)
     torch.testing.assert_close(ld2, ld)
     assert torch.allclose(inv(y)[0], x)
+
+
+def test_log_scale_is_bounded_and_an_unknown_kind_is_refused_by_the_registry_lookup():
+    """log_scale's kinds stay within [-SOFT_CLAMP, SOFT_CLAMP] for any input, 'tanh' is 0 at 0, and an
+    unknown kind is refused like every registry name, also when a coupling or MADE layer is built."""
+    import pytest
+
+    from vaekit.errors import ConfigError
+    from vaekit.flows.autoregressive import MaskedAffineAutoregressive
+    from vaekit.flows.base import SCALES, SOFT_CLAMP, log_scale
+
+    raw = torch.tensor([-float("inf"), -1e6, -3.0, 0.0, 3.0, 1e6, float("inf")])
+    for kind in SCALES:
+        out = log_scale(raw, kind)
+        assert torch.isfinite(out).all() and (out.abs() <= SOFT_CLAMP).all(), kind  # tanh rounds to 1
+    assert log_scale(torch.zeros(3), "tanh").eq(0).all()
+    with pytest.raises(
+        ConfigError, match=r"unknown flow scale 'tanhh' \(did you mean 'tanh'\?\); known: tanh, sigmoid"
+    ):
+        log_scale(raw, "tanhh")
+    mask = alternating_mask(FLOW_D, 0)
+    with pytest.raises(ConfigError, match="unknown flow scale 'exp'"):
+        AffineCoupling(mask, MLPConditioner(FLOW_D, 2 * FLOW_D, 8), scale="exp")
+    with pytest.raises(ConfigError, match="unknown flow scale 'exp'"):
+        MaskedAffineAutoregressive(FLOW_D, [8], scale="exp")

@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import lookup
 from ..precision import OutputLayer
-from .base import Compose, Inverse, Reverse, Transform, log_scale
+from .base import LOG_SCALES, Compose, Inverse, Reverse, Transform, log_scale
 
 
 class MaskedLinear(nn.Linear):
@@ -92,7 +93,7 @@ class MaskedAffineAutoregressive(Transform):
 
     def __init__(self, dim: int, hidden: list[int], context_dim: int = 0, scale: str = "tanh"):
         super().__init__()
-        log_scale(torch.zeros(1), scale)  # fail early on an unknown scale
+        lookup(LOG_SCALES, scale, "flow scale")  # an unknown scale is refused at construction
         self.made = MADE(dim, hidden, 2, context_dim)
         self.scale = scale
 

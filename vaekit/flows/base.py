@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import lookup
+
 SOFT_CLAMP = 2.0  # |log-scale| < SOFT_CLAMP for scale='tanh': each factor in (e^-2, e^2)
-SCALES = ("tanh", "sigmoid")
 
 
 def sum_except_batch(x: Tensor) -> Tensor:
@@ -54,20 +55,30 @@ def full_precision_region(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
+def _tanh_log_scale(raw: Tensor) -> Tensor:
+    return SOFT_CLAMP * torch.tanh(raw / SOFT_CLAMP)
+
+
+def _sigmoid_log_scale(raw: Tensor) -> Tensor:
+    return SOFT_CLAMP * torch.tanh(F.logsigmoid(raw + 2.0) / SOFT_CLAMP)
+
+
+LOG_SCALES = {"tanh": _tanh_log_scale, "sigmoid": _sigmoid_log_scale}
+SCALES = tuple(LOG_SCALES)
+
+
 def log_scale(raw: Tensor, kind: str = "tanh") -> Tensor:
-    """A log-scale in (-SOFT_CLAMP, SOFT_CLAMP) from an unconstrained network output.
+    """A log-scale in (-SOFT_CLAMP, SOFT_CLAMP) from an unconstrained network output (in floating
+    point [-SOFT_CLAMP, SOFT_CLAMP]: tanh rounds to 1 far out).
 
     ``tanh``: ``c tanh(raw / c)`` with c = SOFT_CLAMP, zero at raw = 0 (identity at init);
     ``sigmoid``: Glow's ``log sigmoid(raw + 2)`` (a scale in (0, 1), via ``logsigmoid`` so
     log 0 never happens), passed through the same soft clamp so that a scale can never
     underflow to 0 and make the inverse divide by it. Both are finite for any finite or
-    infinite ``raw``; NaN stays NaN.
+    infinite ``raw``; NaN stays NaN. An unknown ``kind`` is refused by ``checks.lookup``
+    (as the layers that take one do at construction).
     """
-    if kind == "tanh":
-        return SOFT_CLAMP * torch.tanh(raw / SOFT_CLAMP)
-    if kind == "sigmoid":
-        return SOFT_CLAMP * torch.tanh(F.logsigmoid(raw + 2.0) / SOFT_CLAMP)
-    raise ValueError(f"unknown scale '{kind}'; known: {', '.join(SCALES)}")
+    return lookup(LOG_SCALES, kind, "flow scale")(raw)
 
 
 class Transform(nn.Module):

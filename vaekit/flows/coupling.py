@@ -36,8 +36,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..checks import lookup
 from ..precision import OutputConv2d, OutputLinear
-from .base import Compose, Reshape, Transform, log_scale, sum_except_batch
+from .base import LOG_SCALES, Compose, Reshape, Transform, log_scale, sum_except_batch
 
 
 # --- masks ---------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ class AffineCoupling(_Coupling):
     n_params = 2
 
     def __init__(self, mask: Tensor, net: nn.Module, scale: str = "tanh", split: bool = True):
-        log_scale(torch.zeros(1), scale)  # fail early on an unknown scale
+        lookup(LOG_SCALES, scale, "flow scale")  # an unknown scale is refused at construction
         super().__init__(mask, net, split)
         self.scale = scale
 
