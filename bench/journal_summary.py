@@ -16,6 +16,7 @@ The figures describe the first n examples, not the whole set: say so wherever th
 the examples held, where the line on chunks reports a gap).
 
     python bench/journal_summary.py OUT.journal/eval-3e2f65b588eb.partial.jsonl
+    python bench/journal_summary.py OUT.journal      # the folder, when it holds one journal
 """
 
 from __future__ import annotations
@@ -35,8 +36,21 @@ from vaekit.inference import mean_and_stderr  # noqa: E402
 from vaekit.journal import read_journal  # noqa: E402
 
 
+def journal_path(path: Path) -> Path:
+    """``path`` itself, or the one evaluation journal in the folder ``path`` (``OUT.journal/``, as
+    ``vaekit evaluate --keep-journal`` leaves it)."""
+    if not path.is_dir():
+        return path
+    found = sorted(path.glob("eval-*.partial.jsonl"))
+    if len(found) != 1:
+        held = f"{len(found)} journals ({', '.join(f.name for f in found)})" if found else "no journal"
+        raise VaekitError(f"the folder {path} holds {held}; name the file")
+    return found[0]
+
+
 def summary(path: Path) -> str:
-    """Lines describing the examples the journal at ``path`` holds."""
+    """Lines describing the examples the journal at ``path`` (a file, or a folder holding one) holds."""
+    path = journal_path(path)
     key, units = read_journal(path)
     if not units:
         raise VaekitError(f"the journal {path} holds no finished chunk yet")
@@ -83,7 +97,11 @@ def _gap(contiguous: int, held: int) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("journal", type=Path, help="an evaluation's journal (OUT.journal/eval-*.partial.jsonl)")
+    p.add_argument(
+        "journal",
+        type=Path,
+        help="an evaluation's journal (OUT.journal/eval-*.partial.jsonl), or the folder OUT.journal/ holding one",
+    )
     args = p.parse_args(argv)
     try:
         print(summary(args.journal))

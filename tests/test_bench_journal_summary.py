@@ -53,3 +53,24 @@ def test_no_journal_is_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "empty.jsonl")])
     assert "holds no finished chunk yet" in capsys.readouterr().err
+
+
+def test_a_folder_holding_one_journal_is_read_and_any_other_folder_is_one_error_line(tmp_path, capsys):
+    key = {"what": "test", "n": 2, "k": 0, "seed": 0, "chunk": 2}
+    folder = tmp_path / "eval.json.journal"
+    folder.mkdir()
+    with pytest.raises(SystemExit):
+        main([str(folder)])
+    assert f"the folder {folder} holds no journal; name the file" in capsys.readouterr().err
+    j = Journal(folder / "eval-aaaa.partial.jsonl", key)
+    j.append(0, torch.tensor([[-1.0], [-3.0]]), 2.0)
+    j.close()
+    assert summary(folder) == summary(folder / "eval-aaaa.partial.jsonl")  # the same lines, the file's name
+    assert "examples held: 2 of 2" in summary(folder)
+    Journal(folder / "eval-bbbb.partial.jsonl", key).close()
+    with pytest.raises(SystemExit) as e:
+        main([str(folder)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds 2 journals (eval-aaaa.partial.jsonl, eval-bbbb.partial.jsonl); name the file" in err
+    assert err.count("\n") == 1
