@@ -115,6 +115,24 @@ def test_cli_verbs_accept_the_export_folder(run, exported, tmp_path, capsys):
     assert "an exported model" in capsys.readouterr().err
 
 
+def test_an_evaluation_journal_travels_with_the_export_folder(run, exported, tmp_path, capsys, monkeypatch):
+    """The export's weights give the checkpoint's model digest: an evaluation of the run folder
+    and one of its export, with the same arguments and output, keep one journal, and the second
+    reads every example back from the first's rows instead of computing them."""
+    import vaekit.evaluate
+
+    out = tmp_path / "eval.json"
+    argv = ["--n", "4", "--k", "3", "--no-progress", "--keep-journal", "-o", str(out)]
+    assert main(["evaluate", str(run), *argv]) == 0
+    first = json.loads(out.read_text())
+    (journal,) = (tmp_path / "eval.json.journal").iterdir()
+    monkeypatch.setattr(vaekit.evaluate, "importance_sampled_log_prob", lambda *a, **kw: pytest.fail("recomputed"))
+    assert main(["evaluate", str(exported), *argv]) == 0
+    again = json.loads(out.read_text())
+    assert [p.name for p in (tmp_path / "eval.json.journal").iterdir()] == [journal.name]
+    assert again["resumed"] == 4 and again["nll"] == first["nll"] and again["elbo"] == first["elbo"]
+
+
 def test_an_export_can_be_exported_again(exported, tmp_path):
     again = tmp_path / "again"
     assert main(["export", str(exported), "-o", str(again)]) == 0
