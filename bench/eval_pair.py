@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.journal_summary import journal_path  # noqa: E402
 from vaekit.errors import VaekitError  # noqa: E402
 from vaekit.evaluate import LOG_PX  # noqa: E402
 from vaekit.journal import read_journal  # noqa: E402
@@ -32,6 +33,7 @@ SAME = ("data", "n", "k", "seed", "chunk", "device")  # must agree for the sampl
 
 def paired(a: Path, b: Path) -> str:
     """Lines describing log p_B(x) - log p_A(x) over the chunks both journals hold."""
+    a, b = journal_path(a), journal_path(b)
     (key_a, units_a), (key_b, units_b) = read_journal(a), read_journal(b)
     clash = [f for f in SAME if key_a.get(f) != key_b.get(f)]
     if clash:
@@ -60,8 +62,8 @@ def paired(a: Path, b: Path) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("a", type=Path, help="the first evaluation's journal")
-    p.add_argument("b", type=Path, help="the second evaluation's journal")
+    p.add_argument("a", type=Path, help="the first evaluation's journal, or the OUT.journal/ folder holding it alone")
+    p.add_argument("b", type=Path, help="the second evaluation's journal, or the folder holding it alone")
     args = p.parse_args(argv)
     try:
         print(paired(args.a, args.b))

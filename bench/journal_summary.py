@@ -2,7 +2,7 @@
 estimates over them, and the time the rest will take.
 
 ``vaekit evaluate RUN -o OUT`` keeps every finished chunk in ``OUT.journal/eval-*.partial.jsonl``
-(``vaekit.journal``) until the whole result is written. Chunks are computed in order, so a journal
+(``vaekit.journal``) until the whole result is written (and after it, with ``--keep-journal``). Chunks are computed in order, so a journal
 holds the first n of its N examples, and what it holds is final: a resumed run reads those rows back
 unchanged. This script reads a journal (also one still being written, or one carried between
 machines to be resumed later) and prints, over the examples it holds:
@@ -43,8 +43,12 @@ def journal_path(path: Path) -> Path:
         return path
     found = sorted(path.glob("eval-*.partial.jsonl"))
     if len(found) != 1:
-        held = f"{len(found)} journals ({', '.join(f.name for f in found)})" if found else "no journal"
-        raise VaekitError(f"the folder {path} holds {held}; name the file")
+        if not found:
+            raise VaekitError(f"the folder {path} holds no evaluation journal (eval-*.partial.jsonl)")
+        raise VaekitError(
+            f"the folder {path} holds {len(found)} evaluation journals ({', '.join(f.name for f in found)}); "
+            "name the file (an evaluation kept with --keep-journal names its own in its JSON)"
+        )
     return found[0]
 
 

@@ -27,6 +27,7 @@ def test_the_paired_difference_of_two_precisions_matches_the_evaluations(tmp_pat
     se = d.std().item() / d.numel() ** 0.5
     assert f"{d.mean().item():+.5f} ± {se:.5f}" in text
     assert "differ: amp: False -> bf16 hidden layers" in text
+    assert paired(tmp_path / "ampFalse", tmp_path / "ampTrue") == text  # each folder holds its journal alone
 
 
 def _journal(path, seed, units):

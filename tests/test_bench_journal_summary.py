@@ -61,7 +61,7 @@ def test_a_folder_holding_one_journal_is_read_and_any_other_folder_is_one_error_
     folder.mkdir()
     with pytest.raises(SystemExit):
         main([str(folder)])
-    assert f"the folder {folder} holds no journal; name the file" in capsys.readouterr().err
+    assert f"the folder {folder} holds no evaluation journal (eval-*.partial.jsonl)" in capsys.readouterr().err
     j = Journal(folder / "eval-aaaa.partial.jsonl", key)
     j.append(0, torch.tensor([[-1.0], [-3.0]]), 2.0)
     j.close()
@@ -72,5 +72,5 @@ def test_a_folder_holding_one_journal_is_read_and_any_other_folder_is_one_error_
         main([str(folder)])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "holds 2 journals (eval-aaaa.partial.jsonl, eval-bbbb.partial.jsonl); name the file" in err
+    assert "holds 2 evaluation journals (eval-aaaa.partial.jsonl, eval-bbbb.partial.jsonl); name the file" in err
     assert err.count("\n") == 1

@@ -412,7 +412,7 @@ def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, c
     assert len(list(journal.glob("eval-*.partial.jsonl"))) == 1
     capsys.readouterr()
     assert main(argv + ["-o", str(out)]) == 0
-    assert "2 of the 6 examples were read back" in capsys.readouterr().err
+    assert "2 of the 6 examples were read back from the journal of an earlier run" in capsys.readouterr().err
     whole, resumed = (json.loads(p.read_text()) for p in (tmp_path / "whole.json", out))
     assert (resumed["resumed"], whole["resumed"]) == (2, 0)
     for key in ("nll", "nll_stderr", "elbo", "kl", "rec", "active_units"):
@@ -421,8 +421,9 @@ def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, c
 
 
 def test_evaluate_keep_journal_leaves_one_row_per_example_and_reads_them_all_back(run, tmp_path, capsys, monkeypatch):
-    """--keep-journal: the journal outlives the JSON; its rows are the per-example estimates whose mean
-    is the JSON's NLL and ELBO, and the same command run again recomputes nothing."""
+    """--keep-journal: the journal outlives the JSON, which names it, beside another evaluation's
+    journal that it leaves alone; its rows are the per-example estimates whose mean is the JSON's NLL
+    and ELBO, and the same command run again recomputes nothing."""
     import torch
 
     import vaekit.evaluate
@@ -431,9 +432,14 @@ def test_evaluate_keep_journal_leaves_one_row_per_example_and_reads_them_all_bac
 
     out = tmp_path / "eval.json"
     argv = ["evaluate", str(run), "--n", "5", "--k", "3", "--batch-size", "2", "--no-progress", "-o", str(out)]
+    assert main(["evaluate", str(run), "--n", "2", "--k", "2", "--no-progress", "-o", str(out), "--keep-journal"]) == 0
+    (other,) = (tmp_path / "eval.json.journal").glob("eval-*.partial.jsonl")
+    capsys.readouterr()
     assert main([*argv, "--keep-journal"]) == 0
-    assert f"per-example rows kept in {out}.journal" in capsys.readouterr().err
-    (journal,) = (tmp_path / "eval.json.journal").glob("eval-*.partial.jsonl")
+    journals = set((tmp_path / "eval.json.journal").glob("eval-*.partial.jsonl"))
+    (journal,) = journals - {other}
+    assert f"per-example rows kept in {journal}" in capsys.readouterr().err
+    assert json.loads(out.read_text())["journal"] == str(journal)
     key, units = read_journal(journal)
     assert key["n"] == 5 and key["k"] == 3
     rows = torch.cat([units[c][0] for c in sorted(units)]).double()
@@ -445,7 +451,7 @@ def test_evaluate_keep_journal_leaves_one_row_per_example_and_reads_them_all_bac
     assert main(argv) == 0  # without the flag this time: read back whole, then the journal is dropped
     again = json.loads(out.read_text())
     assert again["resumed"] == 5 and again["nll"] == first["nll"] and again["elbo"] == first["elbo"]
-    assert not (tmp_path / "eval.json.journal").exists()
+    assert "journal" not in again and set((tmp_path / "eval.json.journal").iterdir()) == {other}
 
 
 def test_evaluate_keep_journal_under_torchrun_is_refused(run, tmp_path, capsys, monkeypatch):
@@ -472,6 +478,13 @@ def test_evaluate_of_an_autoencoder_reports_its_reconstruction(tmp_path, capsys)
     res = json.loads((run / "eval-test.json").read_text())
     assert res["log_prob_kind"] == "none" and res["nll"] is None and res["resumed"] == 0
     assert math.isfinite(res["rec"]) and res["rec"] < 0
+    capsys.readouterr()
+    assert (
+        main(["evaluate", str(run), "--n", "5", "--no-progress", "--keep-journal", "-o", str(tmp_path / "k.json")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith(f"vaekit: error: --keep-journal: {run} is a model without a density (autoencoder)")
+    assert err.count("\n") == 1 and not (tmp_path / "k.json").exists()
 
 
 def test_evaluate_of_a_checkpoint_writes_beside_its_run(run, capsys):

@@ -115,7 +115,7 @@ def test_cli_verbs_accept_the_export_folder(run, exported, tmp_path, capsys):
     assert "an exported model" in capsys.readouterr().err
 
 
-def test_an_evaluation_journal_travels_with_the_export_folder(run, exported, tmp_path, capsys, monkeypatch):
+def test_an_evaluation_journal_of_the_run_resumes_from_its_export(run, exported, tmp_path, capsys, monkeypatch):
     """The export's weights give the checkpoint's model digest: an evaluation of the run folder
     and one of its export, with the same arguments and output, keep one journal, and the second
     reads every example back from the first's rows instead of computing them."""

@@ -41,10 +41,10 @@ def test_log_scale_is_bounded_and_an_unknown_kind_is_refused_by_the_registry_loo
 
     from vaekit.errors import ConfigError
     from vaekit.flows.autoregressive import MaskedAffineAutoregressive
-    from vaekit.flows.base import SCALES, SOFT_CLAMP, log_scale
+    from vaekit.flows.base import LOG_SCALES, SOFT_CLAMP, log_scale
 
     raw = torch.tensor([-float("inf"), -1e6, -3.0, 0.0, 3.0, 1e6, float("inf")])
-    for kind in SCALES:
+    for kind in LOG_SCALES:
         out = log_scale(raw, kind)
         assert torch.isfinite(out).all() and (out.abs() <= SOFT_CLAMP).all(), kind  # tanh rounds to 1
     assert log_scale(torch.zeros(3), "tanh").eq(0).all()

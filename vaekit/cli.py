@@ -568,9 +568,12 @@ def _evaluate_args(p):
     p.add_argument(
         "--keep-journal",
         action="store_true",
-        help="keep OUTPUT.journal/ after the JSON is written: one row per example (log p(x), effective sample "
-        "size, ELBO, reconstruction, KL), for comparing two evaluations example by example (bench/eval_pair.py); "
-        "the same command run again then reads every example back",
+        help="keep this evaluation's journal in OUTPUT.journal/ after the JSON is written (the JSON names it): "
+        "one row per example (a VAE's log p(x), effective sample size, ELBO, reconstruction, KL and posterior "
+        "mean; an exact model's log p(x)), for comparing evaluations example by example (bench/eval_pair.py); "
+        "the same command, with the same torch and vaekit on the same kind of device, then reads every example "
+        "back. A kept journal belongs to the evaluation that wrote it, not to OUTPUT, which a later evaluation "
+        "with other arguments may overwrite",
     )
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
@@ -587,9 +590,16 @@ def _evaluate(args):
         raise VaekitError(f"--k must be positive; got {args.k}")
     _at_least(1, {"--n": args.n, "--batch-size": args.batch_size})
     if args.keep_journal and distributed.launched():
-        raise VaekitError("--keep-journal: under torchrun the processes split the examples and keep no journal")
+        e = VaekitError("--keep-journal: under torchrun the processes split the examples and keep no journal")
+        e.shared = True  # every process refuses alike: rank 0 says it once
+        raise e
     with distributed.session():  # under torchrun the examples are split over the processes
         model, cfg, state = load_shared(args.run, device=resolve_device(args.device or "cpu"))
+        if args.keep_journal and model.log_prob_kind == "none":
+            raise VaekitError(
+                f"--keep-journal: {args.run} is a model without a density ({cfg.model.kind}); its evaluation is "
+                "a reconstruction error, with no per-example rows to keep"
+            )
         x = _first(_eval_ready(_model_data(model, cfg, args, args.split), cfg), args.n, "--n", f"{args.split} examples")
         _resolve_eval_amp(args, cfg, x.device)
         out = Path(args.output) if args.output else _run_folder(args.run) / f"eval-{args.split}.json"  # one per split
@@ -610,12 +620,15 @@ def _evaluate(args):
             return 0
     _note_resumed(res["resumed"], res["n"])
     res.update(dataset=_data_config(cfg, args).name, split=args.split, step=int(state["step"]), seed=args.seed)
+    kept = _journal_of(journal_dir, model, x, args) if args.keep_journal else None
+    if kept is not None:
+        res["journal"] = str(kept)
     print(format_table(res))
     _data_unit_nll(res, model.data_transform)
     _write_json(out, res)
-    if not args.keep_journal:
+    if kept is None:
         _drop_journal(journal_dir, model, x, args)
-    print(f"wrote {out}" + (f" (per-example rows kept in {journal_dir})" if args.keep_journal else ""), file=sys.stderr)
+    print(f"wrote {out}" + (f" (per-example rows kept in {kept})" if kept else ""), file=sys.stderr)
     return 0
 
 
@@ -668,17 +681,20 @@ def _journal_dir(out: Path) -> Path | None:
     return None if distributed.launched() else out.with_name(out.name + ".journal")
 
 
-def _drop_journal(journal_dir: Path | None, model, x, args) -> None:
-    """Delete the journal of the evaluation that ``args`` ran of ``model`` on ``x``
-    (``evaluate.journal_file``), its output now holding the result, and ``journal_dir`` once no
-    other evaluation's unfinished journal is left in it."""
+def _journal_of(journal_dir: Path, model, x, args) -> Path:
+    """The journal file in ``journal_dir`` of the evaluation that ``args`` ran of ``model`` on ``x``
+    (``evaluate.journal_file``)."""
     from .evaluate import journal_file
 
+    return journal_file(journal_dir, model, x, k=args.k, batch_size=args.batch_size, seed=args.seed, amp=args.amp)
+
+
+def _drop_journal(journal_dir: Path | None, model, x, args) -> None:
+    """Delete the journal of the evaluation that ``args`` ran of ``model`` on ``x``, its output now
+    holding the result, and ``journal_dir`` once no other evaluation's journal is left in it."""
     if journal_dir is None:
         return
-    journal_file(journal_dir, model, x, k=args.k, batch_size=args.batch_size, seed=args.seed, amp=args.amp).unlink(
-        missing_ok=True
-    )
+    _journal_of(journal_dir, model, x, args).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty: another evaluation's journal waits there
         journal_dir.rmdir()
 
@@ -686,8 +702,8 @@ def _drop_journal(journal_dir: Path | None, model, x, args) -> None:
 def _note_resumed(resumed: int, n: int) -> None:
     if resumed:
         print(
-            f"vaekit: note: {resumed} of the {n} examples were read back from the journal of an earlier, "
-            "interrupted run of this same evaluation",
+            f"vaekit: note: {resumed} of the {n} examples were read back from the journal of an earlier run "
+            "of this same evaluation (interrupted, or kept with --keep-journal)",
             file=sys.stderr,
         )
 

@@ -64,7 +64,6 @@ def _sigmoid_log_scale(raw: Tensor) -> Tensor:
 
 
 LOG_SCALES = {"tanh": _tanh_log_scale, "sigmoid": _sigmoid_log_scale}
-SCALES = tuple(LOG_SCALES)
 
 
 def log_scale(raw: Tensor, kind: str = "tanh") -> Tensor:

@@ -49,7 +49,7 @@ from ..data import levels_of
 from ..distributions import N_LEVELS
 from ..errors import ConfigError
 from ..flows.autoregressive import maf
-from ..flows.base import SCALES, Compose, Logit, Reshape, Shift
+from ..flows.base import LOG_SCALES, Compose, Logit, Reshape, Shift
 from ..flows.coupling import dense_realnvp, nice
 from ..flows.distribution import FlowDistribution
 from ..flows.multiscale import dense_glow, glow, realnvp
@@ -217,7 +217,7 @@ def _check_flow_config(cfg) -> None:
         ("flow_preprocess", cfg.flow_preprocess, PREPROCESS),
         ("flow_dequantize", cfg.flow_dequantize, DEQUANTIZE),
         ("flow_base", cfg.flow_base, BASES),
-        ("flow_scale", cfg.flow_scale, dict.fromkeys(SCALES)),
+        ("flow_scale", cfg.flow_scale, LOG_SCALES),
     ):
         lookup(table, value, f"model.{key}")
     for key, value in (
