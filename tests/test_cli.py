@@ -462,6 +462,23 @@ def test_evaluate_keep_journal_under_torchrun_is_refused(run, tmp_path, capsys, 
     assert err.startswith("vaekit: error: --keep-journal: under torchrun") and err.count("\n") == 1
 
 
+def test_evaluate_and_score_logged_to_a_file_say_where_they_stand(run, tmp_path, capsys, monkeypatch):
+    """Where stderr is no terminal (a background run's log) no bar is drawn, and a long evaluation
+    writes a progress line per interval instead (every chunk here, at an interval of 0 s);
+    --no-progress silences it."""
+    import vaekit.cli
+
+    monkeypatch.setattr(vaekit.cli, "LOG_EVERY_S", 0.0)
+    for verb, out, desc in (("evaluate", "e.json", "evaluate"), ("score", "s.npy", "score")):
+        argv = [verb, str(run), "--n", "6", "--k", "3", "--batch-size", "2", "-o", str(tmp_path / out)]
+        assert main(argv) == 0
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"vaekit: {desc}: ")]
+        assert [ln.split(" examples,")[0] for ln in lines] == [f"vaekit: {desc}: {n} of 6" for n in range(1, 6)]
+        assert all(re.search(r"examples, [0-9.e+-]+ s each, about [0-9.]+ (s|min|h) left$", ln) for ln in lines)
+        assert main([*argv, "--no-progress"]) == 0
+        assert f"vaekit: {desc}: " not in capsys.readouterr().err
+
+
 def test_evaluate_refuses_a_folder_as_output_before_evaluating(run, tmp_path, capsys, monkeypatch):
     import vaekit.evaluate
 

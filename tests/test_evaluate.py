@@ -280,3 +280,36 @@ def test_a_launched_process_outside_a_process_group_evaluates_every_chunk(vae_an
     whole = per_example_log_prob(model, x, k=4, progress=False, seed=2)
     monkeypatch.setenv("RANK", "1")
     assert torch.equal(per_example_log_prob(model, x, k=4, progress=False, seed=2), whole)
+
+
+def test_log_lines_report_examples_done_rate_and_time_left_at_most_once_per_interval(capsys):
+    """A background evaluation's log gets one line per interval: examples done (resumed ones
+    included), seconds per example computed here (resumed ones excluded) and the time the rest takes
+    at that rate; nothing before the first interval, and nothing once everything is done."""
+    from vaekit.evaluate import LogLines
+
+    now = [100.0]
+    log = LogLines(total=10_000, initial=4_000, desc="evaluate", every=300.0, clock=lambda: now[0])
+    now[0] += 299.0
+    log.update(100)  # within the first interval: silent
+    assert capsys.readouterr().err == ""
+    now[0] += 1.0
+    log.update(100)  # 200 computed in 300 s: 1.5 s each; 5,800 left: 8,700 s
+    assert capsys.readouterr().err == "vaekit: evaluate: 4,200 of 10,000 examples, 1.5 s each, about 2.4 h left\n"
+    now[0] += 10.0
+    log.update(1)  # 10 s after the last line: silent
+    assert capsys.readouterr().err == ""
+    now[0] += 1_000.0
+    log.update(5_799)  # all done: the caller prints the result, not a progress line
+    log.close()
+    assert capsys.readouterr().err == ""
+    short = LogLines(total=50, initial=0, desc="score", every=0.0, clock=lambda: now[0])
+    now[0] += 20.0
+    short.update(10)
+    assert capsys.readouterr().err == "vaekit: score: 10 of 50 examples, 2 s each, about 80 s left\n"
+    now[0] += 40.0
+    short.update(10)
+    assert capsys.readouterr().err == "vaekit: score: 20 of 50 examples, 3 s each, about 2 min left\n"  # 90 s
+    now[0] += 3_000.0
+    short.update(10)  # 3,060 s for 30: 102 s each, 2,040 s left
+    assert capsys.readouterr().err.endswith("102 s each, about 34 min left\n")

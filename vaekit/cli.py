@@ -234,6 +234,19 @@ def _progress(args) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+LOG_EVERY_S = 300.0  # a long evaluation logged to a file says where it stands this often
+EVAL_PROGRESS_HELP = (
+    "no progress: no bar on a terminal, and no line every 5 minutes (examples done, time left) where "
+    "stderr is a log file or a pipe"
+)
+
+
+def _log_every(args) -> float | None:
+    """Seconds between the progress lines of a long evaluation whose stderr is no terminal (a
+    background run's log), where no bar is drawn; None with ``--no-progress`` or on a terminal."""
+    return None if args.no_progress or sys.stderr.isatty() else LOG_EVERY_S
+
+
 def _seed(args):
     """Seed the global torch RNG with ``--seed`` (every command that samples declares it)."""
     import torch
@@ -575,9 +588,7 @@ def _evaluate_args(p):
         "back. A kept journal belongs to the evaluation that wrote it, not to OUTPUT, which a later evaluation "
         "with other arguments may overwrite",
     )
-    p.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (none is drawn where stderr is not a terminal)"
-    )
+    p.add_argument("--no-progress", action="store_true", help=EVAL_PROGRESS_HELP)
 
 
 def _evaluate(args):
@@ -615,6 +626,7 @@ def _evaluate(args):
             seed=args.seed,
             amp=args.amp,
             journal_dir=journal_dir,
+            log_every=_log_every(args),
         )
         if not distributed.is_main():
             return 0
@@ -1331,7 +1343,7 @@ def _score_args(p):
     p.add_argument("--batch-size", type=int, help="examples per pass (default: memory-bounded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=EVAL_PROGRESS_HELP)
 
 
 def _score(args):
@@ -1355,7 +1367,6 @@ def _score(args):
         ds = _model_data(model, cfg, args, args.split)
         x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
         _resolve_eval_amp(args, cfg, x.device)
-        progress = not args.no_progress
         journal_dir = _journal_dir(out)
         scores = score(
             model,
@@ -1363,9 +1374,10 @@ def _score(args):
             k=args.k,
             batch_size=args.batch_size,
             seed=args.seed,
-            progress=progress,
+            progress=_progress(args),
             amp=args.amp,
             journal_dir=journal_dir,
+            log_every=_log_every(args),
         )
         if not distributed.is_main():
             return 0

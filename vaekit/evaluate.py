@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,58 @@ LOG_PX = 0  # the column of log p(x) in every per-example row (and journal row),
 SAMPLED_COLUMNS = ("log_px", "ess", "elbo", "rec", "kl")
 
 
+class LogLines:
+    """Progress for a log file, where a progress bar would write a line per redraw: one line on
+    stderr every ``every`` seconds, with the examples done, the seconds per example computed in
+    this process (resumed ones excluded) and the time the rest will take at that rate. Has the
+    ``update(n)`` / ``close()`` of a tqdm bar.
+
+    Args:
+        total: examples this process evaluates (resumed ones included).
+        initial: examples already done (read back from a journal).
+        desc: what runs, e.g. ``"evaluate"``.
+        every: seconds between lines (the first one ``every`` seconds after the start).
+        clock: seconds, monotonic (a parameter for tests).
+    """
+
+    def __init__(self, total: int, initial: int, desc: str, every: float, clock=time.monotonic):
+        self.total, self.done, self.first, self.desc, self.every, self.clock = (
+            total,
+            initial,
+            initial,
+            desc,
+            every,
+            clock,
+        )
+        self.start = self.last = clock()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.last < self.every or self.done >= self.total or self.done == self.first:
+            return
+        self.last = now
+        each = (now - self.start) / (self.done - self.first)
+        print(
+            f"vaekit: {self.desc}: {self.done:,} of {self.total:,} examples, {each:.3g} s each, "
+            f"about {_duration((self.total - self.done) * each)} left",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the unit a reader wants: s under 90 s, min under 90 min, else h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @torch.no_grad()
 def _per_example_split(
     model,
@@ -87,10 +140,12 @@ def _per_example_split(
     desc: str = "evaluate",
     amp: bool = False,
     journal_dir: str | Path | None = None,
+    log_every: float | None = None,
 ) -> dict:
     """Per-example results in example order: this process's chunks, then an all-gather. With
     ``journal_dir``, finished chunks are read from and written to a :class:`~vaekit.journal.Journal`
-    there (module docstring), which stays until the caller deletes it."""
+    there (module docstring), which stays until the caller deletes it. ``progress``: a tqdm bar;
+    else ``log_every``: a :class:`LogLines` line every that many seconds."""
     check_data_levels(model, x)
     N = x.shape[0]
     sampled = model.log_prob_kind == "importance-sampled"
@@ -106,18 +161,14 @@ def _per_example_split(
     done = {} if journal is None else journal.done
     resumed = {c for c in mine if c in done and done[c][0].shape == (min(B, N - c * B), F)}
     bar = None
+    total, initial = sum(min(B, N - c * B) for c in mine), sum(min(B, N - c * B) for c in resumed)
     try:
         if progress and distributed.is_main():
             from tqdm.auto import tqdm
 
-            bar = tqdm(
-                total=sum(min(B, N - c * B) for c in mine),
-                initial=sum(min(B, N - c * B) for c in resumed),
-                desc=desc,
-                unit="ex",
-                leave=False,
-                dynamic_ncols=True,
-            )
+            bar = tqdm(total=total, initial=initial, desc=desc, unit="ex", leave=False, dynamic_ncols=True)
+        elif log_every is not None and distributed.is_main():
+            bar = LogLines(total, initial, desc, log_every)
         rows = _chunk_rows(model, x, plan, mine, journal, resumed, bar)
     finally:
         if journal is not None:
@@ -254,16 +305,18 @@ def per_example_log_prob(
     seed: int = 0,
     amp: bool = False,
     journal_dir: str | Path | None = None,
+    log_every: float | None = None,
 ) -> Tensor:
     """log p(x) [N] (float64, nats) of each example of ``x`` [N, *data_shape], in example order:
     the numbers whose mean :func:`evaluate` reports as -``nll`` for the same (model, x, k, seed),
     with the same chunks and per-chunk seeds (module docstring). Exact for flows and mixtures,
     importance-sampled with ``k`` samples for VAEs; the model must have a density
     (``log_prob_kind`` not ``none``). The caller's random state is left alone. ``amp``: the nets'
-    hidden layers under bf16 autocast, as in :func:`evaluate`; ``journal_dir``: resumable, as there."""
+    hidden layers under bf16 autocast, as in :func:`evaluate`; ``journal_dir``: resumable, and
+    ``log_every``: progress lines for a log, as there."""
     model.eval()
     x = x.to(model_device(model))
-    return _per_example_split(model, x, k, batch_size, seed, progress, "score", amp, journal_dir)["log_px"]
+    return _per_example_split(model, x, k, batch_size, seed, progress, "score", amp, journal_dir, log_every)["log_px"]
 
 
 def _reconstruction_only(model, x: Tensor, batch_size: int, amp: bool) -> dict:
@@ -290,6 +343,7 @@ def evaluate(
     seed: int = 0,
     amp: bool = False,
     journal_dir: str | Path | None = None,
+    log_every: float | None = None,
 ) -> dict:
     """Metrics of ``model`` on data ``x`` [N, *data_shape]; keys as in ``eval.json``.
 
@@ -311,6 +365,9 @@ def evaluate(
             stays until the caller deletes it (:func:`journal_file` names it) once the result is
             safely kept; a call before that reads every chunk back at once. The result's ``resumed`` counts the
             examples read back, and ``seconds`` includes the time they took then.
+        progress: a tqdm progress bar (on the main process).
+        log_every: without ``progress``, a line on stderr every ``log_every`` seconds with the
+            examples done and the time left (:class:`LogLines`), for runs whose stderr is a log.
     """
     model.eval()
     x = x.to(model_device(model))
@@ -319,7 +376,7 @@ def evaluate(
     if model.log_prob_kind == "none":
         return _reconstruction_only(model, x, batch_size or 1000, amp)
     t0 = time.perf_counter()
-    per = _per_example_split(model, x, k, batch_size, seed, progress, desc, amp, journal_dir)
+    per = _per_example_split(model, x, k, batch_size, seed, progress, desc, amp, journal_dir, log_every)
     t0 -= per.get("journal_seconds", 0.0)  # the seconds spent on the resumed chunks before
     res: dict = {"log_prob_kind": model.log_prob_kind, "n": N, "amp": amp, "precision": precision(model, amp)}
     res["resumed"] = per["resumed"]

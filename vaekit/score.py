@@ -44,6 +44,7 @@ def score(
     progress: bool = True,
     amp: bool = False,
     journal_dir: str | Path | None = None,
+    log_every: float | None = None,
 ) -> Tensor:
     """Per-example scores of ``x`` [N, *data_shape] under ``model``.
 
@@ -56,6 +57,8 @@ def score(
             (``evaluate.per_example_log_prob``).
         journal_dir: a folder that makes the scoring resumable after a kill; the caller deletes it once
             the scores are kept (``evaluate.evaluate``).
+        progress, log_every: a progress bar, else a progress line every ``log_every`` seconds
+            (``evaluate.evaluate``).
 
     Returns:
         [N, 2] float64 on the CPU, columns ``SCORE_COLUMNS``: log p(x) in nats, of the data in their
@@ -68,7 +71,15 @@ def score(
     if model.log_prob_kind == "none":
         raise VaekitError(f"a {type(model).__name__} defines no density p(x), so it gives no likelihood scores")
     log_px = per_example_log_prob(
-        model, x, k=k, batch_size=batch_size, progress=progress, seed=seed, amp=amp, journal_dir=journal_dir
+        model,
+        x,
+        k=k,
+        batch_size=batch_size,
+        progress=progress,
+        seed=seed,
+        amp=amp,
+        journal_dir=journal_dir,
+        log_every=log_every,
     ).cpu()
     if not model.data_transform.identity:
         log_px = log_px - model.data_transform.log_scale
