@@ -407,12 +407,19 @@ def test_evaluate_killed_and_run_again_resumes_from_its_journal(run, tmp_path, c
         m.setattr(vaekit.evaluate, "importance_sampled_log_prob", killed_after_two)
         assert main(argv + ["-o", str(out)]) == 130  # the Ctrl-C exit status
     assert not out.exists() and len(list(journal.glob("eval-*.partial.jsonl"))) == 1
+    (unfinished,) = journal.glob("eval-*.partial.jsonl")
+    capsys.readouterr()
     other = ["evaluate", str(run), "--n", "3", "--k", "2", "--no-progress", "-o", str(out)]
     assert main(other) == 0  # another evaluation to the same output: it leaves the unfinished one's journal
-    assert len(list(journal.glob("eval-*.partial.jsonl"))) == 1
-    capsys.readouterr()
+    assert list(journal.glob("eval-*.partial.jsonl")) == [unfinished]
+    assert (
+        f"vaekit: note: {journal} holds 1 journal of other evaluations ({unfinished.name}) and none of this one"
+        in capsys.readouterr().err
+    )
     assert main(argv + ["-o", str(out)]) == 0
-    assert "2 of the 6 examples were read back from the journal of an earlier run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"vaekit: note: resuming from {unfinished}: 2 of 6 examples done" in err
+    assert "2 of the 6 examples were read back from the journal of an earlier run" in err
     whole, resumed = (json.loads(p.read_text()) for p in (tmp_path / "whole.json", out))
     assert (resumed["resumed"], whole["resumed"]) == (2, 0)
     for key in ("nll", "nll_stderr", "elbo", "kl", "rec", "active_units"):

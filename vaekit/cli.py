@@ -617,6 +617,7 @@ def _evaluate(args):
         if out.is_dir():  # refused before hours of evaluation, not after
             raise VaekitError(f"cannot write {out}: it is a folder")
         journal_dir = _journal_dir(out)
+        _note_journal(journal_dir, model, x, args)
         res = evaluate(
             model,
             x,
@@ -699,6 +700,34 @@ def _journal_of(journal_dir: Path, model, x, args) -> Path:
     from .evaluate import journal_file
 
     return journal_file(journal_dir, model, x, k=args.k, batch_size=args.batch_size, seed=args.seed, amp=args.amp)
+
+
+def _note_journal(journal_dir: Path | None, model, x, args) -> None:
+    """Before a journaled evaluation starts, say whether it resumes (how many examples its journal
+    holds), or, where ``journal_dir`` holds only other evaluations' journals, that it starts from the
+    first example: a resume that cannot happen (another model, data, K, seed, chunk size, precision,
+    device, torch or vaekit) is then known at once, not when the hours it repeats are spent."""
+    from .journal import read_journal
+
+    if journal_dir is None or not journal_dir.is_dir():
+        return
+    mine = _journal_of(journal_dir, model, x, args)
+    if mine.is_file():
+        try:
+            _, units = read_journal(mine)
+        except VaekitError:  # the evaluation reports a damaged journal itself
+            return
+        held = sum(rows.shape[0] for rows, _ in units.values())
+        print(f"vaekit: note: resuming from {mine}: {held:,} of {x.shape[0]:,} examples done", file=sys.stderr)
+        return
+    others = sorted(p.name for p in journal_dir.glob("eval-*.partial.jsonl"))
+    if others:
+        print(
+            f"vaekit: note: {journal_dir} holds {len(others)} journal{'s' if len(others) > 1 else ''} of other "
+            f"evaluations ({', '.join(others)}) and none of this one (its key: model, data, K, seed, chunk size, "
+            "precision, device, torch and vaekit versions), so it starts from the first example",
+            file=sys.stderr,
+        )
 
 
 def _drop_journal(journal_dir: Path | None, model, x, args) -> None:
@@ -1368,6 +1397,7 @@ def _score(args):
         x = _first(_eval_ready(ds, cfg), args.n, "--n", f"{args.split} examples")
         _resolve_eval_amp(args, cfg, x.device)
         journal_dir = _journal_dir(out)
+        _note_journal(journal_dir, model, x, args)
         scores = score(
             model,
             x,
