@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from vaekit.errors import VaekitError  # noqa: E402
-from vaekit.evaluate import LOG_PX, SAMPLED_COLUMNS  # noqa: E402
+from vaekit.evaluate import LOG_PX, SAMPLED_COLUMNS, journals_in  # noqa: E402
 from vaekit.inference import mean_and_stderr  # noqa: E402
 from vaekit.journal import read_journal  # noqa: E402
 
@@ -41,7 +41,7 @@ def journal_path(path: Path) -> Path:
     ``vaekit evaluate --keep-journal`` leaves it)."""
     if not path.is_dir():
         return path
-    found = sorted(path.glob("eval-*.partial.jsonl"))
+    found = journals_in(path)
     if len(found) != 1:
         if not found:
             raise VaekitError(f"the folder {path} holds no evaluation journal (eval-*.partial.jsonl)")

@@ -707,6 +707,7 @@ def _note_journal(journal_dir: Path | None, model, x, args) -> None:
     holds), or, where ``journal_dir`` holds only other evaluations' journals, that it starts from the
     first example: a resume that cannot happen (another model, data, K, seed, chunk size, precision,
     device, torch or vaekit) is then known at once, not when the hours it repeats are spent."""
+    from .evaluate import journals_in
     from .journal import read_journal
 
     if journal_dir is None or not journal_dir.is_dir():
@@ -720,7 +721,7 @@ def _note_journal(journal_dir: Path | None, model, x, args) -> None:
         held = sum(rows.shape[0] for rows, _ in units.values())
         print(f"vaekit: note: resuming from {mine}: {held:,} of {x.shape[0]:,} examples done", file=sys.stderr)
         return
-    others = sorted(p.name for p in journal_dir.glob("eval-*.partial.jsonl"))
+    others = [p.name for p in journals_in(journal_dir)]
     if others:
         print(
             f"vaekit: note: {journal_dir} holds {len(others)} journal{'s' if len(others) > 1 else ''} of other "

@@ -75,6 +75,7 @@ SPLIT_MIN_CHUNKS = 64  # evaluation cuts the examples into at least this many ch
 LOG_PX = 0  # the column of log p(x) in every per-example row (and journal row), for every model kind
 # an importance-sampled row: these columns, then the posterior means (latent_dim columns)
 SAMPLED_COLUMNS = ("log_px", "ess", "elbo", "rec", "kl")
+JOURNAL_NAME = "eval-{digest}.partial.jsonl"  # an evaluation's journal in its folder, named by its key
 
 
 class LogLines:
@@ -92,14 +93,8 @@ class LogLines:
     """
 
     def __init__(self, total: int, initial: int, desc: str, every: float, clock=time.monotonic):
-        self.total, self.done, self.first, self.desc, self.every, self.clock = (
-            total,
-            initial,
-            initial,
-            desc,
-            every,
-            clock,
-        )
+        self.total, self.desc, self.every, self.clock = total, desc, every, clock
+        self.done = self.first = initial
         self.start = self.last = clock()
 
     def update(self, n: int) -> None:
@@ -276,7 +271,13 @@ def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[P
         "torch": torch.__version__,  # another build may round differently: no mixing of chunks
         "vaekit": __version__,
     }
-    return Path(journal_dir) / f"eval-{key_digest(key)}.partial.jsonl", key
+    return Path(journal_dir) / JOURNAL_NAME.format(digest=key_digest(key)), key
+
+
+def journals_in(journal_dir: str | Path) -> list[Path]:
+    """Every evaluation journal in ``journal_dir`` (files named as :func:`journal_file` names them),
+    sorted by name; none where the folder does not exist."""
+    return sorted(Path(journal_dir).glob(JOURNAL_NAME.format(digest="*")))
 
 
 def journal_file(
