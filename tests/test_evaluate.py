@@ -285,7 +285,8 @@ def test_a_launched_process_outside_a_process_group_evaluates_every_chunk(vae_an
 def test_log_lines_report_examples_done_rate_and_time_left_at_most_once_per_interval(capsys):
     """A background evaluation's log gets one line per interval: examples done (resumed ones
     included), seconds per example computed here (resumed ones excluded) and the time the rest takes
-    at that rate; nothing before the first interval, and nothing once everything is done."""
+    at that rate; nothing before the first interval, and nothing once everything is done. The rate is
+    a median, so a paused process does not inflate it."""
     from vaekit.evaluate import LogLines
 
     now = [100.0]
@@ -311,5 +312,13 @@ def test_log_lines_report_examples_done_rate_and_time_left_at_most_once_per_inte
     short.update(10)
     assert capsys.readouterr().err == "vaekit: score: 20 of 50 examples, 3 s each, about 2 min left\n"  # 90 s
     now[0] += 3_000.0
-    short.update(10)  # 3,060 s for 30: 102 s each, 2,040 s left
-    assert capsys.readouterr().err.endswith("102 s each, about 34 min left\n")
+    short.update(10)  # a 2,960 s pause (kill -STOP) lands on one update: the median stays 4 s
+    assert capsys.readouterr().err == "vaekit: score: 30 of 50 examples, 4 s each, about 80 s left\n"
+    # The median looks back over the last `window` examples: a host that slows down shows.
+    slowing = LogLines(total=100, initial=0, desc="evaluate", every=0.0, clock=lambda: now[0], window=20)
+    for each in [1.0] * 20 + [3.0] * 20:
+        now[0] += each
+        slowing.update(1)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "vaekit: evaluate: 40 of 100 examples, 3 s each, about 3 min left"
+    )

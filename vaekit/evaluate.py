@@ -48,6 +48,7 @@ records ``amp``.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import sys
@@ -84,32 +85,61 @@ class LogLines:
     this process (resumed ones excluded) and the time the rest will take at that rate. Has the
     ``update(n)`` / ``close()`` of a tqdm bar.
 
+    The rate is the median over this process's last ``window`` examples, each example costing
+    its update's seconds over its size, not the mean since the start: a process stopped for a
+    while (``kill -STOP``, a suspended laptop) then resumed puts its whole pause on one update,
+    which would otherwise inflate every later estimate by the pause over the examples done.
+
     Args:
         total: examples this process evaluates (resumed ones included).
         initial: examples already done (read back from a journal).
         desc: what runs, e.g. ``"evaluate"``.
         every: seconds between lines (the first one ``every`` seconds after the start).
         clock: seconds, monotonic (a parameter for tests).
+        window: examples the median looks back over, so the rate follows a host that speeds up
+            or slows down.
     """
 
-    def __init__(self, total: int, initial: int, desc: str, every: float, clock=time.monotonic):
-        self.total, self.desc, self.every, self.clock = total, desc, every, clock
-        self.done = self.first = initial
-        self.start = self.last = clock()
+    def __init__(self, total: int, initial: int, desc: str, every: float, clock=time.monotonic, window: int = 1000):
+        self.total, self.desc, self.every, self.clock, self.window = total, desc, every, clock, window
+        self.done = initial
+        self.start = self.last = self.tick = clock()
+        self.recent: collections.deque[tuple[float, int]] = collections.deque()  # (s per example, examples)
+        self.in_window = 0
 
     def update(self, n: int) -> None:
         self.done += n
         now = self.clock()
-        if now - self.last < self.every or self.done >= self.total or self.done == self.first:
+        if n > 0:
+            self._record((now - self.tick) / n, n)
+        self.tick = now
+        if now - self.last < self.every or self.done >= self.total or not self.recent:
             return
         self.last = now
-        each = (now - self.start) / (self.done - self.first)
+        each = self._median()
         print(
             f"vaekit: {self.desc}: {self.done:,} of {self.total:,} examples, {each:.3g} s each, "
             f"about {_duration((self.total - self.done) * each)} left",
             file=sys.stderr,
             flush=True,
         )
+
+    def _record(self, each: float, n: int) -> None:
+        self.recent.append((each, n))
+        self.in_window += n
+        while self.in_window - self.recent[0][1] >= self.window:
+            self.in_window -= self.recent.popleft()[1]
+
+    def _median(self) -> float:
+        """The median of the per-example seconds in the window, each update weighing its size (the
+        mean of the two middle examples when their count is even)."""
+        middle = ((self.in_window - 1) // 2, self.in_window // 2)
+        found, seen = [], 0
+        for each, n in sorted(self.recent):
+            seen += n
+            while len(found) < 2 and middle[len(found)] < seen:
+                found.append(each)
+        return (found[0] + found[1]) / 2
 
     def close(self) -> None:
         pass
