@@ -103,7 +103,7 @@ class LogLines:
     def __init__(self, total: int, initial: int, desc: str, every: float, clock=time.monotonic, window: int = 1000):
         self.total, self.desc, self.every, self.clock, self.window = total, desc, every, clock, window
         self.done = initial
-        self.start = self.last = self.tick = clock()
+        self.last = self.tick = clock()
         self.recent: collections.deque[tuple[float, int]] = collections.deque()  # (s per example, examples)
         self.in_window = 0
 
