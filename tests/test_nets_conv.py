@@ -178,3 +178,48 @@ def test_activations_that_overwrite_their_input_change_no_value_or_gradient(act,
     decoder = build_decoder(body, 3, (1, 12, 12), spec).double()
     for net, x in ((encoder, torch.rand(5, 1, 12, 12)), (decoder, torch.randn(5, 3))):
         assert_in_place_activations_change_nothing(net, x.double(), expect_in_place=act != "tanh")
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_weight_norm_is_torchs_and_keeps_a_channels_last_model_channels_last(transposed):
+    """vaekit's weight norm has torch.nn.utils.parametrizations.weight_norm's parameters, state_dict
+    keys, weight and gradients to the bit; after .to(memory_format=channels_last) its weight is
+    channels-last too, so a weight-normalised convolution (and through it a whole body) computes in
+    the layout the model asks for, where torch's fused kernel had handed every conv an NCHW weight."""
+    from vaekit.nets.conv import TransposeUp, WeightNorm, conv3x3
+
+    torch.manual_seed(0)
+    if transposed:
+        ours = TransposeUp(6, 5, (7, 7), (14, 14), "weight").conv
+        plain = torch.nn.ConvTranspose2d(6, 5, 3, stride=2, padding=1, output_padding=1)
+    else:
+        ours, plain = conv3x3(6, 5, "weight"), torch.nn.Conv2d(6, 5, 3, padding=1)
+    ref = torch.nn.utils.parametrizations.weight_norm(plain)
+    assert isinstance(ours.parametrizations.weight[0], WeightNorm)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    assert torch.equal(ours.weight, ref.weight)
+    x = torch.randn(3, 6, 7, 7)
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(a.grad, b.grad)
+
+    ours.to(memory_format=torch.channels_last)
+    assert ours.weight.is_contiguous(memory_format=torch.channels_last) and not ours.weight.is_contiguous()
+    assert torch.equal(ours.weight, ref.weight)
+    assert ref.to(memory_format=torch.channels_last).weight.is_contiguous()  # torch's: NCHW again
+    y = ours(x)  # an NCHW input: the channels-last weight sets the output's layout
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+
+    spec = NetSpec(channels=(4, 8), norm="weight", resnet_blocks=1, activation="elu")
+    decoder = build_decoder("resnet", 3, (1, 12, 12), spec).to(memory_format=torch.channels_last)
+    maps = []
+    hook = lambda m, i, o: maps.append(o)  # noqa: E731
+    for m in decoder.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and not isinstance(m, OutputConv):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        decoder(torch.randn(2, 3))
+    assert maps and all(o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous() for o in maps)

@@ -64,8 +64,36 @@ def _plain(conv: nn.Module) -> nn.Module:
     return conv
 
 
+class WeightNorm(nn.Module):
+    """Weight normalisation as a parametrization, w = g v / ||v|| per output channel (``dim=0``):
+    ``torch.nn.utils.parametrizations.weight_norm``'s parameters (``original0`` = g,
+    ``original1`` = v) and numbers, but w keeps the memory format of v. torch's fused kernel
+    returns w contiguous (NCHW) whatever v's layout, so a channels-last model's weight-normalised
+    convolutions, which see a channels-last weight only through w, ran NCHW, with oneDNN
+    reordering every activation map in and out of each call; w is a few kilobytes, its copy free.
+    """
+
+    def __init__(self, dim: int = 0):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, weight_g: Tensor, weight_v: Tensor) -> Tensor:
+        w = torch._weight_norm(weight_v, weight_g, self.dim)
+        if (
+            weight_v.dim() == 4
+            and not weight_v.is_contiguous()
+            and weight_v.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return w.contiguous(memory_format=torch.channels_last)
+        return w
+
+    def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.norm_except_dim(weight, 2, self.dim), weight
+
+
 def _weight_norm(conv: nn.Module) -> nn.Module:
-    return nn.utils.parametrizations.weight_norm(conv)
+    nn.utils.parametrize.register_parametrization(conv, "weight", WeightNorm(), unsafe=True)
+    return conv
 
 
 # name -> (wrap a conv, normalisation layer for `channels`)
