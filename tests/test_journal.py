@@ -263,3 +263,41 @@ def test_a_bf16_journal_is_keyed_by_the_revision_of_the_bf16_numerics(vae_and_da
     monkeypatch.setattr(E, "BF16_REVISION", E.BF16_REVISION + 1)
     assert evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path)["resumed"] == 3
     assert evaluate(model, x, k=7, progress=False, seed=3, journal_dir=tmp_path, amp=True)["resumed"] == 0
+
+
+def test_a_bf16_journal_of_a_pixelcnn_is_keyed_by_what_onednns_math_mode_rounds(vae_and_data, tmp_path, monkeypatch):
+    """The PixelCNN's bf16 evaluation pass rounds its products through oneDNN's math mode, which
+    rounds on some CPUs and computes float32 on others with the same bf16 kernels (the Xeons with AMX
+    against the Zen 4): its journal's key records which, so chunks of the two never mix. A model
+    without such a pass keys alike on both, so its journal moves between them; a float32 key never
+    holds it."""
+    import vaekit.evaluate as E
+    from vaekit.config import ModelConfig
+    from vaekit.models.vae import build_vae
+
+    torch.manual_seed(0)
+    pixel = build_vae(
+        ModelConfig(
+            encoder="conv",
+            decoder="conv",
+            channels=[4],
+            latent_dim=2,
+            likelihood="pixelcnn",
+            pixelcnn_layers=1,
+            pixelcnn_channels=4,
+            pixelcnn_cond=2,
+        ),
+        (1, 4, 4),
+    ).eval()
+    dense, x = vae_and_data
+
+    def names(model, amp):
+        files = []
+        for rounding in [("conv", "matmul"), ()]:
+            monkeypatch.setattr(E, "onednn_bf16_rounding", lambda rounding=rounding: rounding)
+            files.append(journal_file(tmp_path, model, x, k=3, amp=amp).name)
+        return files
+
+    assert len(set(names(pixel, amp=True))) == 2
+    assert len(set(names(dense, amp=True))) == 1
+    assert len(set(names(pixel, amp=False))) == 1

@@ -121,9 +121,9 @@ def test_every_net_that_parameterises_a_density_ends_in_an_output_layer():
 
 def test_onednn_bf16_products_rounds_the_operands_not_the_result_and_restores_the_setting():
     """Inside the block a float32 CPU product computes from bf16-rounded operands with a float32
-    result (where oneDNN has bf16 kernels: elsewhere it computes float32); the caller's setting is
+    result (where oneDNN honours its bf16 math mode: elsewhere it computes float32); the caller's setting is
     back after the block, also after an error; disabled, the block changes nothing."""
-    from vaekit.precision import onednn_bf16_available, onednn_bf16_products
+    from vaekit.precision import onednn_bf16_products, onednn_bf16_rounding
 
     mk = torch.backends.mkldnn
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_onednn_bf16_products_rounds_the_operands_not_the_result_and_restores_th
         assert mk.conv.fp32_precision == mk.matmul.fp32_precision == "bf16"
         fast = a @ b
     assert fast.dtype == torch.float32
-    if onednn_bf16_available():
+    if "matmul" in onednn_bf16_rounding():
         rounded = a.bfloat16().double() @ b.bfloat16().double()  # bf16 operands, sums in full precision
         assert (fast != exact).any()
         assert (fast.double() - rounded).abs().max() < (exact.double() - rounded).abs().max()
@@ -187,3 +187,31 @@ def test_onednn_bf16_products_leaves_an_inherited_setting_inherited():
         assert leaves() == ("none", "tf32")
     finally:
         _reset_fp32_precision_tree()
+
+
+def test_onednn_bf16_rounding_says_which_products_the_math_mode_rounds_here():
+    """The probe's answer is what the block does to other operands: a channels-last convolution and
+    a matrix product of numbers that bf16 cannot hold give the result of their bf16-rounded operands
+    where it names the kind, and the float32 result (to float32 rounding) where it does not; no kind
+    is named where oneDNN has no bf16 kernels."""
+    from vaekit.precision import onednn_bf16_available, onednn_bf16_products, onednn_bf16_rounding
+
+    kinds = onednn_bf16_rounding()
+    assert set(kinds) <= {"conv", "matmul"} and (onednn_bf16_available() or kinds == ())
+    torch.manual_seed(1)
+    a, b = torch.randn(48, 80), torch.randn(80, 40)
+    x = torch.randn(2, 24, 9, 11).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 24, 2, 3).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.functional.conv2d
+    with onednn_bf16_products():
+        got = {"matmul": a @ b, "conv": conv(x, w)}
+    exact = {"matmul": (a.double() @ b.double()), "conv": conv(x.double(), w.double())}
+    rounded = {
+        "matmul": a.bfloat16().double() @ b.bfloat16().double(),
+        "conv": conv(x.bfloat16().double(), w.bfloat16().double()),
+    }
+    for kind in ("matmul", "conv"):
+        want = rounded[kind] if kind in kinds else exact[kind]
+        other = exact[kind] if kind in kinds else rounded[kind]
+        err, miss = (got[kind].double() - want).abs().max(), (got[kind].double() - other).abs().max()
+        assert err < 1e-4 < miss, (kind, kinds, err, miss)

@@ -67,7 +67,7 @@ from .models import model_device
 from .models.base import check_data_levels
 from .nets import AUTOCAST_DEVICES, autocast, resolve_amp
 from .objectives import elbo_terms
-from .precision import BF16_REVISION, OutputLayer, onednn_bf16_available
+from .precision import BF16_REVISION, OneDNNBF16Pass, OutputLayer, onednn_bf16_available, onednn_bf16_rounding
 from .seeding import EVAL_CHUNK, derive_seed
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -280,12 +280,19 @@ def _chunk_rows(model, x: Tensor, plan: _Plan, mine, journal, resumed, bar) -> l
     return rows
 
 
+def _onednn_pass(model, x: Tensor) -> bool:
+    """Whether the model's evaluation on ``x``'s device opens oneDNN's bf16 math mode."""
+    return x.device.type == "cpu" and any(isinstance(m, OneDNNBF16Pass) for m in model.modules())
+
+
 def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[Path, dict]:
     """The journal of an evaluation in ``journal_dir``, named by the digest of what its chunks are a
     function of: the model (modules, settings, weights), the data, K, the seed, the chunk size, the
     precision (under bf16 with ``precision.BF16_REVISION`` and, on a CPU, whether oneDNN has bf16
-    kernels: where it has none, a PixelCNN's bf16 products compute in float32), the device, and the
-    versions of torch and vaekit."""
+    kernels and, for a model with a :class:`~vaekit.precision.OneDNNBF16Pass` (the PixelCNN), which
+    products its bf16 math mode rounds here: where none, that pass computes in float32), the device,
+    and the versions of torch and vaekit. Models without such a pass key alike on the CPUs whose
+    math modes differ, so their journals move between them."""
     key = {
         "what": "vaekit.evaluate per-example rows",
         "model": module_digest(model),
@@ -297,6 +304,7 @@ def _journal_file_and_key(journal_dir, model, x: Tensor, plan: _Plan) -> tuple[P
         "amp": BF16_HIDDEN if plan.amp else False,  # True while output layers ran in bf16
         **({"bf16_revision": BF16_REVISION} if plan.amp else {}),  # float32 keys stay as they were
         **({"onednn_bf16": onednn_bf16_available()} if plan.amp and x.device.type == "cpu" else {}),
+        **({"onednn_bf16_math": list(onednn_bf16_rounding())} if plan.amp and _onednn_pass(model, x) else {}),
         "device": torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type,
         "torch": torch.__version__,  # another build may round differently: no mixing of chunks
         "vaekit": __version__,

@@ -14,6 +14,7 @@ This module sits below the nets and the flows, which both declare their output l
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import torch
@@ -99,9 +100,37 @@ class OutputLinear(OutputLayer, nn.Linear):
 
 
 def onednn_bf16_available() -> bool:
-    """Whether oneDNN has bf16 kernels on this CPU (AVX512-BF16 or AMX): where it has none, its bf16
-    math mode computes in float32 (:func:`onednn_bf16_products`)."""
+    """Whether oneDNN has bf16 kernels on this CPU (AVX512-BF16 or AMX), which autocast's bf16
+    convolutions and products run on. Whether its bf16 *math mode* rounds float32 products is
+    another matter: :func:`onednn_bf16_rounding`."""
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class OneDNNBF16Pass:
+    """Mixin of a module whose evaluation pass opens :func:`onednn_bf16_products` around chosen
+    operations (the PixelCNN's), so that its numbers depend on :func:`onednn_bf16_rounding` too:
+    ``class GatedPixelCNN(OneDNNBF16Pass, NetBody)``. An evaluation journal's key records that
+    rounding for a model holding one."""
+
+
+@functools.cache
+def onednn_bf16_rounding() -> tuple[str, ...]:
+    """The kinds of float32 CPU operation, of ``("conv", "matmul")``, that oneDNN's bf16 math mode
+    (:func:`onednn_bf16_products`) really computes from bf16-rounded operands on this machine;
+    the others compute in float32 inside the block. Measured once per process on operands 1 + 2^-10,
+    which bf16 rounds to 1, laid out as the PixelCNN's pass lays out its own (a channels-last
+    convolution, a product of row-major matrices). torch 2.13's oneDNN honours the mode on the
+    Intel Xeons with AMX measured here, and ignores it for both kinds on the AMD EPYC (Zen 4), whose
+    AVX512-BF16 runs autocast's bf16 kernels all the same (:func:`onednn_bf16_available`)."""
+    if not onednn_bf16_available():
+        return ()
+    a, b = torch.full((64, 96), 1 + 2**-10), torch.ones(96, 32)
+    x = torch.full((2, 32, 10, 12), 1 + 2**-10).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(64, 32, 2, 3).contiguous(memory_format=torch.channels_last)
+    with onednn_bf16_products():
+        product, conv = a @ b, torch.nn.functional.conv2d(x, w)
+    kinds = {"conv": bool((conv == 32 * 6).all()), "matmul": bool((product == 96).all())}
+    return tuple(kind for kind, rounds in kinds.items() if rounds)
 
 
 _ONEDNN = threading.RLock()  # one block at a time switches the process-wide oneDNN setting
@@ -111,8 +140,9 @@ _ONEDNN = threading.RLock()  # one block at a time switches the process-wide one
 def onednn_bf16_products(enabled: bool = True):
     """Inside the block, CPU convolutions and matrix products of float32 tensors compute from their
     inputs and weights rounded to bf16, with float32 sums and float32 results: oneDNN's bf16 math
-    mode (``torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16"``), on AMX or AVX512-BF16
-    units. Unlike autocast it rounds no output, so a pass can choose its rounded products one by
+    mode (``torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16"``), where oneDNN honours it
+    (:func:`onednn_bf16_rounding`: on AMX, not with AVX512-BF16 alone); elsewhere they compute in
+    float32. Unlike autocast it rounds no output, so a pass can choose its rounded products one by
     one and keep everything else, sums included, in float32.
 
     The setting is process-wide in torch, not per thread: while a block is open, float32 CPU

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..precision import OutputLayer, float32_outputs_active, onednn_bf16_products
+from ..precision import OneDNNBF16Pass, OutputLayer, float32_outputs_active, onednn_bf16_products
 from .body import NetBody
 from .speed import fixed_parameters_scope
 
@@ -202,7 +202,7 @@ class GatedLayer(nn.Module):
         return (h if pad_left else h[:, r:]) + out
 
 
-class GatedPixelCNN(NetBody):
+class GatedPixelCNN(OneDNNBF16Pass, NetBody):
     """x [B, C, H, W] in [0, 1] (and c [B, cond, H, W]) -> parameters [B, n_out, C, H, W].
 
     Output [:, :, c, i, j] depends only on x at pixels before (i, j) in raster order and on
@@ -317,9 +317,10 @@ class GatedPixelCNN(NetBody):
         The evaluators' bf16 (bf16 autocast inside ``float32_outputs``) rounds less: on a CPU every
         tensor stays float32 and only the vertical convolutions and the horizontal products take
         bf16-rounded operands, with float32 sums and results
-        (:func:`~vaekit.precision.onednn_bf16_products`; where oneDNN has no bf16 kernels it computes
-        float32). A horizontal product holds the taps, the link, the summed biases and, where it is
-        folded in (every layer for distinct images; not the first layer for one image repeated, as
+        (:func:`~vaekit.precision.onednn_bf16_products`; where oneDNN does not honour its bf16 math
+        mode, :func:`~vaekit.precision.onednn_bf16_rounding`, they compute in float32). A
+        horizontal product holds the taps, the link, the summed biases and, where it is folded in
+        (every layer for distinct images; not the first layer for one image repeated, as
         importance sampling passes), the horizontal conditioning. The conditioning's product into
         the vertical pre-activations, the 1x1 outputs and the head stay float32: rounding the
         vertical conditioning's product is what moved a trained PixelVAE's importance-sampled
