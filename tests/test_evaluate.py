@@ -319,6 +319,23 @@ def test_log_lines_report_examples_done_rate_and_time_left_at_most_once_per_inte
     for each in [1.0] * 20 + [3.0] * 20:
         now[0] += each
         slowing.update(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[29] == "vaekit: evaluate: 30 of 100 examples, 2 s each, about 2 min left"  # 10 at 1 s, 10 at 3 s
+    assert lines[-1] == "vaekit: evaluate: 40 of 100 examples, 3 s each, about 3 min left"
+    # Chunks larger than the window: the last three updates still outvote a paused one.
+    big = LogLines(total=1_000, initial=0, desc="evaluate", every=0.0, clock=lambda: now[0], window=10)
+    for pause in (100.0, 100.0, 3_100.0):
+        now[0] += pause
+        big.update(100)
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "vaekit: evaluate: 40 of 100 examples, 3 s each, about 3 min left"
+        "vaekit: evaluate: 300 of 1,000 examples, 1 s each, about 12 min left"
     )
+    # An empty update keeps its time for the next one; a window under one example is refused.
+    empty = LogLines(total=10, initial=0, desc="score", every=0.0, clock=lambda: now[0])
+    now[0] += 5.0
+    empty.update(0)
+    now[0] += 5.0
+    empty.update(1)
+    assert capsys.readouterr().err == "vaekit: score: 1 of 10 examples, 10 s each, about 2 min left\n"
+    with pytest.raises(ValueError):
+        LogLines(total=10, initial=0, desc="score", every=0.0, window=0)

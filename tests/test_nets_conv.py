@@ -209,9 +209,21 @@ def test_weight_norm_is_torchs_and_keeps_a_channels_last_model_channels_last(tra
     assert ours.weight.is_contiguous(memory_format=torch.channels_last) and not ours.weight.is_contiguous()
     assert torch.equal(ours.weight, ref.weight)
     assert ref.to(memory_format=torch.channels_last).weight.is_contiguous()  # torch's: NCHW again
+    for m in (ours, ref):
+        m.zero_grad()
     y = ours(x)  # an NCHW input: the channels-last weight sets the output's layout
     assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
-    torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+    y_ref = ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    for a, b in zip(ours.parameters(), ref.parameters()):  # the same gradients, summed in another order
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    whole = torch.nn.Conv2d(6, 5, 3)
+    v = whole.weight.detach().clone()
+    torch.nn.utils.parametrize.register_parametrization(whole, "weight", WeightNorm(dim=None), unsafe=True)
+    torch.testing.assert_close(whole.weight, v)  # g = ||v|| over the whole tensor at the start
+    assert whole.parametrizations.weight.original0.shape == ()
 
     spec = NetSpec(channels=(4, 8), norm="weight", resnet_blocks=1, activation="elu")
     decoder = build_decoder("resnet", 3, (1, 12, 12), spec).to(memory_format=torch.channels_last)

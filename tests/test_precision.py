@@ -198,6 +198,14 @@ def test_onednn_bf16_rounding_says_which_products_the_math_mode_rounds_here():
 
     kinds = onednn_bf16_rounding()
     assert set(kinds) <= {"conv", "matmul"} and (onednn_bf16_available() or kinds == ())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast does not change the answer
+        assert onednn_bf16_rounding() == kinds
+    torch.backends.mkldnn.enabled = False  # without oneDNN nothing rounds, for now only
+    try:
+        assert onednn_bf16_rounding() == ()
+    finally:
+        torch.backends.mkldnn.enabled = True
+    assert onednn_bf16_rounding() == kinds
     torch.manual_seed(1)
     a, b = torch.randn(48, 80), torch.randn(80, 40)
     x = torch.randn(2, 24, 9, 11).contiguous(memory_format=torch.channels_last)

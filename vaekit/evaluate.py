@@ -85,10 +85,11 @@ class LogLines:
     this process (resumed ones excluded) and the time the rest will take at that rate. Has the
     ``update(n)`` / ``close()`` of a tqdm bar.
 
-    The rate is the median over this process's last ``window`` examples, each example costing
-    its update's seconds over its size, not the mean since the start: a process stopped for a
-    while (``kill -STOP``, a suspended laptop) then resumed puts its whole pause on one update,
-    which would otherwise inflate every later estimate by the pause over the examples done.
+    The rate is the median over this process's last ``window`` examples (and at least its last
+    three updates), each example costing its update's seconds over its size, not the mean since
+    the start: a process stopped for a while (``kill -STOP``) then continued puts its whole pause on
+    one update, which would otherwise inflate every later estimate by the pause over the examples
+    done. With one or two updates so far, a pause still shows.
 
     Args:
         total: examples this process evaluates (resumed ones included).
@@ -96,11 +97,13 @@ class LogLines:
         desc: what runs, e.g. ``"evaluate"``.
         every: seconds between lines (the first one ``every`` seconds after the start).
         clock: seconds, monotonic (a parameter for tests).
-        window: examples the median looks back over, so the rate follows a host that speeds up
-            or slows down.
+        window: examples the median looks back over (at least 1), so the rate follows a host that
+            speeds up or slows down.
     """
 
     def __init__(self, total: int, initial: int, desc: str, every: float, clock=time.monotonic, window: int = 1000):
+        if window < 1:
+            raise ValueError(f"window must be at least 1 example; got {window}")
         self.total, self.desc, self.every, self.clock, self.window = total, desc, every, clock, window
         self.done = initial
         self.last = self.tick = clock()
@@ -110,9 +113,9 @@ class LogLines:
     def update(self, n: int) -> None:
         self.done += n
         now = self.clock()
-        if n > 0:
+        if n > 0:  # an empty update keeps its time for the next one
             self._record((now - self.tick) / n, n)
-        self.tick = now
+            self.tick = now
         if now - self.last < self.every or self.done >= self.total or not self.recent:
             return
         self.last = now
@@ -127,7 +130,7 @@ class LogLines:
     def _record(self, each: float, n: int) -> None:
         self.recent.append((each, n))
         self.in_window += n
-        while self.in_window - self.recent[0][1] >= self.window:
+        while len(self.recent) > 3 and self.in_window - self.recent[0][1] >= self.window:
             self.in_window -= self.recent.popleft()[1]
 
     def _median(self) -> float:

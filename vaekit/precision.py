@@ -113,21 +113,33 @@ class OneDNNBF16Pass:
     rounding for a model holding one."""
 
 
-@functools.cache
 def onednn_bf16_rounding() -> tuple[str, ...]:
     """The kinds of float32 CPU operation, of ``("conv", "matmul")``, that oneDNN's bf16 math mode
     (:func:`onednn_bf16_products`) really computes from bf16-rounded operands on this machine;
     the others compute in float32 inside the block. Measured once per process on operands 1 + 2^-10,
     which bf16 rounds to 1, laid out as the PixelCNN's pass lays out its own (a channels-last
-    convolution, a product of row-major matrices). torch 2.13's oneDNN honours the mode on the
-    Intel Xeons with AMX measured here, and ignores it for both kinds on the AMD EPYC (Zen 4), whose
-    AVX512-BF16 runs autocast's bf16 kernels all the same (:func:`onednn_bf16_available`)."""
+    convolution, a product of row-major matrices), in float32 on the CPU with autocast off, whatever
+    the caller's state; the answer is kept for the process, except while oneDNN is switched off
+    (``torch.backends.mkldnn.enabled``), when nothing rounds and ``()`` is the answer for now. torch 2.13's
+    oneDNN honours the mode on the Intel Xeons with AMX measured here, and ignores it for both
+    kinds on the AMD EPYC (Zen 4), whose AVX512-BF16 runs autocast's bf16 kernels all the same
+    (:func:`onednn_bf16_available`). The probe's convolution has 32 input channels; a kernel that
+    oneDNN picks for other shapes (the PixelCNN's first layer reads one channel) is assumed to
+    follow the mode as it does."""
+    if not torch.backends.mkldnn.enabled:
+        return ()
+    return _probed_onednn_bf16_rounding()
+
+
+@functools.cache
+def _probed_onednn_bf16_rounding() -> tuple[str, ...]:
     if not onednn_bf16_available():
         return ()
-    a, b = torch.full((64, 96), 1 + 2**-10), torch.ones(96, 32)
-    x = torch.full((2, 32, 10, 12), 1 + 2**-10).contiguous(memory_format=torch.channels_last)
-    w = torch.ones(64, 32, 2, 3).contiguous(memory_format=torch.channels_last)
-    with onednn_bf16_products():
+    f32 = dict(dtype=torch.float32, device="cpu")
+    a, b = torch.full((64, 96), 1 + 2**-10, **f32), torch.ones(96, 32, **f32)
+    x = torch.full((2, 32, 10, 12), 1 + 2**-10, **f32).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(64, 32, 2, 3, **f32).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", enabled=False), onednn_bf16_products():
         product, conv = a @ b, torch.nn.functional.conv2d(x, w)
     kinds = {"conv": bool((conv == 32 * 6).all()), "matmul": bool((product == 96).all())}
     return tuple(kind for kind, rounds in kinds.items() if rounds)
@@ -141,8 +153,8 @@ def onednn_bf16_products(enabled: bool = True):
     """Inside the block, CPU convolutions and matrix products of float32 tensors compute from their
     inputs and weights rounded to bf16, with float32 sums and float32 results: oneDNN's bf16 math
     mode (``torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16"``), where oneDNN honours it
-    (:func:`onednn_bf16_rounding`: on AMX, not with AVX512-BF16 alone); elsewhere they compute in
-    float32. Unlike autocast it rounds no output, so a pass can choose its rounded products one by
+    (:func:`onednn_bf16_rounding`: on the AMX Xeons measured, not on the Zen 4); elsewhere they
+    compute in float32. Unlike autocast it rounds no output, so a pass can choose its rounded products one by
     one and keep everything else, sums included, in float32.
 
     The setting is process-wide in torch, not per thread: while a block is open, float32 CPU

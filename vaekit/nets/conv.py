@@ -65,17 +65,20 @@ def _plain(conv: nn.Module) -> nn.Module:
 
 
 class WeightNorm(nn.Module):
-    """Weight normalisation as a parametrization, w = g v / ||v|| per output channel (``dim=0``):
-    ``torch.nn.utils.parametrizations.weight_norm``'s parameters (``original0`` = g,
-    ``original1`` = v) and numbers, but w keeps the memory format of v. torch's fused kernel
-    returns w contiguous (NCHW) whatever v's layout, so a channels-last model's weight-normalised
-    convolutions, which see a channels-last weight only through w, ran NCHW, with oneDNN
-    reordering every activation map in and out of each call; w is a few kilobytes, its copy free.
+    """Weight normalisation as a parametrization, w = g v / ||v||, the norm taken per slice along
+    ``dim`` (0: the output channels of a Conv2d, the input channels of a ConvTranspose2d, as in
+    torch; None: the whole tensor): ``torch.nn.utils.parametrizations.weight_norm``'s parameters
+    (``original0`` = g, ``original1`` = v) and numbers, but w keeps the memory format of v. torch's
+    fused kernel returns w contiguous (NCHW) whatever v's layout, so a channels-last model's
+    weight-normalised convolutions, which see a channels-last weight only through w, ran NCHW, with
+    oneDNN reordering every activation map in and out of each call; w is small next to those maps.
+    Unlike torch's function, no hook renames the ``weight_g``/``weight_v`` keys of the older
+    ``torch.nn.utils.weight_norm``, which vaekit never wrote.
     """
 
-    def __init__(self, dim: int = 0):
+    def __init__(self, dim: int | None = 0):
         super().__init__()
-        self.dim = dim
+        self.dim = -1 if dim is None else dim  # torch's convention for "the whole tensor"
 
     def forward(self, weight_g: Tensor, weight_v: Tensor) -> Tensor:
         w = torch._weight_norm(weight_v, weight_g, self.dim)
