@@ -42,6 +42,7 @@ from ..precision import OutputConv2d, OutputLinear
 from .body import NetBody
 from .mlp import activation
 from .spec import NetSpec
+from .speed import stored_channels_last
 
 
 # --- shapes ------------------------------------------------------------------------------
@@ -82,13 +83,7 @@ class WeightNorm(nn.Module):
 
     def forward(self, weight_g: Tensor, weight_v: Tensor) -> Tensor:
         w = torch._weight_norm(weight_v, weight_g, self.dim)
-        if (
-            weight_v.dim() == 4
-            and not weight_v.is_contiguous()
-            and weight_v.is_contiguous(memory_format=torch.channels_last)
-        ):
-            return w.contiguous(memory_format=torch.channels_last)
-        return w
+        return w.contiguous(memory_format=torch.channels_last) if stored_channels_last(weight_v) else w
 
     def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         return torch.norm_except_dim(weight, 2, self.dim), weight
@@ -138,7 +133,7 @@ def conv3x3_tap_sum(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     B, C, H, W = x.shape
     P = weight.shape[0]
     w = weight.permute(2, 3, 0, 1).reshape(9 * P, C)  # rows (ky, kx, p)
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if stored_channels_last(x):
         taps = torch.mm(w, x.permute(0, 2, 3, 1).reshape(B * H * W, C).t()).view(3, 3, P, B, H, W)
         out = taps[1, 1].permute(1, 0, 2, 3)  # [B, P, H, W] views of [P, B, H, W] maps
         tap = lambda ky, kx: taps[ky, kx].permute(1, 0, 2, 3)  # noqa: E731

@@ -57,6 +57,13 @@ def to_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
     return module
 
 
+def stored_channels_last(t: Tensor) -> bool:
+    """Whether ``t`` [B, C, H, W] is laid out channels-last and not also plain contiguous (where
+    both hold, e.g. one channel or 1 x 1 maps, the two layouts are the same memory); False for
+    tensors of other ranks."""
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def channels_last_input(x: Tensor, enabled: bool = True) -> Tensor:
     """x [B, C, H, W] in channels-last memory format when ``enabled`` (other shapes untouched)."""
     if enabled and x.dim() == 4:
